@@ -1,0 +1,474 @@
+"""
+The configuration: one TOML file, validated entirely before anything starts.
+
+Every key is declared once, in the section dataclasses below: its name, its
+type (the parser that turns the TOML value into a Python value), its default
+and a one-line description. ``docs/configuration.md`` and
+``etc/mailrelay.toml`` describe the same keys (a test keeps them in step).
+
+An unknown key, a wrong type, an unparsable endpoint or a missing file raises
+:class:`ConfigError` whose message names the key and the problem; the daemon
+and the ``mailrelay`` command print that one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; the message names the key and why."""
+
+
+# -- value parsers -----------------------------------------------------------
+# Each takes (dotted key name, raw TOML value) and returns the parsed value or
+# raises ConfigError.
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"30s"`` -> 30.0, ``"5m"`` -> 300.0, ``"3d"`` -> 259200.0."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like \"30s\", \"5m\", \"3d\"")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string for a number of seconds."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(round(seconds * 1000))}ms"
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``count`` events per ``period`` seconds."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.period)}"
+
+
+def parse_rate(text: str) -> Rate:
+    """``"1000/1m"`` -> Rate(1000, 60.0)."""
+    count, sep, period = text.partition("/")
+    if not sep or not count.strip().isdigit() or int(count) <= 0:
+        raise ValueError(f"{text!r} is not a rate like \"1000/1m\"")
+    return Rate(int(count), parse_duration(period))
+
+
+def _expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int in Python; TOML keeps them apart, and so do we.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{key}: expected {what}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def p_str(key: str, value: Any) -> str:
+    return _expect(key, value, str, "a string")
+
+
+def p_bool(key: str, value: Any) -> bool:
+    return _expect(key, value, bool, "true or false")
+
+
+def p_size(key: str, value: Any) -> int:
+    _expect(key, value, int, "an integer number of bytes")
+    if value <= 0:
+        raise ConfigError(f"{key}: must be a positive number of bytes, got {value}")
+    return value
+
+
+def p_count(key: str, value: Any) -> int:
+    _expect(key, value, int, "an integer")
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative, got {value}")
+    return value
+
+
+def p_positive(key: str, value: Any) -> int:
+    _expect(key, value, int, "an integer")
+    if value <= 0:
+        raise ConfigError(f"{key}: must be at least 1, got {value}")
+    return value
+
+
+def p_duration(key: str, value: Any) -> float:
+    _expect(key, value, str, 'a duration string like "30s", "5m", "3d"')
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be longer than zero")
+    return seconds
+
+
+def p_optional_rate(key: str, value: Any) -> Rate | None:
+    _expect(key, value, str, 'a rate string like "1000/1m" (or "" for none)')
+    if not value:
+        return None
+    try:
+        return parse_rate(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def p_rate(key: str, value: Any) -> Rate:
+    rate = p_optional_rate(key, value)
+    if rate is None:
+        raise ConfigError(f"{key}: a rate like \"10/5m\" is required")
+    return rate
+
+
+def p_str_list(key: str, value: Any) -> tuple[str, ...]:
+    _expect(key, value, list, "a list of strings")
+    for i, item in enumerate(value):
+        _expect(f"{key}[{i}]", item, str, "a string")
+    return tuple(value)
+
+
+def p_endpoints(key: str, value: Any) -> tuple[str, ...]:
+    """A list of Twisted server endpoint strings, each checked by Twisted's parser."""
+    from twisted.internet import endpoints, reactor
+
+    items = p_str_list(key, value)
+    for i, description in enumerate(items):
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as e:  # the parser raises many kinds
+            reason = str(e) or type(e).__name__
+            raise ConfigError(
+                f"{key}[{i}]: {description!r} is not a usable endpoint ({reason})"
+            ) from None
+    return items
+
+
+def p_networks(key: str, value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    items = p_str_list(key, value)
+    networks = []
+    for i, text in enumerate(items):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}]: {e}") from None
+    return tuple(networks)
+
+
+def p_host_ports(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    items = p_str_list(key, value)
+    result = []
+    for i, text in enumerate(items):
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key}[{i}]: {text!r} is not host:port")
+        result.append((host.strip("[]"), int(port)))
+    return tuple(result)
+
+
+def p_users(key: str, value: Any) -> Mapping[str, str]:
+    from mailrelay.passwords import is_password_hash
+
+    _expect(key, value, dict, "a table of username = password hash")
+    for user, hashed in value.items():
+        _expect(f"{key}.{user}", hashed, str, "a password hash string")
+        if not is_password_hash(hashed):
+            raise ConfigError(
+                f"{key}.{user}: not a password hash; make one with `mailrelay hash-password`"
+            )
+    return MappingProxyType(dict(value))
+
+
+def p_redis_url(key: str, value: Any) -> str:
+    _expect(key, value, str, 'a Redis URL ("redis://host:port/db", "unix:///path?db=N") or ""')
+    if value:
+        try:
+            parse_redis_url(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+def p_appendfsync(key: str, value: Any) -> str:
+    _expect(key, value, str, 'one of "always", "everysec"')
+    if value not in ("always", "everysec"):
+        raise ConfigError(f'{key}: must be "always" or "everysec", got {value!r}')
+    return value
+
+
+def p_tls_version(key: str, value: Any) -> str:
+    _expect(key, value, str, 'one of "1.2", "1.3"')
+    if value not in ("1.2", "1.3"):
+        raise ConfigError(f'{key}: must be "1.2" or "1.3", got {value!r}')
+    return value
+
+
+def p_file(key: str, value: Any) -> str:
+    _expect(key, value, str, "a file path")
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{key}: file {value!r} does not exist")
+    return value
+
+
+def p_prefix(key: str, value: Any) -> str:
+    _expect(key, value, str, "a string")
+    if not value or any(c.isspace() for c in value):
+        raise ConfigError(f"{key}: must be a non-empty string without spaces")
+    return value
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where an external Redis is: a TCP host/port or a unix socket path."""
+
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://[[user]:password@]host:port/db`` or ``unix:///path?db=N``."""
+    parts = urlsplit(url)
+    if parts.scheme == "redis":
+        if not parts.hostname:
+            raise ValueError(f"{url!r} names no host")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{url!r} has an invalid port") from None
+        db_text = parts.path.lstrip("/") or "0"
+        if not db_text.isdigit():
+            raise ValueError(f"{url!r}: database {db_text!r} is not a number")
+        return RedisAddress(host=parts.hostname, port=port, db=int(db_text),
+                            password=parts.password, username=parts.username or None)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r} names no socket path")
+        db = 0
+        for pair in filter(None, parts.query.split("&")):
+            name, _, val = pair.partition("=")
+            if name == "db" and val.isdigit():
+                db = int(val)
+            elif name == "password":
+                pass
+            else:
+                raise ValueError(f"{url!r}: unknown or invalid parameter {pair!r}")
+        password = dict(p.partition("=")[::2] for p in parts.query.split("&") if p).get("password")
+        return RedisAddress(path=parts.path, db=db, password=password)
+    raise ValueError(f"{url!r}: scheme must be redis:// or unix://")
+
+
+# -- the sections --------------------------------------------------------------
+
+
+def setting(default: Any, parse: Callable[[str, Any], Any], doc: str, *,
+            secret: bool = False, raw_default: Any = None) -> Any:
+    """Declare one configuration key: its default (as written in TOML), parser and doc."""
+    raw = default if raw_default is None else raw_default
+    # Endpoint defaults are known good; parsing them would import the reactor.
+    value = tuple(raw) if parse is p_endpoints else parse("<default>", raw)
+    meta = {"parse": parse, "doc": doc, "secret": secret, "raw_default": raw}
+    if value.__class__.__hash__ is None:  # a table: dataclasses want a factory
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=value, metadata=meta)
+
+
+def _fqdn() -> str:
+    return socket.getfqdn()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = setting("", p_str, "name in the SMTP banner, EHLO and Received headers; \"\" = the machine's FQDN")
+    state_dir: str = setting("var", p_str, "directory for the managed Redis, generated certificate and credentials")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = setting("", p_redis_url, '"" = a Redis managed by the daemon in state_dir; else "redis://[:password@]host:port/db" or "unix:///path?db=N"', secret=True)
+    sentinels: tuple = setting([], p_host_ports, 'Sentinel addresses ["host:port", ...]; when set, master_name is followed through failovers')
+    master_name: str = setting("mymaster", p_str, "the Sentinel master name")
+    key_prefix: str = setting("mailrelay:", p_prefix, "prefix of every Redis key mailrelay uses")
+    appendfsync: str = setting("always", p_appendfsync, 'managed Redis: AOF fsync policy, "always" (every 250 is on disk) or "everysec"')
+    min_replicas: int = setting(0, p_count, "replicas that must have a message (WAIT) before it is acknowledged")
+    min_replicas_timeout: float = setting("1s", p_duration, "how long to WAIT for min_replicas before answering 451")
+    timeout: float = setting("5s", p_duration, "how long Redis may take to store a message before the client gets 451")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = setting("", p_file, 'PEM certificate chain; "" = a self-signed certificate generated in state_dir')
+    key: str = setting("", p_file, 'PEM private key; "" = generated with the certificate')
+    min_version: str = setting("1.2", p_tls_version, 'lowest TLS version accepted, "1.2" or "1.3"')
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    listen: tuple = setting(["tcp:2587:interface=127.0.0.1"], p_endpoints, "endpoints for SMTP submission with STARTTLS offered")
+    listen_tls: tuple = setting(["tcp:2465:interface=127.0.0.1"], p_endpoints, "endpoints for SMTP submission over implicit TLS (RFC 8314)")
+    users: Mapping = setting({}, p_users, "username = hash from `mailrelay hash-password`; empty = one generated user (see state_dir/credentials)", secret=True)
+    trusted_networks: tuple = setting([], p_networks, "client networks (CIDR) allowed to send without AUTH")
+    max_message_size: int = setting(10485760, p_size, "largest message accepted, in bytes (SIZE)")
+    max_recipients: int = setting(50, p_positive, "most RCPT per message; more get 452 4.5.3")
+    require_tls_for_auth: bool = setting(True, p_bool, "offer and accept AUTH only over TLS")
+    idle_timeout: float = setting("5m", p_duration, "time allowed between commands before 421 4.4.2")
+    data_timeout: float = setting("10m", p_duration, "time allowed for the whole DATA phase before 421 4.4.2")
+    max_connections_per_ip: int = setting(20, p_positive, "simultaneous connections from one client address; more get 421 4.7.0")
+    auth_failures_per_ip: Rate = setting("10/5m", p_rate, "failed AUTH attempts per client address before 421 until the window passes")
+    rate_limit_per_user: Rate | None = setting("", p_optional_rate, 'messages per authenticated user, e.g. "1000/1m"; over it 451 4.7.0; "" = no limit')
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "redis": RedisConfig,
+    "tls": TLSConfig,
+    "submission": SubmissionConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    source: str | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.server.hostname or _fqdn()
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
+    """Validate a parsed TOML document and return the effective configuration."""
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise ConfigError(f"[{name}]: unknown section (known: {known})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table")
+        sections[name] = _parse_section(name, SECTIONS[name], value)
+    config = Config(**sections, source=source)
+    if bool(config.tls.cert) != bool(config.tls.key):
+        raise ConfigError("tls.cert, tls.key: set both (or neither, for a generated certificate)")
+    if config.redis.sentinels and config.redis.url:
+        raise ConfigError("redis.sentinels: set either redis.url or redis.sentinels, not both")
+    return config
+
+
+def _parse_section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, raw in table.items():
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(fields)})")
+        values[key] = fields[key].metadata["parse"](f"{name}.{key}", raw)
+    return cls(**values)
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, source=path)
+
+
+def iter_settings(config: Config):
+    """Yield (section, key, value, field) for every key, in declaration order."""
+    for section in SECTIONS:
+        obj = getattr(config, section)
+        for f in dataclasses.fields(obj):
+            yield section, f.name, getattr(obj, f.name), f
+
+
+def _render(value: Any, f: dataclasses.Field) -> str:
+    parse = f.metadata["parse"]
+    if parse is p_duration:
+        return f'"{format_duration(value)}"'
+    if parse in (p_rate, p_optional_rate):
+        return f'"{value or ""}"'
+    if parse is p_networks:
+        value = [str(n) for n in value]
+    if parse is p_host_ports:
+        value = [f"{h}:{p}" for h, p in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_quote(str(v)) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_quote(k)} = {_quote(str(v))}" for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return _quote(value)
+    return str(value)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: "********" for k in value}
+    if isinstance(value, str) and value:
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(":" + parts.password + "@", ":********@", 1)
+        if "password=" in parts.query:
+            return re.sub(r"password=[^&]*", "password=********", value)
+        if parts.scheme in ("redis", "unix"):
+            return value
+        return "********"
+    return value
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, with secrets masked."""
+    lines: list[str] = []
+    current = None
+    for section, key, value, f in iter_settings(config):
+        if section != current:
+            if current is not None:
+                lines.append("")
+            lines.append(f"[{section}]")
+            current = section
+        if f.metadata["secret"]:
+            value = _mask(value)
+        lines.append(f"{key} = {_render(value, f)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""
+message: reading and editing the header of an RFC 5322 message without re-serialising it.
+
+The standard library's ``email`` package decodes values (encoded words,
+address lists); this module only splits the raw header into fields so that
+fields can be added or removed while every other byte of the message stays
+as the client sent it (a later DKIM signature must cover the same bytes).
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HeaderField:
+    """One header field: its name and its raw bytes (folded lines and CRLF included)."""
+
+    name: str
+    raw: bytes
+
+    @property
+    def value(self) -> str:
+        """The unfolded value, with RFC 2047 encoded words left encoded."""
+        text = self.raw.decode("utf-8", "replace")
+        value = text.partition(":")[2]
+        return " ".join(value.split())
+
+    @property
+    def decoded(self) -> str:
+        """The value with RFC 2047 encoded words decoded."""
+        try:
+            return str(email.header.make_header(email.header.decode_header(self.value)))
+        except (ValueError, LookupError, UnicodeError):
+            return self.value
+
+
+def split_header(content: bytes) -> tuple[list[HeaderField], bytes]:
+    """Split a message into its header fields and the rest (blank line and body)."""
+    fields: list[HeaderField] = []
+    pos = 0
+    length = len(content)
+    while pos < length:
+        end = content.find(b"\r\n", pos)
+        if end == -1:
+            end = length
+        line = content[pos:end]
+        if not line:
+            break  # the blank line that ends the header
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = HeaderField(last.name, last.raw + content[pos:end + 2])
+        else:
+            name, colon, _ = line.partition(b":")
+            if not colon or not name or b" " in name.strip() or b"\t" in name:
+                break  # not a header field: the body starts here (no blank line)
+            fields.append(HeaderField(name.strip().decode("ascii", "replace"), content[pos:end + 2]))
+        pos = end + 2
+    rest = content[pos:]
+    if fields and not fields[-1].raw.endswith(b"\r\n"):
+        fields[-1] = HeaderField(fields[-1].name, fields[-1].raw + b"\r\n")
+    return fields, rest
+
+
+def join_header(fields: list[HeaderField], rest: bytes) -> bytes:
+    """The inverse of :func:`split_header`."""
+    return b"".join(f.raw for f in fields) + rest
+
+
+def make_field(name: str, value: str) -> HeaderField:
+    """A new header field; long values are folded at spaces (RFC 5322 2.2.3)."""
+    words = value.split(" ")
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in words:
+        if len(current) + 1 + len(word) > 78 and current.strip():
+            lines.append(current)
+            current = "\t" + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return HeaderField(name, ("\r\n".join(lines) + "\r\n").encode("utf-8"))
+
+
+def first(fields: list[HeaderField], name: str) -> HeaderField | None:
+    lower = name.lower()
+    for f in fields:
+        if f.name.lower() == lower:
+            return f
+    return None
+
+
+def addresses(field: HeaderField | None) -> list[str]:
+    """The addresses of an address-list field (From, To, Cc)."""
+    if field is None:
+        return []
+    return [addr for _, addr in email.utils.getaddresses([field.value]) if addr]

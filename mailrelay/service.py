@@ -1,0 +1,209 @@
+"""
+service: assembles the daemon's services from the configuration.
+
+Start order: managed Redis (if any) -> storage (connection to Redis) ->
+listeners; stop order is the reverse, each step finishing before the next:
+listeners close first, sessions finish their transaction or get 421, then
+Redis is released.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailrelay import __version__
+from mailrelay.config import Config, parse_redis_url
+from mailrelay.smtpserver import ServerLimits, SMTPServerFactory
+from mailrelay.storage import Storage, connect_redis
+
+log = Logger()
+
+
+class StorageService(service.Service):
+    """Owns the connection to Redis and the :class:`Storage` built on it."""
+
+    name = "storage"
+
+    def __init__(self, config: Config, managed: Any = None) -> None:
+        self.config = config
+        self.managed = managed
+        self.redis: Any = None
+        self.storage: Storage | None = None
+
+    def describe(self) -> str:
+        if self.managed is not None:
+            return f"managed Redis at unix:{self.managed.socket_path} (appendfsync {self.config.redis.appendfsync})"
+        if self.config.redis.sentinels:
+            sentinels = ", ".join(f"{h}:{p}" for h, p in self.config.redis.sentinels)
+            return f"Redis via Sentinel {sentinels} (master {self.config.redis.master_name})"
+        address = parse_redis_url(self.config.redis.url)
+        where = f"unix:{address.path}" if address.path else f"{address.host}:{address.port}"
+        return f"external Redis at {where} db {address.db}"
+
+    async def when_ready(self) -> None:
+        socket_path = None
+        if self.managed is not None:
+            await self.managed.whenReady()
+            socket_path = str(self.managed.socket_path)
+        self.redis = connect_redis(self.config, socket_path)
+        self.storage = Storage(self.config, self.redis)
+        log.info("using {redis}, key prefix {prefix!r}", redis=self.describe(),
+                 prefix=self.config.redis.key_prefix)
+        try:
+            await self.storage.start()
+        except Exception as e:
+            log.warn("Redis is not answering yet ({e}); submission answers 451 until it does", e=e)
+
+    def stopService(self) -> defer.Deferred | None:
+        service.Service.stopService(self)
+        if self.storage is not None:
+            self.storage.stop()
+        if self.redis is not None:
+            d = self.redis.disconnect()
+            return d.addErrback(lambda f: None)
+        return None
+
+
+class MailrelayService(service.MultiService):
+    """The daemon: children start in order, each waiting for the previous, and stop in reverse."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self._startup: defer.Deferred | None = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._startup = defer.ensureDeferred(self._start())
+        self._startup.addErrback(self._fatal)
+
+    async def _start(self) -> None:
+        for child in self:
+            child.startService()
+            when_ready = getattr(child, "when_ready", None)
+            if when_ready is not None:
+                await when_ready()
+        log.info("mailrelay {version} ready", version=__version__)
+
+    def _fatal(self, failure: Any) -> None:
+        from twisted.internet import reactor
+
+        if failure.check(defer.CancelledError):
+            return
+        log.critical("mailrelay could not start: {error}", error=failure.getErrorMessage())
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.stop()
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._startup is not None and not self._startup.called:
+            self._startup.cancel()
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("stopping {name} failed", name=child.name)
+        log.info("mailrelay stopped")
+
+
+def make_service(config: Config) -> MailrelayService:
+    """Build the daemon's service tree from a validated configuration."""
+    from mailrelay import tlsutil
+    from mailrelay.redisproc import ManagedRedis, find_redis_server
+    from mailrelay.submission import SubmissionHandler, ensure_first_user
+
+    top = MailrelayService(config)
+    state_dir = config.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    managed = None
+    if not config.redis.url and not config.redis.sentinels:
+        executable = find_redis_server()
+        managed = ManagedRedis(state_dir, config.redis.appendfsync, executable)
+        managed.setName("redis")
+        managed.setServiceParent(top)
+    storage_service = StorageService(config, managed)
+    storage_service.setServiceParent(top)
+
+    if config.tls.cert:
+        cert, key = config.tls.cert, config.tls.key
+    else:
+        cert, key = tlsutil.ensure_self_signed(state_dir, config.hostname)
+    tls_options = tlsutil.server_tls_options(cert, key, config.tls.min_version)
+
+    users = dict(config.submission.users)
+    if not users:
+        username, hashed, path = ensure_first_user(state_dir)
+        users[username] = hashed
+        log.info("no [submission] users configured: user {user!r}, password in {path} (mode 0600)",
+                 user=username, path=str(path.resolve()))
+
+    settings = config.submission
+    limits = ServerLimits(
+        hostname=config.hostname,
+        max_message_size=settings.max_message_size,
+        max_recipients=settings.max_recipients,
+        idle_timeout=settings.idle_timeout,
+        data_timeout=settings.data_timeout,
+        max_connections_per_ip=settings.max_connections_per_ip,
+        service_name="submission",
+    )
+
+    def handler_factory() -> SubmissionHandler:
+        from twisted.internet import reactor
+
+        assert storage_service.storage is not None
+        return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True)
+
+    listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
+    listeners.setServiceParent(top)
+    return top
+
+
+class SubmissionListeners(service.MultiService):
+    """The STARTTLS and implicit-TLS submission listeners (started once Redis is connected)."""
+
+    name = "submission"
+
+    def __init__(self, limits: ServerLimits, handler_factory: Any, tls_options: Any,
+                 listen: tuple[str, ...], listen_tls: tuple[str, ...]) -> None:
+        super().__init__()
+        self.limits = limits
+        self.handler_factory = handler_factory
+        self.tls_options = tls_options
+        self.listen = listen
+        self.listen_tls = listen_tls
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+
+    async def when_ready(self) -> None:
+        from mailrelay import tlsutil
+        from mailrelay.submission import SMTPListenerService
+
+        handler = self.handler_factory()
+        if self.listen:
+            factory = SMTPServerFactory(self.limits, handler, self.tls_options, auth_possible=True)
+            child = SMTPListenerService("submission", self.listen, factory, tls_mode="STARTTLS")
+            child.setServiceParent(self)
+            await child.listen()
+        if self.listen_tls:
+            factory = SMTPServerFactory(self.limits, handler, self.tls_options, implicit_tls=True,
+                                        auth_possible=True)
+            child = SMTPListenerService(
+                "submission-tls", self.listen_tls, factory, tls_mode="implicit TLS",
+                wrap_tls=lambda f: tlsutil.implicit_tls_factory(self.tls_options, f))
+            child.setServiceParent(self)
+            await child.listen()
+
+    def stopService(self) -> defer.Deferred:
+        return service.MultiService.stopService(self)

@@ -1,0 +1,334 @@
+"""
+submission: the SMTP endpoint where applications hand over their mail.
+
+JOB
+    Accepts mail from authenticated users (SMTP AUTH) and trusted networks,
+    completes it (Received, Message-ID, Date; tag and metadata headers taken
+    out) and queues it in Redis; ``250 2.0.0 Ok: queued as <id>`` is sent only
+    once the message and one delivery job per recipient are stored.
+
+SECURITY
+    Clients are untrusted until they authenticate. Never an open relay: RCPT
+    without AUTH or a trusted network gets ``530 5.7.0``. AUTH is offered only
+    over TLS unless ``require_tls_for_auth = false``; failed AUTH is throttled
+    per client address; passwords are checked (scrypt) off the reactor thread.
+
+STANDARDS
+    RFC 5321, RFC 6409 (message submission), RFC 3207, RFC 8314, RFC 4954,
+    RFC 3848 (Received "with" keywords), RFC 5322 (header fields).
+
+DIAGNOSTICS
+    ``451 4.3.0`` Redis did not store the message in time (it is not queued);
+    ``452 4.3.1`` Redis is full; ``451 4.7.0`` user over its rate limit;
+    ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures.
+
+CONFIGURATION
+    ``[submission]`` listen, listen_tls, users, trusted_networks,
+    max_message_size, max_recipients, require_tls_for_auth, idle_timeout,
+    data_timeout, max_connections_per_ip, auth_failures_per_ip,
+    rate_limit_per_user. Redis data: through :mod:`mailrelay.storage` only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import time
+import tomllib
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, threads
+from twisted.logger import Logger
+
+from mailrelay import message as msg
+from mailrelay import smtpserver
+from mailrelay.config import Config, Rate
+from mailrelay.passwords import hash_password, verify_password
+from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
+from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
+
+log = Logger()
+
+#: Header fields that carry the tag and metadata; removed before delivery.
+TAG_HEADERS = ("x-mailrelay-tag", "x-pm-tag")
+METADATA_PREFIXES = ("x-mailrelay-metadata-", "x-pm-metadata-")
+#: Our own namespace: every X-Mailrelay-* field a client sends is removed.
+OWN_HEADER_PREFIX = "x-mailrelay-"
+
+#: Name of the generated first user, and the file holding its password.
+FIRST_USER = "mailrelay"
+CREDENTIALS_FILE = "credentials"
+
+
+def queued_reply(message_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"Ok: queued as {message_id}")
+
+
+# -- users -----------------------------------------------------------------------
+
+
+def ensure_first_user(state_dir: Path) -> tuple[str, str, Path]:
+    """
+    The generated first user: (username, password hash, credentials path).
+    The password is written once to ``state_dir/credentials`` (mode 0600) and
+    read back on later starts.
+    """
+    path = state_dir / CREDENTIALS_FILE
+    if path.exists():
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        username, password = data["username"], data["password"]
+    else:
+        username, password = FIRST_USER, secrets.token_urlsafe(18)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# mailrelay: the generated first SMTP AUTH user (written once).\n"
+                    "# Replace it by [submission] users in the configuration.\n"
+                    f'username = "{username}"\npassword = "{password}"\n')
+    return username, hash_password(password, log_n=12), path
+
+
+class Authenticator:
+    """Checks user passwords off the reactor, remembering recent successes."""
+
+    CACHE_SIZE = 1024
+    CACHE_SECONDS = 600.0
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self.users = dict(users)
+        self._key = os.urandom(32)
+        self._cache: dict[bytes, float] = {}
+
+    def _cache_key(self, username: str, password: bytes) -> bytes:
+        return hmac.new(self._key, username.encode() + b"\0" + password, hashlib.sha256).digest()
+
+    async def check(self, username: str, password: bytes) -> bool:
+        hashed = self.users.get(username)
+        if hashed is None:
+            return False
+        key = self._cache_key(username, password)
+        now = time.monotonic()
+        if self._cache.get(key, 0) > now:
+            return True
+        ok = await threads.deferToThread(verify_password, password, hashed)
+        if ok:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = now + self.CACHE_SECONDS
+        return ok
+
+
+class FailureThrottle:
+    """Counts failures per client address in a sliding window."""
+
+    def __init__(self, rate: Rate, clock: Any) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._failures: dict[str | None, deque[float]] = {}
+
+    def _recent(self, key: str | None) -> deque[float]:
+        entries = self._failures.get(key)
+        if entries is None:
+            return deque()
+        horizon = self.clock.seconds() - self.rate.period
+        while entries and entries[0] < horizon:
+            entries.popleft()
+        if not entries:
+            del self._failures[key]
+        return entries
+
+    def blocked(self, key: str | None) -> bool:
+        return len(self._recent(key)) >= self.rate.count
+
+    def record(self, key: str | None) -> None:
+        entries = self._recent(key)
+        if not entries:
+            self._failures[key] = entries
+        entries.append(self.clock.seconds())
+
+
+# -- the handler ---------------------------------------------------------------------
+
+
+class SubmissionHandler:
+    """The submission policy: who may send, and queueing what they send."""
+
+    def __init__(self, config: Config, storage: Storage, users: Mapping[str, str],
+                 clock: Any, tls_available: bool) -> None:
+        self.config = config
+        self.settings = config.submission
+        self.hostname = config.hostname
+        self.storage = storage
+        self.authenticator = Authenticator(users)
+        self.throttle = FailureThrottle(self.settings.auth_failures_per_ip, clock)
+        self.trusted = self.settings.trusted_networks
+        self.tls_available = tls_available
+
+    def is_trusted(self, session: Session) -> bool:
+        if not self.trusted or session.peer_host is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(session.peer_host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def auth_offered(self, session: Session) -> bool:
+        return session.tls or not self.settings.require_tls_for_auth
+
+    def auth_throttled(self, session: Session) -> bool:
+        return self.throttle.blocked(session.peer_host)
+
+    def authenticate(self, session: Session, username: str, password: bytes) -> defer.Deferred:
+        d = defer.ensureDeferred(self.authenticator.check(username, password))
+
+        def counted(ok: bool) -> bool:
+            if not ok:
+                self.throttle.record(session.peer_host)
+            return ok
+
+        return d.addCallback(counted)
+
+    def check_sender(self, session: Session, sender: str) -> Reply | None | defer.Deferred:
+        rate = self.settings.rate_limit_per_user
+        if rate is None or session.user is None:
+            return None
+        d = defer.ensureDeferred(self.storage.hit_user_rate(session.user, rate.count, rate.period))
+
+        def decided(allowed: bool) -> Reply | None:
+            return None if allowed else smtpserver.RATE_LIMITED
+
+        def failed(failure: Any) -> Reply:
+            failure.trap(StorageUnavailable)
+            return smtpserver.STORAGE_UNAVAILABLE
+
+        return d.addCallbacks(decided, failed)
+
+    def check_recipient(self, session: Session, recipient: str) -> Reply | None:
+        if session.user is None and not self.is_trusted(session):
+            return smtpserver.AUTH_REQUIRED
+        return None
+
+    def accept_message(self, session: Session, transaction: Transaction, content: bytes) -> defer.Deferred:
+        return defer.ensureDeferred(self._accept(session, transaction, content))
+
+    async def _accept(self, session: Session, transaction: Transaction, content: bytes) -> Reply:
+        new = self.prepare(session, transaction, content)
+        try:
+            message_id = await self.storage.enqueue(new)
+        except StorageFull as e:
+            log.error("submission: Redis is full, message refused: {e}", e=e)
+            return smtpserver.STORAGE_FULL
+        except StorageUnavailable as e:
+            log.warn("submission: message not queued, answered 451: {e}", e=e)
+            return smtpserver.STORAGE_UNAVAILABLE
+        log.info("submission: queued {id} from <{sender}> for {n} recipient(s), {size} bytes, user {user}",
+                 id=message_id, sender=new.sender, n=len(new.recipients), size=len(new.content),
+                 user=session.user or "-")
+        return queued_reply(message_id)
+
+    def prepare(self, session: Session, transaction: Transaction, content: bytes) -> NewMessage:
+        """Complete the message for delivery and collect its tag, metadata and summary."""
+        new = NewMessage(sender=transaction.sender, recipients=list(transaction.recipients),
+                         content=b"", user=session.user, client=session.peer_host)
+        fields, rest = msg.split_header(content)
+        kept: list[msg.HeaderField] = []
+        for f in fields:
+            lower = f.name.lower()
+            if lower in TAG_HEADERS:
+                new.tag = f.decoded
+            elif lower.startswith(METADATA_PREFIXES):
+                name = f.name[len("x-pm-metadata-") if lower.startswith("x-pm-") else len("x-mailrelay-metadata-"):]
+                new.metadata[name] = f.decoded
+            elif not lower.startswith(OWN_HEADER_PREFIX):
+                kept.append(f)
+        added = [self.received_field(session, transaction, new.id)]
+        message_id_field = msg.first(kept, "Message-ID")
+        if message_id_field is None:
+            message_id_field = msg.make_field("Message-ID", f"<{new.id}@{self.hostname}>")
+            added.append(message_id_field)
+        if msg.first(kept, "Date") is None:
+            added.append(msg.make_field("Date", email.utils.formatdate(localtime=True)))
+        if rest and not rest.startswith(b"\r\n"):
+            rest = b"\r\n" + rest  # the body had no header, or no blank line before it
+        new.content = msg.join_header(added + kept, rest)
+        from_addresses = msg.addresses(msg.first(kept, "From"))
+        subject = msg.first(kept, "Subject")
+        new.summary = {
+            "from": from_addresses[0] if from_addresses else "",
+            "to": msg.addresses(msg.first(kept, "To")),
+            "cc": msg.addresses(msg.first(kept, "Cc")),
+            "subject": subject.decoded if subject else "",
+            "message_id": message_id_field.value,
+        }
+        return new
+
+    def received_field(self, session: Session, transaction: Transaction, message_id: str) -> msg.HeaderField:
+        """The Received: field we prepend (RFC 5321 4.4, RFC 3848 "with" keywords)."""
+        protocol = "ESMTP" if session.esmtp else "SMTP"
+        if session.tls:
+            protocol += "S"
+        if session.user is not None:
+            protocol += "A"
+        helo = "".join(c for c in (session.helo or "unknown") if c.isprintable() and c not in "()")[:100]
+        client = session.peer_host or "local"
+        if ":" in client:
+            client = "IPv6:" + client
+        text = f"from {helo} ([{client}]) by {self.hostname} (mailrelay) with {protocol} id {message_id}"
+        if len(transaction.recipients) == 1:
+            text += f" for <{transaction.recipients[0]}>"
+        text += "; " + email.utils.formatdate(localtime=True)
+        return msg.make_field("Received", text)
+
+
+# -- the service -----------------------------------------------------------------------
+
+
+def describe_address(address: Any) -> str:
+    if hasattr(address, "port"):
+        host = address.host
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+class SMTPListenerService(service.Service):
+    """Listens on endpoint strings with one factory; closes sessions politely on stop."""
+
+    #: Seconds a transaction in progress may take to finish at shutdown.
+    SHUTDOWN_GRACE = 30.0
+
+    def __init__(self, name: str, descriptions: tuple[str, ...], factory: SMTPServerFactory,
+                 wrap_tls: Any = None, tls_mode: str = "plain") -> None:
+        self.setName(name)
+        self.descriptions = descriptions
+        self.factory = factory
+        self.wrap_tls = wrap_tls
+        self.tls_mode = tls_mode
+        self.ports: list[Any] = []
+
+    async def listen(self) -> None:
+        from twisted.internet import reactor
+
+        outer = self.wrap_tls(self.factory) if self.wrap_tls else self.factory
+        for description in self.descriptions:
+            port = await endpoints.serverFromString(reactor, description).listen(outer)
+            self.ports.append(port)
+            log.info("{service} listening on {address} ({mode})", service=self.name,
+                     address=describe_address(port.getHost()), mode=self.tls_mode)
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        ports, self.ports = self.ports, []
+        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        await self.factory.shutdown(self.SHUTDOWN_GRACE)
