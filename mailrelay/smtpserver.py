@@ -800,6 +800,8 @@ class SMTPServerProtocol(protocol.Protocol):
 class SMTPServerFactory(protocol.Factory):
     """Builds sessions for one kind of listener and keeps track of them."""
 
+    noisy = False
+
     def __init__(self, limits: ServerLimits, handler: SMTPHandler, tls_options: Any = None,
                  *, implicit_tls: bool = False, auth_possible: bool = False, clock: Any = None) -> None:
         from twisted.internet import reactor
