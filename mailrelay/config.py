@@ -152,6 +152,9 @@ def p_endpoints(key: str, value: Any) -> tuple[str, ...]:
 
     items = p_str_list(key, value)
     for i, description in enumerate(items):
+        if description.startswith("systemd:"):
+            _check_systemd_endpoint(f"{key}[{i}]", description)
+            continue
         try:
             endpoints.serverFromString(reactor, description)
         except Exception as e:  # the parser raises many kinds
@@ -160,6 +163,14 @@ def p_endpoints(key: str, value: Any) -> tuple[str, ...]:
                 f"{key}[{i}]: {description!r} is not a usable endpoint ({reason})"
             ) from None
     return items
+
+
+def _check_systemd_endpoint(key: str, description: str) -> None:
+    """Socket activation: the sockets exist only under systemd, so check the syntax only."""
+    params = dict(p.partition("=")[::2] for p in description.split(":")[1:])
+    if params.get("domain") not in ("INET", "INET6", "UNIX") or not params.get("index", "").isdigit():
+        raise ConfigError(f"{key}: {description!r} is not a usable endpoint "
+                          "(expected systemd:domain=INET|INET6|UNIX:index=N)")
 
 
 def p_networks(key: str, value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

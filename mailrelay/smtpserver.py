@@ -141,6 +141,8 @@ MAX_DOMAIN = 255
 MAX_PATH = 256
 #: Protocol errors before a session is closed (Postfix: smtpd_hard_error_limit).
 MAX_ERRORS = 20
+#: Seconds a closing session waits for the client's TLS close_notify.
+CLOSE_GRACE = 2.0
 #: Buffered, unprocessed input that makes us stop reading from a pipelining client.
 MAX_PENDING_INPUT = 256 * 1024
 
@@ -321,6 +323,7 @@ class SMTPServerProtocol(protocol.Protocol):
         self._closing = False       # shutdown requested: close after the transaction
         self._idle_call = None
         self._data_call = None
+        self._abort_call = None
         # DATA phase state
         self._data_chunks: list[bytes] = []
         self._data_size = 0
@@ -354,7 +357,7 @@ class SMTPServerProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._mode = _CLOSED
-        for call in (self._idle_call, self._data_call):
+        for call in (self._idle_call, self._data_call, self._abort_call):
             if call is not None and call.active():
                 call.cancel()
         self._data_chunks = []
@@ -364,6 +367,14 @@ class SMTPServerProtocol(protocol.Protocol):
         self._mode = _CLOSED
         self._buffer = b""
         self.transport.loseConnection()
+        # TLS waits for the client's close_notify; a client that never sends it
+        # must not hold the session (and a shutdown) open.
+        self._abort_call = self.factory.clock.callLater(CLOSE_GRACE, self._abort_transport)
+
+    def _abort_transport(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
     # -- timers -----------------------------------------------------------------
 
@@ -858,4 +869,3 @@ class SMTPServerFactory(protocol.Factory):
     def _abort_all(self) -> None:
         for proto in list(self.sessions):
             proto.abort()
-            proto.transport.abortConnection() if hasattr(proto.transport, "abortConnection") else None

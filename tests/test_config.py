@@ -115,3 +115,10 @@ def test_cli_check_config_ok_and_error(tmp_path):
     result = run_cli("check-config", "-c", str(broken))
     assert result.returncode != 0 and "not valid TOML" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_systemd_endpoints_are_checked_for_syntax_only():
+    c = parse_config({"submission": {"listen": ["systemd:domain=INET:index=0"]}})
+    assert c.submission.listen == ("systemd:domain=INET:index=0",)
+    with pytest.raises(ConfigError, match=r"submission.listen\[0\]"):
+        parse_config({"submission": {"listen": ["systemd:domain=IPX:index=0"]}})
