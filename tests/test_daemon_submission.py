@@ -315,3 +315,35 @@ def test_bad_configuration_does_not_start(tmp_path, config_text, key):
     output = (result.stdout + result.stderr).strip().splitlines()
     assert "Traceback" not in result.stdout + result.stderr
     assert len(output) == 1 and key in output[0], output
+
+
+def test_idle_and_data_timeouts(start_daemon, daemon_config, redis_server, unique_prefix):
+    d = start_daemon(daemon_config(redis_server, unique_prefix,
+                                   submission={"users": USERS, "idle_timeout": "1s", "data_timeout": "2s",
+                                               "trusted_networks": ["127.0.0.0/8"]}))
+    with socket.create_connection(("127.0.0.1", d.ports["submission"]), timeout=20) as idle:
+        f = idle.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        assert f.readline().startswith(b"421 4.4.2")  # nothing sent: idle timeout
+        assert f.readline() == b""                     # and the server closed
+    with socket.create_connection(("127.0.0.1", d.ports["submission"]), timeout=20) as slow:
+        f = slow.makefile("rb")
+        f.readline()
+        slow.sendall(b"HELO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        for _ in range(4):
+            f.readline()
+        # keep sending less than a line, more often than the idle timeout, never finishing DATA
+        received = b""
+        slow.settimeout(0.5)
+        for _ in range(12):
+            try:
+                slow.sendall(b"x")
+                chunk = slow.recv(4096)
+            except (TimeoutError, socket.timeout):
+                continue  # no reply yet: send another byte
+            except OSError:
+                break
+            received += chunk
+            if not chunk or b"421" in received:
+                break
+        assert received.startswith(b"421 4.4.2"), received
