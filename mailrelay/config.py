@@ -350,11 +350,80 @@ class SubmissionConfig:
     rate_limit_per_user: Rate | None = setting("", p_optional_rate, 'messages per authenticated user, e.g. "1000/1m"; over it 451 4.7.0; "" = no limit')
 
 
+def p_duration_list(key: str, value: Any) -> tuple[float, ...]:
+    _expect(key, value, list, 'a list of durations like ["1m", "5m"]')
+    if not value:
+        raise ConfigError(f"{key}: needs at least one duration")
+    return tuple(p_duration(f"{key}[{i}]", item) for i, item in enumerate(value))
+
+
+def p_domain_rates(key: str, value: Any) -> Mapping[str, Rate]:
+    _expect(key, value, dict, 'a table of domain = "count/duration"')
+    return MappingProxyType({domain.lower(): p_rate(f"{key}.{domain}", rate)
+                             for domain, rate in value.items()})
+
+
+def p_host_port(key: str, value: Any) -> tuple[str, int] | None:
+    _expect(key, value, str, '"host:port" (or "" for none)')
+    if not value:
+        return None
+    return p_host_ports(key, [value])[0]
+
+
+def p_choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        _expect(key, value, str, "one of " + ", ".join(f'"{c}"' for c in choices))
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    parse.choices = choices  # type: ignore[attr-defined]
+    return parse
+
+
+def p_ip_or_empty(key: str, value: Any) -> str:
+    _expect(key, value, str, 'an IP address (or "" for any)')
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+p_delivery_tls = p_choice("opportunistic", "required", "verify")
+p_smarthost_tls = p_choice("none", "starttls", "tls")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    enabled: bool = setting(True, p_bool, "deliver queued mail from this daemon (false: accept and queue only)")
+    lease_timeout: float = setting("2m", p_duration, "how long a claimed delivery job stays reserved without renewal (a dead daemon's jobs are retried after it)")
+    retry_schedule: tuple = setting(["1m", "5m", "10m", "30m", "1h", "2h", "4h"], p_duration_list, "delays between attempts; the last one repeats")
+    max_queue_lifetime: float = setting("3d", p_duration, "age after which an undelivered message expires (bounce)")
+    rate_limit_per_domain: Mapping = setting({}, p_domain_rates, 'messages per destination domain and daemon, e.g. { "gmail.com" = "600/1m" }')
+    nameservers: tuple = setting([], p_host_ports, 'DNS servers for MX lookups ["host:port", ...]; empty = the system\'s')
+    mx_port: int = setting(25, p_positive, "TCP port of destination mail servers")
+    smarthost: tuple | None = setting("", p_host_port, '"host:port" of a relay that receives all mail instead of the MX hosts; "" = deliver directly')
+    smarthost_username: str = setting("", p_str, "AUTH user for the smarthost (\"\" = no AUTH)")
+    smarthost_password: str = setting("", p_str, "AUTH password for the smarthost", secret=True)
+    smarthost_tls: str = setting("starttls", p_smarthost_tls, '"none", "starttls" (required) or "tls" (implicit) toward the smarthost')
+    tls: str = setting("opportunistic", p_delivery_tls, '"opportunistic" (STARTTLS when offered), "required", or "verify" (certificate checked against the MX name)')
+    max_messages_per_connection: int = setting(100, p_positive, "messages sent over one connection before it is closed")
+    idle_timeout: float = setting("30s", p_duration, "an unused outbound connection is closed after this")
+    concurrency_per_domain: int = setting(10, p_positive, "simultaneous connections to one destination domain")
+    max_connections: int = setting(200, p_positive, "simultaneous outbound connections in all")
+    helo_name: str = setting("", p_str, 'name sent in EHLO; "" = [server] hostname')
+    bind_address: str = setting("", p_ip_or_empty, 'source IP address for outbound connections; "" = any')
+    connect_timeout: float = setting("30s", p_duration, "time allowed to open a connection to a destination")
+    command_timeout: float = setting("5m", p_duration, "time allowed for each reply of a destination server")
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
     "tls": TLSConfig,
     "submission": SubmissionConfig,
+    "delivery": DeliveryConfig,
 }
 
 
@@ -366,6 +435,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     source: str | None = None
 
     @property
@@ -433,6 +503,12 @@ def _render(value: Any, f: dataclasses.Field) -> str:
     parse = f.metadata["parse"]
     if parse is p_duration:
         return f'"{format_duration(value)}"'
+    if parse is p_duration_list:
+        return "[" + ", ".join(f'"{format_duration(v)}"' for v in value) + "]"
+    if parse is p_domain_rates:
+        value = {k: str(v) for k, v in value.items()}
+    if parse is p_host_port:
+        return f'"{value[0]}:{value[1]}"' if value else '""'
     if parse in (p_rate, p_optional_rate):
         return f'"{value or ""}"'
     if parse is p_networks:

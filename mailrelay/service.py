@@ -158,11 +158,19 @@ def make_service(config: Config) -> MailrelayService:
         service_name="submission",
     )
 
+    delivery = None
+    if config.delivery.enabled:
+        from mailrelay.delivery import DeliveryService
+
+        delivery = DeliveryService(config, lambda: storage_service.storage)
+        delivery.setServiceParent(top)
+
     def handler_factory() -> SubmissionHandler:
         from twisted.internet import reactor
 
         assert storage_service.storage is not None
-        return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True)
+        return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True,
+                                 on_queued=delivery.wake if delivery is not None else None)
 
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)

@@ -85,9 +85,10 @@ class NewMessage:
 
 # -- Lua scripts ------------------------------------------------------------------
 
-# KEYS: msg, body, queue:domains, events, then one queue:d:<domain> per recipient
-# ARGV: id, deadline_ms, due_offset_ms, events_maxlen, n_fields, field/value pairs...,
-#       body, then per recipient: address, domain-key-index (1-based into KEYS)
+# KEYS: msg, body, queue:domains, events, timeline, then one queue:d:<domain> per domain
+# ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
+#       n_fields, field/value pairs..., body,
+#       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
 ENQUEUE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -99,9 +100,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local id = ARGV[1]
 local due = now + tonumber(ARGV[3])
-local nfields = tonumber(ARGV[5])
+local prefix_len = tonumber(ARGV[5])
+local nfields = tonumber(ARGV[6])
 local hash = {}
-local pos = 6
+local pos = 7
 for i = 1, nfields * 2 do
   hash[i] = ARGV[pos]
   pos = pos + 1
@@ -110,18 +112,18 @@ local body = ARGV[pos]
 pos = pos + 1
 local i = 0
 while pos <= #ARGV do
-  local rcpt = ARGV[pos]
   local dkey = KEYS[tonumber(ARGV[pos + 1])]
   hash[#hash + 1] = 'rcpt:' .. i
-  hash[#hash + 1] = rcpt
+  hash[#hash + 1] = ARGV[pos]
   hash[#hash + 1] = 'state:' .. i
   hash[#hash + 1] = 'queued'
   redis.call('ZADD', dkey, due, id .. '.' .. i)
-  local domain = string.sub(dkey, #ARGV[pos + 2] + 1)
+  local domain = string.sub(dkey, prefix_len + 1)
   local current = redis.call('ZSCORE', KEYS[3], domain)
   if not current or tonumber(current) > due then
     redis.call('ZADD', KEYS[3], due, domain)
   end
+  redis.call('RPUSH', KEYS[5], ARGV[pos + 2])
   i = i + 1
   pos = pos + 3
 end
@@ -135,13 +137,13 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'msg'
 return 'OK'
 """
 
-# KEYS: msg, body, queue:domains, then queue:d:<domain> per recipient
+# KEYS: msg, body, queue:domains, timeline, then queue:d:<domain> per recipient
 # ARGV: id, then per recipient: domain
 CANCEL_SCRIPT = """
 local id = ARGV[1]
 local n = tonumber(redis.call('HGET', KEYS[1], 'rcpt_count') or '0')
 for i = 0, n - 1 do
-  local dkey = KEYS[4 + i]
+  local dkey = KEYS[5 + i]
   if dkey then
     redis.call('ZREM', dkey, id .. '.' .. i)
     if redis.call('ZCARD', dkey) == 0 then
@@ -149,7 +151,7 @@ for i = 0, n - 1 do
     end
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 return n
 """
 
@@ -181,6 +183,160 @@ return 1
 """
 
 
+# -- delivery queue scripts ------------------------------------------------------------
+# Shared Lua: after a domain queue changed, keep queue:domains at its earliest due time.
+_DOMAIN_MIN = """
+local function update_domain(domains_key, dkey, domain)
+  local first = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', domains_key, domain)
+  else
+    redis.call('ZADD', domains_key, first[2], domain)
+  end
+end
+local function domain_of(address)
+  local at = string.find(address, '@[^@]*$')
+  return string.lower(string.sub(address, (at or 0) + 1))
+end
+"""
+
+# KEYS: queue:domains, queue:d:<domain>, leases
+# ARGV: domain, now_ms, limit, lease_until_ms, owner, msg key prefix
+# Returns flat list: job, sender, rcpt, attempts, received_at per claimed job.
+CLAIM_SCRIPT = _DOMAIN_MIN + """
+local jobs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, job in ipairs(jobs) do
+  redis.call('ZREM', KEYS[2], job)
+  local dot = string.find(job, '.', 1, true)
+  local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
+  local mkey = ARGV[6] .. id
+  local row = redis.call('HMGET', mkey, 'sender', 'rcpt:' .. i, 'attempts:' .. i, 'received_at')
+  if row[2] then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), job)
+    redis.call('HSET', mkey, 'owner:' .. i, ARGV[5], 'state:' .. i, 'delivering')
+    out[#out + 1] = job
+    out[#out + 1] = row[1]
+    out[#out + 1] = row[2]
+    out[#out + 1] = row[3] or '0'
+    out[#out + 1] = row[4]
+  end
+end
+update_domain(KEYS[1], KEYS[2], ARGV[1])
+return out
+"""
+
+# KEYS: queue:domains, queue:d:<domain>, leases, msg, timeline, events
+# ARGV: job, rcpt index, owner, new state, event JSON, due_ms ("" if final),
+#       domain, events_maxlen, message id, now_ms
+# States: deferred (rescheduled at due_ms), delivered, bounced, expired (final).
+RECORD_SCRIPT = _DOMAIN_MIN + """
+local i = ARGV[2]
+local owner = redis.call('HGET', KEYS[4], 'owner:' .. i)
+if not owner then
+  if redis.call('EXISTS', KEYS[4]) == 0 then
+    return 'GONE'
+  end
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], 'owner:' .. i)
+redis.call('HSET', KEYS[4], 'state:' .. i, ARGV[4], 'last:' .. i, ARGV[10])
+redis.call('HINCRBY', KEYS[4], 'attempts:' .. i, 1)
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[4], 'msg', ARGV[9], 'rcpt', i, 'at', ARGV[10])
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[1])
+  update_domain(KEYS[1], KEYS[2], ARGV[7])
+end
+if owner and owner ~= ARGV[3] then
+  return 'STOLEN'
+end
+return 'OK'
+"""
+
+# KEYS: queue:domains, leases; ARGV: now_ms, owner ("" = any: expired leases), msg key prefix,
+#       domain queue prefix, then jobs (only with an owner: hand these back now)
+# Puts jobs back into their domain queue, due now.
+REQUEUE_SCRIPT = _DOMAIN_MIN + """
+local jobs
+if ARGV[2] == '' then
+  jobs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+else
+  jobs = {}
+  for k = 5, #ARGV do jobs[#jobs + 1] = ARGV[k] end
+end
+local n = 0
+for _, job in ipairs(jobs) do
+  local dot = string.find(job, '.', 1, true)
+  local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
+  local mkey = ARGV[3] .. id
+  local owner = redis.call('HGET', mkey, 'owner:' .. i)
+  if ARGV[2] == '' or owner == ARGV[2] then
+    redis.call('ZREM', KEYS[2], job)
+    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
+    if rcpt and owner then
+      local domain = domain_of(rcpt)
+      local dkey = ARGV[4] .. domain
+      redis.call('ZADD', dkey, tonumber(ARGV[1]), job)
+      update_domain(KEYS[1], dkey, domain)
+      redis.call('HDEL', mkey, 'owner:' .. i)
+      redis.call('HSET', mkey, 'state:' .. i, 'queued')
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+# KEYS: leases; ARGV: lease_until_ms, jobs... Extends the leases that still exist.
+RENEW_SCRIPT = """
+local n = 0
+for k = 2, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', tonumber(ARGV[1]), ARGV[k])
+end
+return n
+"""
+
+
+def rfc3339(seconds: float) -> str:
+    """``2026-11-28T09:15:00Z`` (UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+@dataclass
+class Event:
+    """One entry of a recipient's timeline (the shape every service and the API use)."""
+
+    type: str
+    at: str
+    recipient: str
+    rcpt: int
+    detail: str = ""
+    remote_host: str | None = None
+    remote_ip: str | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    response: str | None = None
+    remote_queue_id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class ClaimedJob:
+    """A delivery job this daemon holds a lease on."""
+
+    job: str            # "<message id>.<recipient index>"
+    message_id: str
+    rcpt: int
+    sender: str
+    recipient: str
+    attempts: int
+    received_at_ms: int
+    domain: str
+
+
 def new_message_id() -> str:
     """A unique, time-ordered message id: 12 hex digits of ms time + 8 random."""
     return f"{int(time.time() * 1000):012x}{os.urandom(4).hex()}"
@@ -196,6 +352,7 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.queue_domains = prefix + "queue:domains"
+        self.leases = prefix + "queue:leases"
         self.events = prefix + "events"
         self.domain_queue_prefix = prefix + "queue:d:"
 
@@ -204,6 +361,9 @@ class Keys:
 
     def body(self, message_id: str) -> str:
         return f"{self.prefix}body:{message_id}"
+
+    def timeline(self, message_id: str) -> str:
+        return f"{self.prefix}timeline:{message_id}"
 
     def domain_queue(self, domain: str) -> str:
         return self.domain_queue_prefix + domain
@@ -290,15 +450,19 @@ class Storage:
         keys = self.keys
         domains: list[str] = []
         domain_index: dict[str, int] = {}
-        script_keys = [keys.msg(message_id), keys.body(message_id), keys.queue_domains, keys.events]
+        script_keys = [keys.msg(message_id), keys.body(message_id), keys.queue_domains, keys.events,
+                       keys.timeline(message_id)]
         rcpt_args: list[Any] = []
-        for rcpt in message.recipients:
+        at = rfc3339(time.time())
+        for index, rcpt in enumerate(message.recipients):
             domain = recipient_domain(rcpt)
             if domain not in domain_index:
                 script_keys.append(keys.domain_queue(domain))
                 domain_index[domain] = len(script_keys)
             domains.append(domain)
-            rcpt_args += [rcpt, domain_index[domain], keys.domain_queue_prefix]
+            event = Event(type="queued", at=at, recipient=rcpt, rcpt=index,
+                          detail="Accepted for delivery" + (f" from user {message.user}" if message.user else ""))
+            rcpt_args += [rcpt, domain_index[domain], event.to_json()]
         fields = {
             "sender": message.sender,
             "user": message.user or "",
@@ -316,7 +480,8 @@ class Storage:
         # With min_replicas, jobs become due only after the WAIT could have
         # failed, so that a cancelled message is never picked up meanwhile.
         hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
-        args = [message_id, int(deadline), hold_ms, EVENTS_MAXLEN, len(fields), *flat,
+        args = [message_id, int(deadline), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
+                len(fields), *flat,
                 message.content, *rcpt_args]
         try:
             if self.min_replicas:
@@ -358,7 +523,8 @@ class Storage:
         return result, replicas
 
     async def _cancel(self, message_id: str, domains: list[str]) -> None:
-        keys = [self.keys.msg(message_id), self.keys.body(message_id), self.keys.queue_domains]
+        keys = [self.keys.msg(message_id), self.keys.body(message_id), self.keys.queue_domains,
+                self.keys.timeline(message_id)]
         keys += [self.keys.domain_queue(d) for d in domains]
         try:
             await self._timed(self._eval(CANCEL_SCRIPT, keys, [message_id, *domains]), self.timeout)
@@ -385,6 +551,66 @@ class Storage:
             raise StorageUnavailable("Redis did not answer in time") from None
         return int(allowed) == 1
 
+    # -- delivery queue --------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """Milliseconds on Redis's clock, as estimated from ours (due times use it)."""
+        return int(self.clock.seconds() * 1000 + self.clock_offset_ms)
+
+    async def due_domains(self, limit: int = 100) -> list[str]:
+        """Destination domains with jobs due now, earliest first."""
+        reply = await self._call("ZRANGEBYSCORE", self.keys.queue_domains, "-inf", self.now_ms(),
+                                 "LIMIT", 0, limit)
+        return [d.decode() for d in reply]
+
+    async def claim(self, domain: str, limit: int, owner: str, lease_seconds: float) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due jobs of ``domain`` for ``owner``."""
+        now = self.now_ms()
+        keys = [self.keys.queue_domains, self.keys.domain_queue(domain), self.keys.leases]
+        reply = await self._eval(CLAIM_SCRIPT, keys, [domain, now, limit, now + int(lease_seconds * 1000),
+                                                      owner, self.keys.prefix + "msg:"])
+        jobs = []
+        for k in range(0, len(reply), 5):
+            job, sender, rcpt, attempts, received = (v.decode() for v in reply[k:k + 5])
+            message_id, _, index = job.partition(".")
+            jobs.append(ClaimedJob(job, message_id, int(index), sender, rcpt, int(attempts),
+                                   int(received), domain))
+        return jobs
+
+    async def record(self, job: ClaimedJob, owner: str, state: str, event: Event,
+                     due_ms: int | None = None) -> str:
+        """
+        Record an attempt's outcome: ``deferred`` (back in the queue at ``due_ms``)
+        or a final state. Returns "OK", "STOLEN" (another daemon took the lease
+        meanwhile; recorded anyway) or "GONE" (the message was deleted).
+        """
+        keys = [self.keys.queue_domains, self.keys.domain_queue(job.domain), self.keys.leases,
+                self.keys.msg(job.message_id), self.keys.timeline(job.message_id), self.keys.events]
+        args = [job.job, job.rcpt, owner, state, event.to_json(), "" if due_ms is None else due_ms,
+                job.domain, EVENTS_MAXLEN, job.message_id, self.now_ms()]
+        result = await self._eval(RECORD_SCRIPT, keys, args)
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def release(self, jobs: list[ClaimedJob], owner: str) -> int:
+        """Hand leased jobs back to the queue, due now (e.g. at shutdown)."""
+        if not jobs:
+            return 0
+        return int(await self._eval(REQUEUE_SCRIPT, [self.keys.queue_domains, self.keys.leases],
+                                    [self.now_ms(), owner, self.keys.prefix + "msg:",
+                                     self.keys.domain_queue_prefix, *[j.job for j in jobs]]))
+
+    async def requeue_expired_leases(self) -> int:
+        """Return jobs whose lease expired (their daemon died) to the queue."""
+        return int(await self._eval(REQUEUE_SCRIPT, [self.keys.queue_domains, self.keys.leases],
+                                    [self.now_ms(), "", self.keys.prefix + "msg:",
+                                     self.keys.domain_queue_prefix]))
+
+    async def renew(self, jobs: list[str], lease_seconds: float) -> int:
+        if not jobs:
+            return 0
+        until = self.now_ms() + int(lease_seconds * 1000)
+        return int(await self._eval(RENEW_SCRIPT, [self.keys.leases], [until, *jobs]))
+
     # -- reading ------------------------------------------------------------------------
 
     async def get_message(self, message_id: str) -> dict[str, str] | None:
@@ -397,11 +623,300 @@ class Storage:
     async def get_body(self, message_id: str) -> bytes | None:
         return await self._call("GET", self.keys.body(message_id))
 
+    async def get_timeline(self, message_id: str) -> list[dict[str, Any]]:
+        """The message's events, oldest first."""
+        reply = await self._call("LRANGE", self.keys.timeline(message_id), 0, -1)
+        return [json.loads(item) for item in reply]
+
     async def queued_jobs(self, domain: str) -> list[str]:
         """Job ids queued for a destination domain, earliest first."""
         reply = await self._call("ZRANGE", self.keys.domain_queue(domain.lower()), 0, -1)
         return [m.decode() for m in reply]
 
+    # -- administration (mailrelay queue) --------------------------------------------------
+    # Used by the `mailrelay queue` command. Every call is bounded by [redis] timeout and
+    # raises StorageUnavailable when Redis does not answer (or answers with an error).
+
+    async def _admin(self, d: defer.Deferred) -> Any:
+        try:
+            return await self._timed(d, self.timeout)
+        except defer.TimeoutError:
+            raise StorageUnavailable(
+                f"Redis did not answer within {self.timeout:g}s") from None
+        except StorageError:
+            raise
+        except Exception as e:
+            raise StorageUnavailable(str(e) or type(e).__name__) from None
+
+    async def admin_recipients(self, message_id: str) -> list[str] | None:
+        """The recipient addresses of a message by index, or None for an unknown message."""
+        reply = await self._admin(self._call("HGET", self.keys.msg(message_id), "rcpt_count"))
+        if reply is None:
+            return None
+        count = int(reply)
+        if not count:
+            return []
+        fields = [f"rcpt:{i}" for i in range(count)]
+        addresses = await self._admin(self._call("HMGET", self.keys.msg(message_id), *fields))
+        return [(a or b"").decode() for a in addresses]
+
+    async def admin_queue_summary(self) -> dict[str, Any]:
+        """
+        The queue per destination domain: ``{"now_ms": Redis time, "domains": {domain:
+        {"queued": n, "deferred": n, "delivering": n, "oldest_ms": received_at of its
+        oldest message or None}}}``. Queued jobs have had no attempt yet, deferred ones
+        at least one; delivering jobs are leased by a daemon. Large queues are read in
+        chunks (no long script), so counts taken while the queue changes are approximate.
+        """
+        seconds, micros = await self._admin(self._call("TIME"))
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        raw = await self._admin(self._call("ZRANGE", self.keys.queue_domains, 0, -1))
+        domains: dict[str, dict[str, Any]] = {}
+
+        def entry(domain: str) -> dict[str, Any]:
+            return domains.setdefault(domain, {"queued": 0, "deferred": 0, "delivering": 0,
+                                               "oldest_ms": None})
+
+        def older(row: dict[str, Any], received: int) -> None:
+            if received >= 0 and (row["oldest_ms"] is None or received < row["oldest_ms"]):
+                row["oldest_ms"] = received
+
+        msg_prefix = self.keys.prefix + "msg:"
+        for domain in (d.decode() for d in raw):
+            row = entry(domain)
+            start = 0
+            while True:
+                scanned, queued, deferred, oldest = (int(v) for v in await self._admin(self._eval(
+                    ADMIN_DOMAIN_SUMMARY_SCRIPT, [self.keys.domain_queue(domain)],
+                    [msg_prefix, start, ADMIN_CHUNK])))
+                row["queued"] += queued
+                row["deferred"] += deferred
+                older(row, oldest)
+                start += scanned
+                if scanned < ADMIN_CHUNK:
+                    break
+        leased = await self._admin(self._eval(ADMIN_LEASES_SCRIPT, [self.keys.leases], [msg_prefix]))
+        for k in range(0, len(leased), 2):
+            rcpt, received = leased[k].decode(), int(leased[k + 1])
+            row = entry(recipient_domain(rcpt))
+            row["delivering"] += 1
+            older(row, received)
+        return {"now_ms": now_ms, "domains": domains}
+
+    async def admin_message(self, message_id: str) -> dict[str, Any] | None:
+        """
+        Everything about one message, or None if unknown: ``{"now_ms": Redis time,
+        "message": the msg hash (str -> str), "timeline": [event dicts, oldest first],
+        "jobs": [{"index", "recipient", "state", "attempts", "due_ms", "lease_until_ms"}]}``
+        (due_ms: the job waits in its domain queue; lease_until_ms: a daemon is delivering it).
+        """
+        reply = await self._admin(self._call("HGETALL", self.keys.msg(message_id)))
+        if not reply:
+            return None
+        message = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        count = int(message.get("rcpt_count", "0") or 0)
+        recipients = [message.get(f"rcpt:{i}", "") for i in range(count)]
+        keys = [self.keys.leases] + [self.keys.domain_queue(recipient_domain(r)) for r in recipients]
+        status = await self._admin(self._eval(ADMIN_JOBS_SCRIPT, keys, [message_id]))
+        timeline = await self._admin(self._call("LRANGE", self.keys.timeline(message_id), 0, -1))
+        jobs = []
+        for i, rcpt in enumerate(recipients):
+            due, lease = status[1 + 2 * i], status[2 + 2 * i]
+            jobs.append({
+                "index": i,
+                "recipient": rcpt,
+                "state": message.get(f"state:{i}", ""),
+                "attempts": int(message.get(f"attempts:{i}", "0") or 0),
+                "due_ms": int(float(due)) if due else None,
+                "lease_until_ms": int(float(lease)) if lease else None,
+            })
+        return {"now_ms": int(status[0]), "message": message,
+                "timeline": [json.loads(item) for item in timeline], "jobs": jobs}
+
+    async def admin_retry_message(self, message_id: str) -> tuple[int, int] | None:
+        """
+        Make the message's jobs waiting in domain queues due now. Returns (jobs in the
+        queues, jobs whose due time was moved forward), or None for an unknown message.
+        """
+        recipients = await self.admin_recipients(message_id)
+        if recipients is None:
+            return None
+        if not recipients:
+            return 0, 0
+        domains = [recipient_domain(r) for r in recipients]
+        keys = [self.keys.queue_domains] + [self.keys.domain_queue(d) for d in domains]
+        total, moved = await self._admin(self._eval(ADMIN_RETRY_JOBS_SCRIPT, keys, [message_id, *domains]))
+        return int(total), int(moved)
+
+    async def admin_retry_domain(self, domain: str) -> tuple[int, int]:
+        """Make every job of a destination domain's queue due now: (jobs, moved forward)."""
+        domain = domain.lower()
+        keys = [self.keys.queue_domains, self.keys.domain_queue(domain)]
+        total, moved = await self._admin(self._eval(ADMIN_RETRY_DOMAIN_SCRIPT, keys, [domain]))
+        return int(total), int(moved)
+
+    async def admin_retry_all(self) -> tuple[int, int]:
+        """Make every queued job due now, one domain (one atomic script) at a time."""
+        raw = await self._admin(self._call("ZRANGE", self.keys.queue_domains, 0, -1))
+        total = moved = 0
+        for domain in raw:
+            t, m = await self.admin_retry_domain(domain.decode())
+            total, moved = total + t, moved + m
+        return total, moved
+
+    async def admin_delete(self, message_id: str, recipient: str | None = None,
+                           detail: str = "deleted by administrator") -> int | None:
+        """
+        Drop a message's pending jobs (waiting in a domain queue or leased), all of them
+        or only those of ``recipient`` (compared case-insensitively): each becomes state
+        ``deleted`` with a ``deleted`` event in its timeline and in the event stream, in
+        one script. Returns the number of jobs dropped, None for an unknown message;
+        raises LookupError when the message has no such recipient. Recipients already
+        delivered, bounced or expired are left as they are. The message and its body stay.
+        """
+        recipients = await self.admin_recipients(message_id)
+        if recipients is None:
+            return None
+        chosen = [i for i, r in enumerate(recipients)
+                  if recipient is None or r.lower() == recipient.lower()]
+        if recipient is not None and not chosen:
+            raise LookupError(f"message {message_id} has no recipient {recipient}")
+        if not chosen:
+            return 0
+        at = rfc3339(time.time())
+        keys = [self.keys.queue_domains, self.keys.leases, self.keys.msg(message_id),
+                self.keys.timeline(message_id), self.keys.events]
+        args: list[Any] = [message_id, EVENTS_MAXLEN]
+        for i in chosen:
+            domain = recipient_domain(recipients[i])
+            keys.append(self.keys.domain_queue(domain))
+            event = Event(type="deleted", at=at, recipient=recipients[i], rcpt=i, detail=detail)
+            args += [i, domain, event.to_json()]
+        result = int(await self._admin(self._eval(ADMIN_DELETE_SCRIPT, keys, args)))
+        return None if result < 0 else result
+
+
+# -- administration scripts (mailrelay queue) ---------------------------------------------
+
+#: Jobs of one domain queue read per ADMIN_DOMAIN_SUMMARY_SCRIPT call.
+ADMIN_CHUNK = 1000
+
+# KEYS: queue:d:<domain>; ARGV: msg key prefix, start rank, count
+# Returns {jobs read, queued (no attempt yet), deferred (attempts > 0), oldest received_at or -1}.
+ADMIN_DOMAIN_SUMMARY_SCRIPT = """
+local start = tonumber(ARGV[2])
+local jobs = redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1)
+local queued, deferred, oldest = 0, 0, -1
+for _, job in ipairs(jobs) do
+  local dot = string.find(job, '.', 1, true)
+  if dot then
+    local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
+    local row = redis.call('HMGET', ARGV[1] .. id, 'attempts:' .. i, 'received_at')
+    if tonumber(row[1] or '0') > 0 then deferred = deferred + 1 else queued = queued + 1 end
+    local received = tonumber(row[2])
+    if received and (oldest < 0 or received < oldest) then oldest = received end
+  end
+end
+return {#jobs, queued, deferred, oldest}
+"""
+
+# KEYS: leases; ARGV: msg key prefix
+# Returns a flat list: recipient address, received_at (or -1) per leased job.
+ADMIN_LEASES_SCRIPT = """
+local out = {}
+for _, job in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local dot = string.find(job, '.', 1, true)
+  if dot then
+    local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
+    local row = redis.call('HMGET', ARGV[1] .. id, 'rcpt:' .. i, 'received_at')
+    if row[1] then
+      out[#out + 1] = row[1]
+      out[#out + 1] = row[2] or '-1'
+    end
+  end
+end
+return out
+"""
+
+# KEYS: leases, then queue:d:<domain> per recipient index; ARGV: id
+# Returns {Redis time in ms, then per recipient: due time or '', lease expiry or ''}.
+ADMIN_JOBS_SCRIPT = """
+local t = redis.call('TIME')
+local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+for k = 2, #KEYS do
+  local job = ARGV[1] .. '.' .. (k - 2)
+  out[#out + 1] = redis.call('ZSCORE', KEYS[k], job) or ''
+  out[#out + 1] = redis.call('ZSCORE', KEYS[1], job) or ''
+end
+return out
+"""
+
+# KEYS: queue:domains, then queue:d:<domain> per recipient index; ARGV: id, then per recipient: domain
+# Returns {jobs found in their domain queue, jobs made due earlier}.
+ADMIN_RETRY_JOBS_SCRIPT = _DOMAIN_MIN + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local total, moved = 0, 0
+for k = 2, #KEYS do
+  local job = ARGV[1] .. '.' .. (k - 2)
+  local due = redis.call('ZSCORE', KEYS[k], job)
+  if due then
+    total = total + 1
+    if tonumber(due) > now then
+      redis.call('ZADD', KEYS[k], 'XX', now, job)
+      moved = moved + 1
+    end
+    update_domain(KEYS[1], KEYS[k], ARGV[k])
+  end
+end
+return {total, moved}
+"""
+
+# KEYS: queue:domains, queue:d:<domain>; ARGV: domain
+# Returns {jobs in the domain queue, jobs made due earlier}.
+ADMIN_RETRY_DOMAIN_SCRIPT = _DOMAIN_MIN + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local later = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+for _, job in ipairs(later) do
+  redis.call('ZADD', KEYS[2], 'XX', now, job)
+end
+update_domain(KEYS[1], KEYS[2], ARGV[1])
+return {redis.call('ZCARD', KEYS[2]), #later}
+"""
+
+# KEYS: queue:domains, leases, msg, timeline, events, then queue:d:<domain> per chosen recipient
+# ARGV: id, events_maxlen, then per chosen recipient: index, domain, deleted event (JSON)
+# Returns the number of jobs dropped, or -1 when the message does not exist.
+ADMIN_DELETE_SCRIPT = _DOMAIN_MIN + """
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return -1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+local k = 6
+for p = 3, #ARGV, 3 do
+  local i, domain, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+  local dkey = KEYS[k]
+  k = k + 1
+  local job = ARGV[1] .. '.' .. i
+  local queued = redis.call('ZREM', dkey, job)
+  local leased = redis.call('ZREM', KEYS[2], job)
+  if queued == 1 then
+    update_domain(KEYS[1], dkey, domain)
+  end
+  if queued + leased > 0 then
+    redis.call('HDEL', KEYS[3], 'owner:' .. i)
+    redis.call('HSET', KEYS[3], 'state:' .. i, 'deleted')
+    redis.call('RPUSH', KEYS[4], event)
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'type', 'deleted', 'msg', ARGV[1],
+               'rcpt', i, 'at', now)
+    n = n + 1
+  end
+end
+return n
+"""
 
 # -- connecting ---------------------------------------------------------------------------
 

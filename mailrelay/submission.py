@@ -162,7 +162,7 @@ class SubmissionHandler:
     """The submission policy: who may send, and queueing what they send."""
 
     def __init__(self, config: Config, storage: Storage, users: Mapping[str, str],
-                 clock: Any, tls_available: bool) -> None:
+                 clock: Any, tls_available: bool, on_queued: Any = None) -> None:
         self.config = config
         self.settings = config.submission
         self.hostname = config.hostname
@@ -171,6 +171,7 @@ class SubmissionHandler:
         self.throttle = FailureThrottle(self.settings.auth_failures_per_ip, clock)
         self.trusted = self.settings.trusted_networks
         self.tls_available = tls_available
+        self.on_queued = on_queued  # e.g. wake this daemon's delivery service
 
     def is_trusted(self, session: Session) -> bool:
         if not self.trusted or session.peer_host is None:
@@ -230,6 +231,8 @@ class SubmissionHandler:
         except StorageUnavailable as e:
             log.warn("submission: message not queued, answered 451: {e}", e=e)
             return smtpserver.STORAGE_UNAVAILABLE
+        if self.on_queued is not None:
+            self.on_queued()
         log.info("submission: queued {id} from <{sender}> for {n} recipient(s), {size} bytes, user {user}",
                  id=message_id, sender=new.sender, n=len(new.recipients), size=len(new.content),
                  user=session.user or "-")

@@ -39,6 +39,15 @@ def tls_context() -> ssl.SSLContext:
 
 
 @pytest.fixture
+def daemon_config(daemon_config):
+    """These tests look at the queue as submission left it: no delivery."""
+    def build(redis_server, prefix, **sections):
+        sections.setdefault("delivery", {"enabled": False})
+        return daemon_config(redis_server, prefix, **sections)
+    return build
+
+
+@pytest.fixture
 def daemon(start_daemon, daemon_config, redis_server, unique_prefix):
     d = start_daemon(daemon_config(redis_server, unique_prefix, submission={"users": USERS}))
     d.prefix = unique_prefix
@@ -257,7 +266,7 @@ def test_redis_full_gives_452(start_daemon, daemon_config, tmp_path, unique_pref
 
 def test_managed_defaults_credentials_and_clean_stop(start_daemon, tmp_path):
     state = tmp_path / "st"
-    config = (f'[server]\nstate_dir = "{state}"\n'
+    config = (f'[server]\nstate_dir = "{state}"\n[delivery]\nenabled = false\n'
               '[submission]\nlisten = ["tcp:0:interface=127.0.0.1"]\nlisten_tls = ["tcp:0:interface=127.0.0.1"]\n')
     d = start_daemon(config)
     credentials = state / "credentials"

@@ -1,0 +1,497 @@
+"""
+delivery: the outbound side, from the Redis queue to the recipients' mail servers.
+
+JOB
+    Claims due delivery jobs from the queue with a lease, groups them per
+    destination domain, looks up the MX hosts (or uses the smarthost), sends
+    each message once per connection with all its recipients of that domain,
+    and records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
+    null MX), deferred (4xx, connection/TLS/DNS failures; retried on
+    ``retry_schedule``) or expired (older than ``max_queue_lifetime``).
+    Several daemons share one queue: leases keep them from claiming the same
+    job, and a dead daemon's jobs are requeued when its leases expire.
+
+SECURITY
+    Talks to remote mail servers, which are untrusted: their replies are
+    recorded verbatim but never interpreted beyond the reply code. TLS is
+    opportunistic by default; ``tls = "verify"`` checks certificates against
+    the MX name. Bodies are dot-stuffed over the whole stream (no smuggling).
+
+STANDARDS
+    RFC 5321 (SMTP, section 5 for MX), RFC 7505 (null MX), RFC 3207
+    (STARTTLS), RFC 2920 (PIPELINING), RFC 1870 (SIZE), RFC 6152, RFC 6531.
+
+DIAGNOSTICS
+    One log line per final outcome and recipient, in the spirit of Postfix's
+    mail log: id, to, relay host[ip]:port, delay, attempts, status, reply.
+
+CONFIGURATION
+    ``[delivery]``: enabled, lease_timeout, retry_schedule, max_queue_lifetime,
+    rate_limit_per_domain, nameservers, mx_port, smarthost (+ username,
+    password, tls), tls, max_messages_per_connection, idle_timeout,
+    concurrency_per_domain, max_connections, helo_name, bind_address,
+    connect_timeout, command_timeout. Redis data: through
+    :mod:`mailrelay.storage` (queue, leases, timelines, events).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mailrelay import smtpclient
+from mailrelay.config import Config
+from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
+from mailrelay.smtpclient import OutboundMessage, ReplyInfo
+from mailrelay.storage import ClaimedJob, Event, Storage, rfc3339
+
+log = Logger()
+
+#: Jobs claimed at once for one connection.
+CLAIM_BATCH = 50
+#: How often the queue is polled for due jobs (a local submission wakes it at once).
+POLL_INTERVAL = 1.0
+#: A throttled destination pauses this long at first, doubling up to THROTTLE_MAX.
+THROTTLE_PAUSE = 60.0
+THROTTLE_MAX = 900.0
+#: Seconds in-flight deliveries may take to finish at shutdown.
+SHUTDOWN_GRACE = 20.0
+
+DELIVERED, BOUNCED, DEFERRED, EXPIRED = "delivered", "bounced", "deferred", "expired"
+
+
+@dataclass
+class Route:
+    """One host to try: where to connect and how."""
+
+    name: str          # the MX (or smarthost) name, for TLS verification and logs
+    address: str       # IP address or host name to connect to
+    port: int
+    tls: str           # smtpclient tls mode
+
+
+@dataclass
+class DomainState:
+    """What this daemon knows about one destination domain."""
+
+    active: int = 0
+    limit: int = 10
+    paused_until: float = 0.0
+    throttle_pause: float = THROTTLE_PAUSE
+    sent_times: deque = field(default_factory=deque)
+    idle_waiters: list = field(default_factory=list)
+
+
+class AttemptFailed(Exception):
+    """A whole attempt failed before per-recipient replies: applies to every job."""
+
+    def __init__(self, state: str, detail: str, reply: ReplyInfo | None = None,
+                 route: Route | None = None, remote_ip: str | None = None) -> None:
+        super().__init__(detail)
+        self.state, self.detail, self.reply, self.route, self.remote_ip = state, detail, reply, route, remote_ip
+
+
+def is_throttling(reply: ReplyInfo) -> bool:
+    """421, or a 4.7.x enhanced code: the destination asks us to slow down."""
+    return reply.code == 421 or (reply.code // 100 == 4 and reply.enhanced.startswith("4.7."))
+
+
+class DeliveryService(service.Service):
+    """Runs the delivery workers of this daemon."""
+
+    name = "delivery"
+
+    def __init__(self, config: Config, get_storage: Callable[[], Storage], *,
+                 clock: Any = None, resolver: MXResolver | None = None) -> None:
+        from twisted.internet import reactor
+
+        self.config = config
+        self.settings = config.delivery
+        self.get_storage = get_storage
+        self.storage: Storage | None = None
+        self.clock = clock or reactor
+        self.resolver = resolver
+        self.helo_name = self.settings.helo_name or config.hostname
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.domains: dict[str, DomainState] = {}
+        self.held: dict[str, ClaimedJob] = {}
+        self.connections = 0
+        self.workers: set[defer.Deferred] = set()
+        self.sessions: set[Any] = set()
+        self.stopping = False
+        self._loops: list[task.LoopingCall] = []
+        self._ticking = False
+        self._tick_again = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def when_ready(self) -> None:
+        self.storage = self.get_storage()
+        if self.resolver is None and self.settings.smarthost is None:
+            self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.clock)
+        lease = self.settings.lease_timeout
+        for interval, function in ((POLL_INTERVAL, self.wake), (lease / 3, self._renew),
+                                   (max(lease / 4, 0.2), self._requeue_expired)):
+            loop = task.LoopingCall(function)
+            loop.clock = self.clock
+            loop.start(interval, now=True).addErrback(
+                lambda f: log.failure("delivery loop failed", f))
+            self._loops.append(loop)
+        target = (f"smarthost {self.settings.smarthost[0]}:{self.settings.smarthost[1]}"
+                  if self.settings.smarthost else f"MX hosts, port {self.settings.mx_port}")
+        log.info("delivery to {target} (tls {tls}), owner {owner}", target=target,
+                 tls=self.settings.smarthost_tls if self.settings.smarthost else self.settings.tls,
+                 owner=self.owner)
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self.stopping = True
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        for state in self.domains.values():
+            waiters, state.idle_waiters = state.idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(False)
+        if self.workers:
+            grace = defer.DeferredList(list(self.workers), consumeErrors=True)
+            grace.addTimeout(SHUTDOWN_GRACE, self.clock)
+            try:
+                await grace
+            except defer.TimeoutError:
+                for session in list(self.sessions):
+                    session.abort()
+        if self.held and self.storage is not None:
+            try:
+                count = await self.storage.release(list(self.held.values()), self.owner)
+                log.info("delivery: handed {n} job(s) back to the queue", n=count)
+            except Exception as e:
+                log.warn("delivery: could not hand jobs back ({e}); they return when their lease expires", e=e)
+        if self.resolver is not None and hasattr(self.resolver, "close"):
+            await self.resolver.close()
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def domain(self, name: str) -> DomainState:
+        state = self.domains.get(name)
+        if state is None:
+            state = self.domains[name] = DomainState(limit=self.settings.concurrency_per_domain)
+        return state
+
+    def wake(self) -> defer.Deferred | None:
+        """Look for due jobs now (called by the poll loop and after local submissions)."""
+        if self.stopping or self.storage is None:
+            return None
+        if self._ticking:
+            self._tick_again = True
+            return None
+        d = defer.ensureDeferred(self._tick())
+        d.addErrback(lambda f: log.warn("delivery: queue scan failed: {e}", e=f.getErrorMessage()))
+        return d
+
+    async def _tick(self) -> None:
+        self._ticking = True
+        try:
+            while True:
+                self._tick_again = False
+                for domain in await self.storage.due_domains():
+                    self._schedule(domain)
+                if not self._tick_again or self.stopping:
+                    break
+        finally:
+            self._ticking = False
+
+    def _schedule(self, domain: str) -> None:
+        state = self.domain(domain)
+        now = self.clock.seconds()
+        if state.paused_until > now or self.stopping:
+            return
+        if state.idle_waiters:
+            waiter = state.idle_waiters.pop(0)
+            waiter.callback(True)
+            return
+        if state.active >= state.limit or self.connections >= self.settings.max_connections:
+            return
+        state.active += 1
+        self.connections += 1
+        d = defer.ensureDeferred(self._worker(domain, state))
+        self.workers.add(d)
+
+        def done(result: Any) -> None:
+            state.active -= 1
+            self.connections -= 1
+            self.workers.discard(d)
+
+        d.addErrback(lambda f: log.failure("delivery worker for {domain} failed", f, domain=domain))
+        d.addBoth(done)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def _renew(self) -> defer.Deferred | None:
+        if not self.held or self.storage is None:
+            return None
+        d = defer.ensureDeferred(self.storage.renew(list(self.held), self.settings.lease_timeout))
+        return d.addErrback(lambda f: log.warn("delivery: lease renewal failed: {e}", e=f.getErrorMessage()))
+
+    def _requeue_expired(self) -> defer.Deferred | None:
+        if self.storage is None:
+            return None
+
+        async def run() -> None:
+            count = await self.storage.requeue_expired_leases()
+            if count:
+                log.info("delivery: requeued {n} job(s) whose lease expired", n=count)
+                self.wake()
+
+        return defer.ensureDeferred(run()).addErrback(
+            lambda f: log.warn("delivery: lease check failed: {e}", e=f.getErrorMessage()))
+
+    # -- one connection's work ----------------------------------------------------------------
+
+    async def _claim(self, domain: str, limit: int) -> list[ClaimedJob]:
+        jobs = await self.storage.claim(domain, min(limit, CLAIM_BATCH), self.owner, self.settings.lease_timeout)
+        for job in jobs:
+            self.held[job.job] = job
+        if jobs:
+            log.info("delivery: claimed {n} job(s) for {domain}", n=len(jobs), domain=domain)
+        if len(jobs) == min(limit, CLAIM_BATCH):
+            self.clock.callLater(0, self.wake)  # more may be due: maybe another connection
+        return jobs
+
+    async def _worker(self, domain: str, state: DomainState) -> None:
+        jobs = await self._claim(domain, self.settings.max_messages_per_connection)
+        if not jobs:
+            return
+        session = None
+        sent = 0
+        try:
+            try:
+                routes = await self.routes(domain)
+                session = await self._connect(routes)
+            except AttemptFailed as failure:
+                await self._fail_all(jobs, failure)
+                return
+            self.sessions.add(session)
+            while jobs and not self.stopping:
+                jobs, sent = await self._send_jobs(session, domain, state, jobs, sent)
+                if jobs or self.stopping or session.closed:
+                    break
+                remaining = self.settings.max_messages_per_connection - sent
+                if remaining <= 0:
+                    break
+                jobs = await self._claim(domain, remaining)
+                if not jobs and await self._wait_for_work(state):
+                    jobs = await self._claim(domain, remaining)
+        finally:
+            leftover = [j for j in jobs if j.job in self.held]
+            if leftover and not self.stopping:
+                await self._hand_back(leftover)
+            if session is not None:
+                self.sessions.discard(session)
+                await session.quit()
+
+    async def _wait_for_work(self, state: DomainState) -> bool:
+        """Keep an idle connection for ``idle_timeout``; True when new jobs are due."""
+        waiter: defer.Deferred = defer.Deferred()
+        state.idle_waiters.append(waiter)
+        waiter.addTimeout(self.settings.idle_timeout, self.clock, onTimeoutCancel=lambda r, t: False)
+        try:
+            return bool(await waiter)
+        finally:
+            if waiter in state.idle_waiters:
+                state.idle_waiters.remove(waiter)
+
+    async def _hand_back(self, jobs: list[ClaimedJob]) -> None:
+        try:
+            await self.storage.release(jobs, self.owner)
+        finally:
+            for job in jobs:
+                self.held.pop(job.job, None)
+
+    async def _send_jobs(self, session: Any, domain: str, state: DomainState,
+                         jobs: list[ClaimedJob], sent: int) -> tuple[list[ClaimedJob], int]:
+        """Send the claimed jobs, one transaction per message; return the unsent jobs."""
+        by_message: dict[str, list[ClaimedJob]] = {}
+        for job in jobs:
+            by_message.setdefault(job.message_id, []).append(job)
+        groups = list(by_message.values())
+        for index, group in enumerate(groups):
+            if self.stopping or session.closed:
+                return [j for g in groups[index:] for j in g], sent
+            if not self._rate_allows(domain, state):
+                return [j for g in groups[index:] for j in g], sent
+            body = await self.storage.get_body(group[0].message_id)
+            if body is None:
+                await self._record_all(group, AttemptFailed(BOUNCED, "the message content is missing from the queue"))
+                continue
+            message = OutboundMessage(sender=group[0].sender, recipients=[j.recipient for j in group],
+                                      content=body, smtputf8=not all(
+                                          a.isascii() for a in [group[0].sender] + [j.recipient for j in group]))
+            route = session.route
+            try:
+                outcome = await session.send(message)
+            except smtpclient.SMTPClientError as e:
+                reply = getattr(e, "reply", None)
+                await self._record_all(group, AttemptFailed(DEFERRED, f"connection to {route.name} failed during the transaction: {e}",
+                                                      reply, route, session.remote_ip))
+                return [j for g in groups[index + 1:] for j in g], sent
+            sent += 1
+            state.sent_times.append(self.clock.seconds())
+            throttled = False
+            for job, result in zip(group, outcome.recipients):
+                reply = result.reply
+                throttled = throttled or is_throttling(reply)
+                await self._record(job, self._state_for(reply), self._describe(reply, route),
+                                   reply, route, session.remote_ip, outcome.remote_queue_id)
+            if throttled:
+                self._throttle(domain, state)
+                return [j for g in groups[index + 1:] for j in g], sent
+        return [], sent
+
+    @staticmethod
+    def _state_for(reply: ReplyInfo) -> str:
+        if 200 <= reply.code < 300:
+            return DELIVERED
+        if reply.code >= 500:
+            return BOUNCED
+        return DEFERRED
+
+    @staticmethod
+    def _describe(reply: ReplyInfo, route: Route) -> str:
+        if 200 <= reply.code < 300:
+            return f"Delivered to {route.name}"
+        verdict = "rejected" if reply.code >= 500 else "temporarily refused"
+        return f"{route.name} {verdict} the message: {reply.code} {reply.enhanced} {reply.text}".replace("  ", " ")
+
+    # -- rate limits and throttling ------------------------------------------------------------
+
+    def _rate_allows(self, domain: str, state: DomainState) -> bool:
+        rate = self.settings.rate_limit_per_domain.get(domain)
+        if rate is None:
+            return True
+        now = self.clock.seconds()
+        times = state.sent_times
+        while times and times[0] <= now - rate.period:
+            times.popleft()
+        if len(times) < rate.count:
+            return True
+        state.paused_until = times[0] + rate.period
+        self.clock.callLater(state.paused_until - now, self.wake)
+        return False
+
+    def _throttle(self, domain: str, state: DomainState) -> None:
+        now = self.clock.seconds()
+        state.limit = max(1, state.limit // 2)
+        state.paused_until = now + state.throttle_pause
+        log.info("delivery: {domain} is throttling us: pausing {pause:.0f}s, at most {limit} connection(s)",
+                 domain=domain, pause=state.throttle_pause, limit=state.limit)
+        state.throttle_pause = min(state.throttle_pause * 2, THROTTLE_MAX)
+        self.clock.callLater(state.throttle_pause / 2, self._recover, domain)
+
+    def _recover(self, domain: str) -> None:
+        state = self.domain(domain)
+        if state.paused_until <= self.clock.seconds():
+            state.limit = min(self.settings.concurrency_per_domain, state.limit * 2)
+            state.throttle_pause = THROTTLE_PAUSE
+            self.wake()
+
+    # -- routes and connections --------------------------------------------------------------
+
+    async def routes(self, domain: str) -> list[Route]:
+        """Where to send mail for ``domain``, in order; raises AttemptFailed."""
+        settings = self.settings
+        if settings.smarthost is not None:
+            host, port = settings.smarthost
+            tls = {"none": "none", "starttls": "required", "tls": "implicit"}[settings.smarthost_tls]
+            return [Route(host, host, port, tls)]
+        try:
+            hosts = await self.resolver.resolve(domain)
+        except PermanentDNSError as e:
+            raise AttemptFailed(BOUNCED, str(e)) from None
+        except TemporaryDNSError as e:
+            raise AttemptFailed(DEFERRED, str(e)) from None
+        return [Route(h.name, address, settings.mx_port, settings.tls)
+                for h in hosts for address in h.addresses]
+
+    async def _connect(self, routes: list[Route]) -> Any:
+        """The first route that gives a usable session; raises AttemptFailed (deferred) if none."""
+        settings = self.settings
+        auth = None
+        if settings.smarthost is not None and settings.smarthost_username:
+            auth = (settings.smarthost_username, settings.smarthost_password)
+        last: AttemptFailed | None = None
+        for route in routes:
+            modes = [route.tls] + (["none"] if route.tls == "opportunistic" else [])
+            for mode in modes:
+                try:
+                    session = await smtpclient.connect(
+                        route.address, route.port, helo_name=self.helo_name, tls=mode,
+                        tls_hostname=route.name, bind_address=settings.bind_address or None,
+                        connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout,
+                        auth=auth, reactor=self.clock)
+                except smtpclient.TLSFailure as e:
+                    last = AttemptFailed(DEFERRED, f"TLS with {route.name} failed: {e}", None, route, route.address)
+                    continue  # opportunistic: try the same host without TLS
+                except smtpclient.SMTPReplyError as e:
+                    last = AttemptFailed(DEFERRED, f"{route.name} refused the session: {e}", e.reply, route, route.address)
+                    break
+                except smtpclient.SMTPClientError as e:
+                    last = AttemptFailed(DEFERRED, f"connection to {route.name}[{route.address}]:{route.port} failed: {e}",
+                                   None, route, route.address)
+                    break
+                session.route = route
+                return session
+        raise last or AttemptFailed(DEFERRED, "no mail host to connect to")
+
+    # -- recording -----------------------------------------------------------------------------
+
+    async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
+        await self._record_all(jobs, failure)
+
+    async def _record_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
+        for job in jobs:
+            await self._record(job, failure.state, failure.detail, failure.reply, failure.route, failure.remote_ip)
+
+    async def _record(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None,
+                      route: Route | None, remote_ip: str | None, remote_queue_id: str | None = None) -> None:
+        now = self.clock.seconds()
+        due_ms = None
+        age = now - job.received_at_ms / 1000
+        if state == DEFERRED:
+            if age >= self.settings.max_queue_lifetime:
+                state = EXPIRED
+                detail = f"Gave up after {job.attempts + 1} attempts over {age / 3600:.1f} h; last error: {detail}"
+            else:
+                schedule = self.settings.retry_schedule
+                delay = schedule[min(job.attempts, len(schedule) - 1)]
+                due = min(now + delay, job.received_at_ms / 1000 + self.settings.max_queue_lifetime)
+                due_ms = int(due * 1000 + self.storage.clock_offset_ms)
+        event = Event(type=state, at=rfc3339(now), recipient=job.recipient, rcpt=job.rcpt, detail=detail,
+                      remote_host=route.name if route else None, remote_ip=remote_ip,
+                      smtp_code=reply.code if reply else None,
+                      enhanced_code=(reply.enhanced or None) if reply else None,
+                      response=reply.text if reply else None, remote_queue_id=remote_queue_id)
+        try:
+            result = await self.storage.record(job, self.owner, state, event, due_ms)
+        finally:
+            self.held.pop(job.job, None)
+        if result == "STOLEN":
+            log.warn("delivery: {job} was also claimed by another daemon after our lease expired", job=job.job)
+        relay = f"{route.name}[{remote_ip}]:{route.port}" if route else "none"
+        status = {DELIVERED: "sent", BOUNCED: "bounced", DEFERRED: "deferred", EXPIRED: "expired"}[state]
+        reply_text = f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ") if reply else detail
+        log.info("{id}: to=<{to}>, relay={relay}, delay={delay:.1f}, attempts={attempts}, status={status} ({reply})",
+                 id=job.message_id, to=job.recipient, relay=relay, delay=age, attempts=job.attempts + 1,
+                 status=status, reply=reply_text)
