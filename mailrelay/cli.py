@@ -4,6 +4,19 @@ The ``mailrelay`` administration command.
     mailrelay check-config [-c FILE]   validate and print the effective configuration
     mailrelay hash-password            read a password on stdin, print a hash for [submission] users
     mailrelay version                  print the version
+    mailrelay queue list [-c FILE]     per destination domain: queued, deferred, delivering, oldest
+    mailrelay queue show MESSAGE_ID [-c FILE]
+                                       a message's envelope, recipients (state, attempts) and events
+    mailrelay queue retry (MESSAGE_ID | --domain DOMAIN | --all) [-c FILE]
+                                       make waiting delivery jobs due now
+    mailrelay queue delete MESSAGE_ID [--recipient ADDRESS] [-c FILE]
+                                       drop a message's pending jobs (recorded as "deleted" events)
+
+The ``queue`` subcommands talk to the daemon's Redis: the managed one through
+``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
+directory, so run them where the daemon runs, or use an absolute state_dir),
+else ``[redis] url`` or ``sentinels``. They use only :class:`mailrelay.storage.Storage`
+and give up after ``[redis] timeout`` per request.
 
 Every subcommand that reads the configuration takes ``-c FILE``; errors are
 one line on stderr and a non-zero exit status.
@@ -13,7 +26,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from mailrelay import __version__
 from mailrelay.config import Config, ConfigError, load_config, render_config
@@ -61,6 +78,268 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- mailrelay queue -----------------------------------------------------------------------
+
+
+def managed_socket_path(config: Config) -> Path | None:
+    """The managed Redis's socket (as ManagedRedis.socket_path), or None for an external Redis."""
+    if config.redis.url or config.redis.sentinels:
+        return None
+    return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
+
+
+def describe_redis(config: Config) -> str:
+    from mailrelay.config import parse_redis_url
+
+    path = managed_socket_path(config)
+    if path is not None:
+        return f"the daemon's managed Redis at unix:{path}"
+    if config.redis.sentinels:
+        return "Redis via Sentinel " + ", ".join(f"{h}:{p}" for h, p in config.redis.sentinels)
+    address = parse_redis_url(config.redis.url)
+    where = f"unix:{address.path}" if address.path else f"{address.host}:{address.port}"
+    return f"Redis at {where} db {address.db}"
+
+
+def connect_admin_redis(config: Config) -> Any:
+    """A connection to the daemon's Redis, or SystemExit with one line saying why not."""
+    import socket
+
+    from mailrelay.storage import connect_redis
+
+    path = managed_socket_path(config)
+    if path is None:
+        return connect_redis(config, None)
+    if not path.exists():
+        raise SystemExit(f"mailrelay: the daemon's managed Redis is not running (no socket at {path})")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(config.redis.timeout)
+        probe.connect(str(path))
+    except OSError as e:
+        raise SystemExit(f"mailrelay: cannot connect to the daemon's managed Redis at {path}: "
+                         f"{e.strerror or e}")
+    finally:
+        probe.close()
+    return connect_redis(config, str(path))
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: Any) -> str:
+    """Text for the terminal: control characters (from clients, remote servers) escaped."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", "" if value is None else str(value))
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``5m12s``, ``3h05m``, ``2d04h``."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def format_ms(ms: int) -> str:
+    from mailrelay.storage import rfc3339
+
+    return rfc3339(ms / 1000)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def print_queue_list(summary: dict[str, Any]) -> None:
+    now = summary["now_ms"]
+    columns = ("QUEUED", "DEFERRED", "DELIVERING")
+    rows = []
+    totals = {"queued": 0, "deferred": 0, "delivering": 0, "oldest_ms": None}
+    for domain in sorted(summary["domains"]):
+        row = summary["domains"][domain]
+        rows.append((clean(domain), row))
+        for name in ("queued", "deferred", "delivering"):
+            totals[name] += row[name]
+        if row["oldest_ms"] is not None and (totals["oldest_ms"] is None
+                                             or row["oldest_ms"] < totals["oldest_ms"]):
+            totals["oldest_ms"] = row["oldest_ms"]
+    rows.append(("TOTAL", totals))
+    width = max(len("DOMAIN"), *(len(name) for name, _ in rows))
+
+    def line(name: str, values: list[str]) -> str:
+        return (f"{name:<{width}}  " + "  ".join(f"{v:>{len(c)}}" for v, c in zip(values[:3], columns))
+                + f"  {values[3]}").rstrip()
+
+    print(line("DOMAIN", [*columns, "OLDEST"]))
+    for name, row in rows:
+        oldest = "-" if row["oldest_ms"] is None else format_age((now - row["oldest_ms"]) / 1000)
+        print(line(name, [str(row["queued"]), str(row["deferred"]), str(row["delivering"]), oldest]))
+
+
+def print_message(message_id: str, info: dict[str, Any]) -> None:
+    now = info["now_ms"]
+    msg = info["message"]
+    print(f"Message {clean(message_id)}")
+    fields = [("sender", f"<{clean(msg.get('sender', ''))}>")]
+    received = msg.get("received_at")
+    if received and received.isdigit():
+        fields.append(("received", f"{format_ms(int(received))} ({format_age((now - int(received)) / 1000)} ago)"))
+    if msg.get("size"):
+        fields.append(("size", f"{clean(msg['size'])} bytes"))
+    fields.append(("tag", clean(msg.get("tag")) or "-"))
+    fields.append(("subject", clean(msg.get("subject")) or "-"))
+    if msg.get("message_id"):
+        fields.append(("message-id", clean(msg["message_id"])))
+    if msg.get("user") or msg.get("client"):
+        fields.append(("submitted", " ".join(filter(None, [
+            f"by user {clean(msg['user'])}" if msg.get("user") else "",
+            f"from {clean(msg['client'])}" if msg.get("client") else ""]))))
+    for name, value in fields:
+        print(f"  {name + ':':<12}{value}")
+
+    print("Recipients:")
+    jobs = info["jobs"]
+    rw = max([len(clean(j["recipient"])) for j in jobs] + [0])
+    sw = max([len(clean(j["state"])) for j in jobs] + [0])
+    for job in jobs:
+        if job["lease_until_ms"] is not None:
+            when = f"being delivered (lease until {format_ms(job['lease_until_ms'])})"
+        elif job["due_ms"] is not None:
+            due = job["due_ms"]
+            when = ("due now" if due <= now
+                    else f"next attempt {format_ms(due)} (in {format_age((due - now) / 1000)})")
+        else:
+            when = ""
+        print(f"  {job['index']:>2}  {clean(job['recipient']):<{rw}}  {clean(job['state']):<{sw}}  "
+              f"{plural(job['attempts'], 'attempt')}  {when}".rstrip())
+
+    print("Events:")
+    if not info["timeline"]:
+        print("  (none)")
+    for event in info["timeline"]:
+        print(f"  {clean(event.get('at'))}  {clean(event.get('type')):<10} "
+              f"{clean(event.get('recipient'))}: {clean(event.get('detail'))}".rstrip())
+        extra = []
+        if event.get("remote_host") or event.get("remote_ip"):
+            extra.append(f"remote {clean(event.get('remote_host') or '')}"
+                         + (f" [{clean(event['remote_ip'])}]" if event.get("remote_ip") else ""))
+        if event.get("smtp_code") is not None:
+            extra.append("reply " + " ".join(clean(v) for v in (event.get("smtp_code"), event.get("enhanced_code"),
+                                                                 event.get("response")) if v))
+        if event.get("remote_queue_id"):
+            extra.append(f"remote queue id {clean(event['remote_queue_id'])}")
+        if extra:
+            print("      " + "; ".join(extra))
+
+
+async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
+    """Connect, run one ``queue`` subcommand, disconnect; failures become SystemExit lines."""
+    from twisted.internet import defer
+
+    from mailrelay.storage import Storage, StorageError
+
+    redis = connect_admin_redis(config)
+    storage = Storage(config, redis)
+    try:
+        await QUEUE_ACTIONS[args.queue_command](storage, args)
+    except StorageError as e:
+        raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
+    finally:
+        try:
+            d = redis.disconnect()
+            if isinstance(d, defer.Deferred):
+                d.addTimeout(1, storage.clock)
+                await d
+        except Exception:
+            pass
+
+
+def normalize_id(text: str) -> str:
+    return text.strip().lower()
+
+
+async def queue_list(storage: Any, args: argparse.Namespace) -> None:
+    print_queue_list(await storage.admin_queue_summary())
+
+
+async def queue_show(storage: Any, args: argparse.Namespace) -> None:
+    message_id = normalize_id(args.message_id)
+    info = await storage.admin_message(message_id)
+    if info is None:
+        raise SystemExit(f"mailrelay: no message {clean(message_id)}")
+    print_message(message_id, info)
+
+
+async def queue_retry(storage: Any, args: argparse.Namespace) -> None:
+    if args.all:
+        total, moved = await storage.admin_retry_all()
+        scope = "in all domains"
+    elif args.domain:
+        total, moved = await storage.admin_retry_domain(args.domain)
+        scope = f"for {clean(args.domain.lower())}"
+    else:
+        message_id = normalize_id(args.message_id)
+        result = await storage.admin_retry_message(message_id)
+        if result is None:
+            raise SystemExit(f"mailrelay: no message {clean(message_id)}")
+        total, moved = result
+        scope = f"of message {clean(message_id)}"
+    print(f"{plural(total, 'job')} {scope} due now ({moved} rescheduled)")
+
+
+async def queue_delete(storage: Any, args: argparse.Namespace) -> None:
+    message_id = normalize_id(args.message_id)
+    try:
+        count = await storage.admin_delete(message_id, args.recipient)
+    except LookupError as e:
+        raise SystemExit(f"mailrelay: {clean(e.args[0] if e.args else e)}")
+    if count is None:
+        raise SystemExit(f"mailrelay: no message {clean(message_id)}")
+    target = f" to {clean(args.recipient)}" if args.recipient else ""
+    print(f"{plural(count, 'job')} of message {clean(message_id)}{target} deleted")
+
+
+QUEUE_ACTIONS = {"list": queue_list, "show": queue_show, "retry": queue_retry, "delete": queue_delete}
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from twisted.internet import task
+
+    config = load_or_exit(getattr(args, "config", None))
+    task.react(lambda reactor: run_queue_command(args, config))
+    return 0  # not reached: react exits
+
+
+def add_queue_parser(sub: Any) -> None:
+    def config_option(p: argparse.ArgumentParser) -> None:
+        # SUPPRESS: "-c" may come before or after the subcommand without one hiding the other.
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+
+    queue = sub.add_parser("queue", help="inspect and manage the delivery queue")
+    config_option(queue)
+    actions = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    lister = actions.add_parser("list", help="per destination domain: queued, deferred, delivering, oldest")
+    config_option(lister)
+    show = actions.add_parser("show", help="a message's envelope, recipients and events")
+    show.add_argument("message_id", metavar="MESSAGE_ID")
+    config_option(show)
+    retry = actions.add_parser("retry", help="make waiting delivery jobs due now")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("message_id", metavar="MESSAGE_ID", nargs="?", help="the jobs of one message")
+    which.add_argument("--domain", metavar="DOMAIN", help="the jobs of one destination domain")
+    which.add_argument("--all", action="store_true", help="every job in the queue")
+    config_option(retry)
+    delete = actions.add_parser("delete", help="drop a message's pending delivery jobs")
+    delete.add_argument("message_id", metavar="MESSAGE_ID")
+    delete.add_argument("--recipient", metavar="ADDRESS", help="only the job of this recipient")
+    config_option(delete)
+    queue.set_defaults(func=cmd_queue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailrelay", description="mailrelay administration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashp.set_defaults(func=cmd_hash_password)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
+    add_queue_parser(sub)
     return parser
 
 

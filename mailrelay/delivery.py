@@ -110,14 +110,15 @@ class DeliveryService(service.Service):
     name = "delivery"
 
     def __init__(self, config: Config, get_storage: Callable[[], Storage], *,
-                 clock: Any = None, resolver: MXResolver | None = None) -> None:
-        from twisted.internet import reactor
+                 clock: Any = None, reactor: Any = None, resolver: MXResolver | None = None) -> None:
+        from twisted.internet import reactor as default_reactor
 
+        self.reactor = reactor or default_reactor   # network
+        self.clock = clock or self.reactor           # timers, due times, retries
         self.config = config
         self.settings = config.delivery
         self.get_storage = get_storage
         self.storage: Storage | None = None
-        self.clock = clock or reactor
         self.resolver = resolver
         self.helo_name = self.settings.helo_name or config.hostname
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
@@ -136,7 +137,7 @@ class DeliveryService(service.Service):
     async def when_ready(self) -> None:
         self.storage = self.get_storage()
         if self.resolver is None and self.settings.smarthost is None:
-            self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.clock)
+            self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.reactor)
         lease = self.settings.lease_timeout
         for interval, function in ((POLL_INTERVAL, self.wake), (lease / 3, self._renew),
                                    (max(lease / 4, 0.2), self._requeue_expired)):
@@ -440,7 +441,7 @@ class DeliveryService(service.Service):
                         route.address, route.port, helo_name=self.helo_name, tls=mode,
                         tls_hostname=route.name, bind_address=settings.bind_address or None,
                         connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout,
-                        auth=auth, reactor=self.clock)
+                        auth=auth, reactor=self.reactor)
                 except smtpclient.TLSFailure as e:
                     last = AttemptFailed(DEFERRED, f"TLS with {route.name} failed: {e}", None, route, route.address)
                     continue  # opportunistic: try the same host without TLS

@@ -6,11 +6,14 @@ JOB
     its extensions, negotiates TLS and authentication according to a policy,
     and then carries any number of messages over it
     (:meth:`ClientSession.send`), returning one outcome per recipient: the RCPT
-    rejection, the MAIL rejection, or the final reply to the message data.
-    Written on ``twisted.internet.protocol.Protocol`` rather than
-    ``twisted.mail.smtp``'s client, which dot-stuffs per chunk (a smuggling
-    hole), turns CRLF into CR CR LF, has no PIPELINING and sends one message
-    per connection.
+    rejection, the MAIL rejection, or the final reply to the message data
+    (a recipient is never reported accepted unless the server accepted the
+    message data). With PIPELINING, MAIL, every RCPT and DATA go in one
+    write (RFC 2920); a transaction that ends early is followed by RSET, and
+    a 421 reply ends the session (RFC 5321 3.8). Written on
+    ``twisted.internet.protocol.Protocol`` rather than ``twisted.mail.smtp``'s
+    client, which dot-stuffs per chunk (a smuggling hole), turns CRLF into
+    CR CR LF, has no PIPELINING and sends one message per connection.
 
 SECURITY
     Talks to untrusted servers. The message is dot-stuffed in one stateful
@@ -28,7 +31,8 @@ SECURITY
     4,096 octets and replies to 200 lines; anything that is not an SMTP reply
     aborts the connection. Every wait for the server is bounded by
     ``command_timeout``, which also bounds each stall while the message is
-    being written.
+    being written (the message goes out through a push producer, so a peer
+    that stops reading is noticed).
 
 STANDARDS
     RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 2920 (PIPELINING), RFC 3207
@@ -47,6 +51,13 @@ DIAGNOSTICS
     synthetic ones made without asking the server (SIZE exceeded, no 8BITMIME,
     no SMTPUTF8, unusable address). Sessions are logged through
     ``twisted.logger`` at debug level.
+
+CONFIGURATION
+    Arguments of :func:`connect`: the TLS policy, ``tls_hostname`` (the name
+    the certificate must match and SNI; default ``host``), ``trust_root`` (an
+    ``IOpenSSLTrustRoot`` or a PEM CA file; default the platform's) for
+    "verify" and for "implicit" with ``verify=True``, ``bind_address``,
+    ``connect_timeout``, ``command_timeout`` and ``auth`` (PLAIN, else LOGIN).
 
 USAGE
     ::

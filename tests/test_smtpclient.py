@@ -7,6 +7,7 @@ SIZE/8BITMIME/SMTPUTF8, AUTH, queue ids, and failures of the session.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import os
@@ -111,6 +112,7 @@ class Certificates:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="smtpclient-certs-"))
+        atexit.register(shutil.rmtree, self.dir, True)
         ca, ca_key, self.ca_path = make_ca(self.dir)
         self.ca = ssl.Certificate.loadPEM(self.ca_path.read_bytes())
         self.localhost = tlsutil.server_tls_options(*make_leaf(self.dir, ca, ca_key, "localhost"), "1.2")
