@@ -418,12 +418,31 @@ class DeliveryConfig:
     command_timeout: float = setting("5m", p_duration, "time allowed for each reply of a destination server")
 
 
+def p_domain_or_empty(key: str, value: Any) -> str:
+    _expect(key, value, str, 'a domain name (or "" for none)')
+    value = value.strip().lower().rstrip(".")
+    if value and not re.match(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$", value):
+        raise ConfigError(f"{key}: {value!r} is not a domain name")
+    return value
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    domain: str = setting("", p_domain_or_empty, 'the bounce domain: return paths become b+<token>@domain (VERP); "" = no VERP, no bounce listener')
+    verp_secret: str = setting("", p_str, 'key of the VERP token HMAC; "" = generated once and kept in Redis (shared by all daemons)', secret=True)
+    listen: tuple = setting(["tcp:2525:interface=127.0.0.1"], p_endpoints, "endpoints of the inbound bounce listener (production: port 25 of the bounce domain's MX)")
+    max_message_size: int = setting(10485760, p_size, "largest bounce message accepted, in bytes")
+    max_stored_bounce_size: int = setting(262144, p_size, "raw bounce messages are stored truncated to this many bytes")
+    notify_sender: bool = setting(False, p_bool, "also mail an RFC 3464 DSN to the original sender on permanent failure (off: applications learn of bounces through the API)")
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
     "tls": TLSConfig,
     "submission": SubmissionConfig,
     "delivery": DeliveryConfig,
+    "bounces": BouncesConfig,
 }
 
 
@@ -436,6 +455,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     source: str | None = None
 
     @property

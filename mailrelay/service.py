@@ -174,7 +174,49 @@ def make_service(config: Config) -> MailrelayService:
 
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)
+
+    if config.bounces.domain and config.bounces.listen:
+        bounce_limits = ServerLimits(
+            hostname=config.hostname,
+            max_message_size=config.bounces.max_message_size,
+            max_recipients=settings.max_recipients,
+            idle_timeout=settings.idle_timeout,
+            data_timeout=settings.data_timeout,
+            max_connections_per_ip=settings.max_connections_per_ip,
+            service_name="bounces",
+        )
+        BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
     return top
+
+
+class BounceListener(service.MultiService):
+    """The inbound listener for the bounce domain (started once Redis is connected)."""
+
+    name = "bounces"
+
+    def __init__(self, config: Config, limits: ServerLimits, get_storage: Any, tls_options: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.limits = limits
+        self.get_storage = get_storage
+        self.tls_options = tls_options
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+
+    async def when_ready(self) -> None:
+        from twisted.internet import reactor
+
+        from mailrelay.bounces import BounceHandler, BounceRecorder, load_verp
+        from mailrelay.submission import SMTPListenerService
+
+        storage = self.get_storage()
+        verp = await load_verp(self.config, storage)
+        recorder = BounceRecorder(storage, self.config.bounces.max_stored_bounce_size, reactor)
+        factory = SMTPServerFactory(self.limits, BounceHandler(verp, storage, recorder), self.tls_options)
+        child = SMTPListenerService("bounces", self.config.bounces.listen, factory, tls_mode="STARTTLS")
+        child.setServiceParent(self)
+        await child.listen()
 
 
 class SubmissionListeners(service.MultiService):

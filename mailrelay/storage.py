@@ -297,6 +297,51 @@ end
 return n
 """
 
+# -- bounces and suppression scripts -----------------------------------------------------
+
+# KEYS: bounce, bounce_raw, bounces index, unmatched index, suppressed, msg, timeline, events
+# ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
+#       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
+#       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type
+RECORD_BOUNCE_SCRIPT = """
+local pos = 5
+local n = tonumber(ARGV[4])
+local fields = {}
+for k = 1, n * 2 do fields[k] = ARGV[pos]; pos = pos + 1 end
+local matched, i, state, event = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+local address, suppression = ARGV[pos + 4], ARGV[pos + 5]
+local inactive = '0'
+if address ~= '' then
+  if redis.call('HSETNX', KEYS[5], address, suppression) == 1 then
+    inactive = '1'
+  end
+end
+fields[#fields + 1] = 'inactive'
+fields[#fields + 1] = inactive
+redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+if matched == '1' then
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    if state ~= '' then
+      redis.call('HSET', KEYS[6], 'state:' .. i, state)
+    end
+    if event ~= '' then
+      redis.call('RPUSH', KEYS[7], event)
+    end
+  end
+else
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
+end
+if event ~= '' then
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[pos + 6], '*', 'type', ARGV[pos + 8],
+             'msg', ARGV[pos + 7], 'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2])
+end
+return inactive
+"""
+
 
 def rfc3339(seconds: float) -> str:
     """``2026-11-28T09:15:00Z`` (UTC, whole seconds)."""
@@ -353,6 +398,10 @@ class Keys:
         self.prefix = prefix
         self.queue_domains = prefix + "queue:domains"
         self.leases = prefix + "queue:leases"
+        self.verp_secret = prefix + "verp:secret"
+        self.bounces = prefix + "bounces"
+        self.bounces_unmatched = prefix + "bounces:unmatched"
+        self.suppressed = prefix + "suppressed"
         self.events = prefix + "events"
         self.domain_queue_prefix = prefix + "queue:d:"
 
@@ -361,6 +410,12 @@ class Keys:
 
     def body(self, message_id: str) -> str:
         return f"{self.prefix}body:{message_id}"
+
+    def bounce(self, bounce_id: str) -> str:
+        return f"{self.prefix}bounce:{bounce_id}"
+
+    def bounce_raw(self, bounce_id: str) -> str:
+        return f"{self.prefix}bounce:raw:{bounce_id}"
 
     def timeline(self, message_id: str) -> str:
         return f"{self.prefix}timeline:{message_id}"
@@ -610,6 +665,68 @@ class Storage:
             return 0
         until = self.now_ms() + int(lease_seconds * 1000)
         return int(await self._eval(RENEW_SCRIPT, [self.keys.leases], [until, *jobs]))
+
+    # -- bounces and suppression --------------------------------------------------------
+
+    async def verp_secret(self) -> bytes:
+        """The shared VERP HMAC key: generated once, kept in Redis for every daemon."""
+        await self._call("SET", self.keys.verp_secret, os.urandom(32).hex(), "NX")
+        return await self._call("GET", self.keys.verp_secret)
+
+    async def record_bounce(self, record: dict[str, Any], raw: bytes, *, message_id: str | None,
+                            rcpt: int | None, state: str | None, event: Event | None,
+                            suppress: dict[str, Any] | None) -> bool:
+        """
+        Store a bounce record (and its raw message), tie it to the message's
+        timeline when matched, and add the address to the suppression list
+        when ``suppress`` is given. Returns whether the address became inactive.
+        """
+        bounce_id = record["id"]
+        at_ms = self.now_ms()
+        matched = message_id is not None and rcpt is not None
+        keys = [self.keys.bounce(bounce_id), self.keys.bounce_raw(bounce_id), self.keys.bounces,
+                self.keys.bounces_unmatched, self.keys.suppressed,
+                self.keys.msg(message_id or "-"), self.keys.timeline(message_id or "-"), self.keys.events]
+        flat: list[Any] = []
+        for name, value in record.items():
+            flat += [name, "" if value is None else (value if isinstance(value, (str, int)) else json.dumps(value))]
+        args = [bounce_id, at_ms, raw, len(record), *flat,
+                "1" if matched else "", rcpt if rcpt is not None else "", state or "",
+                event.to_json() if event else "",
+                suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
+                EVENTS_MAXLEN, message_id or "", event.type if event else ""]
+        return await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
+
+    async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
+        """The suppression entries of those addresses that are suppressed."""
+        if not addresses:
+            return {}
+        lowered = [a.lower() for a in addresses]
+        reply = await self._call("HMGET", self.keys.suppressed, *lowered)
+        return {addr: json.loads(v) for addr, v in zip(lowered, reply) if v is not None}
+
+    async def add_suppression(self, address: str, entry: dict[str, Any]) -> bool:
+        return bool(await self._call("HSETNX", self.keys.suppressed, address.lower(), json.dumps(entry)))
+
+    async def remove_suppression(self, address: str) -> bool:
+        return bool(await self._call("HDEL", self.keys.suppressed, address.lower()))
+
+    async def list_suppressions(self) -> dict[str, dict[str, Any]]:
+        reply = await self._call("HGETALL", self.keys.suppressed)
+        return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def get_bounce(self, bounce_id: str) -> dict[str, str] | None:
+        reply = await self._call("HGETALL", self.keys.bounce(bounce_id))
+        if not reply:
+            return None
+        return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+
+    async def get_bounce_raw(self, bounce_id: str) -> bytes | None:
+        return await self._call("GET", self.keys.bounce_raw(bounce_id))
+
+    async def recent_bounces(self, limit: int = 50, *, unmatched: bool = False) -> list[str]:
+        key = self.keys.bounces_unmatched if unmatched else self.keys.bounces
+        return [b.decode() for b in await self._call("ZREVRANGE", key, 0, limit - 1)]
 
     # -- reading ------------------------------------------------------------------------
 

@@ -54,6 +54,9 @@ from mailrelay.passwords import hash_password, verify_password
 from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
 from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
 
+#: The header that carries mailrelay's message id in delivered mail (bounces match on it).
+ID_HEADER = "X-Mailrelay-ID"
+
 log = Logger()
 
 #: Header fields that carry the tag and metadata; removed before delivery.
@@ -65,6 +68,12 @@ OWN_HEADER_PREFIX = "x-mailrelay-"
 #: Name of the generated first user, and the file holding its password.
 FIRST_USER = "mailrelay"
 CREDENTIALS_FILE = "credentials"
+
+
+def suppressed_reply(recipient: str, entry: dict) -> Reply:
+    """550 5.1.1 for an address on the suppression list, saying why and since when."""
+    return Reply(550, "5.1.1", f"<{recipient}> is suppressed since {entry.get('since', '?')} "
+                               f"({entry.get('type', 'ManuallyDeactivated')}); reactivate it to send to it again")
 
 
 def queued_reply(message_id: str) -> Reply:
@@ -213,10 +222,23 @@ class SubmissionHandler:
 
         return d.addCallbacks(decided, failed)
 
-    def check_recipient(self, session: Session, recipient: str) -> Reply | None:
+    def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
             return smtpserver.AUTH_REQUIRED
-        return None
+        d = defer.ensureDeferred(self.storage.suppressions([recipient]))
+
+        def decided(found: dict) -> Reply | None:
+            entry = found.get(recipient.lower())
+            if entry is None:
+                return None
+            return suppressed_reply(recipient, entry)
+
+        def failed(failure: Any) -> Reply:
+            log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())
+            return smtpserver.STORAGE_UNAVAILABLE
+
+        d.addTimeout(self.config.redis.timeout, self.storage.clock)
+        return d.addCallbacks(decided, failed)
 
     def accept_message(self, session: Session, transaction: Transaction, content: bytes) -> defer.Deferred:
         return defer.ensureDeferred(self._accept(session, transaction, content))
@@ -253,7 +275,8 @@ class SubmissionHandler:
                 new.metadata[name] = f.decoded
             elif not lower.startswith(OWN_HEADER_PREFIX):
                 kept.append(f)
-        added = [self.received_field(session, transaction, new.id)]
+        added = [self.received_field(session, transaction, new.id),
+                 msg.make_field(ID_HEADER, new.id)]  # ties complaints and bounces to the message
         message_id_field = msg.first(kept, "Message-ID")
         if message_id_field is None:
             message_id_field = msg.make_field("Message-ID", f"<{new.id}@{self.hostname}>")

@@ -21,6 +21,10 @@ def prepare(content: bytes, recipients=("to@example.org",)):
     return handler().prepare(session, transaction, content)
 
 
+def fields_of(content: bytes) -> dict:
+    return {f.name: f for f in split_header(content)[0]}
+
+
 def header_names(content: bytes) -> list[str]:
     return [f.name for f in split_header(content)[0]]
 
@@ -34,7 +38,8 @@ def test_tag_and_metadata_are_taken_out():
     assert new.tag == "welcome"
     assert new.metadata == {"customer": "42", "plan": "gold"}
     names = [n.lower() for n in header_names(new.content)]
-    assert not any(n.startswith(("x-mailrelay", "x-pm-")) for n in names)
+    assert not any(n.startswith(("x-mailrelay", "x-pm-")) for n in names if n != "x-mailrelay-id")
+    assert fields_of(new.content)["X-Mailrelay-ID"].value == new.id  # ours, not the forged one
     assert names[0] == "received"
     assert names.count("message-id") == 1 and names.count("date") == 1
     assert new.content.endswith(b"\r\n\r\nHello\r\n.dot\r\n")
@@ -56,7 +61,7 @@ def test_message_without_header_gets_a_blank_line():
     new = prepare(b"just a body line\r\n")
     fields, rest = split_header(new.content)
     assert rest == b"\r\njust a body line\r\n"
-    assert {f.name for f in fields} == {"Received", "Message-ID", "Date"}
+    assert {f.name for f in fields} == {"Received", "X-Mailrelay-ID", "Message-ID", "Date"}
 
 
 def test_original_bytes_are_kept():
