@@ -491,3 +491,38 @@ def daemon_config(tmp_path: Path) -> Callable[..., str]:
         return make_daemon_config(redis_server, prefix, tmp_path / "state", **sections)
 
     return build
+
+
+# -- mail peers: a local DNS server and Postfix's smtp-sink ---------------------------------
+
+#: Zones of the test DNS server: example.test's MX is 127.0.0.1 (the test's sink port is
+#: given to the daemon as [delivery] mx_port); other.test's first MX is unreachable.
+TEST_ZONES = {
+    "example.test": {"MX": [(10, "mx1.example.test")]},
+    "other.test": {"MX": [(10, "down.example.test"), (20, "mx1.example.test")]},
+    "mx1.example.test": {"A": ["127.0.0.1"]},
+    "down.example.test": {"A": ["127.0.0.2"]},
+    "nullmx.test": {"MX": [(0, ".")]},
+    "broken.test": {"SERVFAIL": True},
+}
+
+
+@pytest.fixture
+def dns(tmp_path):
+    """A DNS server in a child process answering TEST_ZONES (``.port``, ``.update()``)."""
+    from dnsserver import StandaloneDNS
+
+    server = StandaloneDNS(TEST_ZONES, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink(tmp_path):
+    """Postfix's smtp-sink on a free port, one dump file per message (``.messages()``)."""
+    from peers import Sink
+
+    s = Sink(tmp_path / "sink")
+    yield s
+    s.stop()

@@ -1,0 +1,81 @@
+"""
+Mail peers for daemon-level tests: Postfix's smtp-sink as a destination, and small helpers
+to submit mail and read what the daemon recorded. Fixtures ``dns`` and ``sink`` are in
+conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+QUEUED = re.compile(r"queued as ([0-9a-f]{20})")
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sink:
+    """Postfix's smtp-sink on 127.0.0.1, each message dumped to a file of its own."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        # smtp-sink writes as nobody, who cannot enter pytest's private tmp directories
+        self.dir = Path(tempfile.mkdtemp(prefix="sink-", dir="/tmp"))
+        os.chmod(self.dir, 0o777)
+        for _ in range(5):
+            self.port = free_port()
+            args = [SMTP_SINK, "-u", "nobody", "-d", str(self.dir / "%Y%m%d%H%M%S."), *options,
+                    f"127.0.0.1:{self.port}", "100"]
+            self.process = subprocess.Popen(args, stderr=subprocess.PIPE)
+            if self._wait_listening():
+                return
+        raise RuntimeError("smtp-sink did not start")
+
+    def _wait_listening(self) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except ConnectionRefusedError:
+                time.sleep(0.01)  # back off between refused connections
+        return False
+
+    def messages(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.dir.iterdir())]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def send(port: int, recipients, subject="test", body=b"Hello\r\n") -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo()
+        s.mail("app@example.com")
+        for r in recipients:
+            assert s.rcpt(r)[0] == 250
+        code, text = s.data(b"From: app@example.com\r\nSubject: " + subject.encode() + b"\r\n\r\n" + body)
+    assert code == 250, text
+    return QUEUED.search(text.decode()).group(1)
+
+
+def timeline(redis_server, prefix, message_id):
+    return [json.loads(e) for e in redis_server.client().command("LRANGE", f"{prefix}timeline:{message_id}", 0, -1)]
+
+

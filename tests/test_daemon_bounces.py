@@ -1,0 +1,223 @@
+"""
+Bounces through the real daemon: VERP return paths, in-band refusals, DSNs and ARF reports
+received by the bounce listener, suppression at submission and in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+
+from peers import Sink, send, timeline
+
+BOUNCE_DOMAIN = "bounces.example.test"
+VERP_RE = re.compile(rb"X-Mail-Args: <(b\+[a-z2-7]+@" + re.escape(BOUNCE_DOMAIN.encode()) + rb")>")
+
+
+def bounce_config(daemon_config, redis_server, prefix, dns, port, **sections):
+    sections.setdefault("submission", {"trusted_networks": ["127.0.0.0/8"]})
+    return daemon_config(redis_server, prefix,
+                         delivery={"nameservers": [f"127.0.0.1:{dns.port}"], "mx_port": port},
+                         bounces={"domain": BOUNCE_DOMAIN, "listen": ["tcp:0:interface=127.0.0.1"]},
+                         **sections)
+
+
+def hgetall(client, key):
+    reply = client.command("HGETALL", key)
+    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+
+
+def bounce_records(client, prefix):
+    ids = [b.decode() for b in client.command("ZRANGE", f"{prefix}bounces", 0, -1)]
+    return [hgetall(client, f"{prefix}bounce:{i}") for i in ids]
+
+
+def dsn(verp: str, recipient: str, message_id: str, status="5.1.1",
+        diagnostic="smtp; 550 5.1.1 <{r}>: Recipient address rejected: User unknown") -> bytes:
+    diagnostic = diagnostic.format(r=recipient)
+    return f"""From: MAILER-DAEMON@mx.example.test (Mail Delivery System)
+To: {verp}
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
+
+--BOUNDARY
+Content-Type: text/plain
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--BOUNDARY
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.test
+
+Final-Recipient: rfc822; {recipient}
+Original-Recipient: rfc822; {recipient}
+Action: failed
+Status: {status}
+Remote-MTA: dns; mailbox.example.test
+Diagnostic-Code: {diagnostic}
+
+--BOUNDARY
+Content-Type: text/rfc822-headers
+
+From: app@example.com
+To: {recipient}
+Subject: hello
+X-Mailrelay-ID: {message_id}
+
+--BOUNDARY--
+""".replace("\n", "\r\n").encode()
+
+
+def arf(recipient: str, message_id: str) -> bytes:
+    return f"""From: feedback@isp.example.net
+To: fbl@{BOUNCE_DOMAIN}
+Subject: FW: hello
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="ARF"
+
+--ARF
+Content-Type: text/plain
+
+This is an email abuse report for an email message received from IP 192.0.2.1.
+
+--ARF
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: ISP-FBL/1.0
+Version: 1
+Original-Rcpt-To: {recipient}
+
+--ARF
+Content-Type: message/rfc822
+
+From: app@example.com
+To: {recipient}
+Subject: hello
+X-Mailrelay-ID: {message_id}
+
+hello
+--ARF--
+""".replace("\n", "\r\n").encode()
+
+
+def deliver_to_bounce_listener(port: int, rcpt: str, content: bytes):
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo("mx.example.test")
+        s.mail("")
+        code, text = s.rcpt(rcpt)
+        if code != 250:
+            return code, text
+        return s.data(content)
+
+
+def test_in_band_hard_bounce_suppresses_the_address(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                    dns, tmp_path):
+    hard = Sink(tmp_path / "hard", "-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown")
+    try:
+        d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, hard.port))
+        message_id = send(d.ports["submission"], ["gone@example.test"])
+        d.wait_for_line(rf"bounce \w+: message {message_id} to <gone@example\.test>: HardBounce \(5\.1\.1\), address suppressed")
+        client = redis_server.client()
+        [record] = bounce_records(client, unique_prefix)
+        assert record["type"] == "HardBounce" and record["type_code"] == "1"
+        assert record["message_id"] == message_id and record["inactive"] == "1"
+        assert "User unknown" in record["details"]
+        # the next submission to that address is refused, saying why
+        with smtplib.SMTP("127.0.0.1", d.ports["submission"], timeout=20) as s:
+            s.ehlo()
+            s.mail("app@example.com")
+            code, text = s.rcpt("Gone@Example.Test")
+        assert code == 550 and text.startswith(b"5.1.1") and b"suppressed since" in text and b"HardBounce" in text
+    finally:
+        hard.stop()
+
+
+def test_dsn_to_verp_address_is_tied_to_message_and_recipient(start_daemon, daemon_config, redis_server,
+                                                             unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = send(d.ports["submission"], ["first@example.test", "second@example.test"])
+    d.wait_for_line(rf"{message_id}: to=<second@example\.test>.*status=sent")
+    d.wait_for_line(rf"{message_id}: to=<first@example\.test>.*status=sent")
+    return_paths = {}
+    for dump in sink.messages():
+        verp = VERP_RE.search(dump).group(1).decode()
+        rcpt = re.search(rb"X-Rcpt-Args: <([^>]+)>", dump).group(1).decode()
+        return_paths[rcpt] = verp
+        assert f"X-Mailrelay-ID: {message_id}".encode() in dump
+    assert set(return_paths) == {"first@example.test", "second@example.test"}
+    assert return_paths["first@example.test"] != return_paths["second@example.test"]
+    assert all(len(v.split("@")[0]) <= 64 for v in return_paths.values())
+    # the second recipient's server bounces later, with a DSN to its return path
+    verp = return_paths["second@example.test"]
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], verp.upper(),  # case changes survive
+                                            dsn(verp, "second@example.test", message_id))
+    assert code == 250, text
+    client = redis_server.client()
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["type"], record["recipient"], record["message_id"]) == ("HardBounce", "second@example.test", message_id)
+    assert record["status"] == "5.1.1" and record["inactive"] == "1"
+    events = timeline(redis_server, unique_prefix, message_id)
+    assert events[-1]["type"] == "bounced" and events[-1]["recipient"] == "second@example.test"
+    state = hgetall(client, f"{unique_prefix}msg:{message_id}")
+    assert state["state:1"] == "bounced" and state["state:0"] == "delivered"
+    raw = client.command("GET", f"{unique_prefix}bounce:raw:{record['id']}")
+    assert b"Undelivered Mail Returned to Sender" in raw
+
+
+def test_forged_and_foreign_addresses_refused(start_daemon, daemon_config, redis_server, unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = send(d.ports["submission"], ["a@example.test"])
+    d.wait_for_line(rf"{message_id}: to=<a@example\.test>.*status=sent")
+    verp = VERP_RE.search(sink.messages()[0]).group(1).decode()
+    local, domain = verp.split("@")
+    tampered = local[:-1] + ("a" if local[-1] != "a" else "b") + "@" + domain
+    port = d.ports["bounces"]
+    for address in (tampered, f"b+{'a' * 32}@{BOUNCE_DOMAIN}", f"someone@{BOUNCE_DOMAIN}",
+                    verp.split("@")[0] + "@example.org", "victim@example.org"):
+        code, text = deliver_to_bounce_listener(port, address, b"Subject: x\r\n\r\nx\r\n")
+        assert (code, text[:5]) == (550, b"5.1.1"), address
+    # never a relay, and no AUTH offered
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        assert "AUTH" not in s.ehlo()[1].decode()
+    assert bounce_records(redis_server.client(), unique_prefix) == []
+
+
+def test_arf_complaint_and_unmatched_bounce(start_daemon, daemon_config, redis_server, unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = send(d.ports["submission"], ["reader@example.test"])
+    d.wait_for_line(rf"{message_id}: to=<reader@example\.test>.*status=sent")
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", message_id))
+    assert code == 250
+    client = redis_server.client()
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["type"], record["type_code"], record["recipient"]) == ("SpamComplaint", "100001", "reader@example.test")
+    assert record["message_id"] == message_id and record["inactive"] == "1"
+    assert timeline(redis_server, unique_prefix, message_id)[-1]["type"] == "complained"
+    # a bounce that names no job of ours is kept, as unmatched
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                         dsn("x@y", "stranger@example.org", "ffffffffffffffffffff"))
+    assert code == 250
+    unmatched = [b.decode() for b in client.command("ZRANGE", f"{unique_prefix}bounces:unmatched", 0, -1)]
+    assert len(unmatched) == 1
+    assert hgetall(client, f"{unique_prefix}bounce:{unmatched[0]}")["recipient"] == "stranger@example.org"
+
+
+def test_queued_jobs_for_a_suppressed_address_end_suppressed(start_daemon, daemon_config, redis_server,
+                                                            unique_prefix, dns, sink, tmp_path):
+    # accept while delivery is off, suppress the address, then let a delivering daemon run
+    config = bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port)
+    first = start_daemon(config.replace("[delivery]\n", "[delivery]\nenabled = false\n"), tmp_path / "a")
+    message_id = send(first.ports["submission"], ["late@example.test", "ok@example.test"])
+    first.stop()
+    redis_server.client().command("HSET", f"{unique_prefix}suppressed", "late@example.test",
+                                  json.dumps({"since": "2026-11-28T09:00:00Z", "type": "ManuallyDeactivated"}))
+    second = start_daemon(config, tmp_path / "b")
+    second.wait_for_line(rf"{message_id}: to=<late@example\.test>, relay=none.*status=suppressed")
+    second.wait_for_line(rf"{message_id}: to=<ok@example\.test>.*status=sent")
+    events = timeline(redis_server, unique_prefix, message_id)
+    assert [e["type"] for e in events if e["recipient"] == "late@example.test"] == ["queued", "suppressed"]
+    assert len(sink.messages()) == 1
