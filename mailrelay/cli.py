@@ -28,7 +28,6 @@ import argparse
 import getpass
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,10 @@ def connect_admin_redis(config: Config) -> Any:
 
     path = managed_socket_path(config)
     if path is None:
-        return connect_redis(config, None)
+        try:
+            return connect_redis(config, None)
+        except Exception as e:  # e.g. an unusable Sentinel setup
+            raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
     if not path.exists():
         raise SystemExit(f"mailrelay: the daemon's managed Redis is not running (no socket at {path})")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -242,13 +244,21 @@ async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
 
     from mailrelay.storage import Storage, StorageError
 
-    redis = connect_admin_redis(config)
-    storage = Storage(config, redis)
+    redis = connect_admin_redis(config)  # SystemExit when the managed Redis is not there
+    try:
+        storage = Storage(config, redis)
+    except Exception as e:
+        raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
     try:
         await QUEUE_ACTIONS[args.queue_command](storage, args)
     except StorageError as e:
         raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
     finally:
+        # txredisapi fails this Deferred (and Twisted prints "Unhandled error in Deferred")
+        # when a pool connection still being set up is closed by the disconnect below.
+        connected = getattr(redis, "_connected", None)
+        if isinstance(connected, defer.Deferred):
+            connected.addErrback(lambda f: None)
         try:
             d = redis.disconnect()
             if isinstance(d, defer.Deferred):

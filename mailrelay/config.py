@@ -47,7 +47,7 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest duration string for a number of seconds."""
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         size = _DURATION_UNITS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
@@ -436,6 +436,12 @@ class BouncesConfig:
     notify_sender: bool = setting(False, p_bool, "also mail an RFC 3464 DSN to the original sender on permanent failure (off: applications learn of bounces through the API)")
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    retention: float = setting("45d", p_duration, "how long message records, timelines, bounces and search indexes are kept")
+    content_retention: float = setting("7d", p_duration, "how long raw message bodies are kept (compressed; at least until delivery ends)")
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -443,6 +449,7 @@ SECTIONS: dict[str, type] = {
     "submission": SubmissionConfig,
     "delivery": DeliveryConfig,
     "bounces": BouncesConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -456,6 +463,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str | None = None
 
     @property

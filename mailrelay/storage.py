@@ -85,9 +85,36 @@ class NewMessage:
 
 # -- Lua scripts ------------------------------------------------------------------
 
+# Shared Lua: a message's status from its recipients' states, kept in the status index.
+# queued while any recipient is not final; then delivered|bounced|expired|suppressed when all
+# ended alike, else partial.
+_STATUS = """
+local FINAL = {delivered = true, bounced = true, expired = true, suppressed = true, deleted = true}
+local function update_status(mkey, id, idx_prefix)
+  local n = tonumber(redis.call('HGET', mkey, 'rcpt_count') or '0')
+  if n == 0 then return end
+  local names = {}
+  for k = 0, n - 1 do names[#names + 1] = 'state:' .. k end
+  local states = redis.call('HMGET', mkey, unpack(names))
+  local status = nil
+  for _, st in ipairs(states) do
+    if not st or not FINAL[st] then status = 'queued'; break end
+    if st == 'deleted' then st = 'suppressed' end
+    if status == nil then status = st elseif status ~= st then status = 'partial' end
+  end
+  local old = redis.call('HGET', mkey, 'status')
+  if old ~= status then
+    local received = redis.call('HGET', mkey, 'received_at')
+    if old then redis.call('ZREM', idx_prefix .. 'status:' .. old, id) end
+    redis.call('ZADD', idx_prefix .. 'status:' .. status, received, id)
+    redis.call('HSET', mkey, 'status', status)
+  end
+end
+"""
+
 # KEYS: msg, body, queue:domains, events, timeline, then one queue:d:<domain> per domain
 # ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
-#       n_fields, field/value pairs..., body,
+#       index key prefix, retention_s, body_ttl_s, tag, n_fields, field/value pairs..., body,
 #       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
 ENQUEUE_SCRIPT = """
 local t = redis.call('TIME')
@@ -101,9 +128,12 @@ end
 local id = ARGV[1]
 local due = now + tonumber(ARGV[3])
 local prefix_len = tonumber(ARGV[5])
-local nfields = tonumber(ARGV[6])
+local idx = ARGV[6]
+local retention = tonumber(ARGV[7])
+local horizon = now - retention * 1000
+local nfields = tonumber(ARGV[10])
 local hash = {}
-local pos = 7
+local pos = 11
 for i = 1, nfields * 2 do
   hash[i] = ARGV[pos]
   pos = pos + 1
@@ -111,6 +141,7 @@ end
 local body = ARGV[pos]
 pos = pos + 1
 local i = 0
+local seen = {}
 while pos <= #ARGV do
   local dkey = KEYS[tonumber(ARGV[pos + 1])]
   hash[#hash + 1] = 'rcpt:' .. i
@@ -124,6 +155,13 @@ while pos <= #ARGV do
     redis.call('ZADD', KEYS[3], due, domain)
   end
   redis.call('RPUSH', KEYS[5], ARGV[pos + 2])
+  local rkey = idx .. 'rcpt:' .. string.lower(ARGV[pos])
+  if not seen[rkey] then
+    seen[rkey] = true
+    redis.call('ZADD', rkey, now, id)
+    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', horizon)
+    redis.call('EXPIRE', rkey, retention)
+  end
   i = i + 1
   pos = pos + 3
 end
@@ -131,8 +169,21 @@ hash[#hash + 1] = 'rcpt_count'
 hash[#hash + 1] = i
 hash[#hash + 1] = 'received_at'
 hash[#hash + 1] = now
+hash[#hash + 1] = 'status'
+hash[#hash + 1] = 'queued'
 redis.call('HSET', KEYS[1], unpack(hash))
-redis.call('SET', KEYS[2], body)
+redis.call('EXPIRE', KEYS[1], retention)
+redis.call('SET', KEYS[2], body, 'EX', tonumber(ARGV[8]))
+redis.call('EXPIRE', KEYS[5], retention)
+redis.call('ZADD', idx .. 'time', now, id)
+redis.call('ZREMRANGEBYSCORE', idx .. 'time', '-inf', horizon)
+redis.call('ZADD', idx .. 'status:queued', now, id)
+if ARGV[9] ~= '' then
+  local tkey = idx .. 'tag:' .. ARGV[9]
+  redis.call('ZADD', tkey, now, id)
+  redis.call('ZREMRANGEBYSCORE', tkey, '-inf', horizon)
+  redis.call('EXPIRE', tkey, retention)
+end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'msg', id, 'at', now)
 return 'OK'
 """
@@ -228,13 +279,14 @@ return out
 
 # KEYS: queue:domains, queue:d:<domain>, leases, msg, timeline, events
 # ARGV: job, rcpt index, owner, new state, event JSON, due_ms ("" if final),
-#       domain, events_maxlen, message id, now_ms
+#       domain, events_maxlen, message id, now_ms, index key prefix
 # States: deferred (rescheduled at due_ms), delivered, bounced, expired (final).
-RECORD_SCRIPT = _DOMAIN_MIN + """
+RECORD_SCRIPT = _DOMAIN_MIN + _STATUS + """
 local i = ARGV[2]
 local owner = redis.call('HGET', KEYS[4], 'owner:' .. i)
 if not owner then
-  if redis.call('EXISTS', KEYS[4]) == 0 then
+  if redis.call('EXISTS', KEYS[4]) == 0 or redis.call('HGET', KEYS[4], 'state:' .. i) == 'deleted' then
+    redis.call('ZREM', KEYS[3], ARGV[1])
     return 'GONE'
   end
 end
@@ -244,6 +296,7 @@ redis.call('HSET', KEYS[4], 'state:' .. i, ARGV[4], 'last:' .. i, ARGV[10])
 redis.call('HINCRBY', KEYS[4], 'attempts:' .. i, 1)
 redis.call('RPUSH', KEYS[5], ARGV[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[4], 'msg', ARGV[9], 'rcpt', i, 'at', ARGV[10])
+update_status(KEYS[4], ARGV[9], ARGV[11])
 if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[1])
   update_domain(KEYS[1], KEYS[2], ARGV[7])
@@ -302,8 +355,9 @@ return n
 # KEYS: bounce, bounce_raw, bounces index, unmatched index, suppressed, msg, timeline, events
 # ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
-#       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type
-RECORD_BOUNCE_SCRIPT = """
+#       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
+#       index key prefix
+RECORD_BOUNCE_SCRIPT = _STATUS + """
 local pos = 5
 local n = tonumber(ARGV[4])
 local fields = {}
@@ -327,6 +381,7 @@ if matched == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then
     if state ~= '' then
       redis.call('HSET', KEYS[6], 'state:' .. i, state)
+      update_status(KEYS[6], ARGV[pos + 7], ARGV[pos + 9])
     end
     if event ~= '' then
       redis.call('RPUSH', KEYS[7], event)
@@ -388,7 +443,8 @@ def new_message_id() -> str:
 
 
 def recipient_domain(address: str) -> str:
-    return address.rpartition("@")[2].lower()
+    """The queue's domain key: ASCII-lowercased, as Lua's string.lower does it."""
+    return address.rpartition("@")[2].encode().lower().decode()
 
 
 class Keys:
@@ -398,6 +454,7 @@ class Keys:
         self.prefix = prefix
         self.queue_domains = prefix + "queue:domains"
         self.leases = prefix + "queue:leases"
+        self.index_prefix = prefix + "idx:"
         self.verp_secret = prefix + "verp:secret"
         self.bounces = prefix + "bounces"
         self.bounces_unmatched = prefix + "bounces:unmatched"
@@ -440,6 +497,10 @@ class Storage:
         self.timeout = config.redis.timeout
         self.min_replicas = config.redis.min_replicas
         self.replica_timeout_ms = int(config.redis.min_replicas_timeout * 1000)
+        self.retention = config.tracking.retention
+        # A body must outlive its delivery attempts, whatever content_retention says.
+        self.body_ttl = max(config.tracking.content_retention,
+                            config.delivery.max_queue_lifetime + 86400)
         self.clock_offset_ms = 0.0   # Redis TIME minus our clock
         self._offset_loop: task.LoopingCall | None = None
 
@@ -536,6 +597,7 @@ class Storage:
         # failed, so that a cancelled message is never picked up meanwhile.
         hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
         args = [message_id, int(deadline), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
+                keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
                 len(fields), *flat,
                 message.content, *rcpt_args]
         try:
@@ -642,7 +704,7 @@ class Storage:
         keys = [self.keys.queue_domains, self.keys.domain_queue(job.domain), self.keys.leases,
                 self.keys.msg(job.message_id), self.keys.timeline(job.message_id), self.keys.events]
         args = [job.job, job.rcpt, owner, state, event.to_json(), "" if due_ms is None else due_ms,
-                job.domain, EVENTS_MAXLEN, job.message_id, self.now_ms()]
+                job.domain, EVENTS_MAXLEN, job.message_id, self.now_ms(), self.keys.index_prefix]
         result = await self._eval(RECORD_SCRIPT, keys, args)
         return result.decode() if isinstance(result, bytes) else str(result)
 
@@ -694,7 +756,7 @@ class Storage:
                 "1" if matched else "", rcpt if rcpt is not None else "", state or "",
                 event.to_json() if event else "",
                 suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
-                EVENTS_MAXLEN, message_id or "", event.type if event else ""]
+                EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix]
         return await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
 
     async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
@@ -1039,19 +1101,260 @@ return n
 
 
 def connect_redis(config: Config, managed_socket: str | None) -> Any:
-    """A lazy txredisapi connection pool to the configured Redis (bytes replies)."""
+    """
+    A lazy txredisapi connection pool to the configured Redis (bytes replies). With
+    ``[redis] sentinels`` it is a :class:`SentinelFollower`, used the same way.
+    """
     import txredisapi
 
-    common = dict(charset=None, convertNumbers=False, reconnect=True)
+    common = dict(charset=None, convertNumbers=False)
     if managed_socket is not None:
-        return txredisapi.lazyUnixConnectionPool(managed_socket, poolsize=4, **common)
+        return txredisapi.lazyUnixConnectionPool(managed_socket, poolsize=4, reconnect=True, **common)
     if config.redis.sentinels:
-        sentinel = txredisapi.Sentinel(list(config.redis.sentinels))
-        return sentinel.master_for(config.redis.master_name, poolsize=4, **common)
+        return SentinelFollower(list(config.redis.sentinels), config.redis.master_name,
+                                poolsize=4, **common)
     address: RedisAddress = parse_redis_url(config.redis.url)
     if address.path:
         return txredisapi.lazyUnixConnectionPool(address.path, dbid=address.db, poolsize=4,
-                                                 password=address.password, **common)
+                                                 password=address.password, reconnect=True,
+                                                 **common)
     return txredisapi.lazyConnectionPool(address.host, address.port, dbid=address.db, poolsize=4,
                                          password=address.password, username=address.username,
-                                         connectTimeout=5, **common)
+                                         connectTimeout=5, reconnect=True, **common)
+
+
+#: Seconds between PINGs on a Sentinel subscription, and how long the PONG may take
+#: before the connection is considered dead and reopened (with backoff).
+SENTINEL_PING_INTERVAL = 10.0
+SENTINEL_PING_TIMEOUT = 5.0
+
+
+def _is_readonly(failure: Any) -> bool:
+    """The command failed because the server is a replica (a demoted primary)."""
+    value = failure.value
+    if isinstance(value, defer.FirstError):  # pipelines
+        value = value.subFailure.value
+    return str(value).startswith("READONLY")
+
+
+class SentinelFollower:
+    """
+    The connection pool to the primary of a Sentinel-monitored Redis, following failovers.
+
+    Used like a txredisapi connection handler (``execute_command``, ``eval``, ``pipeline``,
+    ``disconnect``; anything else is passed to the pool). The pool asks the Sentinels for
+    the primary's address before each connection and checks ``ROLE`` once connected.
+    Besides, one subscription to ``+switch-master`` per Sentinel (reopened with backoff,
+    PINGed to notice a silent Sentinel): when one announces a new address for our master,
+    every pool connection is closed, and the pool reconnects to the address the Sentinels
+    now give. A ``READONLY`` reply (a demoted primary, a missed announcement) does the same.
+    Commands in flight on a closed connection fail (451 to the client); later ones wait
+    for the new connection.
+    """
+
+    def __init__(self, sentinels: list[tuple[str, int]], master_name: str, *,
+                 poolsize: int = 4, **connection_kwargs: Any) -> None:
+        import txredisapi
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        master_factory, subscription_factory = _sentinel_factories()
+        self.master_name = master_name
+        self.sentinel = txredisapi.Sentinel(sentinels)
+        self.pool = self.sentinel.master_for(master_name, factory_class=master_factory,
+                                             poolsize=poolsize, **connection_kwargs)
+        self._generation = 0          # bumped whenever the pool's connections are dropped
+        self._master: str | None = None   # "host:port" of the last +switch-master followed
+        self._subscribed: set[str] = set()
+        self._subscriptions = []
+        for host, port in sentinels:
+            factory = subscription_factory(self, f"{host}:{port}")
+            factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=5))
+            self._subscriptions.append(factory)
+
+    # -- the connection handler interface ------------------------------------------------
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> defer.Deferred:
+        return self._watch(self.pool.execute_command(*args, **kwargs), self._generation)
+
+    def eval(self, script: str, keys: list[Any] = [], args: list[Any] = []) -> defer.Deferred:
+        return self._watch(self.pool.eval(script, keys, args), self._generation)
+
+    def pipeline(self) -> defer.Deferred:
+        generation = self._generation
+        return self.pool.pipeline().addCallback(_WatchedPipeline, self, generation)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "pool":
+            raise AttributeError(name)
+        attribute = getattr(self.pool, name)
+        if not callable(attribute):
+            return attribute
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            generation = self._generation
+            result = attribute(*args, **kwargs)
+            if isinstance(result, defer.Deferred):
+                return self._watch(result, generation)
+            return result
+        return watched
+
+    def disconnect(self) -> defer.Deferred:
+        """Close the subscriptions, the pool and the connections to the Sentinels."""
+        ds = [factory.disconnect() for factory in self._subscriptions]
+        ds += [self.pool.disconnect(), self.sentinel.disconnect()]
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    # -- following the master ----------------------------------------------------------------
+
+    def switch_master(self, message: Any) -> None:
+        """A ``+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`` message."""
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        parts = str(message).split()
+        if len(parts) != 5 or parts[0] != self.master_name:
+            return
+        old, new = f"{parts[1]}:{parts[2]}", f"{parts[3]}:{parts[4]}"
+        if new == self._master:
+            return  # another Sentinel announced it first
+        self._master = new
+        log.warn("Redis master {name} moved from {old} to {new} (Sentinel)",
+                 name=self.master_name, old=old, new=new)
+        self.drop_connections()
+
+    def drop_connections(self, only: Any = None) -> None:
+        """Close the pool's connections (``only``: those); each reconnects via the Sentinels."""
+        self._generation += 1
+        factory = self.pool._factory
+        connections = set(factory.pool)
+        connections.update(slot.protocol for slot in factory.slots if slot.protocol is not None)
+        for connection in connections:
+            if only is None or connection in only:
+                connection.transport.loseConnection()
+
+    def _watch(self, d: defer.Deferred, generation: int) -> defer.Deferred:
+        def check(failure: Any) -> Any:
+            # Commands sent before the last drop may still report READONLY: ignore them.
+            if generation == self._generation and _is_readonly(failure):
+                log.warn("Redis answered READONLY: it is no longer the master {name}; "
+                         "reconnecting via Sentinel", name=self.master_name)
+                self.drop_connections()
+            return failure
+        return d.addErrback(check)
+
+    def subscribed(self, address: str) -> None:
+        """A subscription to ``+switch-master`` is (again) in place on Sentinel ``address``."""
+        if address not in self._subscribed:
+            self._subscribed.add(address)
+            log.info("following Redis master {name}: subscribed to +switch-master on Sentinel "
+                     "{address}", name=self.master_name, address=address)
+            return
+        # Resubscribed after losing the Sentinel: an announcement may have been missed.
+        log.info("subscribed again to +switch-master on Sentinel {address}", address=address)
+        d = self.sentinel.discover_master(self.master_name)
+        d.addCallbacks(self._check_master, lambda f: None)
+
+    def _check_master(self, address: tuple[str, int]) -> None:
+        stale = []
+        for connection in list(self.pool._factory.pool):
+            peer = connection.transport.getPeer()
+            if (getattr(peer, "host", None), getattr(peer, "port", None)) != tuple(address):
+                stale.append(connection)
+        if stale:
+            self._master = "{}:{}".format(*address)
+            log.warn("Redis master {name} is now {new} (Sentinel); reconnecting",
+                     name=self.master_name, new=self._master)
+            self.drop_connections(stale)
+
+
+class _WatchedPipeline:
+    """A pipeline whose READONLY failure drops the follower's connections."""
+
+    def __init__(self, connection: Any, follower: SentinelFollower, generation: int) -> None:
+        self._connection = connection
+        self._follower = follower
+        self._generation = generation
+
+    def execute_pipeline(self) -> defer.Deferred:
+        return self._follower._watch(self._connection.execute_pipeline(), self._generation)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+_SENTINEL_FACTORIES: tuple[Any, Any] | None = None
+
+
+def _sentinel_factories() -> tuple[Any, Any]:
+    """The txredisapi factory classes of :class:`SentinelFollower` (built on first use:
+    importing txredisapi installs the reactor)."""
+    global _SENTINEL_FACTORIES
+    if _SENTINEL_FACTORIES is not None:
+        return _SENTINEL_FACTORIES
+    import txredisapi
+    from twisted.internet import reactor
+
+    class MasterProtocol(txredisapi.SentinelRedisProtocol):
+        """txredisapi's check that the server is the master, fixed for bytes replies:
+        ``ROLE`` answers ``b"master"`` with ``charset=None``, which txredisapi compares to
+        ``"master"`` and so never accepts a connection."""
+
+        def connectionMade(self) -> defer.Deferred:
+            def check_role(role: Any) -> Any:
+                kind = role[0].decode() if isinstance(role[0], bytes) else role[0]
+                if self.factory.is_master and kind != "master":
+                    self.transport.loseConnection()
+                    return None
+                return txredisapi.RedisProtocol.connectionMade(self)
+
+            if self.password is not None:
+                self.auth(self.password, self.username)
+            d = self.role().addCallback(check_role)
+            d.addErrback(lambda f: self.transport.loseConnection())
+            return d
+
+    class MasterFactory(txredisapi.SentinelConnectionFactory):
+        protocol = MasterProtocol
+
+    class SubscriptionProtocol(txredisapi.SubscriberProtocol):
+        """SUBSCRIBE +switch-master once connected; PING now and then."""
+
+        heartbeat: task.LoopingCall | None = None
+
+        def connectionMade(self) -> Any:
+            result = txredisapi.SubscriberProtocol.connectionMade(self)
+            d = self.whenConnected()
+            d.addCallback(lambda _: self.subscribe("+switch-master"))
+            d.addCallbacks(self._subscribed, self._failed)
+            return result
+
+        def _subscribed(self, _: Any) -> None:
+            self.heartbeat = task.LoopingCall(self._ping)
+            self.heartbeat.start(SENTINEL_PING_INTERVAL, now=False)
+            self.factory.follower.subscribed(self.factory.address)
+
+        def _ping(self) -> defer.Deferred:
+            return self.ping().addTimeout(SENTINEL_PING_TIMEOUT, reactor).addErrback(self._failed)
+
+        def _failed(self, failure: Any) -> None:
+            if self.transport is not None:
+                self.transport.abortConnection()
+
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            self.factory.follower.switch_master(message)
+
+        def connectionLost(self, why: Any) -> None:
+            if self.heartbeat is not None and self.heartbeat.running:
+                self.heartbeat.stop()
+            txredisapi.SubscriberProtocol.connectionLost(self, why)
+
+    class SubscriptionFactory(txredisapi.SubscriberFactory):
+        protocol = SubscriptionProtocol
+
+        def __init__(self, follower: SentinelFollower, address: str) -> None:
+            txredisapi.SubscriberFactory.__init__(self, isLazy=True)
+            self.follower = follower
+            self.address = address
+
+    _SENTINEL_FACTORIES = (MasterFactory, SubscriptionFactory)
+    return _SENTINEL_FACTORIES
