@@ -89,6 +89,21 @@ class NewMessage:
 
 # -- Lua scripts ------------------------------------------------------------------
 
+# Shared Lua: per-minute (kept 2 hours) and per-hour (kept 2 days) counters for the stats API
+# and the status page charts. stats_prefix is P .. 'stats:'.
+_COUNT = """
+local function count(stats_prefix, now_ms, name, by)
+  local minute = math.floor(now_ms / 60000)
+  local hour = math.floor(now_ms / 3600000)
+  local mkey = stats_prefix .. 'm:' .. minute
+  local hkey = stats_prefix .. 'h:' .. hour
+  redis.call('HINCRBY', mkey, name, by)
+  redis.call('EXPIRE', mkey, 7200)
+  redis.call('HINCRBY', hkey, name, by)
+  redis.call('EXPIRE', hkey, 172800)
+end
+"""
+
 # Shared Lua: a message's status from its recipients' states, kept in the status index.
 # queued while any recipient is not final; then delivered|bounced|expired|suppressed when all
 # ended alike, else partial.
@@ -120,7 +135,7 @@ end
 # ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
 #       index key prefix, retention_s, body_ttl_s, tag, n_fields, field/value pairs..., body,
 #       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
-ENQUEUE_SCRIPT = """
+ENQUEUE_SCRIPT = _COUNT + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[2]) then
@@ -189,6 +204,8 @@ if ARGV[9] ~= '' then
   redis.call('EXPIRE', tkey, retention)
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'msg', id, 'at', now)
+count(idx .. 'stats:', now, 'accepted', 1)
+count(idx .. 'stats:', now, 'recipients', i)
 return 'OK'
 """
 
@@ -285,7 +302,7 @@ return out
 # ARGV: job, rcpt index, owner, new state, event JSON, due_ms ("" if final),
 #       domain, events_maxlen, message id, now_ms, index key prefix
 # States: deferred (rescheduled at due_ms), delivered, bounced, expired (final).
-RECORD_SCRIPT = _DOMAIN_MIN + _STATUS + """
+RECORD_SCRIPT = _DOMAIN_MIN + _STATUS + _COUNT + """
 local i = ARGV[2]
 local owner = redis.call('HGET', KEYS[4], 'owner:' .. i)
 if not owner then
@@ -301,6 +318,7 @@ redis.call('HINCRBY', KEYS[4], 'attempts:' .. i, 1)
 redis.call('RPUSH', KEYS[5], ARGV[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[4], 'msg', ARGV[9], 'rcpt', i, 'at', ARGV[10])
 update_status(KEYS[4], ARGV[9], ARGV[11])
+count(ARGV[11] .. 'stats:', tonumber(ARGV[10]), ARGV[4], 1)
 if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[1])
   update_domain(KEYS[1], KEYS[2], ARGV[7])
@@ -361,11 +379,16 @@ return n
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
 #       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
 #       index key prefix
-RECORD_BOUNCE_SCRIPT = _STATUS + """
+RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
 local pos = 5
 local n = tonumber(ARGV[4])
 local fields = {}
-for k = 1, n * 2 do fields[k] = ARGV[pos]; pos = pos + 1 end
+local fields_type = nil
+for k = 1, n * 2 do
+  fields[k] = ARGV[pos]
+  if k % 2 == 0 and fields[k - 1] == 'type' then fields_type = ARGV[pos] end
+  pos = pos + 1
+end
 local matched, i, state, event = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
 local address, suppression = ARGV[pos + 4], ARGV[pos + 5]
 local inactive = '0'
@@ -381,6 +404,7 @@ if ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3])
 end
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]), 'bounce:' .. (fields_type or 'Unknown'), 1)
 if matched == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then
     if state ~= '' then
@@ -400,6 +424,30 @@ if event ~= '' then
 end
 return inactive
 """
+
+# -- search (tracking) ----------------------------------------------------------------------
+
+# KEYS: index zset; ARGV: max score ("+inf" or number), min score, count, hash key prefix,
+#       field names... Returns flat: member, score, then the fields' values, per entry
+#       (newest first). Members whose hash expired are skipped.
+SEARCH_SCRIPT = """
+local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local names = {}
+for k = 5, #ARGV do names[#names + 1] = ARGV[k] end
+local out = {}
+for k = 1, #rows, 2 do
+  local values = redis.call('HMGET', ARGV[4] .. rows[k], unpack(names))
+  if values[1] then
+    out[#out + 1] = rows[k]
+    out[#out + 1] = rows[k + 1]
+    for _, v in ipairs(values) do out[#out + 1] = v or '' end
+  end
+end
+return out
+"""
+
+#: A message's status values (the status index has one sorted set per value).
+MESSAGE_STATUSES = ("queued", "delivered", "bounced", "expired", "suppressed", "partial")
 
 
 def rfc3339(seconds: float) -> str:
@@ -793,6 +841,106 @@ class Storage:
     async def recent_bounces(self, limit: int = 50, *, unmatched: bool = False) -> list[str]:
         key = self.keys.bounces_unmatched if unmatched else self.keys.bounces
         return [b.decode() for b in await self._call("ZREVRANGE", key, 0, limit - 1)]
+
+    # -- search (tracking) ----------------------------------------------------------------
+
+    async def _search(self, index: str, hash_prefix: str, fields: list[str], *, since_ms: int | None,
+                      until_ms: int | None, limit: int, cursor: tuple[int, str] | None,
+                      keep: Any) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+        """
+        Walk ``index`` newest first from ``cursor`` (exclusive), keeping rows for which
+        ``keep(row)`` is true, until ``limit`` rows; returns them and the next cursor.
+        ``fields[0]`` must be a field every live hash has.
+        """
+        high = until_ms if until_ms is not None else "+inf"
+        if cursor is not None:
+            high = cursor[0] if high == "+inf" else min(high, cursor[0])
+        low = since_ms if since_ms is not None else "-inf"
+        found: list[dict[str, str]] = []
+        batch = max(limit * 2, 50)
+        width = 2 + len(fields)
+        for _ in range(50):  # bounded work per request
+            reply = await self._eval(SEARCH_SCRIPT, [index], [high, low, batch, hash_prefix, *fields])
+            rows = [reply[k:k + width] for k in range(0, len(reply), width)]
+            raw_count = await self._call("ZCOUNT", index, low, high) if len(rows) < batch else batch
+            last_score = None
+            for row in rows:
+                member, score = row[0].decode(), int(float(row[1]))
+                last_score = score
+                if cursor is not None and score == cursor[0] and member >= cursor[1]:
+                    continue
+                item = {"id": member, "_score": score}
+                item.update({name: value.decode() for name, value in zip(fields, row[2:])})
+                if keep(item):
+                    found.append(item)
+                    if len(found) == limit:
+                        return found, (score, member)
+            if not rows or int(raw_count) < batch:
+                return found, None
+            # continue below the last score seen (ties at that score were all in this batch
+            # unless the batch was full of one score: then widen the batch)
+            if last_score == (high if high != "+inf" else None):
+                batch *= 4
+                continue
+            cursor = (last_score, "\uffff")
+            high = last_score
+        return found, (cursor if cursor else None)
+
+    async def search_messages(self, *, recipient: str | None = None, tag: str | None = None,
+                              status: str | None = None, since_ms: int | None = None,
+                              until_ms: int | None = None, limit: int = 50,
+                              cursor: tuple[int, str] | None = None) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+        """Messages newest first through the most selective index; the other filters check fields."""
+        prefix = self.keys.index_prefix
+        if recipient:
+            index = f"{prefix}rcpt:{recipient.lower()}"
+        elif tag:
+            index = f"{prefix}tag:{tag}"
+        elif status:
+            index = f"{prefix}status:{status}"
+        else:
+            index = f"{prefix}time"
+        fields = ["received_at", "from", "to", "subject", "tag", "status", "sender"]
+
+        def keep(row: dict[str, str]) -> bool:
+            return (not tag or row["tag"] == tag) and (not status or row["status"] == status)
+
+        return await self._search(index, self.keys.prefix + "msg:", fields, since_ms=since_ms,
+                                  until_ms=until_ms, limit=limit, cursor=cursor, keep=keep)
+
+    async def search_bounces(self, *, type: str | None = None, recipient: str | None = None,
+                             since_ms: int | None = None, limit: int = 50,
+                             cursor: tuple[int, str] | None = None) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+        fields = ["id", "message_id", "recipient", "type", "type_code", "description", "details",
+                  "at", "inactive", "status", "remote_mta"]
+
+        def keep(row: dict[str, str]) -> bool:
+            return (not type or row["type"] == type) and (not recipient or row["recipient"] == recipient.lower())
+
+        return await self._search(self.keys.bounces, self.keys.prefix + "bounce:", fields,
+                                  since_ms=since_ms, until_ms=None, limit=limit, cursor=cursor, keep=keep)
+
+    async def status_counts(self, since_ms: int | None = None) -> dict[str, int]:
+        """Messages per status received since ``since_ms`` (all retained ones when None)."""
+        low = since_ms if since_ms is not None else "-inf"
+        counts = {}
+        for status in MESSAGE_STATUSES:
+            counts[status] = int(await self._call("ZCOUNT", f"{self.keys.index_prefix}status:{status}", low, "+inf"))
+        return counts
+
+    async def counters(self, resolution: str, buckets: int) -> list[tuple[int, dict[str, int]]]:
+        """
+        The last ``buckets`` per-minute ("m") or per-hour ("h") counters, oldest first:
+        [(bucket start ms, {"accepted", "recipients", "delivered", "deferred", "bounced",
+        "expired", "suppressed", "bounce:<Type>": n})].
+        """
+        size = 60_000 if resolution == "m" else 3_600_000
+        current = self.now_ms() // size
+        out = []
+        for bucket in range(current - buckets + 1, current + 1):
+            reply = await self._call("HGETALL", f"{self.keys.index_prefix}stats:{resolution}:{bucket}")
+            out.append((bucket * size, {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}))
+        return out
 
     # -- reading ------------------------------------------------------------------------
 
