@@ -442,6 +442,48 @@ class TrackingConfig:
     content_retention: float = setting("7d", p_duration, "how long raw message bodies are kept (compressed; at least until delivery ends)")
 
 
+def p_tokens(key: str, value: Any) -> tuple[str, ...]:
+    items = p_str_list(key, value)
+    for i, token in enumerate(items):
+        if len(token) < 16 or any(c.isspace() for c in token):
+            raise ConfigError(f"{key}[{i}]: a token must be at least 16 characters without spaces")
+    return items
+
+
+def p_url(key: str, value: Any) -> str:
+    _expect(key, value, str, "an http:// or https:// URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: {value!r} is not an http:// or https:// URL")
+    return value
+
+
+#: Event types a webhook can subscribe to.
+WEBHOOK_EVENTS = ("delivered", "bounced", "deferred", "spam_complaint", "suppressed")
+
+
+def p_webhook_events(key: str, value: Any) -> tuple[str, ...]:
+    items = p_str_list(key, value)
+    for i, event in enumerate(items):
+        if event not in WEBHOOK_EVENTS:
+            raise ConfigError(f"{key}[{i}]: unknown event {event!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+    return items
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: tuple = setting(["tcp:8025:interface=127.0.0.1"], p_endpoints, "endpoints of the JSON API, /metrics, health checks and the status page")
+    api_tokens: tuple = setting([], p_tokens, "Bearer tokens accepted by /api and the status page; empty = one generated token in state_dir/api-token", secret=True)
+    public_status: bool = setting(False, p_bool, "show the status page without a token")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str = setting("http://127.0.0.1/", p_url, "where events are POSTed as JSON")
+    events: tuple = setting(list(WEBHOOK_EVENTS), p_webhook_events, "event types sent to this URL")
+    secret: str = setting("", p_str, 'key of the X-Mailrelay-Signature HMAC; "" = unsigned', secret=True)
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -450,6 +492,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliveryConfig,
     "bounces": BouncesConfig,
     "tracking": TrackingConfig,
+    "web": WebConfig,
 }
 
 
@@ -464,6 +507,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    webhooks: tuple = ()  # of WebhookConfig, from [[webhooks]]
     source: str | None = None
 
     @property
@@ -479,6 +524,9 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     """Validate a parsed TOML document and return the effective configuration."""
     sections: dict[str, Any] = {}
     for name, value in data.items():
+        if name == "webhooks":
+            sections["webhooks"] = _parse_webhooks(value)
+            continue
         if name not in SECTIONS:
             known = ", ".join(f"[{s}]" for s in SECTIONS)
             raise ConfigError(f"[{name}]: unknown section (known: {known})")
@@ -491,6 +539,17 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     if config.redis.sentinels and config.redis.url:
         raise ConfigError("redis.sentinels: set either redis.url or redis.sentinels, not both")
     return config
+
+
+def _parse_webhooks(value: Any) -> tuple:
+    _expect("webhooks", value, list, "[[webhooks]] tables")
+    hooks = []
+    for i, table in enumerate(value):
+        _expect(f"webhooks[{i}]", table, dict, "a [[webhooks]] table")
+        if "url" not in table:
+            raise ConfigError(f"webhooks[{i}].url: required")
+        hooks.append(_parse_section(f"webhooks[{i}]", WebhookConfig, table))
+    return tuple(hooks)
 
 
 def _parse_section(name: str, cls: type, table: dict[str, Any]) -> Any:
@@ -559,6 +618,8 @@ def _quote(text: str) -> str:
 
 
 def _mask(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple("********" for _ in value)
     if isinstance(value, Mapping):
         return {k: "********" for k in value}
     if isinstance(value, str) and value:
@@ -586,4 +647,9 @@ def render_config(config: Config) -> str:
         if f.metadata["secret"]:
             value = _mask(value)
         lines.append(f"{key} = {_render(value, f)}")
+    for hook in config.webhooks:
+        lines += ["", "[[webhooks]]"]
+        for f in dataclasses.fields(hook):
+            value = getattr(hook, f.name)
+            lines.append(f"{f.name} = {_render(_mask(value) if f.metadata['secret'] else value, f)}")
     return "\n".join(lines) + "\n"
