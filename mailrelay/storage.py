@@ -10,17 +10,31 @@ SECURITY
     Trusts the Redis it is configured with (managed: a unix socket in
     state_dir, mode 0700; external: URL with optional password, or Sentinel).
 
-DATA (all under ``[redis] key_prefix``, written below as ``P``)
-    ``P msg:<id>``         HASH   the envelope and summary of one accepted message:
-                                  sender, user, client, received_at (ms), size,
-                                  tag, metadata (JSON), from/to/cc/subject/message_id,
-                                  rcpt_count, and per recipient i: ``rcpt:<i>``
-                                  (address) and ``state:<i>`` (queued, ...).
-    ``P body:<id>``        STRING the message as it will be delivered.
-    ``P queue:domains``    ZSET   destination domains by earliest due time (ms).
-    ``P queue:d:<domain>`` ZSET   delivery jobs ``<id>.<i>`` of a domain, by due time (ms).
-    ``P events``           STREAM the event log (type, msg, at, ...) read by tracking.
+DATA (all under ``[redis] key_prefix``, written below as ``P``; docs/architecture.md
+has the same table)
+    ``P msg:<id>``          HASH   one accepted message: sender, user, client, received_at
+                                   (ms), size, tag, metadata (JSON), from/to/cc/subject/
+                                   message_id, rcpt_count, status, and per recipient i:
+                                   ``rcpt:<i>``, ``state:<i>``, ``attempts:<i>``,
+                                   ``owner:<i>`` (while leased), ``last:<i>``.
+    ``P body:<id>``         STRING the message as it will be delivered, zlib-compressed.
+    ``P timeline:<id>``     LIST   the message's events (JSON, :class:`Event`), oldest first.
+    ``P queue:domains``     ZSET   destination domains by earliest due time (ms).
+    ``P queue:d:<domain>``  ZSET   delivery jobs ``<id>.<i>`` of a domain, by due time (ms).
+    ``P queue:leases``      ZSET   jobs being delivered, by lease expiry (ms).
+    ``P events``            STREAM every event (type, msg, rcpt, at), for webhooks.
+    ``P idx:time``, ``P idx:rcpt:<address>``, ``P idx:tag:<tag>``, ``P idx:status:<status>``
+                            ZSET   search indexes: message ids by received time (ms).
+    ``P idx:stats:m:<minute>``, ``P idx:stats:h:<hour>`` HASH  event counters for charts.
+    ``P bounce:<id>``, ``P bounce:raw:<id>``  HASH, STRING  bounce records, raw bounces.
+    ``P bounces``, ``P bounces:unmatched``     ZSET   bounce ids by time.
+    ``P suppressed``        HASH   suppressed address -> JSON (since, type, reason, ...).
+    ``P verp:secret``       STRING the shared VERP HMAC key (when not configured).
     ``P rate:user:<user>:<window>`` STRING per-user sending counters.
+    Records, timelines and index entries expire after ``[tracking] retention``;
+    bodies after ``content_retention`` (at least the queue lifetime plus a day).
+    Scripts touch keys named inside them (message hashes, indexes): a single Redis
+    primary (with replicas and Sentinel) is supported, Redis Cluster is not.
 
 DIAGNOSTICS
     :class:`StorageUnavailable` (no answer within ``[redis] timeout``, or WAIT
@@ -29,7 +43,7 @@ DIAGNOSTICS
 
 CONFIGURATION
     ``[redis]`` url, sentinels, master_name, key_prefix, min_replicas,
-    min_replicas_timeout, timeout.
+    min_replicas_timeout, timeout; ``[tracking]`` retention, content_retention.
 """
 
 from __future__ import annotations
