@@ -86,6 +86,7 @@ class DomainState:
     limit: int = 10
     paused_until: float = 0.0
     throttle_pause: float = THROTTLE_PAUSE
+    last_throttle: float = 0.0
     sent_times: deque = field(default_factory=deque)
     idle_waiters: list = field(default_factory=list)
 
@@ -167,13 +168,12 @@ class DeliveryService(service.Service):
                 if not waiter.called:
                     waiter.callback(False)
         if self.workers:
-            grace = defer.DeferredList(list(self.workers), consumeErrors=True)
-            grace.addTimeout(SHUTDOWN_GRACE, self.clock)
-            try:
-                await grace
-            except defer.TimeoutError:
-                for session in list(self.sessions):
-                    session.abort()
+            # After the grace period the sessions are aborted (not the workers cancelled: a
+            # cancelled worker would die with CancelledError and leave its jobs unaccounted).
+            abort = self.clock.callLater(SHUTDOWN_GRACE, self._abort_sessions)
+            await defer.DeferredList(list(self.workers), consumeErrors=True)
+            if abort.active():
+                abort.cancel()
         if self.held and self.storage is not None:
             try:
                 count = await self.storage.release(list(self.held.values()), self.owner)
@@ -182,6 +182,10 @@ class DeliveryService(service.Service):
                 log.warn("delivery: could not hand jobs back ({e}); they return when their lease expires", e=e)
         if self.resolver is not None and hasattr(self.resolver, "close"):
             await self.resolver.close()
+
+    def _abort_sessions(self) -> None:
+        for session in list(self.sessions):
+            session.abort()
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -305,6 +309,8 @@ class DeliveryService(service.Service):
 
     async def _wait_for_work(self, state: DomainState) -> bool:
         """Keep an idle connection for ``idle_timeout``; True when new jobs are due."""
+        if self.stopping:  # _stop has already released the idle waiters
+            return False
         waiter: defer.Deferred = defer.Deferred()
         state.idle_waiters.append(waiter)
         waiter.addTimeout(self.settings.idle_timeout, self.clock, onTimeoutCancel=lambda r, t: False)
@@ -344,6 +350,8 @@ class DeliveryService(service.Service):
             try:
                 outcome = await session.send(message)
             except smtpclient.SMTPClientError as e:
+                if self.stopping:  # aborted at shutdown: not an attempt; _stop hands the jobs back
+                    return [j for g in groups[index:] for j in g], sent
                 reply = getattr(e, "reply", None)
                 await self._record_all(group, AttemptFailed(DEFERRED, f"connection to {route.name} failed during the transaction: {e}",
                                                       reply, route, session.remote_ip))
@@ -393,20 +401,29 @@ class DeliveryService(service.Service):
         return False
 
     def _throttle(self, domain: str, state: DomainState) -> None:
+        """Pause the domain, halve its connections; a repeat within the calm period pauses longer."""
         now = self.clock.seconds()
+        pause = state.throttle_pause
         state.limit = max(1, state.limit // 2)
-        state.paused_until = now + state.throttle_pause
+        state.paused_until = now + pause
+        state.last_throttle = now
         log.info("delivery: {domain} is throttling us: pausing {pause:.0f}s, at most {limit} connection(s)",
-                 domain=domain, pause=state.throttle_pause, limit=state.limit)
-        state.throttle_pause = min(state.throttle_pause * 2, THROTTLE_MAX)
-        self.clock.callLater(state.throttle_pause / 2, self._recover, domain)
+                 domain=domain, pause=pause, limit=state.limit)
+        state.throttle_pause = min(pause * 2, THROTTLE_MAX)
+        self.clock.callLater(pause, self.wake)
+        # After the pause, run with fewer connections for a calm period as long again.
+        self.clock.callLater(2 * pause, self._recover, domain, now)
 
-    def _recover(self, domain: str) -> None:
+    def _recover(self, domain: str, throttled_at: float) -> None:
+        """Restore concurrency step by step once a calm period passed without throttling."""
         state = self.domain(domain)
-        if state.paused_until <= self.clock.seconds():
-            state.limit = min(self.settings.concurrency_per_domain, state.limit * 2)
-            state.throttle_pause = THROTTLE_PAUSE
-            self.wake()
+        if state.last_throttle != throttled_at:
+            return  # throttled again meanwhile: that throttle schedules its own recovery
+        state.limit = min(self.settings.concurrency_per_domain, state.limit * 2)
+        state.throttle_pause = THROTTLE_PAUSE
+        if state.limit < self.settings.concurrency_per_domain:
+            self.clock.callLater(THROTTLE_PAUSE, self._recover, domain, throttled_at)
+        self.wake()
 
     # -- routes and connections --------------------------------------------------------------
 
@@ -469,7 +486,7 @@ class DeliveryService(service.Service):
                       route: Route | None, remote_ip: str | None, remote_queue_id: str | None = None) -> None:
         now = self.clock.seconds()
         due_ms = None
-        age = now - job.received_at_ms / 1000
+        age = (self.storage.now_ms() - job.received_at_ms) / 1000  # both on Redis's clock
         if state == DEFERRED:
             if age >= self.settings.max_queue_lifetime:
                 state = EXPIRED
@@ -477,8 +494,8 @@ class DeliveryService(service.Service):
             else:
                 schedule = self.settings.retry_schedule
                 delay = schedule[min(job.attempts, len(schedule) - 1)]
-                due = min(now + delay, job.received_at_ms / 1000 + self.settings.max_queue_lifetime)
-                due_ms = int(due * 1000 + self.storage.clock_offset_ms)
+                due_ms = int(min(self.storage.now_ms() + delay * 1000,
+                                 job.received_at_ms + self.settings.max_queue_lifetime * 1000))
         event = Event(type=state, at=rfc3339(now), recipient=job.recipient, rcpt=job.rcpt, detail=detail,
                       remote_host=route.name if route else None, remote_ip=remote_ip,
                       smtp_code=reply.code if reply else None,
