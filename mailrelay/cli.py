@@ -11,6 +11,18 @@ The ``mailrelay`` administration command.
                                        make waiting delivery jobs due now
     mailrelay queue delete MESSAGE_ID [--recipient ADDRESS] [-c FILE]
                                        drop a message's pending jobs (recorded as "deleted" events)
+    mailrelay bounce classify FILE...  parse bounce messages (RFC 5322 files, "-" for stdin); print one
+                                       JSON object per file and recipient: file, type, type_code,
+                                       recipient, status, description
+    mailrelay cluster [-c FILE]        the live daemons sharing the Redis: heartbeat age, what
+                                       each is delivering, version (see mailrelay.cluster)
+    mailrelay migrate [--force] [-c FILE]
+                                       migrate the Redis data to this release's format version
+    mailrelay domains add DOMAIN [--selector S] [--ed25519] [-c FILE]
+                                       declare a sender domain: DKIM key generated (stored in Redis,
+                                       encrypted), DNS records to publish printed
+    mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
+                                       sender domains, their keys and DNS records (mailrelay.domains)
 
 The ``queue`` subcommands talk to the daemon's Redis: the managed one through
 ``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
@@ -350,6 +362,35 @@ def add_queue_parser(sub: Any) -> None:
     queue.set_defaults(func=cmd_queue)
 
 
+# -- mailrelay bounce ----------------------------------------------------------------------
+
+
+def cmd_bounce_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from mailrelay.bounceparse import parse_bounce
+
+    status = 0
+    for name in args.files:
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as e:
+            print(f"mailrelay: {clean(name)}: {e.strerror or e}", file=sys.stderr)
+            status = 1
+            continue
+        for report in parse_bounce(data):
+            print(json.dumps(report.to_json(name)), flush=True)
+    return status
+
+
+def add_bounce_parser(sub: Any) -> None:
+    bounce = sub.add_parser("bounce", help="bounce message tools")
+    actions = bounce.add_subparsers(dest="bounce_command", required=True, metavar="ACTION")
+    classify = actions.add_parser("classify", help="parse bounce messages; one JSON object per file and recipient")
+    classify.add_argument("files", nargs="+", metavar="FILE", help='a message file, or "-" for stdin')
+    classify.set_defaults(func=cmd_bounce_classify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailrelay", description="mailrelay administration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -361,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     add_queue_parser(sub)
+    from mailrelay.cluster import add_cluster_parsers
+
+    add_cluster_parsers(sub)
+    add_bounce_parser(sub)
+    from mailrelay.domains import add_domains_parser
+
+    add_domains_parser(sub)
     return parser
 
 

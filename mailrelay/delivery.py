@@ -36,9 +36,9 @@ CONFIGURATION
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -65,7 +65,7 @@ THROTTLE_MAX = 900.0
 #: Seconds in-flight deliveries may take to finish at shutdown.
 SHUTDOWN_GRACE = 20.0
 
-DELIVERED, BOUNCED, DEFERRED, EXPIRED = "delivered", "bounced", "deferred", "expired"
+DELIVERED, BOUNCED, DEFERRED, EXPIRED, SUPPRESSED = "delivered", "bounced", "deferred", "expired", "suppressed"
 
 
 @dataclass
@@ -129,6 +129,8 @@ class DeliveryService(service.Service):
         self.workers: set[defer.Deferred] = set()
         self.sessions: set[Any] = set()
         self.stopping = False
+        self.verp: Any = None        # bounces.VERP when [bounces] domain is set
+        self.recorder: Any = None    # bounces.BounceRecorder
         self._loops: list[task.LoopingCall] = []
         self._ticking = False
         self._tick_again = False
@@ -136,7 +138,14 @@ class DeliveryService(service.Service):
     # -- lifecycle -------------------------------------------------------------------
 
     async def when_ready(self) -> None:
+        from mailrelay.bounces import BounceRecorder, load_verp
+
         self.storage = self.get_storage()
+        self.recorder = BounceRecorder(self.storage, self.config.bounces.max_stored_bounce_size, self.clock)
+        try:
+            self.verp = await load_verp(self.config, self.storage)
+        except Exception as e:
+            raise RuntimeError(f"cannot read the VERP secret from Redis: {e}") from None
         if self.resolver is None and self.settings.smarthost is None:
             self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.reactor)
         lease = self.settings.lease_timeout
@@ -330,9 +339,12 @@ class DeliveryService(service.Service):
     async def _send_jobs(self, session: Any, domain: str, state: DomainState,
                          jobs: list[ClaimedJob], sent: int) -> tuple[list[ClaimedJob], int]:
         """Send the claimed jobs, one transaction per message; return the unsent jobs."""
+        jobs = await self._drop_suppressed(jobs)
         by_message: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
-            by_message.setdefault(job.message_id, []).append(job)
+            # With VERP each recipient has its own return path: one transaction each.
+            key = job.job if self.verp is not None and job.sender else job.message_id
+            by_message.setdefault(key, []).append(job)
         groups = list(by_message.values())
         for index, group in enumerate(groups):
             if self.stopping or session.closed:
@@ -343,7 +355,10 @@ class DeliveryService(service.Service):
             if body is None:
                 await self._record_all(group, AttemptFailed(BOUNCED, "the message content is missing from the queue"))
                 continue
-            message = OutboundMessage(sender=group[0].sender, recipients=[j.recipient for j in group],
+            sender = group[0].sender
+            if self.verp is not None and sender:
+                sender = self.verp.address(group[0].message_id, group[0].rcpt)
+            message = OutboundMessage(sender=sender, recipients=[j.recipient for j in group],
                                       content=body, smtputf8=not all(
                                           a.isascii() for a in [group[0].sender] + [j.recipient for j in group]))
             route = session.route
@@ -368,6 +383,21 @@ class DeliveryService(service.Service):
                 self._throttle(domain, state)
                 return [j for g in groups[index + 1:] for j in g], sent
         return [], sent
+
+    async def _drop_suppressed(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
+        """End jobs for suppressed addresses with a ``suppressed`` event; return the others."""
+        found = await self.storage.suppressions([j.recipient for j in jobs])
+        if not found:
+            return jobs
+        kept = []
+        for job in jobs:
+            entry = found.get(job.recipient.lower())
+            if entry is None:
+                kept.append(job)
+            else:
+                await self._record(job, SUPPRESSED, f"Not sent: the address is suppressed since "
+                                   f"{entry.get('since')} ({entry.get('type')})", None, None, None)
+        return kept
 
     @staticmethod
     def _state_for(reply: ReplyInfo) -> str:
@@ -475,6 +505,26 @@ class DeliveryService(service.Service):
 
     # -- recording -----------------------------------------------------------------------------
 
+    async def _record_bounce(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None,
+                             route: Route | None) -> None:
+        """A refusal at delivery is a bounce too: classify it, record it, maybe suppress."""
+        from mailrelay import bounceparse
+
+        if reply is not None:
+            report = bounceparse.reply_report(job.recipient, reply.code, reply.enhanced or None,
+                                              f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " "),
+                                              route.name if route else None)
+        else:  # no reply: DNS or connection failures
+            report = bounceparse.reply_report(job.recipient, None, None, detail, None)
+        if state == EXPIRED and report.type in bounceparse.SUPPRESSING_TYPES:
+            # gave up after temporary failures: not a sign of a dead address
+            report = dataclasses.replace(report, type=bounceparse.TRANSIENT)
+        try:
+            await self.recorder.record(report, message_id=job.message_id, rcpt=job.rcpt, recipient=job.recipient,
+                                       raw=b"", source="smtp", final=True)
+        except Exception as e:
+            log.warn("delivery: could not record the bounce of {job}: {e}", job=job.job, e=e)
+
     async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
         await self._record_all(jobs, failure)
 
@@ -505,10 +555,13 @@ class DeliveryService(service.Service):
             result = await self.storage.record(job, self.owner, state, event, due_ms)
         finally:
             self.held.pop(job.job, None)
+        if state in (BOUNCED, EXPIRED) and result != "GONE":
+            await self._record_bounce(job, state, detail, reply, route)
         if result == "STOLEN":
             log.warn("delivery: {job} was also claimed by another daemon after our lease expired", job=job.job)
         relay = f"{route.name}[{remote_ip}]:{route.port}" if route else "none"
-        status = {DELIVERED: "sent", BOUNCED: "bounced", DEFERRED: "deferred", EXPIRED: "expired"}[state]
+        status = {DELIVERED: "sent", BOUNCED: "bounced", DEFERRED: "deferred", EXPIRED: "expired",
+                  SUPPRESSED: "suppressed"}[state]
         reply_text = f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ") if reply else detail
         log.info("{id}: to=<{to}>, relay={relay}, delay={delay:.1f}, attempts={attempts}, status={status} ({reply})",
                  id=job.message_id, to=job.recipient, relay=relay, delay=age, attempts=job.attempts + 1,

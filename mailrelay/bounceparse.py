@@ -1,0 +1,1065 @@
+"""
+bounceparse: classify delivery failures and parse the messages that report them.
+
+JOB
+    One classifier for both ends of a bounce. At delivery, :func:`classify`
+    turns a remote server's reply (enhanced status code, text, reply code)
+    into a :class:`BounceType`. Later, :func:`parse_bounce` reads a message
+    that came back (an RFC 3464 delivery status notification, an RFC 5965
+    abuse report, a plain-text bounce from qmail, Exim, Exchange, Sendmail,
+    Postfix, Gmail or Yahoo, an auto-reply, a challenge, ...) and returns one
+    :class:`BounceReport` per affected recipient, classified by the same
+    function, with the ``X-Mailrelay-ID`` of the returned original when the
+    bounce includes it. The taxonomy and type codes are Postmark's.
+
+CLASSIFICATION
+    :func:`classify` looks at the enhanced status code first (RFC 3463; taken
+    from the text when not given), then at the text; without a status code,
+    at the reply code's class. ``X`` stands for any number; "text" means
+    the text rules below decide and the fallback applies when none matches.
+
+    ======================  ===============================================
+    status                  type
+    ======================  ===============================================
+    2.X.X / 2xx             Unknown (not a failure)
+    4.2.2, 4.3.1            SoftBounce
+    4.X.X / 4xx             Transient; SoftBounce when the text says full
+                            or quota
+    5.1.1 5.1.3 5.1.4       HardBounce (no such user, bad syntax,
+    5.1.6 5.1.10            ambiguous, moved, null MX)
+    5.1.2                   DnsError when the text speaks of DNS or a host
+                            or domain not found, else HardBounce
+    5.1.7 5.1.8             Blocked (the server refused *our* sender)
+    5.1.X other             text, else HardBounce
+    5.2.1                   HardBounce (mailbox disabled)
+    5.2.2 5.2.3             SoftBounce (mailbox full, message too big for it)
+    5.2.X other             text, else HardBounce
+    5.3.1 5.3.4             SoftBounce (system full, message too big: the
+                            address is fine, do not suppress it)
+    5.3.X other             text, else Unknown
+    5.4.1                   text, else HardBounce (in practice Microsoft's
+                            "Recipient address rejected: Access denied")
+    5.4.3 5.4.4 5.4.6       DnsError (directory failure, unroutable, loop)
+    5.4.7                   SoftBounce (delivery time expired)
+    5.4.X other             text, else DnsError
+    5.5.X, 5.0.0            text, else by reply code
+    5.6.X                   text, else Unknown
+    5.7.X                   Blocked, except VirusNotification when the text
+                            names a virus and HardBounce when it says the
+                            user does not exist
+    5xx without status      text, else by reply code: 550 551 553 521 556
+                            HardBounce, 552 SoftBounce, others Unknown
+    nothing                 text, else Unknown
+    ======================  ===============================================
+
+    Text rules, first match wins: virus/infected/malware (VirusNotification);
+    sender rejected (Blocked); mailbox full, quota, insufficient storage
+    (SoftBounce); host/domain not found, NXDOMAIN, no MX, unroutable
+    (DnsError); user unknown, no such user, does not exist, not found
+    (HardBounce); spam, blocked, block/black list, reputation, policy,
+    Spamhaus, DMARC/SPF/DKIM (Blocked); mailbox unavailable, recipient
+    rejected, account disabled (HardBounce); delayed, will retry, timed out,
+    greylisted (Transient; SoftBounce after a generic 5.X.X or 5xx, which
+    means the message was given up).
+
+    In a DSN, ``Action: delayed`` is Transient whatever the status, and a
+    ``failed`` recipient with a 4.X.X status (given up after temporary
+    failures: the message expired) is a SoftBounce. Relayed, delivered and
+    expanded recipients are not reported.
+    A message that is not a delivery report is, in this order, a
+    VirusNotification, a SpamNotification (a filter's notice about a
+    *delivered* message), a plain-text bounce, a ChallengeVerification, an
+    AddressChange, an AutoResponder (Auto-Submitted, X-Autoreply, "Out of
+    Office", "Automatic reply:") or an Unsubscribe request. ARF reports are
+    SpamComplaint (``Feedback-Type: virus`` is a VirusNotification;
+    ``not-spam`` and ``auth-failure`` are Unknown).
+
+SECURITY
+    Bounces come from anyone: every byte is untrusted. Parsing never raises
+    (any error gives one Unknown report), looks at the first
+    :data:`MAX_INPUT` bytes, :data:`MAX_PARTS` MIME parts and
+    :data:`MAX_TEXT` characters of text, and its regular expressions run in
+    linear time. Anyone can forge a bounce naming any recipient and any
+    ``X-Mailrelay-ID``: a caller must check that the message exists and
+    that the recipient was one of its recipients before suppressing an
+    address (see :data:`SUPPRESSING_TYPES`). An ``X-Mailrelay-ID`` is only
+    returned when it has the shape of a mailrelay id (20 hex digits).
+    Recipients found by the plain-text heuristics are guesses.
+
+STANDARDS
+    RFC 3463 (enhanced status codes), RFC 3464 and RFC 6533 (delivery status
+    notifications), RFC 6522 (multipart/report), RFC 5965 (ARF), RFC 3834
+    (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521, 556), RFC 7505
+    (null MX, 5.1.10), RFC 2045-2047 (MIME, through the ``email`` package).
+
+DIAGNOSTICS
+    None: :func:`parse_bounce` returns at least one report, an Unknown one
+    with no recipient when it finds nothing.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.utils
+import html.parser
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import HeaderParser
+from email.policy import compat32
+from typing import Any, NamedTuple
+
+#: Bytes of a bounce that are parsed; the rest is ignored.
+MAX_INPUT = 1024 * 1024
+#: Characters of decoded text that the heuristics look at.
+MAX_TEXT = 256 * 1024
+#: MIME parts looked at, and how deep.
+MAX_PARTS = 100
+MAX_DEPTH = 8
+#: Reports returned for one bounce, at most.
+MAX_REPORTS = 100
+#: Characters kept of a diagnostic.
+MAX_DIAGNOSTIC = 1000
+
+
+class BounceType(NamedTuple):
+    """A bounce type: Postmark's name and numeric code."""
+
+    name: str
+    code: int
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS.get(self.name, "")
+
+    @property
+    def suppresses(self) -> bool:
+        """Whether a bounce of this type deactivates the address."""
+        return self in SUPPRESSING_TYPES
+
+
+HARD_BOUNCE = BounceType("HardBounce", 1)
+TRANSIENT = BounceType("Transient", 2)
+UNSUBSCRIBE = BounceType("Unsubscribe", 16)
+AUTO_RESPONDER = BounceType("AutoResponder", 64)
+ADDRESS_CHANGE = BounceType("AddressChange", 128)
+DNS_ERROR = BounceType("DnsError", 256)
+SPAM_NOTIFICATION = BounceType("SpamNotification", 512)
+UNKNOWN = BounceType("Unknown", 2048)
+SOFT_BOUNCE = BounceType("SoftBounce", 4096)
+VIRUS_NOTIFICATION = BounceType("VirusNotification", 8192)
+CHALLENGE_VERIFICATION = BounceType("ChallengeVerification", 16384)
+SPAM_COMPLAINT = BounceType("SpamComplaint", 100001)
+MANUALLY_DEACTIVATED = BounceType("ManuallyDeactivated", 100002)
+BLOCKED = BounceType("Blocked", 100006)
+
+BOUNCE_TYPES: dict[str, BounceType] = {t.name: t for t in (
+    HARD_BOUNCE, TRANSIENT, UNSUBSCRIBE, AUTO_RESPONDER, ADDRESS_CHANGE, DNS_ERROR, SPAM_NOTIFICATION,
+    UNKNOWN, SOFT_BOUNCE, VIRUS_NOTIFICATION, CHALLENGE_VERIFICATION, SPAM_COMPLAINT, MANUALLY_DEACTIVATED,
+    BLOCKED)}
+BOUNCE_TYPES_BY_CODE: dict[int, BounceType] = {t.code: t for t in BOUNCE_TYPES.values()}
+
+#: Types that deactivate the address.
+SUPPRESSING_TYPES = frozenset({HARD_BOUNCE, SPAM_COMPLAINT})
+
+DESCRIPTIONS: dict[str, str] = {
+    "HardBounce": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+    "Transient": "The server could not temporarily deliver your message "
+                 "(ex: message is delayed due to network troubles).",
+    "Unsubscribe": "Unsubscribe or remove request.",
+    "AutoResponder": "Automatic email responder (ex: \"Out of Office\" or \"On Vacation\").",
+    "AddressChange": "The recipient has requested an address change.",
+    "DnsError": "A DNS error: the recipient's domain or mail server could not be found.",
+    "SpamNotification": "The message was delivered, but was either blocked by the user, "
+                        "or classified as spam, bulk mail, or had rejected content.",
+    "Unknown": "Unable to classify the bounce.",
+    "SoftBounce": "Unable to deliver the message for now, but the address may work later "
+                  "(ex: mailbox full, over quota, message too large).",
+    "VirusNotification": "The bounce is actually a virus notification warning about a virus/code "
+                         "infected message.",
+    "ChallengeVerification": "The bounce is a challenge asking for verification you actually sent the "
+                             "email (ex: Boxbe, Spam Arrest).",
+    "SpamComplaint": "The recipient explicitly marked this message as spam.",
+    "ManuallyDeactivated": "The address was manually deactivated.",
+    "Blocked": "Blocked by the receiving server due to content, reputation or policy "
+               "(ex: spam filter, block list, DMARC).",
+}
+
+
+@dataclass
+class BounceReport:
+    """What one bounce says about one recipient."""
+
+    type: BounceType
+    recipient: str | None = None
+    status: str | None = None
+    action: str | None = None
+    diagnostic: str = ""
+    remote_mta: str | None = None
+    original_message_id: str | None = None
+    mailrelay_id: str | None = None
+    feedback_type: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            self.description = self.type.description
+
+    def to_json(self, file: str | None = None) -> dict[str, Any]:
+        """The fields ``mailrelay bounce classify`` prints."""
+        return {"file": file, "type": self.type.name, "type_code": self.type.code,
+                "recipient": self.recipient, "status": self.status, "description": self.description}
+
+
+# -- classify -------------------------------------------------------------------------------
+
+_FLAGS = re.I | re.X
+
+#: An enhanced status code (RFC 3463); not a version number or part of an IP address.
+_STATUS = re.compile(r"(?<![\w.])([245])\.([0-7])\.(\d{1,3})(?![\w]|\.\d)")
+#: A reply code at the start of a line (after punctuation such as ``#``, ``<<<``, ``(``).
+_REPLY_START = re.compile(r"^[\s#(<'\"\[]*([245]\d\d)(?=[\s:-]|$)")
+#: A reply code after a word that introduces one.
+_REPLY_AFTER = re.compile(r"(?:said|returned|reason|error|<<<|response|smtp)\W{0,4}([245]\d\d)(?=[\s:-]|$)", re.I)
+
+_RULES: list[tuple[str, re.Pattern[str]]] = [
+    ("virus", re.compile(r"\bvirus(?:es)?\b | \binfected\b | \bmalware\b | \btrojan\b | \beicar\b", _FLAGS)),
+    ("sender", re.compile(r"""
+        \bsender\s+(?:address\s+|domain\s+)?(?:rejected|unknown|not\s+found|blocked|denied|
+                                                 verify\s+failed|verification\s+failed|is\s+not\s+allowed)""",
+                          _FLAGS)),
+    ("quota", re.compile(r"""
+        (?<!sending\s)(?<!\brate\s)\bquota\b | \bover\W?quota\b | \boverquota
+      | \b(?:mail\s?box|inbox|mail\s?folder|mail\s?drop|disk|storage)\s+(?:is\s+|was\s+|has\s+become\s+)?full\b
+      | \bmailboxfull\b | \bfull\s+mail\s?box\b | \binsufficient\s+(?:system\s+)?storage\b
+      | \bout\s+of\s+(?:disk\s+|storage\s+)?space\b | \bnot\s+enough\s+(?:disk\s+|storage\s+)?space\b
+      | \bexceeded\s+storage\s+allocation\b | \bstorage\s+(?:allocation|limit)\s+exceeded\b
+      | \bmailbox\s+size\s+limit\b""", _FLAGS)),
+    ("dns", re.compile(r"""
+        \bhost\s+(?:or\s+domain\s+name\s+)?not\s+found\b | \bdomain\s+(?:name\s+)?not\s+found\b
+      | \b(?:unknown|non-?existent|unresolvable)\s+(?:host|domain)\b | \bnxdomain\b | \bservfail\b
+      | \bno\s+(?:valid\s+)?mx\b | \bname\s+service\s+error\b | \bdns\b\W{0,3}(?:error|lookup|failure|problem)
+      | \bunroute?able\b | \bdomain\s+(?:name\s+)?(?:[^\s;]{1,253}\s+)?(?:does\s+not|doesn't|did\s+not)\s+exist\b
+      | \b(?:could\s+not|couldn't|unable\s+to|failed\s+to)\s+resolve\b
+      | \baddress\s+resolution\b[^;\n]{0,80}?\bfailed\b
+      | \bname\s+or\s+service\s+not\s+known\b | \bnonexistentdomain\b""", _FLAGS)),
+    ("user", re.compile(r"""
+        \buser\s+unknown\b | \bunknown\s+(?:user|recipient|mailbox|address|local[\s-]?part|alias|addressee)\b
+      | \baddressee\s+unknown\b | \bno\s+such\s+(?:user|mailbox|recipient|address|account|person|local\s+user)\b
+      | \b(?:does\s+not|doesn't|did\s+not|no\s+longer)\s+exists?\b
+      | \bdoes(?:\s+not|n't)\s+have\s+an?\s+[\w.-]+\s+account\b
+      | \b(?:recipient|user|mailbox|address|account)\s+(?:not\s+found|unknown|not\s+listed)\b
+      | \b(?:address|recipient|mailbox|account|user)\b[^.;\n]{0,40}?
+        \b(?:couldn't|could\s+not|cannot|can't|wasn't|was\s+not)\s+be(?:en)?\s+found\b
+      | \brecipnotfound\b | \bno\s+mailbox\b | \bmailbox\s+not\s+found\b | \bbad\s+destination\s+mailbox\b
+      | \bnot\s+a\s+(?:valid|known)\s+(?:user|recipient|mailbox)\b | \binvalid\s+(?:recipient|mailbox|user)\b
+      | \bunknown\s+or\s+illegal\s+alias\b | \bnot\s+our\s+customer\b""", _FLAGS)),
+    ("blocked", re.compile(r"""
+        \bspam | \bblocked\b | \bblock\s?(?:ed\s)?list | \bblack\s?list | \bdeny\s?list | \bblacklisted\b
+      | \breputation\b | \bpolic(?:y|ies)\b | \bspamhaus\b | \bspamcop\b | \bsorbs\b | \bbarracuda\b
+      | \b(?:rbl|dnsbl|uribl|surbl)\b | \bdmarc\b | \bspf\b | \bdkim\b | \bunsolicited\b | \bbulk\s+(?:e-?)?mail\b
+      | \bjunk\b | \blisted\s+(?:at|on|in|by)\b | \bcontent\s+rejected\b
+      | \bmessage\s+(?:content\s+)?(?:rejected|refused)\b
+      | \bnot\s+authori[sz]ed\b | \bprohibited\b | \bbanned\b | \bsuspicious\b | \bphish | \bTSS\d+\b
+      | \bunauthenticated\b | \bauthentication\s+(?:failed|failure|required)\b""", _FLAGS)),
+    ("mailbox", re.compile(r"""
+        \bmailbox\s+(?:is\s+)?(?:unavailable|not\s+available|inactive|disabled|closed|deactivated|suspended|locked)\b
+      | \b(?:account|mailbox|user|recipient)\s+(?:has\s+been\s+|is\s+|was\s+)?
+        (?:disabled|discontinued|closed|deactivated|inactive|suspended|terminated|expired|deleted|removed|locked)\b
+      | \b(?:recipient|address)\s+(?:address\s+)?rejected\b | \brejected\s+recipient\b | \binvalid\s+address\b
+      | \baddress\s+(?:is\s+)?(?:invalid|not\s+valid)\b | \bnot\s+(?:a\s+)?valid\s+(?:e-?mail\s+)?address\b
+      | \bundeliverable\s+address\b | \bdoes\s+not\s+accept\s+mail\b | \bunable\s+to\s+receive\s+mail\b
+      | \bno\s+longer\s+(?:active|in\s+use|valid|available|accepting)\b""", _FLAGS)),
+    ("transient", re.compile(r"""
+        \bdelay(?:ed)?\b | \bwill\s+(?:be\s+)?retr(?:y|ied)\b | \bstill\s+(?:being\s+)?(?:trying|retried)\b
+      | \bwill\s+(?:continue|keep)\s+(?:to\s+)?(?:try|trying|retry|retrying)\b | \bnot\s+yet\s+been\s+delivered\b
+      | \btry\s+again\s+later\b | \btemporar(?:y|ily)\b | \bgr[ae]ylist | \bdeferred\b | \btimed?\s+out\b
+      | \btimeout\b | \bconnection\s+(?:refused|reset|lost)\b | \bno\s+route\s+to\s+host\b
+      | \bnetwork\s+is\s+unreachable\b | \btoo\s+many\s+connections\b | \brate\s+limit | \bthrottl""", _FLAGS)),
+]
+
+_LABEL_TYPES = {"virus": VIRUS_NOTIFICATION, "sender": BLOCKED, "quota": SOFT_BOUNCE, "dns": DNS_ERROR,
+                "user": HARD_BOUNCE, "blocked": BLOCKED, "mailbox": HARD_BOUNCE, "transient": TRANSIENT}
+
+# Class 5 statuses by (subject, detail), then by subject: (kind, type). Kinds: "fixed" (the text
+# does not matter), "text" (text rules first, then the type; None: by reply code), "host" (5.1.2),
+# "policy" (5.7.X).
+_STATUS5: dict[tuple[int, int], tuple[str, BounceType | None]] = {
+    (1, 1): ("fixed", HARD_BOUNCE), (1, 2): ("host", HARD_BOUNCE), (1, 3): ("fixed", HARD_BOUNCE),
+    (1, 4): ("fixed", HARD_BOUNCE), (1, 6): ("fixed", HARD_BOUNCE), (1, 7): ("fixed", BLOCKED),
+    (1, 8): ("fixed", BLOCKED), (1, 10): ("fixed", HARD_BOUNCE),
+    (2, 1): ("fixed", HARD_BOUNCE), (2, 2): ("fixed", SOFT_BOUNCE), (2, 3): ("fixed", SOFT_BOUNCE),
+    (3, 1): ("fixed", SOFT_BOUNCE), (3, 4): ("fixed", SOFT_BOUNCE),
+    (4, 1): ("text", HARD_BOUNCE), (4, 3): ("fixed", DNS_ERROR), (4, 4): ("fixed", DNS_ERROR),
+    (4, 6): ("fixed", DNS_ERROR), (4, 7): ("fixed", SOFT_BOUNCE),
+}
+_SUBJECT5: dict[int, tuple[str, BounceType | None]] = {
+    0: ("text", None), 1: ("text", HARD_BOUNCE), 2: ("text", HARD_BOUNCE), 3: ("text", UNKNOWN),
+    4: ("text", DNS_ERROR), 5: ("text", None), 6: ("text", UNKNOWN), 7: ("policy", BLOCKED),
+}
+_REPLY5 = {550: HARD_BOUNCE, 551: HARD_BOUNCE, 553: HARD_BOUNCE, 521: HARD_BOUNCE, 556: HARD_BOUNCE,
+           552: SOFT_BOUNCE}
+
+
+def normalize_status(value: str | None) -> str | None:
+    """The first enhanced status code in ``value`` ("5.1.1"), or None."""
+    if not value:
+        return None
+    m = _STATUS.search(value[:4096])
+    return f"{m.group(1)}.{m.group(2)}.{int(m.group(3))}" if m else None
+
+
+def reply_code(text: str) -> int | None:
+    """The SMTP reply code that ``text`` starts with (or that follows "said:" and the like)."""
+    head = text[:4096]
+    m = _REPLY_START.search(head) or _REPLY_AFTER.search(head)
+    return int(m.group(1)) if m else None
+
+
+def text_label(text: str) -> str | None:
+    """The name of the first text rule that matches (``"user"``, ``"quota"``, ...), or None."""
+    text = text[:16384]
+    for label, pattern in _RULES:
+        if pattern.search(text):
+            return label
+    return None
+
+
+def classify(status: str | None, text: str, smtp_code: int | None = None) -> BounceType:
+    """The bounce type of a failure: enhanced status code first, then the text, then the reply code.
+
+    ``status`` may be None (it is then looked for in ``text``); ``smtp_code`` likewise.
+    See CLASSIFICATION in the module documentation.
+    """
+    text = text or ""
+    norm = normalize_status(status) or normalize_status(text)
+    if smtp_code is None:
+        smtp_code = reply_code(text)
+    label = text_label(text)
+    if norm:
+        klass, subject, detail = (int(n) for n in norm.split("."))
+    elif smtp_code is not None and 200 <= smtp_code < 600:
+        klass, subject, detail = smtp_code // 100, -1, -1
+    else:
+        klass = subject = detail = -1
+
+    if klass == 2:
+        return UNKNOWN
+    if klass == 4:
+        if label == "quota" or (subject, detail) in ((2, 2), (3, 1)):
+            return SOFT_BOUNCE
+        return TRANSIENT
+    if klass == 5:
+        kind, fallback = _STATUS5.get((subject, detail)) or _SUBJECT5.get(subject, ("text", None))
+        if kind == "fixed":
+            return fallback or UNKNOWN
+        if kind == "host":
+            return DNS_ERROR if label == "dns" else HARD_BOUNCE
+        if kind == "policy":
+            if label in ("virus", "user"):
+                return _LABEL_TYPES[label]
+            return BLOCKED
+        if label == "transient":
+            return SOFT_BOUNCE  # given up after temporary failures: the address is not known bad
+        if label:
+            return _LABEL_TYPES[label]
+        if fallback is not None:
+            return fallback
+        return _REPLY5.get(smtp_code or 0, UNKNOWN)
+    if label:
+        return _LABEL_TYPES[label]
+    return UNKNOWN
+
+
+def reply_report(recipient: str | None, smtp_code: int | None, status: str | None, text: str,
+                 remote_mta: str | None = None) -> BounceReport:
+    """A report for a reply received at delivery (the in-band case)."""
+    status = normalize_status(status) or normalize_status(text)
+    kind = classify(status, text, smtp_code)
+    action = "delayed" if kind is TRANSIENT or (smtp_code or 0) // 100 == 4 else "failed"
+    return BounceReport(type=kind, recipient=recipient, status=status, action=action,
+                        diagnostic=_one_line(text), remote_mta=remote_mta)
+
+
+# -- parse_bounce ---------------------------------------------------------------------------
+
+_ADDR = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+_ADDRESS = re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-])({_ADDR})(?![\w-]|\.[A-Za-z0-9])")
+_ID = re.compile(r"[0-9a-f]{20}")
+_MSGID = re.compile(r"<[^<>\s]{1,250}>")
+
+#: A line that starts a per-recipient paragraph of a plain-text bounce: the address alone
+#: (Exim, Sendmail, Gmail, Exchange: "addr (addr)", "addr on <date>") or followed by a colon
+#: (qmail, Yahoo, Postfix: "<addr>: host ... said: 550 ..."), or a DSN-like field.
+_BLOCK_START = re.compile(rf"""
+    ^[ \t>]*(?:(?:Final|Original)-Recipient:\s*(?:[\w-]+;\s*)?)?['"]?<?({_ADDR})>?['"]?(?:<mailto:[^>\s]*>)?
+    (?: \s*:(?P<rest>.*) | (?:\s*\([^()\n]{{0,200}}\)|\s+on\s+[^\n]{{0,60}}|\s*\.\.\.[^\n]{{0,200}})?\s*$ )""", re.X)
+
+#: Where the copy of the original message starts in a plain-text bounce or reply.
+_COPY_MARKER = re.compile(r"""
+    ^[ \t>]*-*[ \t]*(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
+                 | this\s+is\s+a\s+copy\s+of\s+the\s+message
+                 | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
+                 | message\s+headers\s+follow | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
+                 | begin\s+headers
+                 | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
+
+_DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "double-bounce", "mail.daemon"}
+
+_NDR_BODY = re.compile(r"""
+    \bcould\s*n[o']t\s+be\s+delivered\b | \bcould\s+not\s+be\s+delivered\b | \bwas(?:\s+not|n't)\s+delivered\b
+  | \b(?:unable|not\s+able|wasn't\s+able)\s+to\s+deliver\b | \bdelivery\s+(?:has\s+)?failed\b
+  | \bfailed\s+permanently\b | \bpermanent\s+(?:fatal\s+)?(?:error|failure)s?\b | \bqmail-send\s+program\b
+  | \bmail\s+delivery\s+(?:software|system|subsystem)\b
+  | \bthis\s+is\s+the\s+mail\s+system\s+at\b | \bdelivery\s+status\s+notification\b | \bundeliverable\b
+  | \bcould\s+not\s+deliver\b | \bhas\s+not\s+yet\s+been\s+delivered\b | \bfollowing\s+addresse?s?\s+(?:had|failed)\b
+  | \bfailed\s+to\s+these\s+recipients\b | \bcannot\s+be\s+reached\b | \bdid\s+not\s+reach\b
+  | \bdelivery\s+to\s+the\s+following\s+recipients?\b | \bnicht\s+zugestellt\b | \bunzustellbar\b""", _FLAGS)
+_NDR_SUBJECT = re.compile(r"""
+    undeliver | returned\s+mail | delivery\s+(?:status|failure|failed|has\s+failed|problem|report|error|notification)
+  | mail\s+delivery\s+(?:failed|failure|system|subsystem) | failure\s+notice | non-?deliver
+  | could\s+not\s+be\s+delivered
+  | delivery\s+unsuccessful | mail\s+system\s+error | returned\s+to\s+sender | delayed\s+mail | \bwarning:\s+message
+  | message\s+not\s+delivered | unzustellbar | nicht\s+zustellbar""", _FLAGS)
+_DELAY = re.compile(r"""
+    \bhas\s+not\s+yet\s+been\s+delivered\b | \bwill\s+(?:continue|keep)\s+(?:to\s+)?(?:try|trying|retry)
+  | \bdelivery\s+attempts\s+will\s+continue\b | \bstill\s+(?:trying|being\s+retried)\b | \bdelayed\b
+  | \bwill\s+(?:be\s+)?retr(?:y|ied)\b""", _FLAGS)
+
+_VIRUS_NOTICE = re.compile(r"""
+    \bvirus(?:es)?\s+(?:found|detected|alert|warning|notification)\b | \bvirus\s*\( | \binfected\s*:
+  | \binfected\s+(?:with\s+(?:an?\s+)?(?:virus|malware|trojan)|file|attachment|message|e-?mail|content)\b
+  | \b(?:found|detected|contains?|containing|identified|with)\s+(?:an?\s+|the\s+)?(?:virus|malware|trojan)\b
+  | \bmalware\s+(?:found|detected)\b | \bbanned\s+(?:file|attachment)""", _FLAGS)
+_SPAM_NOTICE = re.compile(r"""
+    \b(?:identified|classified|marked|flagged|detected|tagged|considered)\s+(?:as\s+)?
+        (?:possible\s+|potential\s+|likely\s+|probable\s+)?(?:spam|junk|bulk)\b
+  | \bquarantin(?:e|ed)\b
+  | \bdelivered\s+to\s+(?:the\s+)?(?:recipient'?s\s+)?(?:junk|spam|bulk)\s+(?:e-?mail\s+)?folder
+  | \bspam\s+(?:report|notification|quarantine)\b""", _FLAGS)
+_CHALLENGE = re.compile(r"""
+    \bchallenge[\s-]+response\b | \bboxbe\b | \bspam\s?arrest\b | \bmailfrontier\b
+  | \bverify\s+(?:that\s+)?you(?:'re|\s+are)\s+(?:a\s+)?(?:human|real\s+person|not\s+a\s+(?:robot|spammer))
+  | \b(?:to\s+have|for)\s+your\s+(?:message|e-?mail)\s+(?:to\s+be\s+)?delivered,?\s+
+      (?:please\s+)?(?:click|visit|reply|go\s+to|follow)
+  | \bplease\s+verify\s+(?:your(?:self)?|that\s+you|you\s+are|you're)\b | \bawaiting\s+(?:your\s+)?verification\b
+  | \bverify\s+your\s+(?:e-?mail|message|identity)\b
+  | \bclick\s+(?:on\s+)?(?:the|this)\s+link\s+(?:below\s+)?to\s+(?:verify|confirm|release)\b""", _FLAGS)
+_ADDRESS_CHANGE = re.compile(r"""
+    \b(?:e-?mail\s+)?address\s+(?:has\s+)?changed\b
+  | \bhas\s+changed\s+(?:(?:his|her|their|my|our)\s+)?(?:e-?mail\s+)?address
+  | \bnew\s+e-?mail\s+address\b | \bmy\s+new\s+address\b | \bnew\s+address\s+is\b
+  | \bplease\s+update\s+(?:your\s+(?:records|address\s+book|contacts?)|my\s+(?:e-?mail\s+)?address)""", _FLAGS)
+_AUTO_SUBJECT = re.compile(r"""
+    ^\s*(?:(?:re|aw|fwd?|sv|vs)\s*:\s*)*(?:auto(?:matic)?[\s-]*(?:reply|response|antwort|respuesta)|auto\s*:
+      | out\s+of\s+(?:the\s+)?office | ooo\b | on\s+vacation | vacation\b | abwesen | absence | away\s+from
+      | autoreply | autoresponse | r[ée]ponse\s+automatique | risposta\s+automatica | resposta\s+autom[áa]tica)""",
+                           _FLAGS)
+_AUTO_BODY = re.compile(r"""
+    \b(?:i\s+am|i'm|i\s+will\s+be)\s+(?:currently\s+)?(?:out\s+of\s+(?:the\s+)?office|away|
+                                                    on\s+(?:vacation|holiday|leave|annual\s+leave|parental\s+leave))
+  | \bout\s+of\s+(?:the\s+)?office\b | \bwith\s+limited\s+access\s+to\s+(?:my\s+)?e-?mail
+  | \bthis\s+is\s+an\s+auto(?:matic|mated)?(?:ally\s+generated)?[\s-]*(?:reply|response|message)""", _FLAGS)
+_UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|fwd?)\s*:\s*)*(?:unsubscribe|remove(?:\s+me)?|opt[\s-]?out)\b",
+                                  re.I)
+_UNSUBSCRIBE_BODY = re.compile(
+    r"\A\s*(?:unsubscribe|remove\s+me|please\s+(?:unsubscribe|remove)\s+me|opt[\s-]?out)\b", re.I)
+_REMOTE_HOST = re.compile(r"""
+    \bhost\s+([A-Za-z0-9][A-Za-z0-9.-]{0,252}\.[A-Za-z]{2,63})\.?\s*\[
+  | \bwhile\s+talking\s+to\s+([A-Za-z0-9][A-Za-z0-9.-]{0,252})\.?:
+  | \bby\s+([A-Za-z0-9][A-Za-z0-9.-]{0,252}\.[A-Za-z]{2,63})\.?\s+\[\d""", re.I | re.X)
+
+
+def parse_bounce(raw: bytes) -> list[BounceReport]:
+    """Every recipient a bounce (or reply, or complaint) reports on; at least one report.
+
+    Never raises: malformed input gives one Unknown report with no recipient.
+    """
+    try:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        data = bytes(raw[:MAX_INPUT])
+        reports = _Bounce(data).reports()
+    except Exception:  # defensive: the email package on hostile input, or a bug here
+        reports = []
+    return reports[:MAX_REPORTS] or [BounceReport(type=UNKNOWN)]
+
+
+class _Bounce:
+    """One parsed message and what the heuristics need from it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.msg = email.message_from_bytes(data, policy=compat32)
+        self.parts = _walk(self.msg)
+        self.subject = _header(self.msg, "Subject")[:1000]
+        self.from_addrs = _addresses_of(self.msg, "From")
+        self.own: set[str] = set()
+        for name in ("From", "To", "Cc", "Reply-To", "Sender", "Return-Path", "Delivered-To"):
+            self.own.update(a.lower() for a in _addresses_of(self.msg, name))
+        text = _body_text(self.parts)
+        marker = _COPY_MARKER.search(text)
+        self.human = text[:marker.start()] if marker else text
+        self.copy = text[text.find("\n", marker.end()) + 1:] if marker and "\n" in text[marker.end():] else ""
+        self.original = self._original()
+        if self.original is not None:
+            for name in ("From", "Sender", "Return-Path", "Reply-To"):
+                self.own.update(a.lower() for a in _addresses_of(self.original, name))
+        self.original_message_id, self.mailrelay_id = self._original_ids(text)
+
+    # -- the returned original ------------------------------------------------------------
+
+    def _original(self) -> Message | None:
+        for part in self.parts:
+            ctype = part.get_content_type()
+            if ctype in ("message/rfc822", "message/global"):
+                payload = part.get_payload()
+                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                    return payload[0]
+            elif ctype in ("text/rfc822-headers", "message/rfc822-headers", "message/global-headers"):
+                return _parse_headers(_part_text(part))
+        if self.copy:
+            headers = _parse_headers(self.copy.lstrip("\r\n"))
+            if any(headers.get(n) is not None for n in ("Message-ID", "X-Mailrelay-ID", "From", "Subject")):
+                return headers
+        return None
+
+    def _original_ids(self, text: str) -> tuple[str | None, str | None]:
+        message_id = mailrelay_id = None
+        if self.original is not None:
+            message_id = _msgid(_header(self.original, "Message-ID"))
+            mailrelay_id = _mailrelay_id(_header(self.original, "X-Mailrelay-ID"))
+        if mailrelay_id is None:
+            m = re.search(r"^[ \t>]*X-Mailrelay-ID:[ \t]*([0-9A-Fa-f]{20})\b", text, re.M | re.I)
+            mailrelay_id = m.group(1).lower() if m else None
+        if message_id is None and self.copy:
+            m = re.search(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]{1,250}>)", self.copy, re.M | re.I)
+            message_id = m.group(1) if m else None
+        return message_id, mailrelay_id
+
+    def report(self, kind: BounceType, recipient: str | None, **fields: Any) -> BounceReport:
+        message_id = self.original_message_id
+        if message_id is None and kind not in (HARD_BOUNCE, SOFT_BOUNCE, TRANSIENT, DNS_ERROR, BLOCKED):
+            message_id = _msgid(_header(self.msg, "In-Reply-To"))
+        return BounceReport(type=kind, recipient=recipient, original_message_id=message_id,
+                            mailrelay_id=self.mailrelay_id, **fields)
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def reports(self) -> list[BounceReport]:
+        for part in self.parts:
+            ctype = part.get_content_type()
+            if ctype == "message/feedback-report":
+                return self.arf_reports(part)
+        for part in self.parts:
+            ctype = part.get_content_type()
+            if ctype in ("message/delivery-status", "message/global-delivery-status"):
+                reports = self.dsn_reports(part)
+                if reports:
+                    return reports
+        return self.text_reports()
+
+    # -- RFC 3464 ------------------------------------------------------------------------
+
+    def dsn_reports(self, part: Message) -> list[BounceReport]:
+        reports: list[BounceReport] = []
+        skipped: list[str] = []
+        seen: set[str | None] = set()
+        blocks = _field_blocks(part)
+        reporting_mta = ""
+        for block in blocks:
+            final = _typed_address(_header(block, "Final-Recipient"))
+            original = _typed_address(_header(block, "Original-Recipient"))
+            action = _header(block, "Action").strip().lower().split(" ")[0] or None
+            status = normalize_status(_header(block, "Status"))
+            if not (final or original or action or status):
+                reporting_mta = reporting_mta or _strip_type(_header(block, "Reporting-MTA"))
+                continue
+            if action is None:
+                action = {"5": "failed", "4": "delayed", "2": "delivered"}.get(status[0] if status else "5")
+            if action in ("delivered", "relayed", "expanded"):
+                skipped.append(action)
+                continue
+            if (original or final) in seen:
+                continue  # one report per recipient
+            seen.add(original or final)
+            diagnostic = _clean_reply(_strip_type(_header(block, "Diagnostic-Code")))
+            remote = _strip_type(_header(block, "Remote-MTA")).split(" ")[0].rstrip(".") or None
+            if action == "delayed":
+                kind = TRANSIENT
+            elif status and status[0] == "4":
+                kind = SOFT_BOUNCE  # given up after temporary failures (expired)
+            else:
+                text = diagnostic or (_best_reason(self.human) or ("", None, None))[0]
+                kind = classify(status, text)
+            reports.append(self.report(kind, original or final, status=status, action=action,
+                                       diagnostic=diagnostic, remote_mta=remote))
+            if len(reports) >= MAX_REPORTS:
+                break
+        if not reports and skipped:
+            reports.append(self.report(UNKNOWN, None, action=skipped[0],
+                                       diagnostic=f"delivery status notification without failures ({skipped[0]})"))
+        return reports
+
+    # -- RFC 5965 ------------------------------------------------------------------------
+
+    def arf_reports(self, part: Message) -> list[BounceReport]:
+        fields = _field_blocks(part)
+        first = fields[0] if fields else Message()
+        feedback_type = (_header(first, "Feedback-Type").strip().lower() or None)
+        if feedback_type == "virus":
+            kind = VIRUS_NOTIFICATION
+        elif feedback_type in ("not-spam", "auth-failure"):
+            kind = UNKNOWN
+        else:
+            kind = SPAM_COMPLAINT
+        recipients: list[str] = []
+        for block in fields:
+            for value in _all_headers(block, "Original-Rcpt-To"):
+                recipients += [a for a in dict.fromkeys(_find_addresses(value)) if a not in recipients]
+        if not recipients and self.original is not None:
+            recipients = _addresses_of(self.original, "To")[:1]
+        agent = _header(first, "User-Agent").strip()
+        diagnostic = _one_line(f"Feedback-Type: {feedback_type or '-'}" + (f"; User-Agent: {agent}" if agent else ""))
+        source = _header(first, "Reported-Domain").strip() or None
+        return [self.report(kind, r, diagnostic=diagnostic, feedback_type=feedback_type, remote_mta=source)
+                for r in (recipients or [None])]
+
+    # -- everything else -----------------------------------------------------------------
+
+    def text_reports(self) -> list[BounceReport]:
+        head = self.human[:16384]
+        probe = self.subject + "\n" + head
+        failed = bool(_all_headers(self.msg, "X-Failed-Recipients"))
+        ndr = failed or bool(_NDR_BODY.search(head)) or bool(_NDR_SUBJECT.search(self.subject))
+        from_daemon = any(a.split("@")[0].lower() in _DAEMONS for a in self.from_addrs)
+        if _VIRUS_NOTICE.search(probe):
+            return [self.report(VIRUS_NOTIFICATION, self.guess_recipient(), diagnostic=_one_line(self.subject))]
+        if _SPAM_NOTICE.search(probe) and not _NDR_BODY.search(head):
+            return [self.report(SPAM_NOTIFICATION, self.guess_recipient(), diagnostic=_one_line(self.subject))]
+        if _CHALLENGE.search(probe) and not (failed or _NDR_BODY.search(head)):
+            return [self.report(CHALLENGE_VERIFICATION, self.responder(challenge=True),
+                                diagnostic=_one_line(self.subject))]
+        if ndr or from_daemon:
+            return self.ndr_reports()
+        if _ADDRESS_CHANGE.search(head):
+            return [self.report(ADDRESS_CHANGE, self.responder(), diagnostic=_one_line(self.subject))]
+        if self.is_auto_reply():
+            return [self.report(AUTO_RESPONDER, self.responder(), diagnostic=_one_line(self.subject))]
+        if _UNSUBSCRIBE_SUBJECT.search(self.subject) or _UNSUBSCRIBE_BODY.search(head):
+            return [self.report(UNSUBSCRIBE, self.responder(), diagnostic=_one_line(self.subject))]
+        return [self.report(UNKNOWN, None, diagnostic=_one_line(self.subject))]
+
+    def is_auto_reply(self) -> bool:
+        auto = _header(self.msg, "Auto-Submitted").strip().lower()
+        if auto and not auto.startswith("no"):
+            return True
+        for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponse", "X-Autoreply-From", "X-Mail-Autoreply"):
+            if self.msg.get(name) is not None:
+                return True
+        for name in ("Precedence", "X-Precedence"):
+            if _header(self.msg, name).strip().lower() == "auto_reply":
+                return True
+        return bool(_AUTO_SUBJECT.search(self.subject) or _AUTO_BODY.search(self.human[:16384]))
+
+    def responder(self, challenge: bool = False) -> str | None:
+        """The recipient a reply is about: the original's single To, else who replied."""
+        if self.original is not None:
+            to = _addresses_of(self.original, "To")
+            if len(to) == 1:
+                return to[0]
+        if challenge:
+            found = self.guess_recipient(fallback=False)
+            if found:
+                return found
+        for a in self.from_addrs:
+            if a.split("@")[0].lower() not in _DAEMONS:
+                return a
+        return None
+
+    def candidates(self, text: str) -> list[str]:
+        out: list[str] = []
+        for a in _find_addresses(text):
+            if a.lower() not in self.own and a.split("@")[0].lower() not in _DAEMONS and a not in out:
+                out.append(a)
+        return out
+
+    def guess_recipient(self, fallback: bool = True) -> str | None:
+        """The failed recipient when no paragraph names it: in the reason, near a failure phrase, ..."""
+        found = self.candidates(self.human)
+        reason = _best_reason(self.human)
+        if reason:
+            in_reason = [a for a in self.candidates(reason[0]) if a in found]
+            if in_reason:
+                return in_reason[0]
+        m = _NDR_BODY.search(self.human)
+        if m:
+            near = self.candidates(self.human[m.start():m.end() + 400])
+            if near:
+                return near[0]
+        if found:
+            return found[0]
+        if fallback and self.original is not None:
+            to = _addresses_of(self.original, "To")
+            if len(to) == 1:
+                return to[0]
+        return None
+
+    def ndr_reports(self) -> list[BounceReport]:
+        human = self.human
+        blocks = _recipient_blocks(human.splitlines()[:5000], self)
+        failed: list[str] = []
+        for value in _all_headers(self.msg, "X-Failed-Recipients"):
+            failed += [a for a in dict.fromkeys(_find_addresses(value)) if a not in failed]
+        recipients = failed or list(blocks)
+        if not recipients:
+            guess = self.guess_recipient()
+            recipients = [guess] if guess else [None]  # type: ignore[list-item]
+        global_reason = _best_reason(human)
+        delayed = bool(_DELAY.search(self.subject + "\n" + human[:16384]))
+        reports = []
+        for recipient in recipients[:MAX_REPORTS]:
+            block = blocks.get(recipient, "") if recipient else ""
+            own = _best_reason(block) if block else None
+            others = [r for r in recipients if r and r != recipient]
+            usable = global_reason if global_reason and not any(
+                r.lower() in global_reason[0].lower() for r in others) else None
+            reason = own if _has_code(own) else usable if _has_code(usable) else own or usable
+            if reason:
+                text, status, code = reason
+                kind = classify(status, text, code)
+                if kind is UNKNOWN and block:
+                    kind = classify(status, block, code)
+            else:
+                text, status, code = "", None, None
+                kind = classify(None, block) if block else UNKNOWN
+            if kind is UNKNOWN:
+                label = text_label(human[:16384])
+                if delayed and (code is None or code // 100 != 5) and (status is None or status[0] != "5"):
+                    kind = TRANSIENT
+                elif label and label != "transient":
+                    kind = _LABEL_TYPES[label]
+            remote = _REMOTE_HOST.search(block or human[:16384])
+            reports.append(self.report(
+                kind, recipient, status=status, action="delayed" if kind is TRANSIENT else "failed",
+                diagnostic=_one_line(text or block), remote_mta=next((g for g in remote.groups() if g), None)
+                if remote else None))
+        return reports
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _walk(msg: Message) -> list[Message]:
+    """The message's parts in order, not descending into attached messages; bounded."""
+    out: list[Message] = []
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack and len(out) < MAX_PARTS:
+        part, depth = stack.pop()
+        out.append(part)
+        if part.get_content_maintype() == "multipart" and depth < MAX_DEPTH:
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((p, depth + 1) for p in reversed(payload[:MAX_PARTS]) if isinstance(p, Message))
+    return out
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except Exception:  # unknown or non-text codec
+        return data.decode("utf-8", "replace")
+
+
+def _part_text(part: Message) -> str:
+    """A leaf part's text: transfer encoding and charset decoded, at most MAX_TEXT characters."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if payload is None:
+        raw = part.get_payload()
+        return raw[:MAX_TEXT] if isinstance(raw, str) else ""
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    return _decode(payload[:MAX_TEXT * 4], charset)[:MAX_TEXT]
+
+
+class _HTMLText(html.parser.HTMLParser):
+    BLOCKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "table", "pre", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in ("script", "style"):
+            self.skip += 1
+        elif tag in self.BLOCKS:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCKS:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(data)
+
+
+def _html_text(source: str) -> str:
+    parser = _HTMLText()
+    try:
+        parser.feed(source[:MAX_TEXT])
+        parser.close()
+    except Exception:
+        pass
+    return re.sub(r"[ \t\xa0]+", " ", "".join(parser.out))
+
+
+def _body_text(parts: list[Message]) -> str:
+    """The plain text of the message's own text parts (HTML only when there is no plain text)."""
+    plain, markup = [], []
+    size = 0
+    for part in parts:
+        ctype = part.get_content_type()
+        if ctype == "text/plain" and not part.is_multipart():
+            text = _part_text(part)
+            plain.append(text)
+            size += len(text)
+        elif ctype == "text/html" and not part.is_multipart():
+            markup.append(_part_text(part))
+        if size >= MAX_TEXT:
+            break
+    text = "\n".join(plain) if plain else "\n".join(_html_text(m) for m in markup[:4])
+    return text.replace("\r\n", "\n").replace("\r", "\n")[:MAX_TEXT]
+
+
+def _header(msg: Message, name: str) -> str:
+    """A header field's value, RFC 2047 decoded, as text ("" when absent)."""
+    try:
+        value = msg.get(name)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = value[:MAX_TEXT]
+    try:
+        chunks = email.header.decode_header(value)
+        text = "".join(_decode(c, cs) if isinstance(c, bytes) else c for c, cs in chunks)
+    except Exception:
+        text = str(value)
+    return text[:MAX_TEXT]
+
+
+def _all_headers(msg: Message, name: str) -> list[str]:
+    try:
+        values = msg.get_all(name) or []
+    except Exception:
+        return []
+    out = []
+    for value in values[:MAX_REPORTS]:
+        try:
+            out.append(str(value)[:MAX_TEXT])
+        except Exception:
+            continue
+    return out
+
+
+def _addresses_of(msg: Message, name: str) -> list[str]:
+    out: list[str] = []
+    for value in _all_headers(msg, name)[:10]:
+        try:
+            pairs = email.utils.getaddresses([_header_value(value[:16384])])
+        except Exception:
+            pairs = []
+        for _, addr in pairs[:50]:
+            found = _find_addresses(addr)
+            if found and found[0] not in out:
+                out.append(found[0])
+    return out
+
+
+def _header_value(value: str) -> str:
+    try:
+        return "".join(_decode(c, cs) if isinstance(c, bytes) else c for c, cs in email.header.decode_header(value))
+    except Exception:
+        return value
+
+
+def _normalize_address(addr: str) -> str:
+    local, _, domain = addr.rpartition("@")
+    return f"{local}@{domain.rstrip('.').lower()}"
+
+
+def _find_addresses(text: str) -> list[str]:
+    return [_normalize_address(m.group(1)) for m in _ADDRESS.finditer(text[:MAX_TEXT])]
+
+
+def _typed_address(value: str) -> str | None:
+    """``rfc822; <user@example.org>`` -> ``user@example.org``."""
+    found = _find_addresses(_strip_type(value))
+    return found[0] if found else None
+
+
+def _strip_type(value: str) -> str:
+    """A DSN field without its type (``smtp;``, ``dns;``, ``X-Postfix;``), on one line."""
+    value = " ".join(value.split())
+    m = re.match(r"[A-Za-z0-9-]{1,40}\s*;\s*", value)
+    return value[m.end():] if m else value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:MAX_DIAGNOSTIC]
+
+
+def _clean_reply(text: str) -> str:
+    """A multi-line reply on one line: ``550-5.1.1 a 550-5.1.1 b`` -> ``550 5.1.1 a b``."""
+    text = _one_line(text)
+    m = re.match(r"([245]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3})\s+)?", text)
+    if not m:
+        return text
+    code, status = m.group(1), m.group(2)
+    prefix = rf"\s{code}[ -](?:{re.escape(status)}\s+)?" if status else rf"\s{code}[ -]"
+    rest = re.sub(prefix, " ", text[m.end():])
+    return " ".join(f"{code} {status + ' ' if status else ''}{rest}".split())[:MAX_DIAGNOSTIC]
+
+
+def _msgid(value: str) -> str | None:
+    m = _MSGID.search(value or "")
+    return m.group(0) if m else None
+
+
+def _mailrelay_id(value: str) -> str | None:
+    value = (value or "").strip().lower()
+    return value if _ID.fullmatch(value) else None
+
+
+def _parse_headers(text: str) -> Message:
+    return HeaderParser(policy=compat32).parsestr(text[:MAX_TEXT], headersonly=True)
+
+
+def _field_blocks(part: Message) -> list[Message]:
+    """The field blocks of a message/delivery-status or message/feedback-report part."""
+    payload = part.get_payload()
+    blocks: list[Message] = []
+    texts: list[str] = []
+    if isinstance(payload, list):
+        for sub in payload[:MAX_REPORTS * 2]:
+            if not isinstance(sub, Message):
+                continue
+            if len(sub.keys()):
+                blocks.append(sub)
+            body = sub.get_payload()
+            if isinstance(body, str) and body.strip():
+                texts.append(body)
+    else:
+        texts.append(_part_text(part))
+    cte = _header(part, "Content-Transfer-Encoding").strip().lower()
+    if not blocks and texts and cte in ("base64", "quoted-printable"):
+        # Some servers encode the report; decode it the way the email package decodes a body.
+        carrier = Message()
+        carrier["Content-Transfer-Encoding"] = cte
+        carrier.set_payload("\n".join(texts))
+        texts = [_part_text(carrier)]
+    for text in texts:
+        for chunk in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")[:MAX_TEXT])[:MAX_REPORTS * 2]:
+            if chunk.strip():
+                headers = _parse_headers(chunk.strip("\n") + "\n")
+                if len(headers.keys()):
+                    blocks.append(headers)
+    return blocks
+
+
+def _best_reason(text: str) -> tuple[str, str | None, int | None] | None:
+    """The line of ``text`` most likely to be the remote server's reply, with the following
+    lines that continue it: (reason from the reply code on, enhanced status, reply code)."""
+    lines = text[:65536].splitlines()
+    best, best_score = -1, 0
+    for i, line in enumerate(lines[:2000]):
+        if len(line) > 2000:
+            continue
+        code_m = _REPLY_START.search(line) or _REPLY_AFTER.search(line)
+        code = int(code_m.group(1)) if code_m and code_m.group(1)[0] in "45" else None
+        status = _STATUS.search(line)
+        if status and status.group(1) == "2":
+            status = None
+        score = (2 if code else 0) + (2 if status and code else 1 if status else 0) \
+            + (1 if (code or status or len(line) < 300) and text_label(line) else 0)
+        if score > best_score:
+            best, best_score = i, score
+    if best < 0:
+        return None
+    line = lines[best]
+    code_m = _REPLY_START.search(line) or _REPLY_AFTER.search(line)
+    code = int(code_m.group(1)) if code_m and code_m.group(1)[0] in "45" else None
+    start = code_m.start(1) if code else 0
+    parts = [line[start:]]
+    indent = len(line) - len(line.lstrip())
+    for follow in lines[best + 1:best + 8]:
+        stripped = follow.strip()
+        if not stripped:
+            break
+        continued = code is not None and re.match(rf"[\s#]*{code}[ -]", follow)
+        if continued:
+            parts.append(re.sub(rf"^[\s#]*{code}[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?", "", follow))
+        elif len(follow) - len(follow.lstrip()) > indent or (indent and len(follow) - len(follow.lstrip()) == indent
+                                                             and not _BLOCK_START.match(follow)
+                                                             and not _REPLY_START.search(follow)):
+            parts.append(stripped)
+        else:
+            break
+    reason = _clean_reply(" ".join(parts)).strip("'\"<> #")
+    if reason.endswith(")") and reason.count(")") > reason.count("("):
+        reason = reason[:-1]
+    status_m = _STATUS.search(reason)
+    status = normalize_status(status_m.group(0)) if status_m and status_m.group(1) != "2" else None
+    return reason, status, code
+
+
+def _recipient_blocks(lines: list[str], bounce: _Bounce) -> dict[str, str]:
+    """Per-recipient paragraphs of a plain-text bounce: address -> the paragraph's text."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        m = _BLOCK_START.match(line) if len(line) < 1000 else None
+        if m:
+            addr = _normalize_address(m.group(1))
+            if current is not None and blocks.get(addr) is current:
+                current.append(line)  # the reply repeats the address (Postfix)
+                continue
+            if addr.lower() in bounce.own or addr.split("@")[0].lower() in _DAEMONS:
+                current = None
+                continue
+            current = blocks.setdefault(addr, [])
+            if current:
+                current.append("")
+            rest = (m.group("rest") or "").strip()
+            if rest:
+                current.append(rest)
+            continue
+        if current is None:
+            continue
+        if not line.strip():
+            if any(s.strip() for s in current):
+                current = None
+            continue
+        if len(current) < 40:
+            current.append(line)
+    out = {}
+    for addr, text in blocks.items():
+        paragraphs = "\n".join(text).split("\n\n")
+        # Prefer the paragraph with a reply code when the address appears twice (Exchange).
+        scored = sorted(paragraphs, key=lambda p: -((_best_reason(p) or ("", None, None))[2] is not None))
+        out[addr] = scored[0] if scored else ""
+    return out
+
+
+def _has_code(reason: tuple[str, str | None, int | None] | None) -> bool:
+    return bool(reason and (reason[1] or reason[2]))

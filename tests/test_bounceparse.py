@@ -1,0 +1,443 @@
+"""
+mailrelay.bounceparse: the sample corpus in tests/bounces (expected results in expected.json),
+classify()'s status-code table and text rules, robustness against malformed input, and
+``mailrelay bounce classify``.
+
+expected.json maps each sample file to the report expected from it, or to the list of reports
+when a bounce names several recipients: ``type`` and ``recipient`` are always checked,
+``status`` and ``mailrelay_id`` when present.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mailrelay import bounceparse
+from mailrelay.bounceparse import (
+    BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DNS_ERROR, HARD_BOUNCE,
+    MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
+    BounceReport, BounceType, classify, parse_bounce, reply_report)
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "tests" / "bounces"
+EXPECTED: dict[str, dict | list[dict]] = json.loads((CORPUS / "expected.json").read_text())
+
+
+def expected_reports(name: str) -> list[dict]:
+    value = EXPECTED[name]
+    return value if isinstance(value, list) else [value]
+
+
+def mismatches(name: str) -> list[str]:
+    """What differs between the sample's reports and expected.json ([] when it all matches)."""
+    reports = parse_bounce((CORPUS / name).read_bytes())
+    wanted = expected_reports(name)
+    problems = []
+    if len(reports) != len(wanted):
+        problems.append(f"{len(reports)} reports, expected {len(wanted)}")
+    for got, want in zip(reports, wanted):
+        checks = [("type", got.type.name), ("recipient", got.recipient)]
+        checks += [(key, getattr(got, key)) for key in ("status", "mailrelay_id") if key in want]
+        for key, value in checks:
+            if value != want[key]:
+                problems.append(f"{key}: got {value!r}, expected {want[key]!r}")
+    return problems
+
+
+# -- corpus -------------------------------------------------------------------------------
+
+
+def test_corpus_is_complete():
+    files = sorted(p.name for p in CORPUS.glob("*.eml"))
+    assert len(files) >= 30
+    assert sorted(EXPECTED) == files
+    for name in files:
+        for want in expected_reports(name):
+            assert want["type"] in BOUNCE_TYPES, name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_sample(name):
+    assert mismatches(name) == []
+
+
+def test_corpus_accuracy_report():
+    total: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    failures = []
+    for name in sorted(EXPECTED):
+        ok = not mismatches(name)
+        for want in expected_reports(name):
+            total[want["type"]] += 1
+            right[want["type"]] += ok
+        if not ok:
+            failures.append(name)
+    lines = ["", f"{'type':<24}{'right':>6}{'total':>7}{'accuracy':>10}"]
+    for kind in sorted(total, key=lambda k: BOUNCE_TYPES[k].code):
+        lines.append(f"{kind:<24}{right[kind]:>6}{total[kind]:>7}{right[kind] / total[kind]:>10.0%}")
+    lines.append(f"{'all':<24}{sum(right.values()):>6}{sum(total.values()):>7}"
+                 f"{sum(right.values()) / sum(total.values()):>10.0%}")
+    print("\n".join(lines))
+    assert failures == []
+
+
+def test_dsn_details():
+    report, = parse_bounce((CORPUS / "dsn-postfix-user-unknown.eml").read_bytes())
+    assert report.action == "failed"
+    assert report.remote_mta == "mx1.example.org"
+    assert report.original_message_id == "<018d0c8a7b2e4f1a9c3d@mailrelay.example.com>"
+    assert report.diagnostic == ("550 5.1.1 <jdoe@example.org>: Recipient address rejected: "
+                                 "User unknown in virtual mailbox table")
+    assert report.description == HARD_BOUNCE.description
+
+
+def test_multiline_reply_is_joined():
+    report, = parse_bounce((CORPUS / "gmail-does-not-exist.eml").read_bytes())
+    assert report.diagnostic.startswith("550 5.1.1 The email account that you tried to reach does not exist. "
+                                        "Please try double-checking the recipient's email address")
+    assert "550-" not in report.diagnostic
+
+
+def test_original_recipient_is_preferred():
+    report, = parse_bounce((CORPUS / "dsn-generic-5.0.0-user-unknown.eml").read_bytes())
+    assert report.recipient == "tom.b@example.net"  # not the Final-Recipient tom@mail.example.net
+
+
+def test_delayed_and_expired():
+    delayed, = parse_bounce((CORPUS / "dsn-delayed.eml").read_bytes())
+    assert (delayed.type, delayed.action) == (TRANSIENT, "delayed")
+    expired, = parse_bounce((CORPUS / "dsn-expired.eml").read_bytes())
+    assert (expired.type, expired.action, expired.status) == (SOFT_BOUNCE, "failed", "4.4.1")
+
+
+def test_arf_fields():
+    report, = parse_bounce((CORPUS / "arf-yahoo.eml").read_bytes())
+    assert report.feedback_type == "abuse"
+    assert report.type.suppresses
+
+
+def test_auto_reply_refers_to_the_original():
+    report, = parse_bounce((CORPUS / "autoreply-ooo.eml").read_bytes())
+    assert report.original_message_id == "<018da7e1f2a3b4c5d6e7@mailrelay.example.com>"
+
+
+def test_arf_feedback_types():
+    template = (CORPUS / "arf-yahoo.eml").read_bytes()
+    for feedback_type, kind in (("virus", VIRUS_NOTIFICATION), ("not-spam", UNKNOWN), ("fraud", SPAM_COMPLAINT)):
+        report, = parse_bounce(template.replace(b"Feedback-Type: abuse", b"Feedback-Type: " + feedback_type.encode()))
+        assert (report.type, report.feedback_type) == (kind, feedback_type)
+
+
+def test_base64_encoded_delivery_status():
+    import base64
+
+    status = (b"Reporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; zoe@example.org\r\n"
+              b"Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n")
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@example.com\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nFailed.\r\n"
+           b"--b\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(status).replace(b"\n", b"\r\n") + b"--b--\r\n")
+    report, = parse_bounce(raw)
+    assert (report.type, report.recipient, report.status) == (HARD_BOUNCE, "zoe@example.org", "5.1.1")
+
+
+def test_forged_mailrelay_id_is_ignored():
+    raw = (CORPUS / "dsn-postfix-user-unknown.eml").read_bytes().replace(
+        b"X-Mailrelay-ID: 018d0c8a7b2e4f1a9c3d", b"X-Mailrelay-ID: ../../etc/passwd")
+    report, = parse_bounce(raw)
+    assert report.mailrelay_id is None
+    assert report.recipient == "jdoe@example.org"
+
+
+# -- the types ----------------------------------------------------------------------------
+
+
+def test_types():
+    assert [(t.name, t.code) for t in sorted(BOUNCE_TYPES.values(), key=lambda t: t.code)] == [
+        ("HardBounce", 1), ("Transient", 2), ("Unsubscribe", 16), ("AutoResponder", 64), ("AddressChange", 128),
+        ("DnsError", 256), ("SpamNotification", 512), ("Unknown", 2048), ("SoftBounce", 4096),
+        ("VirusNotification", 8192), ("ChallengeVerification", 16384), ("SpamComplaint", 100001),
+        ("ManuallyDeactivated", 100002), ("Blocked", 100006)]
+    assert BOUNCE_TYPES_BY_CODE[100006] is BLOCKED
+    assert SUPPRESSING_TYPES == {HARD_BOUNCE, SPAM_COMPLAINT}
+    assert HARD_BOUNCE == BounceType("HardBounce", 1)
+    assert HARD_BOUNCE.description == ("The server was unable to deliver your message "
+                                       "(ex: unknown user, mailbox not found).")
+    assert all(t.description for t in BOUNCE_TYPES.values())
+    assert not MANUALLY_DEACTIVATED.suppresses and SPAM_COMPLAINT.suppresses
+
+
+def test_report_to_json():
+    report = BounceReport(type=SOFT_BOUNCE, recipient="a@example.org", status="5.2.2")
+    assert report.to_json("x.eml") == {"file": "x.eml", "type": "SoftBounce", "type_code": 4096,
+                                       "recipient": "a@example.org", "status": "5.2.2",
+                                       "description": SOFT_BOUNCE.description}
+
+
+def test_reply_report():
+    report = reply_report("a@example.org", 550, "5.1.1", "5.1.1 <a@example.org>: Recipient address rejected",
+                          "mx.example.org")
+    assert (report.type, report.status, report.action, report.remote_mta) == (
+        HARD_BOUNCE, "5.1.1", "failed", "mx.example.org")
+    report = reply_report("a@example.org", 451, None, "4.7.1 Greylisted, try again later")
+    assert (report.type, report.status, report.action) == (TRANSIENT, "4.7.1", "delayed")
+
+
+# -- classify: the status-code table ------------------------------------------------------
+
+STATUS_TABLE = [
+    ("2.0.0", "Ok", UNKNOWN),
+    ("4.0.0", "try again later", TRANSIENT),
+    ("4.2.2", "", SOFT_BOUNCE),
+    ("4.3.1", "", SOFT_BOUNCE),
+    ("4.7.1", "Greylisted", TRANSIENT),
+    ("4.4.1", "Connection timed out", TRANSIENT),
+    ("4.0.0", "Mailbox over quota", SOFT_BOUNCE),
+    ("4.1.1", "user unknown", TRANSIENT),
+    ("5.1.1", "", HARD_BOUNCE),
+    ("5.1.1", "blocked", HARD_BOUNCE),
+    ("5.1.2", "", HARD_BOUNCE),
+    ("5.1.2", "Host or domain name not found", DNS_ERROR),
+    ("5.1.3", "", HARD_BOUNCE),
+    ("5.1.6", "mailbox has moved", HARD_BOUNCE),
+    ("5.1.7", "", BLOCKED),
+    ("5.1.8", "Sender address rejected: Domain not found", BLOCKED),
+    ("5.1.10", "", HARD_BOUNCE),
+    ("5.1.0", "", HARD_BOUNCE),
+    ("5.1.0", "Sender address rejected", BLOCKED),
+    ("5.2.0", "", HARD_BOUNCE),
+    ("5.2.0", "mailbox full", SOFT_BOUNCE),
+    ("5.2.1", "mailbox disabled", HARD_BOUNCE),
+    ("5.2.2", "", SOFT_BOUNCE),
+    ("5.2.3", "", SOFT_BOUNCE),
+    ("5.3.0", "", UNKNOWN),
+    ("5.3.1", "", SOFT_BOUNCE),
+    ("5.3.4", "message too big", SOFT_BOUNCE),
+    ("5.4.1", "Recipient address rejected: Access denied", HARD_BOUNCE),
+    ("5.4.1", "", HARD_BOUNCE),
+    ("5.4.4", "Unrouteable address", DNS_ERROR),
+    ("5.4.6", "mail for example.org loops back to myself", DNS_ERROR),
+    ("5.4.7", "delivery time expired", SOFT_BOUNCE),
+    ("5.4.0", "", DNS_ERROR),
+    ("5.5.0", "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
+    ("5.5.0", "mailbox unavailable, blocked by policy", BLOCKED),
+    ("5.6.0", "", UNKNOWN),
+    ("5.6.0", "message content rejected", BLOCKED),
+    ("5.7.1", "", BLOCKED),
+    ("5.7.1", "Service unavailable; client host blocked using Spamhaus", BLOCKED),
+    ("5.7.1", "virus found in message", VIRUS_NOTIFICATION),
+    ("5.7.1", "user unknown", HARD_BOUNCE),
+    ("5.7.26", "DMARC policy", BLOCKED),
+    ("5.0.0", "user unknown", HARD_BOUNCE),
+    ("5.0.0", "", UNKNOWN),
+    ("5.0.0", "Host or domain name not found", DNS_ERROR),
+    ("5.0.0", "retry timeout exceeded", SOFT_BOUNCE),
+    ("5.4.316", "Message expired, connection refused", SOFT_BOUNCE),
+    ("5.4.310", "DNS domain example.org does not exist", DNS_ERROR),
+    ("5.4.14", "Hop count exceeded - possible mail loop", DNS_ERROR),
+    ("5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", HARD_BOUNCE),
+    ("5.7.606", "Access denied, banned sending IP", BLOCKED),
+]
+
+
+@pytest.mark.parametrize("status,text,expected", STATUS_TABLE)
+def test_classify_status(status, text, expected):
+    assert classify(status, text) == expected
+
+
+@pytest.mark.parametrize("code,text,expected", [
+    (550, "", HARD_BOUNCE),
+    (551, "", HARD_BOUNCE),
+    (552, "", SOFT_BOUNCE),
+    (553, "", HARD_BOUNCE),
+    (554, "", UNKNOWN),
+    (556, "", HARD_BOUNCE),
+    (500, "", UNKNOWN),
+    (550, "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
+    (550, "mailbox unavailable (blocked)", BLOCKED),
+    (554, "Transaction failed: spam message rejected", BLOCKED),
+    (554, "delivery error: dd This user doesn't have a example.org account", HARD_BOUNCE),
+    (450, "", TRANSIENT),
+    (452, "Insufficient system storage", SOFT_BOUNCE),
+    (421, "Too many connections", TRANSIENT),
+    (250, "Ok", UNKNOWN),
+])
+def test_classify_reply_code(code, text, expected):
+    assert classify(None, text, code) == expected
+
+
+def test_classify_takes_codes_from_the_text():
+    assert classify(None, "550 5.1.1 <a@example.org>: Recipient address rejected") == HARD_BOUNCE
+    assert classify(None, "host mx.example.org said: 552 5.2.2 over quota") == SOFT_BOUNCE
+    assert classify(None, "451 4.7.1 greylisted") == TRANSIENT
+    assert classify(None, "#5.1.1 smtp;550 5.1.1 RESOLVER.ADR.RecipNotFound; not found") == HARD_BOUNCE
+    assert classify("5.2.2", "550 5.1.1 user unknown") == SOFT_BOUNCE  # the given status wins
+    assert classify(None, "Exim 4.96 version banner") == UNKNOWN  # not a status code
+    assert classify(None, "host 10.5.1.1: connection timed out") == TRANSIENT  # an address, not 5.1.1
+    assert bounceparse.normalize_status("#5.1.010 (permanent)") == "5.1.10"
+    assert bounceparse.normalize_status("192.0.2.5") is None
+
+
+# -- classify: the text rules -------------------------------------------------------------
+
+TEXT_RULES = [
+    ("User unknown in virtual mailbox table", HARD_BOUNCE),
+    ("No such user here", HARD_BOUNCE),
+    ("The email account that you tried to reach does not exist", HARD_BOUNCE),
+    ("Sorry, no mailbox here by that name", HARD_BOUNCE),
+    ("RESOLVER.ADR.RecipNotFound; not found", HARD_BOUNCE),
+    ("Requested action not taken: mailbox unavailable", HARD_BOUNCE),
+    ("Recipient rejected", HARD_BOUNCE),
+    ("The email address you entered couldn't be found", HARD_BOUNCE),
+    ("Mailbox full", SOFT_BOUNCE),
+    ("user is over quota", SOFT_BOUNCE),
+    ("Quota exceeded", SOFT_BOUNCE),
+    ("Insufficient storage", SOFT_BOUNCE),
+    ("Message rejected as spam", BLOCKED),
+    ("Your IP is blocked", BLOCKED),
+    ("Client host rejected: listed in a blacklist", BLOCKED),
+    ("listed on our blocklist", BLOCKED),
+    ("poor sender reputation", BLOCKED),
+    ("rejected by local policy", BLOCKED),
+    ("blocked using zen.spamhaus.org", BLOCKED),
+    ("DMARC verification failed", BLOCKED),
+    ("Sender address rejected: not owned by user", BLOCKED),
+    ("Daily user sending quota exceeded: spam suspected", BLOCKED),
+    ("Virus detected: Win.Test.EICAR", VIRUS_NOTIFICATION),
+    ("message infected", VIRUS_NOTIFICATION),
+    ("Host not found", DNS_ERROR),
+    ("Domain not found", DNS_ERROR),
+    ("DNS lookup returned NXDOMAIN", DNS_ERROR),
+    ("no MX record for example.org", DNS_ERROR),
+    ("Unrouteable address", DNS_ERROR),
+    ("Message delayed", TRANSIENT),
+    ("will retry for 5 days", TRANSIENT),
+    ("still trying", TRANSIENT),
+    ("Connection timed out", TRANSIENT),
+    ("Thanks for your message", UNKNOWN),
+    ("", UNKNOWN),
+]
+
+
+@pytest.mark.parametrize("text,expected", TEXT_RULES)
+def test_classify_text(text, expected):
+    assert classify(None, text) == expected
+
+
+# -- robustness ---------------------------------------------------------------------------
+
+
+def pathological_inputs() -> list[bytes]:
+    boundary_nest = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(3000))
+    return [
+        b"", b"\x00" * 100, b"\n" * 200000, b"\r\n" * 100000, b" " * 300000, b"a" * 2_000_000,
+        b"From: a\n\n" + b"x@" * 100000,
+        b"From: a\n\n" + b"a" * 100000 + b"@" + b"b." * 50000,
+        b"From: a\n\n" + (b"<user@example.org>:\n" * 20000),
+        b"From: a\n\n" + (b"550 5.1.1 " * 50000),
+        b"MIME-Version: 1.0\n" + boundary_nest,
+        b"Content-Type: message/rfc822\n\n" * 2000,
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+        b"Content-Type: message/delivery-status\n\n"
+        + b"Final-Recipient: rfc822; a@example.org\nAction: failed\n\n" * 5000,
+        b"Content-Type: text/plain; charset=x-no-such-charset\n\nuser unknown",
+        b"Content-Type: text/plain; charset=zlib\nContent-Transfer-Encoding: base64\n\n!!!notbase64!!!",
+        b"Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: quoted-printable\n\n=FF=FE=00=D8",
+        b"Content-Type: text/html\n\n<html><script>" + b"<" * 100000,
+        b"Subject: =?utf-8?b?" + b"A" * 100000 + b"?=\nFrom: =?bogus?q?x?=\n\nhi",
+        b"From: " + b"a@b, " * 20000 + b"\n\nhi",
+        b"X-Failed-Recipients: " + b"x@example.org, " * 10000 + b"\n\nfailed",
+        b"Content-Type: multipart/report; report-type=feedback-report; boundary=q\n\n--q\n"
+        b"Content-Type: message/feedback-report\n\n" + b"Original-Rcpt-To: x@example.org\n" * 5000,
+        b"\xff\xfe\xfd" * 50000,
+        b"Subject: \xe9\xe8\nFrom: \xff@\xfe\n\n\xe9t\xe9",
+    ]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 20)):
+        choice = rng.random()
+        pos = rng.randrange(len(data) + 1)
+        if choice < 0.3 and data:
+            data[min(pos, len(data) - 1)] = rng.randrange(256)
+        elif choice < 0.5:
+            data[pos:pos] = rng.choice([b"\n", b"\r\n", b"--", b":", b";", b"=?", b"?=", b"<", b">", b"@",
+                                        b"\nContent-Type: multipart/mixed; boundary=z\n", b"5.1.1 ", b"550 ",
+                                        b"\n\n", b"\x00", b"=", b"boundary=", b"message/rfc822"])
+        elif choice < 0.7:
+            del data[pos:pos + rng.randint(1, 200)]
+        elif choice < 0.85:
+            end = min(len(data), pos + rng.randint(1, 300))
+            data[pos:pos] = data[pos:end] * rng.randint(1, 5)
+        else:
+            data = data[:pos]
+    return bytes(data)
+
+
+def test_fuzz_never_raises():
+    rng = random.Random(20240115)
+    samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))]
+    inputs = pathological_inputs()
+    inputs += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 2000))) for _ in range(100)]
+    inputs += [bytes(rng.choice(b"abc@.:;<>\n\r -=?\"5015") for _ in range(rng.randint(0, 4000))) for _ in range(100)]
+    inputs += [mutate(rng, rng.choice(samples)) for _ in range(300)]
+    slowest = 0.0
+    for data in inputs:
+        start = time.perf_counter()
+        reports = parse_bounce(data)
+        slowest = max(slowest, time.perf_counter() - start)
+        assert reports and len(reports) <= bounceparse.MAX_REPORTS
+        for report in reports:
+            assert isinstance(report.type, BounceType) and report.type in BOUNCE_TYPES.values()
+            assert report.recipient is None or "@" in report.recipient
+            assert report.mailrelay_id is None or len(report.mailrelay_id) == 20
+            json.dumps(report.to_json("f"))
+    assert slowest < 5, f"slowest input took {slowest:.1f}s"
+
+
+def test_garbage_gives_one_unknown_report():
+    assert parse_bounce(b"\x00\xff garbage") == [BounceReport(type=UNKNOWN)]
+    assert parse_bounce(b"") == [BounceReport(type=UNKNOWN)]
+
+
+# -- mailrelay bounce classify ------------------------------------------------------------
+
+
+def test_cli_bounce_classify():
+    files = [str(CORPUS / "dsn-sendmail-multi-recipient.eml"), str(CORPUS / "challenge-boxbe.eml")]
+    result = subprocess.run([sys.executable, "-m", "mailrelay.cli", "bounce", "classify", *files],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines == [
+        {"file": files[0], "type": "HardBounce", "type_code": 1, "recipient": "p.martin@example.net",
+         "status": "5.1.1", "description": HARD_BOUNCE.description},
+        {"file": files[0], "type": "SoftBounce", "type_code": 4096, "recipient": "sales@example.net",
+         "status": "5.2.2", "description": SOFT_BOUNCE.description},
+        {"file": files[1], "type": "ChallengeVerification", "type_code": 16384, "recipient": "hannah@example.org",
+         "status": None, "description": CHALLENGE_VERIFICATION.description},
+    ]
+
+
+def test_cli_bounce_classify_missing_file(tmp_path):
+    garbage = tmp_path / "garbage.eml"
+    garbage.write_bytes(b"\x00\x01 nothing to see")
+    result = subprocess.run([sys.executable, "-m", "mailrelay.cli", "bounce", "classify",
+                             str(tmp_path / "missing.eml"), str(garbage)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.startswith("mailrelay: ") and len(result.stderr.splitlines()) == 1
+    assert json.loads(result.stdout) == {"file": str(garbage), "type": "Unknown", "type_code": 2048,
+                                         "recipient": None, "status": None,
+                                         "description": UNKNOWN.description}
