@@ -250,8 +250,12 @@ def print_message(message_id: str, info: dict[str, Any]) -> None:
             print("      " + "; ".join(extra))
 
 
-async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
-    """Connect, run one ``queue`` subcommand, disconnect; failures become SystemExit lines."""
+async def run_with_storage(config: Config, action: Any) -> None:
+    """Connect to the daemon's Redis, run ``await action(storage)``, disconnect.
+
+    Failures become one-line SystemExit messages. Every admin subcommand that needs
+    Redis goes through here.
+    """
     from twisted.internet import defer
 
     from mailrelay.storage import Storage, StorageError
@@ -262,7 +266,7 @@ async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
     except Exception as e:
         raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
     try:
-        await QUEUE_ACTIONS[args.queue_command](storage, args)
+        await action(storage)
     except StorageError as e:
         raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
     finally:
@@ -278,6 +282,20 @@ async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
                 await d
         except Exception:
             pass
+
+
+def react_with_storage(args: argparse.Namespace, action: Any) -> int:
+    """Run an admin action against Redis in a reactor; exits the process."""
+    from twisted.internet import task
+
+    config = load_or_exit(getattr(args, "config", None))
+    task.react(lambda reactor: run_with_storage(config, action))
+    return 0  # not reached: react exits
+
+
+async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
+    """Connect, run one ``queue`` subcommand, disconnect; failures become SystemExit lines."""
+    await run_with_storage(config, lambda storage: QUEUE_ACTIONS[args.queue_command](storage, args))
 
 
 def normalize_id(text: str) -> str:
@@ -365,6 +383,56 @@ def add_queue_parser(sub: Any) -> None:
 # -- mailrelay bounce ----------------------------------------------------------------------
 
 
+# -- suppressions -----------------------------------------------------------------------
+
+
+def cmd_suppressions(args: argparse.Namespace) -> int:
+    from mailrelay.smtpserver import AddressError, validate_mailbox
+    from mailrelay.storage import rfc3339
+
+    async def run(storage: Any) -> None:
+        await storage.measure_clock()
+        if args.suppressions_command == "list":
+            entries = await storage.list_suppressions()
+            for address in sorted(entries):
+                entry = entries[address]
+                print(f"{clean(address)}\t{clean(entry.get('since', '?'))}\t{clean(entry.get('type', '?'))}"
+                      f"\t{clean(entry.get('reason', ''))[:100]}")
+            print(f"{plural(len(entries), 'suppressed address')}")
+        elif args.suppressions_command == "add":
+            try:
+                validate_mailbox(args.address)
+            except AddressError as e:
+                raise SystemExit(f"mailrelay: {clean(args.address)}: {e}")
+            entry = {"since": rfc3339(storage.now_ms() / 1000), "type": "ManuallyDeactivated",
+                     "reason": args.reason or "added by administrator"}
+            if not await storage.add_suppression(args.address, entry):
+                raise SystemExit(f"mailrelay: {clean(args.address.lower())} is already suppressed")
+            print(f"{clean(args.address.lower())} suppressed")
+        else:
+            if not await storage.remove_suppression(args.address):
+                raise SystemExit(f"mailrelay: {clean(args.address.lower())} is not suppressed")
+            print(f"{clean(args.address.lower())} reactivated")
+
+    return react_with_storage(args, run)
+
+
+def add_suppressions_parser(sub: Any) -> None:
+    group = sub.add_parser("suppressions", help="the addresses mail is not sent to")
+    group.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+    actions = group.add_subparsers(dest="suppressions_command", required=True)
+    lister = actions.add_parser("list", help="list suppressed addresses (since, type, reason)")
+    add = actions.add_parser("add", help="suppress an address")
+    add.add_argument("address")
+    add.add_argument("--reason", help="why (shown in list and in the 550 reply)")
+    remove = actions.add_parser("remove", help="reactivate an address")
+    remove.add_argument("address")
+    group.set_defaults(func=cmd_suppressions)
+    for p in (lister, add, remove):
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+        p.set_defaults(func=cmd_suppressions)
+
+
 def cmd_bounce_classify(args: argparse.Namespace) -> int:
     import json
 
@@ -406,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_parsers(sub)
     add_bounce_parser(sub)
+    add_suppressions_parser(sub)
     from mailrelay.domains import add_domains_parser
 
     add_domains_parser(sub)

@@ -392,7 +392,7 @@ return n
 # ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
 #       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
-#       index key prefix
+#       index key prefix, retention (s)
 RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
 local pos = 5
 local n = tonumber(ARGV[4])
@@ -413,11 +413,16 @@ if address ~= '' then
 end
 fields[#fields + 1] = 'inactive'
 fields[#fields + 1] = inactive
+local retention = tonumber(ARGV[pos + 10])
+local horizon = tonumber(ARGV[2]) - retention * 1000
 redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], retention)
 if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', retention)
 end
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', horizon)
 count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]), 'bounce:' .. (fields_type or 'Unknown'), 1)
 if matched == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then
@@ -574,14 +579,16 @@ class Storage:
 
     async def start(self) -> None:
         """Measure Redis's clock; warn about settings that could lose mail."""
-        await self.measure_clock()
+        self._offset_loop = task.LoopingCall(self._remeasure)
+        self._offset_loop.clock = self.clock
+        self._offset_loop.start(60, now=False)
+        # Bounded: a Redis that is down at start must not keep the daemon from starting
+        # (the pool would wait for it forever); the loop measures the clock later.
+        await self._timed(defer.ensureDeferred(self.measure_clock()), self.timeout)
         policy = await self._config_get("maxmemory-policy")
         if policy and policy != "noeviction":
             log.warn("Redis maxmemory-policy is {policy!r}: eviction can delete queued mail; "
                      "set it to noeviction", policy=policy)
-        self._offset_loop = task.LoopingCall(self._remeasure)
-        self._offset_loop.clock = self.clock
-        self._offset_loop.start(60, now=False)
 
     def stop(self) -> None:
         if self._offset_loop is not None and self._offset_loop.running:
@@ -622,11 +629,15 @@ class Storage:
 
     # -- submission ------------------------------------------------------------------
 
-    async def enqueue(self, message: NewMessage) -> str:
+    async def enqueue(self, message: NewMessage,
+                      dedupe: tuple[str | None, str, float] | None = None) -> str:
         """
         Store a message and one delivery job per recipient, atomically, and
         return its id. Raises StorageUnavailable or StorageFull; in both cases
         the message is not queued (a late write is refused by the script).
+        ``dedupe`` = (user, Message-ID, window seconds): when that user queued a message
+        with that Message-ID within the window, nothing is stored and the id of that
+        message is returned instead (see "cluster and data version").
         """
         message_id = message.id
         keys = self.keys
@@ -666,13 +677,17 @@ class Storage:
                 keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
                 len(fields), *flat,
                 zlib.compress(message.content, BODY_COMPRESSION), *rcpt_args]
+        script = ENQUEUE_SCRIPT
+        if dedupe is not None:
+            script = DEDUPE_ENQUEUE_SCRIPT
+            script_keys, args = self._dedupe_call(script_keys, args, dedupe)
         try:
             if self.min_replicas:
                 result, replicas = await self._timed(
-                    self._eval_and_wait(script_keys, args),
+                    self._eval_and_wait(script_keys, args, script),
                     self.timeout + self.replica_timeout_ms / 1000)
             else:
-                result = await self._timed(self._eval(ENQUEUE_SCRIPT, script_keys, args), self.timeout)
+                result = await self._timed(self._eval(script, script_keys, args), self.timeout)
                 replicas = None
         except defer.TimeoutError:
             raise StorageUnavailable("Redis did not answer in time") from None
@@ -684,6 +699,12 @@ class Storage:
             raise StorageUnavailable(str(e)) from None
         if result in (b"LATE", "LATE"):
             raise StorageUnavailable("Redis ran the write after its deadline; not stored")
+        original = self._duplicate_of(result) if dedupe is not None else None
+        if original is not None:  # nothing stored; with min_replicas the WAIT covered it
+            if self.min_replicas and (replicas is None or int(replicas) < self.min_replicas):
+                raise StorageUnavailable(
+                    f"only {replicas} of {self.min_replicas} replicas confirmed {original}")
+            return original
         if result not in (b"OK", "OK"):
             raise StorageUnavailable(f"unexpected reply {result!r}")
         if self.min_replicas:
@@ -697,10 +718,11 @@ class Storage:
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
         return self.redis.eval(script, keys, args)
 
-    async def _eval_and_wait(self, keys: list[str], args: list[Any]) -> tuple[Any, Any]:
+    async def _eval_and_wait(self, keys: list[str], args: list[Any],
+                             script: str = ENQUEUE_SCRIPT) -> tuple[Any, Any]:
         """The enqueue script and WAIT on one connection (WAIT counts that connection's writes)."""
         pipe = await self.redis.pipeline()
-        pipe.eval(ENQUEUE_SCRIPT, keys, args)
+        pipe.eval(script, keys, args)
         pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
         result, replicas = await pipe.execute_pipeline()
         return result, replicas
@@ -822,7 +844,8 @@ class Storage:
                 "1" if matched else "", rcpt if rcpt is not None else "", state or "",
                 event.to_json() if event else "",
                 suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
-                EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix]
+                EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
+                int(self.retention)]
         return await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
 
     async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
@@ -1142,6 +1165,462 @@ class Storage:
         result = int(await self._admin(self._eval(ADMIN_DELETE_SCRIPT, keys, args)))
         return None if result < 0 else result
 
+    # -- webhooks ---------------------------------------------------------------------------
+    # Used by mailrelay.webhooks. Redis data: the consumer group WEBHOOK_GROUP on ``P events``
+    # (one consumer per daemon process); ``P webhook:queue`` ZSET of job ids scored by due
+    # time in ms (while a daemon sends a job: its lease expiry); ``P webhook:job:<id>`` HASH
+    # url, hook (index in [[webhooks]]), payload (the JSON body), attempts, event, message_id,
+    # rcpt, recipient, created (ms), owner (while leased), last_error. Job ids are
+    # ``<stream entry id>.<hook index>``.
+
+    #: The consumer group of the webhook service on the event stream.
+    WEBHOOK_GROUP = "webhooks"
+    #: Job hashes expire after this many seconds at the latest (a safety net: jobs end long before).
+    WEBHOOK_JOB_TTL = 7 * 86400
+
+    @property
+    def _webhook_queue(self) -> str:
+        return self.keys.prefix + "webhook:queue"
+
+    @property
+    def _webhook_job_prefix(self) -> str:
+        return self.keys.prefix + "webhook:job:"
+
+    async def webhook_create_group(self) -> bool:
+        """Create the consumer group at the end of the stream (history is not replayed);
+        False when it existed already."""
+        try:
+            await self._call("XGROUP", "CREATE", self.keys.events, self.WEBHOOK_GROUP, "$", "MKSTREAM")
+        except Exception as e:
+            if "BUSYGROUP" in str(e):
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _stream_entries(entries: Any) -> list[tuple[str, dict[str, str] | None]]:
+        out = []
+        for entry in entries or []:
+            entry_id, flat = entry[0].decode(), entry[1]
+            if flat is None:  # trimmed from the stream while pending (Redis < 7)
+                out.append((entry_id, None))
+                continue
+            out.append((entry_id, {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}))
+        return out
+
+    async def webhook_read_events(self, consumer: str, count: int) -> list[tuple[str, dict[str, str] | None]]:
+        """Up to ``count`` new events for this consumer (non-blocking): [(entry id, fields)]."""
+        reply = await self._call("XREADGROUP", "GROUP", self.WEBHOOK_GROUP, consumer, "COUNT", count,
+                                 "STREAMS", self.keys.events, ">")
+        if not reply:
+            return []
+        return self._stream_entries(reply[0][1])
+
+    async def webhook_reclaim_events(self, consumer: str, min_idle_seconds: float,
+                                     count: int) -> list[tuple[str, dict[str, str] | None]]:
+        """Take over events other consumers (dead daemons) left unacknowledged for longer
+        than ``min_idle_seconds``: [(entry id, fields or None when trimmed meanwhile)]."""
+        found: list[tuple[str, dict[str, str] | None]] = []
+        cursor = "0-0"
+        for _ in range(10):  # bounded work per call
+            reply = await self._call("XAUTOCLAIM", self.keys.events, self.WEBHOOK_GROUP, consumer,
+                                     int(min_idle_seconds * 1000), cursor, "COUNT", count)
+            cursor = reply[0].decode()
+            found += self._stream_entries(reply[1])
+            if cursor == "0-0" or len(found) >= count:
+                break
+        return found
+
+    async def webhook_ack_events(self, entry_ids: list[str]) -> int:
+        """Acknowledge events that need no webhook."""
+        if not entry_ids:
+            return 0
+        return int(await self._call("XACK", self.keys.events, self.WEBHOOK_GROUP, *entry_ids))
+
+    async def webhook_prune_consumers(self, keep: str, idle_seconds: float) -> int:
+        """Forget consumers (past daemon processes) with nothing pending, idle that long."""
+        reply = await self._call("XINFO", "CONSUMERS", self.keys.events, self.WEBHOOK_GROUP)
+        removed = 0
+        for row in reply:
+            info = {row[i].decode(): row[i + 1] for i in range(0, len(row), 2)}
+            name = info["name"].decode()
+            if name != keep and int(info["pending"]) == 0 and int(info["idle"]) > idle_seconds * 1000:
+                await self._call("XGROUP", "DELCONSUMER", self.keys.events, self.WEBHOOK_GROUP, name)
+                removed += 1
+        return removed
+
+    async def webhook_event_source(self, message_id: str, rcpt: int, bounce_id: str, *,
+                                   find_bounce: bool = False, at_ms: int = 0,
+                                   window_ms: int = 60_000) -> dict[str, Any]:
+        """
+        What a webhook payload is made of, in one round trip: ``{"tag", "metadata" (JSON
+        text), "recipient"`` (None when the message is no longer retained), ``"timeline"``
+        (event dicts), ``"bounces"`` (records as str dicts)}. The bounce is ``bounce_id``'s
+        record; with ``find_bounce`` (no id), the message's bounce records stored within
+        ``window_ms`` of ``at_ms``.
+        """
+        keys = [self.keys.msg(message_id), self.keys.timeline(message_id), self.keys.bounces]
+        args = [rcpt, bounce_id, self.keys.prefix + "bounce:", "1" if find_bounce else "",
+                at_ms, window_ms, message_id]
+        tag, metadata, recipient, timeline, bounces = await self._eval(WEBHOOK_SOURCE_SCRIPT, keys, args)
+
+        def text(value: Any) -> str | None:
+            return None if value is None else value.decode()
+
+        return {
+            "tag": text(tag), "metadata": text(metadata), "recipient": text(recipient),
+            "timeline": [json.loads(item) for item in timeline],
+            "bounces": [{r[i].decode(): r[i + 1].decode() for i in range(0, len(r), 2)} for r in bounces],
+        }
+
+    async def webhook_enqueue(self, entry_id: str, jobs: list[dict[str, Any]], due_ms: int) -> int:
+        """
+        Acknowledge the event ``entry_id`` and queue its webhook jobs (dicts with id, url,
+        hook, payload, event, message_id, rcpt, recipient), atomically. Returns the number
+        of jobs queued, or -1 when another consumer had already handled the event.
+        """
+        args: list[Any] = [self.WEBHOOK_GROUP, entry_id, due_ms, self._webhook_job_prefix,
+                           self.WEBHOOK_JOB_TTL, self.now_ms()]
+        for job in jobs:
+            args += [job["id"], job["url"], job["hook"], job["payload"], job["event"],
+                     job["message_id"], job["rcpt"], job["recipient"]]
+        return int(await self._eval(WEBHOOK_ENQUEUE_SCRIPT, [self.keys.events, self._webhook_queue], args))
+
+    async def webhook_claim(self, owner: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due webhook jobs for ``owner``: dicts with id, url, hook
+        (int), payload (bytes), attempts (int), event, message_id, rcpt (int), recipient."""
+        now = self.now_ms()
+        reply = await self._eval(WEBHOOK_CLAIM_SCRIPT, [self._webhook_queue],
+                                 [now, limit, now + int(lease_seconds * 1000), owner,
+                                  self._webhook_job_prefix])
+        jobs = []
+        for k in range(0, len(reply), 9):
+            row = reply[k:k + 9]
+            jobs.append({
+                "id": row[0].decode(), "url": row[1].decode(), "hook": int(row[2] or -1),
+                "payload": row[3], "attempts": int(row[4] or 0), "event": row[5].decode(),
+                "message_id": row[6].decode(), "rcpt": int(row[7] or -1), "recipient": row[8].decode(),
+            })
+        return jobs
+
+    async def webhook_finish(self, job: dict[str, Any], owner: str, outcome: str, *,
+                             due_ms: int | None = None, attempts: int = 0, error: str = "",
+                             event: Event | None = None) -> str:
+        """
+        End a leased job's attempt: ``done`` (deleted), ``retry`` (due at ``due_ms``, with
+        ``attempts`` and ``error``), ``release`` (due at ``due_ms``, attempt not counted) or
+        ``failed`` (deleted; ``event`` appended to the message's timeline while it is
+        retained). Returns "OK", "GONE" or "STOLEN" (another daemon leased it since).
+        """
+        keys = [self._webhook_queue, self._webhook_job_prefix + job["id"],
+                self.keys.timeline(job["message_id"])]
+        args = [job["id"], owner, outcome, "" if due_ms is None else due_ms, attempts, error,
+                event.to_json() if event is not None else ""]
+        result = await self._eval(WEBHOOK_FINISH_SCRIPT, keys, args)
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def webhook_jobs(self) -> list[tuple[str, int]]:
+        """Queued webhook jobs with their due time (or lease expiry) in ms, earliest first."""
+        reply = await self._call("ZRANGE", self._webhook_queue, 0, -1, "WITHSCORES")
+        return [(reply[i].decode(), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
+
+
+    # -- sender domains (DKIM) ---------------------------------------------------------------
+    # Used by mailrelay.domains: signing at submission, `mailrelay domains`, and the state of
+    # each domain for the status page and the API. Redis data: ``P dkim:domains`` HASH domain
+    # -> JSON record (its keys: selector, algorithm, public key, state, dates; a private key
+    # only encrypted with [dkim] key_encryption_key); ``P dkim:version`` STRING, a counter
+    # bumped on every change (daemons reload the keys when it moves); ``P dkim:checks`` HASH
+    # domain -> JSON result of the last `mailrelay domains verify`. The ``unsigned`` event
+    # goes to the message's timeline and the event stream. Calls are bounded by [redis]
+    # timeout and raise StorageUnavailable.
+
+    def _dkim_key(self, name: str) -> str:
+        return f"{self.keys.prefix}dkim:{name}"
+
+    async def dkim_version(self) -> int:
+        """The change counter of the sender domains (0: never changed)."""
+        value = await self._admin(self._call("GET", self._dkim_key("version")))
+        return int(value or 0)
+
+    async def dkim_domains(self) -> dict[str, dict[str, Any]]:
+        """Every sender domain stored in Redis: ``{domain: record}`` (see mailrelay.domains)."""
+        reply = await self._admin(self._call("HGETALL", self._dkim_key("domains")))
+        return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def dkim_domain(self, domain: str) -> tuple[dict[str, Any] | None, str]:
+        """One domain's record (None if not stored) and its stored text, for :meth:`dkim_put_domain`."""
+        raw = await self._admin(self._call("HGET", self._dkim_key("domains"), domain))
+        if raw is None:
+            return None, ""
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return json.loads(text), text
+
+    async def dkim_put_domain(self, domain: str, record: dict[str, Any] | None, expected: str) -> bool:
+        """
+        Store (``record``) or delete (None) a domain's record if it is still ``expected``
+        (its text from :meth:`dkim_domain`; "" = not stored), and bump the change counter.
+        False when another change came first (nothing written).
+        """
+        new = "" if record is None else json.dumps(record, sort_keys=True, separators=(",", ":"))
+        keys = [self._dkim_key("domains"), self._dkim_key("version"), self._dkim_key("checks")]
+        return int(await self._admin(self._eval(DKIM_PUT_SCRIPT, keys, [domain, expected, new]))) == 1
+
+    async def dkim_record_check(self, domain: str, result: dict[str, Any]) -> None:
+        """Keep the result of a DNS check of ``domain`` (the last one only)."""
+        await self._admin(self._call("HSET", self._dkim_key("checks"), domain,
+                                     json.dumps(result, separators=(",", ":"))))
+
+    async def dkim_checks(self) -> dict[str, dict[str, Any]]:
+        """The last DNS check of each domain: ``{domain: result}``."""
+        reply = await self._admin(self._call("HGETALL", self._dkim_key("checks")))
+        return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def record_unsigned(self, message_id: str, recipients: list[str], detail: str) -> bool:
+        """
+        Record that a queued message goes out without a DKIM signature: an ``unsigned``
+        event per recipient in its timeline, one in the event stream, and the ``unsigned``
+        counter. False when the message is no longer stored.
+        """
+        at = rfc3339(time.time())
+        events = [Event(type="unsigned", at=at, recipient=rcpt, rcpt=i, detail=detail).to_json()
+                  for i, rcpt in enumerate(recipients)]
+        keys = [self.keys.msg(message_id), self.keys.timeline(message_id), self.keys.events]
+        args = [message_id, EVENTS_MAXLEN, self.now_ms(), self.keys.index_prefix, *events]
+        return int(await self._admin(self._eval(RECORD_UNSIGNED_SCRIPT, keys, args))) == 1
+
+    # -- cluster and data version ---------------------------------------------------------
+    # Used by mailrelay.cluster (heartbeats, `mailrelay cluster`, `mailrelay migrate`), the
+    # daemon's start (data version check) and submission ([submission] dedupe_window).
+    # Redis data:
+    #   ``P cluster``            ZSET   daemon owner ids by last heartbeat (ms, Redis clock);
+    #                                   members older than one heartbeat TTL are pruned.
+    #   ``P cluster:<owner>``    HASH   one live daemon: hostname, pid, version, data_version
+    #                                   (the newest format it understands), started (ms),
+    #                                   beat (ms), interval (s), held (delivery jobs leased),
+    #                                   domains (JSON {domain: jobs}), listeners (JSON list);
+    #                                   expires after three missed heartbeats.
+    #   ``P meta:version``       STRING the data format version (an integer, DATA_VERSION).
+    #   ``P meta:migrating``     STRING lock held by `mailrelay migrate` while it runs.
+    #   ``P dedupe:<user>:<sha256 of the Message-ID>``  STRING the id queued for that
+    #                                   Message-ID, for [submission] dedupe_window.
+
+    #: The data format this code reads and writes. A daemon starts on this version or the
+    #: one before it (a rolling upgrade across one version step: code of version N must
+    #: read and write data of version N-1 as long as it is not migrated), refuses newer
+    #: data, and refuses older data until `mailrelay migrate` has run.
+    DATA_VERSION = 1
+
+    #: Migration steps, by the version they migrate from: (description, method name). A
+    #: step must be idempotent (it is run again if `mailrelay migrate` was interrupted
+    #: before the version was bumped) and must keep the data usable by running daemons of
+    #: the previous release. Version 0 is data written before the format had a version.
+    MIGRATIONS: dict[int, tuple[str, str]] = {
+        0: ("record the data version (data written before data versions existed has the "
+            "layout of version 1)", "_migrate_0_to_1"),
+    }
+
+    class DataVersionError(StorageError):
+        """The Redis data has a format this code cannot use (or cannot migrate now)."""
+
+    def _data_marker_keys(self) -> list[str]:
+        """Keys whose existence means the database holds mailrelay data (for a missing version)."""
+        k = self.keys
+        return [k.queue_domains, k.leases, k.index_prefix + "time", k.events, k.suppressed,
+                k.bounces, k.verp_secret, k.bounces_unmatched]
+
+    @property
+    def _version_key(self) -> str:
+        return self.keys.prefix + "meta:version"
+
+    @property
+    def _cluster_key(self) -> str:
+        return self.keys.prefix + "cluster"
+
+    def _member_key(self, owner: str) -> str:
+        return f"{self.keys.prefix}cluster:{owner}"
+
+    async def data_version(self) -> tuple[int, bool]:
+        """
+        The stored data format version and whether it was set just now (an empty database
+        gets DATA_VERSION). Data without a version is version 0.
+        """
+        version, created = await self._eval(DATA_VERSION_SCRIPT,
+                                             [self._version_key, *self._data_marker_keys()],
+                                             [self.DATA_VERSION])
+        try:
+            return int(version), bool(int(created))
+        except ValueError:
+            raise self.DataVersionError(
+                f"{self._version_key} is {version!r}, not a data format version") from None
+
+    async def check_data_version(self) -> int:
+        """
+        At a daemon's start: the data version, set on an empty database. Raises
+        DataVersionError when it is newer than DATA_VERSION or older than the version
+        before it; logs a warning when it is the version before (run `mailrelay migrate`
+        once every daemon runs this release).
+        """
+        version, created = await self._timed(defer.ensureDeferred(self.data_version()), self.timeout)
+        where = f"the Redis data under key prefix {self.keys.prefix!r}"
+        if created:
+            log.info("{where} is new: data format version {v}", where=where, v=version)
+        elif version > self.DATA_VERSION:
+            raise self.DataVersionError(
+                f"{where} has data format version {version}, newer than this mailrelay "
+                f"understands ({self.DATA_VERSION}): upgrade mailrelay")
+        elif version < self.DATA_VERSION - 1:
+            raise self.DataVersionError(
+                f"{where} has data format version {version}, too old for this mailrelay "
+                f"({self.DATA_VERSION}): run `mailrelay migrate -c FILE` first")
+        elif version < self.DATA_VERSION:
+            log.warn("{where} has data format version {v} (this mailrelay writes {current}): run "
+                     "`mailrelay migrate` once every daemon runs this release", where=where,
+                     v=version, current=self.DATA_VERSION)
+        return version
+
+    async def migrate(self, *, force: bool = False, report: Any = None) -> list[tuple[int, int, str]]:
+        """
+        Bring the data to DATA_VERSION one registered step at a time; returns the steps
+        run as (from, to, description); ``report(text)`` is called before each. Refuses
+        (DataVersionError) when the data is newer, when a step is missing, when another
+        migration runs, or, unless ``force``, when a live daemon (heartbeat) does not
+        understand DATA_VERSION yet.
+        """
+        token = os.urandom(8).hex()
+        lock = self.keys.prefix + "meta:migrating"
+        if not await self._admin(self._call("SET", lock, token, "NX", "EX", 3600)):
+            raise self.DataVersionError(f"another `mailrelay migrate` is running ({lock} is set)")
+        try:
+            version, created = await self._admin(defer.ensureDeferred(self.data_version()))
+            if created or version == self.DATA_VERSION:
+                return []
+            if version > self.DATA_VERSION:
+                raise self.DataVersionError(
+                    f"the data has format version {version}, newer than this mailrelay "
+                    f"understands ({self.DATA_VERSION}): upgrade mailrelay")
+            if not force:
+                behind = [m for m in await self.cluster_members()
+                          if m["data_version"] < self.DATA_VERSION]
+                if behind:
+                    names = ", ".join(f"{m['owner']} (mailrelay {m['version']}, data version "
+                                      f"{m['data_version']})" for m in behind)
+                    raise self.DataVersionError(
+                        f"live daemons do not understand data version {self.DATA_VERSION} "
+                        f"yet: {names}; upgrade them first (or use --force)")
+            done = []
+            while version < self.DATA_VERSION:
+                if version not in self.MIGRATIONS:
+                    raise self.DataVersionError(f"no migration step from data version {version}")
+                description, method = self.MIGRATIONS[version]
+                if report is not None:
+                    report(f"data version {version} -> {version + 1}: {description}")
+                await getattr(self, method)()
+                swapped = await self._admin(self._eval(
+                    SET_VERSION_SCRIPT, [self._version_key], [version, version + 1]))
+                if int(swapped) != 1:
+                    raise self.DataVersionError(
+                        f"the data version changed during the migration from {version}")
+                done.append((version, version + 1, description))
+                version += 1
+            return done
+        finally:
+            try:
+                await self._admin(self._eval(RELEASE_LOCK_SCRIPT, [lock], [token]))
+            except StorageError:
+                pass  # the lock expires by itself
+
+    async def _migrate_0_to_1(self) -> None:
+        """Version 0 has the layout of version 1: nothing to change."""
+
+    # -- heartbeats --
+
+    async def heartbeat(self, owner: str, info: dict[str, Any], ttl: float) -> tuple[int, int | None]:
+        """
+        Record that daemon ``owner`` is alive, with ``info`` (str/int values, or JSON-able
+        lists and dicts), for ``ttl`` seconds. Returns (Redis time in ms, stored data
+        version or None).
+        """
+        flat: list[Any] = []
+        for name, value in info.items():
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            flat += [name, value]
+        now, version = await self._timed(self._eval(
+            HEARTBEAT_SCRIPT, [self._cluster_key, self._member_key(owner), self._version_key],
+            [owner, int(ttl * 1000), *flat]), self.timeout)
+        return int(now), (int(version) if version not in (b"", "", None) else None)
+
+    async def leave_cluster(self, owner: str) -> None:
+        """A daemon that stops: drop its heartbeat at once."""
+        await self._timed(self._eval(LEAVE_CLUSTER_SCRIPT,
+                                     [self._cluster_key, self._member_key(owner)], [owner]),
+                          self.timeout)
+
+    async def cluster_members(self) -> list[dict[str, Any]]:
+        """
+        The live daemons, by start time: ``[{"owner", "hostname", "pid", "version",
+        "data_version", "started_ms", "beat_ms", "age" (seconds since its last heartbeat,
+        Redis clock), "uptime" (seconds), "interval" (seconds between heartbeats), "held"
+        (delivery jobs leased), "domains" ({domain: jobs}), "listeners" (["submission
+        127.0.0.1:2587", ...])}]``. For `mailrelay cluster` and the stats API.
+        """
+        reply = await self._admin(self._eval(CLUSTER_MEMBERS_SCRIPT, [self._cluster_key],
+                                             [self.keys.prefix + "cluster:"]))
+        now = int(reply[0])
+        members = []
+        for k in range(1, len(reply), 2):
+            owner, flat = reply[k].decode(), reply[k + 1]
+            fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+            def number(name: str, kind: Any = int) -> Any:
+                try:
+                    return kind(fields.get(name, "0") or 0)
+                except ValueError:
+                    return kind(0)
+
+            def loaded(name: str, default: Any) -> Any:
+                try:
+                    return json.loads(fields[name])
+                except (KeyError, ValueError):
+                    return default
+
+            beat, started = number("beat"), number("started")
+            members.append({
+                "owner": owner, "hostname": fields.get("hostname", ""), "pid": number("pid"),
+                "version": fields.get("version", ""), "data_version": number("data_version"),
+                "started_ms": started, "beat_ms": beat, "age": max(0, now - beat) / 1000,
+                "uptime": max(0, now - started) / 1000 if started else 0.0,
+                "interval": number("interval", float), "held": number("held"),
+                "domains": loaded("domains", {}), "listeners": loaded("listeners", []),
+            })
+        members.sort(key=lambda m: (m["started_ms"], m["owner"]))
+        return members
+
+    # -- submission de-duplication ([submission] dedupe_window) --
+
+    def dedupe_key(self, user: str | None, message_id_header: str) -> str:
+        """``P dedupe:<user>:<sha256 of the Message-ID>`` (no user: ``-``; the Message-ID with
+        its whitespace folded, case kept)."""
+        import hashlib
+
+        normalized = " ".join(message_id_header.split())
+        digest = hashlib.sha256(normalized.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{self.keys.prefix}dedupe:{user or '-'}:{digest}"
+
+    def _dedupe_call(self, keys: list[str], args: list[Any],
+                     dedupe: tuple[str | None, str, float]) -> tuple[list[str], list[Any]]:
+        """The enqueue script's keys and arguments extended for DEDUPE_ENQUEUE_SCRIPT."""
+        user, message_id_header, window = dedupe
+        return ([*keys, self.dedupe_key(user, message_id_header)],
+                [*args, self.keys.prefix + "msg:", max(1, int(window * 1000))])
+
+    @staticmethod
+    def _duplicate_of(result: Any) -> str | None:
+        """The id of the message already queued, from a DEDUPE_ENQUEUE_SCRIPT reply."""
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        return text[4:] if text.startswith("DUP:") else None
+
 
 # -- administration scripts (mailrelay queue) ---------------------------------------------
 
@@ -1263,6 +1742,245 @@ for p = 3, #ARGV, 3 do
   end
 end
 return n
+"""
+
+# -- webhook scripts (mailrelay.webhooks) -------------------------------------------------
+
+# KEYS: msg, timeline, bounces index
+# ARGV: rcpt index, bounce id ("" = the event names none), bounce key prefix ("P bounce:"),
+#       look up ("1": find the bounce records of this message scored within window_ms of
+#       at_ms, for in-band bounces whose stream entry names no record), at_ms, window_ms,
+#       message id
+# Returns {tag, metadata, recipient address, {timeline entries}, {bounce records as flat
+# HGETALL lists}} (missing values are nil).
+WEBHOOK_SOURCE_SCRIPT = """
+local row = redis.call('HMGET', KEYS[1], 'tag', 'metadata', 'rcpt:' .. ARGV[1])
+local timeline = redis.call('LRANGE', KEYS[2], 0, -1)
+local bounces = {}
+if ARGV[2] ~= '' then
+  local record = redis.call('HGETALL', ARGV[3] .. ARGV[2])
+  if #record > 0 then bounces[1] = record end
+elseif ARGV[4] == '1' then
+  local at, window = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], at - window, at + window, 'LIMIT', 0, 2000)
+  for _, id in ipairs(ids) do
+    if redis.call('HGET', ARGV[3] .. id, 'message_id') == ARGV[7] then
+      bounces[#bounces + 1] = redis.call('HGETALL', ARGV[3] .. id)
+      if #bounces >= 50 then break end
+    end
+  end
+end
+return {row[1], row[2], row[3], timeline, bounces}
+"""
+
+# KEYS: events, webhook queue
+# ARGV: consumer group, stream entry id, due_ms, job key prefix, job ttl_s, now_ms, then 8
+#       values per job: job id, url, hook index, payload, event, message id, rcpt index,
+#       recipient
+# Acknowledges the event and stores its webhook jobs in one step. Returns the number of jobs
+# stored, or -1 when the entry was acknowledged already (another daemon reclaimed it and
+# got there first): each event is turned into jobs once.
+WEBHOOK_ENQUEUE_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return -1
+end
+local n = 0
+for k = 7, #ARGV, 8 do
+  local jkey = ARGV[4] .. ARGV[k]
+  redis.call('HSET', jkey, 'url', ARGV[k + 1], 'hook', ARGV[k + 2], 'payload', ARGV[k + 3],
+             'event', ARGV[k + 4], 'message_id', ARGV[k + 5], 'rcpt', ARGV[k + 6],
+             'recipient', ARGV[k + 7], 'attempts', 0, 'created', ARGV[6])
+  redis.call('EXPIRE', jkey, tonumber(ARGV[5]))
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[k])
+  n = n + 1
+end
+return n
+"""
+
+# KEYS: webhook queue; ARGV: now_ms, limit, lease_until_ms, owner, job key prefix
+# Leases up to `limit` due jobs: each one's score becomes its lease expiry, so a job whose
+# daemon died is due again then. Returns flat: job id, url, hook index, payload, attempts,
+# event, message id, rcpt index, recipient per job. Ids whose hash is gone are dropped.
+WEBHOOK_CLAIM_SCRIPT = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local jkey = ARGV[5] .. id
+  local row = redis.call('HMGET', jkey, 'url', 'hook', 'payload', 'attempts', 'event',
+                         'message_id', 'rcpt', 'recipient')
+  if row[1] then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), id)
+    redis.call('HSET', jkey, 'owner', ARGV[4])
+    out[#out + 1] = id
+    for k = 1, 8 do out[#out + 1] = row[k] or '' end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# KEYS: webhook queue, job, timeline
+# ARGV: job id, owner, outcome, due_ms, attempts, last error, timeline event (JSON)
+# Outcomes: done (delivered or dropped: the job is deleted), retry (attempts and error kept,
+# due at due_ms), release (due at due_ms, no attempt counted: shutdown), failed (deleted, and
+# the event appended to the message's timeline while it is retained).
+# Returns OK, GONE (no such job) or STOLEN (another daemon leased it since: left to it; done
+# deletes it anyway, the POST succeeded).
+WEBHOOK_FINISH_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 'GONE'
+end
+local outcome = ARGV[3]
+if outcome ~= 'done' and redis.call('HGET', KEYS[2], 'owner') ~= ARGV[2] then
+  return 'STOLEN'
+end
+if outcome == 'done' or outcome == 'failed' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  if outcome == 'failed' and redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('RPUSH', KEYS[3], ARGV[7])
+  end
+  return 'OK'
+end
+redis.call('HDEL', KEYS[2], 'owner')
+if outcome == 'retry' then
+  redis.call('HSET', KEYS[2], 'attempts', ARGV[5], 'last_error', ARGV[6])
+end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), ARGV[1])
+return 'OK'
+"""
+
+# -- sender domain scripts (mailrelay.domains) ----------------------------------------------
+
+# KEYS: dkim:domains, dkim:version, dkim:checks; ARGV: domain, expected record ('' = absent),
+#       new record ('' = delete the domain and its last check)
+# Returns 1 when written, 0 when the stored record was not the expected one.
+DKIM_PUT_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+# KEYS: msg, timeline, events; ARGV: id, events_maxlen, now_ms, index key prefix,
+#       then one unsigned event (JSON) per recipient
+# Returns 0 when the message is gone, else 1.
+RECORD_UNSIGNED_SCRIPT = _COUNT + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+for k = 5, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[k])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'type', 'unsigned', 'msg', ARGV[1], 'at', ARGV[3])
+count(ARGV[4] .. 'stats:', tonumber(ARGV[3]), 'unsigned', 1)
+return 1
+"""
+
+# -- cluster and data version scripts -----------------------------------------------------
+
+# KEYS: meta:version, then keys that exist only when the database holds mailrelay data
+# ARGV: the version to set on an empty database
+# Returns {version, 1 if set just now else 0}; data without a version is version 0.
+DATA_VERSION_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if v then return {v, 0} end
+for k = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then return {'0', 0} end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return {ARGV[1], 1}
+"""
+
+# KEYS: meta:version; ARGV: expected version (0 also matches a missing key), new version
+SET_VERSION_SCRIPT = """
+local v = redis.call('GET', KEYS[1]) or '0'
+if tonumber(v) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: a lock; ARGV: its token. Deletes the lock if it is still ours.
+RELEASE_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: cluster, cluster:<owner>, meta:version; ARGV: owner, ttl_ms, field/value pairs...
+# Returns {Redis time in ms, data version or ''}.
+HEARTBEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local fields = {'beat', now}
+for k = 3, #ARGV do fields[#fields + 1] = ARGV[k] end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+return {now, redis.call('GET', KEYS[3]) or ''}
+"""
+
+# KEYS: cluster, cluster:<owner>; ARGV: owner
+LEAVE_CLUSTER_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: cluster; ARGV: member hash prefix
+# Returns {Redis time in ms, then per live member: owner, its hash as a flat list}.
+CLUSTER_MEMBERS_SCRIPT = """
+local t = redis.call('TIME')
+local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local fields = redis.call('HGETALL', ARGV[1] .. owner)
+  if #fields > 0 then
+    out[#out + 1] = owner
+    out[#out + 1] = fields
+  end
+end
+return out
+"""
+
+# KEYS: those of ENQUEUE_SCRIPT, then P dedupe:<user>:<sha256 of the Message-ID>
+# ARGV: those of ENQUEUE_SCRIPT, then the msg key prefix, the window in ms
+# [submission] dedupe_window: when the dedupe key names a message that still exists,
+# nothing is stored and the reply is 'DUP:<that id>' (the key is rewritten, TTL kept: a
+# write, so that a WAIT after this script also covers the earlier message). Otherwise it is
+# ENQUEUE_SCRIPT, and when that stored the message the key names it for the window. The
+# check and the enqueue are one script: two clients sending the same Message-ID at once
+# cannot both queue it, and a key never names a message that was not stored.
+DEDUPE_ENQUEUE_SCRIPT = """
+local dedupe_key = KEYS[#KEYS]
+KEYS[#KEYS] = nil
+local window = ARGV[#ARGV]
+ARGV[#ARGV] = nil
+local msg_prefix = ARGV[#ARGV]
+ARGV[#ARGV] = nil
+local original = redis.call('GET', dedupe_key)
+if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
+  redis.call('SET', dedupe_key, original, 'KEEPTTL')
+  return 'DUP:' .. original
+end
+local function enqueue()
+""" + ENQUEUE_SCRIPT + """
+end
+local result = enqueue()
+if result == 'OK' then
+  redis.call('SET', dedupe_key, ARGV[1], 'PX', tonumber(window))
+end
+return result
 """
 
 # -- connecting ---------------------------------------------------------------------------

@@ -221,3 +221,31 @@ def test_queued_jobs_for_a_suppressed_address_end_suppressed(start_daemon, daemo
     events = timeline(redis_server, unique_prefix, message_id)
     assert [e["type"] for e in events if e["recipient"] == "late@example.test"] == ["queued", "suppressed"]
     assert len(sink.messages()) == 1
+
+
+def test_suppressions_cli(start_daemon, daemon_config, redis_server, unique_prefix, dns, sink):
+    import subprocess
+    import sys
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mailrelay.cli", "suppressions", *args, "-c", str(d.config_path)],
+                              capture_output=True, text=True, timeout=60)
+
+    added = cli("add", "Someone@Example.test", "--reason", "asked us to stop")
+    assert added.returncode == 0 and "someone@example.test suppressed" in added.stdout
+    assert cli("add", "someone@example.test").returncode == 1  # already there
+    assert cli("add", "not an address").returncode == 1
+    listed = cli("list")
+    assert "someone@example.test" in listed.stdout and "ManuallyDeactivated" in listed.stdout
+    assert "asked us to stop" in listed.stdout
+    with smtplib.SMTP("127.0.0.1", d.ports["submission"], timeout=20) as s:
+        s.ehlo()
+        s.mail("app@example.com")
+        code, text = s.rcpt("someone@example.test")
+        assert code == 550 and b"ManuallyDeactivated" in text
+        removed = cli("remove", "someone@example.test")
+        assert removed.returncode == 0 and "reactivated" in removed.stdout
+        assert s.rcpt("someone@example.test")[0] == 250
+    assert cli("remove", "someone@example.test").returncode == 1
