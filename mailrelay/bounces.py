@@ -244,3 +244,43 @@ class BounceHandler:
             # The token names exactly one recipient: trust it over a rewritten address.
             return fallback
         return None, None, None
+
+
+def make_dsn(*, hostname: str, original_sender: str, recipient: str, message_id: str, action: str,
+             status: str, diagnostic: str, remote_mta: str | None, original_headers: bytes) -> bytes:
+    """An RFC 3464 delivery status notification for the original sender (``notify_sender``)."""
+    import email.utils
+    from email import policy
+    from email.message import Message
+    from email.mime.base import MIMEBase
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    report["To"] = original_sender
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = email.utils.formatdate(localtime=True)
+    report["Message-ID"] = email.utils.make_msgid("dsn", domain=hostname)
+    report["Auto-Submitted"] = "auto-replied"
+    human = (f"This is the mail system at {hostname}.\n\n"
+             f"Your message {message_id} could not be delivered to <{recipient}>:\n\n"
+             f"    {diagnostic}\n")
+    report.attach(MIMEText(human, "plain", "utf-8"))
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["X-Mailrelay-ID"] = message_id
+    per_recipient = Message()
+    per_recipient["Final-Recipient"] = f"rfc822; {recipient}"
+    per_recipient["Action"] = action
+    per_recipient["Status"] = status
+    if remote_mta:
+        per_recipient["Remote-MTA"] = f"dns; {remote_mta}"
+    per_recipient["Diagnostic-Code"] = f"smtp; {' '.join(diagnostic.split())}"
+    status_part = MIMEBase("message", "delivery-status")
+    status_part.set_payload([per_message, per_recipient])  # RFC 3464: blocks of fields
+    report.attach(status_part)
+    headers_part = MIMEBase("text", "rfc822-headers")
+    headers_part.set_payload(original_headers.decode("utf-8", "replace"))
+    report.attach(headers_part)
+    return report.as_bytes(policy=policy.SMTP)

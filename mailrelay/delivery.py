@@ -522,8 +522,33 @@ class DeliveryService(service.Service):
         try:
             await self.recorder.record(report, message_id=job.message_id, rcpt=job.rcpt, recipient=job.recipient,
                                        raw=b"", source="smtp", final=True)
+            if self.config.bounces.notify_sender and job.sender:
+                await self._notify_sender(job, report, route)
         except Exception as e:
             log.warn("delivery: could not record the bounce of {job}: {e}", job=job.job, e=e)
+
+    async def _notify_sender(self, job: ClaimedJob, report: Any, route: Route | None) -> None:
+        """Queue an RFC 3464 DSN to the original sender (``[bounces] notify_sender``)."""
+        from mailrelay import message as msg
+        from mailrelay.bounces import make_dsn
+        from mailrelay.storage import NewMessage
+
+        body = await self.storage.get_body(job.message_id) or b""
+        header_end = body.find(b"\r\n\r\n")
+        content = make_dsn(hostname=self.config.hostname, original_sender=job.sender, recipient=job.recipient,
+                           message_id=job.message_id, action="failed",
+                           status=report.status or "5.0.0", diagnostic=report.diagnostic,
+                           remote_mta=route.name if route else None,
+                           original_headers=body[: header_end + 2] if header_end >= 0 else b"")
+        fields, _ = msg.split_header(content)
+        dsn_id = await self.storage.enqueue(NewMessage(
+            sender="", recipients=[job.sender], content=content, tag="dsn",
+            summary={"from": f"MAILER-DAEMON@{self.config.hostname}", "to": [job.sender], "cc": [],
+                     "subject": "Undelivered Mail Returned to Sender",
+                     "message_id": (msg.first(fields, "Message-ID") or fields[0]).value}))
+        log.info("{id}: sender non-delivery notification {dsn} queued to <{to}>", id=job.message_id,
+                 dsn=dsn_id, to=job.sender)
+        self.wake()
 
     async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
         await self._record_all(jobs, failure)

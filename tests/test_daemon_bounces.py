@@ -249,3 +249,33 @@ def test_suppressions_cli(start_daemon, daemon_config, redis_server, unique_pref
         assert removed.returncode == 0 and "reactivated" in removed.stdout
         assert s.rcpt("someone@example.test")[0] == 250
     assert cli("remove", "someone@example.test").returncode == 1
+
+
+def test_notify_sender_queues_a_dsn(start_daemon, daemon_config, redis_server, unique_prefix, dns, tmp_path):
+    import email
+    import zlib
+
+    hard = Sink(tmp_path / "hard", "-f", "RCPT", "-B", "550 5.1.1 Recipient address rejected: User unknown")
+    try:
+        config = bounce_config(daemon_config, redis_server, unique_prefix, dns, hard.port)
+        d = start_daemon(config.replace('[bounces]\n', '[bounces]\nnotify_sender = true\n'))
+        with smtplib.SMTP("127.0.0.1", d.ports["submission"], timeout=20) as s:
+            s.ehlo()
+            code, text = s.sendmail("app@example.test", ["gone@example.test"], b"Subject: hi\r\n\r\nx\r\n") or (250, b"")
+        line = d.wait_for_line(r"sender non-delivery notification (\w+) queued to <app@example\.test>")
+        dsn_id = line.group(1)
+        client = redis_server.client()
+        record = hgetall(client, f"{unique_prefix}msg:{dsn_id}")
+        assert record["sender"] == "" and record["rcpt:0"] == "app@example.test"
+        dsn_message = email.message_from_bytes(zlib.decompress(client.command("GET", f"{unique_prefix}body:{dsn_id}")))
+        assert dsn_message.get_content_type() == "multipart/report"
+        assert dsn_message.get_param("report-type") == "delivery-status"
+        status = dsn_message.get_payload()[1]
+        assert status.get_content_type() == "message/delivery-status"
+        text = status.as_string()
+        assert "Final-Recipient: rfc822; gone@example.test" in text and "Status: 5.1.1" in text
+        # the DSN itself bounces too (the sink refuses everything): no DSN about a DSN
+        d.wait_for_line(rf"{dsn_id}: to=<app@example\.test>.*status=bounced")
+        assert not d.find_lines(rf"{dsn_id}: sender non-delivery notification")
+    finally:
+        hard.stop()
