@@ -122,6 +122,12 @@ def p_duration(key: str, value: Any) -> float:
     return seconds
 
 
+def p_optional_duration(key: str, value: Any) -> float:
+    """A duration, or ``""`` for none (0.0)."""
+    _expect(key, value, str, 'a duration string like "30s", "5m", "3d" (or "" for none)')
+    return p_duration(key, value) if value else 0.0
+
+
 def p_optional_rate(key: str, value: Any) -> Rate | None:
     _expect(key, value, str, 'a rate string like "1000/1m" (or "" for none)')
     if not value:
@@ -348,6 +354,8 @@ class SubmissionConfig:
     max_connections_per_ip: int = setting(20, p_positive, "simultaneous connections from one client address; more get 421 4.7.0")
     auth_failures_per_ip: Rate = setting("10/5m", p_rate, "failed AUTH attempts per client address before 421 until the window passes")
     rate_limit_per_user: Rate | None = setting("", p_optional_rate, 'messages per authenticated user, e.g. "1000/1m"; over it 451 4.7.0; "" = no limit')
+    require_known_domain: bool = setting(False, p_bool, "refuse (550 5.7.1) a message whose From domain is not a sender domain (false: send it unsigned, with an \"unsigned\" event)")
+    dedupe_window: float = setting("", p_optional_duration, 'a message with the Message-ID of one the same user queued within this window is not queued again (250 with the first id); "" = off')
 
 
 def p_duration_list(key: str, value: Any) -> tuple[float, ...]:
@@ -484,6 +492,40 @@ class WebhookConfig:
     secret: str = setting("", p_str, 'key of the X-Mailrelay-Signature HMAC; "" = unsigned', secret=True)
 
 
+def p_key_encryption_key(key: str, value: Any) -> str:
+    _expect(key, value, str, 'a secret of at least 16 characters (or "" for none)')
+    if value and (len(value) < 16 or value != value.strip()):
+        raise ConfigError(f"{key}: must be at least 16 characters without leading or trailing spaces")
+    return value
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """``[dkim]``: settings of the sender domains' DKIM keys (mailrelay/domains.py)."""
+
+    key_encryption_key: str = setting("", p_key_encryption_key, 'secret that encrypts the DKIM private keys kept in Redis, the same on every daemon; "" = keys cannot be stored in Redis (declare [[domains]] with key files)', secret=True)
+
+
+_SELECTOR_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def p_selector(key: str, value: Any) -> str:
+    _expect(key, value, str, "a DKIM selector (DNS labels, e.g. \"mr2026\")")
+    value = value.strip().lower()
+    if not _SELECTOR_RE.match(value):
+        raise ConfigError(f"{key}: {value!r} is not a DKIM selector (letters, digits, hyphens, dots)")
+    return value
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One ``[[domains]]`` table: a sender domain whose key the user manages (a PEM file)."""
+
+    name: str = setting("", p_domain_or_empty, "the sender domain (From domain, or a parent of it)")
+    selector: str = setting("default", p_selector, "the DKIM selector: the public key is published at <selector>._domainkey.<name>")
+    key_file: str = setting("", p_file, "PEM private key, RSA (at least 1024 bits; 2048 advised) or Ed25519 (RFC 8463)")
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "redis": RedisConfig,
@@ -493,6 +535,7 @@ SECTIONS: dict[str, type] = {
     "bounces": BouncesConfig,
     "tracking": TrackingConfig,
     "web": WebConfig,
+    "dkim": DkimConfig,
 }
 
 
@@ -508,7 +551,9 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     webhooks: tuple = ()  # of WebhookConfig, from [[webhooks]]
+    domains: tuple = ()  # of DomainConfig, from [[domains]] (sender domains with key files)
     source: str | None = None
 
     @property
@@ -527,6 +572,9 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
         if name == "webhooks":
             sections["webhooks"] = _parse_webhooks(value)
             continue
+        if name == "domains":
+            sections["domains"] = _parse_domains(value)
+            continue
         if name not in SECTIONS:
             known = ", ".join(f"[{s}]" for s in SECTIONS)
             raise ConfigError(f"[{name}]: unknown section (known: {known})")
@@ -539,6 +587,36 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     if config.redis.sentinels and config.redis.url:
         raise ConfigError("redis.sentinels: set either redis.url or redis.sentinels, not both")
     return config
+
+
+def _parse_domains(value: Any) -> tuple:
+    """``[[domains]]``: name, selector and key_file required; the key must load (RSA or
+    Ed25519); at most one RSA and one Ed25519 key per domain, selectors distinct."""
+    _expect("domains", value, list, "[[domains]] tables (not a [domains] table: the key "
+            "encryption key is [dkim] key_encryption_key)")
+    entries = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, table in enumerate(value):
+        _expect(f"domains[{i}]", table, dict, "a [[domains]] table")
+        for required in ("name", "selector", "key_file"):
+            if not table.get(required):
+                raise ConfigError(f"domains[{i}].{required}: required")
+        entry = _parse_section(f"domains[{i}]", DomainConfig, table)
+        try:
+            from mailrelay.domains import load_key_file
+            algorithm = load_key_file(entry.key_file).algorithm
+        except ValueError as e:
+            raise ConfigError(f"domains[{i}].key_file: {e}") from None
+        for (name, kind), j in seen.items():
+            if name == entry.name and kind == algorithm:
+                raise ConfigError(f"domains[{i}]: {entry.name} already has a {algorithm} key "
+                                  f"(domains[{j}]); one RSA and one Ed25519 key per domain")
+        if any(d.name == entry.name and d.selector == entry.selector for d in entries):
+            raise ConfigError(f"domains[{i}].selector: {entry.name} uses selector "
+                              f"{entry.selector!r} twice")
+        seen[(entry.name, algorithm)] = i
+        entries.append(entry)
+    return tuple(entries)
 
 
 def _parse_webhooks(value: Any) -> tuple:
@@ -590,6 +668,8 @@ def _render(value: Any, f: dataclasses.Field) -> str:
     parse = f.metadata["parse"]
     if parse is p_duration:
         return f'"{format_duration(value)}"'
+    if parse is p_optional_duration:
+        return f'"{format_duration(value)}"' if value else '""'
     if parse is p_duration_list:
         return "[" + ", ".join(f'"{format_duration(v)}"' for v in value) + "]"
     if parse is p_domain_rates:
@@ -652,4 +732,8 @@ def render_config(config: Config) -> str:
         for f in dataclasses.fields(hook):
             value = getattr(hook, f.name)
             lines.append(f"{f.name} = {_render(_mask(value) if f.metadata['secret'] else value, f)}")
+    for domain in config.domains:
+        lines += ["", "[[domains]]"]
+        for f in dataclasses.fields(domain):
+            lines.append(f"{f.name} = {_render(getattr(domain, f.name), f)}")
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ class StorageService(service.Service):
         self.managed = managed
         self.redis: Any = None
         self.storage: Storage | None = None
+        self.version_checked = False  # the Redis data format version (mailrelay.cluster)
 
     def describe(self) -> str:
         if self.managed is not None:
@@ -58,6 +59,10 @@ class StorageService(service.Service):
             await self.storage.start()
         except Exception as e:
             log.warn("Redis is not answering yet ({e}); submission answers 451 until it does", e=e)
+        from mailrelay.cluster import check_data_version_at_start
+
+        # refuses (the daemon exits) data newer than this release understands
+        self.version_checked = await check_data_version_at_start(self.storage)
 
     def stopService(self) -> defer.Deferred | None:
         service.Service.stopService(self)
@@ -165,6 +170,12 @@ def make_service(config: Config) -> MailrelayService:
         delivery = DeliveryService(config, lambda: storage_service.storage)
         delivery.setServiceParent(top)
 
+    if config.webhooks:
+        from mailrelay.webhooks import WebhookService
+
+        # before the listeners: its consumer group must exist before the first events
+        WebhookService(config, lambda: storage_service.storage).setServiceParent(top)
+
     def handler_factory() -> SubmissionHandler:
         from twisted.internet import reactor
 
@@ -186,6 +197,18 @@ def make_service(config: Config) -> MailrelayService:
             service_name="bounces",
         )
         BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
+
+    # after the listeners: /readyz reports them, and the API needs the storage ready
+    from mailrelay.web import WebService, smtp_listener_status
+
+    WebService(config, lambda: storage_service.storage,
+               lambda: smtp_listener_status(top, config)).setServiceParent(top)
+
+    from mailrelay.cluster import ClusterService
+
+    # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
+    ClusterService(config, lambda: storage_service.storage, top, delivery,
+                   version_checked=lambda: storage_service.version_checked).setServiceParent(top)
     return top
 
 

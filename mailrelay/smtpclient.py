@@ -115,7 +115,7 @@ CLOSE_GRACE = 5.0
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.DOTALL)
 _ENHANCED = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+|$)")
 _HELO_NAME = re.compile(r"^[A-Za-z0-9.\-_:\[\]]+$")
-_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x20<>\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 
 
@@ -312,11 +312,21 @@ def parse_queue_id(reply: ReplyInfo) -> str | None:
 
 
 def _address_problem(address: str) -> str | None:
-    """Why ``address`` cannot go into MAIL/RCPT as it is, or None."""
-    if _BAD_ADDRESS_CHARS.search(address):
-        return "it contains a control character, a space or an angle bracket"
+    """Why ``address`` cannot go into MAIL/RCPT as it is, or None.
+
+    The same rules as the server side (RFC 5321 mailbox syntax: a quoted local part may
+    hold spaces and angle brackets), plus no control characters at all.
+    """
+    from mailrelay.smtpserver import AddressError, validate_mailbox
+
+    if _CONTROL_CHARS.search(address):
+        return "it contains a control character"
     if len(address.encode("utf-8", "surrogatepass")) > 254:
         return "it is longer than 254 octets"
+    try:
+        validate_mailbox(address)
+    except AddressError as e:
+        return str(e)
     return None
 
 

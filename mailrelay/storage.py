@@ -684,7 +684,7 @@ class Storage:
         try:
             if self.min_replicas:
                 result, replicas = await self._timed(
-                    self._eval_and_wait(script_keys, args, script),
+                    defer.ensureDeferred(self._eval_and_wait(script_keys, args, script)),
                     self.timeout + self.replica_timeout_ms / 1000)
             else:
                 result = await self._timed(self._eval(script, script_keys, args), self.timeout)
@@ -2013,6 +2013,11 @@ def connect_redis(config: Config, managed_socket: str | None) -> Any:
 #: before the connection is considered dead and reopened (with backoff).
 SENTINEL_PING_INTERVAL = 10.0
 SENTINEL_PING_TIMEOUT = 5.0
+#: Finding the primary through the Sentinels before a connection attempt: one round of
+#: questions waits this long for an answer naming a healthy primary, and rounds are repeated
+#: until SENTINEL_DISCOVERY_TIMEOUT (during a failover, no Sentinel names one for a moment).
+SENTINEL_DISCOVERY_ROUND = 0.5
+SENTINEL_DISCOVERY_TIMEOUT = 10.0
 
 
 def _is_readonly(failure: Any) -> bool:
@@ -2046,7 +2051,7 @@ class SentinelFollower:
 
         master_factory, subscription_factory = _sentinel_factories()
         self.master_name = master_name
-        self.sentinel = txredisapi.Sentinel(sentinels)
+        self.sentinel = master_factory.sentinel_class(sentinels)
         self.pool = self.sentinel.master_for(master_name, factory_class=master_factory,
                                              poolsize=poolsize, **connection_kwargs)
         self._generation = 0          # bumped whenever the pool's connections are dropped
@@ -2199,8 +2204,29 @@ def _sentinel_factories() -> tuple[Any, Any]:
             d.addErrback(lambda f: self.transport.loseConnection())
             return d
 
+    class PollingSentinel(txredisapi.Sentinel):
+        """txredisapi asks the Sentinels once per connection attempt and, when none names a
+        healthy primary (the old one is down, the new one not promoted yet), waits its whole
+        discovery_timeout (10 s) before failing, and the pool with it: a failover then costs
+        ten seconds more than it takes. Ask again in short rounds instead."""
+
+        discovery_timeout = SENTINEL_DISCOVERY_ROUND
+
+        def discover_master(self, service_name: str) -> defer.Deferred:
+            return defer.ensureDeferred(self._discover(service_name))
+
+        async def _discover(self, service_name: str) -> Any:
+            deadline = reactor.seconds() + SENTINEL_DISCOVERY_TIMEOUT
+            while True:
+                try:
+                    return await txredisapi.Sentinel.discover_master(self, service_name)
+                except txredisapi.MasterNotFoundError:
+                    if reactor.seconds() >= deadline:
+                        raise
+
     class MasterFactory(txredisapi.SentinelConnectionFactory):
         protocol = MasterProtocol
+        sentinel_class = PollingSentinel
 
     class SubscriptionProtocol(txredisapi.SubscriberProtocol):
         """SUBSCRIBE +switch-master once connected; PING now and then."""

@@ -20,13 +20,15 @@ STANDARDS
 DIAGNOSTICS
     ``451 4.3.0`` Redis did not store the message in time (it is not queued);
     ``452 4.3.1`` Redis is full; ``451 4.7.0`` user over its rate limit;
-    ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures.
+    ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures;
+    ``550 5.7.1`` From domain not a sender domain (``require_known_domain``);
+    ``451 4.3.5`` the sender domain's DKIM key cannot be used now (see :mod:`mailrelay.domains`).
 
 CONFIGURATION
     ``[submission]`` listen, listen_tls, users, trusted_networks,
     max_message_size, max_recipients, require_tls_for_auth, idle_timeout,
     data_timeout, max_connections_per_ip, auth_failures_per_ip,
-    rate_limit_per_user. Redis data: through :mod:`mailrelay.storage` only.
+    rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.storage` only.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def suppressed_reply(recipient: str, entry: dict) -> Reply:
 
 def queued_reply(message_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {message_id}")
+
+
+def duplicate_reply(message_id: str) -> Reply:
+    """[submission] dedupe_window: the id of the message queued earlier with this Message-ID."""
+    return Reply(250, "2.0.0", f"Ok: queued as {message_id} (same Message-ID as a message "
+                               "already queued: not queued again)")
 
 
 # -- users -----------------------------------------------------------------------
@@ -181,6 +189,8 @@ class SubmissionHandler:
         self.trusted = self.settings.trusted_networks
         self.tls_available = tls_available
         self.on_queued = on_queued  # e.g. wake this daemon's delivery service
+        from mailrelay.domains import SenderDomains
+        self.sender_domains = SenderDomains(config, storage, clock)  # DKIM: [submission] require_known_domain
 
     def is_trusted(self, session: Session) -> bool:
         if not self.trusted or session.peer_host is None:
@@ -245,14 +255,30 @@ class SubmissionHandler:
 
     async def _accept(self, session: Session, transaction: Transaction, content: bytes) -> Reply:
         new = self.prepare(session, transaction, content)
+        dkim = await self.sender_domains.sign(new)  # DKIM-Signature put on top, or why not
+        if dkim.refused is not None:
+            return dkim.refused
+        dedupe = None
+        own_message_id = new.summary.get("message_id") != f"<{new.id}@{self.hostname}>"
+        if self.settings.dedupe_window and own_message_id:  # not one prepare() generated
+            dedupe = (session.user, new.summary["message_id"], self.settings.dedupe_window)
         try:
-            message_id = await self.storage.enqueue(new)
+            if dedupe is None:
+                message_id = await self.storage.enqueue(new)
+            else:
+                message_id = await self.storage.enqueue(new, dedupe=dedupe)
         except StorageFull as e:
             log.error("submission: Redis is full, message refused: {e}", e=e)
             return smtpserver.STORAGE_FULL
         except StorageUnavailable as e:
             log.warn("submission: message not queued, answered 451: {e}", e=e)
             return smtpserver.STORAGE_UNAVAILABLE
+        if message_id != new.id:
+            log.info("submission: not queued again: same Message-ID as {id}, user {user}",
+                     id=message_id, user=session.user or "-")
+            return duplicate_reply(message_id)
+        if dkim.unsigned is not None:
+            await self.sender_domains.record_unsigned(new, dkim.unsigned)
         if self.on_queued is not None:
             self.on_queued()
         log.info("submission: queued {id} from <{sender}> for {n} recipient(s), {size} bytes, user {user}",

@@ -11,9 +11,10 @@
 #
 # Set-up, written for Debian 12 with Python 3.11; idempotent and silent when nothing is missing:
 #   * apt-get installs what is missing (apt-get update first, only then; sudo when not root):
-#       redis-server; for `test` also swaks, libnet-ssleay-perl (swaks' TLS) and postfix (for
-#       smtp-sink; the postfix install is preseeded to "No configuration" and a postfix it
-#       started is stopped and disabled, so nothing is left listening on port 25);
+#       redis-server; for `test` also swaks, libnet-ssleay-perl (swaks' TLS), chromium (the
+#       status page test runs it headless) and postfix (for smtp-sink; the postfix install is
+#       preseeded to "No configuration" and a postfix it started is stopped and disabled, so
+#       nothing is left listening on port 25);
 #       python3-venv only when `python3 -m venv` fails.
 #   * .venv is created with python3.11 (or a python3 >= 3.11) and the project is installed into
 #     it, editable and with the test extra:
@@ -90,6 +91,8 @@ ensure_system_packages() {
         have swaks || missing+=(swaks)
         # swaks does STARTTLS/implicit TLS through Net::SSLeay, only a Recommends of swaks.
         perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
+        # headless Chromium loads the status page in tests/test_status_page.py
+        have chromium || missing+=(chromium)
         if ! have smtp-sink; then
             missing+=(postfix)
             if ! postfix_installed; then

@@ -296,6 +296,32 @@ class Daemon:
             if match:
                 return match
 
+    def wait_for_lines(self, patterns: list[str], timeout: float = 30) -> None:
+        """Wait until every pattern matches some line so far, in any order.
+
+        Each line taken from the queue is a new event to re-check against; the queue is
+        consumed, so a later ``wait_for_line`` starts after these lines.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [p for p in patterns if not self.find_lines(p)]
+            if not missing:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._error(f"no log lines matching {missing} within {timeout}s")
+            try:
+                line = self._queue.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                if not self.running:
+                    raise self._error(f"the daemon exited before logging lines matching {missing}")
+                continue
+            if line is None:
+                self._eof = True
+                if not any(not self.find_lines(p) for p in patterns):
+                    return
+                raise self._error(f"the daemon exited before logging lines matching {missing}")
+
     def wait_until_ready(self, timeout: float = 20) -> "Daemon":
         """Wait for ``mailrelay <version> ready``, then fill ``listeners`` and ``ports``."""
         self.wait_for_line(READY_RE, timeout)
@@ -457,7 +483,7 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
 
     Base: ``[server] state_dir``, ``[redis] url`` (a RedisServer's ``.url``, a URL string, or
     None for the daemon-managed Redis) and ``key_prefix`` (None: the default), ``[submission]
-    listen`` and ``listen_tls`` = ``["tcp:0:interface=127.0.0.1"]``. An override value of None
+    listen`` and ``listen_tls`` and ``[web] listen`` = ``["tcp:0:interface=127.0.0.1"]``. An override value of None
     removes that key from the base, e.g. ``submission={"listen_tls": None}``.
     """
     config: dict[str, dict[str, Any]] = {
@@ -465,6 +491,7 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
         "redis": {},
         "tls": {},
         "submission": {"listen": [EPHEMERAL], "listen_tls": [EPHEMERAL]},
+        "web": {"listen": [EPHEMERAL]},
     }
     if redis_server is not None:
         config["redis"]["url"] = (redis_server if isinstance(redis_server, str)

@@ -272,7 +272,8 @@ def test_redis_full_gives_452(start_daemon, daemon_config, tmp_path, unique_pref
 def test_managed_defaults_credentials_and_clean_stop(start_daemon, tmp_path):
     state = tmp_path / "st"
     config = (f'[server]\nstate_dir = "{state}"\n[delivery]\nenabled = false\n'
-              '[submission]\nlisten = ["tcp:0:interface=127.0.0.1"]\nlisten_tls = ["tcp:0:interface=127.0.0.1"]\n')
+              '[submission]\nlisten = ["tcp:0:interface=127.0.0.1"]\nlisten_tls = ["tcp:0:interface=127.0.0.1"]\n'
+              '[web]\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
     d = start_daemon(config)
     credentials = state / "credentials"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600

@@ -1,0 +1,317 @@
+"""
+cluster: the daemons sharing one Redis see each other; the data format has a version.
+
+JOB
+    Every daemon writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds: who it is
+    (host, pid, version, the newest data format it understands), since when it runs, what
+    it is delivering (delivery jobs leased, per destination domain) and where it listens.
+    A heartbeat lives for ``HEARTBEAT_MISSES`` intervals: a daemon that died vanishes from
+    the list after that, one that stops cleanly at once. ``mailrelay cluster`` lists the
+    live daemons; ``Storage.cluster_members`` gives the same to the stats API.
+
+    The Redis data carries a format version (``Storage.DATA_VERSION``). The daemon checks
+    it before it accepts or delivers anything: it sets it on an empty database, starts on
+    the current version and the one before (rolling upgrades), and refuses to start (one
+    line, exit status 1) against newer data or data older than that.
+    ``mailrelay migrate`` runs the registered migration steps (``Storage.MIGRATIONS``).
+    When Redis does not answer at start, the check runs at the first heartbeat that
+    reaches it, and the daemon stops there if the data is unusable.
+
+SECURITY
+    Heartbeats name host names, process ids and listening addresses: whoever can read
+    the Redis can read them (as everything else there).
+
+DIAGNOSTICS
+    ``mailrelay could not start: the Redis data under key prefix ... has data format
+    version N, newer than this mailrelay understands (M): upgrade mailrelay``;
+    ``heartbeat failed: ...`` (Redis unreachable: the daemon keeps running and retries).
+
+CONFIGURATION
+    None of its own; Redis data through :mod:`mailrelay.storage` ("cluster and data
+    version": ``P cluster``, ``P cluster:<owner>``, ``P meta:version``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mailrelay import __version__
+
+log = Logger()
+
+#: Seconds between heartbeats.
+HEARTBEAT_INTERVAL = 5.0
+#: A daemon whose heartbeat is this many intervals old is gone (its heartbeat expires).
+HEARTBEAT_MISSES = 3
+#: Domains listed per daemon in a heartbeat (those with the most leased jobs).
+HEARTBEAT_DOMAINS = 20
+
+
+def new_owner() -> str:
+    """A daemon's identity in the queue leases and heartbeats: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def listeners_of(top: Any) -> list[str]:
+    """``["submission 127.0.0.1:2587", ...]``: the listening ports found in the service tree."""
+    from mailrelay.submission import describe_address
+
+    found = []
+
+    def walk(node: Any) -> None:
+        for port in getattr(node, "ports", None) or []:
+            try:
+                found.append(f"{node.name} {describe_address(port.getHost())}")
+            except Exception:
+                pass
+        for child in (list(node) if isinstance(node, service.MultiService) else []):
+            walk(child)
+
+    walk(top)
+    return found
+
+
+#: Seconds between attempts to check the data version when Redis did not answer at start.
+VERSION_RETRY = 0.5
+
+
+async def check_data_version_at_start(storage: Any) -> bool:
+    """
+    The daemon's start (before delivery and the listeners): True once the data version is
+    checked (set on an empty database); False when Redis does not answer (ClusterService
+    checks it as soon as it does). Raises DataVersionError: the daemon must not start.
+    """
+    try:
+        await storage.check_data_version()
+    except storage.DataVersionError:
+        raise
+    except Exception as e:
+        log.warn("could not check the Redis data format version ({e}); checked as soon as "
+                 "Redis answers", e=str(e) or type(e).__name__)
+        return False
+    return True
+
+
+class ClusterService(service.Service):
+    """This daemon's heartbeat (and the data version check when Redis was down at start)."""
+
+    name = "cluster"
+
+    def __init__(self, config: Any, get_storage: Callable[[], Any], top: Any,
+                 delivery: Any = None, *, version_checked: Callable[[], bool] = lambda: True,
+                 clock: Any = None) -> None:
+        from twisted.internet import reactor
+
+        self.config = config
+        self.get_storage = get_storage
+        self.top = top
+        self.delivery = delivery
+        self.clock = clock or reactor
+        self.owner = delivery.owner if delivery is not None else new_owner()
+        self.started_ms: int | None = None
+        self.version_checked = version_checked
+        self._loop: task.LoopingCall | None = None
+        self._version_loop: task.LoopingCall | None = None
+        self._failing = False
+
+    async def when_ready(self) -> None:
+        storage = self.get_storage()
+        self.started_ms = storage.now_ms()
+        if not self.version_checked():
+            self._version_loop = task.LoopingCall(self._check_version)
+            self._version_loop.clock = self.clock
+            self._version_loop.start(VERSION_RETRY, now=True)
+        await self._beat()  # the daemon is listed once it says it is ready
+        self._loop = task.LoopingCall(self.beat)
+        self._loop.clock = self.clock
+        self._loop.start(HEARTBEAT_INTERVAL, now=False)
+
+    async def _check_version(self) -> None:
+        storage = self.get_storage()
+        try:
+            await storage.check_data_version()
+        except storage.DataVersionError as e:
+            self._fatal(str(e))
+        except Exception:
+            return  # Redis still unreachable
+        if self._version_loop is not None and self._version_loop.running:
+            self._version_loop.stop()
+
+    def info(self) -> dict[str, Any]:
+        held = list(self.delivery.held.values()) if self.delivery is not None else []
+        domains = Counter(job.domain for job in held)
+        return {
+            "hostname": self.config.hostname,
+            "pid": os.getpid(),
+            "version": __version__,
+            "data_version": self.get_storage().DATA_VERSION,
+            "started": self.started_ms or 0,
+            "interval": HEARTBEAT_INTERVAL,
+            "delivery": "on" if self.delivery is not None else "off",
+            "held": len(held),
+            "domains": dict(domains.most_common(HEARTBEAT_DOMAINS)),
+            "listeners": listeners_of(self.top),
+        }
+
+    def beat(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._beat())
+
+    async def _beat(self) -> None:
+        storage = self.get_storage()
+        try:
+            _, version = await storage.heartbeat(self.owner, self.info(),
+                                                 HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
+            if version is not None and version > storage.DATA_VERSION:
+                log.error("the Redis data now has format version {v}, newer than this mailrelay "
+                          "understands ({mine}): upgrade this daemon", v=version,
+                          mine=storage.DATA_VERSION)
+        except Exception as e:
+            if not self._failing:
+                log.warn("heartbeat failed: {e}", e=str(e) or type(e).__name__)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("heartbeat recorded again")
+            self._failing = False
+
+    def _fatal(self, message: str) -> None:
+        from twisted.internet import reactor
+
+        log.critical("mailrelay stops: {error}", error=message)
+        for loop in (self._loop, self._version_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.stop()
+
+    def stopService(self) -> defer.Deferred | None:
+        service.Service.stopService(self)
+        if self._version_loop is not None and self._version_loop.running:
+            self._version_loop.stop()
+        if self._loop is None:
+            return None
+        if self._loop.running:
+            self._loop.stop()
+        storage = self.get_storage()
+        d = defer.ensureDeferred(storage.leave_cluster(self.owner))
+        return d.addErrback(lambda f: log.info("could not remove the heartbeat: {e}",
+                                               e=f.getErrorMessage()))
+
+
+# -- mailrelay cluster, mailrelay migrate ------------------------------------------------------
+
+
+def format_members(members: list[dict[str, Any]]) -> list[str]:
+    """The `mailrelay cluster` table, one line per live daemon."""
+    from mailrelay.cli import clean, format_age
+
+    header = ("DAEMON", "VERSION", "UP", "BEAT", "DELIVERING", "LISTENERS")
+    rows = []
+    for m in members:
+        domains = ", ".join(f"{clean(d)} {n}" for d, n in
+                            sorted(m["domains"].items(), key=lambda item: (-item[1], item[0])))
+        delivering = f"{m['held']} job{'' if m['held'] == 1 else 's'}" + (f" ({domains})" if domains else "")
+        rows.append((clean(m["owner"]), f"{clean(m['version'])}/data {m['data_version']}",
+                     format_age(m["uptime"]), f"{m['age']:.1f}s ago", delivering,
+                     ", ".join(clean(item) for item in m["listeners"]) or "-"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    return [("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1]).rstrip()
+            for r in [header, *rows]]
+
+
+async def run_cluster(args: argparse.Namespace, config: Any) -> None:
+    storage, redis = _connect(config)
+    try:
+        members = await storage.cluster_members()
+        version, _ = await storage._admin(defer.ensureDeferred(storage.data_version()))
+    finally:
+        await _disconnect(redis, storage)
+    for line in format_members(members):
+        print(line)
+    print(f"{len(members)} live daemon{'' if len(members) == 1 else 's'}; "
+          f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
+
+
+async def run_migrate(args: argparse.Namespace, config: Any) -> None:
+    storage, redis = _connect(config)
+    try:
+        before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
+        if created:
+            print(f"empty database: data format version {before} recorded")
+            return
+        steps = await storage.migrate(force=args.force, report=lambda text: print(text, flush=True))
+    finally:
+        await _disconnect(redis, storage)
+    if steps:
+        print(f"migrated from data format version {before} to {steps[-1][1]}")
+    else:
+        print(f"data format version {before}: nothing to migrate")
+
+
+def _connect(config: Any) -> tuple[Any, Any]:
+    from mailrelay.cli import connect_admin_redis, describe_redis
+    from mailrelay.storage import Storage
+
+    redis = connect_admin_redis(config)
+    try:
+        return Storage(config, redis), redis
+    except Exception as e:
+        raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
+
+
+async def _disconnect(redis: Any, storage: Any) -> None:
+    connected = getattr(redis, "_connected", None)
+    if isinstance(connected, defer.Deferred):
+        connected.addErrback(lambda f: None)
+    try:
+        d = redis.disconnect()
+        if isinstance(d, defer.Deferred):
+            d.addTimeout(1, storage.clock)
+            await d
+    except Exception:
+        pass
+
+
+def _command(run: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from twisted.internet import task as ttask
+
+        from mailrelay.cli import describe_redis, load_or_exit
+        from mailrelay.storage import StorageError
+
+        config = load_or_exit(getattr(args, "config", None))
+
+        async def main(reactor: Any) -> None:
+            try:
+                await run(args, config)
+            except StorageError as e:
+                raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
+
+        ttask.react(main)
+        return 0  # not reached: react exits
+    return command
+
+
+def add_cluster_parsers(sub: Any) -> None:
+    """``mailrelay cluster`` and ``mailrelay migrate`` (called by mailrelay.cli)."""
+    cluster = sub.add_parser("cluster", help="list the live daemons sharing this Redis")
+    cluster.add_argument("-c", "--config", help="TOML configuration file")
+    cluster.set_defaults(func=_command(run_cluster))
+    migrate = sub.add_parser("migrate", help="migrate the Redis data to this release's format")
+    migrate.add_argument("-c", "--config", help="TOML configuration file")
+    migrate.add_argument("--force", action="store_true",
+                         help="migrate even while live daemons do not understand the new format")
+    migrate.set_defaults(func=_command(run_migrate))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the mailrelay command")

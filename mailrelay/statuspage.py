@@ -1,0 +1,1003 @@
+"""
+statuspage: the operator's status page, small server-rendered HTML on the web listener.
+
+JOB
+    Serves every path of ``[web] listen`` that is not ``/api``, ``/healthz``,
+    ``/readyz`` or ``/metrics`` (the web service mounts :class:`StatusPage`
+    there):
+
+    ``GET /``
+        the overview: the health of each service and of Redis; the queue
+        depth per destination domain; throughput and bounce-rate charts for
+        the last hour (per minute) and the last day (per hour) as inline SVG;
+        messages per status over the last 24 hours; the latest 20 messages
+        and the latest 20 bounces, each linked to its message page.
+    ``GET /messages/<id>``
+        one message: envelope, header summary, tag, metadata, and for each
+        recipient its status and timeline (type, time, remote host, code,
+        response, detail).
+    ``GET /login``, ``POST /login``
+        a form that takes an API token and opens a session (a cookie).
+    ``POST /logout`` (or ``GET``)
+        ends the session and clears the cookie.
+
+    The throughput chart stacks the delivery outcomes per bucket (delivered,
+    deferred, bounced, expired) and marks the recipients accepted; the
+    bounce-rate chart is bounced / (delivered + bounced) per bucket, with the
+    bounce reports received in the window listed by type below it. Both
+    come from the per-minute and per-hour counters of
+    :meth:`Storage.counters <mailrelay.storage.Storage.counters>`.
+
+    Rendering is asynchronous (``NOT_DONE_YET``): the sections are read from
+    Redis concurrently, each bounded by ``[redis] timeout``; a section whose
+    read fails shows "unavailable" and the rest of the page still renders.
+    A client that goes away cancels the reads.
+
+SECURITY
+    The page shows addresses, subjects and diagnostics, so it is behind the
+    API tokens unless ``[web] public_status = true``. A request is let in
+    with a valid ``Authorization: Bearer <token>`` header (checked by the web
+    service's ``auth.check_header``) or a valid session cookie; otherwise a
+    GET is redirected (303) to ``/login`` and any other method gets 401.
+
+    Sessions: ``POST /login`` checks the token with ``auth.check_token``; on
+    success it sets the cookie ``mailrelay_session`` (``HttpOnly``,
+    ``SameSite=Strict``, ``Path=/``, ``Max-Age`` 8 hours, ``Secure`` when the
+    request came over TLS) to base64url(HMAC-SHA256(per-process random key,
+    random nonce || token)) - never the token itself - and redirects to
+    ``/``. The session table lives in this process's memory only: a restart
+    logs everyone out, ``/logout`` ends the session on the server, and every
+    request re-checks the token the session was opened with, so a token
+    that stops being valid ends its sessions. POSTs whose ``Origin`` is not
+    this host get 403 (login CSRF); the cookie is never sent cross-site.
+
+    Every value that comes from mail or from a remote server (subjects,
+    addresses, metadata, diagnostics, SMTP replies), and everything else the
+    page prints, goes through ``html.escape(value, quote=True)``; status
+    names select CSS classes only from a fixed list. Every response carries
+    ``Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline';
+    img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri
+    'none'``, ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
+    ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``. The page
+    has no JavaScript and loads nothing else.
+
+STANDARDS
+    HTML (WHATWG), SVG 1.1, RFC 9110 (303, 401, 405), RFC 6750 (Bearer),
+    RFC 6265 and draft-ietf-httpbis-rfc6265bis (HttpOnly, SameSite), CSP
+    Level 3.
+
+DIAGNOSTICS
+    Unauthenticated: 303 to ``/login`` (GET, HEAD) or 401 with
+    ``WWW-Authenticate: Bearer``. A wrong token at ``/login``: the form
+    again, with 401. Unknown path or message: 404. Unsupported method: 405.
+    Cross-origin POST: 403. A bug while rendering: 500 and a logged
+    traceback. Redis slow or down: the affected sections say "unavailable".
+
+CONFIGURATION
+    ``[web] public_status``; ``[web] api_tokens`` through the web service's
+    auth object; ``[redis] timeout`` bounds each read. Redis data: only
+    through :mod:`mailrelay.storage` (search_messages, search_bounces,
+    counters, status_counts, get_message, get_timeline, admin_queue_summary,
+    ping).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from html import escape
+from typing import Any, Awaitable, Callable, Iterable
+from urllib.parse import parse_qs, quote, urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+log = Logger()
+
+#: Name of the session cookie.
+COOKIE_NAME = b"mailrelay_session"
+
+#: How long a session lasts (seconds); also the cookie's Max-Age.
+SESSION_LIFETIME = 8 * 3600
+
+#: Most sessions kept at once; the oldest is dropped beyond it.
+MAX_SESSIONS = 10_000
+
+#: Largest login form body read (bytes).
+MAX_FORM_SIZE = 4096
+
+#: Rows in the latest messages and latest bounces tables.
+LATEST = 20
+
+#: Domains shown in the queue table (the largest queues first).
+MAX_QUEUE_ROWS = 50
+
+#: Seconds between automatic reloads of the overview (a meta refresh, no script).
+REFRESH_SECONDS = 60
+
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": (b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                 b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    b"X-Content-Type-Options": b"nosniff",
+    b"X-Frame-Options": b"DENY",
+    b"Referrer-Policy": b"no-referrer",
+    b"Cache-Control": b"no-store",
+}
+
+MESSAGE_ID_RE = re.compile(r"^[0-9a-f]{20}$")
+MESSAGE_PATH_RE = re.compile(r"^/messages/([0-9a-f]{20})$")
+
+#: Status and event names that have a colour; anything else is shown plain.
+KNOWN_STATES = frozenset({
+    "queued", "delivering", "delivered", "deferred", "bounced", "expired", "suppressed",
+    "partial", "deleted", "complained", "webhook_failed",
+})
+
+
+def e(value: Any) -> str:
+    """The one way any value gets into the page: escaped for text and attributes."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _state_class(state: str) -> str:
+    return f"st st-{state}" if state in KNOWN_STATES else "st"
+
+
+def _badge(state: str) -> str:
+    return f'<span class="{_state_class(state)}">{e(state or "-")}</span>'
+
+
+def _fmt_time_ms(ms: Any) -> str:
+    try:
+        seconds = int(float(ms)) / 1000
+    except (TypeError, ValueError):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _fmt_rfc3339(text: Any) -> str:
+    """``2026-11-28T09:15:00Z`` -> ``2026-11-28 09:15:00``; anything else as is."""
+    text = "" if text is None else str(text)
+    return text.replace("T", " ").removesuffix("Z") if re.match(r"^\d{4}-\d\d-\d\dT", text) else text
+
+
+def _fmt_age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+def _json_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [text]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= value (at least 1)."""
+    if value <= 1:
+        return 1
+    magnitude = 10 ** (len(str(int(value))) - 1)
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return step * magnitude
+    return 10 * magnitude
+
+
+def _fmt_num(value: float) -> str:
+    return f"{value:g}" if value < 10_000 else f"{value / 1000:g}k"
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+class Sessions:
+    """Login sessions of this process: cookie value -> (expiry, the token it was opened with)."""
+
+    def __init__(self, check_token: Callable[[str], bool], *, lifetime: float = SESSION_LIFETIME,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._key = os.urandom(32)
+        self._check_token = check_token
+        self.lifetime = lifetime
+        self._clock = clock
+        self._live: dict[str, tuple[float, str]] = {}
+
+    def open(self, token: str) -> str:
+        """A new session for a token already checked; returns the cookie value."""
+        now = self._clock()
+        for value in [v for v, (expiry, _) in self._live.items() if expiry <= now]:
+            del self._live[value]
+        while len(self._live) >= MAX_SESSIONS:
+            del self._live[next(iter(self._live))]
+        mac = hmac.new(self._key, os.urandom(16) + token.encode(), hashlib.sha256).digest()
+        value = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        self._live[value] = (now + self.lifetime, token)
+        return value
+
+    def valid(self, value: str | None) -> bool:
+        if not value:
+            return False
+        entry = self._live.get(value)
+        if entry is None:
+            return False
+        expiry, token = entry
+        if expiry <= self._clock() or not self._check_token(token):
+            self._live.pop(value, None)
+            return False
+        return True
+
+    def close(self, value: str | None) -> None:
+        if value:
+            self._live.pop(value, None)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+# -- the page's frame ---------------------------------------------------------------------
+
+CSS = """
+:root { --fg:#1d2430; --muted:#667085; --line:#e4e7ec; --bg:#f5f6f8; --card:#fff;
+  --ok:#12805c; --bad:#c4320a; --warn:#b54708; --info:#175cd3; --grey:#667085; }
+* { box-sizing:border-box; }
+body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+  color:var(--fg); background:var(--bg); }
+header { display:flex; align-items:center; gap:16px; padding:10px 24px; background:#1d2430; color:#fff; }
+header h1 { font-size:17px; margin:0; font-weight:600; }
+header h1 a { color:#fff; text-decoration:none; }
+header .meta { color:#c0c6d0; font-size:12px; margin-left:auto; }
+header form { margin:0; }
+header button { font:inherit; font-size:12px; color:#fff; background:transparent;
+  border:1px solid #5b6577; border-radius:4px; padding:3px 10px; cursor:pointer; }
+main { max-width:1240px; margin:0 auto; padding:16px 24px 32px; }
+h2 { font-size:15px; margin:0 0 10px; font-weight:600; }
+h3 { font-size:13px; margin:12px 0 6px; font-weight:600; color:var(--muted); }
+section.card { background:var(--card); border:1px solid var(--line); border-radius:8px;
+  padding:14px 16px; margin-bottom:16px; overflow-x:auto; }
+.grid2 { display:grid; grid-template-columns:1fr 1fr; gap:16px; }
+.grid2 > section.card { margin-bottom:0; min-width:0; }
+.row { margin-bottom:16px; }
+.health { display:flex; flex-wrap:wrap; gap:10px; }
+.svc { flex:1 1 180px; border:1px solid var(--line); border-radius:6px; padding:8px 10px; min-width:0; }
+.svc .name { font-weight:600; }
+.svc .detail { color:var(--muted); font-size:12px; overflow-wrap:anywhere; }
+.dot { display:inline-block; width:9px; height:9px; border-radius:50%; margin-right:6px; }
+.dot.ok { background:var(--ok); } .dot.bad { background:var(--bad); }
+.svc.bad { border-color:#f5b8a3; background:#fff6f3; }
+.tiles { display:flex; flex-wrap:wrap; gap:8px; }
+.tile { border:1px solid var(--line); border-radius:6px; padding:6px 12px; min-width:96px; }
+.tile .n { font-size:18px; font-weight:600; }
+.tile .l { color:var(--muted); font-size:12px; }
+table { border-collapse:collapse; width:100%; }
+th, td { text-align:left; padding:5px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
+th { font-size:12px; color:var(--muted); font-weight:600; white-space:nowrap; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.time { white-space:nowrap; font-variant-numeric:tabular-nums; color:var(--muted); }
+td.wrap { overflow-wrap:anywhere; max-width:420px; }
+td.ellipsis { max-width:320px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+tr.total td { font-weight:600; border-bottom:none; }
+a { color:var(--info); text-decoration:none; }
+a:hover { text-decoration:underline; }
+table.events { table-layout:fixed; }
+table.events th:nth-child(1) { width:110px; } table.events th:nth-child(2) { width:165px; }
+table.events th:nth-child(3) { width:180px; } table.events th:nth-child(4) { width:95px; }
+table.events td { overflow-wrap:anywhere; }
+.crumbs { margin:0 0 12px; font-size:13px; color:var(--muted); }
+code, .mono { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:12px; }
+.st { display:inline-block; padding:0 7px; border-radius:9px; font-size:12px; background:#eef0f3; color:#344054; white-space:nowrap; }
+.st-delivered { background:#dcfae6; color:var(--ok); }
+.st-queued, .st-delivering { background:#e0eaff; color:var(--info); }
+.st-deferred, .st-partial { background:#fef0c7; color:var(--warn); }
+.st-bounced, .st-complained, .st-webhook_failed { background:#fee4e2; color:var(--bad); }
+.st-expired, .st-suppressed, .st-deleted { background:#eaecf0; color:#475467; }
+.muted { color:var(--muted); }
+.err { color:var(--bad); }
+svg.chart { width:100%; height:auto; display:block; }
+svg.chart text { font:10px system-ui,sans-serif; fill:#667085; }
+svg.chart .grid { stroke:#eaecf0; stroke-width:1; }
+svg.chart .axis { stroke:#98a2b3; stroke-width:1; }
+.b-delivered { fill:#32d583; } .b-deferred { fill:#fdb022; } .b-bounced { fill:#f97066; } .b-expired { fill:#98a2b3; }
+.t-accepted { stroke:#1d2430; stroke-width:2; }
+.l-rate { stroke:#d92d20; stroke-width:1.6; fill:none; }
+.p-rate { fill:#d92d20; }
+.legend { display:flex; flex-wrap:wrap; gap:4px 14px; font-size:12px; color:var(--muted); margin-top:4px; }
+.sw { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
+.sw.delivered { background:#32d583; } .sw.deferred { background:#fdb022; } .sw.bounced { background:#f97066; }
+.sw.expired { background:#98a2b3; } .sw.accepted { background:#1d2430; height:3px; vertical-align:2px; }
+.sw.rate { background:#d92d20; height:3px; vertical-align:2px; }
+dl.kv { display:grid; grid-template-columns:max-content 1fr; gap:4px 16px; margin:0; }
+dl.kv dt { color:var(--muted); }
+dl.kv dd { margin:0; overflow-wrap:anywhere; }
+.login { max-width:380px; margin:80px auto; }
+.login input[type=password] { width:100%; font:inherit; padding:7px 9px; border:1px solid #d0d5dd; border-radius:6px; margin:6px 0 12px; }
+.login button { font:inherit; padding:6px 16px; border-radius:6px; border:1px solid #175cd3; background:#175cd3; color:#fff; cursor:pointer; }
+@media (max-width: 900px) { .grid2 { grid-template-columns:1fr; } }
+"""
+
+
+def _document(title: str, body: str, *, logout: bool = False, refresh: int | None = None,
+              subtitle: str = "") -> bytes:
+    head_extra = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else ""
+    logout_form = ('<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+                   if logout else "")
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        f"{head_extra}<title>{e(title)}</title><style>{CSS}</style></head>\n"
+        "<body><header>"
+        '<h1><a href="/">mailrelay</a></h1>'
+        f'<span class="meta">{e(subtitle)}</span>{logout_form}'
+        f"</header>\n<main>\n{body}\n</main></body></html>\n"
+    )
+    return page.encode("utf-8")
+
+
+def _unavailable(what: str, error: BaseException | None) -> str:
+    reason = "Redis did not answer in time" if isinstance(error, defer.TimeoutError) else (
+        str(error) or type(error).__name__ if error is not None else "unknown error")
+    return f'<p class="err">{e(what)} unavailable: {e(reason)}</p>'
+
+
+# -- charts ---------------------------------------------------------------------------------
+
+
+def svg_chart(label: str, times_ms: list[int], resolution: str, *,
+              stacks: Iterable[tuple[str, list[float]]] = (), line: tuple[str, list[float | None]] | None = None,
+              ticks: tuple[str, list[float]] | None = None, percent: bool = False, width: int = 560,
+              height: int = 150) -> str:
+    """
+    An inline SVG chart of one value per bucket: stacked bars (``stacks``: css name, values),
+    a short mark per bucket (``ticks``: css name, values) and/or a line (``line``: name,
+    values, None for no value); y from 0 to a round maximum, x labelled with start, middle and
+    end times (UTC). Each bucket carries a ``<title>`` tooltip with its numbers.
+    """
+    stacks = list(stacks)
+    n = len(times_ms)
+    left, right, top, bottom = 40, 8, 8, 20
+    plot_w, plot_h = width - left - right, height - top - bottom
+    totals = [sum(values[i] for _, values in stacks) for i in range(n)]
+    peak = max(totals + [v for v in (line[1] if line else []) if v is not None]
+               + (ticks[1] if ticks else []) + [0])
+    y_max = _nice_ceiling(peak) if not percent else max(1, min(100, _nice_ceiling(peak)))
+    slot = plot_w / max(n, 1)
+
+    def y(value: float) -> float:
+        return top + plot_h - value / y_max * plot_h
+
+    unit = "%" if percent else ""
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}" '
+             f'xmlns="http://www.w3.org/2000/svg">']
+    for fraction in (0, 0.5, 1):
+        value = y_max * fraction
+        gy = y(value)
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{gy:.1f}" y2="{gy:.1f}"/>')
+        parts.append(f'<text x="{left - 5}" y="{gy + 3:.1f}" text-anchor="end">{e(_fmt_num(value))}{unit}</text>')
+    parts.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
+    fmt = "%H:%M"
+    for index in sorted({0, n // 2, n - 1}) if n else ():
+        x = left + slot * (index + 0.5)
+        anchor = "start" if index == 0 else "end" if index == n - 1 else "middle"
+        if index == 0:
+            x = left
+        elif index == n - 1:
+            x = width - right
+        parts.append(f'<text x="{x:.1f}" y="{height - 5}" text-anchor="{anchor}">'
+                     f'{e(time.strftime(fmt, time.gmtime(times_ms[index] / 1000)))}</text>')
+    bar_w = max(1.0, slot * 0.72)
+    for i in range(n):
+        base = 0.0
+        x = left + slot * i + (slot - bar_w) / 2
+        tip = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(times_ms[i] / 1000))]
+        rects = []
+        for name, values in stacks:
+            value = values[i]
+            if value > 0:
+                y_top, y_bottom = y(base + value), y(base)
+                rects.append(f'<rect class="b-{name}" x="{x:.1f}" y="{y_top:.1f}" width="{bar_w:.1f}" '
+                             f'height="{max(0.5, y_bottom - y_top):.1f}"/>')
+                base += value
+            tip.append(f"{name} {value:g}")
+        if ticks is not None and ticks[1][i] > 0:
+            ty = y(ticks[1][i])
+            rects.append(f'<line class="t-{ticks[0]}" x1="{x - 1:.1f}" x2="{x + bar_w + 1:.1f}" '
+                         f'y1="{ty:.1f}" y2="{ty:.1f}"/>')
+            tip.insert(1, f"{ticks[0]} {ticks[1][i]:g}")
+        if line is not None and line[1][i] is not None:
+            tip.append(f"{line[0]} {line[1][i]:.1f}{unit}" if percent else f"{line[0]} {line[1][i]:g}")
+        if rects or (line is not None and line[1][i] is not None):
+            # an invisible full-height target carries the tooltip of the bucket
+            parts.append(f'<g><title>{e(" · ".join(tip))}</title>{"".join(rects)}'
+                         f'<rect x="{left + slot * i:.1f}" y="{top}" width="{slot:.1f}" height="{plot_h}" '
+                         f'fill="transparent"/></g>')
+    if line is not None:
+        name, values = line
+        segment: list[str] = []
+        segments: list[list[str]] = []
+        for i, value in enumerate(values):
+            if value is None:
+                if segment:
+                    segments.append(segment)
+                segment = []
+                continue
+            segment.append(f"{left + slot * (i + 0.5):.1f},{y(value):.1f}")
+        if segment:
+            segments.append(segment)
+        css = "rate" if percent else name
+        for points in segments:
+            if len(points) > 1:
+                parts.append(f'<polyline class="l-{css}" points="{" ".join(points)}"/>')
+            if percent or len(points) == 1:
+                for point in points:
+                    cx, cy = point.split(",")
+                    parts.append(f'<circle class="p-rate" cx="{cx}" cy="{cy}" r="2"/>'
+                                 if percent else
+                                 f'<circle cx="{cx}" cy="{cy}" r="2" fill="#175cd3"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+OUTCOMES = ("delivered", "deferred", "bounced", "expired")
+
+
+def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolution: str) -> str:
+    times = [start for start, _ in rows]
+    get = lambda name: [float(c.get(name, 0)) for _, c in rows]  # noqa: E731
+    stacks = [(name, get(name)) for name in OUTCOMES]
+    throughput = svg_chart(f"{title}: throughput", times, resolution, stacks=stacks,
+                           ticks=("accepted", get("recipients")))
+    rates: list[float | None] = []
+    for _, c in rows:
+        delivered, bounced = c.get("delivered", 0), c.get("bounced", 0)
+        rates.append(100.0 * bounced / (delivered + bounced) if delivered + bounced else None)
+    rate_chart = svg_chart(f"{title}: bounce rate", times, resolution, line=("bounce rate", rates),
+                           percent=True, height=120)
+    totals = {name: sum(int(c.get(name, 0)) for _, c in rows)
+              for name in ("accepted", "recipients") + OUTCOMES}
+    legend = (f'<span><span class="sw accepted"></span>accepted {totals["recipients"]:,} '
+              f'({totals["accepted"]:,} messages)</span>'
+              + "".join(f'<span><span class="sw {name}"></span>{e(name)} {totals[name]:,}</span>'
+                        for name in OUTCOMES))
+    ended = totals["delivered"] + totals["bounced"]
+    overall = f"{100.0 * totals['bounced'] / ended:.1f}%" if ended else "-"
+    by_type: dict[str, int] = {}
+    for _, c in rows:
+        for key, value in c.items():
+            if key.startswith("bounce:"):
+                by_type[key[len("bounce:"):]] = by_type.get(key[len("bounce:"):], 0) + int(value)
+    reports = ", ".join(f"{e(kind)} {count:,}" for kind, count in sorted(by_type.items()) if count) or "none"
+    return (f'<section class="card"><h2>{e(title)}</h2>'
+            f"<h3>Throughput (recipients)</h3>{throughput}"
+            f'<div class="legend">{legend}</div>'
+            f"<h3>Bounce rate (bounced / (delivered + bounced))</h3>{rate_chart}"
+            f'<div class="legend"><span><span class="sw rate"></span>bounce rate {e(overall)}</span>'
+            f"<span>bounce reports: {reports}</span></div></section>")
+
+
+# -- the resource ---------------------------------------------------------------------------
+
+
+class StatusPage(resource.Resource):
+    """
+    The status page (see the module docstring). ``storage`` is a
+    :class:`~mailrelay.storage.Storage` or a callable returning one (or None
+    while Redis is not connected yet); ``health()`` returns
+    ``{service: {"ok": bool, "detail": str}}``; ``auth`` has
+    ``check_header(request) -> bool`` and ``check_token(token) -> bool``.
+    """
+
+    isLeaf = False
+
+    def __init__(self, storage: Any, config: Any, health: Callable[[], Awaitable[dict]], auth: Any, *,
+                 clock: Any = None) -> None:
+        super().__init__()
+        from twisted.internet import reactor
+
+        self._storage = storage
+        self.config = config
+        self.health = health
+        self.auth = auth
+        self.clock = clock or reactor
+        self.sessions = Sessions(auth.check_token)
+        self.timeout = float(config.redis.timeout)
+        self.public = bool(config.web.public_status)
+        self.hostname = config.hostname
+
+    # Every path below this resource is rendered by it (routing is on request.path).
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        return self
+
+    @property
+    def storage(self) -> Any:
+        storage = self._storage
+        if storage is not None and not hasattr(storage, "search_messages") and callable(storage):
+            storage = storage()
+        return storage
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def render(self, request: server.Request) -> Any:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        gone = request.notifyFinish()
+        d = defer.ensureDeferred(self._dispatch(request))
+        gone.addErrback(lambda _: d.cancel())  # the client went away: stop reading Redis
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    async def _dispatch(self, request: server.Request) -> None:
+        try:
+            path = request.path.decode("ascii")
+        except UnicodeDecodeError:
+            path = ""
+        method = request.method
+        if path == "/login":
+            if method in (b"GET", b"HEAD"):
+                return self._login_form(request)
+            if method == b"POST":
+                return self._login(request)
+            return self._method_not_allowed(request, b"GET, HEAD, POST")
+        if path == "/logout":
+            if method in (b"GET", b"HEAD", b"POST"):
+                return self._logout(request)
+            return self._method_not_allowed(request, b"GET, HEAD, POST")
+        if not self._authorized(request):
+            if method in (b"GET", b"HEAD"):
+                target = "/login"
+                if MESSAGE_PATH_RE.match(path):
+                    target += "?next=" + quote(path, safe="")
+                return self._redirect(request, target)
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="mailrelay"')
+            return self._send(request, 401, _document("Unauthorized", "<p>A token is needed.</p>"))
+        if method not in (b"GET", b"HEAD"):
+            return self._method_not_allowed(request, b"GET, HEAD")
+        if path == "/":
+            return self._send(request, 200, await self._overview(request))
+        match = MESSAGE_PATH_RE.match(path)
+        if match:
+            status, body = await self._message_page(request, match.group(1))
+            return self._send(request, status, body)
+        return self._send(request, 404, self._page(request, "Not found",
+                                                   '<section class="card"><h2>Not found</h2>'
+                                                   '<p><a href="/">Back to the overview</a></p></section>'))
+
+    def _failed(self, failure: Any, request: server.Request) -> None:
+        if failure.check(defer.CancelledError) and request._disconnected:
+            return  # the client went away
+        log.failure("status page: rendering {path} failed", failure, path=request.path)
+        if not request.startedWriting and not request.finished and not request._disconnected:
+            self._send(request, 500, _document("Error", "<p>Internal error; see the daemon's log.</p>"))
+
+    # -- responses ----------------------------------------------------------------------
+
+    def _send(self, request: server.Request, code: int, body: bytes,
+              content_type: bytes = b"text/html; charset=utf-8") -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    def _redirect(self, request: server.Request, location: str) -> None:
+        request.setHeader(b"Location", location.encode("ascii"))
+        self._send(request, 303, b"", b"text/plain; charset=utf-8")
+
+    def _method_not_allowed(self, request: server.Request, allow: bytes) -> None:
+        request.setHeader(b"Allow", allow)
+        self._send(request, 405, _document("Method not allowed", "<p>Method not allowed.</p>"))
+
+    def _page(self, request: server.Request, title: str, body: str, *, refresh: int | None = None) -> bytes:
+        logged_in = self.sessions.valid(self._cookie(request))
+        subtitle = (f"{self.hostname} · "
+                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds())))
+        return _document(f"{title} - mailrelay", body, logout=logged_in, refresh=refresh, subtitle=subtitle)
+
+    # -- authentication -----------------------------------------------------------------
+
+    @staticmethod
+    def _cookie(request: server.Request) -> str | None:
+        raw = request.getCookie(COOKIE_NAME)
+        try:
+            return raw.decode("ascii") if raw else None
+        except UnicodeDecodeError:
+            return None
+
+    def _authorized(self, request: server.Request) -> bool:
+        if self.public:
+            return True
+        if request.getHeader(b"authorization") is not None and self.auth.check_header(request):
+            return True
+        return self.sessions.valid(self._cookie(request))
+
+    @staticmethod
+    def _same_origin(request: server.Request) -> bool:
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True   # not a browser form post, or an old browser: SameSite still holds
+        host = request.getHeader(b"host") or b""
+        try:
+            netloc = urlsplit(origin.decode("ascii")).netloc
+        except (UnicodeDecodeError, ValueError):
+            return False
+        return bool(netloc) and netloc.lower() == host.decode("ascii", "replace").lower()
+
+    @staticmethod
+    def _form(request: server.Request) -> dict[str, str]:
+        """The fields of a urlencoded POST body (read here: the Site may not parse forms)."""
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if request.method != b"POST" or content_type != b"application/x-www-form-urlencoded":
+            return {}
+        request.content.seek(0)
+        body = request.content.read(MAX_FORM_SIZE + 1)
+        if len(body) > MAX_FORM_SIZE:
+            return {}
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return {name: values[0] for name, values in fields.items()}
+
+    @staticmethod
+    def _next_target(request: server.Request, form: dict[str, str] | None = None) -> str:
+        target = (form or {}).get("next")
+        if target is None:
+            values = request.args.get(b"next") or [b"/"]
+            target = values[0].decode("utf-8", "replace")
+        return target if target == "/" or MESSAGE_PATH_RE.match(target) else "/"
+
+    def _login_form(self, request: server.Request, *, error: str = "", code: int = 200,
+                    target: str | None = None) -> None:
+        target = target or self._next_target(request)
+        if code == 200 and (self.public or self.sessions.valid(self._cookie(request))):
+            return self._redirect(request, target)
+        message = f'<p class="err">{e(error)}</p>' if error else ""
+        body = ('<section class="card login"><h2>Log in</h2>'
+                '<p class="muted">Use an API token (<code>[web] api_tokens</code>, or the generated '
+                "<code>api-token</code> file in the state directory).</p>"
+                f"{message}"
+                '<form method="post" action="/login">'
+                f'<input type="hidden" name="next" value="{e(target)}">'
+                '<label for="token">Token</label>'
+                '<input id="token" type="password" name="token" autocomplete="current-password" required autofocus>'
+                '<button type="submit">Log in</button></form></section>')
+        self._send(request, code, _document("Log in - mailrelay", body))
+
+    def _login(self, request: server.Request) -> None:
+        if not self._same_origin(request):
+            return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
+        form = self._form(request)
+        token = form.get("token", "").strip()
+        if not token or not self.auth.check_token(token):
+            log.info("status page: failed login from {client}", client=request.getClientAddress())
+            return self._login_form(request, error="That token is not valid.", code=401,
+                                    target=self._next_target(request, form))
+        value = self.sessions.open(token)
+        request.addCookie(COOKIE_NAME, value.encode("ascii"), path=b"/", max_age=b"%d" % SESSION_LIFETIME,
+                          httpOnly=True, sameSite="strict", secure=request.isSecure() or None)
+        self._redirect(request, self._next_target(request, form))
+
+    def _logout(self, request: server.Request) -> None:
+        if request.method == b"POST" and not self._same_origin(request):
+            return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
+        self.sessions.close(self._cookie(request))
+        request.addCookie(COOKIE_NAME, b"", path=b"/", max_age=b"0",
+                          expires=b"Thu, 01 Jan 1970 00:00:00 GMT", httpOnly=True, sameSite="strict",
+                          secure=request.isSecure() or None)
+        self._redirect(request, "/" if self.public else "/login")
+
+    # -- reading, bounded -----------------------------------------------------------------
+
+    def _read(self, make: Callable[[], Awaitable[Any]]) -> defer.Deferred:
+        """Run one storage read with the [redis] timeout; fires with (ok, value or error)."""
+        storage = self.storage
+        if storage is None:
+            return defer.succeed((False, RuntimeError("Redis is not connected yet")))
+        try:
+            d = defer.ensureDeferred(make())
+        except Exception as error:
+            return defer.succeed((False, error))
+        d.addTimeout(self.timeout, self.clock)
+        d.addCallbacks(lambda value: (True, value), lambda failure: (False, failure.value))
+        return d
+
+    # -- the overview -------------------------------------------------------------------
+
+    async def _overview(self, request: server.Request) -> bytes:
+        storage = self.storage
+        now_ms = int(self.clock.seconds() * 1000)
+        health_d = defer.ensureDeferred(self._health())
+        reads = {
+            "queue": self._read(lambda: storage.admin_queue_summary()),
+            "hour": self._read(lambda: storage.counters("m", 60)),
+            "day": self._read(lambda: storage.counters("h", 24)),
+            "statuses": self._read(lambda: storage.status_counts(now_ms - 86_400_000)),
+            "messages": self._read(lambda: self._latest_messages(storage)),
+            "bounces": self._read(lambda: storage.search_bounces(limit=LATEST)),
+        }
+        results = dict(zip(reads, await defer.gatherResults(list(reads.values()))))
+        health = await health_d
+        body = [
+            f'<section class="card"><h2>Health</h2>{health}</section>',
+            f'<section class="card"><h2>Messages in the last 24 hours</h2>{self._statuses(*results["statuses"])}</section>',
+            '<div class="grid2 row">',
+            self._charts("Last hour, per minute", *results["hour"], "m"),
+            self._charts("Last 24 hours, per hour", *results["day"], "h"),
+            "</div>",
+            f'<section class="card"><h2>Queue by destination domain</h2>{self._queue(*results["queue"])}</section>',
+            f'<section class="card"><h2>Latest messages</h2>{self._messages_table(*results["messages"])}</section>',
+            f'<section class="card"><h2>Latest bounces</h2>{self._bounces_table(*results["bounces"])}</section>',
+        ]
+        return self._page(request, "Status", "\n".join(body), refresh=REFRESH_SECONDS)
+
+    async def _health(self) -> str:
+        try:
+            d = defer.ensureDeferred(self.health())
+            d.addTimeout(2 * self.timeout, self.clock)  # health() itself waits up to [redis] timeout
+            services = dict(await d)
+        except Exception as error:
+            return _unavailable("Service health", error)
+        if "redis" not in services:
+            storage = self.storage
+            ok = False if storage is None else (await self._read(lambda: storage.ping()))[1] is True
+            services = {"redis": {"ok": ok, "detail": "PING answered" if ok else "no answer to PING"},
+                        **services}
+        cards = []
+        for name, state in services.items():
+            state = state if isinstance(state, dict) else {"ok": bool(state)}
+            ok = bool(state.get("ok"))
+            cards.append(f'<div class="svc{"" if ok else " bad"}"><div class="name">'
+                         f'<span class="dot {"ok" if ok else "bad"}"></span>{e(name)}'
+                         f' <span class="muted">{"up" if ok else "DOWN"}</span></div>'
+                         f'<div class="detail">{e(state.get("detail", ""))}</div></div>')
+        return f'<div class="health">{"".join(cards)}</div>'
+
+    @staticmethod
+    def _statuses(ok: bool, value: Any) -> str:
+        if not ok:
+            return _unavailable("Counts", value)
+        tiles = "".join(f'<div class="tile"><div class="n">{int(n):,}</div>'
+                        f'<div class="l">{_badge(status)}</div></div>' for status, n in value.items())
+        return f'<div class="tiles">{tiles}</div>'
+
+    @staticmethod
+    def _charts(title: str, ok: bool, value: Any, resolution: str) -> str:
+        if not ok:
+            return f'<section class="card"><h2>{e(title)}</h2>{_unavailable("Counters", value)}</section>'
+        return charts_section(title, value, resolution)
+
+    @staticmethod
+    def _queue(ok: bool, value: Any) -> str:
+        if not ok:
+            return _unavailable("Queue", value)
+        now_ms = int(value.get("now_ms") or 0)
+        domains = value.get("domains", {})
+        if not domains:
+            return '<p class="muted">The queue is empty.</p>'
+
+        def size(row: dict[str, Any]) -> int:
+            return int(row.get("queued", 0)) + int(row.get("deferred", 0)) + int(row.get("delivering", 0))
+        ordered = sorted(domains.items(), key=lambda item: (-size(item[1]), item[0]))
+        rows = []
+        totals = {"queued": 0, "deferred": 0, "delivering": 0}
+        oldest_all = None
+        for domain, row in ordered:
+            for name in totals:
+                totals[name] += int(row.get(name, 0))
+            oldest = row.get("oldest_ms")
+            if oldest is not None and (oldest_all is None or oldest < oldest_all):
+                oldest_all = oldest
+        for domain, row in ordered[:MAX_QUEUE_ROWS]:
+            oldest = row.get("oldest_ms")
+            age = _fmt_age((now_ms - oldest) / 1000) if oldest is not None else "-"
+            rows.append(f"<tr><td>{e(domain)}</td><td class=\"num\">{int(row.get('queued', 0)):,}</td>"
+                        f"<td class=\"num\">{int(row.get('deferred', 0)):,}</td>"
+                        f"<td class=\"num\">{int(row.get('delivering', 0)):,}</td>"
+                        f"<td class=\"num\">{e(age)}</td></tr>")
+        more = ""
+        if len(ordered) > MAX_QUEUE_ROWS:
+            more = f'<p class="muted">and {len(ordered) - MAX_QUEUE_ROWS:,} more domains</p>'
+        age_all = _fmt_age((now_ms - oldest_all) / 1000) if oldest_all is not None else "-"
+        rows.append(f'<tr class="total"><td>all {len(ordered):,} domains</td>'
+                    f'<td class="num">{totals["queued"]:,}</td><td class="num">{totals["deferred"]:,}</td>'
+                    f'<td class="num">{totals["delivering"]:,}</td><td class="num">{e(age_all)}</td></tr>')
+        return ('<table><thead><tr><th>Domain</th><th class="num">Queued</th><th class="num">Deferred</th>'
+                '<th class="num">Delivering</th><th class="num">Oldest</th></tr></thead>'
+                f'<tbody>{"".join(rows)}</tbody></table>{more}')
+
+    async def _latest_messages(self, storage: Any) -> list[dict[str, Any]]:
+        rows, _ = await storage.search_messages(limit=LATEST)
+        details = await defer.gatherResults(
+            [defer.ensureDeferred(storage.get_message(row["id"])) for row in rows])
+        for row, message in zip(rows, details):
+            message = message or {}
+            row["first_recipient"] = message.get("rcpt:0", "")
+            try:
+                row["rcpt_count"] = int(message.get("rcpt_count", "0") or 0)
+            except ValueError:
+                row["rcpt_count"] = 0
+        return rows
+
+    @staticmethod
+    def _message_link(message_id: str, text: str) -> str:
+        if MESSAGE_ID_RE.match(message_id or ""):
+            return f'<a href="/messages/{e(message_id)}">{text}</a>'
+        return text
+
+    def _messages_table(self, ok: bool, value: Any) -> str:
+        if not ok:
+            return _unavailable("Messages", value)
+        if not value:
+            return '<p class="muted">No messages yet.</p>'
+        rows = []
+        for row in value:
+            recipient = e(row.get("first_recipient", ""))
+            if row.get("rcpt_count", 0) > 1:
+                recipient += f' <span class="muted">+{row["rcpt_count"] - 1}</span>'
+            subject = row.get("subject", "")
+            subject_html = e(subject) if subject else '<span class="muted">(no subject)</span>'
+            rows.append(
+                f'<tr><td class="time">{self._message_link(row["id"], e(_fmt_time_ms(row.get("_score"))))}</td>'
+                f'<td class="wrap">{e(row.get("from") or row.get("sender", ""))}</td>'
+                f'<td class="wrap">{recipient}</td>'
+                f'<td class="wrap">{self._message_link(row["id"], subject_html)}</td>'
+                f'<td>{_badge(row.get("status", ""))}</td></tr>')
+        return ('<table><thead><tr><th>Received (UTC)</th><th>From</th><th>Recipient</th><th>Subject</th>'
+                f'<th>Status</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+    def _bounces_table(self, ok: bool, value: Any) -> str:
+        if not ok:
+            return _unavailable("Bounces", value)
+        rows_data, _ = value
+        if not rows_data:
+            return '<p class="muted">No bounces.</p>'
+        rows = []
+        for row in rows_data:
+            when = e(_fmt_time_ms(row.get("_score")) or _fmt_rfc3339(row.get("at")))
+            message_id = row.get("message_id", "")
+            when_html = self._message_link(message_id, when) if message_id else when
+            description = row.get("description", "")
+            details = row.get("details", "")
+            recipient = e(row.get("recipient", "")) or '<span class="muted">?</span>'
+            details_html = f'<br><span class="muted mono">{e(details)}</span>' if details else ""
+            link = (self._message_link(message_id, "message") if message_id
+                    else '<span class="muted">unmatched</span>')
+            rows.append(
+                f'<tr><td class="time">{when_html}</td><td class="wrap">{recipient}</td>'
+                f'<td>{e(row.get("type", ""))} <span class="muted">{e(row.get("status", ""))}</span></td>'
+                f'<td class="wrap">{e(description)}{details_html}</td><td>{link}</td></tr>')
+        return ('<table><thead><tr><th>Time (UTC)</th><th>Recipient</th><th>Type</th><th>Description</th>'
+                f'<th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+    # -- one message --------------------------------------------------------------------
+
+    async def _message_page(self, request: server.Request, message_id: str) -> tuple[int, bytes]:
+        storage = self.storage
+        message_r, timeline_r = await defer.gatherResults([
+            self._read(lambda: storage.get_message(message_id)),
+            self._read(lambda: storage.get_timeline(message_id)),
+        ])
+        title = f"Message {message_id}"
+        if not message_r[0]:
+            return 503, self._page(request, title, f'<section class="card"><h2>{e(title)}</h2>'
+                                                   f'{_unavailable("Message", message_r[1])}</section>')
+        message = message_r[1]
+        if message is None:
+            return 404, self._page(request, title, f'<section class="card"><h2>{e(title)}</h2>'
+                                                   '<p>No such message (unknown, or past retention).</p>'
+                                                   '<p><a href="/">Back to the overview</a></p></section>')
+        events = timeline_r[1] if timeline_r[0] else None
+        return 200, self._page(request, title, self._message_html(message_id, message, events,
+                                                                  None if timeline_r[0] else timeline_r[1]))
+
+    def _message_html(self, message_id: str, m: dict[str, str], events: list[dict[str, Any]] | None,
+                      timeline_error: BaseException | None) -> str:
+        try:
+            count = int(m.get("rcpt_count", "0") or 0)
+        except ValueError:
+            count = 0
+        recipients = [m.get(f"rcpt:{i}", "") for i in range(count)]
+
+        def item(label: str, value_html: str) -> str:
+            return f"<dt>{e(label)}</dt><dd>{value_html}</dd>"
+
+        def addresses(field: str) -> str:
+            values = _json_list(m.get(field))
+            return e(", ".join(values)) if values else '<span class="muted">-</span>'
+
+        subject = m.get("subject", "")
+        overview = "".join([
+            item("Subject", e(subject) if subject else '<span class="muted">(no subject)</span>'),
+            item("Status", _badge(m.get("status", ""))),
+            item("Received", e(_fmt_time_ms(m.get("received_at"))) + " UTC"),
+            item("Envelope sender", e(m.get("sender", "")) or '<span class="muted">&lt;&gt;</span>'),
+            item("Envelope recipients", e(", ".join(recipients))),
+            item("From", e(m.get("from", "")) or '<span class="muted">-</span>'),
+            item("To", addresses("to")),
+            item("Cc", addresses("cc")),
+            item("Message-ID", f'<span class="mono">{e(m.get("message_id", ""))}</span>'),
+            item("Tag", e(m.get("tag", "")) or '<span class="muted">-</span>'),
+            item("Size", f'{int(m.get("size", "0") or 0):,} bytes' if (m.get("size") or "0").isdigit()
+                 else e(m.get("size"))),
+            item("Submitted by", e(m.get("user", "")) or '<span class="muted">-</span>'),
+            item("Client", e(m.get("client", "")) or '<span class="muted">-</span>'),
+        ])
+        metadata_html = '<p class="muted">No metadata.</p>'
+        raw_metadata = m.get("metadata", "")
+        if raw_metadata:
+            try:
+                metadata = json.loads(raw_metadata)
+            except ValueError:
+                metadata = None
+            if isinstance(metadata, dict) and metadata:
+                rows = "".join(
+                    f'<tr><td class="wrap">{e(key)}</td>'
+                    f'<td class="wrap">{e(value if isinstance(value, str) else json.dumps(value))}</td></tr>'
+                    for key, value in metadata.items())
+                metadata_html = (f"<table><thead><tr><th>Key</th><th>Value</th></tr></thead>"
+                                 f"<tbody>{rows}</tbody></table>")
+            elif metadata is None:
+                metadata_html = f'<p class="mono">{e(raw_metadata)}</p>'
+        parts = ['<p class="crumbs"><a href="/">Overview</a> &rsaquo; message</p>',
+                 f'<section class="card"><h2>Message <span class="mono">{e(message_id)}</span></h2>'
+                 f'<dl class="kv">{overview}</dl></section>',
+                 f'<section class="card"><h2>Metadata</h2>{metadata_html}</section>']
+        by_rcpt: dict[int, list[dict[str, Any]]] = {}
+        other: list[dict[str, Any]] = []
+        for event in events or []:
+            index = event.get("rcpt") if isinstance(event, dict) else None
+            if isinstance(index, int) and 0 <= index < count:
+                by_rcpt.setdefault(index, []).append(event)
+            elif isinstance(event, dict):
+                other.append(event)
+        for i, address in enumerate(recipients):
+            state = m.get(f"state:{i}", "")
+            attempts = m.get(f"attempts:{i}", "0")
+            heading = (f'<h2>{e(address)} {_badge(state)} <span class="muted">'
+                       f'{e(attempts)} attempt{"" if attempts == "1" else "s"}</span></h2>')
+            if timeline_error is not None:
+                table = _unavailable("Timeline", timeline_error)
+            else:
+                table = self._events_table(by_rcpt.get(i, []))
+            parts.append(f'<section class="card">{heading}{table}</section>')
+        if other:
+            parts.append(f'<section class="card"><h2>Other events</h2>{self._events_table(other)}</section>')
+        return "\n".join(parts)
+
+    @staticmethod
+    def _events_table(events: list[dict[str, Any]]) -> str:
+        if not events:
+            return '<p class="muted">No events.</p>'
+        rows = []
+        for event in events:
+            host = event.get("remote_host") or ""
+            ip = event.get("remote_ip") or ""
+            remote = e(host) + (f' <span class="muted">[{e(ip)}]</span>' if ip else "")
+            code = " ".join(str(c) for c in (event.get("smtp_code"), event.get("enhanced_code")) if c)
+            detail = e(event.get("detail") or "")
+            if event.get("remote_queue_id"):
+                detail += f' <span class="muted">(remote id {e(event["remote_queue_id"])})</span>'
+            rows.append(f'<tr><td>{_badge(str(event.get("type", "")))}</td>'
+                        f'<td class="time">{e(_fmt_rfc3339(event.get("at")))}</td>'
+                        f'<td class="wrap">{remote}</td><td class="mono">{e(code)}</td>'
+                        f'<td class="wrap mono">{e(event.get("response") or "")}</td>'
+                        f'<td class="wrap">{detail}</td></tr>')
+        return ('<table class="events"><thead><tr><th>Event</th><th>Time (UTC)</th><th>Remote host</th><th>Code</th>'
+                f'<th>Response</th><th>Detail</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
