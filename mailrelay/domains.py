@@ -351,7 +351,7 @@ def sign_message(message: bytes, keys: list[SigningKey], timestamp: int | None =
     stamp = int(time.time()) if timestamp is None else timestamp
     out = []
     for key in keys:
-        tags = [f"v=1;", f"a={key.algorithm};", "c=relaxed/relaxed;", f"d={key.domain};",
+        tags = ["v=1;", f"a={key.algorithm};", "c=relaxed/relaxed;", f"d={key.domain};",
                 f"s={key.selector};", f"t={stamp};", "h=" + ":".join(n.decode() for n in include) + ";",
                 f"bh={body_hash};", "b="]
         unsigned = _fold_tags(tags)
