@@ -150,7 +150,7 @@ class ClusterService(service.Service):
         held = list(self.delivery.held.values()) if self.delivery is not None else []
         domains = Counter(job.domain for job in held)
         return {
-            "hostname": self.config.hostname,
+            "hostname": socket.gethostname(),  # the machine ([server] hostname is shared)
             "pid": os.getpid(),
             "version": __version__,
             "data_version": self.get_storage().DATA_VERSION,
@@ -232,11 +232,12 @@ async def run_cluster(args: argparse.Namespace, config: Any) -> None:
     storage, redis = _connect(config)
     try:
         members = await storage.cluster_members()
-        version, _ = await storage._admin(defer.ensureDeferred(storage.data_version()))
+        stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
     finally:
         await _disconnect(redis, storage)
     for line in format_members(members):
         print(line)
+    version = stored.decode() if stored is not None else "not recorded yet"
     print(f"{len(members)} live daemon{'' if len(members) == 1 else 's'}; "
           f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
 

@@ -2045,7 +2045,6 @@ class SentinelFollower:
 
     def __init__(self, sentinels: list[tuple[str, int]], master_name: str, *,
                  poolsize: int = 4, **connection_kwargs: Any) -> None:
-        import txredisapi
         from twisted.internet import reactor
         from twisted.internet.endpoints import HostnameEndpoint
 

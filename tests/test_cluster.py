@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -116,6 +115,15 @@ def test_cluster_shows_what_a_daemon_delivers(start_daemon, daemon_config, redis
         assert "3 jobs (slow.test 3)" in out, out
     finally:
         silent.close()
+
+
+def test_cluster_command_writes_nothing(daemon_config, redis_server, unique_prefix, tmp_path):
+    config = write_config(tmp_path / "m.toml", daemon_config(redis_server, unique_prefix))
+    result = cli(config, "cluster")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == ("0 live daemons; data format version not recorded yet "
+                                              "(this mailrelay: 1)")
+    assert redis_server.client().command("KEYS", f"{unique_prefix}*") == []
 
 
 def test_cluster_without_redis_is_one_line(tmp_path):
@@ -372,3 +380,29 @@ def test_dedupe_of_a_deleted_message_queues_again(dedupe_daemon, redis_server, u
     first = queued_id(submit(port, "<gone@app.test>"))
     redis_server.client().command("DEL", f"{unique_prefix}msg:{first}")
     assert queued_id(submit(port, "<gone@app.test>")) != first
+
+
+def test_dedupe_with_min_replicas_waits_for_the_replica_too(start_daemon, daemon_config, tmp_path):
+    """A duplicate is answered 250 only when a replica has the first message as well."""
+    primary = start_redis(tmp_path / "primary", extra_args=("--repl-diskless-sync-delay", "0"))
+    replica = start_redis(tmp_path / "replica", extra_args=("--repl-diskless-sync-delay", "0", "--replicaof",
+                                                            "127.0.0.1", str(primary.port)))
+    try:
+        deadline = time.monotonic() + 20
+        while b"master_link_status:up" not in replica.client().command("INFO", "replication"):
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        d = start_daemon(daemon_config(primary, "r:", web=NO_WEB, delivery={"enabled": False},
+                                       redis={"min_replicas": 1, "min_replicas_timeout": "500ms"},
+                                       submission={**TRUSTED, "dedupe_window": "1m"}))
+        port = d.ports["submission"]
+        first = queued_id(submit(port, "<once@app.test>"))
+        assert queued_id(submit(port, "<once@app.test>")) == first
+        assert replica.client().command("EXISTS", f"r:msg:{first}") == 1
+        replica.stop()
+        assert submit(port, "<once@app.test>")[0] == 451   # WAIT could not confirm: no 250
+        assert submit(port, "<new@app.test>")[0] == 451
+        assert primary.client().command("EXISTS", "r:msg:" + first) == 1   # the first one stays
+    finally:
+        replica.stop()
+        primary.stop()
