@@ -9,9 +9,8 @@ import json
 import re
 import smtplib
 
-from peers import Sink, send, timeline
+from peers import BOUNCE_DOMAIN, Sink, arf, deliver_to_bounce_listener, dsn, send, timeline
 
-BOUNCE_DOMAIN = "bounces.example.test"
 VERP_RE = re.compile(rb"X-Mail-Args: <(b\+[a-z2-7]+@" + re.escape(BOUNCE_DOMAIN.encode()) + rb")>")
 
 
@@ -31,87 +30,6 @@ def hgetall(client, key):
 def bounce_records(client, prefix):
     ids = [b.decode() for b in client.command("ZRANGE", f"{prefix}bounces", 0, -1)]
     return [hgetall(client, f"{prefix}bounce:{i}") for i in ids]
-
-
-def dsn(verp: str, recipient: str, message_id: str, status="5.1.1",
-        diagnostic="smtp; 550 5.1.1 <{r}>: Recipient address rejected: User unknown") -> bytes:
-    diagnostic = diagnostic.format(r=recipient)
-    return f"""From: MAILER-DAEMON@mx.example.test (Mail Delivery System)
-To: {verp}
-Subject: Undelivered Mail Returned to Sender
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
-
---BOUNDARY
-Content-Type: text/plain
-
-I'm sorry to have to inform you that your message could not be delivered.
-
---BOUNDARY
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.example.test
-
-Final-Recipient: rfc822; {recipient}
-Original-Recipient: rfc822; {recipient}
-Action: failed
-Status: {status}
-Remote-MTA: dns; mailbox.example.test
-Diagnostic-Code: {diagnostic}
-
---BOUNDARY
-Content-Type: text/rfc822-headers
-
-From: app@example.com
-To: {recipient}
-Subject: hello
-X-Mailrelay-ID: {message_id}
-
---BOUNDARY--
-""".replace("\n", "\r\n").encode()
-
-
-def arf(recipient: str, message_id: str) -> bytes:
-    return f"""From: feedback@isp.example.net
-To: fbl@{BOUNCE_DOMAIN}
-Subject: FW: hello
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=feedback-report; boundary="ARF"
-
---ARF
-Content-Type: text/plain
-
-This is an email abuse report for an email message received from IP 192.0.2.1.
-
---ARF
-Content-Type: message/feedback-report
-
-Feedback-Type: abuse
-User-Agent: ISP-FBL/1.0
-Version: 1
-Original-Rcpt-To: {recipient}
-
---ARF
-Content-Type: message/rfc822
-
-From: app@example.com
-To: {recipient}
-Subject: hello
-X-Mailrelay-ID: {message_id}
-
-hello
---ARF--
-""".replace("\n", "\r\n").encode()
-
-
-def deliver_to_bounce_listener(port: int, rcpt: str, content: bytes):
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
-        s.ehlo("mx.example.test")
-        s.mail("")
-        code, text = s.rcpt(rcpt)
-        if code != 250:
-            return code, text
-        return s.data(content)
 
 
 def test_in_band_hard_bounce_suppresses_the_address(start_daemon, daemon_config, redis_server, unique_prefix,

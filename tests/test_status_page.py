@@ -34,12 +34,11 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import EPHEMERAL
-from peers import QUEUED
+from peers import BOUNCE_DOMAIN, QUEUED, dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "t" * 24
-BOUNCE_DOMAIN = "bounces.example.test"
 
 XSS_SUBJECT = "<script>alert(1)</script>"
 HOSTILE_RECIPIENT = '"<b>bold</b>"@example.test'
@@ -75,41 +74,6 @@ def submit(port: int, recipients: list[str], content: bytes) -> str:
     return QUEUED.search(text.decode()).group(1)
 
 
-def dsn(to: str, recipient: str, message_id: str) -> bytes:
-    return f"""From: MAILER-DAEMON@mx.example.test (Mail Delivery System)
-To: {to}
-Subject: Undelivered Mail Returned to Sender
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
-
---BOUNDARY
-Content-Type: text/plain
-
-Your message could not be delivered.
-
---BOUNDARY
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.example.test
-
-Final-Recipient: rfc822; {recipient}
-Action: failed
-Status: 5.1.1
-Remote-MTA: dns; mailbox.example.test
-Diagnostic-Code: {HOSTILE_DIAGNOSTIC}
-
---BOUNDARY
-Content-Type: text/rfc822-headers
-
-From: app@example.com
-To: {recipient}
-Subject: hello
-X-Mailrelay-ID: {message_id}
-
---BOUNDARY--
-""".replace("\n", "\r\n").encode()
-
-
 def wait_for_all(d, patterns: list[str], timeout: float = 30) -> None:
     """Wait until the daemon has logged a line matching each pattern, in any order."""
     d.wait_for_lines(patterns, timeout)
@@ -142,7 +106,8 @@ def fill(d, sink) -> dict[str, str]:
         s.ehlo("mx.example.test")
         s.mail("")
         assert s.rcpt(f"postmaster@{BOUNCE_DOMAIN}")[0] == 250
-        code, text = s.data(dsn(f"postmaster@{BOUNCE_DOMAIN}", "bounce-me@example.test", plain))
+        code, text = s.data(dsn(f"postmaster@{BOUNCE_DOMAIN}", "bounce-me@example.test", plain,
+                                 diagnostic=HOSTILE_DIAGNOSTIC))
     assert code == 250, text
     wait_for_all(d, [rf"bounce \w+: message {plain} to <bounce-me@example\.test>: HardBounce"])
     return {"hostile": hostile, "plain": plain, "waiting": waiting}

@@ -11,9 +11,9 @@ be one the document lists, and a JSON body must validate against the schema (jso
 from __future__ import annotations
 
 import base64
+import calendar
 import http.client
 import json
-import math
 import os
 import re
 import signal
@@ -30,8 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import start_redis
-from peers import QUEUED, Sink
-from test_daemon_bounces import BOUNCE_DOMAIN, arf, deliver_to_bounce_listener, dsn
+from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = json.loads((ROOT / "docs" / "openapi.json").read_text())
@@ -205,10 +204,7 @@ def web_config(daemon_config, redis_server, prefix, *, dns=None, port=None, **se
 
 def wait_logged(daemon, regex: str, count: int = 1, timeout: float = 20) -> None:
     """Until ``count`` log lines match (in any order: deliveries finish in any order)."""
-    deadline = time.monotonic() + timeout
-    while len(daemon.find_lines(regex)) < count:
-        assert time.monotonic() < deadline, f"no {count} line(s) matching {regex!r}:\n{daemon.log_text()}"
-        time.sleep(0.05)
+    daemon.wait_for_matches(regex, count, timeout)
 
 
 def metric_value(text: str, sample: str) -> float | None:
@@ -281,8 +277,15 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     m4 = submit(smtp, ["x@nxdomain.test"], subject="four")
     for message_id, outcome in ((m1, "sent"), (m2, "sent"), (m3, "deferred"), (m4, "bounced")):
         wait_logged(d, rf"{message_id}: to=<[^>]+>.*status={outcome}")
-    boundary = math.floor(time.time()) + 1
-    time.sleep(boundary - time.time() + 0.05)
+    # The boundary comes from the stored data: the second after the last "before" message was
+    # received (the API shows and filters whole seconds).
+    last_before = max(m["received_at"] for m in api.ok("/api/v1/messages")["messages"])
+    boundary = calendar.timegm(time.strptime(last_before, "%Y-%m-%dT%H:%M:%SZ")) + 1
+    # Not synchronisation: the later messages must be received in a later second than the
+    # earlier ones, and the daemon's clock (another process) cannot be controlled, so wall-clock
+    # time has to pass the boundary (at most one second; usually already past).
+    if time.time() < boundary:
+        time.sleep(boundary - time.time() + 0.05)
     # after it: two recipients and a hostile subject; then two more
     m5 = submit(smtp, ["a@example.test", "c@example.test"], tag="welcome", subject=HOSTILE,
                 metadata={"order": "A&B <1>", "user": "42"})
@@ -405,6 +408,8 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
                 and metric_value(text, 'mailrelay_deliveries_total{status="delivered"}') == 6):
             break
         assert time.monotonic() < deadline, text
+        # Bounded poll: the metrics are refreshed from Redis by a timer in the daemon that logs
+        # nothing per refresh, so the condition is re-checked over HTTP twice a second.
         time.sleep(0.5)
     assert metric_value(text, "mailrelay_recipients_accepted_total") == 8
     assert metric_value(text, 'mailrelay_deliveries_total{status="deferred"}') == 1
@@ -433,6 +438,8 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
                                             dsn(f"postmaster@{BOUNCE_DOMAIN}", "gone@example.test", first))
     assert code == 250, text
     wait_logged(d, rf"bounce \w+: message {first} to <gone@example\.test>: HardBounce")
+    # Not synchronisation: bounces are listed by their time in ms, so the second must be
+    # recorded at a later millisecond than the first for the newest-first order to be defined.
     time.sleep(0.01)
     # ... and the reader of the second complains
     code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", second))
@@ -503,7 +510,7 @@ def test_in_band_bounce(start_daemon, daemon_config, redis_server, unique_prefix
         while metric_value(api.call("GET", "/metrics", token=None).body.decode(),
                            'mailrelay_bounces_total{type="HardBounce"}') != 1:
             assert time.monotonic() < deadline
-            time.sleep(0.5)
+            time.sleep(0.5)  # bounded poll: the metrics refresh timer logs nothing (see above)
     finally:
         hard.stop()
 
@@ -564,6 +571,8 @@ def test_readyz_503_when_redis_stops(start_daemon, daemon_config, tmp_path, uniq
         deadline = time.monotonic() + 10
         while api.call("GET", "/readyz", token=None).status != 200:
             assert time.monotonic() < deadline
+            # Bounded poll: /readyz PINGs Redis on each request, so each call re-checks; the
+            # daemon logs nothing when Redis answers again after the SIGCONT.
             time.sleep(0.2)
         assert api.ok("/api/v1/messages")["messages"] == []
     finally:

@@ -38,9 +38,8 @@ from mailrelay import webhooks
 from mailrelay.config import parse_config
 from mailrelay.storage import Event, NewMessage, Storage, connect_redis
 from mailrelay.webhooks import WebhookService, build_payload, matching_event, sign, verify
-from peers import QUEUED, Sink, timeline
+from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, timeline
 
-BOUNCE_DOMAIN = "bounces.example.test"
 SECRET = "whsec-0123456789abcdef"
 
 
@@ -150,75 +149,6 @@ def submit(port: int, recipients: list[str], headers: str = "") -> str:
     return QUEUED.search(text.decode()).group(1)
 
 
-def dsn(recipient: str, message_id: str) -> bytes:
-    """A DSN (RFC 3464) reporting a hard bounce for one recipient of our message."""
-    return f"""From: MAILER-DAEMON@mx.example.test
-To: postmaster@{BOUNCE_DOMAIN}
-Subject: Undelivered Mail Returned to Sender
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="B"
-
---B
-Content-Type: text/plain
-
-Your message could not be delivered.
-
---B
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.example.test
-
-Final-Recipient: rfc822; {recipient}
-Action: failed
-Status: 5.1.1
-Remote-MTA: dns; mailbox.example.test
-Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown
-
---B
-Content-Type: text/rfc822-headers
-
-From: app@example.com
-To: {recipient}
-X-Mailrelay-ID: {message_id}
-
---B--
-""".replace("\n", "\r\n").encode()
-
-
-def arf(recipient: str, message_id: str) -> bytes:
-    """A spam complaint (RFC 5965) from a feedback loop."""
-    return f"""From: feedback@isp.example.net
-To: fbl@{BOUNCE_DOMAIN}
-Subject: FW: webhook test
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=feedback-report; boundary="ARF"
-
---ARF
-Content-Type: text/plain
-
-This is an email abuse report.
-
---ARF
-Content-Type: message/feedback-report
-
-Feedback-Type: abuse
-User-Agent: ISP-FBL/1.0
-Version: 1
-Original-Rcpt-To: {recipient}
-
---ARF
-Content-Type: message/rfc822
-
-From: app@example.com
-To: {recipient}
-Subject: webhook test
-X-Mailrelay-ID: {message_id}
-
-Hello
---ARF--
-""".replace("\n", "\r\n").encode()
-
-
 def send_bounce(port: int, content: bytes, mailbox: str = "postmaster") -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
         s.ehlo("mx.example.test")
@@ -286,7 +216,7 @@ def test_delivered_and_bounced_events_are_posted_signed(start_daemon, daemon_con
     d.wait_for_line(rf"webhook delivered for {message_id} to <Reader@example\.test>: .* answered 200 \(attempt 1\)")
 
     # later the recipient's server bounces it: the bounced event carries the bounce record
-    send_bounce(d.ports["bounces"], dsn("reader@example.test", message_id))
+    send_bounce(d.ports["bounces"], dsn(f"postmaster@{BOUNCE_DOMAIN}", "reader@example.test", message_id))
     request = unsigned.next()
     payload = request.json
     client = redis_server.client()
