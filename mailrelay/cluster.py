@@ -228,13 +228,9 @@ def format_members(members: list[dict[str, Any]]) -> list[str]:
             for r in [header, *rows]]
 
 
-async def run_cluster(args: argparse.Namespace, config: Any) -> None:
-    storage, redis = _connect(config)
-    try:
-        members = await storage.cluster_members()
-        stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
-    finally:
-        await _disconnect(redis, storage)
+async def run_cluster(storage: Any) -> None:
+    members = await storage.cluster_members()
+    stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
     for line in format_members(members):
         print(line)
     version = stored.decode() if stored is not None else "not recorded yet"
@@ -242,76 +238,40 @@ async def run_cluster(args: argparse.Namespace, config: Any) -> None:
           f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
 
 
-async def run_migrate(args: argparse.Namespace, config: Any) -> None:
-    storage, redis = _connect(config)
-    try:
-        before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
-        if created:
-            print(f"empty database: data format version {before} recorded")
-            return
-        steps = await storage.migrate(force=args.force, report=lambda text: print(text, flush=True))
-    finally:
-        await _disconnect(redis, storage)
+async def run_migrate(storage: Any, force: bool) -> None:
+    before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
+    if created:
+        print(f"empty database: data format version {before} recorded")
+        return
+    steps = await storage.migrate(force=force, report=lambda text: print(text, flush=True))
     if steps:
         print(f"migrated from data format version {before} to {steps[-1][1]}")
     else:
         print(f"data format version {before}: nothing to migrate")
 
 
-def _connect(config: Any) -> tuple[Any, Any]:
-    from mailrelay.cli import connect_admin_redis, describe_redis
-    from mailrelay.storage import Storage
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from mailrelay.cli import react_with_storage
 
-    redis = connect_admin_redis(config)
-    try:
-        return Storage(config, redis), redis
-    except Exception as e:
-        raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
+    return react_with_storage(args, run_cluster)
 
 
-async def _disconnect(redis: Any, storage: Any) -> None:
-    connected = getattr(redis, "_connected", None)
-    if isinstance(connected, defer.Deferred):
-        connected.addErrback(lambda f: None)
-    try:
-        d = redis.disconnect()
-        if isinstance(d, defer.Deferred):
-            d.addTimeout(1, storage.clock)
-            await d
-    except Exception:
-        pass
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from mailrelay.cli import react_with_storage
 
-
-def _command(run: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        from twisted.internet import task as ttask
-
-        from mailrelay.cli import describe_redis, load_or_exit
-        from mailrelay.storage import StorageError
-
-        config = load_or_exit(getattr(args, "config", None))
-
-        async def main(reactor: Any) -> None:
-            try:
-                await run(args, config)
-            except StorageError as e:
-                raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
-
-        ttask.react(main)
-        return 0  # not reached: react exits
-    return command
+    return react_with_storage(args, lambda storage: run_migrate(storage, args.force))
 
 
 def add_cluster_parsers(sub: Any) -> None:
     """``mailrelay cluster`` and ``mailrelay migrate`` (called by mailrelay.cli)."""
     cluster = sub.add_parser("cluster", help="list the live daemons sharing this Redis")
     cluster.add_argument("-c", "--config", help="TOML configuration file")
-    cluster.set_defaults(func=_command(run_cluster))
+    cluster.set_defaults(func=cmd_cluster)
     migrate = sub.add_parser("migrate", help="migrate the Redis data to this release's format")
     migrate.add_argument("-c", "--config", help="TOML configuration file")
     migrate.add_argument("--force", action="store_true",
                          help="migrate even while live daemons do not understand the new format")
-    migrate.set_defaults(func=_command(run_migrate))
+    migrate.set_defaults(func=cmd_migrate)
 
 
 if __name__ == "__main__":  # pragma: no cover
