@@ -167,8 +167,9 @@ class ClusterService(service.Service):
 
     async def _beat(self) -> None:
         storage = self.get_storage()
+        info = self.info()
         try:
-            _, version = await storage.heartbeat(self.owner, self.info(),
+            _, version = await storage.heartbeat(self.owner, info,
                                                  HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
             if version is not None and version > storage.DATA_VERSION:
                 log.error("the Redis data now has format version {v}, newer than this mailrelay "
@@ -182,6 +183,7 @@ class ClusterService(service.Service):
         if self._failing:
             log.info("heartbeat recorded again")
             self._failing = False
+        log.debug("heartbeat recorded: {held} job(s) held", held=info["held"])
 
     def _fatal(self, message: str) -> None:
         from twisted.internet import reactor

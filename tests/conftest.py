@@ -322,6 +322,34 @@ class Daemon:
                     return
                 raise self._error(f"the daemon exited before logging lines matching {missing}")
 
+    def wait_for_matches(self, regex: str | Pattern[str], count: int = 1,
+                         timeout: float = 20) -> list[re.Match]:
+        """Wait until at least ``count`` lines logged so far match ``regex``, in any order.
+
+        Like :meth:`wait_for_lines`, each line taken from the queue is a new event on which
+        the count is re-checked; returns the matches.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = self.find_lines(regex)
+            if len(matches) >= count:
+                return matches
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._error(f"{len(matches)} of {count} log lines matching {regex!r} "
+                                  f"within {timeout}s")
+            if self._eof and self._queue.empty():
+                raise self._error(f"the daemon exited with {len(matches)} of {count} log lines "
+                                  f"matching {regex!r}")
+            try:
+                line = self._queue.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    self._eof = True
+                continue
+            if line is None:
+                self._eof = True
+
     def wait_until_ready(self, timeout: float = 20) -> "Daemon":
         """Wait for ``mailrelay <version> ready``, then fill ``listeners`` and ``ports``."""
         self.wait_for_line(READY_RE, timeout)

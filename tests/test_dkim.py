@@ -94,14 +94,14 @@ def send(port: int, from_address: str, recipients: list[str], subject: str, **kw
     return QUEUED.search(text).group(1)
 
 
-def wait_delivered(sink, subject: str, count: int = 1, timeout: float = 30) -> list[bytes]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [m for m in sink.messages() if f"\nSubject: {subject}\n".encode() in m]
-        if len(found) >= count:
-            return found
-        assert time.monotonic() < deadline, f"{subject!r}: {len(found)} of {count} messages at the sink"
-        time.sleep(0.1)
+def wait_delivered(daemon, message_id: str, sink, subject: str, count: int = 1, recipients: int = 1,
+                   timeout: float = 30) -> list[bytes]:
+    """The sink's dumps of ``subject``, once the daemon has logged ``status=sent`` for each of
+    the message's ``recipients`` (smtp-sink has written a dump before it answers the DATA)."""
+    daemon.wait_for_matches(rf"{message_id}: to=<[^>]+>.*status=sent", recipients, timeout)
+    found = [m for m in sink.messages() if f"\nSubject: {subject}\n".encode() in m]
+    assert len(found) >= count, f"{subject!r}: {len(found)} of {count} messages at the sink"
+    return found
 
 
 #: Header lines smtp-sink puts on top of each dump.
@@ -122,10 +122,7 @@ def as_delivered(dump: bytes) -> bytes:
 
 def logged(daemon, regex: str, timeout: float = 20) -> None:
     """Wait until the daemon has logged a line matching ``regex`` (before or after ready)."""
-    deadline = time.monotonic() + timeout
-    while not daemon.find_lines(regex):
-        assert time.monotonic() < deadline, f"no log line {regex!r}:\n{daemon.log_text()}"
-        time.sleep(0.05)
+    daemon.wait_for_matches(regex, 1, timeout)
 
 
 def dnsfunc(dns_server):
@@ -175,7 +172,7 @@ def test_delivered_mail_is_signed_and_verifies(start_daemon, daemon_config, redi
                       ["a@example.test", "b@example.test", "c@second.test"], "Your order",
                       extra=b"Reply-To: help@shop.test\r\nCc: boss@example.test\r\n")
     logged(d, r"DKIM: signing mail from shop\.test \(rsa-sha256 s=s2026, ed25519-sha256 s=s2026-ed25519\)")
-    dumps = wait_delivered(sink, "Your order", count=2)
+    dumps = wait_delivered(d, message_id, sink, "Your order", count=2, recipients=3)
     messages = [as_delivered(dump) for dump in dumps]
     # signed once, at submission: both transactions carry the very same signatures
     assert signatures(messages[0]) == signatures(messages[1])
@@ -207,8 +204,8 @@ def test_delivered_mail_is_signed_and_verifies(start_daemon, daemon_config, redi
     assert not verify(message, dns, 0)
     # a subdomain's From is signed by its parent sender domain (DMARC relaxed alignment)
     publish(dns, records)
-    send(d.ports["submission"], "news@mail.shop.test", ["a@example.test"], "Newsletter")
-    [news] = wait_delivered(sink, "Newsletter")
+    news_id = send(d.ports["submission"], "news@mail.shop.test", ["a@example.test"], "Newsletter")
+    [news] = wait_delivered(d, news_id, sink, "Newsletter")
     news = as_delivered(news)
     assert [s["d"] for s in signatures(news)] == ["shop.test", "shop.test"]
     assert verify(news, dns, 0) and verify(news, dns, 1)
@@ -219,8 +216,8 @@ def test_rotation_keeps_old_mail_verifiable(start_daemon, daemon_config, redis_s
     d = start_daemon(dkim_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
     old = dkim_records(ok(d.config_path, "add", "shop.test", "--selector", "old1"))
     publish(dns, old)
-    send(d.ports["submission"], "orders@shop.test", ["a@example.test"], "Before rotation")
-    [before] = wait_delivered(sink, "Before rotation")
+    before_id = send(d.ports["submission"], "orders@shop.test", ["a@example.test"], "Before rotation")
+    [before] = wait_delivered(d, before_id, sink, "Before rotation")
     before = as_delivered(before)
     assert signatures(before)[0]["s"] == "old1" and verify(before, dns)
 
@@ -231,9 +228,12 @@ def test_rotation_keeps_old_mail_verifiable(start_daemon, daemon_config, redis_s
     assert keep, out
     assert 9.9 * 86400 < time.mktime(time.strptime(keep.group(1), "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime()) < 10.1 * 86400
     publish(dns, {"new1._domainkey.shop.test": rotated["new1._domainkey.shop.test"]})
-    time.sleep(1.2)  # daemons look for changes once a second
-    send(d.ports["submission"], "orders@shop.test", ["a@example.test"], "After rotation")
-    [after] = wait_delivered(sink, "After rotation")
+    # Not synchronisation: the daemon looks at the sender domains' change counter at most once a
+    # second (when it signs), so the next message picks up the rotation only once a second has
+    # passed since its last look; the daemon is another process, its clock cannot be driven.
+    time.sleep(1.2)
+    after_id = send(d.ports["submission"], "orders@shop.test", ["a@example.test"], "After rotation")
+    [after] = wait_delivered(d, after_id, sink, "After rotation")
     after = as_delivered(after)
     assert [s["s"] for s in signatures(after)] == ["new1"] and verify(after, dns)
     # during the overlap the old record is still published: mail signed before still verifies
@@ -267,8 +267,8 @@ def test_unknown_domain_refused_when_required(start_daemon, daemon_config, redis
     assert "other.example is not a sender domain" in text and "mailrelay domains add other.example" in text
     ok(d.config_path, "add", "shop.test")
     # a declared domain is accepted at once (the daemon looks for changes on an unknown domain)
-    send(d.ports["submission"], "app@shop.test", ["a@example.test"], "Accepted")
-    [accepted] = wait_delivered(sink, "Accepted")
+    accepted_id = send(d.ports["submission"], "app@shop.test", ["a@example.test"], "Accepted")
+    [accepted] = wait_delivered(d, accepted_id, sink, "Accepted")
     assert b"DKIM-Signature: v=1; a=rsa-sha256" in accepted
     code, text = submit(d.ports["submission"], "app@shop.test.evil.example", ["a@example.test"], "Lookalike")
     assert code == 550 and "shop.test.evil.example is not a sender domain" in text
@@ -283,12 +283,12 @@ def test_unknown_domain_sent_unsigned_with_an_event(start_daemon, daemon_config,
     logged(d, r"DKIM: no sender domains declared: mail is sent without a DKIM signature")
     # no sender domain at all: DKIM is not set up, nothing to record per message
     first = send(d.ports["submission"], "app@other.example", ["a@example.test"], "No domains yet")
-    wait_delivered(sink, "No domains yet")
+    wait_delivered(d, first, sink, "No domains yet")
     assert "unsigned" not in [e["type"] for e in timeline(redis_server, unique_prefix, first)]
     ok(d.config_path, "add", "shop.test")
     message_id = send(d.ports["submission"], "app@other.example", ["a@example.test", "b@example.test"],
                       "Unsigned")
-    [dump] = wait_delivered(sink, "Unsigned")
+    [dump] = wait_delivered(d, message_id, sink, "Unsigned", recipients=2)
     assert b"DKIM-Signature" not in dump
     events = timeline(redis_server, unique_prefix, message_id)
     unsigned = [e for e in events if e["type"] == "unsigned"]
@@ -367,8 +367,8 @@ def test_domain_declared_in_configuration(start_daemon, daemon_config, redis_ser
     assert re.search(r"brand\.test\s+config\s+k1\(rsa\),e1\(ed25519\)", ok(d.config_path, "list"))
     assert "declared in the configuration" in fails(d.config_path, "remove", "brand.test")
     assert "declared in the configuration" in fails(d.config_path, "rotate", "brand.test")
-    send(d.ports["submission"], "hello@brand.test", ["a@example.test"], "From config")
-    [dump] = wait_delivered(sink, "From config")
+    config_id = send(d.ports["submission"], "hello@brand.test", ["a@example.test"], "From config")
+    [dump] = wait_delivered(d, config_id, sink, "From config")
     message = as_delivered(dump)
     assert sorted(s["s"] for s in signatures(message)) == ["e1", "k1"]
     assert verify(message, dns, 0) and verify(message, dns, 1)
