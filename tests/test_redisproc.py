@@ -68,7 +68,7 @@ def wait_for_ping(path: str, timeout: float = WAIT):
         except Exception:
             if reactor.seconds() > deadline:
                 raise
-        yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.05, lambda: None)  # back off: the socket is not answering yet
 
 
 class ManagedRedisTests(unittest.TestCase):
