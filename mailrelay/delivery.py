@@ -49,6 +49,7 @@ from twisted.logger import Logger
 
 from mailrelay import smtpclient
 from mailrelay.config import Config
+from mailrelay.metrics import DELIVERY_LATENCY
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
 from mailrelay.storage import ClaimedJob, Event, Storage, rfc3339
@@ -580,6 +581,8 @@ class DeliveryService(service.Service):
             result = await self.storage.record(job, self.owner, state, event, due_ms)
         finally:
             self.held.pop(job.job, None)
+        if state == DELIVERED:
+            DELIVERY_LATENCY.observe(max(age, 0.0))
         if state in (BOUNCED, EXPIRED) and result != "GONE":
             await self._record_bounce(job, state, detail, reply, route)
         if result == "STOLEN":

@@ -643,18 +643,31 @@ class SMTPServerProtocol(protocol.Protocol):
     def _end_of_data(self, chunks: list[bytes]) -> None:
         transaction, self.session.transaction = self.session.transaction, None
         if self._data_overflow:
-            return self._reply(MESSAGE_TOO_BIG)
+            return self._data_reply(MESSAGE_TOO_BIG)
         stream = b"".join(chunks)[:-3]  # ends with CRLF; ".\r\n" dropped
         # Every CR must start a CRLF and every LF end one (no smuggling).
         crlf = stream.count(b"\r\n")
         if stream.count(b"\r") != crlf or stream.count(b"\n") != crlf:
+            self._count_rejected(BARE_NEWLINE)
             return self._error(BARE_NEWLINE)
         content = stream.replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 4.5.2 transparency
         if len(content) > self.limits.max_message_size:
-            return self._reply(MESSAGE_TOO_BIG)
+            return self._data_reply(MESSAGE_TOO_BIG)
         if max(map(len, stream.split(b"\r\n"))) + 2 > MAX_DATA_LINE:
-            return self._reply(LINE_TOO_LONG_IN_DATA)
-        self._await(self.handler.accept_message(self.session, transaction, content), self._reply)
+            return self._data_reply(LINE_TOO_LONG_IN_DATA)
+        self._await(self.handler.accept_message(self.session, transaction, content), self._data_reply)
+
+    def _data_reply(self, reply: Reply) -> None:
+        """The reply that ends a DATA phase; refusals are counted for /metrics."""
+        if reply.code >= 400:
+            self._count_rejected(reply)
+        self._reply(reply)
+
+    def _count_rejected(self, reply: Reply) -> None:
+        from mailrelay.metrics import MESSAGES_REJECTED
+
+        MESSAGES_REJECTED.labels(self.limits.service_name, str(reply.code)).inc()
+
 
     def do_RSET(self, arg: str) -> None:
         self.session.transaction = None

@@ -552,9 +552,11 @@ class Metrics:
         self.queue_oldest.set(totals["oldest_age_seconds"] or 0)
 
     def render(self) -> bytes:
+        from mailrelay.metrics import PROCESS
+
         for name, count in self.sessions().items():
             self.smtp_sessions.labels(name).set(count)
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + generate_latest(PROCESS)
 
 
 async def _bounded(coroutine: Awaitable[Any], seconds: float) -> Any:

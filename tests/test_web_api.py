@@ -400,6 +400,13 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     since = api.ok("/api/v1/stats", since=rfc3339(boundary))
     assert since["since"] == rfc3339(boundary) and since["messages"]["total"] == 3
 
+    # a message refused at the end of DATA (a line over 1,000 octets) counts as rejected
+    with smtplib.SMTP("127.0.0.1", d.ports["submission"], timeout=20) as s:
+        s.ehlo()
+        s.mail("app@example.com")
+        s.rcpt("someone@example.test")
+        assert s.data(b"Subject: long\r\n\r\n" + b"x" * 1200 + b"\r\n")[0] == 554
+
     # metrics (refreshed from Redis every few seconds; counted from the daemon's start)
     deadline = time.monotonic() + 20
     while True:
@@ -416,6 +423,9 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     assert metric_value(text, 'mailrelay_deliveries_total{status="bounced"}') == 1
     assert metric_value(text, 'mailrelay_smtp_sessions{service="submission"}') == 0
     assert metric_value(text, "mailrelay_redis_up") == 1
+    # measured by this process: acceptance-to-delivery latency, refusals at the end of DATA
+    assert metric_value(text, "mailrelay_delivery_latency_seconds_count") == 6
+    assert metric_value(text, 'mailrelay_messages_rejected_total{code="554",service="submission"}') == 1
     for name in ("mailrelay_bounces_total", 'mailrelay_queue_jobs{state="queued"}',
                  'mailrelay_queue_jobs{state="deferred"}', 'mailrelay_queue_jobs{state="delivering"}',
                  "mailrelay_queue_oldest_seconds", 'mailrelay_deliveries_total{status="expired"}',
