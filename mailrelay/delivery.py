@@ -60,6 +60,8 @@ log = Logger()
 CLAIM_BATCH = 50
 #: How often the queue is polled for due jobs (a local submission wakes it at once).
 POLL_INTERVAL = 1.0
+#: Delay of a wake-up after a local submission, so that a burst shares one queue scan.
+WAKE_DELAY = 0.005
 #: A throttled destination pauses this long at first, doubling up to THROTTLE_MAX.
 THROTTLE_PAUSE = 60.0
 THROTTLE_MAX = 900.0
@@ -135,6 +137,7 @@ class DeliveryService(service.Service):
         self._loops: list[task.LoopingCall] = []
         self._ticking = False
         self._tick_again = False
+        self._wake_call: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class DeliveryService(service.Service):
 
     async def _stop(self) -> None:
         self.stopping = True
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -204,6 +209,11 @@ class DeliveryService(service.Service):
         if state is None:
             state = self.domains[name] = DomainState(limit=self.settings.concurrency_per_domain)
         return state
+
+    def wake_soon(self) -> None:
+        """Look for due jobs within WAKE_DELAY: submissions in a burst share one queue scan."""
+        if self._wake_call is None or not self._wake_call.active():
+            self._wake_call = self.clock.callLater(WAKE_DELAY, self.wake)
 
     def wake(self) -> defer.Deferred | None:
         """Look for due jobs now (called by the poll loop and after local submissions)."""

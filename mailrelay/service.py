@@ -181,7 +181,7 @@ def make_service(config: Config) -> MailrelayService:
 
         assert storage_service.storage is not None
         return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True,
-                                 on_queued=delivery.wake if delivery is not None else None)
+                                 on_queued=delivery.wake_soon if delivery is not None else None)
 
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)
