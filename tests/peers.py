@@ -166,3 +166,22 @@ def deliver_to_bounce_listener(port: int, rcpt: str, content: bytes):
         if code != 250:
             return code, text
         return s.data(content)
+
+
+async def wait_until(predicate, what: str = "condition", limit: float = 20.0, describe=None):
+    """In a trial test: re-check ``predicate`` (sync or async) after each reactor turn until it
+    is true, and return its value; fail after ``limit`` seconds, saying what was awaited."""
+    import inspect
+
+    from twisted.internet import reactor, task
+
+    deadline = time.monotonic() + limit
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}" + (f"; {describe()}" if describe else ""))
+        await task.deferLater(reactor, 0, lambda: None)

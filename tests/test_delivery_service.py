@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
 import shutil
 import tempfile
 import time
@@ -31,6 +30,7 @@ from twisted.trial import unittest
 
 from conftest import start_redis
 from dnsserver import LocalDNS
+from peers import wait_until
 from mailrelay import delivery as delivery_module
 from mailrelay import tlsutil
 from mailrelay.config import parse_config
@@ -177,16 +177,7 @@ class DeliveryTestCase(unittest.TestCase):
     async def wait_for(self, predicate: Callable[[], Any], what: str = "condition",
                        limit: float = 20.0) -> Any:
         """Re-check ``predicate`` (sync or async) after each reactor turn until it is true."""
-        deadline = time.monotonic() + limit
-        while True:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what}; {self.describe()}")
-            await task.deferLater(reactor, 0, lambda: None)
+        return await wait_until(predicate, what, limit, describe=self.describe)
 
     def describe(self) -> str:
         service = self.service

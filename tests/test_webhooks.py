@@ -17,7 +17,6 @@ import calendar
 import functools
 import hashlib
 import hmac
-import inspect
 import json
 import queue
 import re
@@ -38,7 +37,7 @@ from mailrelay import webhooks
 from mailrelay.config import parse_config
 from mailrelay.storage import Event, NewMessage, Storage, connect_redis
 from mailrelay.webhooks import WebhookService, build_payload, matching_event, sign, verify
-from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, timeline
+from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, timeline, wait_until
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -402,16 +401,7 @@ class WebhookServiceTests(unittest.TestCase):
         return service
 
     async def wait_for(self, predicate: Callable[[], Any], what: str, limit: float = 20.0) -> Any:
-        deadline = time.monotonic() + limit
-        while True:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                self.fail(f"gave up waiting for {what}")
-            await task.deferLater(reactor, 0, lambda: None)
+        return await wait_until(predicate, what, limit)
 
     def catch_up(self) -> None:
         behind = time.time() - self.clock.seconds()
