@@ -746,6 +746,7 @@ class ApiResource(resource.Resource):
             ("POST", ("v1", "suppressions"), self.add_suppression),
             ("DELETE", ("v1", "suppressions", PARAM), self.delete_suppression),
             ("GET", ("v1", "stats"), self.stats),
+            ("GET", ("v1", "domains"), self.list_domains),
         ]
 
     def render(self, request: Any) -> Any:
@@ -869,6 +870,13 @@ class ApiResource(resource.Resource):
         send_json(request, 200, body)
 
     # -- suppressions ------------------------------------------------------------------------
+
+    async def list_domains(self, request: Any) -> None:
+        """The sender domains with their DKIM keys, the records to publish and the last DNS check."""
+        from mailrelay.domains import domain_states
+
+        query(request, ())
+        send_json(request, 200, {"domains": await domain_states(self.config, self.storage)})
 
     async def list_suppressions(self, request: Any) -> None:
         query(request, ())

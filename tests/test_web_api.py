@@ -617,7 +617,8 @@ def test_openapi_document_covers_the_api():
     expected = {("GET", "/api/v1/messages"), ("GET", "/api/v1/messages/{id}"), ("GET", "/api/v1/messages/{id}/raw"),
                 ("GET", "/api/v1/bounces"), ("GET", "/api/v1/bounces/{id}"), ("GET", "/api/v1/suppressions"),
                 ("POST", "/api/v1/suppressions"), ("DELETE", "/api/v1/suppressions/{address}"),
-                ("GET", "/api/v1/stats"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+                ("GET", "/api/v1/stats"), ("GET", "/api/v1/domains"), ("GET", "/healthz"), ("GET", "/readyz"),
+                ("GET", "/metrics")}
     assert documented == expected
     assert OPENAPI["openapi"].startswith("3.1") and OPENAPI["security"] == [{"bearer": []}]
     assert OPENAPI["components"]["securitySchemes"]["bearer"] == {
@@ -629,3 +630,24 @@ def test_openapi_document_covers_the_api():
                 assert "401" in op["responses"], path
     for schema in OPENAPI["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
+
+
+def test_sender_domains(start_daemon, daemon_config, redis_server, unique_prefix):
+    import subprocess
+    import sys
+
+    d = start_daemon(web_config(daemon_config, redis_server, unique_prefix,
+                                dkim={"key_encryption_key": "k" * 24}))
+    api = Api(d.ports["web"], TOKEN)
+    assert api.ok("/api/v1/domains") == {"domains": []}
+    added = subprocess.run([sys.executable, "-m", "mailrelay.cli", "domains", "add", "example.test",
+                            "--selector", "mr1", "-c", str(d.config_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    [domain] = api.ok("/api/v1/domains")["domains"]
+    assert domain["name"] == "example.test" and domain["source"] == "redis"
+    assert [k["selector"] for k in domain["keys"]] == ["mr1"]
+    assert any(r["name"] == "mr1._domainkey.example.test" and r["type"] == "TXT" and "p=" in r["value"]
+               for r in domain["records"])
+    assert "PRIVATE KEY" not in api.get("/api/v1/domains").body.decode()
+    assert api.call("GET", "/api/v1/domains", token=None).status == 401
