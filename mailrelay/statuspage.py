@@ -731,6 +731,7 @@ class StatusPage(resource.Resource):
             "statuses": self._read(lambda: storage.status_counts(now_ms - 86_400_000)),
             "messages": self._read(lambda: self._latest_messages(storage)),
             "bounces": self._read(lambda: storage.search_bounces(limit=LATEST)),
+            "domains": self._read(lambda: self._domain_states(storage)),
         }
         results = dict(zip(reads, await defer.gatherResults(list(reads.values()))))
         health = await health_d
@@ -744,6 +745,7 @@ class StatusPage(resource.Resource):
             f'<section class="card"><h2>Queue by destination domain</h2>{self._queue(*results["queue"])}</section>',
             f'<section class="card"><h2>Latest messages</h2>{self._messages_table(*results["messages"])}</section>',
             f'<section class="card"><h2>Latest bounces</h2>{self._bounces_table(*results["bounces"])}</section>',
+            f'<section class="card"><h2>Sender domains (DKIM)</h2>{self._domains(*results["domains"])}</section>',
         ]
         return self._page(request, "Status", "\n".join(body), refresh=REFRESH_SECONDS)
 
@@ -782,6 +784,37 @@ class StatusPage(resource.Resource):
         if not ok:
             return f'<section class="card"><h2>{e(title)}</h2>{_unavailable("Counters", value)}</section>'
         return charts_section(title, value, resolution)
+
+    async def _domain_states(self, storage: Any) -> list[dict[str, Any]]:
+        from mailrelay.domains import domain_states
+
+        return await domain_states(self.config, storage)
+
+    @staticmethod
+    def _domains(ok: bool, value: Any) -> str:
+        """Each sender domain: selectors, algorithms, and the last DNS check."""
+        if not ok:
+            return _unavailable("Sender domains", value)
+        if not value:
+            return ('<p class="muted">No sender domains: mail is sent without a DKIM signature '
+                    '(<code>mailrelay domains add DOMAIN</code>).</p>')
+        rows = []
+        for domain in value:
+            keys = ", ".join(f"{key.get('selector')} ({key.get('algorithm')}"
+                             f"{', ' + str(key.get('state')) if key.get('state') not in (None, 'active') else ''})"
+                             for key in domain.get("keys", []))
+            check = domain.get("dns_check")
+            if not check:
+                dns_state = "never checked (mailrelay domains verify)"
+            else:
+                bad = [r for r in check.get("records", []) if r.get("status") not in (None, "ok")]
+                dns_state = ("ok" if check.get("ok") else
+                             "; ".join(f"{r.get('name')} {r.get('type')}: {r.get('status')}" for r in bad) or "problems")
+                dns_state += f" (checked {check.get('at', '?')})"
+            rows.append(f"<tr><td>{e(domain.get('name'))}</td><td>{e(domain.get('source'))}</td>"
+                        f"<td>{e(keys)}</td><td>{e(dns_state)}</td></tr>")
+        return ('<table><thead><tr><th>domain</th><th>source</th><th>keys (selector, algorithm)</th>'
+                f'<th>DNS</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
     @staticmethod
     def _queue(ok: bool, value: Any) -> str:

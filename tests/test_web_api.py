@@ -651,3 +651,12 @@ def test_sender_domains(start_daemon, daemon_config, redis_server, unique_prefix
                for r in domain["records"])
     assert "PRIVATE KEY" not in api.get("/api/v1/domains").body.decode()
     assert api.call("GET", "/api/v1/domains", token=None).status == 401
+    # the status page shows the domain with its selector and DNS state
+    conn = http.client.HTTPConnection("127.0.0.1", d.ports["web"], timeout=20)
+    conn.request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})
+    page = conn.getresponse()
+    assert page.status == 200
+    html_text = page.read().decode()
+    conn.close()
+    assert "Sender domains (DKIM)" in html_text and "example.test" in html_text
+    assert "mr1 (rsa" in html_text and "never checked" in html_text
