@@ -807,7 +807,9 @@ class StatusPage(resource.Resource):
             if not check:
                 dns_state = "never checked (mailrelay domains verify)"
             else:
-                bad = [r for r in check.get("records", []) if r.get("status") not in (None, "ok")]
+                # what makes ok false: required records missing, wrong or not looked up
+                bad = [r for r in check.get("records", [])
+                       if r.get("required") and r.get("status") in ("missing", "wrong", "error")]
                 dns_state = ("ok" if check.get("ok") else
                              "; ".join(f"{r.get('name')} {r.get('type')}: {r.get('status')}" for r in bad) or "problems")
                 dns_state += f" (checked {check.get('at', '?')})"

@@ -357,6 +357,40 @@ def test_status_page_in_headless_chromium(start_daemon, daemon_config, redis_ser
     assert f'href="/messages/{ids["hostile"]}"' in chromium(tmp_path, "--dump-dom", base + "/")
 
 
+# -- sender domains ------------------------------------------------------------------------
+
+
+def test_sender_domains_section_is_escaped():
+    """The "Sender domains" section: each domain with its selectors, algorithms and DNS state;
+    every value (here hostile ones, as a tampered Redis could hold) shown as text only.
+    (Through the daemon, after `mailrelay domains add`: tests/test_web_api.py test_sender_domains.)"""
+    from mailrelay.statuspage import StatusPage
+
+    def domain(name, selector, check):
+        return {"name": name, "source": "redis", "created_at": "2026-11-28T09:00:00Z",
+                "keys": [{"selector": selector, "algorithm": "rsa-sha256", "public": "MIIB", "bits": 2048,
+                          "state": "active", "created_at": "2026-11-28T09:00:00Z", "keep_until": None}],
+                "records": [], "dns_check": check}
+
+    section = StatusPage._domains(True, [
+        domain("example.test", "mr1", None),
+        domain("ok.test", "s2", {"at": "2026-11-28T10:00:00Z", "ok": True, "records": []}),
+        domain(XSS_SUBJECT, HOSTILE_TAG, {"at": HOSTILE_METADATA, "ok": False, "records": [
+            {"kind": "dkim", "name": HOSTILE_DIAGNOSTIC, "type": "TXT", "value": "", "required": True,
+             "status": "missing"},
+            {"kind": "dmarc", "name": "_dmarc.x.test", "type": "TXT", "value": "", "required": False,
+             "status": "missing"}]}),
+    ])
+    assert "<td>example.test</td>" in section and "mr1 (rsa-sha256)" in section
+    assert "never checked" in section and "ok (checked 2026-11-28T10:00:00Z)" in section
+    assert html.escape(f"{HOSTILE_DIAGNOSTIC} TXT: missing (checked {HOSTILE_METADATA})", quote=True) in section
+    assert "_dmarc.x.test" not in section                      # suggestions do not make it fail
+    assert html.escape(XSS_SUBJECT, quote=True) in section and html.escape(HOSTILE_TAG) in section
+    assert "<script" not in section and "<i>" not in section and "<img" not in section and "<b>" not in section
+    assert "No sender domains" in StatusPage._domains(True, [])
+    assert "Sender domains unavailable: Redis is down" in StatusPage._domains(False, RuntimeError("Redis is down"))
+
+
 # -- Redis down ---------------------------------------------------------------------------
 
 

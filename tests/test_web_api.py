@@ -575,6 +575,7 @@ def test_readyz_503_when_redis_stops(start_daemon, daemon_config, tmp_path, uniq
             assert time.monotonic() - started < 4
             r = api.get("/api/v1/messages")
             assert r.status == 503 and r.json["code"] == 503
+            assert api.get("/api/v1/domains").status == 503
             assert api.call("GET", "/healthz", token=None).status == 200
         finally:
             os.kill(redis.pid, signal.SIGCONT)
@@ -632,31 +633,63 @@ def test_openapi_document_covers_the_api():
         Draft202012Validator.check_schema(schema)
 
 
-def test_sender_domains(start_daemon, daemon_config, redis_server, unique_prefix):
+def test_sender_domains(start_daemon, daemon_config, redis_server, unique_prefix, dns):
+    """GET /api/v1/domains and the status page's section, after `mailrelay domains add` and
+    `mailrelay domains verify` (through the local DNS server)."""
     import subprocess
     import sys
 
     d = start_daemon(web_config(daemon_config, redis_server, unique_prefix,
+                                delivery={"enabled": False, "nameservers": [f"127.0.0.1:{dns.port}"]},
                                 dkim={"key_encryption_key": "k" * 24}))
     api = Api(d.ports["web"], TOKEN)
+
+    def domains(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mailrelay.cli", "domains", *args, "-c", str(d.config_path)],
+                              capture_output=True, text=True, timeout=60)
+
+    def status_page() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", d.ports["web"], timeout=20)
+        try:
+            conn.request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})
+            page = conn.getresponse()
+            assert page.status == 200
+            return page.read().decode()
+        finally:
+            conn.close()
+
     assert api.ok("/api/v1/domains") == {"domains": []}
-    added = subprocess.run([sys.executable, "-m", "mailrelay.cli", "domains", "add", "example.test",
-                            "--selector", "mr1", "-c", str(d.config_path)],
-                           capture_output=True, text=True, timeout=60)
+    assert "No sender domains" in status_page()
+    added = domains("add", "example.test", "--selector", "mr1")
     assert added.returncode == 0, added.stderr
-    [domain] = api.ok("/api/v1/domains")["domains"]
+    [domain] = api.ok("/api/v1/domains")["domains"]     # validated against the OpenAPI schema
     assert domain["name"] == "example.test" and domain["source"] == "redis"
-    assert [k["selector"] for k in domain["keys"]] == ["mr1"]
-    assert any(r["name"] == "mr1._domainkey.example.test" and r["type"] == "TXT" and "p=" in r["value"]
-               for r in domain["records"])
-    assert "PRIVATE KEY" not in api.get("/api/v1/domains").body.decode()
+    assert domain["dns_check"] is None and TIME_RE.match(domain["created_at"])
+    [key] = domain["keys"]
+    assert set(key) == {"selector", "algorithm", "public", "bits", "state", "created_at", "keep_until"}
+    assert (key["selector"], key["algorithm"], key["bits"], key["state"]) == ("mr1", "rsa-sha256", 2048, "active")
+    [dkim_record] = [r for r in domain["records"] if r["kind"] == "dkim"]
+    assert dkim_record["name"] == "mr1._domainkey.example.test" and dkim_record["type"] == "TXT"
+    assert dkim_record["value"] == f"v=DKIM1; k=rsa; p={key['public']}" and dkim_record["required"]
+    assert {r["kind"] for r in domain["records"]} == {"dkim", "spf", "dmarc"}
+    body = api.get("/api/v1/domains").body.decode()
+    assert "PRIVATE KEY" not in body and "nonce" not in body and "private" not in body
     assert api.call("GET", "/api/v1/domains", token=None).status == 401
-    # the status page shows the domain with its selector and DNS state
-    conn = http.client.HTTPConnection("127.0.0.1", d.ports["web"], timeout=20)
-    conn.request("GET", "/", headers={"Authorization": f"Bearer {TOKEN}"})
-    page = conn.getresponse()
-    assert page.status == 200
-    html_text = page.read().decode()
-    conn.close()
-    assert "Sender domains (DKIM)" in html_text and "example.test" in html_text
-    assert "mr1 (rsa" in html_text and "never checked" in html_text
+    assert api.call("GET", "/api/v1/domains?x=1").status == 400
+    page = status_page()
+    assert "Sender domains (DKIM)" in page and "example.test" in page
+    assert "mr1 (rsa-sha256)" in page and "never checked" in page
+
+    # nothing published: the check says which record is missing, and when it ran
+    assert domains("verify", "example.test").returncode == 1
+    check = api.ok("/api/v1/domains")["domains"][0]["dns_check"]
+    assert check["ok"] is False and TIME_RE.match(check["at"])
+    assert [r["status"] for r in check["records"] if r["kind"] == "dkim"] == ["missing"]
+    assert f"mr1._domainkey.example.test TXT: missing (checked {check['at']})" in status_page()
+    # published
+    dns.update("mr1._domainkey.example.test", "TXT", [dkim_record["value"]])
+    verified = domains("verify", "example.test")
+    assert verified.returncode == 0, verified.stdout
+    check = api.ok("/api/v1/domains")["domains"][0]["dns_check"]
+    assert check["ok"] is True and [r["status"] for r in check["records"] if r["kind"] == "dkim"] == ["ok"]
+    assert f"ok (checked {check['at']})" in status_page()
