@@ -945,6 +945,36 @@ class SenderDomains:
 
     # -- signing
 
+    def sign_now(self, new: Any) -> SignResult | None:
+        """
+        What :meth:`sign` would decide for ``new`` when that needs neither Redis (the keys
+        were checked recently enough) nor a signing thread (nothing to sign); else None.
+        The common case of a daemon without sender domains, decided without a coroutine.
+        """
+        elapsed = self._now() - self.checked_at
+        if elapsed >= MISS_REFRESH_INTERVAL or self.version is None:
+            return None
+        domain = from_domain(str(new.summary.get("from") or ""))
+        if self.find(domain) is not None:
+            return None
+        return self._not_found(domain)
+
+    def _not_found(self, domain: str) -> SignResult:
+        """The outcome for mail From a domain that no sender domain signs for."""
+        from mailrelay.smtpserver import Reply
+
+        what = (f"its From domain {domain} is not a sender domain" if domain
+                else "it has no From address")
+        if self.require_known:
+            text = (f"{domain} is not a sender domain of this server: add it with "
+                    f"`mailrelay domains add {domain}` (or send From a sender domain)" if domain
+                    else "The message has no From address: it cannot be DKIM-signed")
+            return SignResult(refused=Reply(550, "5.7.1", text))
+        if not self.any_declared:
+            return SignResult()
+        return SignResult(unsigned=f"Sent without a DKIM signature: {what}"
+                                   + (f" (mailrelay domains add {domain})" if domain else ""))
+
     async def sign(self, new: Any) -> SignResult:
         """Sign ``new`` (a storage.NewMessage) in place, or say why not (see SignResult)."""
         from twisted.internet import threads
@@ -966,17 +996,7 @@ class SenderDomains:
             log.warn("DKIM: cannot check for changes to the sender domains ({e}); using the keys known", e=e)
             found = self.find(domain)
         if found is None:
-            what = (f"its From domain {domain} is not a sender domain" if domain
-                    else "it has no From address")
-            if self.require_known:
-                text = (f"{domain} is not a sender domain of this server: add it with "
-                        f"`mailrelay domains add {domain}` (or send From a sender domain)" if domain
-                        else "The message has no From address: it cannot be DKIM-signed")
-                return SignResult(refused=Reply(550, "5.7.1", text))
-            if not self.any_declared:
-                return SignResult()
-            return SignResult(unsigned=f"Sent without a DKIM signature: {what}"
-                                       + (f" (mailrelay domains add {domain})" if domain else ""))
+            return self._not_found(domain)
         if found in self.broken:
             log.error("DKIM: message from <{sender}> refused (451): cannot sign for {domain}: {why}",
                       sender=new.summary.get("from"), domain=found, why=self.broken[found])

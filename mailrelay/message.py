@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import email.header
 import email.utils
+import re
+import time
 from dataclasses import dataclass
 
 
@@ -71,6 +73,8 @@ def join_header(fields: list[HeaderField], rest: bytes) -> bytes:
 
 def make_field(name: str, value: str) -> HeaderField:
     """A new header field; long values are folded at spaces (RFC 5322 2.2.3)."""
+    if len(name) + 2 + len(value) <= 78:  # one line: what the loop below would make
+        return HeaderField(name, f"{name}: {value}\r\n".encode("utf-8"))
     words = value.split(" ")
     lines: list[str] = []
     current = f"{name}:"
@@ -96,4 +100,28 @@ def addresses(field: HeaderField | None) -> list[str]:
     """The addresses of an address-list field (From, To, Cc)."""
     if field is None:
         return []
-    return [addr for _, addr in email.utils.getaddresses([field.value]) if addr]
+    value = field.value
+    simple = _SIMPLE_MAILBOX.match(value)
+    if simple is not None:  # the common case, without email.utils' tokenizer
+        return [simple.group(1) or simple.group(2)]
+    return [addr for _, addr in email.utils.getaddresses([value]) if addr]
+
+
+# One mailbox in its plainest forms, `local@domain` or `Display Name <local@domain>` (dot-atoms
+# only, no quotes, comments or lists), for which email.utils.getaddresses gives the same address.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_MAILBOX = re.compile(rf"(?:({_ADDR_SPEC})|(?:{_ATOM}(?: {_ATOM})* )?<({_ADDR_SPEC})>)\Z")
+
+
+def date_now() -> str:
+    """The local time now as an RFC 5322 date (``email.utils.formatdate``, once a second)."""
+    global _date_last
+    whole = int(time.time())
+    last = _date_last
+    if last[0] != whole:
+        last = _date_last = (whole, email.utils.formatdate(whole, localtime=True))
+    return last[1]
+
+
+_date_last: tuple[int | None, str] = (None, "")

@@ -48,6 +48,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailrelay import netio
+
 log = Logger()
 
 
@@ -331,6 +333,7 @@ class SMTPServerProtocol(protocol.Protocol):
         self._data_overflow = False
         # AUTH exchange state: (mechanism, step, username)
         self._auth_state: tuple[str, int, str | None] | None = None
+        self._unflushed = False  # replies written since the last flush
 
     # -- connection --------------------------------------------------------
 
@@ -354,6 +357,7 @@ class SMTPServerProtocol(protocol.Protocol):
             return
         self._reset_idle_timer()
         self.transport.write(f"220 {self.limits.hostname} ESMTP mailrelay\r\n".encode())
+        netio.flush(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._mode = _CLOSED
@@ -444,6 +448,7 @@ class SMTPServerProtocol(protocol.Protocol):
             self._flow_control()
         finally:
             self._in_process = False
+            self._flush()
 
     def _flow_control(self) -> None:
         """Stop reading from a client whose pipelined input piles up."""
@@ -460,6 +465,13 @@ class SMTPServerProtocol(protocol.Protocol):
     def _reply(self, reply: Reply) -> None:
         if self.transport is not None:
             self.transport.write(reply.encode())
+            self._unflushed = True
+
+    def _flush(self) -> None:
+        """Send the replies written so far now, not on the reactor's next turn."""
+        if self._unflushed:
+            self._unflushed = False
+            netio.flush(self.transport)
 
     def _error(self, reply: Reply) -> None:
         self._errors += 1

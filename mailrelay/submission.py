@@ -34,6 +34,7 @@ CONFIGURATION
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -255,7 +256,9 @@ class SubmissionHandler:
 
     async def _accept(self, session: Session, transaction: Transaction, content: bytes) -> Reply:
         new = self.prepare(session, transaction, content)
-        dkim = await self.sender_domains.sign(new)  # DKIM-Signature put on top, or why not
+        dkim = self.sender_domains.sign_now(new)
+        if dkim is None:
+            dkim = await self.sender_domains.sign(new)  # DKIM-Signature put on top, or why not
         if dkim.refused is not None:
             return dkim.refused
         dedupe = None
@@ -308,7 +311,7 @@ class SubmissionHandler:
             message_id_field = msg.make_field("Message-ID", f"<{new.id}@{self.hostname}>")
             added.append(message_id_field)
         if msg.first(kept, "Date") is None:
-            added.append(msg.make_field("Date", email.utils.formatdate(localtime=True)))
+            added.append(msg.make_field("Date", msg.date_now()))
         if rest and not rest.startswith(b"\r\n"):
             rest = b"\r\n" + rest  # the body had no header, or no blank line before it
         new.content = msg.join_header(added + kept, rest)
@@ -330,15 +333,21 @@ class SubmissionHandler:
             protocol += "S"
         if session.user is not None:
             protocol += "A"
-        helo = "".join(c for c in (session.helo or "unknown") if c.isprintable() and c not in "()")[:100]
+        helo = _received_helo(session.helo or "unknown")
         client = session.peer_host or "local"
         if ":" in client:
             client = "IPv6:" + client
         text = f"from {helo} ([{client}]) by {self.hostname} (mailrelay) with {protocol} id {message_id}"
         if len(transaction.recipients) == 1:
             text += f" for <{transaction.recipients[0]}>"
-        text += "; " + email.utils.formatdate(localtime=True)
+        text += "; " + msg.date_now()
         return msg.make_field("Received", text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _received_helo(helo: str) -> str:
+    """The EHLO name as shown in Received: printable, no parentheses, at most 100 characters."""
+    return "".join(c for c in helo if c.isprintable() and c not in "()")[:100]
 
 
 # -- the service -----------------------------------------------------------------------

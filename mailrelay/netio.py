@@ -1,0 +1,37 @@
+"""
+netio: send what a protocol wrote now, instead of on the reactor's next turn.
+
+Twisted's ``transport.write()`` only buffers: the bytes leave in ``doWrite()``, when the
+reactor next reports the socket writable. For a request/response protocol that answers
+one command at a time (SMTP without pipelining, a Redis command awaited at once) that is
+one more trip through the reactor per reply (an ``epoll_wait`` wake-up and its dispatch),
+which on the submission hot path costs as much as handling the command itself.
+:func:`flush` writes the buffer out at once when the transport is a plain socket
+(TCP or UNIX, with or without TLS: the TLS layer has already put its records in the
+socket's buffer) that is not closing; anything the kernel does not take stays buffered and
+the reactor sends it as usual, and an error is left for the reactor to find on its next
+``doWrite()`` (the transport is still registered for writing), so connection loss is
+reported exactly as without it. Other transports (TLS, test transports) are left alone.
+
+Call it once after a batch of writes (the replies to one read of pipelined commands),
+not after each write, and only when something was written (with nothing buffered it would
+still make an empty ``send``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import abstract
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+#: A transport whose write buffer :func:`flush` may send: a socket ``FileDescriptor``.
+_FLUSHABLE = abstract.FileDescriptor
+
+
+def flush(transport: Any) -> None:
+    """Send ``transport``'s buffered bytes now when it is an open socket (or TLS over one)."""
+    if isinstance(transport, TLSMemoryBIOProtocol):  # implicit TLS: its records are
+        transport = transport.transport              # already in the socket's buffer
+    if isinstance(transport, _FLUSHABLE) and transport.connected and not transport.disconnecting:
+        transport.doWrite()
