@@ -13,7 +13,11 @@ the reactor sends it as usual, and an error is left for the reactor to find on i
 ``doWrite()`` (the transport is still registered for writing), so connection loss is
 reported exactly as without it. Other transports (TLS, test transports) are left alone.
 
-Call it once after a batch of writes (the replies to one read of pipelined commands),
+:func:`send` goes one step further for a protocol that writes its replies in one piece: when
+nothing is buffered before them, the bytes go straight to the socket, without the two
+``epoll_ctl`` calls of registering the socket for writing and unregistering it.
+
+Call :func:`flush` once after a batch of writes (the replies to one read of pipelined commands),
 not after each write, and only when something was written (with nothing buffered it would
 still make an empty ``send``).
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import abstract
+from twisted.internet import abstract, tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 #: A transport whose write buffer :func:`flush` may send: a socket ``FileDescriptor``.
@@ -35,3 +39,20 @@ def flush(transport: Any) -> None:
         transport = transport.transport              # already in the socket's buffer
     if isinstance(transport, _FLUSHABLE) and transport.connected and not transport.disconnecting:
         transport.doWrite()
+
+
+def send(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sent at once (see the module docstring)."""
+    if (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        # Nothing waits before these bytes in Twisted's buffer (the buffer's private
+        # counters are read only to know that); what the kernel does not take is buffered.
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent >= 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+        # else: the connection is broken; write() leaves it to the reactor to report
+    transport.write(data)
+    flush(transport)

@@ -61,6 +61,9 @@ class Reply(NamedTuple):
     text: str
 
     def encode(self) -> bytes:
+        encoded = _ENCODED.get(self)
+        if encoded is not None:
+            return encoded
         lines = self.text.split("\n")
         prefix = f"{self.code} {self.status} " if self.status else f"{self.code} "
         if len(lines) == 1:
@@ -126,6 +129,10 @@ NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8
 LINE_TOO_LONG_IN_DATA = Reply(554, "5.6.0", "Message rejected: a line is longer than 1000 octets (RFC 5321)")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
+
+# The constant replies' bytes, encoded once (Reply.encode looks here first).
+_ENCODED: dict[Reply, bytes] = {}
+_ENCODED.update({reply: reply.encode() for reply in list(globals().values()) if isinstance(reply, Reply)})
 
 
 # -- limits --------------------------------------------------------------------
@@ -333,7 +340,7 @@ class SMTPServerProtocol(protocol.Protocol):
         self._data_overflow = False
         # AUTH exchange state: (mechanism, step, username)
         self._auth_state: tuple[str, int, str | None] | None = None
-        self._unflushed = False  # replies written since the last flush
+        self._out: list[bytes] = []  # replies not yet handed to the transport (see _flush)
 
     # -- connection --------------------------------------------------------
 
@@ -356,8 +363,8 @@ class SMTPServerProtocol(protocol.Protocol):
             self._close()
             return
         self._reset_idle_timer()
-        self.transport.write(f"220 {self.limits.hostname} ESMTP mailrelay\r\n".encode())
-        netio.flush(self.transport)
+        self._out.append(f"220 {self.limits.hostname} ESMTP mailrelay\r\n".encode())
+        self._flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._mode = _CLOSED
@@ -365,9 +372,11 @@ class SMTPServerProtocol(protocol.Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._data_chunks = []
+        self._out = []
         self.factory.connection_closed(self)
 
     def _close(self) -> None:
+        self._flush()
         self._mode = _CLOSED
         self._buffer = b""
         self.transport.loseConnection()
@@ -463,15 +472,19 @@ class SMTPServerProtocol(protocol.Protocol):
     # -- replies ---------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
-        if self.transport is not None:
-            self.transport.write(reply.encode())
-            self._unflushed = True
+        """Queue a reply; :meth:`_flush` sends the replies to one batch of input together."""
+        self._out.append(reply.encode())
 
     def _flush(self) -> None:
-        """Send the replies written so far now, not on the reactor's next turn."""
-        if self._unflushed:
-            self._unflushed = False
-            netio.flush(self.transport)
+        """
+        Send the queued replies now, in one write. Called when a batch of input has been
+        handled (end of :meth:`_process`), and before anything that must follow the replies
+        on the wire: STARTTLS, closing, a greeting.
+        """
+        if self._out and self.transport is not None:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out = []
+            netio.send(self.transport, data)
 
     def _error(self, reply: Reply) -> None:
         self._errors += 1
@@ -712,6 +725,7 @@ class SMTPServerProtocol(protocol.Protocol):
         # session starts over: no HELO, no transaction, no authentication.
         self._buffer = b""
         self._reply(READY_TLS)
+        self._flush()  # in the clear, before the handshake
         self.transport.startTLS(self.factory.tls_options)
         old = self.session
         self.session = Session(peer_host=old.peer_host, peer_port=old.peer_port,

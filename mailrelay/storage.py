@@ -148,7 +148,7 @@ end
 
 # KEYS: msg, body, queue:domains, events, timeline, then one queue:d:<domain> per domain
 # ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
-#       index key prefix, retention_s, body_ttl_s, tag, n_fields, field/value pairs..., body,
+#       index key prefix, retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
 #       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
 ENQUEUE_SCRIPT = _COUNT + """
 local t = redis.call('TIME')
@@ -165,15 +165,13 @@ local prefix_len = tonumber(ARGV[5])
 local idx = ARGV[6]
 local retention = tonumber(ARGV[7])
 local horizon = now - retention * 1000
-local nfields = tonumber(ARGV[10])
 local hash = {}
-local pos = 11
-for i = 1, nfields * 2 do
-  hash[i] = ARGV[pos]
-  pos = pos + 1
+for name, value in pairs(cjson.decode(ARGV[10])) do
+  hash[#hash + 1] = name
+  hash[#hash + 1] = value
 end
-local body = ARGV[pos]
-pos = pos + 1
+local body = ARGV[11]
+local pos = 12
 local i = 0
 local seen = {}
 while pos <= #ARGV do
@@ -706,7 +704,7 @@ class Storage:
             "sender": message.sender,
             "user": message.user or "",
             "client": message.client or "",
-            "size": len(message.content),
+            "size": str(len(message.content)),
             "tag": message.tag,
             "metadata": json.dumps(message.metadata, ensure_ascii=False) if message.metadata else "{}",
         }
@@ -715,16 +713,13 @@ class Storage:
                 fields[name] = value
             else:
                 fields[name] = "[]" if value == [] else json.dumps(value, ensure_ascii=False)
-        flat: list[Any] = []
-        for name, value in fields.items():
-            flat += [name, value]
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
         # With min_replicas, jobs become due only after the WAIT could have
         # failed, so that a cancelled message is never picked up meanwhile.
         hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
         args = [message_id, int(deadline), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
                 keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
-                len(fields), *flat,
+                json.dumps(fields, ensure_ascii=False),
                 compress_body(message.content), *rcpt_args]
         script = ENQUEUE_SCRIPT
         if dedupe is not None:
@@ -901,6 +896,11 @@ class Storage:
                 EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
                 int(self.retention)]
         return await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
+
+    def suppression_of(self, address: str) -> defer.Deferred:
+        """The suppression entry of one address, or None (a plain Deferred: the RCPT hot path)."""
+        d = self._call("HGET", self.keys.suppressed, address.lower())
+        return d.addCallback(lambda value: None if value is None else json.loads(value))
 
     async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
         """The suppression entries of those addresses that are suppressed."""

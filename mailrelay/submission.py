@@ -236,13 +236,10 @@ class SubmissionHandler:
     def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
             return smtpserver.AUTH_REQUIRED
-        d = defer.ensureDeferred(self.storage.suppressions([recipient]))
+        d = self.storage.suppression_of(recipient)
 
-        def decided(found: dict) -> Reply | None:
-            entry = found.get(recipient.lower())
-            if entry is None:
-                return None
-            return suppressed_reply(recipient, entry)
+        def decided(entry: dict | None) -> Reply | None:
+            return None if entry is None else suppressed_reply(recipient, entry)
 
         def failed(failure: Any) -> Reply:
             log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())
