@@ -173,6 +173,53 @@ class FailureThrottle:
         entries.append(self.clock.seconds())
 
 
+# -- the suppression check at RCPT ------------------------------------------------------
+
+
+class NotSuppressedCache:
+    """
+    Recipients Redis recently said are not suppressed, so that RCPT to them needs no round
+    trip. An answer is reused only while the suppression list's change counter is the one
+    it was read at and that counter was read less than VERSION_FRESHNESS seconds ago (every
+    message queued reads it, so under load it is always fresh), and for at most ENTRY_TTL
+    seconds. A change made by this process clears it at once; one made by another daemon
+    or the CLI is seen within VERSION_FRESHNESS seconds. Suppressed answers are never
+    cached. Delivery checks the list again before sending (jobs end ``suppressed``), so a
+    stale answer can only let RCPT accept mail that is then not sent.
+    """
+
+    VERSION_FRESHNESS = 1.0
+    ENTRY_TTL = 60.0
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._version: str | None = None
+        self._read_at: dict[str, float] = {}   # lowercased address -> when Redis said so
+
+    def known(self, address: str) -> bool:
+        """True when ``address`` is known not to be suppressed (no Redis round trip needed)."""
+        version, version_read_at = self.storage.suppressions_version
+        if version != self._version:
+            self._read_at.clear()
+            self._version = version
+            return False
+        now = self.storage.clock.seconds()
+        read_at = self._read_at.get(address.lower())
+        return (read_at is not None and now - version_read_at < self.VERSION_FRESHNESS
+                and now - read_at < self.ENTRY_TTL)
+
+    def remember(self, address: str) -> None:
+        """Redis just said ``address`` is not suppressed (at storage.suppressions_version)."""
+        version = self.storage.suppressions_version[0]
+        if version is None:
+            return
+        if version != self._version or len(self._read_at) >= self.MAX_ENTRIES:
+            self._read_at.clear()
+            self._version = version
+        self._read_at[address.lower()] = self.storage.clock.seconds()
+
+
 # -- the handler ---------------------------------------------------------------------
 
 
@@ -190,6 +237,7 @@ class SubmissionHandler:
         self.trusted = self.settings.trusted_networks
         self.tls_available = tls_available
         self.on_queued = on_queued  # e.g. wake this daemon's delivery service
+        self.not_suppressed = NotSuppressedCache(storage)
         from mailrelay.domains import SenderDomains
         self.sender_domains = SenderDomains(config, storage, clock)  # DKIM: [submission] require_known_domain
 
@@ -236,10 +284,15 @@ class SubmissionHandler:
     def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
             return smtpserver.AUTH_REQUIRED
+        if self.not_suppressed.known(recipient):
+            return None
         d = self.storage.suppression_of(recipient)
 
         def decided(entry: dict | None) -> Reply | None:
-            return None if entry is None else suppressed_reply(recipient, entry)
+            if entry is None:
+                self.not_suppressed.remember(recipient)
+                return None
+            return suppressed_reply(recipient, entry)
 
         def failed(failure: Any) -> Reply:
             log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())

@@ -197,3 +197,43 @@ def test_notify_sender_queues_a_dsn(start_daemon, daemon_config, redis_server, u
         assert not d.find_lines(rf"{dsn_id}: sender non-delivery notification")
     finally:
         hard.stop()
+
+
+def test_rcpt_reuses_a_not_suppressed_answer_until_the_list_changes(start_daemon, daemon_config, redis_server,
+                                                                   unique_prefix, dns, sink):
+    """
+    Submission's NotSuppressedCache: a recipient Redis just said is not suppressed is accepted
+    at RCPT without asking again while the suppression list's change counter stays the same
+    (a write that bypasses mailrelay, as here, is not noticed), and is asked about again as soon
+    as the counter moves (here: `mailrelay suppressions add` of another address, in another
+    process). Delivery checks the list again: the cached acceptance is not sent.
+    """
+    import subprocess
+    import sys
+    import time
+
+    config = bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port)
+    d = start_daemon(config.replace("[delivery]\n", "[delivery]\nenabled = false\n"))
+    client = redis_server.client()
+    entry = json.dumps({"since": "2026-11-28T09:00:00Z", "type": "ManuallyDeactivated"})
+    with smtplib.SMTP("127.0.0.1", d.ports["submission"], timeout=20) as s:
+        s.ehlo()
+        s.sendmail("app@example.com", ["cached@example.test"], b"Subject: one\r\n\r\nbody\r\n")
+        # behind mailrelay's back: the change counter does not move
+        client.command("HSET", f"{unique_prefix}suppressed", "cached@example.test", entry)
+        s.mail("app@example.com")
+        assert s.rcpt("cached@example.test")[0] == 250  # the answer of a moment ago
+        s.rset()
+        added = subprocess.run([sys.executable, "-m", "mailrelay.cli", "suppressions", "add", "other@example.test",
+                                "-c", str(d.config_path)], capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+        # the counter moved: within NotSuppressedCache.VERSION_FRESHNESS the daemon asks Redis again
+        deadline = time.monotonic() + 10
+        while True:
+            s.mail("app@example.com")
+            code, text = s.rcpt("cached@example.test")
+            s.rset()
+            if code == 550 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # back-off between polls (the loop waits for the 550, bounded)
+        assert code == 550 and b"ManuallyDeactivated" in text
