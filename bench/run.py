@@ -739,8 +739,11 @@ class Bench:
     # -- profile -----------------------------------------------------------------------------
 
     def profile(self) -> None:
-        """The acceptance load with the daemon profiled, startup excluded.
+        """A load with the daemon profiled, startup excluded.
 
+        By default the acceptance load (``src-many``, delivery off); with ``--scenario e2e``
+        the end-to-end load (accept and deliver to a smtp-sink in the same daemon, as in the
+        e2e scenario; ``--load`` picks the load, ``src-many`` by default).
         py-spy attaches to the running daemon once it is ready (sampling at 250 Hz, idle time
         left out, so samples are CPU time) and is stopped with SIGINT after the load; with
         ``--profiler cprofile`` (or when py-spy cannot attach) twistd runs the daemon under
@@ -749,17 +752,29 @@ class Bench:
         n = self.n
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        spec = ACCEPTANCE_LOADS[0] if not self.args.load else self.loads(ACCEPTANCE_LOADS)[0]
+        e2e = "e2e" in (self.args.scenario or [])
+        specs = E2E_LOADS if e2e else ACCEPTANCE_LOADS
+        chosen = [s for s in self.loads(specs) if s.key != "release"] if self.args.load else []
+        spec = chosen[0] if chosen else specs[0]
+        scenario = "end to end" if e2e else "acceptance"
         profiler = self.args.profiler
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if profiler == "py-spy" and not os.access(exe, os.X_OK):
             print("  py-spy not found (pip install py-spy): using cProfile")
             profiler = "cprofile"
         target = self.mailrelay_targets()[0]
-        print(f"\n== profile: acceptance, {spec.label}, {n} messages, {target} under {profiler}", flush=True)
+        print(f"\n== profile: {scenario}, {spec.label}, {n} messages, {target} under {profiler}", flush=True)
         d = self.workdir("profile")
         out = RESULTS / (f"profile-{stamp}.pyspy.txt" if profiler == "py-spy" else f"profile-{stamp}.pstats")
-        running = self.start(target, d, cprofile=out if profiler == "cprofile" else None)
+        sink = Sink(d / "dest", count=n, name="smtp-sink") if e2e else None
+        try:
+            running = self.start(target, d, mode="relay" if e2e else "hold",
+                                 relay_port=sink.port if sink else None,
+                                 cprofile=out if profiler == "cprofile" else None)
+        except Exception:
+            if sink is not None:
+                sink.stop()
+            raise
         spy = None
         try:
             probe(running.port)
@@ -773,13 +788,16 @@ class Bench:
                     print("  py-spy could not attach:", (d / "py-spy.log").read_text()[-500:])
                     print("  run again with --profiler cprofile")
                     return
-            row = self.measure("profile", spec, target, running, n)
+            row = self.measure("profile", spec, target, running, n, dest=sink)
             row["profiler"] = profiler
+            row["profiled_scenario"] = "e2e" if e2e else "acceptance"
             self.record(row)
         finally:
             if spy is not None:
                 servers.stop_process(spy, timeout=60, sig=signal.SIGINT)  # py-spy writes on SIGINT
             running.stop()
+            if sink is not None:
+                sink.stop()
         if not out.exists() or out.stat().st_size == 0:
             print(f"  {profiler} wrote no profile")
             self.done_with(d)
@@ -789,9 +807,10 @@ class Bench:
             report = pyspy_report(out, top=30, ms_per_total=daemon_ms)
         else:
             report = pstats_report(out, top=30)
-        header = (f"# mailrelay profile: {spec.label}, {n} messages, {profiler}; {row['rate']} msg/s "
+        header = (f"# mailrelay profile: {scenario}, {spec.label}, {n} messages, {profiler}; {row['rate']} msg/s "
                   f"while profiled; CPU per message: daemon {daemon_ms:.3f} ms, Redis "
-                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms\n")
+                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms; other load "
+                  f"{fmt(row.get('other_load_cores'), 2)} cores\n")
         summary = RESULTS / f"profile-{stamp}.summary.txt"
         summary.write_text(header + report)
         print(header + report)
@@ -1085,7 +1104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat each measurement; the median is reported")
     p.add_argument("--sessions", type=int, default=20, help="concurrent SMTP sessions (20)")
     p.add_argument("--size", type=int, default=2048, help="message body size in bytes (2048)")
-    p.add_argument("--profile", action="store_true", help="profile the daemon during the acceptance load")
+    p.add_argument("--profile", action="store_true", help="profile the daemon during the acceptance load (with --scenario e2e: the end-to-end load)")
     p.add_argument("--profiler", choices=("py-spy", "cprofile"), default="py-spy")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, queues)")
     return p.parse_args(argv)

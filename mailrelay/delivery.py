@@ -41,7 +41,7 @@ import os
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -52,7 +52,7 @@ from mailrelay.config import Config
 from mailrelay.metrics import DELIVERY_LATENCY
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
-from mailrelay.storage import ClaimedJob, Event, Storage, rfc3339
+from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, Storage, rfc3339
 
 log = Logger()
 
@@ -67,6 +67,10 @@ THROTTLE_PAUSE = 60.0
 THROTTLE_MAX = 900.0
 #: Seconds in-flight deliveries may take to finish at shutdown.
 SHUTDOWN_GRACE = 20.0
+#: Outcomes of a connection's batch are recorded together (one Redis call): at the end of the
+#: batch, when this many are waiting, or RECORD_DELAY seconds after the first one waited.
+RECORD_BATCH = 50
+RECORD_DELAY = 0.5
 
 DELIVERED, BOUNCED, DEFERRED, EXPIRED, SUPPRESSED = "delivered", "bounced", "deferred", "expired", "suppressed"
 
@@ -349,65 +353,100 @@ class DeliveryService(service.Service):
 
     async def _send_jobs(self, session: Any, domain: str, state: DomainState,
                          jobs: list[ClaimedJob], sent: int) -> tuple[list[ClaimedJob], int]:
-        """Send the claimed jobs, one transaction per message; return the unsent jobs."""
-        jobs = await self._drop_suppressed(jobs)
+        """Send the claimed jobs, one transaction per message; return the unsent jobs.
+
+        The outcomes are recorded in batches (:class:`_Outcomes`), all of them before this
+        returns.
+        """
+        outcomes = _Outcomes(self)
+        try:
+            return await self._send_groups(session, domain, state, jobs, sent, outcomes)
+        finally:
+            await outcomes.close()
+
+    async def _send_groups(self, session: Any, domain: str, state: DomainState, jobs: list[ClaimedJob],
+                           sent: int, outcomes: "_Outcomes") -> tuple[list[ClaimedJob], int]:
+        bodies = {job.message_id: job.body for job in jobs if job.body is not None}
+        for job in jobs:
+            job.body = None  # kept in ``bodies`` while needed, not with the held job
+        jobs = await self._drop_suppressed(jobs, outcomes)
         by_message: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
             # With VERP each recipient has its own return path: one transaction each.
             key = job.job if self.verp is not None and job.sender else job.message_id
             by_message.setdefault(key, []).append(job)
         groups = list(by_message.values())
+        last_use = {group[0].message_id: index for index, group in enumerate(groups)}
         for index, group in enumerate(groups):
             if self.stopping or session.closed:
                 return [j for g in groups[index:] for j in g], sent
             if not self._rate_allows(domain, state):
                 return [j for g in groups[index:] for j in g], sent
-            body = await self.storage.get_body(group[0].message_id)
+            first = group[0]
+            stored = bodies.get(first.message_id)
+            if last_use[first.message_id] == index:
+                bodies.pop(first.message_id, None)
+            body = (self.storage.decompress_body(stored) if stored is not None
+                    else await self.storage.get_body(first.message_id))
             if body is None:
-                await self._record_all(group, AttemptFailed(BOUNCED, "the message content is missing from the queue"))
+                outcomes.add([self._outcome(job, BOUNCED, "the message content is missing from the queue")
+                              for job in group])
                 continue
-            sender = group[0].sender
+            sender = first.sender
             if self.verp is not None and sender:
-                sender = self.verp.address(group[0].message_id, group[0].rcpt)
-            message = OutboundMessage(sender=sender, recipients=[j.recipient for j in group],
-                                      content=body, smtputf8=not all(
-                                          a.isascii() for a in [group[0].sender] + [j.recipient for j in group]))
+                sender = self.verp.address(first.message_id, first.rcpt)
+            recipients = [j.recipient for j in group]
+            message = OutboundMessage(sender=sender, recipients=recipients, content=body,
+                                      smtputf8=not (first.sender.isascii() and all(a.isascii() for a in recipients)))
             route = session.route
             try:
                 outcome = await session.send(message)
             except smtpclient.SMTPClientError as e:
                 if self.stopping:  # aborted at shutdown: not an attempt; _stop hands the jobs back
                     return [j for g in groups[index:] for j in g], sent
-                reply = getattr(e, "reply", None)
-                await self._record_all(group, AttemptFailed(DEFERRED, f"connection to {route.name} failed during the transaction: {e}",
-                                                      reply, route, session.remote_ip))
+                failure = AttemptFailed(DEFERRED, f"connection to {route.name} failed during the transaction: {e}",
+                                        getattr(e, "reply", None), route, session.remote_ip)
+                outcomes.add([self._outcome(job, failure.state, failure.detail, failure.reply, failure.route,
+                                            failure.remote_ip) for job in group])
                 return [j for g in groups[index + 1:] for j in g], sent
             sent += 1
             state.sent_times.append(self.clock.seconds())
             throttled = False
+            results = []
             for job, result in zip(group, outcome.recipients):
                 reply = result.reply
                 throttled = throttled or is_throttling(reply)
-                await self._record(job, self._state_for(reply), self._describe(reply, route),
-                                   reply, route, session.remote_ip, outcome.remote_queue_id)
+                results.append(self._outcome(job, self._state_for(reply), self._describe(reply, route),
+                                             reply, route, session.remote_ip, outcome.remote_queue_id))
+            outcomes.add(results)
             if throttled:
                 self._throttle(domain, state)
                 return [j for g in groups[index + 1:] for j in g], sent
         return [], sent
 
-    async def _drop_suppressed(self, jobs: list[ClaimedJob]) -> list[ClaimedJob]:
-        """End jobs for suppressed addresses with a ``suppressed`` event; return the others."""
-        found = await self.storage.suppressions([j.recipient for j in jobs])
-        if not found:
-            return jobs
+    async def _drop_suppressed(self, jobs: list[ClaimedJob], outcomes: "_Outcomes | None" = None) -> list[ClaimedJob]:
+        """End jobs for suppressed addresses with a ``suppressed`` event; return the others.
+
+        The claim read the suppression list for most jobs; the others are looked up here.
+        """
+        unknown = [j.recipient for j in jobs if j.suppression is NOT_LOOKED_UP]
+        found = await self.storage.suppressions(unknown) if unknown else {}
         kept = []
+        ended = []
         for job in jobs:
-            entry = found.get(job.recipient.lower())
+            entry = job.suppression
+            if entry is NOT_LOOKED_UP:
+                entry = found.get(job.recipient.lower())
             if entry is None:
                 kept.append(job)
             else:
-                await self._record(job, SUPPRESSED, f"Not sent: the address is suppressed since "
-                                   f"{entry.get('since')} ({entry.get('type')})", None, None, None)
+                ended.append(self._outcome(job, SUPPRESSED, f"Not sent: the address is suppressed since "
+                                           f"{entry.get('since')} ({entry.get('type')})"))
+        if ended:
+            if outcomes is not None:
+                outcomes.add(ended)
+            else:
+                await self._commit(ended)
         return kept
 
     @staticmethod
@@ -565,14 +604,21 @@ class DeliveryService(service.Service):
         await self._record_all(jobs, failure)
 
     async def _record_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
-        for job in jobs:
-            await self._record(job, failure.state, failure.detail, failure.reply, failure.route, failure.remote_ip)
+        await self._commit([self._outcome(job, failure.state, failure.detail, failure.reply, failure.route,
+                                          failure.remote_ip) for job in jobs])
 
     async def _record(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None,
                       route: Route | None, remote_ip: str | None, remote_queue_id: str | None = None) -> None:
+        await self._commit([self._outcome(job, state, detail, reply, route, remote_ip, remote_queue_id)])
+
+    def _outcome(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None = None,
+                 route: Route | None = None, remote_ip: str | None = None,
+                 remote_queue_id: str | None = None) -> "_Outcome":
+        """An attempt's outcome, ready to record: the final state, retry time and event."""
         now = self.clock.seconds()
         due_ms = None
-        age = (self.storage.now_ms() - job.received_at_ms) / 1000  # both on Redis's clock
+        now_ms = self.storage.now_ms()
+        age = (now_ms - job.received_at_ms) / 1000  # both on Redis's clock
         if state == DEFERRED:
             if age >= self.settings.max_queue_lifetime:
                 state = EXPIRED
@@ -580,27 +626,100 @@ class DeliveryService(service.Service):
             else:
                 schedule = self.settings.retry_schedule
                 delay = schedule[min(job.attempts, len(schedule) - 1)]
-                due_ms = int(min(self.storage.now_ms() + delay * 1000,
+                due_ms = int(min(now_ms + delay * 1000,
                                  job.received_at_ms + self.settings.max_queue_lifetime * 1000))
         event = Event(type=state, at=rfc3339(now), recipient=job.recipient, rcpt=job.rcpt, detail=detail,
                       remote_host=route.name if route else None, remote_ip=remote_ip,
                       smtp_code=reply.code if reply else None,
                       enhanced_code=(reply.enhanced or None) if reply else None,
                       response=reply.text if reply else None, remote_queue_id=remote_queue_id)
+        return _Outcome(job, state, event, due_ms, detail, reply, route, remote_ip, age)
+
+    async def _commit(self, outcomes: list["_Outcome"]) -> None:
+        """Record outcomes in one Redis call, then log them (and record bounces)."""
+        if not outcomes:
+            return
         try:
-            result = await self.storage.record(job, self.owner, state, event, due_ms)
+            results = await self.storage.record_many(
+                [(o.job, o.state, o.event, o.due_ms) for o in outcomes], self.owner)
         finally:
-            self.held.pop(job.job, None)
-        if state == DELIVERED:
-            DELIVERY_LATENCY.observe(max(age, 0.0))
-        if state in (BOUNCED, EXPIRED) and result != "GONE":
-            await self._record_bounce(job, state, detail, reply, route)
-        if result == "STOLEN":
-            log.warn("delivery: {job} was also claimed by another daemon after our lease expired", job=job.job)
-        relay = f"{route.name}[{remote_ip}]:{route.port}" if route else "none"
-        status = {DELIVERED: "sent", BOUNCED: "bounced", DEFERRED: "deferred", EXPIRED: "expired",
-                  SUPPRESSED: "suppressed"}[state]
-        reply_text = f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ") if reply else detail
-        log.info("{id}: to=<{to}>, relay={relay}, delay={delay:.1f}, attempts={attempts}, status={status} ({reply})",
-                 id=job.message_id, to=job.recipient, relay=relay, delay=age, attempts=job.attempts + 1,
-                 status=status, reply=reply_text)
+            for o in outcomes:
+                self.held.pop(o.job.job, None)
+        for o, result in zip(outcomes, results):
+            job, state, reply, route = o.job, o.state, o.reply, o.route
+            if state == DELIVERED:
+                DELIVERY_LATENCY.observe(max(o.age, 0.0))
+            elif state in (BOUNCED, EXPIRED) and result != "GONE":
+                await self._record_bounce(job, state, o.detail, reply, route)
+            if result == "STOLEN":
+                log.warn("delivery: {job} was also claimed by another daemon after our lease expired", job=job.job)
+            relay = f"{route.name}[{o.remote_ip}]:{route.port}" if route else "none"
+            reply_text = f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ") if reply else o.detail
+            log.info("{id}: to=<{to}>, relay={relay}, delay={delay:.1f}, attempts={attempts}, status={status} ({reply})",
+                     id=job.message_id, to=job.recipient, relay=relay, delay=o.age, attempts=job.attempts + 1,
+                     status=_STATUS_WORDS[state], reply=reply_text)
+
+
+_STATUS_WORDS = {DELIVERED: "sent", BOUNCED: "bounced", DEFERRED: "deferred", EXPIRED: "expired",
+                 SUPPRESSED: "suppressed"}
+
+
+class _Outcome(NamedTuple):
+    """One job's attempt, as recorded and logged."""
+
+    job: ClaimedJob
+    state: str
+    event: Event
+    due_ms: int | None
+    detail: str
+    reply: ReplyInfo | None
+    route: Route | None
+    remote_ip: str | None
+    age: float
+
+
+class _Outcomes:
+    """
+    The outcomes of one connection's batch, recorded a few at a time: in the background when
+    RECORD_BATCH are waiting or RECORD_DELAY after the first one (so that a slow server does
+    not hold back the events of the messages it already took), and the rest at :meth:`close`,
+    which returns once every outcome is recorded (or its recording failed: the job is no
+    longer held, so its lease runs out and it is retried; never lost).
+    """
+
+    def __init__(self, service: DeliveryService) -> None:
+        self.service = service
+        self.waiting: list[_Outcome] = []
+        self.timer: Any = None
+        self.running: set[defer.Deferred] = set()
+
+    def add(self, outcomes: list[_Outcome]) -> None:
+        self.waiting += outcomes
+        if len(self.waiting) >= RECORD_BATCH:
+            self._flush()
+        elif self.waiting and self.timer is None:
+            self.timer = self.service.clock.callLater(RECORD_DELAY, self._flush)
+
+    def _take(self) -> list[_Outcome]:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+        taken, self.waiting = self.waiting, []
+        return taken
+
+    def _flush(self) -> None:
+        taken = self._take()
+        if not taken:
+            return
+        d = defer.ensureDeferred(self.service._commit(taken))
+        self.running.add(d)
+        d.addErrback(lambda f: log.warn("delivery: could not record {n} outcome(s): {e}; the jobs are "
+                                        "retried when their lease expires", n=len(taken), e=f.getErrorMessage()))
+        d.addBoth(lambda _: self.running.discard(d))
+
+    async def close(self) -> None:
+        taken = self._take()
+        if self.running:
+            await defer.DeferredList(list(self.running), consumeErrors=True)
+        await self.service._commit(taken)

@@ -97,6 +97,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailrelay import netio
+
 log = Logger()
 
 #: The TLS policies :func:`connect` understands.
@@ -611,7 +613,8 @@ class SMTPClientProtocol(protocol.Protocol):
     def pipeline(self, lines: list[bytes], stages: list[str]) -> list[defer.Deferred]:
         """Send several command lines in one write (RFC 2920); a Deferred per reply."""
         if not self.failed:
-            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            self.transport.write(b"\r\n".join(lines) + b"\r\n")
+            netio.flush(self.transport)  # now, not on the reactor's next turn: we wait for replies
         return [self._waiter(stage) for stage in stages]
 
     def starttls(self, tls_options: Any) -> defer.Deferred:
@@ -622,6 +625,7 @@ class SMTPClientProtocol(protocol.Protocol):
             self._fail(ProtocolError(f"{self.server} sent replies nobody asked for before STARTTLS"))
             return self._waiter("STARTTLS")
         self.transport.write(b"STARTTLS\r\n")
+        netio.flush(self.transport)
         return self._waiter("STARTTLS", tls_options)
 
     def tls_handshake(self) -> defer.Deferred:
@@ -649,6 +653,21 @@ class SMTPClientProtocol(protocol.Protocol):
         self._touch()
         producer.resumeProducing()
         return producer.done
+
+    def send_data(self, content: bytes) -> defer.Deferred:
+        """The message data dot-stuffed and the end of data: a Deferred of the final reply.
+
+        A message of at most CHUNK_SIZE octets goes out with its ending dot in one write;
+        a larger one through :meth:`send_body` (flow control), then the dot.
+        """
+        if len(content) > CHUNK_SIZE or self.failed:
+            d = self.send_body(content, "message data")
+            d.addCallback(lambda _: self.command(b".", "end of data"))
+            return d
+        self.stage = "message data"
+        self.transport.write(dot_stuff(content) + b".\r\n")
+        netio.flush(self.transport)
+        return self._waiter("end of data")
 
     def _body_progress(self) -> None:
         self._touch()
@@ -778,6 +797,8 @@ class _BodyProducer:
                 self.proto._body_progress()
         finally:
             self.producing = False
+        if not self.stopped:
+            netio.flush(self.proto.transport)
         if self.offset >= len(self.content) and not self.stopped:
             self.stopped = True
             self.proto._body_finished(self)
@@ -1019,8 +1040,7 @@ class ClientSession:
             # MAIL was accepted: RSET ends the transaction
             return await self._finish(message, replies, send_to, final, reset=True)
 
-        await proto.send_body(content, "message data")
-        end = await proto.command(b".", "end of data")
+        end = await proto.send_data(content)
         final = list(rcpt_replies)
         for j in accepted:
             final[j] = end

@@ -288,12 +288,19 @@ local function domain_of(address)
 end
 """
 
-# KEYS: queue:domains, queue:d:<domain>, leases
-# ARGV: domain, now_ms, limit, lease_until_ms, owner, msg key prefix
-# Returns flat list: job, sender, rcpt, attempts, received_at per claimed job.
+# KEYS: queue:domains, queue:d:<domain>, leases, suppressed
+# ARGV: domain, now_ms, limit, lease_until_ms, owner, msg key prefix, body key prefix,
+#       body budget (bytes of stored bodies returned inline, in all)
+# Returns flat list per claimed job: job, sender, rcpt, attempts, received_at, suppression,
+# body. suppression: the entry of the recipient in the suppression list (its address
+# ASCII-lowercased), "" when it has none, false when the address is not ASCII (Lua's lower is
+# not Python's: the caller looks it up). body: the stored (compressed) body, for the first job
+# of each message while the budget lasts, else false (the caller reads it).
 CLAIM_SCRIPT = _DOMAIN_MIN + """
 local jobs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
+local budget = tonumber(ARGV[8])
+local seen = {}
 for _, job in ipairs(jobs) do
   redis.call('ZREM', KEYS[2], job)
   local dot = string.find(job, '.', 1, true)
@@ -303,46 +310,96 @@ for _, job in ipairs(jobs) do
   if row[2] then
     redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), job)
     redis.call('HSET', mkey, 'owner:' .. i, ARGV[5], 'state:' .. i, 'delivering')
+    local suppression = false
+    if not string.find(row[2], '[\\128-\\255]') then
+      suppression = redis.call('HGET', KEYS[4], string.lower(row[2])) or ''
+    end
+    local body = false
+    if not seen[id] and budget > 0 then
+      seen[id] = true
+      local bkey = ARGV[7] .. id
+      local size = redis.call('STRLEN', bkey)
+      if size > 0 and size <= budget then
+        body = redis.call('GET', bkey)
+        budget = budget - size
+      end
+    end
     out[#out + 1] = job
     out[#out + 1] = row[1]
     out[#out + 1] = row[2]
     out[#out + 1] = row[3] or '0'
     out[#out + 1] = row[4]
+    out[#out + 1] = suppression
+    out[#out + 1] = body
   end
 end
 update_domain(KEYS[1], KEYS[2], ARGV[1])
 return out
 """
 
-# KEYS: queue:domains, queue:d:<domain>, leases, msg, timeline, events
-# ARGV: job, rcpt index, owner, new state, event JSON, due_ms ("" if final),
-#       domain, events_maxlen, message id, now_ms, index key prefix
-# States: deferred (rescheduled at due_ms), delivered, bounced, expired (final).
+# KEYS: queue:domains, leases, events
+# ARGV: owner, events_maxlen, now_ms, index key prefix, msg key prefix, timeline key prefix,
+#       domain queue prefix, then per job 6 values: job, rcpt index, new state, event JSON,
+#       due_ms ("" if final), domain
+# States: deferred (rescheduled at due_ms), delivered, bounced, expired, suppressed (final).
+# Returns one result per job, in order: OK, STOLEN (another daemon held the lease; recorded
+# anyway) or GONE (the message was deleted; nothing recorded).
 RECORD_SCRIPT = _DOMAIN_MIN + _STATUS + _COUNT + """
-local i = ARGV[2]
-local owner = redis.call('HGET', KEYS[4], 'owner:' .. i)
-if not owner then
-  if redis.call('EXISTS', KEYS[4]) == 0 or redis.call('HGET', KEYS[4], 'state:' .. i) == 'deleted' then
-    redis.call('ZREM', KEYS[3], ARGV[1])
-    return 'GONE'
+local owner_arg, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
+local idx, msg_prefix, timeline_prefix, queue_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local results = {}
+local touched, touched_order = {}, {}
+local counts, count_order = {}, {}
+local requeued, requeued_order = {}, {}
+for pos = 8, #ARGV, 6 do
+  local job, i, state, event, due, domain = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+  local dot = string.find(job, '.', 1, true)
+  local id = string.sub(job, 1, dot - 1)
+  local mkey = msg_prefix .. id
+  local owner = redis.call('HGET', mkey, 'owner:' .. i)
+  redis.call('ZREM', KEYS[2], job)
+  if not owner and (redis.call('EXISTS', mkey) == 0 or redis.call('HGET', mkey, 'state:' .. i) == 'deleted') then
+    results[#results + 1] = 'GONE'
+  else
+    redis.call('HDEL', mkey, 'owner:' .. i)
+    redis.call('HSET', mkey, 'state:' .. i, state, 'last:' .. i, now)
+    redis.call('HINCRBY', mkey, 'attempts:' .. i, 1)
+    redis.call('RPUSH', timeline_prefix .. id, event)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', state, 'msg', id, 'rcpt', i, 'at', now)
+    if not touched[id] then
+      touched[id] = true
+      touched_order[#touched_order + 1] = id
+    end
+    if not counts[state] then
+      counts[state] = 0
+      count_order[#count_order + 1] = state
+    end
+    counts[state] = counts[state] + 1
+    if due ~= '' then
+      local dkey = queue_prefix .. domain
+      redis.call('ZADD', dkey, tonumber(due), job)
+      if not requeued[domain] then
+        requeued[domain] = true
+        requeued_order[#requeued_order + 1] = domain
+      end
+    end
+    if owner and owner ~= owner_arg then
+      results[#results + 1] = 'STOLEN'
+    else
+      results[#results + 1] = 'OK'
+    end
   end
 end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], 'owner:' .. i)
-redis.call('HSET', KEYS[4], 'state:' .. i, ARGV[4], 'last:' .. i, ARGV[10])
-redis.call('HINCRBY', KEYS[4], 'attempts:' .. i, 1)
-redis.call('RPUSH', KEYS[5], ARGV[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'type', ARGV[4], 'msg', ARGV[9], 'rcpt', i, 'at', ARGV[10])
-update_status(KEYS[4], ARGV[9], ARGV[11])
-count(ARGV[11] .. 'stats:', tonumber(ARGV[10]), ARGV[4], 1)
-if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[1])
-  update_domain(KEYS[1], KEYS[2], ARGV[7])
+for _, id in ipairs(touched_order) do
+  update_status(msg_prefix .. id, id, idx)
 end
-if owner and owner ~= ARGV[3] then
-  return 'STOLEN'
+for _, state in ipairs(count_order) do
+  count(idx .. 'stats:', tonumber(now), state, counts[state])
 end
-return 'OK'
+for _, domain in ipairs(requeued_order) do
+  update_domain(KEYS[1], queue_prefix .. domain, domain)
+end
+return results
 """
 
 # KEYS: queue:domains, leases; ARGV: now_ms, owner ("" = any: expired leases), msg key prefix,
@@ -536,6 +593,12 @@ class Event:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
 
 
+#: ClaimedJob.suppression when the suppression list was not read for the job.
+NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOKED_UP"})()
+#: Stored (compressed) bytes of bodies that one claim returns with its jobs, in all.
+CLAIM_BODY_BUDGET = 1 << 20
+
+
 @dataclass
 class ClaimedJob:
     """A delivery job this daemon holds a lease on."""
@@ -548,6 +611,10 @@ class ClaimedJob:
     attempts: int
     received_at_ms: int
     domain: str
+    #: Filled by Storage.claim: the recipient's suppression entry (None: not suppressed;
+    #: NOT_LOOKED_UP: unknown), and the message's stored (compressed) body, or None (not read).
+    suppression: Any = field(default=NOT_LOOKED_UP, compare=False, repr=False)
+    body: bytes | None = field(default=None, compare=False, repr=False)
 
 
 def new_message_id() -> str:
@@ -847,18 +914,31 @@ class Storage:
                                  "LIMIT", 0, limit)
         return [d.decode() for d in reply]
 
-    async def claim(self, domain: str, limit: int, owner: str, lease_seconds: float) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs of ``domain`` for ``owner``."""
+    async def claim(self, domain: str, limit: int, owner: str, lease_seconds: float,
+                    body_budget: int = CLAIM_BODY_BUDGET) -> list[ClaimedJob]:
+        """
+        Lease up to ``limit`` due jobs of ``domain`` for ``owner``. In the same call, each
+        job gets its recipient's suppression entry (``ClaimedJob.suppression``) and, up to
+        ``body_budget`` stored bytes in all, its message's body (``ClaimedJob.body``, on the
+        first job of each message): sending a batch then needs no further reads.
+        """
         now = self.now_ms()
-        keys = [self.keys.queue_domains, self.keys.domain_queue(domain), self.keys.leases]
+        keys = [self.keys.queue_domains, self.keys.domain_queue(domain), self.keys.leases, self.keys.suppressed]
         reply = await self._eval(CLAIM_SCRIPT, keys, [domain, now, limit, now + int(lease_seconds * 1000),
-                                                      owner, self.keys.prefix + "msg:"])
+                                                      owner, self.keys.prefix + "msg:",
+                                                      self.keys.prefix + "body:", body_budget])
         jobs = []
-        for k in range(0, len(reply), 5):
+        for k in range(0, len(reply), 7):
             job, sender, rcpt, attempts, received = (v.decode() for v in reply[k:k + 5])
+            suppression, body = reply[k + 5], reply[k + 6]
             message_id, _, index = job.partition(".")
-            jobs.append(ClaimedJob(job, message_id, int(index), sender, rcpt, int(attempts),
-                                   int(received), domain))
+            claimed = ClaimedJob(job, message_id, int(index), sender, rcpt, int(attempts),
+                                 int(received), domain)
+            if suppression is not None:
+                claimed.suppression = json.loads(suppression) if suppression else None
+            if body is not None:
+                claimed.body = body
+            jobs.append(claimed)
         return jobs
 
     async def record(self, job: ClaimedJob, owner: str, state: str, event: Event,
@@ -868,12 +948,24 @@ class Storage:
         or a final state. Returns "OK", "STOLEN" (another daemon took the lease
         meanwhile; recorded anyway) or "GONE" (the message was deleted).
         """
-        keys = [self.keys.queue_domains, self.keys.domain_queue(job.domain), self.keys.leases,
-                self.keys.msg(job.message_id), self.keys.timeline(job.message_id), self.keys.events]
-        args = [job.job, job.rcpt, owner, state, event.to_json(), "" if due_ms is None else due_ms,
-                job.domain, EVENTS_MAXLEN, job.message_id, self.now_ms(), self.keys.index_prefix]
-        result = await self._eval(RECORD_SCRIPT, keys, args)
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return (await self.record_many([(job, state, event, due_ms)], owner))[0]
+
+    async def record_many(self, outcomes: list[tuple[ClaimedJob, str, Event, int | None]],
+                          owner: str) -> list[str]:
+        """:meth:`record` for several jobs (job, state, event, due_ms) in one call, in order."""
+        if not outcomes:
+            return []
+        keys = self.keys
+        args: list[Any] = [owner, EVENTS_MAXLEN, self.now_ms(), keys.index_prefix, keys.prefix + "msg:",
+                           keys.prefix + "timeline:", keys.domain_queue_prefix]
+        for job, state, event, due_ms in outcomes:
+            args += [job.job, job.rcpt, state, event.to_json(), "" if due_ms is None else due_ms, job.domain]
+        reply = await self._eval(RECORD_SCRIPT, [keys.queue_domains, keys.leases, keys.events], args)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
+
+    def decompress_body(self, stored: bytes) -> bytes:
+        """A body as returned by :meth:`claim` (stored form) as it will be delivered."""
+        return zlib.decompress(stored)
 
     async def release(self, jobs: list[ClaimedJob], owner: str) -> int:
         """Hand leased jobs back to the queue, due now (e.g. at shutdown)."""
