@@ -184,6 +184,22 @@ class AddressError(ValueError):
     """An address that RFC 5321 does not allow; the message says why."""
 
 
+def _closing_bracket(text: str) -> int:
+    """The index of the '>' that closes a path starting with '<', skipping quoted strings; -1."""
+    i, quoted = 1, False
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quoted:
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return i
+        i += 1
+    return -1
+
+
 def parse_path(text: str, *, allow_null: bool) -> tuple[str, str]:
     """
     Split ``<path> params`` into (mailbox, params). Accepts ``<>`` (when
@@ -192,19 +208,8 @@ def parse_path(text: str, *, allow_null: bool) -> tuple[str, str]:
     """
     text = text.lstrip(" ")
     if text.startswith("<"):
-        # find the closing bracket, skipping quoted strings
-        i, quoted = 1, False
-        while i < len(text):
-            c = text[i]
-            if c == "\\" and quoted:
-                i += 2
-                continue
-            if c == '"':
-                quoted = not quoted
-            elif c == ">" and not quoted:
-                break
-            i += 1
-        else:
+        i = text.find(">") if '"' not in text else _closing_bracket(text)
+        if i == -1:
             raise AddressError("missing '>'")
         path, rest = text[1:i], text[i + 1:]
         if rest and not rest.startswith(" "):

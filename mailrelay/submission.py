@@ -244,11 +244,7 @@ class SubmissionHandler:
     def is_trusted(self, session: Session) -> bool:
         if not self.trusted or session.peer_host is None:
             return False
-        try:
-            ip = ipaddress.ip_address(session.peer_host)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
+        return _in_networks(session.peer_host, self.trusted)
 
     def auth_offered(self, session: Session) -> bool:
         return session.tls or not self.settings.require_tls_for_auth
@@ -392,6 +388,16 @@ class SubmissionHandler:
             text += f" for <{transaction.recipients[0]}>"
         text += "; " + msg.date_now()
         return msg.make_field("Received", text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(host: str, networks: tuple[Any, ...]) -> bool:
+    """Whether the IP address ``host`` is in one of ``networks`` (False when not an address)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 @functools.lru_cache(maxsize=1024)
