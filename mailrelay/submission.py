@@ -47,13 +47,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, threads
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from mailrelay import message as msg
 from mailrelay import smtpserver
 from mailrelay.config import Config, Rate
-from mailrelay.passwords import hash_password, verify_password
+from mailrelay.passwords import check_password, hash_password
 from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
 from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
 
@@ -115,7 +115,12 @@ def ensure_first_user(state_dir: Path) -> tuple[str, str, Path]:
 
 
 class Authenticator:
-    """Checks user passwords off the reactor, remembering recent successes."""
+    """Checks user passwords off the reactor, remembering recent successes.
+
+    scrypt runs through :func:`mailrelay.passwords.check_password` (a few at once,
+    the rest queued), and concurrent checks of the same credentials share one
+    computation: a burst of sessions of one user on a cold cache costs one scrypt.
+    """
 
     CACHE_SIZE = 1024
     CACHE_SECONDS = 600.0
@@ -124,6 +129,7 @@ class Authenticator:
         self.users = dict(users)
         self._key = os.urandom(32)
         self._cache: dict[bytes, float] = {}
+        self._pending: dict[bytes, list[defer.Deferred]] = {}  # cache key -> waiters
 
     def _cache_key(self, username: str, password: bytes) -> bytes:
         return hmac.new(self._key, username.encode() + b"\0" + password, hashlib.sha256).digest()
@@ -136,11 +142,26 @@ class Authenticator:
         now = time.monotonic()
         if self._cache.get(key, 0) > now:
             return True
-        ok = await threads.deferToThread(verify_password, password, hashed)
+        waiters = self._pending.get(key)
+        if waiters is not None:  # the same credentials are being checked: share the result
+            d: defer.Deferred = defer.Deferred()
+            waiters.append(d)
+            return await d
+        self._pending[key] = waiters = []
+        try:
+            ok = await check_password(password, hashed)
+        except Exception as e:
+            del self._pending[key]
+            for d in waiters:
+                d.errback(e)
+            raise
+        del self._pending[key]
         if ok:
             if len(self._cache) >= self.CACHE_SIZE:
                 self._cache.clear()
-            self._cache[key] = now + self.CACHE_SECONDS
+            self._cache[key] = time.monotonic() + self.CACHE_SECONDS
+        for d in waiters:
+            d.callback(ok)
         return ok
 
 
