@@ -153,7 +153,7 @@ end
 # ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
 #       index key prefix, retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
 #       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
-ENQUEUE_SCRIPT = _COUNT + """
+_ENQUEUE_BODY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[2]) then
@@ -223,6 +223,34 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'msg'
 count(idx .. 'stats:', now, 'accepted', 1)
 count(idx .. 'stats:', now, 'recipients', i)
 return 'OK ' .. (redis.call('GET', KEYS[6]) or '0')
+"""
+ENQUEUE_SCRIPT = _COUNT + _ENQUEUE_BODY
+
+# Several messages queued in one call (see Storage._enqueue_batched): the ENQUEUE_SCRIPT of
+# each, in order; one failing (e.g. OOM) does not stop the others. KEYS: every message's
+# ENQUEUE_SCRIPT keys, one message after the other; ARGV: per message, the number of its
+# keys, the number of its arguments, then its arguments. Returns one reply per message:
+# what ENQUEUE_SCRIPT returns, or 'ERR <error>'.
+ENQUEUE_BATCH_SCRIPT = _COUNT + """
+local function enqueue(KEYS, ARGV)
+""" + _ENQUEUE_BODY + """
+end
+local results = {}
+local k, a = 1, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local message_keys, message_args = {}, {}
+  for j = 1, nk do message_keys[j] = KEYS[k + j - 1] end
+  for j = 1, na do message_args[j] = ARGV[a + 1 + j] end
+  local ok, result = pcall(enqueue, message_keys, message_args)
+  if not ok then
+    result = 'ERR ' .. ((type(result) == 'table' and result.err) or tostring(result))
+  end
+  results[#results + 1] = result
+  k = k + nk
+  a = a + 2 + na
+end
+return results
 """
 
 # KEYS: msg, body, queue:domains, timeline, then queue:d:<domain> per recipient
@@ -685,6 +713,8 @@ class Storage:
         self.clock_offset_ms = 0.0   # Redis TIME minus our clock
         # (change counter of the suppression list as last read, when): see suppression_of
         self.suppressions_version: tuple[str | None, float] = (None, 0.0)
+        # messages waiting for this reactor turn's ENQUEUE_BATCH_SCRIPT call: (keys, args, waiter)
+        self._enqueue_batch: list[tuple[list[str], list[Any], defer.Deferred]] = []
         # The pool's idle connections (txredisapi's PeekableQueue.pending), for _call/_eval;
         # with Sentinel, READONLY replies must still reach the follower (_watched).
         pool = redis.pool if isinstance(redis, SentinelFollower) else redis
@@ -825,6 +855,9 @@ class Storage:
                 result, replicas = await self._timed(
                     defer.ensureDeferred(self._eval_and_wait(script_keys, args, script)),
                     self.timeout + self.replica_timeout_ms / 1000)
+            elif dedupe is None:
+                result = await self._enqueue_batched(script_keys, args)
+                replicas = None
             else:
                 result = await self._timed(self._eval(script, script_keys, args), self.timeout)
                 replicas = None
@@ -836,6 +869,9 @@ class Storage:
             if "OOM" in str(e):
                 raise StorageFull(str(e)) from None
             raise StorageUnavailable(str(e)) from None
+        if isinstance(result, bytes) and result.startswith(b"ERR "):  # from ENQUEUE_BATCH_SCRIPT
+            error = result[4:].decode("utf-8", "replace")
+            raise (StorageFull if "OOM" in error else StorageUnavailable)(error)
         if result in (b"LATE", "LATE"):
             raise StorageUnavailable("Redis ran the write after its deadline; not stored")
         original = self._duplicate_of(result) if dedupe is not None else None
@@ -855,6 +891,45 @@ class Storage:
                     f"only {replicas} of {self.min_replicas} replicas confirmed the write")
             self._release(message_id, domains)
         return message_id
+
+    def _enqueue_batched(self, keys: list[str], args: list[Any]) -> defer.Deferred:
+        """
+        ENQUEUE_SCRIPT's reply for one message, from one ENQUEUE_BATCH_SCRIPT call made at the
+        end of this reactor turn for every message that finished its DATA in this turn (a
+        group commit: the 20 sessions of a busy server share one Redis call, its fsync and
+        its reply, instead of one each). Nothing waits for a batch to fill: a message alone
+        in its turn is sent alone, one turn later.
+        """
+        waiter: defer.Deferred = defer.Deferred()
+        self._enqueue_batch.append((keys, args, waiter))
+        if len(self._enqueue_batch) == 1:
+            from twisted.internet import reactor
+            reactor.callLater(0, self._send_enqueue_batch)
+        return waiter
+
+    def _send_enqueue_batch(self) -> None:
+        batch, self._enqueue_batch = self._enqueue_batch, []
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for keys, args, _ in batch:
+            all_keys += keys
+            all_args += [len(keys), len(args), *args]
+        try:
+            d = self._timed(self._eval(ENQUEUE_BATCH_SCRIPT, all_keys, all_args), self.timeout)
+        except Exception:  # e.g. txredisapi's "Not connected"
+            d = defer.fail()
+
+        def replied(results: list[Any]) -> None:
+            if not isinstance(results, list) or len(results) != len(batch):
+                results = [b"ERR unexpected reply %r" % (results,)] * len(batch)
+            for (_, _, waiter), result in zip(batch, results):
+                waiter.callback(result)
+
+        def failed(failure: Any) -> None:
+            for _, _, waiter in batch:
+                waiter.errback(failure)
+
+        d.addCallbacks(replied, failed)
 
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
         connection = self._idle_connection()
