@@ -313,7 +313,26 @@ def parse_queue_id(reply: ReplyInfo) -> str | None:
     return None
 
 
+#: Recent answers of :func:`_address_problem` (a pure function of the address): a sender
+#: or recipient that comes back is not parsed again. Emptied when it reaches the limit.
+_ADDRESS_PROBLEMS: dict[str, str | None] = {}
+_ADDRESS_PROBLEMS_LIMIT = 4096
+
+
 def _address_problem(address: str) -> str | None:
+    """Why ``address`` cannot go into MAIL/RCPT as it is, or None (remembered)."""
+    try:
+        return _ADDRESS_PROBLEMS[address]
+    except KeyError:
+        pass
+    problem = _check_address(address)
+    if len(_ADDRESS_PROBLEMS) >= _ADDRESS_PROBLEMS_LIMIT:
+        _ADDRESS_PROBLEMS.clear()
+    _ADDRESS_PROBLEMS[address] = problem
+    return problem
+
+
+def _check_address(address: str) -> str | None:
     """Why ``address`` cannot go into MAIL/RCPT as it is, or None.
 
     The same rules as the server side (RFC 5321 mailbox syntax: a quoted local part may
@@ -1048,8 +1067,7 @@ class ClientSession:
         if end.code // 100 == 2:
             self.messages_sent += 1
             queue_id = parse_queue_id(end)
-        log.debug("{server}: message {sender} -> {n} recipient(s): {reply}", server=self.server,
-                  sender=message.sender, n=len(accepted), reply=str(end))
+        # (no log line here: the caller logs every recipient's outcome)
         return await self._finish(message, replies, send_to, final, queue_id=queue_id)
 
     async def _finish(self, message: OutboundMessage, replies: dict[int, ReplyInfo], send_to: list[int],
@@ -1137,17 +1155,39 @@ def _size_limit(extensions: dict[str, str]) -> int | None:
     return None
 
 
-async def _gather(deferreds: list[defer.Deferred]) -> list[ReplyInfo]:
-    """Every reply of a pipelined group, in order.
+def _gather(deferreds: list[defer.Deferred]) -> defer.Deferred:
+    """Every reply of a pipelined group, in order (a Deferred of the list).
 
     When the connection fails part-way, the replies missing after a 421 (the
     server closing, RFC 5321 3.8) are that 421; otherwise the failure is raised.
+    (A lighter DeferredList: one callback per reply, the failures consumed.)
     """
-    results = await defer.DeferredList(deferreds, consumeErrors=True)
+    outcomes: list[Any] = [None] * len(deferreds)
+    left = [len(deferreds)]
+
+    def cancel(_: defer.Deferred) -> None:  # cancelling the group cancels its commands
+        for d in deferreds:
+            if not d.called:
+                d.cancel()
+
+    done: defer.Deferred = defer.Deferred(canceller=cancel)
+
+    def collect(value: Any, index: int) -> None:
+        outcomes[index] = value
+        left[0] -= 1
+        if not left[0]:
+            done.callback(outcomes)
+
+    for index, d in enumerate(deferreds):
+        d.addBoth(collect, index)
+    return done.addCallback(_replies_of)
+
+
+def _replies_of(outcomes: list[Any]) -> list[ReplyInfo]:
     replies: list[ReplyInfo] = []
     closing: ReplyInfo | None = None
-    for ok, value in results:
-        if ok:
+    for value in outcomes:
+        if not isinstance(value, Failure):
             replies.append(value)
             if value.code == 421:
                 closing = value

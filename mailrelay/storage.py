@@ -621,6 +621,9 @@ class Event:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
 
 
+#: Event.to_json's encoder, made once (for the delivery queue's batches of events).
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 #: ClaimedJob.suppression when the suppression list was not read for the job.
 NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOKED_UP"})()
 #: Stored (compressed) bytes of bodies that one claim returns with its jobs, in all.
@@ -1033,8 +1036,10 @@ class Storage:
         keys = self.keys
         args: list[Any] = [owner, EVENTS_MAXLEN, self.now_ms(), keys.index_prefix, keys.prefix + "msg:",
                            keys.prefix + "timeline:", keys.domain_queue_prefix]
+        encode = _EVENT_JSON.encode  # Event.to_json without building an encoder per event
         for job, state, event, due_ms in outcomes:
-            args += [job.job, job.rcpt, state, event.to_json(), "" if due_ms is None else due_ms, job.domain]
+            args += [job.job, job.rcpt, state, encode(event.__dict__), "" if due_ms is None else due_ms,
+                     job.domain]
         reply = await self._eval(RECORD_SCRIPT, [keys.queue_domains, keys.leases, keys.events], args)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
 

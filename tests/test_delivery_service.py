@@ -767,3 +767,118 @@ class SharedQueueTests(DeliveryTestCase):
         self.assertLess(elapsed, 30, f"took {elapsed:.1f}s")
         print(f"\n2,000 messages through two services: {elapsed:.2f}s, "
               f"claims {[s.claimed for s in storages]}, {len(server.sessions)} connections")
+
+
+# -- 9: batched reads and writes of the delivery queue ------------------------------------------
+
+
+class BatchTests(DeliveryTestCase):
+    """The claim reads bodies and suppressions with the jobs; outcomes are recorded in batches."""
+
+    async def suppressed(self, address: str) -> None:
+        await self.storage.add_suppression(address, {"since": "2026-11-28T00:00:00Z", "type": "HardBounce"})
+
+    @async_test
+    async def test_claim_returns_bodies_and_suppression_entries(self):
+        from mailrelay.storage import NOT_LOOKED_UP
+
+        server = self.start_server()
+        await self.start_service(server.port)
+        await self.service._stop()  # drive the storage by hand
+        await self.suppressed("Gone@Example.test")
+        plain = await self.enqueue(["a@example.test", "gone@example.test"])
+        utf8 = await self.enqueue(["zoë@example.test"])
+        jobs = await self.storage.claim("example.test", 10, "test", 60)
+        by_job = {j.job: j for j in jobs}
+        self.assertEqual(sorted(by_job), [f"{plain}.0", f"{plain}.1", f"{utf8}.0"])
+        # one body per message, on its first job
+        self.assertEqual(self.storage.decompress_body(by_job[f"{plain}.0"].body), content(plain))
+        self.assertIsNone(by_job[f"{plain}.1"].body)
+        self.assertEqual(self.storage.decompress_body(by_job[f"{utf8}.0"].body), content(utf8))
+        self.assertIsNone(by_job[f"{plain}.0"].suppression)
+        self.assertEqual(by_job[f"{plain}.1"].suppression["type"], "HardBounce")
+        self.assertIs(by_job[f"{utf8}.0"].suppression, NOT_LOOKED_UP)  # not ASCII: looked up by the caller
+        await self.storage.release(jobs, "test")
+        # a body budget too small: no bodies, the jobs are claimed all the same
+        jobs = await self.storage.claim("example.test", 10, "test", 60, body_budget=10)
+        self.assertEqual(len(jobs), 3)
+        self.assertTrue(all(j.body is None for j in jobs))
+
+    @async_test
+    async def test_record_many_in_one_call(self):
+        server = self.start_server()
+        await self.start_service(server.port)
+        await self.service._stop()
+        first = await self.enqueue(["a@example.test", "b@example.test"])
+        second = await self.enqueue(["c@example.test"])
+        third = await self.enqueue(["d@example.test"])
+        jobs = {j.job: j for j in await self.storage.claim("example.test", 10, "test", 60)}
+        self.assertEqual(await self.leases(), 4)
+        await self.storage.admin_delete(third)
+        due = self.storage.now_ms() + 3_600_000
+
+        def event(job, state):
+            return delivery_module.Event(type=state, at="2026-11-28T00:00:00Z", recipient=job.recipient,
+                                         rcpt=job.rcpt, detail=state)
+
+        outcomes = [(jobs[f"{first}.0"], "delivered", None), (jobs[f"{first}.1"], "deferred", due),
+                    (jobs[f"{second}.0"], "bounced", None), (jobs[f"{third}.0"], "delivered", None)]
+        results = await self.storage.record_many([(j, s, event(j, s), d) for j, s, d in outcomes], "test")
+        self.assertEqual(results, ["OK", "OK", "OK", "GONE"])
+        self.assertEqual(await self.states(first), ["delivered", "deferred"])
+        self.assertEqual(await self.states(second), ["bounced"])
+        self.assertEqual((await self.fields(first))["status"], "queued")
+        self.assertEqual((await self.fields(second))["status"], "bounced")
+        self.assertEqual(await self.types(first), ["queued", "queued", "delivered", "deferred"])
+        self.assertEqual(await self.leases(), 0)
+        self.assertEqual(await self.queued("example.test"), [f"{first}.1"])
+        self.assertEqual(await self.zscore("queue:domains", "example.test"), due)
+        # another owner's lease: recorded, reported STOLEN
+        self.clock.advance(3601)
+        [job] = await self.storage.claim("example.test", 10, "other", 60)
+        [result] = await self.storage.record_many([(job, "delivered", event(job, "delivered"), None)], "test")
+        self.assertEqual(result, "STOLEN")
+        self.assertEqual(await self.states(first), ["delivered", "delivered"])
+        self.assertEqual((await self.fields(first))["status"], "delivered")
+        self.assertIsNone(await self.zscore("queue:domains", "example.test"))
+
+    @async_test
+    async def test_suppressed_recipients_are_not_sent(self):
+        server = self.start_server()
+        await self.start_service(server.port)
+        await self.suppressed("gone@example.test")
+        await self.suppressed("zoë@example.test")  # not ASCII: looked up apart from the claim
+        message_id = await self.enqueue(["a@example.test", "GONE@example.test", "zoë@example.test"])
+        await self.scan()
+        await self.wait_for(self.has_outcome(message_id, 3), "three outcomes")
+        self.assertEqual(await self.states(message_id), ["delivered", "suppressed", "suppressed"])
+        [message] = server.messages
+        self.assertEqual(message.recipients, ["a@example.test"])
+        self.assertEqual(await self.leases(), 0)
+
+    @async_test
+    async def test_many_messages_one_batch_every_outcome_recorded(self):
+        """A batch of 120 jobs (three claims): every outcome recorded, one RECORD call per claim or less."""
+        server = self.start_server()
+        await self.start_service(server.port, max_messages_per_connection=1000)
+        calls = []
+        record_many = self.storage.record_many
+
+        async def counting(outcomes, owner):
+            calls.append(len(outcomes))
+            return await record_many(outcomes, owner)
+
+        self.storage.record_many = counting
+        ids = [await self.enqueue([f"user{n}@example.test"]) for n in range(120)]
+
+        def step() -> bool:
+            self.clock.advance(0)
+            return len(server.messages) >= 120
+
+        await self.scan()
+        await self.wait_for(step, "120 messages")
+        for message_id in ids:
+            await self.wait_for(self.has_outcome(message_id), f"the outcome of {message_id}")
+        self.assertEqual(sum(calls), 120)
+        self.assertLessEqual(len(calls), 6, calls)
+        self.assertEqual(await self.leases(), 0)
