@@ -533,9 +533,12 @@ end
 return inactive
 """
 
-# KEYS: suppressed, suppressed:version; ARGV: address. Returns {entry or nil, version}.
+# KEYS: suppressed, suppressed:version; ARGV: addresses.
+# Returns {version, then the entry (or nil) of each address}.
 SUPPRESSION_OF_SCRIPT = """
-return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('GET', KEYS[2]) or '0'}
+local reply = redis.call('HMGET', KEYS[1], unpack(ARGV))
+table.insert(reply, 1, redis.call('GET', KEYS[2]) or '0')
+return reply
 """
 
 # KEYS: suppressed, suppressed:version; ARGV: "add"|"remove", address, entry JSON (add).
@@ -718,6 +721,7 @@ class Storage:
         self.suppressions_version: tuple[str | None, float] = (None, 0.0)
         # messages waiting for this reactor turn's ENQUEUE_BATCH_SCRIPT call: (keys, args, waiter)
         self._enqueue_batch: list[tuple[list[str], list[Any], defer.Deferred]] = []
+        self._suppression_lookups: list[tuple[str, defer.Deferred]] = []   # the same for RCPT
         # The pool's idle connections (txredisapi's PeekableQueue.pending), for _call/_eval;
         # with Sentinel, READONLY replies must still reach the follower (_watched).
         pool = redis.pool if isinstance(redis, SentinelFollower) else redis
@@ -1106,16 +1110,39 @@ class Storage:
     def suppression_of(self, address: str) -> defer.Deferred:
         """
         The suppression entry of one address, or None (a plain Deferred: the RCPT hot path).
-        The suppression list's change counter comes with it (see :attr:`suppressions_version`).
+        The lookups asked for in one reactor turn share one Redis call (as enqueue does), and
+        the suppression list's change counter comes with it (:attr:`suppressions_version`).
         """
-        d = self._eval(SUPPRESSION_OF_SCRIPT, [self.keys.suppressed, self.keys.suppressed_version],
-                       [address.lower()])
+        waiter: defer.Deferred = defer.Deferred()
+        self._suppression_lookups.append((address.lower(), waiter))
+        if len(self._suppression_lookups) == 1:
+            from twisted.internet import reactor
+            reactor.callLater(0, self._send_suppression_lookups)
+        return waiter
 
-        def parsed(reply: list[Any]) -> dict[str, Any] | None:
-            entry, version = reply
-            self._saw_suppressions_version(version)
-            return None if entry is None else json.loads(entry)
-        return d.addCallback(parsed)
+    def _send_suppression_lookups(self) -> None:
+        batch, self._suppression_lookups = self._suppression_lookups, []
+        try:
+            d = self._eval(SUPPRESSION_OF_SCRIPT, [self.keys.suppressed, self.keys.suppressed_version],
+                           [address for address, _ in batch])
+        except Exception:  # e.g. txredisapi's "Not connected"
+            d = defer.fail()
+
+        def replied(reply: list[Any]) -> None:
+            self._saw_suppressions_version(reply[0])
+            for (_, waiter), entry in zip(batch, reply[1:]):
+                try:
+                    value = None if entry is None else json.loads(entry)
+                except ValueError as e:  # a bad entry fails this lookup only
+                    waiter.errback(e)
+                else:
+                    waiter.callback(value)
+
+        def failed(failure: Any) -> None:
+            for _, waiter in batch:
+                waiter.errback(failure)
+
+        d.addCallbacks(replied, failed)
 
     def _saw_suppressions_version(self, version: Any) -> None:
         """A reply carried the change counter of the suppression list."""
