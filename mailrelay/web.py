@@ -6,8 +6,9 @@ JOB
 
     ``/api/v1/...``   the JSON API over the sent-mail archive (messages, their
                       per-recipient timelines and raw content, bounces, the
-                      suppression list, statistics); see docs/api.md and the
-                      OpenAPI document docs/openapi.json.
+                      suppression list, statistics and the daemons sharing
+                      the Redis); see docs/api.md and the OpenAPI document
+                      docs/openapi.json.
     ``/healthz``      200 ``ok`` while the process runs.
     ``/readyz``       200 when Redis answers PING within ``[redis] timeout``
                       and every configured SMTP listener is listening; 503
@@ -422,6 +423,30 @@ def queue_totals(summary: dict[str, Any]) -> dict[str, Any]:
     out["oldest_age_seconds"] = (round(max(0, summary["now_ms"] - min(oldest)) / 1000, 3)
                                  if oldest else None)
     return out
+
+
+def cluster_member(member: dict[str, Any]) -> dict[str, Any]:
+    """One live daemon of Storage.cluster_members() as the stats show it (what `mailrelay
+    cluster` lists): who it is, since when it runs, its last heartbeat, what it delivers and
+    where it listens."""
+    domains = member["domains"] if isinstance(member["domains"], dict) else {}
+    listeners = member["listeners"] if isinstance(member["listeners"], list) else []
+    return {
+        "name": member["owner"],
+        "hostname": member["hostname"],
+        "pid": member["pid"],
+        "version": member["version"],
+        "data_version": member["data_version"],
+        "started_at": format_ms(member["started_ms"]) if member["started_ms"] else None,
+        "uptime_seconds": round(member["uptime"], 3),
+        "last_heartbeat_at": format_ms(member["beat_ms"]) if member["beat_ms"] else None,
+        "heartbeat_age_seconds": round(member["age"], 3),
+        "heartbeat_interval_seconds": member["interval"],
+        "delivering": {"jobs": member["held"],
+                       "domains": {str(d): n for d, n in domains.items()
+                                   if isinstance(n, int) and not isinstance(n, bool) and n >= 0}},
+        "listeners": [str(item) for item in listeners],
+    }
 
 
 # -- the listeners' state ----------------------------------------------------------------
@@ -931,12 +956,14 @@ class ApiResource(resource.Resource):
         hour = await self.storage.counters("m", 60)
         day = await self.storage.counters("h", 24)
         queue = queue_totals(await self.storage.admin_queue_summary())
+        members = await self.storage.cluster_members()
         send_json(request, 200, {
             "since": format_ms(since) if since is not None else None,
             "messages": {**counts, "total": sum(counts.values())},
             "last_hour": stats_window(hour),
             "last_day": stats_window(day),
             "queue": queue,
+            "cluster": {"members": [cluster_member(m) for m in members]},
         })
 
 

@@ -606,6 +606,84 @@ def test_generated_token(start_daemon, daemon_config, redis_server, unique_prefi
     assert Api(d.ports["web"], token).get("/api/v1/messages").status == 200
 
 
+def cluster_of(api: Api) -> dict[int, dict[str, Any]]:
+    """The stats' cluster members by pid (one machine: pids are unique)."""
+    members = api.ok("/api/v1/stats")["cluster"]["members"]
+    by_pid = {m["pid"]: m for m in members}
+    assert len(by_pid) == len(members), members
+    return by_pid
+
+
+def test_stats_list_the_cluster(start_daemon, daemon_config, redis_server, unique_prefix, tmp_path):
+    """Three daemons on one Redis: each lists all three; one stopped cleanly leaves the list at
+    once; one killed stays listed with a growing heartbeat age until its heartbeat expires."""
+    from mailrelay import __version__
+    from mailrelay.cluster import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
+
+    daemons = {}
+    for name in ("a", "b", "c"):
+        config = web_config(daemon_config, redis_server, unique_prefix,
+                            server={"state_dir": str(tmp_path / name / "state")})
+        daemons[name] = start_daemon(config, tmp_path / name)
+    a, b, c = daemons.values()
+    apis = {name: Api(d.ports["web"]) for name, d in daemons.items()}
+
+    # every daemon is listed by each of them (a daemon records its first heartbeat before it
+    # says it is ready), with what `mailrelay cluster` shows
+    for api in apis.values():
+        members = cluster_of(api)
+        assert set(members) == {a.pid, b.pid, c.pid}
+        for d in daemons.values():
+            m = members[d.pid]
+            assert re.fullmatch(rf".+:{d.pid}:[0-9a-f]+", m["name"]), m
+            assert m["hostname"] and m["name"].startswith(m["hostname"] + ":")
+            assert (m["version"], m["data_version"]) == (__version__, 1)
+            assert TIME_RE.match(m["started_at"]) and TIME_RE.match(m["last_heartbeat_at"])
+            assert m["started_at"] <= m["last_heartbeat_at"]
+            assert m["heartbeat_interval_seconds"] == HEARTBEAT_INTERVAL
+            assert 0 <= m["heartbeat_age_seconds"] < HEARTBEAT_INTERVAL * HEARTBEAT_MISSES
+            assert m["uptime_seconds"] >= 0
+            assert m["delivering"] == {"jobs": 0, "domains": {}}
+            assert f"submission 127.0.0.1:{d.ports['submission']}" in m["listeners"], m
+            assert f"submission-tls 127.0.0.1:{d.ports['submission-tls']}" in m["listeners"], m
+            assert f"web 127.0.0.1:{d.ports['web']}" in m["listeners"], m
+    # in start order
+    assert [m["pid"] for m in apis["a"].ok("/api/v1/stats")["cluster"]["members"]] == [a.pid, b.pid, c.pid]
+
+    # a clean stop removes the heartbeat before the process exits
+    assert c.stop() == -signal.SIGTERM and c.find_lines(r"mailrelay stopped$")  # twistd re-raises SIGTERM
+    assert set(cluster_of(apis["a"])) == {a.pid, b.pid}
+
+    # a killed daemon cannot: it stays listed, its heartbeat getting older, until the
+    # heartbeat expires (HEARTBEAT_MISSES intervals after the last one)
+    assert b.stop(signal.SIGKILL) == -signal.SIGKILL
+    ttl = HEARTBEAT_INTERVAL * HEARTBEAT_MISSES
+    deadline = time.monotonic() + ttl + 15
+    seen: list[tuple[float, dict[str, Any]]] = []   # (time before the request, b as listed)
+    while True:
+        before = time.monotonic()
+        members = cluster_of(apis["a"])
+        after = time.monotonic()
+        assert a.pid in members and c.pid not in members
+        if b.pid not in members:
+            break
+        seen.append((before, members[b.pid]))
+        assert after < deadline, f"the killed daemon is still listed after {ttl + 15}s: {members[b.pid]}"
+        # Bounded poll: the heartbeat expires inside Redis; nothing logs it.
+        time.sleep(0.2)
+    assert seen, "the killed daemon was gone at once: its heartbeat must outlive it"
+    # no heartbeat after the kill: the same last beat, an age that only grows ...
+    assert len({m["last_heartbeat_at"] for _, m in seen}) == 1
+    ages = [m["heartbeat_age_seconds"] for _, m in seen]
+    assert ages == sorted(ages)
+    # ... past the interval (it missed heartbeats: stale) while still listed
+    assert ages[-1] > HEARTBEAT_INTERVAL, ages
+    # and gone only once the heartbeat had expired: the last beat was at or after
+    # (request start - listed age), so at least ttl before the answer that no longer lists it
+    last_beat = max(before - m["heartbeat_age_seconds"] for before, m in seen)
+    assert after - last_beat >= ttl - 0.1, (after - last_beat, ages)
+
+
 def test_openapi_document_covers_the_api():
     """Every route of mailrelay.web is in the document, with bearer auth on /api only."""
     from mailrelay.config import Config
