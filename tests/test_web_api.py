@@ -450,6 +450,8 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     wait_logged(d, rf"bounce \w+: message {first} to <gone@example\.test>: HardBounce")
     # Not synchronisation: bounces are listed by their time in ms, so the second must be
     # recorded at a later millisecond than the first for the newest-first order to be defined.
+    # The first was recorded before the line waited for above: once 10 ms of wall-clock time
+    # have passed, the second cannot share its millisecond.
     time.sleep(0.01)
     # ... and the reader of the second complains
     code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", second))

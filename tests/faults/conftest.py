@@ -316,6 +316,16 @@ class Load:
         assert self.done, (f"only {len(self.acked)} of {self.total} messages acknowledged within "
                            f"{timeout:g}s; replies {dict(self.codes)}, {self.drops} drops")
 
+    def wait_for(self, predicate: Callable[[], Any], interval: float = 0.01) -> bool:
+        """For the fault threads: True once ``predicate`` holds (checked again every
+        ``interval`` s: the counters it reads are updated by the client threads, which signal
+        nothing); False when the load stops first (it finished, or :meth:`wait` gave up at its
+        deadline), so that no fault thread waits beyond the load's own deadline."""
+        while not predicate():
+            if self._stop.wait(interval):
+                return bool(predicate())
+        return True
+
     def stop(self) -> None:
         self._stop.set()
         for t in self._workers:

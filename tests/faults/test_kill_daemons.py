@@ -44,6 +44,8 @@ def test_kill_9_daemons_under_load(seed, slots, sink, redis_server, unique_prefi
 
     def restart(slot, downtime: float) -> None:
         try:
+            # The fault plan, not synchronisation: the killed daemon stays down this long (a
+            # random share of a second) while the clients move to the other one.
             time.sleep(downtime)
             with slot.lock:
                 if not slot.running:
@@ -54,13 +56,14 @@ def test_kill_9_daemons_under_load(seed, slots, sink, redis_server, unique_prefi
     def killer() -> None:
         try:
             for share, victim, delay, downtime in plan:
-                while load.progress() < share and not load.done:
-                    time.sleep(0.01)
-                if load.done:
+                if not load.wait_for(lambda: load.progress() >= share or load.done) or load.done:
                     break
+                # The fault plan, not synchronisation: a random moment after that share, so
+                # that kills do not always come right after a 250.
                 time.sleep(delay)
-                while not any(s.running for s in pair) and not load.done:
-                    time.sleep(0.01)   # both are coming back from earlier kills
+                # both may be coming back from earlier kills
+                if not load.wait_for(lambda: any(s.running for s in pair) or load.done) or load.done:
+                    break
                 slot = pair[victim]
                 if not slot.running:   # still coming back from the last kill: the other one
                     slot = pair[1 - victim]

@@ -44,24 +44,29 @@ def test_redis_outage_during_submission(mode, seed, slots, sink, redis_processes
 
     def break_redis() -> None:
         try:
-            while load.progress() < 0.3:
-                time.sleep(0.01)
+            if not load.wait_for(lambda: load.progress() >= 0.3):
+                raise AssertionError("the load stopped before Redis was broken")
             marks["acked_before"] = len(load.acked)
             marks["start"] = time.monotonic()
             if mode == "sigstop":
                 redis.signal(signal.SIGSTOP)
+                # The fault itself, not synchronisation: Redis stays frozen for the outage's
+                # length while the clients keep sending.
                 time.sleep(outage)
                 marks["acked_during"] = len(load.acked) - marks["acked_before"]
                 redis.signal(signal.SIGCONT)
             else:
                 redis.kill()
+                # The fault itself, not synchronisation: Redis stays down for the outage's
+                # length while the clients keep sending.
                 time.sleep(outage)
                 marks["acked_during"] = len(load.acked) - marks["acked_before"]
                 redis.start()
             marks["end"] = time.monotonic()
             count = len(load.acked)
-            while len(load.acked) == count and not load.done:
-                time.sleep(0.01)
+            # recovered: the first 250 after Redis is back
+            if not load.wait_for(lambda: len(load.acked) > count or load.done):
+                raise AssertionError("no message was acknowledged after Redis came back")
             marks["recovered"] = time.monotonic()
         except Exception as e:
             errors.append(e)

@@ -37,8 +37,8 @@ def test_rolling_restart_under_load(seed, slots, sink, redis_server, unique_pref
     def roll() -> None:
         try:
             for share, slot in ((0.2, pair[0]), (0.55, pair[1])):
-                while load.progress() < share and not load.done:
-                    time.sleep(0.01)
+                if not load.wait_for(lambda: load.progress() >= share or load.done):
+                    raise AssertionError(f"the load stopped before daemon {slot.name}'s restart")
                 began = time.monotonic()
                 code = slot.kill(signal.SIGTERM, 60)
                 stopped = time.monotonic()

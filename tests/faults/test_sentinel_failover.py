@@ -72,8 +72,8 @@ def test_primary_killed_under_load(seed, slots, sink, redis_processes, tmp_path)
 
     def kill_primary() -> None:
         try:
-            while load.progress() < 0.3:
-                time.sleep(0.01)
+            if not load.wait_for(lambda: load.progress() >= 0.3):
+                raise AssertionError("the load stopped before the primary was killed")
             marks["acked_before"] = len(load.acked)
             marks["killed"] = time.monotonic()
             primary.kill()
@@ -82,8 +82,9 @@ def test_primary_killed_under_load(seed, slots, sink, redis_processes, tmp_path)
             marks["promoted"] = time.monotonic()
             marks["new_primary"] = promoted[0].port
             count = len(load.acked)
-            while len(load.acked) <= count and not load.done:
-                time.sleep(0.01)
+            # accepting again: the first 250 after the promotion
+            if not load.wait_for(lambda: len(load.acked) > count or load.done):
+                raise AssertionError("no message was acknowledged after the promotion")
             marks["accepting"] = time.monotonic()
         except Exception as e:
             errors.append(e)
