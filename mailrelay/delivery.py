@@ -377,30 +377,48 @@ class DeliveryService(service.Service):
             by_message.setdefault(key, []).append(job)
         groups = list(by_message.values())
         last_use = {group[0].message_id: index for index, group in enumerate(groups)}
+
+        def stored_body(index: int) -> bytes | None:
+            message_id = groups[index][0].message_id
+            stored = bodies.get(message_id)
+            if last_use[message_id] == index:
+                bodies.pop(message_id, None)
+            return stored
+
+        def outbound(group: list[ClaimedJob], body: bytes) -> OutboundMessage:
+            first = group[0]
+            sender = first.sender
+            if self.verp is not None and sender:
+                sender = self.verp.address(first.message_id, first.rcpt)
+            recipients = [j.recipient for j in group]
+            return OutboundMessage(sender=sender, recipients=recipients, content=body,
+                                   smtputf8=not (first.sender.isascii() and all(a.isascii() for a in recipients)))
+
+        # The next message goes out pipelined with this one's data when its body is at hand and
+        # no rate limit has to be checked between the two (smtpclient.ClientSession.send).
+        pipelined = self.settings.rate_limit_per_domain.get(domain) is None
+        following: OutboundMessage | None = None
         for index, group in enumerate(groups):
             if self.stopping or session.closed:
                 return [j for g in groups[index:] for j in g], sent
             if not self._rate_allows(domain, state):
                 return [j for g in groups[index:] for j in g], sent
             first = group[0]
-            stored = bodies.get(first.message_id)
-            if last_use[first.message_id] == index:
-                bodies.pop(first.message_id, None)
-            body = (self.storage.decompress_body(stored) if stored is not None
-                    else await self.storage.get_body(first.message_id))
-            if body is None:
-                outcomes.add([self._outcome(job, BOUNCED, "the message content is missing from the queue")
-                              for job in group])
-                continue
-            sender = first.sender
-            if self.verp is not None and sender:
-                sender = self.verp.address(first.message_id, first.rcpt)
-            recipients = [j.recipient for j in group]
-            message = OutboundMessage(sender=sender, recipients=recipients, content=body,
-                                      smtputf8=not (first.sender.isascii() and all(a.isascii() for a in recipients)))
+            message, following = following, None
+            if message is None:
+                stored = stored_body(index)
+                body = (self.storage.decompress_body(stored) if stored is not None
+                        else await self.storage.get_body(first.message_id))
+                if body is None:
+                    outcomes.add([self._outcome(job, BOUNCED, "the message content is missing from the queue")
+                                  for job in group])
+                    continue
+                message = outbound(group, body)
+            if pipelined and index + 1 < len(groups) and groups[index + 1][0].message_id in bodies:
+                following = outbound(groups[index + 1], self.storage.decompress_body(stored_body(index + 1)))
             route = session.route
             try:
-                outcome = await session.send(message)
+                outcome = await session.send(message, following)
             except smtpclient.SMTPClientError as e:
                 if self.stopping:  # aborted at shutdown: not an attempt; _stop hands the jobs back
                     return [j for g in groups[index:] for j in g], sent

@@ -416,6 +416,81 @@ def build_body(chunk: int) -> bytes:
     return bytes(out)
 
 
+class FollowingMessageTests(ClientTestCase):
+    """send(message, following): the next transaction's commands go out with this message's data."""
+
+    @async_test
+    async def test_following_message_goes_out_with_the_data(self):
+        server = self.start_server()
+        session = await self.open(server)
+        writes = []
+        transport = session._proto.transport
+        original = transport.write
+        transport.write = lambda data: (writes.append(data), original(data))[1]
+        first, second, third = message("b@y.test"), message("c@y.test", "d@y.test"), message("e@y.test")
+        outcomes = [await session.send(first, second), await session.send(second, third),
+                    await session.send(third)]
+        self.assertEqual([[r.reply.code for r in o.recipients] for o in outcomes], [[250], [250, 250], [250]])
+        self.assertEqual([m.recipients for m in server.messages], [["b@y.test"], ["c@y.test", "d@y.test"],
+                                                                    ["e@y.test"]])
+        self.assertTrue(all(m.body == BODY for m in server.messages))
+        # MAIL/RCPT/DATA, then data + dot + the next MAIL/RCPT/DATA (twice), then the last data
+        self.assertEqual(len(writes), 4, writes)
+        self.assertTrue(writes[1].endswith(b".\r\nMAIL FROM:<a@x.test> SIZE=%d\r\nRCPT TO:<c@y.test>\r\n"
+                                           b"RCPT TO:<d@y.test>\r\nDATA\r\n" % len(BODY)), writes[1])
+        await session.quit()
+        self.assertEqual(server.commands[-1], "QUIT")
+
+    @async_test
+    async def test_following_refused_at_mail_leaves_the_session_usable(self):
+        server = self.start_server(mail_reply=lambda addr, params: "452 4.3.1 Busy" if addr == "busy@x.test" else None)
+        session = await self.open(server)
+        second = message("c@y.test", sender="busy@x.test")
+        await session.send(message("b@y.test"), second)
+        outcome = await session.send(second)
+        self.assertEqual([r.reply.code for r in outcome.recipients], [452])
+        outcome = await session.send(message("d@y.test"))
+        self.assertEqual([r.reply.code for r in outcome.recipients], [250])
+        self.assertEqual([m.recipients for m in server.messages], [["b@y.test"], ["d@y.test"]])
+        await session.quit()
+
+    @async_test
+    async def test_quit_instead_of_the_following_message_drops_the_connection(self):
+        server = self.start_server()
+        session = await self.open(server)
+        second = message("c@y.test")
+        await session.send(message("b@y.test"), second)
+        await session.quit()  # the server is in DATA for the second: no QUIT, no "." (no empty message)
+        self.assertTrue(session.closed)
+        await server.wait_closed()
+        self.assertEqual([m.recipients for m in server.messages], [["b@y.test"]])
+        self.assertNotIn("QUIT", server.commands)
+
+    @async_test
+    async def test_another_message_than_the_following_one_drops_the_connection(self):
+        server = self.start_server()
+        session = await self.open(server)
+        await session.send(message("b@y.test"), message("c@y.test"))
+        with self.assertRaises(SMTPClientError):
+            await session.send(message("d@y.test"))
+        self.assertTrue(session.closed)
+        await server.wait_closed()
+        self.assertEqual([m.recipients for m in server.messages], [["b@y.test"]])
+
+    @async_test
+    async def test_large_message_is_not_followed_in_the_same_write(self):
+        server = self.start_server()
+        session = await self.open(server)
+        big = b"".join(b"line %06d of a large message\r\n" % i for i in range(4000))
+        second = message("c@y.test")
+        outcome = await session.send(message("b@y.test", content=big), second)
+        self.assertEqual([r.reply.code for r in outcome.recipients], [250])
+        outcome = await session.send(second)
+        self.assertEqual([r.reply.code for r in outcome.recipients], [250])
+        self.assertEqual([m.body for m in server.messages], [big, BODY])
+        await session.quit()
+
+
 class MessageDataTests(ClientTestCase):
     def test_build_body_boundaries(self):
         body = build_body(CHUNK_SIZE)
