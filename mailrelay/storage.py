@@ -229,19 +229,22 @@ ENQUEUE_SCRIPT = _COUNT + _ENQUEUE_BODY
 # Several messages queued in one call (see Storage._enqueue_batched): the ENQUEUE_SCRIPT of
 # each, in order; one failing (e.g. OOM) does not stop the others. KEYS: every message's
 # ENQUEUE_SCRIPT keys, one message after the other; ARGV: per message, the number of its
-# keys, the number of its arguments, then its arguments. Returns one reply per message:
-# what ENQUEUE_SCRIPT returns, or 'ERR <error>'.
+# keys, the number of its arguments, then its arguments without ARGV[3..8] (due offset,
+# events maxlen, prefix length, index prefix, retention, body TTL: the same for every message
+# of a Storage), which come once, first. Returns one reply per message: what
+# ENQUEUE_SCRIPT returns, or 'ERR <error>'.
 ENQUEUE_BATCH_SCRIPT = _COUNT + """
 local function enqueue(KEYS, ARGV)
 """ + _ENQUEUE_BODY + """
 end
 local results = {}
-local k, a = 1, 1
+local k, a = 1, 7
 while a <= #ARGV do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local message_keys, message_args = {}, {}
+  local message_keys = {}
   for j = 1, nk do message_keys[j] = KEYS[k + j - 1] end
-  for j = 1, na do message_args[j] = ARGV[a + 1 + j] end
+  local message_args = {ARGV[a + 2], ARGV[a + 3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+  for j = 3, na do message_args[j + 6] = ARGV[a + 1 + j] end
   local ok, result = pcall(enqueue, message_keys, message_args)
   if not ok then
     result = 'ERR ' .. ((type(result) == 'table' and result.err) or tostring(result))
@@ -831,7 +834,7 @@ class Storage:
             domains.append(domain)
             event = Event(type="queued", at=at, recipient=rcpt, rcpt=index,
                           detail="Accepted for delivery" + (f" from user {message.user}" if message.user else ""))
-            rcpt_args += [rcpt, domain_index[domain], event.to_json()]
+            rcpt_args += [rcpt, str(domain_index[domain]), event.to_json()]
         fields = {
             "sender": message.sender,
             "user": message.user or "",
@@ -849,7 +852,7 @@ class Storage:
         # With min_replicas, jobs become due only after the WAIT could have
         # failed, so that a cancelled message is never picked up meanwhile.
         hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
-        args = [message_id, int(deadline), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
+        args = [message_id, str(int(deadline)), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
                 keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
                 json.dumps(fields, ensure_ascii=False),
                 compress_body(message.content), *rcpt_args]
@@ -917,10 +920,10 @@ class Storage:
     def _send_enqueue_batch(self) -> None:
         batch, self._enqueue_batch = self._enqueue_batch, []
         all_keys: list[str] = []
-        all_args: list[Any] = []
+        all_args: list[Any] = [str(value) for value in batch[0][1][2:8]]  # shared: see the script
         for keys, args, _ in batch:
             all_keys += keys
-            all_args += [len(keys), len(args), *args]
+            all_args += [str(len(keys)), str(len(args) - 6), args[0], args[1], *args[8:]]
         try:
             d = self._timed(self._eval(ENQUEUE_BATCH_SCRIPT, all_keys, all_args), self.timeout)
         except Exception:  # e.g. txredisapi's "Not connected"

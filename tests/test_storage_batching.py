@@ -1,0 +1,122 @@
+"""
+The group commit of mailrelay.storage, in-process against a real redis-server: messages whose
+enqueue is asked for in one reactor turn are stored by one ENQUEUE_BATCH_SCRIPT call, each with
+its own outcome, and RCPT suppression lookups of one turn share one call too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+from uuid import uuid4
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from conftest import start_redis
+from mailrelay.config import parse_config
+from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis
+
+REDIS = None
+_TMP: str | None = None
+
+
+def setUpModule() -> None:
+    global REDIS, _TMP
+    _TMP = tempfile.mkdtemp(prefix="storage-batching-")
+    REDIS = start_redis(Path(_TMP) / "redis")
+
+
+def tearDownModule() -> None:
+    if REDIS is not None:
+        REDIS.stop()
+    if _TMP is not None:
+        shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def async_test(f: Callable) -> Callable:
+    @functools.wraps(f)
+    def wrapper(self):
+        return defer.ensureDeferred(f(self))
+    return wrapper
+
+
+def message(n: int, *recipients: str) -> NewMessage:
+    return NewMessage(sender="app@example.com", recipients=list(recipients),
+                      content=f"Subject: {n}\r\n\r\nbody {n}\r\n".encode(),
+                      summary={"subject": str(n), "to": list(recipients)})
+
+
+class BatchingTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.prefix = f"t{uuid4().hex[:8]}:"
+        config = parse_config({"redis": {"url": f"redis://127.0.0.1:{REDIS.port}", "key_prefix": self.prefix}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        self.storage = Storage(config, redis)
+        self.client = REDIS.client()
+
+    def script_calls(self) -> int:
+        stats = self.client.command("INFO", "commandstats").decode()
+        return sum(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines()
+                   if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")))
+
+    @async_test
+    async def test_messages_of_one_turn_share_one_call_each_with_its_outcome(self) -> None:
+        await self.storage.ping()  # connected
+        before = self.script_calls()
+        messages = [message(n, f"r{n}@example.org", f"s{n}@example.net") for n in range(5)]
+        # the third one's write deadline is already over (as after a Redis outage): LATE
+        real_offset = self.storage.clock_offset_ms
+        pending = []
+        for n, m in enumerate(messages):
+            self.storage.clock_offset_ms = -10_000_000 if n == 2 else real_offset
+            pending.append(defer.ensureDeferred(self.storage.enqueue(m)))
+        self.storage.clock_offset_ms = real_offset
+        results = await defer.DeferredList(pending, consumeErrors=True)
+        self.assertEqual(self.script_calls() - before, 1)  # one call for the five
+        for n, (ok, value) in enumerate(results):
+            if n == 2:
+                self.assertFalse(ok)
+                self.assertIsInstance(value.value, StorageUnavailable)
+                self.assertEqual(self.client.command("EXISTS", f"{self.prefix}msg:{messages[n].id}"), 0)
+                continue
+            self.assertTrue(ok, value)
+            self.assertEqual(value, messages[n].id)
+            stored = self.client.command("HGETALL", f"{self.prefix}msg:{value}")
+            fields = {stored[i].decode(): stored[i + 1].decode() for i in range(0, len(stored), 2)}
+            self.assertEqual((fields["rcpt:0"], fields["rcpt:1"], fields["subject"]),
+                             (f"r{n}@example.org", f"s{n}@example.net", str(n)))
+            body = zlib.decompress(self.client.command("GET", f"{self.prefix}body:{value}"))
+            self.assertEqual(body, messages[n].content)
+            for domain, rcpt in (("example.org", 0), ("example.net", 1)):
+                self.assertIsNotNone(self.client.command(
+                    "ZSCORE", f"{self.prefix}queue:d:{domain}", f"{value}.{rcpt}"))
+
+    @async_test
+    async def test_suppression_lookups_of_one_turn_share_one_call(self) -> None:
+        added = await self.storage.add_suppression("Gone@Example.org", {"since": "2026-11-28T09:00:00Z",
+                                                                       "type": "HardBounce"})
+        self.assertTrue(added)
+        self.client.command("HSET", f"{self.prefix}suppressed", "broken@example.org", "{not json")
+        before = self.script_calls()
+        lookups = [self.storage.suppression_of(a) for a in
+                   ("gone@example.org", "fine@example.org", "broken@example.org", "GONE@example.org")]
+        results = await defer.DeferredList(lookups, consumeErrors=True)
+        self.assertEqual(self.script_calls() - before, 1)
+        (ok0, gone), (ok1, fine), (ok2, broken), (ok3, gone_again) = results
+        self.assertTrue(ok0 and ok1 and ok3)
+        self.assertEqual(gone["type"], "HardBounce")
+        self.assertIsNone(fine)
+        self.assertEqual(gone_again, gone)
+        self.assertFalse(ok2)  # a bad entry fails its own lookup only
+        self.assertIsInstance(broken.value, json.JSONDecodeError)
+        # the change counter came with the reply: one change so far
+        self.assertEqual(self.storage.suppressions_version[0], "1")
