@@ -734,6 +734,11 @@ class SMTPClientProtocol(protocol.Protocol):
             self._line(line)
 
     def _line(self, line: bytes) -> None:
+        if not self._lines:  # a one-line reply seen before ("250 2.1.0 Ok", "354 ..."): reused
+            reply = _ONE_LINE_REPLIES.get(line)
+            if reply is not None:
+                self._deliver(reply)
+                return
         match = _REPLY_LINE.match(line)
         if match is None:
             shown = line[:60].decode("ascii", "backslashreplace")
@@ -752,7 +757,12 @@ class SMTPClientProtocol(protocol.Protocol):
                                          f"{MAX_REPLY_LINES} lines during {self.stage}"))
             return
         lines, self._lines = self._lines, []
-        self._deliver(_make_reply(int(code), [t.decode("utf-8", "replace") for _, t in lines]))
+        reply = _make_reply(int(code), [t.decode("utf-8", "replace") for _, t in lines])
+        if len(lines) == 1 and len(line) <= 100:
+            if len(_ONE_LINE_REPLIES) >= _ONE_LINE_REPLIES_LIMIT:
+                _ONE_LINE_REPLIES.clear()
+            _ONE_LINE_REPLIES[line] = reply
+        self._deliver(reply)
 
     def _deliver(self, reply: ReplyInfo) -> None:
         if not self._waiters:
@@ -783,6 +793,11 @@ class SMTPClientProtocol(protocol.Protocol):
             return
         self.tls_started = True
         self.transport.startTLS(tls_options)
+
+
+#: One-line replies already parsed (ReplyInfo is immutable): most replies of a session repeat.
+_ONE_LINE_REPLIES: dict[bytes, ReplyInfo] = {}
+_ONE_LINE_REPLIES_LIMIT = 1024
 
 
 def _make_reply(code: int, texts: list[str]) -> ReplyInfo:
