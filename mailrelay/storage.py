@@ -633,7 +633,7 @@ _EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 #: ClaimedJob.suppression when the suppression list was not read for the job.
 NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOKED_UP"})()
 #: Stored (compressed) bytes of bodies that one claim returns with its jobs, in all.
-CLAIM_BODY_BUDGET = 1 << 20
+CLAIM_BODY_BUDGET = 256 * 1024  # 50 messages of 5 KiB compressed; x max_connections at worst
 
 
 @dataclass
