@@ -410,8 +410,11 @@ class Bench:
             finally:
                 self.done_with(d)
 
-    def release(self, target: str, d: Path, n: int) -> dict:
-        """Accept n messages with delivery off (held), then time delivering all to a sink."""
+    def release(self, target: str, d: Path, n: int, py_spy: tuple[str, Path] | None = None) -> dict:
+        """Accept n messages with delivery off (held), then time delivering all to a sink.
+
+        ``py_spy`` (exe, output): run the delivering daemon under py-spy (mailrelay only).
+        """
         spec = next(s for s in E2E_LOADS if s.key == "release")
         sink_port = servers.free_port()
         if target.startswith("mailrelay"):
@@ -429,7 +432,7 @@ class Bench:
                 t0 = time.perf_counter()
                 daemon = Mailrelay(d / "deliver", redis, cert=self.cert, key=self.key, users=self.users,
                                    delivery={"smarthost": f"127.0.0.1:{sink_port}", "smarthost_tls": "none"},
-                                   name="mailrelay")
+                                   name="mailrelay", py_spy=py_spy)
                 try:
                     ok = sink.wait(self.timeout(n))
                     elapsed = time.perf_counter() - t0
@@ -754,7 +757,7 @@ class Bench:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         e2e = "e2e" in (self.args.scenario or [])
         specs = E2E_LOADS if e2e else ACCEPTANCE_LOADS
-        chosen = [s for s in self.loads(specs) if s.key != "release"] if self.args.load else []
+        chosen = self.loads(specs) if self.args.load else []
         spec = chosen[0] if chosen else specs[0]
         scenario = "end to end" if e2e else "acceptance"
         profiler = self.args.profiler
@@ -766,6 +769,22 @@ class Bench:
         print(f"\n== profile: {scenario}, {spec.label}, {n} messages, {target} under {profiler}", flush=True)
         d = self.workdir("profile")
         out = RESULTS / (f"profile-{stamp}.pyspy.txt" if profiler == "py-spy" else f"profile-{stamp}.pstats")
+        if spec.key == "release":  # delivering a held queue: the delivering daemon under py-spy
+            if profiler != "py-spy":
+                print("  the release load is profiled with py-spy only")
+                return
+            row = self.release(target, d, n, py_spy=(exe, out))
+            row.update(scenario="profile", profiler=profiler, profiled_scenario="release")
+            self.record(row)
+        else:
+            row = self._profile_load(spec, target, d, n, e2e, profiler, exe, out)
+            if row is None:
+                return
+        self._profile_report(spec, target, d, n, scenario, profiler, out, stamp, row)
+
+    def _profile_load(self, spec: LoadSpec, target: str, d: Path, n: int, e2e: bool, profiler: str,
+                      exe: str, out: Path) -> dict | None:
+        """Run one load against a daemon profiled from when it is ready; the row, or None."""
         sink = Sink(d / "dest", count=n, name="smtp-sink") if e2e else None
         try:
             running = self.start(target, d, mode="relay" if e2e else "hold",
@@ -787,7 +806,7 @@ class Bench:
                 if spy.poll() is not None:
                     print("  py-spy could not attach:", (d / "py-spy.log").read_text()[-500:])
                     print("  run again with --profiler cprofile")
-                    return
+                    return None
             row = self.measure("profile", spec, target, running, n, dest=sink)
             row["profiler"] = profiler
             row["profiled_scenario"] = "e2e" if e2e else "acceptance"
@@ -798,6 +817,10 @@ class Bench:
             running.stop()
             if sink is not None:
                 sink.stop()
+        return row
+
+    def _profile_report(self, spec: LoadSpec, target: str, d: Path, n: int, scenario: str, profiler: str,
+                        out: Path, stamp: str, row: dict) -> None:
         if not out.exists() or out.stat().st_size == 0:
             print(f"  {profiler} wrote no profile")
             self.done_with(d)
@@ -807,6 +830,8 @@ class Bench:
             report = pyspy_report(out, top=30, ms_per_total=daemon_ms)
         else:
             report = pstats_report(out, top=30)
+        if spec.key == "release":
+            scenario += " (the delivering daemon's whole life, start-up included)"
         header = (f"# mailrelay profile: {scenario}, {spec.label}, {n} messages, {profiler}; {row['rate']} msg/s "
                   f"while profiled; CPU per message: daemon {daemon_ms:.3f} ms, Redis "
                   f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms; other load "
