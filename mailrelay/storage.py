@@ -624,11 +624,12 @@ class Event:
     remote_queue_id: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+        return _JSON.encode(self.__dict__)
 
 
-#: Event.to_json's encoder, made once (for the delivery queue's batches of events).
-_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: The JSON encoder of what is stored (compact, UTF-8 text kept as is), made once:
+#: ``json.dumps`` with options builds a new encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 #: ClaimedJob.suppression when the suppression list was not read for the job.
 NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOKED_UP"})()
@@ -841,20 +842,20 @@ class Storage:
             "client": message.client or "",
             "size": str(len(message.content)),
             "tag": message.tag,
-            "metadata": json.dumps(message.metadata, ensure_ascii=False) if message.metadata else "{}",
+            "metadata": _JSON.encode(message.metadata) if message.metadata else "{}",
         }
         for name, value in message.summary.items():
             if isinstance(value, str):
                 fields[name] = value
             else:
-                fields[name] = "[]" if value == [] else json.dumps(value, ensure_ascii=False)
+                fields[name] = "[]" if value == [] else _JSON.encode(value)
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
         # With min_replicas, jobs become due only after the WAIT could have
         # failed, so that a cancelled message is never picked up meanwhile.
         hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
         args = [message_id, str(int(deadline)), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
                 keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
-                json.dumps(fields, ensure_ascii=False),
+                _JSON.encode(fields),
                 compress_body(message.content), *rcpt_args]
         script = ENQUEUE_SCRIPT
         if dedupe is not None:
@@ -1043,7 +1044,7 @@ class Storage:
         keys = self.keys
         args: list[Any] = [owner, EVENTS_MAXLEN, self.now_ms(), keys.index_prefix, keys.prefix + "msg:",
                            keys.prefix + "timeline:", keys.domain_queue_prefix]
-        encode = _EVENT_JSON.encode  # Event.to_json without building an encoder per event
+        encode = _JSON.encode  # Event.to_json without a method call per event
         for job, state, event, due_ms in outcomes:
             args += [job.job, job.rcpt, state, encode(event.__dict__), "" if due_ms is None else due_ms,
                      job.domain]
@@ -1115,6 +1116,7 @@ class Storage:
         The suppression entry of one address, or None (a plain Deferred: the RCPT hot path).
         The lookups asked for in one reactor turn share one Redis call (as enqueue does), and
         the suppression list's change counter comes with it (:attr:`suppressions_version`).
+        Fails with ``defer.TimeoutError`` when Redis does not answer within ``[redis] timeout``.
         """
         waiter: defer.Deferred = defer.Deferred()
         self._suppression_lookups.append((address.lower(), waiter))
@@ -1126,8 +1128,9 @@ class Storage:
     def _send_suppression_lookups(self) -> None:
         batch, self._suppression_lookups = self._suppression_lookups, []
         try:
-            d = self._eval(SUPPRESSION_OF_SCRIPT, [self.keys.suppressed, self.keys.suppressed_version],
-                           [address for address, _ in batch])
+            d = self._timed(self._eval(SUPPRESSION_OF_SCRIPT,
+                                       [self.keys.suppressed, self.keys.suppressed_version],
+                                       [address for address, _ in batch]), self.timeout)
         except Exception:  # e.g. txredisapi's "Not connected"
             d = defer.fail()
 
@@ -1860,7 +1863,7 @@ class Storage:
         flat: list[Any] = []
         for name, value in info.items():
             if isinstance(value, (list, dict)):
-                value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+                value = _JSON.encode(value)
             flat += [name, value]
         now, version = await self._timed(self._eval(
             HEARTBEAT_SCRIPT, [self._cluster_key, self._member_key(owner), self._version_key],
@@ -2304,25 +2307,80 @@ return result
 
 def connect_redis(config: Config, managed_socket: str | None) -> Any:
     """
-    A lazy txredisapi connection pool to the configured Redis (bytes replies). With
-    ``[redis] sentinels`` it is a :class:`SentinelFollower`, used the same way.
+    A lazy txredisapi connection pool to the configured Redis (bytes replies), its commands
+    encoded by :func:`encode_command`. With ``[redis] sentinels`` it is a
+    :class:`SentinelFollower`, used the same way.
     """
     import txredisapi
 
     common = dict(charset=None, convertNumbers=False)
-    if managed_socket is not None:
-        return txredisapi.lazyUnixConnectionPool(managed_socket, poolsize=4, reconnect=True, **common)
     if config.redis.sentinels:
         return SentinelFollower(list(config.redis.sentinels), config.redis.master_name,
                                 poolsize=4, **common)
-    address: RedisAddress = parse_redis_url(config.redis.url)
-    if address.path:
-        return txredisapi.lazyUnixConnectionPool(address.path, dbid=address.db, poolsize=4,
-                                                 password=address.password, reconnect=True,
-                                                 **common)
-    return txredisapi.lazyConnectionPool(address.host, address.port, dbid=address.db, poolsize=4,
-                                         password=address.password, username=address.username,
-                                         connectTimeout=5, reconnect=True, **common)
+    if managed_socket is not None:
+        pool = txredisapi.lazyUnixConnectionPool(managed_socket, poolsize=4, reconnect=True, **common)
+    else:
+        address: RedisAddress = parse_redis_url(config.redis.url)
+        if address.path:
+            pool = txredisapi.lazyUnixConnectionPool(address.path, dbid=address.db, poolsize=4,
+                                                     password=address.password, reconnect=True,
+                                                     **common)
+        else:
+            pool = txredisapi.lazyConnectionPool(address.host, address.port, dbid=address.db,
+                                                 poolsize=4, password=address.password,
+                                                 username=address.username, connectTimeout=5,
+                                                 reconnect=True, **common)
+    # The pool connects on a later reactor turn (and reconnects) with its factory's protocol.
+    pool._factory.protocol = _redis_protocols()[0]
+    return pool
+
+
+def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """
+    A Redis command in RESP, as txredisapi's ``_build_command`` makes it with ``charset=None``
+    (str as UTF-8, float as ``format(x, "f")``, bytes-like as their bytes, anything else as
+    ``str(x)``), in one join
+    instead of a bytearray extended token by token: a batch of queued messages is a command
+    of some 40 arguments per message.
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    for arg in args:
+        if type(arg) is not bytes:
+            if isinstance(arg, str):
+                arg = arg.encode()
+            elif isinstance(arg, float):
+                arg = format(arg, "f").encode()
+            elif isinstance(arg, (bytes, bytearray, memoryview)):
+                arg = bytes(arg)
+            else:
+                arg = str(arg).encode()
+        if len(arg) < 4096:
+            append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        else:  # not copied twice
+            parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
+_REDIS_PROTOCOLS: tuple[type, type] | None = None
+
+
+def _redis_protocols() -> tuple[type, type]:
+    """txredisapi's protocol and its Sentinel variant, with :func:`encode_command`
+    (built on first use: importing txredisapi installs the reactor)."""
+    global _REDIS_PROTOCOLS
+    if _REDIS_PROTOCOLS is None:
+        import txredisapi
+
+        def _build_command(self: Any, *args: Any, **kwargs: Any) -> bytes:
+            return encode_command(args)
+
+        _REDIS_PROTOCOLS = (
+            type("RedisProtocol", (txredisapi.RedisProtocol,), {"_build_command": _build_command}),
+            type("SentinelRedisProtocol", (txredisapi.SentinelRedisProtocol,),
+                 {"_build_command": _build_command}),
+        )
+    return _REDIS_PROTOCOLS
 
 
 #: Seconds between PINGs on a Sentinel subscription, and how long the PONG may take
@@ -2500,7 +2558,7 @@ def _sentinel_factories() -> tuple[Any, Any]:
     import txredisapi
     from twisted.internet import reactor
 
-    class MasterProtocol(txredisapi.SentinelRedisProtocol):
+    class MasterProtocol(_redis_protocols()[1]):  # type: ignore[misc]
         """txredisapi's check that the server is the master, fixed for bytes replies:
         ``ROLE`` answers ``b"master"`` with ``charset=None``, which txredisapi compares to
         ``"master"`` and so never accepts a connection."""

@@ -315,8 +315,7 @@ class SubmissionHandler:
             log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())
             return smtpserver.STORAGE_UNAVAILABLE
 
-        d.addTimeout(self.config.redis.timeout, self.storage.clock)
-        return d.addCallbacks(decided, failed)
+        return d.addCallbacks(decided, failed)  # a lookup times out after [redis] timeout
 
     def accept_message(self, session: Session, transaction: Transaction, content: bytes) -> defer.Deferred:
         return defer.ensureDeferred(self._accept(session, transaction, content))

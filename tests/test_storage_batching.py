@@ -1,7 +1,8 @@
 """
 The group commit of mailrelay.storage, in-process against a real redis-server: messages whose
 enqueue is asked for in one reactor turn are stored by one ENQUEUE_BATCH_SCRIPT call, each with
-its own outcome, and RCPT suppression lookups of one turn share one call too.
+its own outcome, and RCPT suppression lookups of one turn share one call too. Also the RESP
+encoding of the commands (storage.encode_command, in place of txredisapi's).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from twisted.trial import unittest
 
 from conftest import start_redis
 from mailrelay.config import parse_config
-from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis
+from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
 
 REDIS = None
 _TMP: str | None = None
@@ -120,3 +121,36 @@ class BatchingTests(unittest.TestCase):
         self.assertIsInstance(broken.value, json.JSONDecodeError)
         # the change counter came with the reply: one change so far
         self.assertEqual(self.storage.suppressions_version[0], "1")
+
+
+#: Arguments of every kind the storage layer sends, and edges of RESP framing.
+ODD_ARGUMENTS = ("SET", b"", "", "caf\u00e9 \U0001F600", b"\r\n$3\r\n*1\r\n", 0, -17, 2**70, 1.5,
+                 0.1, 1e-7, True, bytearray(b"ba"), b"x" * 5000, "y" * 5000)
+
+
+class CommandEncodingTests(unittest.TestCase):
+    timeout = 30
+
+    def test_same_bytes_as_txredisapi(self) -> None:
+        import txredisapi
+
+        reference = txredisapi.BaseRedisProtocol(charset=None)
+        for args in (("PING",), ODD_ARGUMENTS, ("EVALSHA", "ab" * 20, 2, "k1", "k2", b"\x00\xff")):
+            self.assertEqual(encode_command(args), reference._build_command(*args), args)
+
+    @async_test
+    async def test_pool_connections_send_commands_so_encoded(self) -> None:
+        config = parse_config({"redis": {"url": f"redis://127.0.0.1:{REDIS.port}"}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        key = f"t{uuid4().hex[:8]}:odd"
+        await redis.execute_command("RPUSH", key, *ODD_ARGUMENTS)
+        stored = self.client_list(key)
+        self.assertEqual(stored, [encode_command((a,)).split(b"\r\n", 2)[2][:-2] for a in ODD_ARGUMENTS])
+        self.assertEqual(stored[3].decode(), "caf\u00e9 \U0001F600")
+        self.assertEqual(stored[8:10], [b"1.500000", b"0.100000"])  # as txredisapi formats floats
+        connection = await redis._factory.getConnection()
+        self.assertEqual(type(connection)._build_command.__module__, "mailrelay.storage")
+
+    def client_list(self, key: str) -> list[bytes]:
+        return REDIS.client().command("LRANGE", key, 0, -1)
