@@ -107,6 +107,18 @@ def test_starttls_auth_message_is_queued_in_redis(daemon, redis_server):
     assert sorted(domains) == [b"example.net", b"example.org"]
 
 
+def test_each_queued_message_is_logged_as_sent(daemon):
+    # braces are atext (RFC 5322 3.2.3): the line shows them, not a formatting error
+    sender = "{odd}}@example.com"
+    message_id = submit(daemon.ports["submission"], sender=sender)
+    line = next(line for line in daemon.log_text().splitlines() if f"queued {message_id}" in line)
+    match = re.search(rf"submission: queued {message_id} from <(.*)> for 1 recipient\(s\), "
+                      rf"(\d+) bytes, user alice$", line)
+    assert match is not None, line
+    assert match.group(1) == sender
+    assert int(match.group(2)) > len(MESSAGE)  # as stored: Received: and others added
+
+
 def test_implicit_tls_with_smtplib(daemon, redis_server):
     with smtplib.SMTP_SSL("127.0.0.1", daemon.ports["submission-tls"], context=tls_context(), timeout=20) as s:
         ehlo = s.ehlo()[1].decode()
