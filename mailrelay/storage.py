@@ -2339,9 +2339,8 @@ def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
     """
     A Redis command in RESP, as txredisapi's ``_build_command`` makes it with ``charset=None``
     (str as UTF-8, float as ``format(x, "f")``, bytes-like as their bytes, anything else as
-    ``str(x)``), in one join
-    instead of a bytearray extended token by token: a batch of queued messages is a command
-    of some 40 arguments per message.
+    ``str(x)``), in one join instead of a bytearray extended token by token: a batch of
+    queued messages is a command of some 40 arguments per message.
     """
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
