@@ -417,6 +417,7 @@ class DeliveryConfig:
     smarthost_tls: str = setting("starttls", p_smarthost_tls, '"none", "starttls" (required) or "tls" (implicit) toward the smarthost')
     tls: str = setting("opportunistic", p_delivery_tls, '"opportunistic" (STARTTLS when offered), "required", or "verify" (certificate checked against the MX name)')
     max_messages_per_connection: int = setting(100, p_positive, "messages sent over one connection before it is closed")
+    pipeline_messages: bool = setting(True, p_bool, "send a message's data and the next message's MAIL/RCPT/DATA in one write to servers offering PIPELINING (false: one message at a time)")
     idle_timeout: float = setting("30s", p_duration, "an unused outbound connection is closed after this")
     concurrency_per_domain: int = setting(10, p_positive, "simultaneous connections to one destination domain")
     max_connections: int = setting(200, p_positive, "simultaneous outbound connections in all")

@@ -28,7 +28,7 @@ DIAGNOSTICS
 CONFIGURATION
     ``[delivery]``: enabled, lease_timeout, retry_schedule, max_queue_lifetime,
     rate_limit_per_domain, nameservers, mx_port, smarthost (+ username,
-    password, tls), tls, max_messages_per_connection, idle_timeout,
+    password, tls), tls, max_messages_per_connection, pipeline_messages, idle_timeout,
     concurrency_per_domain, max_connections, helo_name, bind_address,
     connect_timeout, command_timeout. Redis data: through
     :mod:`mailrelay.storage` (queue, leases, timelines, events).
@@ -396,7 +396,8 @@ class DeliveryService(service.Service):
 
         # The next message goes out pipelined with this one's data when its body is at hand and
         # no rate limit has to be checked between the two (smtpclient.ClientSession.send).
-        pipelined = self.settings.rate_limit_per_domain.get(domain) is None
+        pipelined = (self.settings.pipeline_messages
+                     and self.settings.rate_limit_per_domain.get(domain) is None)
         following: OutboundMessage | None = None
         for index, group in enumerate(groups):
             if self.stopping or session.closed:

@@ -50,6 +50,7 @@ class ReceivedMessage:
 @dataclass
 class ScriptedSession:
     reads: list[bytes] = field(default_factory=list)       # raw reads in command mode
+    commands_with_data: int = 0    # times commands came in the same read as an end of data
     commands: list[str] = field(default_factory=list)      # command lines, CRLF stripped
     tls: bool = False
     user: str | None = None
@@ -135,6 +136,7 @@ class _Protocol(protocol.Protocol):
                 self.mode = "command"
                 if self.buffer:
                     self.session.reads.append(self.buffer)
+                    self.session.commands_with_data += 1
                 self.end_of_data(stream)
                 continue
             end = self.buffer.find(b"\r\n")

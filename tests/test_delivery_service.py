@@ -382,6 +382,28 @@ class ConnectionTests(DeliveryTestCase):
                          sorted(ids))
         self.assertEqual(await self.leases(), 0)
 
+    async def deliver_five_over_one_connection(self, **delivery: Any) -> Any:
+        server = self.start_server()
+        await self.start_service(server.port, **delivery)
+        ids = [await self.enqueue([f"user{n}@example.test"]) for n in range(5)]
+        await self.scan()
+        for message_id in ids:
+            await self.wait_for(self.has_outcome(message_id), f"the outcome of {message_id}")
+            self.assertEqual(await self.states(message_id), ["delivered"])
+        self.assertEqual(len(server.sessions), 1)
+        return server.sessions[0]
+
+    @async_test
+    async def test_next_message_goes_out_with_the_data(self):
+        session = await self.deliver_five_over_one_connection()
+        self.assertEqual(session.commands_with_data, 4)  # every message but the last
+
+    @async_test
+    async def test_pipeline_messages_false_sends_one_message_at_a_time(self):
+        session = await self.deliver_five_over_one_connection(pipeline_messages=False)
+        self.assertEqual(session.commands_with_data, 0)
+        self.assertEqual(len([c for c in session.commands if c.startswith("MAIL FROM")]), 5)
+
     @async_test
     async def test_max_messages_per_connection(self):
         server = self.start_server()
