@@ -1135,6 +1135,8 @@ class Storage:
             d = defer.fail()
 
         def replied(reply: list[Any]) -> None:
+            if not isinstance(reply, list) or len(reply) != len(batch) + 1:
+                return failed(StorageUnavailable(f"unexpected reply {reply!r:.200}"))
             self._saw_suppressions_version(reply[0])
             for (_, waiter), entry in zip(batch, reply[1:]):
                 try:

@@ -122,6 +122,19 @@ class BatchingTests(unittest.TestCase):
         # the change counter came with the reply: one change so far
         self.assertEqual(self.storage.suppressions_version[0], "1")
 
+    @async_test
+    async def test_a_reply_of_the_wrong_shape_fails_every_lookup_of_the_batch(self) -> None:
+        import mailrelay.storage as storage_module
+
+        # a script that answers the change counter only: no entry for either address
+        self.patch(storage_module, "SUPPRESSION_OF_SCRIPT", "return {'7'}")
+        lookups = [self.storage.suppression_of(a) for a in ("one@example.org", "two@example.org")]
+        results = await defer.DeferredList(lookups, consumeErrors=True)
+        for ok, failure in results:
+            self.assertFalse(ok)
+            self.assertIsInstance(failure.value, StorageUnavailable)
+            self.assertIn("unexpected reply", str(failure.value))
+
 
 #: Arguments of every kind the storage layer sends, and edges of RESP framing.
 ODD_ARGUMENTS = ("SET", b"", "", "caf\u00e9 \U0001F600", b"\r\n$3\r\n*1\r\n", 0, -17, 2**70, 1.5,
