@@ -36,10 +36,13 @@ class HeaderField(NamedTuple):
     @property
     def decoded(self) -> str:
         """The value with RFC 2047 encoded words decoded."""
+        value = self.value
+        if "=?" not in value:  # no encoded word: email.header would return it as it is
+            return value
         try:
-            return str(email.header.make_header(email.header.decode_header(self.value)))
+            return str(email.header.make_header(email.header.decode_header(value)))
         except (ValueError, LookupError, UnicodeError):
-            return self.value
+            return value
 
 
 def split_header(content: bytes) -> tuple[list[HeaderField], bytes]:

@@ -675,15 +675,16 @@ class SMTPServerProtocol(protocol.Protocol):
         if self._data_overflow:
             return self._data_reply(MESSAGE_TOO_BIG)
         stream = b"".join(chunks)[:-3]  # ends with CRLF; ".\r\n" dropped
+        lines = stream.split(b"\r\n")
         # Every CR must start a CRLF and every LF end one (no smuggling).
-        crlf = stream.count(b"\r\n")
+        crlf = len(lines) - 1
         if stream.count(b"\r") != crlf or stream.count(b"\n") != crlf:
             self._count_rejected(BARE_NEWLINE)
             return self._error(BARE_NEWLINE)
         content = stream.replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 4.5.2 transparency
         if len(content) > self.limits.max_message_size:
             return self._data_reply(MESSAGE_TOO_BIG)
-        if max(map(len, stream.split(b"\r\n"))) + 2 > MAX_DATA_LINE:
+        if max(map(len, lines)) + 2 > MAX_DATA_LINE:
             return self._data_reply(LINE_TOO_LONG_IN_DATA)
         self._await(self.handler.accept_message(self.session, transaction, content), self._data_reply)
 

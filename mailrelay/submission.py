@@ -365,6 +365,7 @@ class SubmissionHandler:
                          content=b"", user=session.user, client=session.peer_host)
         fields, rest = msg.split_header(content)
         kept: list[msg.HeaderField] = []
+        first: dict[str, msg.HeaderField] = {}  # lowercased name -> the first field kept so named
         for f in fields:
             lower = f.name.lower()
             if lower in TAG_HEADERS:
@@ -374,23 +375,24 @@ class SubmissionHandler:
                 new.metadata[name] = f.decoded
             elif not lower.startswith(OWN_HEADER_PREFIX):
                 kept.append(f)
+                first.setdefault(lower, f)
         added = [self.received_field(session, transaction, new.id),
                  msg.make_field(ID_HEADER, new.id)]  # ties complaints and bounces to the message
-        message_id_field = msg.first(kept, "Message-ID")
+        message_id_field = first.get("message-id")
         if message_id_field is None:
             message_id_field = msg.make_field("Message-ID", f"<{new.id}@{self.hostname}>")
             added.append(message_id_field)
-        if msg.first(kept, "Date") is None:
+        if "date" not in first:
             added.append(msg.make_field("Date", msg.date_now()))
         if rest and not rest.startswith(b"\r\n"):
             rest = b"\r\n" + rest  # the body had no header, or no blank line before it
         new.content = msg.join_header(added + kept, rest)
-        from_addresses = msg.addresses(msg.first(kept, "From"))
-        subject = msg.first(kept, "Subject")
+        from_addresses = msg.addresses(first.get("from"))
+        subject = first.get("subject")
         new.summary = {
             "from": from_addresses[0] if from_addresses else "",
-            "to": msg.addresses(msg.first(kept, "To")),
-            "cc": msg.addresses(msg.first(kept, "Cc")),
+            "to": msg.addresses(first.get("to")),
+            "cc": msg.addresses(first.get("cc")),
             "subject": subject.decoded if subject else "",
             "message_id": message_id_field.value,
         }

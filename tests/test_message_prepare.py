@@ -68,3 +68,11 @@ def test_original_bytes_are_kept():
     original = b"From: a@example.com\r\nSubject:  odd   spacing \r\n\tfolded\r\n\r\nbody \xff\r\n"
     new = prepare(original, recipients=("x@example.org", "y@example.org"))
     assert new.content.endswith(original)
+
+
+def test_decoded_values_with_and_without_encoded_words():
+    from mailrelay.message import make_field
+
+    assert make_field("Subject", "=?utf-8?q?Gr=C3=BC=C3=9Fe?= aus K=?x").decoded == "Grüße aus K=?x"
+    for plain in ("Grüße aus Köln", "50% off =? not a word", "<b>bold</b>", ""):
+        assert make_field("Subject", plain).decoded == plain
