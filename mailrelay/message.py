@@ -40,9 +40,11 @@ class HeaderField(NamedTuple):
         if "=?" not in value:  # no encoded word: email.header would return it as it is
             return value
         try:
-            return str(email.header.make_header(email.header.decode_header(value)))
+            decoded = str(email.header.make_header(email.header.decode_header(value)))
         except (ValueError, LookupError, UnicodeError):
             return value
+        # an encoded word can decode to lone surrogates (UTF-7): not text, and not storable
+        return decoded.encode("utf-8", "replace").decode("utf-8")
 
 
 def split_header(content: bytes) -> tuple[list[HeaderField], bytes]:

@@ -247,7 +247,11 @@ while a <= #ARGV do
   for j = 3, na do message_args[j + 6] = ARGV[a + 1 + j] end
   local ok, result = pcall(enqueue, message_keys, message_args)
   if not ok then
-    result = 'ERR ' .. ((type(result) == 'table' and result.err) or tostring(result))
+    local err = (type(result) == 'table' and result.err) or tostring(result)
+    -- a replica (demoted primary) refuses every write, so nothing of this batch is stored:
+    -- the call itself fails, and the Sentinel follower sees READONLY and reconnects
+    if string.find(err, 'READONLY', 1, true) then return redis.error_reply(err) end
+    result = 'ERR ' .. err
   end
   results[#results + 1] = result
   k = k + nk
@@ -539,8 +543,11 @@ return inactive
 # KEYS: suppressed, suppressed:version; ARGV: addresses.
 # Returns {version, then the entry (or nil) of each address}.
 SUPPRESSION_OF_SCRIPT = """
-local reply = redis.call('HMGET', KEYS[1], unpack(ARGV))
-table.insert(reply, 1, redis.call('GET', KEYS[2]) or '0')
+local reply = {redis.call('GET', KEYS[2]) or '0'}
+for first = 1, #ARGV, 500 do  -- unpack() has a limit of a few thousand values
+  local entries = redis.call('HMGET', KEYS[1], unpack(ARGV, first, math.min(first + 499, #ARGV)))
+  for i = 1, #entries do reply[#reply + 1] = entries[i] end
+end
 return reply
 """
 
@@ -633,6 +640,13 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 #: ClaimedJob.suppression when the suppression list was not read for the job.
 NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOKED_UP"})()
+#: At most this many messages, and about this many bytes of their stored bodies, per call of
+#: the group commit (ENQUEUE_BATCH_SCRIPT): a larger batch is split over several calls.
+ENQUEUE_BATCH_MAX = 64
+ENQUEUE_BATCH_BYTES = 4 * 1024 * 1024
+#: Index of the compressed body in ENQUEUE_SCRIPT's arguments (its ARGV[11]).
+_BODY_ARG = 10
+
 #: Stored (compressed) bytes of bodies that one claim returns with its jobs, in all.
 CLAIM_BODY_BUDGET = 256 * 1024  # 50 messages of 5 KiB compressed; x max_connections at worst
 
@@ -723,6 +737,7 @@ class Storage:
         self.clock_offset_ms = 0.0   # Redis TIME minus our clock
         # (change counter of the suppression list as last read, when): see suppression_of
         self.suppressions_version: tuple[str | None, float] = (None, 0.0)
+        self._suppression_changes = 0   # changes made by this process (see suppressions_changed)
         # messages waiting for this reactor turn's ENQUEUE_BATCH_SCRIPT call: (keys, args, waiter)
         self._enqueue_batch: list[tuple[list[str], list[Any], defer.Deferred]] = []
         self._suppression_lookups: list[tuple[str, defer.Deferred]] = []   # the same for RCPT
@@ -861,6 +876,7 @@ class Storage:
         if dedupe is not None:
             script = DEDUPE_ENQUEUE_SCRIPT
             script_keys, args = self._dedupe_call(script_keys, args, dedupe)
+        changes_when_sent = self._suppression_changes
         try:
             if self.min_replicas:
                 result, replicas = await self._timed(
@@ -894,7 +910,7 @@ class Storage:
         status, _, version = (result.decode() if isinstance(result, bytes) else str(result)).partition(" ")
         if status != "OK":
             raise StorageUnavailable(f"unexpected reply {result!r}")
-        self._saw_suppressions_version(version)
+        self._saw_suppressions_version(version, changes_when_sent)
         if self.min_replicas:
             if replicas is None or int(replicas) < self.min_replicas:
                 await self._cancel(message_id, domains)
@@ -920,6 +936,19 @@ class Storage:
 
     def _send_enqueue_batch(self) -> None:
         batch, self._enqueue_batch = self._enqueue_batch, []
+        call: list[tuple[list[str], list[Any], defer.Deferred]] = []
+        size = 0
+        for item in batch:  # calls of at most ENQUEUE_BATCH_MAX messages and ~_BYTES of bodies
+            body_size = len(item[1][_BODY_ARG])
+            if call and (len(call) == ENQUEUE_BATCH_MAX or size + body_size > ENQUEUE_BATCH_BYTES):
+                self._send_enqueue_call(call)
+                call, size = [], 0
+            call.append(item)
+            size += body_size
+        self._send_enqueue_call(call)
+
+    def _send_enqueue_call(self, batch: list[tuple[list[str], list[Any], defer.Deferred]]) -> None:
+        """One ENQUEUE_BATCH_SCRIPT call for these messages, each waiter fired with its result."""
         all_keys: list[str] = []
         all_args: list[Any] = [str(value) for value in batch[0][1][2:8]]  # shared: see the script
         for keys, args, _ in batch:
@@ -927,7 +956,11 @@ class Storage:
             all_args += [str(len(keys)), str(len(args) - 6), args[0], args[1], *args[8:]]
         try:
             d = self._timed(self._eval(ENQUEUE_BATCH_SCRIPT, all_keys, all_args), self.timeout)
-        except Exception:  # e.g. txredisapi's "Not connected"
+        except Exception:  # e.g. txredisapi's "Not connected", or one message's unencodable text
+            if len(batch) > 1:  # each message alone: one message's fault stays its own
+                for item in batch:
+                    self._send_enqueue_call([item])
+                return
             d = defer.fail()
 
         def replied(results: list[Any]) -> None:
@@ -1127,6 +1160,7 @@ class Storage:
 
     def _send_suppression_lookups(self) -> None:
         batch, self._suppression_lookups = self._suppression_lookups, []
+        changes_when_sent = self._suppression_changes
         try:
             d = self._timed(self._eval(SUPPRESSION_OF_SCRIPT,
                                        [self.keys.suppressed, self.keys.suppressed_version],
@@ -1137,7 +1171,7 @@ class Storage:
         def replied(reply: list[Any]) -> None:
             if not isinstance(reply, list) or len(reply) != len(batch) + 1:
                 return failed(StorageUnavailable(f"unexpected reply {reply!r:.200}"))
-            self._saw_suppressions_version(reply[0])
+            self._saw_suppressions_version(reply[0], changes_when_sent)
             for (_, waiter), entry in zip(batch, reply[1:]):
                 try:
                     value = None if entry is None else json.loads(entry)
@@ -1152,14 +1186,20 @@ class Storage:
 
         d.addCallbacks(replied, failed)
 
-    def _saw_suppressions_version(self, version: Any) -> None:
-        """A reply carried the change counter of the suppression list."""
+    def _saw_suppressions_version(self, version: Any, changes_when_sent: int) -> None:
+        """
+        A reply carried the change counter of the suppression list. A reply to a call sent
+        before this process's last change is ignored: it may predate that change.
+        """
+        if changes_when_sent != self._suppression_changes:
+            return
         if isinstance(version, bytes):
             version = version.decode()
         self.suppressions_version = (str(version or "0"), self.clock.seconds())
 
     def suppressions_changed(self) -> None:
         """This process changed the suppression list: what was read before is stale."""
+        self._suppression_changes += 1
         self.suppressions_version = (None, self.clock.seconds())
 
     async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:

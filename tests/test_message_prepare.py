@@ -76,3 +76,11 @@ def test_decoded_values_with_and_without_encoded_words():
     assert make_field("Subject", "=?utf-8?q?Gr=C3=BC=C3=9Fe?= aus K=?x").decoded == "Grüße aus K=?x"
     for plain in ("Grüße aus Köln", "50% off =? not a word", "<b>bold</b>", ""):
         assert make_field("Subject", plain).decoded == plain
+
+
+def test_an_encoded_word_that_decodes_to_lone_surrogates_is_made_text():
+    from mailrelay.message import make_field
+
+    decoded = make_field("Subject", "=?utf-7?q?+2AA-?=").decoded  # UTF-7 for a lone U+D800
+    decoded.encode("utf-8")  # storable: no lone surrogate left
+    assert decoded == "?"

@@ -135,6 +135,70 @@ class BatchingTests(unittest.TestCase):
             self.assertIsInstance(failure.value, StorageUnavailable)
             self.assertIn("unexpected reply", str(failure.value))
 
+    @async_test
+    async def test_thousands_of_lookups_in_one_turn(self) -> None:
+        # Lua's unpack() stops at about 8,000 values: the script reads the list in slices
+        await self.storage.add_suppression("gone@example.org", {"type": "HardBounce"})
+        addresses = [f"r{n}@example.org" for n in range(8_100)] + ["gone@example.org"]
+        results = await defer.gatherResults([self.storage.suppression_of(a) for a in addresses])
+        self.assertEqual(results[:-1], [None] * 8_100)
+        self.assertEqual(results[-1]["type"], "HardBounce")
+
+    @async_test
+    async def test_large_batches_are_split_over_several_calls(self) -> None:
+        await self.storage.ping()
+        before = self.script_calls()
+        messages = [message(n, f"r{n}@example.org") for n in range(70)]
+        ids = await defer.gatherResults([defer.ensureDeferred(self.storage.enqueue(m)) for m in messages])
+        self.assertEqual(ids, [m.id for m in messages])
+        self.assertEqual(self.script_calls() - before, 2)  # ENQUEUE_BATCH_MAX = 64, then 6
+
+    @async_test
+    async def test_a_message_that_cannot_be_sent_fails_alone(self) -> None:
+        await self.storage.ping()
+        good, bad = message(1, "a@example.org"), message(2, "b@example.org")
+        bad.summary["subject"] = "lone surrogate \ud800"  # not encodable as UTF-8
+        results = await defer.DeferredList([defer.ensureDeferred(self.storage.enqueue(m)) for m in (good, bad)],
+                                           consumeErrors=True)
+        self.assertEqual(results[0], (True, good.id))
+        self.assertFalse(results[1][0])
+        self.assertIsInstance(results[1][1].value, StorageUnavailable)
+        self.assertEqual(self.client.command("EXISTS", f"{self.prefix}msg:{bad.id}"), 0)
+
+    @async_test
+    async def test_readonly_fails_the_whole_call(self) -> None:
+        # a demoted primary: the call itself must fail with READONLY (the Sentinel follower
+        # reconnects on that), not hide it in the per-message results
+        replica_dir = tempfile.mkdtemp(prefix="storage-replica-")
+        self.addCleanup(shutil.rmtree, replica_dir, True)
+        replica = start_redis(Path(replica_dir))
+        self.addCleanup(replica.stop)
+        config = parse_config({"redis": {"url": f"redis://127.0.0.1:{replica.port}", "key_prefix": self.prefix}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        storage = Storage(config, redis)
+        call_failures = []
+        storage._watched = lambda d: d.addErrback(lambda f: (call_failures.append(f), f)[1])
+        await storage.ping()
+        replica.client().command("REPLICAOF", "127.0.0.1", str(REDIS.port))
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(storage.enqueue(message(n, f"r{n}@example.org"))) for n in range(3)],
+            consumeErrors=True)
+        for ok, failure in results:
+            self.assertFalse(ok)
+            self.assertIsInstance(failure.value, StorageUnavailable)
+            self.assertIn("READONLY", str(failure.value))
+        self.assertEqual(len(call_failures), 1)
+        self.assertTrue(str(call_failures[0].value).startswith("READONLY"))
+
+    def test_replies_to_calls_sent_before_a_local_change_are_ignored(self) -> None:
+        sent_before = self.storage._suppression_changes
+        self.storage.suppressions_changed()
+        self.storage._saw_suppressions_version(b"5", sent_before)
+        self.assertIsNone(self.storage.suppressions_version[0])
+        self.storage._saw_suppressions_version(b"6", self.storage._suppression_changes)
+        self.assertEqual(self.storage.suppressions_version[0], "6")
+
 
 #: Arguments of every kind the storage layer sends, and edges of RESP framing.
 ODD_ARGUMENTS = ("SET", b"", "", "caf\u00e9 \U0001F600", b"\r\n$3\r\n*1\r\n", 0, -17, 2**70, 1.5,
