@@ -350,13 +350,12 @@ class SubmissionHandler:
             await self.sender_domains.record_unsigned(new, dkim.unsigned)
         if self.on_queued is not None:
             self.on_queued()
-        user = session.user or "-"
+        user, n, size = session.user or "-", len(new.recipients), len(new.content)
         # The line of every message, rendered here: twisted.logger's own formatting of five
         # fields costs more than the rest of the log call (the fields stay in the event).
-        text = (f"submission: queued {message_id} from <{new.sender}> for {len(new.recipients)} "
-                f"recipient(s), {len(new.content)} bytes, user {user}")
+        text = f"submission: queued {message_id} from <{new.sender}> for {n} recipient(s), {size} bytes, user {user}"
         log.info(text.replace("{", "{{").replace("}", "}}"), id=message_id, sender=new.sender,
-                 n=len(new.recipients), size=len(new.content), user=user)
+                 n=n, size=size, user=user)
         return queued_reply(message_id)
 
     def prepare(self, session: Session, transaction: Transaction, content: bytes) -> NewMessage:
