@@ -2374,7 +2374,18 @@ def connect_redis(config: Config, managed_socket: str | None) -> Any:
                                                  reconnect=True, **common)
     # The pool connects on a later reactor turn (and reconnects) with its factory's protocol.
     pool._factory.protocol = _redis_protocols()[0]
+    _quiet_connection_errors(pool._factory)
     return pool
+
+
+def _quiet_connection_errors(factory: Any) -> None:
+    """
+    A lazy pool's factory fails its ``deferred`` when a connection's AUTH or SELECT fails (e.g.
+    the pool is closed while connecting, at shutdown); nobody waits on it, and txredisapi has
+    logged the reason already, so the failure must not surface as "Unhandled error in Deferred".
+    """
+    if factory.deferred is not None:
+        factory.deferred.addErrback(lambda failure: None)
 
 
 def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
@@ -2468,6 +2479,7 @@ class SentinelFollower:
         self.sentinel = master_factory.sentinel_class(sentinels)
         self.pool = self.sentinel.master_for(master_name, factory_class=master_factory,
                                              poolsize=poolsize, **connection_kwargs)
+        _quiet_connection_errors(self.pool._factory)
         self._generation = 0          # bumped whenever the pool's connections are dropped
         self._master: str | None = None   # "host:port" of the last +switch-master followed
         self._subscribed: set[str] = set()

@@ -199,6 +199,17 @@ class BatchingTests(unittest.TestCase):
         self.storage._saw_suppressions_version(b"6", self.storage._suppression_changes)
         self.assertEqual(self.storage.suppressions_version[0], "6")
 
+    def test_a_connection_failing_its_handshake_is_no_unhandled_error(self) -> None:
+        # as when the pool is closed while a connection is still at SELECT (shutdown): txredisapi
+        # fails the factory's deferred, which nobody waits on
+        config = parse_config({"redis": {"url": f"redis://127.0.0.1:{REDIS.port}"}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        connected = redis._factory.deferred
+        redis._factory.connectionError("could not set dbid=0: Lost connection")
+        self.assertTrue(connected.called)
+        self.assertIsNone(connected.result)  # the failure was handled, not left to the GC
+
 
 #: Arguments of every kind the storage layer sends, and edges of RESP framing.
 ODD_ARGUMENTS = ("SET", b"", "", "caf\u00e9 \U0001F600", b"\r\n$3\r\n*1\r\n", 0, -17, 2**70, 1.5,
