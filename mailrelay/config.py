@@ -425,6 +425,7 @@ class DeliveryConfig:
     bind_address: str = setting("", p_ip_or_empty, 'source IP address for outbound connections; "" = any')
     connect_timeout: float = setting("30s", p_duration, "time allowed to open a connection to a destination")
     command_timeout: float = setting("5m", p_duration, "time allowed for each reply of a destination server")
+    allow_private_destinations: bool = setting(False, p_bool, "direct (MX) mode: also deliver to MX hosts and address literals at loopback, private, link-local and other non-public addresses (off: refused with a 5.4.4 bounce; the smarthost is never checked)")
 
 
 def p_domain_or_empty(key: str, value: Any) -> str:

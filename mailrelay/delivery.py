@@ -16,6 +16,13 @@ SECURITY
     recorded verbatim but never interpreted beyond the reply code. TLS is
     opportunistic by default; ``tls = "verify"`` checks certificates against
     the MX name. Bodies are dot-stuffed over the whole stream (no smuggling).
+    In direct (MX) mode, MX hosts and address literals are names and
+    addresses chosen by whoever controls the recipient domain or address:
+    unless ``allow_private_destinations`` is set, addresses that are not
+    public (loopback, private, link-local... see :mod:`mailrelay.destinations`)
+    are dropped after the A/AAAA lookups, and the exact address connected to
+    is checked again; a domain left with none bounces with status 5.4.4. The
+    smarthost is the operator's choice and is not checked.
 
 STANDARDS
     RFC 5321 (SMTP, section 5 for MX), RFC 7505 (null MX), RFC 3207
@@ -30,7 +37,7 @@ CONFIGURATION
     rate_limit_per_domain, nameservers, mx_port, smarthost (+ username,
     password, tls), tls, max_messages_per_connection, pipeline_messages, idle_timeout,
     concurrency_per_domain, max_connections, helo_name, bind_address,
-    connect_timeout, command_timeout. Redis data: through
+    connect_timeout, command_timeout, allow_private_destinations. Redis data: through
     :mod:`mailrelay.storage` (queue, leases, timelines, events).
 """
 
@@ -49,6 +56,7 @@ from twisted.logger import Logger
 
 from mailrelay import smtpclient
 from mailrelay.config import Config
+from mailrelay.destinations import DestinationPolicy, refused_message
 from mailrelay.metrics import DELIVERY_LATENCY
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
@@ -128,6 +136,8 @@ class DeliveryService(service.Service):
         self.get_storage = get_storage
         self.storage: Storage | None = None
         self.resolver = resolver
+        #: Where direct delivery may connect (the smarthost is not checked).
+        self.destinations = DestinationPolicy.from_config(config)
         self.helo_name = self.settings.helo_name or config.hostname
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.domains: dict[str, DomainState] = {}
@@ -155,7 +165,8 @@ class DeliveryService(service.Service):
         except Exception as e:
             raise RuntimeError(f"cannot read the VERP secret from Redis: {e}") from None
         if self.resolver is None and self.settings.smarthost is None:
-            self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.reactor)
+            self.resolver = MXResolver(list(self.settings.nameservers) or None, reactor=self.reactor,
+                                       destinations=self.destinations)
         lease = self.settings.lease_timeout
         for interval, function in ((POLL_INTERVAL, self.wake), (lease / 3, self._renew),
                                    (max(lease / 4, 0.2), self._requeue_expired)):
@@ -165,7 +176,8 @@ class DeliveryService(service.Service):
                 lambda f: log.failure("delivery loop failed", f))
             self._loops.append(loop)
         target = (f"smarthost {self.settings.smarthost[0]}:{self.settings.smarthost[1]}"
-                  if self.settings.smarthost else f"MX hosts, port {self.settings.mx_port}")
+                  if self.settings.smarthost else f"MX hosts, port {self.settings.mx_port}"
+                  + (", private destinations allowed" if self.destinations.allow_private else ""))
         log.info("delivery to {target} (tls {tls}), owner {owner}", target=target,
                  tls=self.settings.smarthost_tls if self.settings.smarthost else self.settings.tls,
                  owner=self.owner)
@@ -308,7 +320,7 @@ class DeliveryService(service.Service):
         try:
             try:
                 routes = await self.routes(domain)
-                session = await self._connect(routes)
+                session = await self._connect(routes, domain)
             except AttemptFailed as failure:
                 await self._fail_all(jobs, failure)
                 return
@@ -542,13 +554,15 @@ class DeliveryService(service.Service):
         return [Route(h.name, address, settings.mx_port, settings.tls)
                 for h in hosts for address in h.addresses]
 
-    async def _connect(self, routes: list[Route]) -> Any:
+    async def _connect(self, routes: list[Route], domain: str) -> Any:
         """The first route that gives a usable session; raises AttemptFailed (deferred) if none."""
         settings = self.settings
         auth = None
         if settings.smarthost is not None and settings.smarthost_username:
             auth = (settings.smarthost_username, settings.smarthost_password)
+        destinations = self.destinations if settings.smarthost is None else None
         last: AttemptFailed | None = None
+        refused: list[str] = []   # routes the destination policy refused (the resolver's filter is first)
         for route in routes:
             modes = [route.tls] + (["none"] if route.tls == "opportunistic" else [])
             for mode in modes:
@@ -557,7 +571,10 @@ class DeliveryService(service.Service):
                         route.address, route.port, helo_name=self.helo_name, tls=mode,
                         tls_hostname=route.name, bind_address=settings.bind_address or None,
                         connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout,
-                        auth=auth, reactor=self.reactor)
+                        auth=auth, reactor=self.reactor, destinations=destinations)
+                except smtpclient.RefusedDestination as e:
+                    refused.append(f"{route.name}[{route.address}]: {e.reason}")
+                    break
                 except smtpclient.TLSFailure as e:
                     last = AttemptFailed(DEFERRED, f"TLS with {route.name} failed: {e}", None, route, route.address)
                     continue  # opportunistic: try the same host without TLS
@@ -570,6 +587,8 @@ class DeliveryService(service.Service):
                     break
                 session.route = route
                 return session
+        if refused and last is None:
+            raise AttemptFailed(BOUNCED, refused_message(domain, "no mail host has a public address", refused))
         raise last or AttemptFailed(DEFERRED, "no mail host to connect to")
 
     # -- recording -----------------------------------------------------------------------------

@@ -27,6 +27,11 @@ JOB
       domain itself, preference 0, with its own A/AAAA addresses.
     * An address literal, ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``, is one
       host with that address; DNS is not asked.
+    * With a ``destinations`` policy (:class:`mailrelay.destinations.DestinationPolicy`),
+      addresses it refuses (loopback, private, link-local...) are dropped
+      from every host, address literals included; a host left with none is
+      skipped. When nothing is left and no lookup failed temporarily, the
+      result is :class:`RefusedDestination` (permanent, status 5.4.4).
     * Internationalized domain names are converted with Python's ``idna``
       codec (IDNA 2003), falling back to the UTF-8 octets when that fails;
       names are case-folded and may end with a dot.
@@ -37,8 +42,10 @@ SECURITY
     The answers come from the network and are only as good as the resolver
     that gives them: use a validating resolver you trust. Records in the
     additional section are used only when their owner is the mail exchanger
-    itself. No address is filtered here (loopback, private networks): that is
-    delivery policy.
+    itself. Non-public addresses (loopback, private networks...) are dropped
+    when a ``destinations`` policy is given (delivery gives one in direct
+    mode): the addresses returned are the ones delivery connects to, so the
+    check holds whatever the names resolve to later (DNS rebinding).
 
 STANDARDS
     RFC 5321 section 5.1 (locating the target host), RFC 7505 (null MX),
@@ -48,7 +55,8 @@ STANDARDS
 DIAGNOSTICS
     Failures raise :class:`DNSError`, whose message is a sentence for people
     (it ends up in bounces and logs): :class:`PermanentDNSError` (bounce now:
-    :class:`NXDomain`, :class:`NullMX`, no address at all) or
+    :class:`NXDomain`, :class:`NullMX`, no address at all,
+    :class:`RefusedDestination`: only non-public addresses) or
     :class:`TemporaryDNSError` (SERVFAIL, REFUSED, timeouts, network errors:
     try again later). Skipped hosts are logged through ``twisted.logger``.
 
@@ -76,6 +84,8 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names import error as derror
 
+from mailrelay.destinations import SETTING, DestinationPolicy, refused_message
+
 log = Logger()
 
 __all__ = [
@@ -85,6 +95,7 @@ __all__ = [
     "TemporaryDNSError",
     "NXDomain",
     "NullMX",
+    "RefusedDestination",
     "MXResolver",
     "parse_nameservers",
 ]
@@ -127,6 +138,13 @@ class NXDomain(PermanentDNSError):
 
 class NullMX(PermanentDNSError):
     """The domain publishes a null MX (RFC 7505): it accepts no mail."""
+
+
+class RefusedDestination(PermanentDNSError):
+    """
+    Every address found is one the destination policy refuses (loopback, private...):
+    bounce at once. The message starts with the enhanced status code 5.4.4.
+    """
 
 
 class TemporaryDNSError(DNSError):
@@ -271,7 +289,8 @@ class MXResolver:
     a query gives up after ``len(nameservers) * sum(timeout)`` seconds at most.
     ``prefer_ipv4``: a host's IPv4 addresses first. ``max_hosts``: MX hosts
     looked up at most. ``rng``: the ``random.Random`` that shuffles hosts of
-    equal preference. Call :meth:`close` when done (it cancels the periodic
+    equal preference. ``destinations``: the policy whose refused addresses are
+    dropped (``None``: none are). Call :meth:`close` when done (it cancels the periodic
     re-reading of resolv.conf and closes TCP connections to nameservers).
     """
 
@@ -284,6 +303,7 @@ class MXResolver:
         prefer_ipv4: bool = True,
         max_hosts: int = 10,
         rng: random.Random | None = None,
+        destinations: DestinationPolicy | None = None,
     ) -> None:
         if not timeout:
             raise ValueError("timeout must have at least one element")
@@ -291,6 +311,7 @@ class MXResolver:
         self.timeout = tuple(timeout)
         self.prefer_ipv4 = prefer_ipv4
         self.max_hosts = max_hosts
+        self.destinations = destinations
         self._random = rng if rng is not None else random.Random()
         self._reactor = reactor
         # One client.Resolver per nameserver: client.Resolver moves on to the next server only
@@ -324,7 +345,12 @@ class MXResolver:
     async def resolve(self, domain: str) -> list[MailHost]:
         """The hosts to try for ``domain``, best first. Raises :class:`DNSError`."""
         if domain.strip().startswith("[") and domain.strip().endswith("]"):
-            return [_parse_address_literal(domain)]
+            host = _parse_address_literal(domain)
+            reason = self._refusal(host.addresses[0])
+            if reason is not None:
+                raise RefusedDestination(refused_message(
+                    host.name, "the address literal is not a public address", [reason]), host.name)
+            return [host]
         display, qname = _domain_to_ascii(domain)
 
         answers, _authority, additional = await self._ask(
@@ -334,8 +360,13 @@ class MXResolver:
         if not records:
             # RFC 5321 5.1: no MX at all -> the domain itself is the implicit MX.
             found = await self._lookup_host(qname, {})
-            if found.addresses:
-                return [MailHost(_text(qname), 0, found.addresses)]
+            allowed, refused = self._allowed(found.addresses, _text(qname), display)
+            if allowed:
+                return [MailHost(_text(qname), 0, allowed)]
+            if refused and not found.temporary:
+                raise RefusedDestination(refused_message(
+                    display, "it has no MX record and its own addresses are not public",
+                    [f"{_text(qname)}[{a}]: {r}" for a, r in refused]), display)
             if found.temporary:
                 raise TemporaryDNSError(
                     f"{display}: has no MX record, and looking up its address failed: "
@@ -377,10 +408,12 @@ class MXResolver:
 
         hosts: list[MailHost] = []
         failures: list[str] = []
+        refusals: list[str] = []
         temporary = False
         for (name, preference), found in zip(exchanges, lookups):
-            if found.addresses:
-                hosts.append(MailHost(_text(name), preference, found.addresses))
+            allowed, refused = self._allowed(found.addresses, _text(name), display)
+            if allowed:
+                hosts.append(MailHost(_text(name), preference, allowed))
                 if found.temporary:
                     log.info("{host} (MX of {domain}): using its addresses {addresses}, "
                              "though {error}", host=_text(name), domain=display,
@@ -389,6 +422,9 @@ class MXResolver:
             if found.temporary:
                 temporary = True
                 reason = str(found.temporary[0])
+            elif refused:
+                reason = "; ".join(f"{_text(name)}[{a}]: {r}" for a, r in refused)
+                refusals.append(reason)
             elif found.permanent:
                 reason = str(found.permanent[0])
             else:
@@ -403,6 +439,9 @@ class MXResolver:
         if temporary:
             raise TemporaryDNSError(
                 f"{display}: none of its mail exchangers could be resolved now ({summary})", display)
+        if refusals:
+            raise RefusedDestination(refused_message(
+                display, "none of its mail exchangers has a public address", failures), display)
         raise PermanentDNSError(
             f"{display}: none of its mail exchangers has an address ({summary})", display)
 
@@ -420,6 +459,25 @@ class MXResolver:
                 for rr in answers if rr.type == dns.TXT]
 
     # -- internals
+
+    def _refusal(self, address: str) -> str | None:
+        return self.destinations.refusal(address) if self.destinations is not None else None
+
+    def _allowed(self, addresses: tuple[str, ...], host: str, domain: str
+                 ) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        """(addresses the policy allows, [(address, why refused), ...]); refusals are logged."""
+        allowed: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for address in addresses:
+            reason = self._refusal(address)
+            if reason is None:
+                allowed.append(address)
+            else:
+                refused.append((address, reason))
+                log.info("not using {host}[{address}] (mail host of {domain}): {reason} "
+                         "({setting} is false)", host=host, address=address, domain=domain,
+                         reason=reason, setting=SETTING)
+        return tuple(allowed), refused
 
     async def _ask(self, method: str, qname: bytes, rtype: int, display: str) -> Any:
         """

@@ -42,7 +42,8 @@ STANDARDS
 
 DIAGNOSTICS
     Failures of the session as a whole are exceptions, all
-    :class:`SMTPClientError`: :class:`ConnectFailure`, :class:`TLSFailure`,
+    :class:`SMTPClientError`: :class:`ConnectFailure` (:class:`RefusedDestination`
+    when the ``destinations`` policy refuses the address), :class:`TLSFailure`,
     :class:`SMTPReplyError` (greeting, EHLO, STARTTLS or AUTH refused; carries
     ``.reply``), :class:`ConnectionLostError` (carries ``.stage``),
     :class:`CommandTimeout` and :class:`ProtocolError`; ``str()`` of each is one
@@ -57,7 +58,10 @@ CONFIGURATION
     the certificate must match and SNI; default ``host``), ``trust_root`` (an
     ``IOpenSSLTrustRoot`` or a PEM CA file; default the platform's) for
     "verify" and for "implicit" with ``verify=True``, ``bind_address``,
-    ``connect_timeout``, ``command_timeout`` and ``auth`` (PLAIN, else LOGIN).
+    ``connect_timeout``, ``command_timeout``, ``auth`` (PLAIN, else LOGIN) and
+    ``destinations`` (a :class:`mailrelay.destinations.DestinationPolicy`: the
+    address is checked before connecting, a name's addresses as it is
+    resolved, and the peer actually connected to once more).
 
 USAGE
     ::
@@ -98,6 +102,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailrelay import netio
+from mailrelay.destinations import DestinationPolicy, DestinationRefused
 
 log = Logger()
 
@@ -205,6 +210,10 @@ class ConnectFailure(SMTPClientError):
     def __init__(self, host: str, port: int, reason: str) -> None:
         super().__init__(f"cannot connect to {host} port {port}: {reason}")
         self.host, self.port, self.reason = host, port, reason
+
+
+class RefusedDestination(ConnectFailure):
+    """The ``destinations`` policy does not allow the address (loopback, private...): not connected."""
 
 
 class TLSFailure(SMTPClientError):
@@ -1326,9 +1335,15 @@ def _replies_of(outcomes: list[Any]) -> list[ReplyInfo]:
 # -- connecting ---------------------------------------------------------------------------------
 
 
-def _endpoint(reactor: Any, host: str, port: int, timeout: float, bind_address: str | None) -> Any:
+def _endpoint(reactor: Any, host: str, port: int, timeout: float, bind_address: str | None,
+              destinations: DestinationPolicy | None = None) -> Any:
     bind = (bind_address, 0) if bind_address else None
     version = _is_ip(host)
+    if destinations is not None:
+        if version:
+            destinations.check(host.strip("[]"))
+        else:  # a name: its addresses are checked as they are resolved
+            reactor = destinations.reactor(reactor)
     if version == 4:
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
     if version == 6:
@@ -1340,13 +1355,16 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
                   tls_hostname: str | None = None, bind_address: str | None = None,
                   connect_timeout: float = 30, command_timeout: float = 300,
                   auth: tuple[str, str] | None = None, reactor: Any = None,
-                  trust_root: Any = None, verify: bool = False) -> ClientSession:
+                  trust_root: Any = None, verify: bool = False,
+                  destinations: DestinationPolicy | None = None) -> ClientSession:
     """Connect, greet, negotiate TLS and AUTH; return a session ready for :meth:`send`.
 
     ``host`` is a name or an IP address (delivery passes the MX's address and
     ``tls_hostname`` = the MX name). ``tls`` is one of :data:`TLS_POLICIES`;
     ``trust_root`` (an ``IOpenSSLTrustRoot`` or a PEM CA file; default the
     platform's) is used by "verify" and by "implicit" with ``verify=True``.
+    With ``destinations``, an address that policy refuses is not connected to
+    (:class:`RefusedDestination`).
     Raises :class:`SMTPClientError` subclasses; nothing is left open then.
     """
     if reactor is None:
@@ -1361,7 +1379,10 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
     server = host if not tls_hostname or tls_hostname == host else f"{tls_hostname} [{host}]"
     if port != 25:
         server = f"{server}:{port}"
-    endpoint = _endpoint(reactor, host, port, connect_timeout, bind_address)
+    try:
+        endpoint = _endpoint(reactor, host, port, connect_timeout, bind_address, destinations)
+    except DestinationRefused as e:
+        raise RefusedDestination(host, port, e.reason) from None
     tls_options = None
     if tls == "implicit":
         endpoint = wrapClientTLS(client_tls_options(name, verify=verify, trust_root=trust_root), endpoint)
@@ -1372,6 +1393,12 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
         await connectProtocol(endpoint, proto)
     except (error.ConnectError, error.BindError, error.DNSLookupError, OSError) as e:
         raise ConnectFailure(host, port, _connect_error_text(e)) from None
+    if destinations is not None:
+        # The address actually connected to (a name's, or one a TLS wrapper reached).
+        reason = destinations.refusal(_peer_host(proto))
+        if reason is not None:
+            await proto.abort()
+            raise RefusedDestination(host, port, reason)
     session = ClientSession(proto, host, port, helo_name, tls)
     try:
         await session._open(tls_options, auth)
@@ -1383,6 +1410,11 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
             await proto.abort()
         raise
     return session
+
+
+def _peer_host(proto: SMTPClientProtocol) -> str:
+    """The IP address ``proto`` is connected to (below any TLS layer)."""
+    return proto.transport.getPeer().host
 
 
 def _connect_error_text(e: BaseException) -> str:

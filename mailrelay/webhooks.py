@@ -16,7 +16,10 @@ JOB
     particular order.
 
 SECURITY
-    The URLs come from the configuration; the receivers' answers are untrusted and only
+    The URLs come from the configuration file only (no API creates them, and a job read
+    from Redis is sent only to a URL that is still configured): the operator chose them, so
+    they are trusted and not checked against :mod:`mailrelay.destinations` (a hook on
+    127.0.0.1 is legitimate). The receivers' answers are untrusted and only
     their status code (and a short excerpt for the log) is used. Redirects are not
     followed; https certificates are verified. With a ``secret`` every request carries
     ``X-Mailrelay-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.

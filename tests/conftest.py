@@ -511,8 +511,11 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
 
     Base: ``[server] state_dir``, ``[redis] url`` (a RedisServer's ``.url``, a URL string, or
     None for the daemon-managed Redis) and ``key_prefix`` (None: the default), ``[submission]
-    listen`` and ``listen_tls`` and ``[web] listen`` = ``["tcp:0:interface=127.0.0.1"]``. An override value of None
-    removes that key from the base, e.g. ``submission={"listen_tls": None}``.
+    listen`` and ``listen_tls`` and ``[web] listen`` = ``["tcp:0:interface=127.0.0.1"]``,
+    ``[delivery] allow_private_destinations = true`` (the test DNS server's MX hosts are on
+    127.0.0.x: without it direct delivery refuses them). An override value of None
+    removes that key from the base, e.g. ``submission={"listen_tls": None}``, or
+    ``delivery={"allow_private_destinations": None}`` for the daemon's default.
     """
     config: dict[str, dict[str, Any]] = {
         "server": {"state_dir": str(state_dir)},
@@ -520,6 +523,7 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
         "tls": {},
         "submission": {"listen": [EPHEMERAL], "listen_tls": [EPHEMERAL]},
         "web": {"listen": [EPHEMERAL]},
+        "delivery": {"allow_private_destinations": True},
     }
     if redis_server is not None:
         config["redis"]["url"] = (redis_server if isinstance(redis_server, str)

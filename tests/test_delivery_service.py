@@ -147,8 +147,10 @@ class DeliveryTestCase(unittest.TestCase):
 
     def make_config(self, port: int, **delivery: Any) -> Any:
         dns = self.start_dns()
+        # The MX hosts of ZONES are on 127.0.0.x: private destinations allowed.
         settings = {"nameservers": [f"127.0.0.1:{dns.port}"], "mx_port": port, "lease_timeout": "1h",
-                    "helo_name": "relay.test", "connect_timeout": "10s", "command_timeout": "30s"}
+                    "helo_name": "relay.test", "connect_timeout": "10s", "command_timeout": "30s",
+                    "allow_private_destinations": True}
         settings.update(delivery)
         return parse_config({
             "server": {"hostname": "relay.test"},
