@@ -20,9 +20,10 @@ SECURITY
     addresses chosen by whoever controls the recipient domain or address:
     unless ``allow_private_destinations`` is set, addresses that are not
     public (loopback, private, link-local... see :mod:`mailrelay.destinations`)
-    are dropped after the A/AAAA lookups, and the exact address connected to
-    is checked again; a domain left with none bounces with status 5.4.4. The
-    smarthost is the operator's choice and is not checked.
+    are dropped after the A/AAAA lookups (a domain left with none bounces
+    with status 5.4.4), and :mod:`mailrelay.smtpclient` checks the address it
+    connects to once more. The smarthost is the operator's choice and is not
+    checked.
 
 STANDARDS
     RFC 5321 (SMTP, section 5 for MX), RFC 7505 (null MX), RFC 3207
@@ -56,7 +57,7 @@ from twisted.logger import Logger
 
 from mailrelay import smtpclient
 from mailrelay.config import Config
-from mailrelay.destinations import DestinationPolicy, refused_message
+from mailrelay.destinations import DestinationPolicy
 from mailrelay.metrics import DELIVERY_LATENCY
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
@@ -320,7 +321,7 @@ class DeliveryService(service.Service):
         try:
             try:
                 routes = await self.routes(domain)
-                session = await self._connect(routes, domain)
+                session = await self._connect(routes)
             except AttemptFailed as failure:
                 await self._fail_all(jobs, failure)
                 return
@@ -554,15 +555,15 @@ class DeliveryService(service.Service):
         return [Route(h.name, address, settings.mx_port, settings.tls)
                 for h in hosts for address in h.addresses]
 
-    async def _connect(self, routes: list[Route], domain: str) -> Any:
+    async def _connect(self, routes: list[Route]) -> Any:
         """The first route that gives a usable session; raises AttemptFailed (deferred) if none."""
         settings = self.settings
         auth = None
         if settings.smarthost is not None and settings.smarthost_username:
             auth = (settings.smarthost_username, settings.smarthost_password)
+        # The resolver has dropped refused addresses; smtpclient checks the one it connects to.
         destinations = self.destinations if settings.smarthost is None else None
         last: AttemptFailed | None = None
-        refused: list[str] = []   # routes the destination policy refused (the resolver's filter is first)
         for route in routes:
             modes = [route.tls] + (["none"] if route.tls == "opportunistic" else [])
             for mode in modes:
@@ -572,9 +573,6 @@ class DeliveryService(service.Service):
                         tls_hostname=route.name, bind_address=settings.bind_address or None,
                         connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout,
                         auth=auth, reactor=self.reactor, destinations=destinations)
-                except smtpclient.RefusedDestination as e:
-                    refused.append(f"{route.name}[{route.address}]: {e.reason}")
-                    break
                 except smtpclient.TLSFailure as e:
                     last = AttemptFailed(DEFERRED, f"TLS with {route.name} failed: {e}", None, route, route.address)
                     continue  # opportunistic: try the same host without TLS
@@ -587,8 +585,6 @@ class DeliveryService(service.Service):
                     break
                 session.route = route
                 return session
-        if refused and last is None:
-            raise AttemptFailed(BOUNCED, refused_message(domain, "no mail host has a public address", refused))
         raise last or AttemptFailed(DEFERRED, "no mail host to connect to")
 
     # -- recording -----------------------------------------------------------------------------

@@ -59,9 +59,9 @@ CONFIGURATION
     ``IOpenSSLTrustRoot`` or a PEM CA file; default the platform's) for
     "verify" and for "implicit" with ``verify=True``, ``bind_address``,
     ``connect_timeout``, ``command_timeout``, ``auth`` (PLAIN, else LOGIN) and
-    ``destinations`` (a :class:`mailrelay.destinations.DestinationPolicy`: the
-    address is checked before connecting, a name's addresses as it is
-    resolved, and the peer actually connected to once more).
+    ``destinations`` (a :class:`mailrelay.destinations.DestinationPolicy`: an
+    address is checked before connecting to it; a name's addresses as it is
+    resolved, the endpoint connecting only to those that pass).
 
 USAGE
     ::
@@ -1393,12 +1393,6 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
         await connectProtocol(endpoint, proto)
     except (error.ConnectError, error.BindError, error.DNSLookupError, OSError) as e:
         raise ConnectFailure(host, port, _connect_error_text(e)) from None
-    if destinations is not None:
-        # The address actually connected to (a name's, or one a TLS wrapper reached).
-        reason = destinations.refusal(_peer_host(proto))
-        if reason is not None:
-            await proto.abort()
-            raise RefusedDestination(host, port, reason)
     session = ClientSession(proto, host, port, helo_name, tls)
     try:
         await session._open(tls_options, auth)
@@ -1410,11 +1404,6 @@ async def connect(host: str, port: int, *, helo_name: str, tls: str = "opportuni
             await proto.abort()
         raise
     return session
-
-
-def _peer_host(proto: SMTPClientProtocol) -> str:
-    """The IP address ``proto`` is connected to (below any TLS layer)."""
-    return proto.transport.getPeer().host
 
 
 def _connect_error_text(e: BaseException) -> str:
