@@ -408,7 +408,7 @@ class MXResolver:
 
         hosts: list[MailHost] = []
         failures: list[str] = []
-        refusals: list[str] = []
+        refused_any = False
         temporary = False
         for (name, preference), found in zip(exchanges, lookups):
             allowed, refused = self._allowed(found.addresses, _text(name), display)
@@ -424,7 +424,7 @@ class MXResolver:
                 reason = str(found.temporary[0])
             elif refused:
                 reason = "; ".join(f"{_text(name)}[{a}]: {r}" for a, r in refused)
-                refusals.append(reason)
+                refused_any = True
             elif found.permanent:
                 reason = str(found.permanent[0])
             else:
@@ -439,7 +439,7 @@ class MXResolver:
         if temporary:
             raise TemporaryDNSError(
                 f"{display}: none of its mail exchangers could be resolved now ({summary})", display)
-        if refusals:
+        if refused_any:
             raise RefusedDestination(refused_message(
                 display, "none of its mail exchangers has a public address", failures), display)
         raise PermanentDNSError(
