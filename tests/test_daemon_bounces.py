@@ -9,7 +9,7 @@ import json
 import re
 import smtplib
 
-from peers import BOUNCE_DOMAIN, Sink, arf, deliver_to_bounce_listener, dsn, send, timeline
+from peers import BOUNCE_DOMAIN, Sink, arf, deliver_to_bounce_listener, dsn, received_headers, send, timeline
 
 VERP_RE = re.compile(rb"X-Mail-Args: <(b\+[a-z2-7]+@" + re.escape(BOUNCE_DOMAIN.encode()) + rb")>")
 
@@ -108,12 +108,15 @@ def test_arf_complaint_and_unmatched_bounce(start_daemon, daemon_config, redis_s
     d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
     message_id = send(d.ports["submission"], ["reader@example.test"])
     d.wait_for_line(rf"{message_id}: to=<reader@example\.test>.*status=sent")
-    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", message_id))
+    # the complaint returns the reader's copy (its recipient token proves who it is about)
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                         arf("reader@example.test", message_id,
+                                             original=received_headers(sink, "reader@example.test")))
     assert code == 250
     client = redis_server.client()
     [record] = bounce_records(client, unique_prefix)
     assert (record["type"], record["type_code"], record["recipient"]) == ("SpamComplaint", "100001", "reader@example.test")
-    assert record["message_id"] == message_id and record["inactive"] == "1"
+    assert record["message_id"] == message_id and record["inactive"] == "1" and record["proof"] == "token"
     assert timeline(redis_server, unique_prefix, message_id)[-1]["type"] == "complained"
     # a bounce that names no job of ours is kept, as unmatched
     code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
