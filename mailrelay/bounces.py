@@ -300,6 +300,52 @@ def pair_reports(reports: list[bounceparse.BounceReport],
     return list(zip(reports, paired))
 
 
+async def unproven_suppressions(storage: Storage,
+                                verp: VERP | None) -> list[tuple[str, dict[str, Any], str]]:
+    """
+    The suppressions made from received bounces that would be unmatched today: (address,
+    entry, why), by address. Entries made since reports must prove themselves carry their
+    ``proof``; those made by an operator (CLI, API) name no bounce; in-band refusals have a
+    bounce record whose source is ``smtp``. Any other entry counts as proven only when its
+    stored raw bounce carries a token (VERP address or token header) of that message and
+    address, as a bounce sent to the recipient's VERP address usually does (its To: field).
+    """
+    found = []
+    for address, entry in sorted((await storage.list_suppressions()).items()):
+        why = await _why_unproven(storage, verp, address, entry)
+        if why:
+            found.append((address, entry, why))
+    return found
+
+
+async def _why_unproven(storage: Storage, verp: VERP | None, address: str, entry: dict[str, Any]) -> str | None:
+    if entry.get("proof") or not entry.get("bounce_id"):
+        return None
+    message_id = entry.get("message_id") or ""
+    if not message_id:
+        return "made from an unmatched report"
+    record = await storage.get_bounce(entry["bounce_id"])
+    if record is None:
+        return "its bounce record has expired: cannot be checked"
+    if record.get("source") == "smtp":
+        return None   # refused by the recipient's server while we delivered
+    if verp is None:
+        return "no [bounces] domain: tokens cannot be checked"
+    raw = await storage.get_bounce_raw(entry["bounce_id"]) or b""
+    tokens = bounceparse.parse_bounce(raw)[0].recipient_tokens if raw else ()
+    message = None
+    for token in tokens:
+        job = verp.verify_token(token)
+        if job is None or job[0] != message_id:
+            continue
+        message = message or await storage.get_message(message_id)
+        if message is None:
+            return "its message has expired: cannot be checked"
+        if (message.get(f"rcpt:{job[1]}") or "").lower() == address:
+            return None
+    return "matched by X-Mailrelay-ID or by address only: the bounce carries no token of this recipient"
+
+
 def make_dsn(*, hostname: str, original_sender: str, recipient: str, message_id: str, action: str,
              status: str, diagnostic: str, remote_mta: str | None, original_headers: bytes) -> bytes:
     """An RFC 3464 delivery status notification for the original sender (``notify_sender``)."""
