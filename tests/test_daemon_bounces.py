@@ -243,6 +243,7 @@ def test_rcpt_reuses_a_not_suppressed_answer_until_the_list_changes(start_daemon
 
 
 # -- forged reports (issue 15): only a report that proves which recipient it is about counts --------
+# The listener answers 250 once the bounce is stored: what it changed can be read right after.
 
 
 def copies(sink):
@@ -294,7 +295,6 @@ def test_forged_reports_to_role_addresses_suppress_nobody(start_daemon, daemon_c
                             ("fbl", arf("other-victim@example.org", "0123456789abcdef0123"))):
         code, text = deliver_to_bounce_listener(d.ports["bounces"], f"{mailbox}@{BOUNCE_DOMAIN}", report)
         assert code == 250, text   # kept for a human to look at ...
-    d.wait_for_matches(r"bounce \w+: message unmatched to <(other-)?victim@example\.org>", 2)
     assert suppressed(client, unique_prefix) == {}   # ... and nobody suppressed
     records = unmatched_records(client, unique_prefix)
     assert sorted(r["type"] for r in records) == ["HardBounce", "SpamComplaint"]
@@ -313,7 +313,6 @@ def test_forged_dsn_with_a_real_message_id_changes_nothing(start_daemon, daemon_
     code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
                                             dsn(f"postmaster@{BOUNCE_DOMAIN}", "reader@example.test", message_id))
     assert code == 250, text
-    d.wait_for_line(r"bounce \w+: message unmatched to <reader@example\.test>: HardBounce")
     assert suppressed(client, unique_prefix) == {}
     assert hgetall(client, f"{unique_prefix}msg:{message_id}")["state:0"] == "delivered"
     assert timeline(redis_server, unique_prefix, message_id) == before
@@ -373,12 +372,14 @@ def test_a_co_recipients_copy_cannot_suppress_another(start_daemon, daemon_confi
                                             dsn(f"postmaster@{BOUNCE_DOMAIN}", "victim@example.test", message_id,
                                                 original=got["attacker@example.test"][1]))
     assert code == 250, text
-    d.wait_for_line(r"bounce \w+: message \w+ to <attacker@example\.test>")   # bound to whose copy it is
     assert "victim@example.test" not in suppressed(client, unique_prefix)
-    victim = 0 if hgetall(client, f"{unique_prefix}msg:{message_id}")["rcpt:0"] == "victim@example.test" else 1
-    assert hgetall(client, f"{unique_prefix}msg:{message_id}")[f"state:{victim}"] == "delivered"
-    assert all(r["recipient"] != "victim@example.test" for r in bounce_records(client, unique_prefix))
+    state = hgetall(client, f"{unique_prefix}msg:{message_id}")
+    victim = 0 if state["rcpt:0"] == "victim@example.test" else 1
+    assert state[f"state:{victim}"] == "delivered"
     assert rcpt_code(d.ports["submission"], "victim@example.test") == 250
+    # the report is bound to whose copy it returned
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["recipient"], record["proof"]) == ("attacker@example.test", "token")
 
 
 def test_a_verp_bounce_naming_another_recipient_binds_to_the_token(start_daemon, daemon_config, redis_server,
@@ -391,12 +392,12 @@ def test_a_verp_bounce_naming_another_recipient_binds_to_the_token(start_daemon,
     code, text = deliver_to_bounce_listener(d.ports["bounces"], attacker_verp,
                                             dsn(attacker_verp, "victim@example.test", message_id))
     assert code == 250, text
-    [record] = bounce_records(client, unique_prefix)
-    assert (record["recipient"], record["proof"]) == ("attacker@example.test", "verp")
     assert set(suppressed(client, unique_prefix)) == {"attacker@example.test"}
     state = hgetall(client, f"{unique_prefix}msg:{message_id}")
     victim = 0 if state["rcpt:0"] == "victim@example.test" else 1
     assert state[f"state:{victim}"] == "delivered"
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["recipient"], record["proof"]) == ("attacker@example.test", "verp")
 
 
 def test_suppressions_list_unproven(start_daemon, daemon_config, redis_server, unique_prefix, dns, sink):
