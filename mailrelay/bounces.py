@@ -2,28 +2,41 @@
 bounces: VERP return paths, the inbound bounce listener, bounce records and suppression.
 
 JOB
-    Gives every outgoing message a return path ``b+<token>@<[bounces] domain>``
-    whose token names the delivery job (message and recipient) and carries a
-    truncated HMAC, receives the bounces and complaints sent back to it,
-    classifies them (:mod:`mailrelay.bounceparse`), ties them to the message
+    Gives every outgoing copy a return path ``b+<token>@<[bounces] domain>``
+    and an ``X-Mailrelay-Recipient-Token: <token>`` header field, whose token
+    names the delivery job (message and recipient) and carries a truncated
+    HMAC; receives the bounces and complaints sent back, classifies them
+    (:mod:`mailrelay.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
     The same recorder handles in-band refusals (5xx at delivery).
+    ``mailrelay suppressions list --unproven`` finds the suppressions made
+    before reports had to prove themselves (:func:`unproven_suppressions`).
 
 SECURITY
     The listener talks to any mail server on the Internet and trusts none:
     it accepts RCPT only for VERP addresses whose HMAC verifies and for
     ``fbl@``, ``abuse@`` and ``postmaster@`` of the bounce domain; everything
-    else gets ``550 5.1.1``. It is never a relay and offers no AUTH. A forged
-    or mangled token is refused; a message that matches no job is stored as
-    unmatched, never dropped. Raw bounces are stored truncated.
+    else gets ``550 5.1.1``. It is never a relay and offers no AUTH. A report
+    changes state (recipient bounced, timeline and webhook event,
+    suppression) only when it proves which recipient it is about: it came
+    to that recipient's VERP address, or it carries that recipient's token
+    (in the returned original, a quoted copy). The effect goes to the
+    token's recipient, never to another address the report names; an
+    X-Mailrelay-ID in a bounce proves nothing (every recipient sees it).
+    Anything else is stored as unmatched, never dropped, and changes
+    nothing. The token is per recipient because a co-recipient sees the
+    message's headers; it is never DKIM-signed (added at delivery, after
+    signing). Raw bounces are stored truncated.
 
 STANDARDS
     RFC 5321 (return path, 64-octet local part), RFC 3464 (DSN), RFC 3463
     (status codes), RFC 5965 (ARF), RFC 4648 (base32).
 
 DIAGNOSTICS
-    One log line per bounce: message id, recipient, type, whether the address
-    became inactive.
+    One log line per bounce: message id (``unmatched`` for an unproven
+    report), recipient, type, whether the address became inactive. Bounce
+    records and suppression entries store their ``proof`` (``verp``,
+    ``token``, ``delivery``; empty: unmatched).
 
 CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_message_size,
