@@ -422,11 +422,8 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
                 raise SystemExit(f"mailrelay: {clean(args.address.lower())} is not suppressed")
             print(f"{clean(args.address.lower())} reactivated")
 
-    from twisted.internet import task
-
-    config = load_or_exit(getattr(args, "config", None))
-    task.react(lambda reactor: run_with_storage(config, run))
-    return 0  # not reached: react exits
+    config = load_or_exit(getattr(args, "config", None))   # --unproven: the VERP secret
+    return react_with_storage(args, run)
 
 
 def add_suppressions_parser(sub: Any) -> None:

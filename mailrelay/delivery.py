@@ -6,7 +6,8 @@ JOB
     destination domain, looks up the MX hosts (or uses the smarthost), sends
     each message once per connection with all its recipients of that domain
     (with a bounce domain, once per recipient: each copy gets its recipient's
-    VERP return path and token header, see :mod:`mailrelay.bounces`), and records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
+    VERP return path and token header, see :mod:`mailrelay.bounces`), and
+    records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
     null MX), deferred (4xx, connection/TLS/DNS failures; retried on
     ``retry_schedule``) or expired (older than ``max_queue_lifetime``).
     Several daemons share one queue: leases keep them from claiming the same

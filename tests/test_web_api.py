@@ -455,8 +455,9 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     # have passed, the second cannot share its millisecond.
     time.sleep(0.01)
     # ... and the reader of the second complains
-    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", second,
-                                                                         original=received_headers(sink, "reader@example.test")))
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                            arf("reader@example.test", second,
+                                                original=received_headers(sink, "reader@example.test")))
     assert code == 250, text
     wait_logged(d, rf"bounce \w+: message {second} to <reader@example\.test>: SpamComplaint")
 
