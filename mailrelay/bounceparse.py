@@ -10,7 +10,8 @@ JOB
     Postfix, Gmail or Yahoo, an auto-reply, a challenge, ...) and returns one
     :class:`BounceReport` per affected recipient, classified by the same
     function, with the ``X-Mailrelay-ID`` of the returned original when the
-    bounce includes it. The taxonomy and type codes are Postmark's.
+    bounce includes it, and the recipient tokens it carries (see
+    :data:`RECIPIENT_TOKEN_HEADER`). The taxonomy and type codes are Postmark's.
 
 CLASSIFICATION
     :func:`classify` looks at the enhanced status code first (RFC 3463; taken
@@ -82,8 +83,11 @@ SECURITY
     linear time. Anyone can forge a bounce naming any recipient and any
     ``X-Mailrelay-ID``: a caller must check that the message exists and
     that the recipient was one of its recipients before suppressing an
-    address (see :data:`SUPPRESSING_TYPES`). An ``X-Mailrelay-ID`` is only
-    returned when it has the shape of a mailrelay id (20 hex digits).
+    address (see :data:`SUPPRESSING_TYPES`); :mod:`mailrelay.bounces` does so
+    only with a verified recipient token. An ``X-Mailrelay-ID`` is only
+    returned when it has the shape of a mailrelay id (20 hex digits); the
+    recipient tokens are only candidates, with the shape of a token, that
+    the caller must verify (their HMAC is the proof, not where they were found).
     Recipients found by the plain-text heuristics are guesses.
 
 STANDARDS
@@ -119,6 +123,12 @@ MAX_PARTS = 100
 MAX_DEPTH = 8
 #: Reports returned for one bounce, at most.
 MAX_REPORTS = 100
+#: The header field that carries each recipient's token in its copy (added at delivery),
+#: and the local-part prefix of a VERP return path, which carries the same token.
+RECIPIENT_TOKEN_HEADER = "X-Mailrelay-Recipient-Token"
+VERP_PREFIX = "b+"
+#: Candidate recipient tokens returned for one bounce, at most.
+MAX_TOKENS = 10
 #: Characters kept of a diagnostic.
 MAX_DIAGNOSTIC = 1000
 
@@ -199,6 +209,8 @@ class BounceReport:
     remote_mta: str | None = None
     original_message_id: str | None = None
     mailrelay_id: str | None = None
+    #: Strings shaped like recipient tokens found in the bounce (unverified).
+    recipient_tokens: tuple[str, ...] = ()
     feedback_type: str | None = None
     description: str = ""
 
@@ -387,6 +399,10 @@ def reply_report(recipient: str | None, smtp_code: int | None, status: str | Non
 _ADDR = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 _ADDRESS = re.compile(rf"(?<![\w.!#$%&'*+/=?^`{{|}}~-])({_ADDR})(?![\w-]|\.[A-Za-z0-9])")
 _ID = re.compile(r"[0-9a-f]{20}")
+#: A recipient token (base32 of 20 bytes) in its header field (also quoted, ``> X-...:``) or in
+#: a VERP address (``b+<token>@``), in any case.
+_TOKEN = re.compile(r"(?:^[ \t>]*" + re.escape(RECIPIENT_TOKEN_HEADER) + r":[ \t]*|(?<![\w.+-])"
+                    + re.escape(VERP_PREFIX) + r")([a-z2-7]{32})(?![\w])", re.I | re.M)
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
 
 #: A line that starts a per-recipient paragraph of a plain-text bounce: the address alone
@@ -506,6 +522,7 @@ class _Bounce:
             for name in ("From", "Sender", "Return-Path", "Reply-To"):
                 self.own.update(a.lower() for a in _addresses_of(self.original, name))
         self.original_message_id, self.mailrelay_id = self._original_ids(text)
+        self.recipient_tokens = self._recipient_tokens(data, text)
 
     # -- the returned original ------------------------------------------------------------
 
@@ -537,12 +554,28 @@ class _Bounce:
             message_id = m.group(1) if m else None
         return message_id, mailrelay_id
 
+    def _recipient_tokens(self, data: bytes, text: str) -> tuple[str, ...]:
+        """Token-shaped strings in the raw message (headers, a message/rfc822 original),
+        in its decoded text (quoted copies, encoded parts) and in the returned original's
+        header fields; lower case, first seen first."""
+        sources = [data.decode("latin-1"), text]
+        if self.original is not None:
+            sources.append("".join(f"{name}: {' '.join(str(value).split())}\n"
+                                   for name, value in self.original.items()))
+        tokens: dict[str, None] = {}
+        for source in sources:
+            for m in _TOKEN.finditer(source):
+                tokens.setdefault(m.group(1).lower(), None)
+                if len(tokens) >= MAX_TOKENS:
+                    return tuple(tokens)
+        return tuple(tokens)
+
     def report(self, kind: BounceType, recipient: str | None, **fields: Any) -> BounceReport:
         message_id = self.original_message_id
         if message_id is None and kind not in (HARD_BOUNCE, SOFT_BOUNCE, TRANSIENT, DNS_ERROR, BLOCKED):
             message_id = _msgid(_header(self.msg, "In-Reply-To"))
         return BounceReport(type=kind, recipient=recipient, original_message_id=message_id,
-                            mailrelay_id=self.mailrelay_id, **fields)
+                            mailrelay_id=self.mailrelay_id, recipient_tokens=self.recipient_tokens, **fields)
 
     # -- dispatch ------------------------------------------------------------------------
 

@@ -2,28 +2,41 @@
 bounces: VERP return paths, the inbound bounce listener, bounce records and suppression.
 
 JOB
-    Gives every outgoing message a return path ``b+<token>@<[bounces] domain>``
-    whose token names the delivery job (message and recipient) and carries a
-    truncated HMAC, receives the bounces and complaints sent back to it,
-    classifies them (:mod:`mailrelay.bounceparse`), ties them to the message
+    Gives every outgoing copy a return path ``b+<token>@<[bounces] domain>``
+    and an ``X-Mailrelay-Recipient-Token: <token>`` header field, whose token
+    names the delivery job (message and recipient) and carries a truncated
+    HMAC; receives the bounces and complaints sent back, classifies them
+    (:mod:`mailrelay.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
     The same recorder handles in-band refusals (5xx at delivery).
+    ``mailrelay suppressions list --unproven`` finds the suppressions made
+    before reports had to prove themselves (:func:`unproven_suppressions`).
 
 SECURITY
     The listener talks to any mail server on the Internet and trusts none:
     it accepts RCPT only for VERP addresses whose HMAC verifies and for
     ``fbl@``, ``abuse@`` and ``postmaster@`` of the bounce domain; everything
-    else gets ``550 5.1.1``. It is never a relay and offers no AUTH. A forged
-    or mangled token is refused; a message that matches no job is stored as
-    unmatched, never dropped. Raw bounces are stored truncated.
+    else gets ``550 5.1.1``. It is never a relay and offers no AUTH. A report
+    changes state (recipient bounced, timeline and webhook event,
+    suppression) only when it proves which recipient it is about: it came
+    to that recipient's VERP address, or it carries that recipient's token
+    (in the returned original, a quoted copy). The effect goes to the
+    token's recipient, never to another address the report names; an
+    X-Mailrelay-ID in a bounce proves nothing (every recipient sees it).
+    Anything else is stored as unmatched, never dropped, and changes
+    nothing. The token is per recipient because a co-recipient sees the
+    message's headers; it is never DKIM-signed (added at delivery, after
+    signing). Raw bounces are stored truncated.
 
 STANDARDS
     RFC 5321 (return path, 64-octet local part), RFC 3464 (DSN), RFC 3463
     (status codes), RFC 5965 (ARF), RFC 4648 (base32).
 
 DIAGNOSTICS
-    One log line per bounce: message id, recipient, type, whether the address
-    became inactive.
+    One log line per bounce: message id (``unmatched`` for an unproven
+    report), recipient, type, whether the address became inactive. Bounce
+    records and suppression entries store their ``proof`` (``verp``,
+    ``token``, ``delivery``; empty: unmatched).
 
 CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_message_size,
@@ -39,7 +52,7 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -51,8 +64,9 @@ from mailrelay.storage import Event, Storage, rfc3339
 
 log = Logger()
 
-#: Local-part prefix of VERP addresses.
-VERP_PREFIX = "b+"
+#: Local-part prefix of VERP addresses, and the header field carrying each recipient's token.
+VERP_PREFIX = bounceparse.VERP_PREFIX
+RECIPIENT_TOKEN_HEADER = bounceparse.RECIPIENT_TOKEN_HEADER
 #: Mailboxes of the bounce domain for complaint feedback loops and RFC 2142 roles.
 FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")
 #: Bytes of HMAC-SHA256 kept in a token (64 bits).
@@ -63,7 +77,8 @@ BOUNCE_ACCEPTED = Reply(250, "2.0.0", "Ok: bounce received")
 
 
 class VERP:
-    """Encodes delivery jobs into return paths and back (case-insensitive, HMAC-checked)."""
+    """Encodes delivery jobs into recipient tokens and return paths and back (case-insensitive,
+    HMAC-checked)."""
 
     def __init__(self, domain: str, secret: bytes) -> None:
         self.domain = domain.lower()
@@ -72,18 +87,22 @@ class VERP:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
 
-    def address(self, message_id: str, rcpt: int) -> str:
-        """``b+<lowercase base32 of id, index and MAC>@domain`` (34-octet local part)."""
+    def token(self, message_id: str, rcpt: int) -> str:
+        """Lowercase base32 of id, recipient index and MAC (32 characters): the recipient's secret."""
         payload = bytes.fromhex(message_id) + rcpt.to_bytes(2, "big")
-        token = base64.b32encode(payload + self._mac(payload)).decode().lower()
-        return f"{VERP_PREFIX}{token}@{self.domain}"
+        return base64.b32encode(payload + self._mac(payload)).decode().lower()
 
-    def decode(self, address: str) -> tuple[str, int] | None:
-        """(message id, recipient index) for a valid VERP address of our domain, else None."""
-        local, _, domain = address.rpartition("@")
-        if domain.lower() != self.domain or not local.lower().startswith(VERP_PREFIX):
-            return None
-        token = local[len(VERP_PREFIX):].upper()
+    def address(self, message_id: str, rcpt: int) -> str:
+        """``b+<token>@domain`` (34-octet local part)."""
+        return f"{VERP_PREFIX}{self.token(message_id, rcpt)}@{self.domain}"
+
+    def header(self, message_id: str, rcpt: int) -> bytes:
+        """The header field put on top of the recipient's copy at delivery (never DKIM-signed)."""
+        return f"{RECIPIENT_TOKEN_HEADER}: {self.token(message_id, rcpt)}\r\n".encode()
+
+    def verify_token(self, token: str) -> tuple[str, int] | None:
+        """(message id, recipient index) of a token whose MAC verifies, else None."""
+        token = token.upper()
         try:
             raw = base64.b32decode(token + "=" * (-len(token) % 8))
         except (binascii.Error, ValueError):
@@ -92,6 +111,13 @@ class VERP:
         if len(payload) != 12 or not hmac.compare_digest(mac, self._mac(payload)):
             return None
         return payload[:10].hex(), int.from_bytes(payload[10:], "big")
+
+    def decode(self, address: str) -> tuple[str, int] | None:
+        """(message id, recipient index) for a valid VERP address of our domain, else None."""
+        local, _, domain = address.rpartition("@")
+        if domain.lower() != self.domain or not local.lower().startswith(VERP_PREFIX):
+            return None
+        return self.verify_token(local[len(VERP_PREFIX):])
 
     def is_feedback_mailbox(self, address: str) -> bool:
         local, _, domain = address.rpartition("@")
@@ -110,6 +136,24 @@ def new_bounce_id() -> str:
     return os.urandom(8).hex()
 
 
+#: How a bounce proved which recipient it is about (``proof`` of bounce records and
+#: suppression entries): it came to the recipient's VERP return path; the bounce carried the
+#: recipient's token (its returned original, or a quoted copy); the recipient's server refused
+#: the message while we delivered it. A record with no proof is unmatched.
+PROOF_VERP = "verp"
+PROOF_TOKEN = "token"
+PROOF_DELIVERY = "delivery"
+
+
+class ProvenJob(NamedTuple):
+    """A delivery job a received bounce proved it is about, and how."""
+
+    message_id: str
+    rcpt: int
+    address: str
+    proof: str
+
+
 class BounceRecorder:
     """Turns a classified bounce into a record, a timeline event and maybe a suppression."""
 
@@ -118,19 +162,21 @@ class BounceRecorder:
         self.max_stored = max_stored
         self.clock = clock
 
-    async def record(self, report: bounceparse.BounceReport, *, message_id: str | None, rcpt: int | None,
-                     recipient: str | None, raw: bytes, source: str, remote_mta: str | None = None,
-                     final: bool = False) -> dict[str, Any]:
+    async def record(self, report: bounceparse.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
+                     remote_mta: str | None = None, final: bool = False) -> dict[str, Any]:
         """
-        Store one bounce. ``final`` means the delivery attempt itself failed
-        (in-band): the queue has already ended the job, so no state change here.
+        Store one bounce. Only a ``job`` (a proven message and recipient) changes state:
+        the recipient's state and timeline, a webhook event, a suppression of the job's
+        address. Without one the bounce is stored as unmatched and changes nothing.
+        ``final`` means the delivery attempt itself failed (in-band): the queue has
+        already ended the job, so no state change here.
         """
         kind = report.type
         now = self.clock.seconds()
-        address = (recipient or report.recipient or "").lower() or None
+        address = (job.address if job else report.recipient or "").lower() or None
         record = {
             "id": new_bounce_id(),
-            "message_id": message_id or "",
+            "message_id": job.message_id if job else "",
             "recipient": address or "",
             "type": kind.name,
             "type_code": kind.code,
@@ -140,14 +186,17 @@ class BounceRecorder:
             "remote_mta": remote_mta or report.remote_mta or "",
             "at": rfc3339(now),
             "source": source,
+            "proof": job.proof if job else "",
+            # what an unmatched report claims (untrusted), for whoever looks at it
+            "claimed_message_id": (report.mailrelay_id or "") if job is None else "",
         }
         suppress = None
-        if address and kind in bounceparse.SUPPRESSING_TYPES:
+        if job is not None and address and kind in bounceparse.SUPPRESSING_TYPES:
             suppress = {"address": address, "since": rfc3339(now), "type": kind.name,
                         "reason": report.diagnostic[:500], "bounce_id": record["id"],
-                        "message_id": message_id or ""}
+                        "message_id": job.message_id, "proof": job.proof}
         event = state = None
-        if message_id is not None and rcpt is not None and not final:
+        if job is not None and not final:
             if kind == bounceparse.SPAM_COMPLAINT:
                 event_type = "complained"
             elif kind == bounceparse.TRANSIENT:
@@ -155,15 +204,15 @@ class BounceRecorder:
             else:
                 event_type = "bounced"
                 state = "bounced"
-            event = Event(type=event_type, at=record["at"], recipient=address or "", rcpt=rcpt,
+            event = Event(type=event_type, at=record["at"], recipient=address or "", rcpt=job.rcpt,
                           detail=f"{kind.name}: {report.diagnostic or report.description}"[:1000],
                           enhanced_code=report.status, remote_host=record["remote_mta"] or None)
         inactive = await self.storage.record_bounce(
-            record, raw[: self.max_stored], message_id=message_id, rcpt=rcpt, state=state, event=event,
-            suppress=suppress)
+            record, raw[: self.max_stored], message_id=job.message_id if job else None,
+            rcpt=job.rcpt if job else None, state=state, event=event, suppress=suppress)
         record["inactive"] = inactive
         log.info("bounce {id}: message {msg} to <{rcpt}>: {type} ({status}){inactive}",
-                 id=record["id"], msg=message_id or "unmatched", rcpt=address or "?", type=kind.name,
+                 id=record["id"], msg=job.message_id if job else "unmatched", rcpt=address or "?", type=kind.name,
                  status=report.status or "-", inactive=", address suppressed" if inactive else "")
         return record
 
@@ -207,43 +256,107 @@ class BounceHandler:
     async def process(self, recipients: list[str], content: bytes, client: str | None = None) -> list[dict[str, Any]]:
         """Parse, match and record one received bounce message."""
         reports = bounceparse.parse_bounce(content)
-        verp_jobs = [job for job in (self.verp.decode(r) for r in recipients) if job is not None]
+        jobs = await self.proven_jobs(recipients, reports[0].recipient_tokens)
         records = []
-        for report in reports:
-            message_id, rcpt, recipient = await self._match(report, verp_jobs)
+        for report, job in pair_reports(reports, jobs):
             source = "arf" if report.type == bounceparse.SPAM_COMPLAINT else "dsn"
-            records.append(await self.recorder.record(report, message_id=message_id, rcpt=rcpt,
-                                                      recipient=recipient, raw=content, source=source))
+            records.append(await self.recorder.record(report, job=job, raw=content, source=source))
         return records
 
-    async def _match(self, report: bounceparse.BounceReport,
-                     verp_jobs: list[tuple[str, int]]) -> tuple[str | None, int | None, str | None]:
-        """Find the job a report is about: the VERP token first, then the id header."""
-        candidates = list(verp_jobs)
-        if report.mailrelay_id:
-            message = await self.storage.get_message(report.mailrelay_id)
-            if message is not None:
-                count = int(message.get("rcpt_count", 0))
-                candidates += [(report.mailrelay_id, i) for i in range(count)]
-        wanted = (report.recipient or "").lower()
-        fallback = None
-        for message_id, rcpt in candidates:
+    async def proven_jobs(self, recipients: list[str], tokens: tuple[str, ...]) -> list[ProvenJob]:
+        """
+        The jobs a bounce proves it is about: the VERP addresses it was sent to, then the
+        recipient tokens it carries, when their HMAC verifies and the recipient is still
+        known. Nothing else the bounce says (an X-Mailrelay-ID, a recipient address) is
+        evidence: every recipient of a message sees those of its co-recipients.
+        """
+        claimed: dict[tuple[str, int], str] = {}
+        for address in recipients:
+            job = self.verp.decode(address)
+            if job is not None:
+                claimed.setdefault(job, PROOF_VERP)
+        for token in tokens:
+            job = self.verp.verify_token(token)
+            if job is not None:
+                claimed.setdefault(job, PROOF_TOKEN)
+        proven = []
+        for (message_id, rcpt), proof in claimed.items():
             message = await self.storage.get_message(message_id)
-            if message is None:
-                continue
-            address = message.get(f"rcpt:{rcpt}")
-            if address is None:
-                continue
-            if not wanted or address.lower() == wanted:
-                return message_id, rcpt, address
-            if fallback is None and (message_id, rcpt) in verp_jobs:
-                fallback = (message_id, rcpt, address)
-        if fallback is not None and not wanted:
-            return fallback
-        if fallback is not None and len(verp_jobs) == 1:
-            # The token names exactly one recipient: trust it over a rewritten address.
-            return fallback
-        return None, None, None
+            address = message.get(f"rcpt:{rcpt}") if message is not None else None
+            if address is not None:
+                proven.append(ProvenJob(message_id, rcpt, address, proof))
+        return proven
+
+
+def pair_reports(reports: list[bounceparse.BounceReport],
+                 jobs: list[ProvenJob]) -> list[tuple[bounceparse.BounceReport, ProvenJob | None]]:
+    """
+    Which proven job each report is about (None: unmatched). A report naming a proven
+    job's address is about that job. A proven job no report names (a forwarded address, a
+    redacted complaint) takes the first report left over, only when it is the only such
+    job: the effect is bound to the proven recipient, never to the address the report
+    names. Every other report is unmatched, whatever address it names.
+    """
+    by_address = {job.address.lower(): job for job in reversed(jobs)}
+    paired: list[ProvenJob | None] = []
+    used: set[ProvenJob] = set()
+    for report in reports:
+        job = by_address.get((report.recipient or "").lower())
+        if job is not None and job not in used:
+            used.add(job)
+            paired.append(job)
+        else:
+            paired.append(None)
+    left = [job for job in jobs if job not in used]
+    if len(left) == 1 and None in paired:
+        paired[paired.index(None)] = left[0]
+    return list(zip(reports, paired))
+
+
+async def unproven_suppressions(storage: Storage,
+                                verp: VERP | None) -> list[tuple[str, dict[str, Any], str]]:
+    """
+    The suppressions made from received bounces that would be unmatched today: (address,
+    entry, why), by address. Entries made since reports must prove themselves carry their
+    ``proof``; those made by an operator (CLI, API) name no bounce; in-band refusals have a
+    bounce record whose source is ``smtp``. Any other entry counts as proven only when its
+    stored raw bounce carries a token (VERP address or token header) of that message and
+    address, as a bounce sent to the recipient's VERP address usually does (its To: field).
+    """
+    found = []
+    for address, entry in sorted((await storage.list_suppressions()).items()):
+        why = await _why_unproven(storage, verp, address, entry)
+        if why:
+            found.append((address, entry, why))
+    return found
+
+
+async def _why_unproven(storage: Storage, verp: VERP | None, address: str, entry: dict[str, Any]) -> str | None:
+    if entry.get("proof") or not entry.get("bounce_id"):
+        return None
+    message_id = entry.get("message_id") or ""
+    if not message_id:
+        return "made from an unmatched report"
+    record = await storage.get_bounce(entry["bounce_id"])
+    if record is None:
+        return "its bounce record has expired: cannot be checked"
+    if record.get("source") == "smtp":
+        return None   # refused by the recipient's server while we delivered
+    if verp is None:
+        return "no [bounces] domain: tokens cannot be checked"
+    raw = await storage.get_bounce_raw(entry["bounce_id"]) or b""
+    tokens = bounceparse.parse_bounce(raw)[0].recipient_tokens if raw else ()
+    message = None
+    for token in tokens:
+        job = verp.verify_token(token)
+        if job is None or job[0] != message_id:
+            continue
+        message = message or await storage.get_message(message_id)
+        if message is None:
+            return "its message has expired: cannot be checked"
+        if (message.get(f"rcpt:{job[1]}") or "").lower() == address:
+            return None
+    return "matched by X-Mailrelay-ID or by address only: the bounce carries no token of this recipient"
 
 
 def make_dsn(*, hostname: str, original_sender: str, recipient: str, message_id: str, action: str,

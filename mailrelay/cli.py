@@ -392,7 +392,15 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
 
     async def run(storage: Any) -> None:
         await storage.measure_clock()
-        if args.suppressions_command == "list":
+        if args.suppressions_command == "list" and args.unproven:
+            from mailrelay.bounces import load_verp, unproven_suppressions
+
+            unproven = await unproven_suppressions(storage, await load_verp(config, storage))
+            for address, entry, why in unproven:
+                print(f"{clean(address)}\t{clean(entry.get('since', '?'))}\t{clean(entry.get('type', '?'))}"
+                      f"\t{clean(why)}")
+            print(f"{plural(len(unproven), 'unproven suppression')} (reactivate with `mailrelay suppressions remove`)")
+        elif args.suppressions_command == "list":
             entries = await storage.list_suppressions()
             for address in sorted(entries):
                 entry = entries[address]
@@ -414,6 +422,7 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
                 raise SystemExit(f"mailrelay: {clean(args.address.lower())} is not suppressed")
             print(f"{clean(args.address.lower())} reactivated")
 
+    config = load_or_exit(getattr(args, "config", None))   # --unproven: the VERP secret
     return react_with_storage(args, run)
 
 
@@ -422,6 +431,9 @@ def add_suppressions_parser(sub: Any) -> None:
     group.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
     actions = group.add_subparsers(dest="suppressions_command", required=True)
     lister = actions.add_parser("list", help="list suppressed addresses (since, type, reason)")
+    lister.add_argument("--unproven", action="store_true",
+                        help="only those made from bounces that did not prove which recipient they "
+                             "are about (before mailrelay checked): address, since, type, why")
     add = actions.add_parser("add", help="suppress an address")
     add.add_argument("address")
     add.add_argument("--reason", help="why (shown in list and in the 550 reply)")

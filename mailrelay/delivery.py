@@ -4,8 +4,10 @@ delivery: the outbound side, from the Redis queue to the recipients' mail server
 JOB
     Claims due delivery jobs from the queue with a lease, groups them per
     destination domain, looks up the MX hosts (or uses the smarthost), sends
-    each message once per connection with all its recipients of that domain,
-    and records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
+    each message once per connection with all its recipients of that domain
+    (with a bounce domain, once per recipient: each copy gets its recipient's
+    VERP return path and token header, see :mod:`mailrelay.bounces`), and
+    records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
     null MX), deferred (4xx, connection/TLS/DNS failures; retried on
     ``retry_schedule``) or expired (older than ``max_queue_lifetime``).
     Several daemons share one queue: leases keep them from claiming the same
@@ -385,8 +387,8 @@ class DeliveryService(service.Service):
         jobs = await self._drop_suppressed(jobs, outcomes)
         by_message: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
-            # With VERP each recipient has its own return path: one transaction each.
-            key = job.job if self.verp is not None and job.sender else job.message_id
+            # With VERP each recipient has its own return path and token: one transaction each.
+            key = job.job if self.verp is not None else job.message_id
             by_message.setdefault(key, []).append(job)
         groups = list(by_message.values())
         last_use = {group[0].message_id: index for index, group in enumerate(groups)}
@@ -401,8 +403,12 @@ class DeliveryService(service.Service):
         def outbound(group: list[ClaimedJob], body: bytes) -> OutboundMessage:
             first = group[0]
             sender = first.sender
-            if self.verp is not None and sender:
-                sender = self.verp.address(first.message_id, first.rcpt)
+            if self.verp is not None:
+                # The recipient's token, in its copy only: a bounce or complaint that returns
+                # these headers proves which recipient it is about (mailrelay.bounces).
+                body = self.verp.header(first.message_id, first.rcpt) + body
+                if sender:
+                    sender = self.verp.address(first.message_id, first.rcpt)
             recipients = [j.recipient for j in group]
             return OutboundMessage(sender=sender, recipients=recipients, content=body,
                                    smtputf8=not (first.sender.isascii() and all(a.isascii() for a in recipients)))
@@ -593,6 +599,7 @@ class DeliveryService(service.Service):
                              route: Route | None) -> None:
         """A refusal at delivery is a bounce too: classify it, record it, maybe suppress."""
         from mailrelay import bounceparse
+        from mailrelay.bounces import PROOF_DELIVERY, ProvenJob
 
         if reply is not None:
             report = bounceparse.reply_report(job.recipient, reply.code, reply.enhanced or None,
@@ -604,7 +611,7 @@ class DeliveryService(service.Service):
             # gave up after temporary failures: not a sign of a dead address
             report = dataclasses.replace(report, type=bounceparse.TRANSIENT)
         try:
-            await self.recorder.record(report, message_id=job.message_id, rcpt=job.rcpt, recipient=job.recipient,
+            await self.recorder.record(report, job=ProvenJob(job.message_id, job.rcpt, job.recipient, PROOF_DELIVERY),
                                        raw=b"", source="smtp", final=True)
             if self.config.bounces.notify_sender and job.sender:
                 await self._notify_sender(job, report, route)

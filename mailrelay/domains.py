@@ -17,7 +17,8 @@ JOB
     (dkimpy's); the signed header fields are From, To, Cc, Subject, Date, Message-ID,
     MIME-Version, Content-Type, Content-Transfer-Encoding and Reply-To, each as often as it
     occurs, and From once more (no From can be added). ``X-Mailrelay-*`` fields (the
-    X-Mailrelay-ID that ties bounces to the message) stay in the message but are never signed.
+    X-Mailrelay-ID; the recipient token each copy gets at delivery, which proves a bounce is
+    about that recipient) stay in the message but are never signed.
     Hashing and the private-key operation (``cryptography``, i.e. OpenSSL) run in the
     reactor's thread pool, so a large body or a slow key never stalls the reactor.
 

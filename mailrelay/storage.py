@@ -28,7 +28,8 @@ has the same table)
     ``P idx:stats:m:<minute>``, ``P idx:stats:h:<hour>`` HASH  event counters for charts.
     ``P bounce:<id>``, ``P bounce:raw:<id>``  HASH, STRING  bounce records, raw bounces.
     ``P bounces``, ``P bounces:unmatched``     ZSET   bounce ids by time.
-    ``P suppressed``        HASH   suppressed address -> JSON (since, type, reason, ...).
+    ``P suppressed``        HASH   suppressed address -> JSON (since, type, reason, bounce_id,
+                            message_id, proof: how the bounce proved its recipient).
     ``P suppressed:version`` STRING change counter of ``P suppressed``, incremented by every
                             change made through this module (RCPT's cache of "not suppressed").
     ``P verp:secret``       STRING the shared VERP HMAC key (when not configured).

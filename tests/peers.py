@@ -85,10 +85,37 @@ def timeline(redis_server, prefix, message_id):
 BOUNCE_DOMAIN = "bounces.example.test"
 
 
+#: Header lines smtp-sink puts on top of each dump (not part of the message it received).
+SINK_LINE = re.compile(r"^(X-Client-Addr|X-Client-Proto|X-Helo-Args|X-Mail-Args|X-Rcpt-Args): ")
+
+
+def received_headers(sink: "Sink", recipient: str) -> str:
+    """The header block of the copy ``recipient`` received at ``sink`` (one transaction per
+    recipient: VERP), as its server returns it in a bounce: smtp-sink's own lines removed,
+    its Received: kept, LF line ends."""
+    for dump in sink.messages():
+        text = dump.decode("utf-8", "replace")
+        if re.search(rf"^X-Rcpt-Args: <{re.escape(recipient)}>", text, re.M | re.I):
+            header = text.replace("\r\n", "\n").split("\n\n", 1)[0]
+            return "\n".join(line for line in header.split("\n") if not SINK_LINE.match(line)) + "\n"
+    raise AssertionError(f"no copy for <{recipient}> at the sink")
+
+
+def _returned_headers(recipient: str, message_id: str, original: str | None) -> str:
+    """What a bounce returns of our message: ``original`` (the headers a recipient really
+    received) or, without it, headers anyone can write (they name the message's id only)."""
+    if original is not None:
+        return original
+    return f"From: app@example.com\nTo: {recipient}\nSubject: hello\nX-Mailrelay-ID: {message_id}\n"
+
+
 def dsn(to: str, recipient: str, message_id: str, status="5.1.1",
-        diagnostic="smtp; 550 5.1.1 <{r}>: Recipient address rejected: User unknown") -> bytes:
-    """An RFC 3464 DSN sent to ``to``, reporting ``recipient`` of our message as failed."""
+        diagnostic="smtp; 550 5.1.1 <{r}>: Recipient address rejected: User unknown",
+        original: str | None = None) -> bytes:
+    """An RFC 3464 DSN sent to ``to``, reporting ``recipient`` of our message as failed,
+    returning ``original`` (see _returned_headers)."""
     diagnostic = diagnostic.format(r=recipient)
+    headers = _returned_headers(recipient, message_id, original)
     return f"""From: MAILER-DAEMON@mx.example.test (Mail Delivery System)
 To: {to}
 Subject: Undelivered Mail Returned to Sender
@@ -115,17 +142,15 @@ Diagnostic-Code: {diagnostic}
 --BOUNDARY
 Content-Type: text/rfc822-headers
 
-From: app@example.com
-To: {recipient}
-Subject: hello
-X-Mailrelay-ID: {message_id}
-
+{headers}
 --BOUNDARY--
 """.replace("\n", "\r\n").encode()
 
 
-def arf(recipient: str, message_id: str) -> bytes:
-    """An RFC 5965 spam complaint (ARF) about our message, sent to fbl@ the bounce domain."""
+def arf(recipient: str, message_id: str, original: str | None = None) -> bytes:
+    """An RFC 5965 spam complaint (ARF) about our message, sent to fbl@ the bounce domain,
+    returning ``original`` (see _returned_headers) as message/rfc822."""
+    headers = _returned_headers(recipient, message_id, original)
     return f"""From: feedback@isp.example.net
 To: fbl@{BOUNCE_DOMAIN}
 Subject: FW: hello
@@ -148,11 +173,7 @@ Original-Rcpt-To: {recipient}
 --ARF
 Content-Type: message/rfc822
 
-From: app@example.com
-To: {recipient}
-Subject: hello
-X-Mailrelay-ID: {message_id}
-
+{headers}
 hello
 --ARF--
 """.replace("\n", "\r\n").encode()

@@ -441,3 +441,23 @@ def test_cli_bounce_classify_missing_file(tmp_path):
     assert json.loads(result.stdout) == {"file": str(garbage), "type": "Unknown", "type_code": 2048,
                                          "recipient": None, "status": None,
                                          "description": UNKNOWN.description}
+
+
+def test_recipient_tokens_found_wherever_a_bounce_returns_the_copy():
+    import base64
+
+    token = "abcdefghijklmnopqrstuvwxyz234567"
+    header = f"X-Mailrelay-Recipient-Token: {token.upper()}\r\n"
+    headers_part = base64.b64encode(f"Received: by mx\r\n{header}From: a@b\r\n".encode()).decode()
+    encoded = ("MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+               "--B\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+               "--B\r\nContent-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+               f"{headers_part}\r\n--B--\r\n").encode()
+    quoted = f"Subject: failure notice\r\n\r\nno such user\r\n\r\n> {header}".encode()
+    verp = f"To: <b+{token}@bounces.example.test>\r\nSubject: x\r\n\r\nx\r\n".encode()
+    for raw in (encoded, quoted, verp):
+        assert parse_bounce(raw)[0].recipient_tokens == (token,), raw
+    # a token's shape only: too short, too long, part of a longer word, another field
+    for text in (f"X-Mailrelay-Recipient-Token: {token[:-1]}", f"X-Mailrelay-Recipient-Token: {token}a",
+                 f"ab+{token}@x", f"X-Other: {token}"):
+        assert parse_bounce(f"Subject: x\r\n\r\n{text}\r\n".encode())[0].recipient_tokens == (), text

@@ -9,7 +9,7 @@ import json
 import re
 import smtplib
 
-from peers import BOUNCE_DOMAIN, Sink, arf, deliver_to_bounce_listener, dsn, send, timeline
+from peers import BOUNCE_DOMAIN, Sink, arf, deliver_to_bounce_listener, dsn, received_headers, send, timeline
 
 VERP_RE = re.compile(rb"X-Mail-Args: <(b\+[a-z2-7]+@" + re.escape(BOUNCE_DOMAIN.encode()) + rb")>")
 
@@ -108,12 +108,15 @@ def test_arf_complaint_and_unmatched_bounce(start_daemon, daemon_config, redis_s
     d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
     message_id = send(d.ports["submission"], ["reader@example.test"])
     d.wait_for_line(rf"{message_id}: to=<reader@example\.test>.*status=sent")
-    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", message_id))
+    # the complaint returns the reader's copy (its recipient token proves who it is about)
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                         arf("reader@example.test", message_id,
+                                             original=received_headers(sink, "reader@example.test")))
     assert code == 250
     client = redis_server.client()
     [record] = bounce_records(client, unique_prefix)
     assert (record["type"], record["type_code"], record["recipient"]) == ("SpamComplaint", "100001", "reader@example.test")
-    assert record["message_id"] == message_id and record["inactive"] == "1"
+    assert record["message_id"] == message_id and record["inactive"] == "1" and record["proof"] == "token"
     assert timeline(redis_server, unique_prefix, message_id)[-1]["type"] == "complained"
     # a bounce that names no job of ours is kept, as unmatched
     code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
@@ -237,3 +240,239 @@ def test_rcpt_reuses_a_not_suppressed_answer_until_the_list_changes(start_daemon
                 break
             time.sleep(0.05)  # back-off between polls (the loop waits for the 550, bounded)
         assert code == 550 and b"ManuallyDeactivated" in text
+
+
+# -- forged reports (issue 15): only a report that proves which recipient it is about counts --------
+# The listener answers 250 once the bounce is stored: what it changed can be read right after.
+
+
+def copies(sink):
+    """{recipient: (its VERP return path, the headers of its copy)} of everything the sink got."""
+    found = {}
+    for dump in sink.messages():
+        rcpt = re.search(rb"X-Rcpt-Args: <([^>]+)>", dump).group(1).decode()
+        found[rcpt] = (VERP_RE.search(dump).group(1).decode(), received_headers(sink, rcpt))
+    return found
+
+
+def suppressed(client, prefix):
+    reply = client.command("HGETALL", f"{prefix}suppressed")
+    return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+def event_types(client, prefix):
+    """The types in the event stream (what webhooks are sent from)."""
+    return [dict(zip(f[::2], f[1::2]))[b"type"].decode()
+            for _, f in client.command("XRANGE", f"{prefix}events", "-", "+")]
+
+
+def unmatched_records(client, prefix):
+    ids = [b.decode() for b in client.command("ZRANGE", f"{prefix}bounces:unmatched", 0, -1)]
+    return [hgetall(client, f"{prefix}bounce:{i}") for i in ids]
+
+
+def rcpt_code(port, address):
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo()
+        s.mail("app@example.com")
+        return s.rcpt(address)[0]
+
+
+def sent_to(d, sink, recipients, **kwargs):
+    """Submit one message to ``recipients``, wait until each copy is at the sink; its id."""
+    message_id = send(d.ports["submission"], recipients, **kwargs)
+    d.wait_for_matches(rf"{message_id}: to=<[^>]+>.*status=sent", len(recipients))
+    return message_id
+
+
+def test_forged_reports_to_role_addresses_suppress_nobody(start_daemon, daemon_config, redis_server,
+                                                          unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    client = redis_server.client()
+    # a DSN to postmaster@ and an ARF to fbl@, naming any address: written by anyone
+    for mailbox, report in (("postmaster", dsn(f"postmaster@{BOUNCE_DOMAIN}", "victim@example.org",
+                                               "0123456789abcdef0123")),
+                            ("fbl", arf("other-victim@example.org", "0123456789abcdef0123"))):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"{mailbox}@{BOUNCE_DOMAIN}", report)
+        assert code == 250, text   # kept for a human to look at ...
+    assert suppressed(client, unique_prefix) == {}   # ... and nobody suppressed
+    records = unmatched_records(client, unique_prefix)
+    assert sorted(r["type"] for r in records) == ["HardBounce", "SpamComplaint"]
+    assert all(r["message_id"] == "" and r["proof"] == "" and r["inactive"] == "0" for r in records)
+    assert rcpt_code(d.ports["submission"], "victim@example.org") == 250
+    assert rcpt_code(d.ports["submission"], "other-victim@example.org") == 250
+
+
+def test_forged_dsn_with_a_real_message_id_changes_nothing(start_daemon, daemon_config, redis_server,
+                                                           unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = sent_to(d, sink, ["reader@example.test"])
+    client = redis_server.client()
+    before = timeline(redis_server, unique_prefix, message_id)
+    # every recipient sees X-Mailrelay-ID: a report naming it proves nothing
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                            dsn(f"postmaster@{BOUNCE_DOMAIN}", "reader@example.test", message_id))
+    assert code == 250, text
+    assert suppressed(client, unique_prefix) == {}
+    assert hgetall(client, f"{unique_prefix}msg:{message_id}")["state:0"] == "delivered"
+    assert timeline(redis_server, unique_prefix, message_id) == before
+    assert "bounced" not in event_types(client, unique_prefix)   # no webhook
+    [record] = unmatched_records(client, unique_prefix)
+    assert record["message_id"] == "" and record["claimed_message_id"] == message_id
+
+
+def test_reports_returning_the_recipients_copy_match(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                     dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = sent_to(d, sink, ["gone@example.test", "reader@example.test", "quoted@example.test"])
+    client = redis_server.client()
+    got = copies(sink)
+    # a DSN to postmaster@ returning only the headers of gone@'s copy
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                            dsn(f"postmaster@{BOUNCE_DOMAIN}", "gone@example.test", message_id,
+                                                original=got["gone@example.test"][1]))
+    assert code == 250, text
+    # an ARF to fbl@ with the recipient redacted, as feedback loops do, returning reader@'s copy
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                            arf("redacted@example.net", message_id,
+                                                original=got["reader@example.test"][1]))
+    assert code == 250, text
+    # a plain-text bounce quoting quoted@'s headers ("> " in front of each line), as some servers do
+    quoted = "".join(f"> {line}\r\n" for line in got["quoted@example.test"][1].splitlines())
+    plain = (f"From: MAILER-DAEMON@mx.example.test\r\nTo: postmaster@{BOUNCE_DOMAIN}\r\n"
+             "Subject: failure notice\r\n\r\n"
+             "Sorry, I couldn't deliver your message to <quoted@example.test>.\r\n"
+             "550 5.1.1 user unknown\r\n\r\n--- Below this line is a copy of the message.\r\n\r\n"
+             + quoted).encode()
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}", plain)
+    assert code == 250, text
+    records = bounce_records(client, unique_prefix)
+    assert {(r["recipient"], r["type"], r["message_id"], r["proof"]) for r in records} == {
+        ("gone@example.test", "HardBounce", message_id, "token"),
+        ("reader@example.test", "SpamComplaint", message_id, "token"),
+        ("quoted@example.test", "HardBounce", message_id, "token")}
+    entries = suppressed(client, unique_prefix)
+    assert set(entries) == {"gone@example.test", "reader@example.test", "quoted@example.test"}
+    assert all(e["proof"] == "token" and e["message_id"] == message_id for e in entries.values())
+    assert "redacted@example.net" not in entries
+    state = hgetall(client, f"{unique_prefix}msg:{message_id}")
+    assert [state[f"state:{i}"] for i in range(3)] == ["bounced", "delivered", "bounced"]
+    assert sorted(event_types(client, unique_prefix)).count("bounced") == 2
+    assert "complained" in event_types(client, unique_prefix)
+
+
+def test_a_co_recipients_copy_cannot_suppress_another(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                      dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = sent_to(d, sink, ["victim@example.test", "attacker@example.test"])
+    client = redis_server.client()
+    got = copies(sink)
+    # the attacker returns its own copy's headers (they name the victim on To/Cc and the message id)
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                            dsn(f"postmaster@{BOUNCE_DOMAIN}", "victim@example.test", message_id,
+                                                original=got["attacker@example.test"][1]))
+    assert code == 250, text
+    assert "victim@example.test" not in suppressed(client, unique_prefix)
+    state = hgetall(client, f"{unique_prefix}msg:{message_id}")
+    victim = 0 if state["rcpt:0"] == "victim@example.test" else 1
+    assert state[f"state:{victim}"] == "delivered"
+    assert rcpt_code(d.ports["submission"], "victim@example.test") == 250
+    # the report is bound to whose copy it returned
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["recipient"], record["proof"]) == ("attacker@example.test", "token")
+
+
+def test_a_verp_bounce_naming_another_recipient_binds_to_the_token(start_daemon, daemon_config, redis_server,
+                                                                   unique_prefix, dns, sink):
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = sent_to(d, sink, ["victim@example.test", "attacker@example.test"])
+    client = redis_server.client()
+    attacker_verp = copies(sink)["attacker@example.test"][0]
+    # sent to the attacker's own return path, naming the victim and the message id
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], attacker_verp,
+                                            dsn(attacker_verp, "victim@example.test", message_id))
+    assert code == 250, text
+    assert set(suppressed(client, unique_prefix)) == {"attacker@example.test"}
+    state = hgetall(client, f"{unique_prefix}msg:{message_id}")
+    victim = 0 if state["rcpt:0"] == "victim@example.test" else 1
+    assert state[f"state:{victim}"] == "delivered"
+    [record] = bounce_records(client, unique_prefix)
+    assert (record["recipient"], record["proof"]) == ("attacker@example.test", "verp")
+
+
+def test_suppressions_list_unproven(start_daemon, daemon_config, redis_server, unique_prefix, dns, sink):
+    """
+    `suppressions list --unproven`: the suppressions that bounces made before reports had to
+    prove themselves, and that would be unmatched today. Those entries are written here as the
+    code before the fix wrote them (a suppression naming its bounce record and message, the
+    record, the raw bounce); the new ones carry their proof.
+    """
+    import subprocess
+    import sys
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    message_id = sent_to(d, sink, ["verp-old@example.test", "byid-old@example.test", "new@example.test"])
+    got = copies(sink)
+    client = redis_server.client()
+    # a new suppression, from a report that proved itself
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                         dsn(f"postmaster@{BOUNCE_DOMAIN}", "new@example.test", message_id,
+                                             original=got["new@example.test"][1]))
+    assert code == 250
+    verp = got["verp-old@example.test"][0]
+    old = {  # address: (message id, bounce record's source or None (expired), raw bounce)
+        "forged@example.org": ("", "dsn", dsn(f"postmaster@{BOUNCE_DOMAIN}", "forged@example.org", "f" * 20)),
+        "byid-old@example.test": (message_id, "dsn", dsn(f"postmaster@{BOUNCE_DOMAIN}", "byid-old@example.test",
+                                                         message_id)),
+        "verp-old@example.test": (message_id, "dsn", dsn(verp, "verp-old@example.test", message_id)),
+        # verp-old's token does not prove anything about another address
+        "co-old@example.test": (message_id, "dsn", dsn(verp, "co-old@example.test", message_id)),
+        "inband@example.test": (message_id, "smtp", b""),
+        "expired@example.test": (message_id, None, b""),
+    }
+    for n, (address, (msg, source, raw)) in enumerate(old.items()):
+        bounce_id = f"{n:016x}"
+        client.command("HSET", f"{unique_prefix}suppressed", address, json.dumps(
+            {"address": address, "since": "2026-11-01T10:00:00Z", "type": "HardBounce", "reason": "550 5.1.1",
+             "bounce_id": bounce_id, "message_id": msg}))
+        if source is not None:
+            client.command("HSET", f"{unique_prefix}bounce:{bounce_id}", "id", bounce_id, "message_id", msg,
+                           "recipient", address, "type", "HardBounce", "source", source)
+        if raw:
+            client.command("SET", f"{unique_prefix}bounce:raw:{bounce_id}", raw)
+    client.command("HSET", f"{unique_prefix}suppressed", "manual@example.test",
+                   json.dumps({"since": "2026-11-01T10:00:00Z", "type": "ManuallyDeactivated"}))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mailrelay.cli", "suppressions", *args, "-c", str(d.config_path)],
+                              capture_output=True, text=True, timeout=60)
+
+    listed = cli("list", "--unproven")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    rows = {line.split("\t")[0]: line.split("\t")[3] for line in lines[:-1]}
+    assert set(rows) == {"forged@example.org", "byid-old@example.test", "co-old@example.test",
+                         "expired@example.test"}
+    assert rows["forged@example.org"] == "made from an unmatched report"
+    assert "no token of this recipient" in rows["byid-old@example.test"]
+    assert "no token of this recipient" in rows["co-old@example.test"]
+    assert "expired" in rows["expired@example.test"]
+    assert lines[-1].startswith("4 unproven suppressions")
+    assert len(cli("list").stdout.splitlines()) == 9   # 8 addresses and the count
+
+
+def test_recipient_tokens_leave_dkim_signatures_valid(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                      dns, sink):
+    from test_dkim import as_delivered, dkim_config, dkim_records, ok, publish, send as send_from, signatures, verify
+
+    d = start_daemon(dkim_config(daemon_config, redis_server, unique_prefix, dns, sink.port,
+                                 bounces={"domain": BOUNCE_DOMAIN, "listen": ["tcp:0:interface=127.0.0.1"]}))
+    publish(dns, dkim_records(ok(d.config_path, "add", "shop.test", "--selector", "s1")))
+    message_id = send_from(d.ports["submission"], "orders@shop.test", ["a@example.test", "b@example.test"], "Order")
+    d.wait_for_matches(rf"{message_id}: to=<[^>]+>.*status=sent", 2)
+    messages = [as_delivered(dump) for dump in sink.messages()]
+    tokens = [re.match(rb"X-Mailrelay-Recipient-Token: ([a-z2-7]{32})\r\n", m).group(1) for m in messages]
+    assert len(set(tokens)) == 2   # each copy its own, on top (added at delivery)
+    for message in messages:
+        assert "x-mailrelay-recipient-token" not in signatures(message)[0]["h"]
+        assert verify(message, dns, 0)

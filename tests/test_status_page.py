@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import EPHEMERAL
-from peers import BOUNCE_DOMAIN, QUEUED, dsn
+from peers import BOUNCE_DOMAIN, QUEUED, dsn, received_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -101,13 +101,14 @@ def fill(d, sink) -> dict[str, str]:
                          (hostile, HOSTILE_RECIPIENT, "sent"), (hostile, QUOTE_RECIPIENT, "sent"),
                          (plain, "alice@example.test", "sent"), (plain, "bounce-me@example.test", "sent"),
                          (waiting, "someone@broken.test", "deferred"))])
-    # a DSN for bounce-me arrives later; it names the message in its X-Mailrelay-ID header
+    # a DSN for bounce-me arrives later; it returns the headers of bounce-me's copy
     with smtplib.SMTP("127.0.0.1", d.ports["bounces"], timeout=20) as s:
         s.ehlo("mx.example.test")
         s.mail("")
         assert s.rcpt(f"postmaster@{BOUNCE_DOMAIN}")[0] == 250
         code, text = s.data(dsn(f"postmaster@{BOUNCE_DOMAIN}", "bounce-me@example.test", plain,
-                                 diagnostic=HOSTILE_DIAGNOSTIC))
+                                 diagnostic=HOSTILE_DIAGNOSTIC,
+                                 original=received_headers(sink, "bounce-me@example.test")))
     assert code == 250, text
     wait_for_all(d, [rf"bounce \w+: message {plain} to <bounce-me@example\.test>: HardBounce"])
     return {"hostile": hostile, "plain": plain, "waiting": waiting}

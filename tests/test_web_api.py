@@ -30,7 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import start_redis
-from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn
+from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn, received_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = json.loads((ROOT / "docs" / "openapi.json").read_text())
@@ -443,9 +443,10 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     for message_id in (first, second):
         wait_logged(d, rf"{message_id}: to=<[^>]+>.*status=sent")
     before = rfc3339(time.time() - 1)
-    # the destination bounces the first later (a DSN naming the message in X-Mailrelay-ID) ...
+    # the destination bounces the first later (a DSN returning the recipient's copy's headers) ...
     code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
-                                            dsn(f"postmaster@{BOUNCE_DOMAIN}", "gone@example.test", first))
+                                            dsn(f"postmaster@{BOUNCE_DOMAIN}", "gone@example.test", first,
+                                                original=received_headers(sink, "gone@example.test")))
     assert code == 250, text
     wait_logged(d, rf"bounce \w+: message {first} to <gone@example\.test>: HardBounce")
     # Not synchronisation: bounces are listed by their time in ms, so the second must be
@@ -454,7 +455,9 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     # have passed, the second cannot share its millisecond.
     time.sleep(0.01)
     # ... and the reader of the second complains
-    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}", arf("reader@example.test", second))
+    code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                            arf("reader@example.test", second,
+                                                original=received_headers(sink, "reader@example.test")))
     assert code == 250, text
     wait_logged(d, rf"bounce \w+: message {second} to <reader@example\.test>: SpamComplaint")
 

@@ -37,7 +37,7 @@ from mailrelay import webhooks
 from mailrelay.config import parse_config
 from mailrelay.storage import Event, NewMessage, Storage, connect_redis
 from mailrelay.webhooks import WebhookService, build_payload, matching_event, sign, verify
-from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, timeline, wait_until
+from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, received_headers, timeline, wait_until
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -215,7 +215,8 @@ def test_delivered_and_bounced_events_are_posted_signed(start_daemon, daemon_con
     d.wait_for_line(rf"webhook delivered for {message_id} to <Reader@example\.test>: .* answered 200 \(attempt 1\)")
 
     # later the recipient's server bounces it: the bounced event carries the bounce record
-    send_bounce(d.ports["bounces"], dsn(f"postmaster@{BOUNCE_DOMAIN}", "reader@example.test", message_id))
+    send_bounce(d.ports["bounces"], dsn(f"postmaster@{BOUNCE_DOMAIN}", "reader@example.test", message_id,
+                                        original=received_headers(sink, "reader@example.test")))
     request = unsigned.next()
     payload = request.json
     client = redis_server.client()
@@ -229,7 +230,8 @@ def test_delivered_and_bounced_events_are_posted_signed(start_daemon, daemon_con
     d.wait_for_line(rf"webhook bounced for {message_id} .* answered 200 \(attempt 1\)")
 
     # and the reader complains: a spam_complaint event, with the complaint's record
-    send_bounce(d.ports["bounces"], arf("reader@example.test", message_id), "fbl")
+    send_bounce(d.ports["bounces"], arf("reader@example.test", message_id,
+                                        original=received_headers(sink, "reader@example.test")), "fbl")
     payload = unsigned.next().json
     [complaint] = [r for r in bounce_records(client, unique_prefix, message_id) if r["id"] != record["id"]]
     assert payload["event"] == "spam_complaint" and payload["message_id"] == message_id
