@@ -6,9 +6,9 @@ computations may be under way at any moment, the others queue without blocking t
 and concurrent checks of the same credentials share one computation.
 
 The instrumented scrypt holds every computation until all the sessions' AUTH commands have
-reached the handler, so the checks pile up: an unbounded implementation runs all of them at
-once, in as many threads, and the peak counts show it. The threads that ever ran scrypt are
-counted too: each keeps a malloc arena the size of one check (the memory bound).
+reached the password check, so the checks pile up: an unbounded implementation runs all of
+them at once, in as many threads, and the peak counts show it. The threads that ever ran
+scrypt are counted too: each keeps a malloc arena the size of one check (the memory bound).
 """
 
 from __future__ import annotations
@@ -101,14 +101,14 @@ class AuthBurstTests(unittest.TestCase):
             self.computing.enter()
             try:
                 if not self.all_arrived.wait(PATIENCE):
-                    raise AssertionError("the AUTH commands did not all reach the handler")
+                    raise AssertionError("the AUTH commands did not all reach the password check")
                 return real_scrypt(*args, **kwargs)
             finally:
                 self.computing.leave()
 
         self.patch(passwords, "_scrypt", scrypt)
 
-        # Every computation handed to a thread, counted in the reactor thread from the
+        # Every computation handed to the scrypt pool, counted in the reactor thread from the
         # hand-over until its result is back: no thread scheduling in this count.
         self.handed = Counter()
         real_defer_to_thread_pool = threads.deferToThreadPool
@@ -135,16 +135,17 @@ class AuthBurstTests(unittest.TestCase):
         self.addCleanup(checker.stopService)
         handler = SubmissionHandler(config, Storage(config, redis), users=users, clock=reactor,
                                     tls_available=True, password_checker=checker)
-        real_authenticate = handler.authenticate
+        # arrival: past the failure throttle (a Redis round trip), at the password check
+        real_check = handler.authenticator.check
         self.auths = 0
 
-        def authenticate(session, username, password):
+        def check(username, password):
             self.auths += 1
             if self.auths == expected_auths:
                 self.all_arrived.set()
-            return real_authenticate(session, username, password)
+            return real_check(username, password)
 
-        handler.authenticate = authenticate
+        handler.authenticator.check = check
         limits = ServerLimits(hostname="localhost", idle_timeout=PATIENCE,
                               max_connections_per_ip=100)
         factory = SMTPServerFactory(limits, handler, self.tls, auth_possible=True)
