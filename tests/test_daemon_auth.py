@@ -14,12 +14,12 @@ import re
 import signal
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from conftest import Daemon, start_redis
 from mailrelay.passwords import MAX_CONCURRENT_CHECKS, hash_password
+from mailrelay.submission import throttle_client
 
 PASSWORD = "s3cret-pw"
 #: The daemon's default cost (16 MiB and ~50 ms per check): the checks take long enough
@@ -180,3 +180,15 @@ def test_memory_after_an_auth_flood_stays_bounded(start_daemon, daemon_config, r
     growth = rss_kib(d.pid) - before
     assert growth <= RSS_GROWTH_BOUND_KIB, f"RSS grew by {growth // 1024} MiB"
     assert metric(d, CHECKS) == 80  # every attempt was checked: the flood did the work
+
+
+@pytest.mark.parametrize("host, client", [
+    ("192.0.2.7", "192.0.2.7"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),          # an IPv4 client on a dual-stack socket
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # same subscriber network
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    (None, "local"),
+])
+def test_failures_count_per_ipv4_address_and_ipv6_64(host, client):
+    assert throttle_client(host) == client
