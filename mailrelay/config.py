@@ -352,7 +352,7 @@ class SubmissionConfig:
     idle_timeout: float = setting("5m", p_duration, "time allowed between commands before 421 4.4.2")
     data_timeout: float = setting("10m", p_duration, "time allowed for the whole DATA phase before 421 4.4.2")
     max_connections_per_ip: int = setting(20, p_positive, "simultaneous connections from one client address; more get 421 4.7.0")
-    auth_failures_per_ip: Rate = setting("10/5m", p_rate, "failed AUTH attempts per client address before 421 until the window passes")
+    auth_failures_per_ip: Rate = setting("10/5m", p_rate, "failed AUTH attempts per client address (IPv6: per /64), counted in Redis for all daemons, before 421 until the window passes")
     rate_limit_per_user: Rate | None = setting("", p_optional_rate, 'messages per authenticated user, e.g. "1000/1m"; over it 451 4.7.0; "" = no limit')
     require_known_domain: bool = setting(False, p_bool, "refuse (550 5.7.1) a message whose From domain is not a sender domain (false: send it unsigned, with an \"unsigned\" event)")
     dedupe_window: float = setting("", p_optional_duration, 'a message with the Message-ID of one the same user queued within this window is not queued again (250 with the first id); "" = off')

@@ -3,7 +3,8 @@ metrics: measurements this process makes itself, for ``/metrics``.
 
 Counters of accepted and delivered mail come from Redis (cluster-wide, see
 :mod:`mailrelay.web`); what only the process sees is kept here: how long messages
-took from acceptance to delivery, and the messages submission refused at the end of DATA.
+took from acceptance to delivery, the messages submission refused at the end of DATA, and
+the scrypt password checks run for SMTP AUTH.
 """
 
 from __future__ import annotations
@@ -23,3 +24,8 @@ MESSAGES_REJECTED = Counter(
     "mailrelay_messages_rejected",
     "Messages refused by this process at the end of DATA, by listener and reply code",
     ["service", "code"], registry=PROCESS)
+
+PASSWORD_CHECKS = Counter(
+    "mailrelay_password_checks",
+    "scrypt password checks run by this process (SMTP AUTH; unknown users are checked too)",
+    registry=PROCESS)

@@ -4,32 +4,43 @@ Password hashes for SMTP AUTH users: scrypt (``hashlib.scrypt``), salted.
 The stored form is ``$scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt>$<hash>`` with the
 salt and hash in unpadded base64, the format passlib also reads.
 
-:func:`check_password` runs :func:`verify_password` in the reactor's thread pool,
-at most :data:`MAX_CONCURRENT_CHECKS` at once for the whole process; further
-checks wait their turn (in order) without blocking the reactor. Each check takes
-about 16 MiB and 50 ms of one core: unbounded, a burst of AUTH on a cold cache
-ran one per pool thread (up to 10) and took the daemon from 60 to 220 MB.
+:class:`PasswordChecker` (a service, started and stopped with the daemon) runs
+:func:`verify_password` in a thread pool of its own with
+:data:`MAX_CONCURRENT_CHECKS` threads; further checks wait their turn (in order)
+without blocking the reactor. Each check takes about 16 MiB and 50 ms of one
+core, and glibc keeps a malloc arena, grown to that size, for every thread that
+ever ran one: run in the reactor's pool (up to 10 threads), a flood of AUTH took
+the daemon from 64 to 230 MB for good. Two threads bound that to about 32 MiB.
+Every check is counted in ``mailrelay_password_checks_total`` on ``/metrics``.
+
+:func:`decoy_hash` makes a hash nobody's password matches, with the cost of the
+real ones: checking an unknown user's password against it costs what a wrong
+password of a known user costs, so the time of the answer does not tell whether
+a user exists.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import os
 import re
+from typing import Iterable
 
+from twisted.application import service
 from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 
 #: scrypt cost: N = 2**14, r = 8, p = 1 (about 16 MiB and 50 ms per check).
 DEFAULT_LOG_N = 14
 DEFAULT_R = 8
 DEFAULT_P = 1
 
-#: scrypt checks that may run at once in the process; the others queue. Two use
-#: both cores of a small machine and bound the memory to about 32 MiB.
+#: Threads that run scrypt checks (so: checks at once in the process); the others
+#: queue. Two use both cores of a small machine and bound the memory to about 32 MiB.
 MAX_CONCURRENT_CHECKS = 2
-_checks = defer.DeferredSemaphore(MAX_CONCURRENT_CHECKS)
 
 #: The key derivation; a module attribute so that tests can observe the calls.
 _scrypt = hashlib.scrypt
@@ -60,6 +71,27 @@ def is_password_hash(text: str) -> bool:
     return _HASH_RE.match(text) is not None
 
 
+def decoy_hash(like: Iterable[str]) -> str:
+    """
+    A hash no password matches (random salt and digest) with the cost parameters, salt
+    and digest lengths most of the hashes in ``like`` have (the defaults when none is
+    valid). Users whose hashes have other parameters can still be told apart by timing:
+    hash every password with the same cost.
+    """
+    shapes: collections.Counter[tuple[int, int, int, int, int]] = collections.Counter()
+    for hashed in like:
+        match = _HASH_RE.match(hashed)
+        if match is not None:
+            log_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
+            shapes[(log_n, r, p, len(_unb64(match.group(4))), len(_unb64(match.group(5))))] += 1
+    if shapes:
+        # the most common; among equals, the costliest
+        (log_n, r, p, salt_len, digest_len), _ = max(shapes.items(), key=lambda s: (s[1], s[0]))
+    else:
+        log_n, r, p, salt_len, digest_len = DEFAULT_LOG_N, DEFAULT_R, DEFAULT_P, 16, 32
+    return f"$scrypt$ln={log_n},r={r},p={p}${_b64(os.urandom(salt_len))}${_b64(os.urandom(digest_len))}"
+
+
 def verify_password(password: str | bytes, hashed: str) -> bool:
     """Whether ``password`` matches ``hashed``. CPU-heavy: call it off the reactor."""
     match = _HASH_RE.match(hashed)
@@ -77,6 +109,33 @@ def verify_password(password: str | bytes, hashed: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
-def check_password(password: str | bytes, hashed: str) -> "defer.Deferred[bool]":
-    """:func:`verify_password` off the reactor, at most MAX_CONCURRENT_CHECKS at once."""
-    return _checks.run(threads.deferToThread, verify_password, password, hashed)
+class PasswordChecker(service.Service):
+    """Runs :func:`verify_password` off the reactor in a pool of ``threads`` threads."""
+
+    name = "passwords"
+
+    def __init__(self, threads: int = MAX_CONCURRENT_CHECKS) -> None:
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="scrypt")
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.pool.stop()  # waits for the checks under way (at most one per thread)
+
+    def check(self, password: str | bytes, hashed: str) -> "defer.Deferred[bool]":
+        """Whether ``password`` matches ``hashed``, computed in the pool (queued when busy)."""
+        if not self.running:
+            return defer.fail(RuntimeError("password checks are stopped"))
+        from twisted.internet import reactor
+
+        return threads.deferToThreadPool(reactor, self.pool, _counted_verify, password, hashed)
+
+
+def _counted_verify(password: str | bytes, hashed: str) -> bool:
+    from mailrelay.metrics import PASSWORD_CHECKS
+
+    PASSWORD_CHECKS.inc()
+    return verify_password(password, hashed)

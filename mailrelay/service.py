@@ -176,12 +176,19 @@ def make_service(config: Config) -> MailrelayService:
         # before the listeners: its consumer group must exist before the first events
         WebhookService(config, lambda: storage_service.storage).setServiceParent(top)
 
+    from mailrelay.passwords import PasswordChecker
+
+    # its threads run the scrypt checks of AUTH; it stops after the listeners
+    password_checker = PasswordChecker()
+    password_checker.setServiceParent(top)
+
     def handler_factory() -> SubmissionHandler:
         from twisted.internet import reactor
 
         assert storage_service.storage is not None
         return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True,
-                                 on_queued=delivery.wake_soon if delivery is not None else None)
+                                 on_queued=delivery.wake_soon if delivery is not None else None,
+                                 password_checker=password_checker)
 
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)

@@ -100,6 +100,7 @@ RATE_LIMITED = Reply(451, "4.7.0", "Sending rate limit exceeded, try again later
 STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Error: command not recognized")
@@ -304,7 +305,8 @@ class SMTPHandler(TypingProtocol):
 
     def auth_throttled(self, session: Session) -> bool: ...
 
-    def authenticate(self, session: Session, username: str, password: bytes) -> "defer.Deferred[bool] | bool": ...
+    def authenticate(self, session: Session, username: str, password: bytes) -> "defer.Deferred[bool | Reply] | bool | Reply":
+        """Whether the password is right; a Reply when it was not checked (a 421 ends the session)."""
 
     def check_sender(self, session: Session, sender: str) -> "Reply | None | defer.Deferred": ...
 
@@ -811,7 +813,12 @@ class SMTPServerProtocol(protocol.Protocol):
         self._auth_state = None
         session = self.session
 
-        def decided(ok: bool) -> None:
+        def decided(ok: bool | Reply) -> None:
+            if isinstance(ok, Reply):  # not checked: throttled, or the throttle unavailable
+                if ok.code == 421:
+                    self._reply(ok)
+                    return self._close()
+                return self._error(ok)
             if ok is True and self.session is session:
                 session.user = username
                 log.info("{service}: {peer} authenticated as {user}",

@@ -34,6 +34,10 @@ has the same table)
                             change made through this module (RCPT's cache of "not suppressed").
     ``P verp:secret``       STRING the shared VERP HMAC key (when not configured).
     ``P rate:user:<user>:<window>`` STRING per-user sending counters.
+    ``P auth:fail:<client>`` ZSET  SMTP AUTH checks counted as failures (refunded on
+                            success) of a client address (an IPv6 /64), one member per
+                            check, by time (ms); shared by all daemons, expires after
+                            ``[submission] auth_failures_per_ip``'s period.
     Records, timelines and index entries expire after ``[tracking] retention``;
     bodies after ``content_retention`` (at least the queue lifetime plus a day).
     Scripts touch keys named inside them (message hashes, indexes): a single Redis
@@ -88,6 +92,14 @@ class StorageUnavailable(StorageError):
 
 class StorageFull(StorageError):
     """Redis refuses writes because it is out of memory (452 4.3.1)."""
+
+
+@dataclass(frozen=True)
+class AuthClaim:
+    """:meth:`Storage.claim_auth_check`: the claim's token, or None and the seconds to wait."""
+
+    token: str | None
+    retry_after: float
 
 
 @dataclass
@@ -295,6 +307,25 @@ return 'OK'
 """
 
 # KEYS: counter; ARGV: limit, window_ms. Returns 1 when under the limit.
+# KEYS: auth:fail:<client>; ARGV: now (ms), period (ms), limit, a new member.
+# A sliding window: members older than the period go; at the limit, nothing is added and
+# the reply is the milliseconds until the oldest leaves; otherwise the member is added, 0.
+AUTH_CLAIM_SCRIPT = """
+local now, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if oldest[2] == nil then
+    return period
+  end
+  return math.max(1, tonumber(oldest[2]) + period - now)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], period)
+return 0
+"""
+
+
 RATE_SCRIPT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then
@@ -717,6 +748,9 @@ class Keys:
     def user_rate(self, user: str, window: int) -> str:
         return f"{self.prefix}rate:user:{user}:{window}"
 
+    def auth_failures(self, client: str) -> str:
+        return f"{self.prefix}auth:fail:{client}"
+
 
 class Storage:
     """The storage layer: connection to Redis plus the operations the services need."""
@@ -1021,6 +1055,28 @@ class Storage:
         except defer.TimeoutError:
             raise StorageUnavailable("Redis did not answer in time") from None
         return int(allowed) == 1
+
+    async def claim_auth_check(self, client: str, limit: int, period: float) -> AuthClaim:
+        """
+        Count one SMTP AUTH check of ``client`` as a failure before it runs, unless
+        ``client`` already has ``limit`` within the last ``period`` seconds (on any daemon).
+        A check that succeeds gives its count back (:meth:`refund_auth_check`).
+        """
+        token = os.urandom(8).hex()
+        try:
+            wait_ms = await self._timed(
+                self._eval(AUTH_CLAIM_SCRIPT, [self.keys.auth_failures(client)],
+                           [self.now_ms(), int(period * 1000), limit, token]),
+                self.timeout)
+        except defer.TimeoutError:
+            raise StorageUnavailable("Redis did not answer in time") from None
+        if int(wait_ms) > 0:
+            return AuthClaim(None, int(wait_ms) / 1000)
+        return AuthClaim(token, 0.0)
+
+    async def refund_auth_check(self, client: str, token: str) -> None:
+        """A check claimed by :meth:`claim_auth_check` succeeded: it is no failure."""
+        await self._timed(self._call("ZREM", self.keys.auth_failures(client), token), self.timeout)
 
     # -- delivery queue --------------------------------------------------------------------
 

@@ -10,8 +10,14 @@ JOB
 SECURITY
     Clients are untrusted until they authenticate. Never an open relay: RCPT
     without AUTH or a trusted network gets ``530 5.7.0``. AUTH is offered only
-    over TLS unless ``require_tls_for_auth = false``; failed AUTH is throttled
-    per client address; passwords are checked (scrypt) off the reactor thread.
+    over TLS unless ``require_tls_for_auth = false``. Failed AUTH is throttled
+    per client address (IPv6: per /64) for all daemons together, in Redis: a
+    check counts as a failure when it starts and is refunded when it succeeds,
+    so concurrent attempts get no more checks than the limit; when Redis does
+    not answer, AUTH is refused (fail closed). Passwords are checked (scrypt)
+    off the reactor thread, two at a time (:mod:`mailrelay.passwords`); an
+    unknown user's password is checked against a decoy hash of the same cost,
+    so the time of the answer does not tell which users exist.
 
 STANDARDS
     RFC 5321, RFC 6409 (message submission), RFC 3207, RFC 8314, RFC 4954,
@@ -21,6 +27,7 @@ DIAGNOSTICS
     ``451 4.3.0`` Redis did not store the message in time (it is not queued);
     ``452 4.3.1`` Redis is full; ``451 4.7.0`` user over its rate limit;
     ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures;
+    ``454 4.7.0`` AUTH refused because Redis did not answer the failure count;
     ``550 5.7.1`` From domain not a sender domain (``require_known_domain``);
     ``451 4.3.5`` the sender domain's DKIM key cannot be used now (see :mod:`mailrelay.domains`).
 
@@ -42,7 +49,6 @@ import os
 import secrets
 import time
 import tomllib
-from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,7 +59,7 @@ from twisted.logger import Logger
 from mailrelay import message as msg
 from mailrelay import smtpserver
 from mailrelay.config import Config, Rate
-from mailrelay.passwords import check_password, hash_password
+from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
 from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
 from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
 
@@ -117,16 +123,20 @@ def ensure_first_user(state_dir: Path) -> tuple[str, str, Path]:
 class Authenticator:
     """Checks user passwords off the reactor, remembering recent successes.
 
-    scrypt runs through :func:`mailrelay.passwords.check_password` (a few at once,
+    scrypt runs through a :class:`mailrelay.passwords.PasswordChecker` (a few at once,
     the rest queued), and concurrent checks of the same credentials share one
     computation: a burst of sessions of one user on a cold cache costs one scrypt.
+    An unknown user's password is checked too, against a decoy hash with the cost of
+    the real ones (:func:`mailrelay.passwords.decoy_hash`): the same work, the same time.
     """
 
     CACHE_SIZE = 1024
     CACHE_SECONDS = 600.0
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], checker: PasswordChecker) -> None:
         self.users = dict(users)
+        self.checker = checker
+        self._decoy = decoy_hash(self.users.values())
         self._key = os.urandom(32)
         self._cache: dict[bytes, float] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}  # cache key -> waiters
@@ -136,11 +146,10 @@ class Authenticator:
 
     async def check(self, username: str, password: bytes) -> bool:
         hashed = self.users.get(username)
-        if hashed is None:
-            return False
+        known = hashed is not None
         key = self._cache_key(username, password)
         now = time.monotonic()
-        if self._cache.get(key, 0) > now:
+        if self._cache.get(key, 0) > now:  # only successes are cached
             return True
         waiters = self._pending.get(key)
         if waiters is not None:  # the same credentials are being checked: share the result
@@ -149,13 +158,14 @@ class Authenticator:
             return await d
         self._pending[key] = waiters = []
         try:
-            ok = await check_password(password, hashed)
+            ok = await self.checker.check(password, hashed if known else self._decoy)
         except Exception as e:
             del self._pending[key]
             for d in waiters:
                 d.errback(e)
             raise
         del self._pending[key]
+        ok = ok and known
         if ok:
             if len(self._cache) >= self.CACHE_SIZE:
                 self._cache.clear()
@@ -165,33 +175,67 @@ class Authenticator:
         return ok
 
 
-class FailureThrottle:
-    """Counts failures per client address in a sliding window."""
+def throttle_client(host: str | None) -> str:
+    """The client an AUTH failure counts against: its IPv4 address, or its IPv6 /64
+    (one subscriber's network; counting single IPv6 addresses would not limit anybody)."""
+    if host is None:
+        return "local"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
-    def __init__(self, rate: Rate, clock: Any) -> None:
+
+class AuthThrottle:
+    """
+    ``[submission] auth_failures_per_ip``, for every daemon on the Redis: a password check
+    counts as a failure when it starts (in Redis, :meth:`Storage.claim_auth_check`) and is
+    refunded when it succeeds, so concurrent attempts cannot run more checks than the
+    limit, and N daemons do not allow N times the attempts. Clients found over the limit
+    are remembered here until their window moves, so that their next AUTH is refused
+    without a round trip.
+    """
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, rate: Rate, storage: Storage, clock: Any) -> None:
         self.rate = rate
+        self.storage = storage
         self.clock = clock
-        self._failures: dict[str | None, deque[float]] = {}
+        self._blocked_until: dict[str, float] = {}
 
-    def _recent(self, key: str | None) -> deque[float]:
-        entries = self._failures.get(key)
-        if entries is None:
-            return deque()
-        horizon = self.clock.seconds() - self.rate.period
-        while entries and entries[0] < horizon:
-            entries.popleft()
-        if not entries:
-            del self._failures[key]
-        return entries
+    def blocked(self, host: str | None) -> bool:
+        """Known to be over the limit (the Redis count decides for everyone else)."""
+        client = throttle_client(host)
+        until = self._blocked_until.get(client)
+        if until is None:
+            return False
+        if until > self.clock.seconds():
+            return True
+        del self._blocked_until[client]
+        return False
 
-    def blocked(self, key: str | None) -> bool:
-        return len(self._recent(key)) >= self.rate.count
+    async def claim(self, host: str | None) -> str | None:
+        """A token for one check, or None when the client is over the limit. Raises when
+        Redis does not answer (:class:`StorageUnavailable` after ``[redis] timeout``)."""
+        client = throttle_client(host)
+        claim = await self.storage.claim_auth_check(client, self.rate.count, self.rate.period)
+        if claim.token is None:
+            if len(self._blocked_until) >= self.MAX_REMEMBERED:
+                self._blocked_until.clear()
+            self._blocked_until[client] = self.clock.seconds() + claim.retry_after
+        return claim.token
 
-    def record(self, key: str | None) -> None:
-        entries = self._recent(key)
-        if not entries:
-            self._failures[key] = entries
-        entries.append(self.clock.seconds())
+    def refund(self, host: str | None, token: str) -> None:
+        """The check ``token`` was claimed for succeeded (not waited for: it only lowers a count)."""
+        d = defer.ensureDeferred(self.storage.refund_auth_check(throttle_client(host), token))
+        d.addErrback(lambda f: log.warn("submission: AUTH failure count not refunded: {e}",
+                                        e=f.getErrorMessage()))
 
 
 # -- the suppression check at RCPT ------------------------------------------------------
@@ -248,13 +292,15 @@ class SubmissionHandler:
     """The submission policy: who may send, and queueing what they send."""
 
     def __init__(self, config: Config, storage: Storage, users: Mapping[str, str],
-                 clock: Any, tls_available: bool, on_queued: Any = None) -> None:
+                 clock: Any, tls_available: bool, on_queued: Any = None,
+                 password_checker: PasswordChecker | None = None) -> None:
         self.config = config
         self.settings = config.submission
         self.hostname = config.hostname
         self.storage = storage
-        self.authenticator = Authenticator(users)
-        self.throttle = FailureThrottle(self.settings.auth_failures_per_ip, clock)
+        # without a running checker (a handler built only to prepare messages) AUTH answers 451
+        self.authenticator = Authenticator(users, password_checker or PasswordChecker())
+        self.throttle = AuthThrottle(self.settings.auth_failures_per_ip, storage, clock)
         self.trusted = self.settings.trusted_networks
         self.tls_available = tls_available
         self.on_queued = on_queued  # e.g. wake this daemon's delivery service
@@ -274,14 +320,21 @@ class SubmissionHandler:
         return self.throttle.blocked(session.peer_host)
 
     def authenticate(self, session: Session, username: str, password: bytes) -> defer.Deferred:
-        d = defer.ensureDeferred(self.authenticator.check(username, password))
+        return defer.ensureDeferred(self._authenticate(session, username, password))
 
-        def counted(ok: bool) -> bool:
-            if not ok:
-                self.throttle.record(session.peer_host)
-            return ok
-
-        return d.addCallback(counted)
+    async def _authenticate(self, session: Session, username: str, password: bytes) -> bool | Reply:
+        try:
+            token = await self.throttle.claim(session.peer_host)
+        except Exception as e:  # fail closed: no count, no check
+            log.warn("submission: AUTH from {peer} refused (454): the failure count in Redis "
+                     "is unavailable: {e}", peer=session.peer_host, e=e)
+            return smtpserver.AUTH_UNAVAILABLE
+        if token is None:
+            return smtpserver.AUTH_THROTTLED
+        ok = await self.authenticator.check(username, password)
+        if ok:
+            self.throttle.refund(session.peer_host, token)
+        return ok
 
     def check_sender(self, session: Session, sender: str) -> Reply | None | defer.Deferred:
         rate = self.settings.rate_limit_per_user

@@ -1,33 +1,55 @@
 """
 SMTP AUTH under a burst: many sessions authenticate at once over real STARTTLS (smtplib,
-each in its own thread) against the submission handler in this process. At most
-``passwords.MAX_CONCURRENT_CHECKS`` scrypt computations may be under way at any moment, the
-others queue without blocking the reactor, and concurrent checks of the same credentials
-share one computation.
+each in its own thread) against the submission handler in this process, its failure
+throttle in a real redis-server. At most ``passwords.MAX_CONCURRENT_CHECKS`` scrypt
+computations may be under way at any moment, the others queue without blocking the reactor,
+and concurrent checks of the same credentials share one computation.
 
 The instrumented scrypt holds every computation until all the sessions' AUTH commands have
-reached the handler, so the checks pile up: an unbounded implementation has all of them
-handed to threads by then and the peak counts show it.
+reached the password check, so the checks pile up: an unbounded implementation runs all of
+them at once, in as many threads, and the peak counts show it. The threads that ever ran
+scrypt are counted too: each keeps a malloc arena the size of one check (the memory bound).
 """
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import ssl
 import tempfile
 import threading
+from pathlib import Path
+from uuid import uuid4
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
+from conftest import start_redis
 from mailrelay import passwords, tlsutil
-from mailrelay.config import Config
+from mailrelay.config import parse_config
 from mailrelay.smtpserver import ServerLimits, SMTPServerFactory
+from mailrelay.storage import Storage, connect_redis
 from mailrelay.submission import SubmissionHandler
 
 #: Seconds anything here may wait before the test counts as failed (nothing waits that long
 #: when the code works).
 PATIENCE = 30
+
+REDIS = None
+_TMP: str | None = None
+
+
+def setUpModule() -> None:
+    global REDIS, _TMP
+    _TMP = tempfile.mkdtemp(prefix="submission-auth-")
+    REDIS = start_redis(Path(_TMP) / "redis")
+
+
+def tearDownModule() -> None:
+    if REDIS is not None:
+        REDIS.stop()
+    if _TMP is not None:
+        shutil.rmtree(_TMP, ignore_errors=True)
 
 
 class Counter:
@@ -36,9 +58,11 @@ class Counter:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.now = self.peak = self.total = 0
+        self.threads: set[int] = set()
 
     def enter(self) -> None:
         with self.lock:
+            self.threads.add(threading.get_ident())
             self.now += 1
             self.total += 1
             self.peak = max(self.peak, self.now)
@@ -77,43 +101,51 @@ class AuthBurstTests(unittest.TestCase):
             self.computing.enter()
             try:
                 if not self.all_arrived.wait(PATIENCE):
-                    raise AssertionError("the AUTH commands did not all reach the handler")
+                    raise AssertionError("the AUTH commands did not all reach the password check")
                 return real_scrypt(*args, **kwargs)
             finally:
                 self.computing.leave()
 
         self.patch(passwords, "_scrypt", scrypt)
 
-        # Every computation handed to a thread, counted in the reactor thread from the
+        # Every computation handed to the scrypt pool, counted in the reactor thread from the
         # hand-over until its result is back: no thread scheduling in this count.
         self.handed = Counter()
-        real_defer_to_thread = threads.deferToThread
+        real_defer_to_thread_pool = threads.deferToThreadPool
 
-        def defer_to_thread(f, *args, **kwargs):
+        def defer_to_thread_pool(reactor, pool, f, *args, **kwargs):
+            if pool.name != "scrypt":  # e.g. name resolution
+                return real_defer_to_thread_pool(reactor, pool, f, *args, **kwargs)
             self.handed.enter()
 
             def back(result):
                 self.handed.leave()
                 return result
 
-            return real_defer_to_thread(f, *args, **kwargs).addBoth(back)
+            return real_defer_to_thread_pool(reactor, pool, f, *args, **kwargs).addBoth(back)
 
-        self.patch(threads, "deferToThread", defer_to_thread)
+        self.patch(threads, "deferToThreadPool", defer_to_thread_pool)
 
     def serve(self, users: dict[str, str], expected_auths: int) -> int:
-        handler = SubmissionHandler(Config(), storage=None, users=users, clock=reactor,
-                                    tls_available=True)
-        real_authenticate = handler.authenticate
+        config = parse_config({"redis": {"url": REDIS.url, "key_prefix": f"t{uuid4().hex[:12]}:"}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        checker = passwords.PasswordChecker()
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        handler = SubmissionHandler(config, Storage(config, redis), users=users, clock=reactor,
+                                    tls_available=True, password_checker=checker)
+        # arrival: past the failure throttle (a Redis round trip), at the password check
+        real_check = handler.authenticator.check
         self.auths = 0
 
-        def authenticate(session, username, password):
+        def check(username, password):
             self.auths += 1
             if self.auths == expected_auths:
-                self.handed_when_all_arrived = self.handed.now
                 self.all_arrived.set()
-            return real_authenticate(session, username, password)
+            return real_check(username, password)
 
-        handler.authenticate = authenticate
+        handler.authenticator.check = check
         limits = ServerLimits(hostname="localhost", idle_timeout=PATIENCE,
                               max_connections_per_ip=100)
         factory = SMTPServerFactory(limits, handler, self.tls, auth_possible=True)
@@ -144,7 +176,7 @@ class AuthBurstTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_concurrent_scrypt_checks_are_bounded(self):
         limit = passwords.MAX_CONCURRENT_CHECKS
-        n = limit + 6  # fewer than the reactor pool's 10 threads: only the bound holds them back
+        n = limit + 6  # fewer than [submission] auth_failures_per_ip's 10
         users = {f"user{i}": passwords.hash_password(f"pw{i}", log_n=8) for i in range(n)}
         credentials = [(f"user{i}", f"pw{i}") for i in range(n)]
         credentials[-1] = (f"user{n - 1}", "wrong")
@@ -154,11 +186,10 @@ class AuthBurstTests(unittest.TestCase):
 
         self.assertEqual([code for code, _ in replies], [235] * (n - 1) + [535])
         self.assertEqual(self.computing.total, n)  # distinct credentials: one check each
-        # When the last AUTH arrived the first checks were still held: exactly `limit` of
-        # them had been handed to threads, the others were waiting their turn.
-        self.assertEqual(self.handed_when_all_arrived, limit)
-        self.assertLessEqual(self.handed.peak, limit)
-        self.assertLessEqual(self.computing.peak, limit)
+        # The first checks were held until the last AUTH arrived: `limit` of them ran, in
+        # `limit` threads, the others waited their turn.
+        self.assertEqual(self.computing.peak, limit)
+        self.assertLessEqual(len(self.computing.threads), limit)
         self.assertEqual((self.handed.now, self.computing.now), (0, 0))
 
     @defer.inlineCallbacks
