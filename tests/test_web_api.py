@@ -30,6 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import start_redis
+from mailrelay.web import ADMIN_API_MAX_BODY
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -557,7 +558,7 @@ def test_suppressions(start_daemon, daemon_config, redis_server, unique_prefix):
                             ({"address": "x@example.org", "colour": "red"}, "colour")):
         r = api.call("POST", "/api/v1/suppressions", body)
         assert r.status == 400 and r.json.get("parameter") == parameter, (body, r.json)
-    r = api.call("POST", "/api/v1/suppressions", b"{" + b" " * 70000 + b"}")
+    r = api.call("POST", "/api/v1/suppressions", b"{" + b" " * ADMIN_API_MAX_BODY + b"}")
     assert r.status == 413
     assert rcpt_reply(smtp, "x@example.org")[0] == 250
 
