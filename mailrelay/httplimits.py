@@ -16,7 +16,11 @@ JOB
     - a refused request gets no ``100 Continue``; its response (written by the site's
       ``refuse``, with ``Connection: close``) goes out at once, the rest of the body is
       read and dropped for at most LINGER_SECONDS (so that closing does not reset the
-      connection under the response), then the connection is closed.
+      connection under the response), then the connection is closed;
+    - a request whose head cannot be parsed gets a whole response the same way: 414 for a
+      request line over 16 KiB, 431 for a header line over it, 400 for a malformed head or
+      headers over 16 KiB in all (HTTPChannel would drop the connection without an answer,
+      or write a bare status line and reset the connection under it).
 
     Bodies within their limit are kept in memory (``getContentFile``), never in a
     temporary file: the limits bound them.
@@ -33,7 +37,7 @@ SECURITY
     (the least recently failing is forgotten first), each with at most ``limit`` times.
 
 STANDARDS
-    RFC 9110 (413 Content Too Large, 429 via RFC 6585, Retry-After, Expect:
+    RFC 9110 (413 Content Too Large, 414 URI Too Long, 429 and 431 of RFC 6585, Retry-After, Expect:
     100-continue), RFC 9112 (chunked transfer coding, Connection: close, closing after
     an unread body: section 9.6).
 
@@ -248,6 +252,31 @@ class GuardedChannel(http.HTTPChannel):
         else:  # TLS has no half-close: close once the client had time to read the response
             end = self.transport.loseConnection
         self._linger = self.callLater(LINGER_SECONDS, end)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line over MAX_LENGTH: answered (LineReceiver would just
+        drop the connection)."""
+        if not self.requests:
+            self._refuse_bare(414, b"URI Too Long", "the request line is too long")
+        else:
+            self._refuse_bare(431, b"Request Header Fields Too Large", "a header line is too long")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """HTTPChannel's answer to a malformed request or headers over totalHeadersSize: a
+        whole response (HTTPChannel writes a bare status line) and the lingering close."""
+        self._refuse_bare(400, b"Bad Request", "malformed request, or headers too large")
+
+    def _refuse_bare(self, code: int, reason: bytes, message: str) -> None:
+        """An answer before any request object could take it (the head could not be parsed)."""
+        if self._refusing:
+            return
+        self._refusing = True
+        self.persistent = False
+        body = message.encode() + b"\n"
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (code, reason, len(body), body))
+        self.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
         if self._linger is not None and self._linger.active():

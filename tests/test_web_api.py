@@ -56,14 +56,22 @@ def _template_for(path: str) -> str | None:
     return None
 
 
+#: Answers given from a request's head, before routing: documented once, for every /api path.
+REFUSED_FROM_THE_HEAD = {401: "/components/responses/Unauthorized", 413: "/components/responses/TooLarge",
+                         429: "/components/responses/TooManyRequests"}
+
+
 def _response_spec(method: str, path: str, status: int) -> tuple[dict[str, Any], str]:
     """The documented response (and its JSON pointer) for this method, path and status."""
     template = _template_for(path)
-    if template is None:
+    operation = OPENAPI["paths"][template].get(method.lower()) if template is not None else None
+    if operation is None and path.startswith("/api") and status in REFUSED_FROM_THE_HEAD:
+        # refused before routing (mailrelay.httplimits), whatever the path and method
+        pointer = REFUSED_FROM_THE_HEAD[status]
+    elif template is None:
         assert status in (401, 404), f"{method} {path}: undocumented path answered {status}"
         pointer = "/components/responses/NotFound" if status == 404 else "/components/responses/Unauthorized"
     else:
-        operation = OPENAPI["paths"][template].get(method.lower())
         if operation is None:
             assert status in (401, 405), f"{method} {template}: undocumented method answered {status}"
             pointer = ("/components/responses/MethodNotAllowed" if status == 405
