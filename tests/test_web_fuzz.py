@@ -18,7 +18,7 @@ import re
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_web_api import OPENAPI, Api, check_against_openapi, web_config
 
@@ -89,6 +89,10 @@ def test_fuzz_the_api(start_daemon, daemon_config, redis_server, unique_prefix):
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(requests())
+    # the attacks of issue 15 item 7, tried on every run besides the random ones
+    @example(("POST", "/api/v1/suppressions", deep(30_000)))
+    @example(("POST", "/api/v1/suppressions", b'{"address": "\\ud800@example.org"}'))
+    @example(("GET", "/api/v1/messages?recipient=%ED%A0%80&tag=%00", None))
     def one(request: tuple[str, str, bytes | None]) -> None:
         method, target, body = request
         headers = {"Content-Type": "application/json"} if body is not None else {}
