@@ -76,7 +76,9 @@ STANDARDS
 DIAGNOSTICS
     Unauthenticated: 303 to ``/login`` (GET, HEAD) or 401 with
     ``WWW-Authenticate: Bearer``. A wrong token at ``/login``: the form
-    again, with 401. Unknown path or message: 404. Unsupported method: 405.
+    again, with 401 (``status page: failed login from <client>``). ``GET
+    /logout``: 405 with the logout button. A request refused from its head by
+    the web service (413 body too large, 429 throttled) gets a page saying so. Unknown path or message: 404. Unsupported method: 405.
     Cross-origin POST: 403. A bug while rendering: 500 and a logged
     traceback. Redis slow or down: the affected sections say "unavailable".
 

@@ -15,7 +15,7 @@ JOB
                       with a JSON reason otherwise.
     ``/metrics``      Prometheus text format (a dedicated registry).
     anything else     the status page (:mod:`mailrelay.statuspage`, when
-                      installed): ``/``, ``/messages/<id>``, ``/login``, ``/logout``.
+                      installed): ``/``, ``/messages/<id>``, ``/login``, ``POST /logout``.
 
     Handlers never block the reactor: every Redis read is asynchronous and
     bounded in time, and the metrics are refreshed from Redis by a LoopingCall
@@ -35,27 +35,42 @@ SECURITY
     ``X-Content-Type-Options: nosniff``, ``Cache-Control: no-store`` and a
     ``Content-Security-Policy`` that forbids everything; raw messages are sent
     as ``message/rfc822`` attachments. No CORS headers: browsers on other
-    origins cannot read the API. Request bodies over MAX_BODY bytes are refused.
+    origins cannot read the API.
+
+    Requests are admitted from their head, before their body is read
+    (:class:`Gate` through :mod:`mailrelay.httplimits`): the token is checked
+    first (401), then the endpoint's body limit (413: ADMIN_API_MAX_BODY under
+    /api, the status page's BODY_LIMITS for its forms, none elsewhere); a
+    refused body is never stored, an admitted one is kept in memory. Failed
+    authentications (wrong Bearer tokens anywhere, failed logins) are counted
+    per client IP (:class:`~mailrelay.httplimits.FailureThrottle`); a client
+    over ``[web] max_auth_failures`` within ``auth_failure_window`` gets 429
+    with Retry-After for every request that presents credentials, the right
+    token too, until the window lets it in. Bodies are parsed defensively:
+    invalid JSON, nesting too deep for the parser and strings UTF-8 cannot
+    encode (lone surrogates) get 400 naming the field.
 
 STANDARDS
-    RFC 9110 (HTTP semantics: 401/404/405/409/413 and their headers), RFC 6750
-    (Bearer tokens), RFC 8259 (JSON), RFC 3339 (times, UTC ``Z``), RFC 4648
-    (base64url cursors), OpenAPI 3.1 (docs/openapi.json), the Prometheus text
-    exposition format 0.0.4.
+    RFC 9110 (HTTP semantics: 401/404/405/409/413/414 and their headers), RFC 6585
+    (429, 431), RFC 6750 (Bearer tokens), RFC 8259 (JSON), RFC 3339 (times, UTC
+    ``Z``), RFC 4648 (base64url cursors), OpenAPI 3.1 (docs/openapi.json), the
+    Prometheus text exposition format 0.0.4.
 
 DIAGNOSTICS
     ``web listening on <host>:<port> (plain)`` per listener; ``no [web]
-    api_tokens configured: API token in <path> (mode 0600)``. Errors are JSON
-    ``{"error": "...", "code": N}`` (400 names the query parameter, and also
-    gives it as ``parameter``); 503 when Redis does not answer in time;
-    unexpected failures are logged with a traceback and answered 500. A
-    failing metrics refresh is logged once (and once when it recovers);
+    api_tokens configured: API token in <path> (mode 0600)``; ``web: <client>
+    throttled after <n> failed authentications in <window>s``. Errors are JSON
+    ``{"error": "...", "code": N}`` (400 names the query parameter or body
+    field, and also gives it as ``parameter``); 503 when Redis does not answer
+    in time; unexpected failures are logged with a traceback and answered 500.
+    A failing metrics refresh is logged once (and once when it recovers);
     ``mailrelay_redis_up`` is 0 meanwhile.
 
 CONFIGURATION
-    ``[web]`` listen, api_tokens, public_status (read by the status page);
-    ``[redis] timeout`` bounds each Redis read (requests get 3x that in all).
-    Files: ``state_dir/api-token``. Redis data: through :mod:`mailrelay.storage` only.
+    ``[web]`` listen, api_tokens, public_status (read by the status page),
+    max_auth_failures, auth_failure_window; ``[redis] timeout`` bounds each
+    Redis read (requests get 3x that in all). Files: ``state_dir/api-token``.
+    Redis data: through :mod:`mailrelay.storage` only.
 """
 
 from __future__ import annotations
