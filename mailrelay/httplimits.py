@@ -162,6 +162,16 @@ class FailureThrottle:
                      client=client, count=self.limit, window=self.window)
 
 
+    def refund(self, client: str) -> None:
+        """Take back the latest failure of ``client``: an attempt counted when it started (before
+        its outcome was known, so that concurrent attempts cannot pass the limit) succeeded."""
+        times = self._failures.get(client)
+        if times:
+            times.pop()
+            if not times:
+                del self._failures[client]
+
+
 #: The policy: the body limit of the request's endpoint (bytes), or raises Refusal.
 Admit = Callable[[RequestHead], int]
 #: Writes a refusal's response on a request (status, headers, body) and finishes it.

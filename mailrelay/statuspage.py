@@ -52,9 +52,10 @@ SECURITY
     request re-checks the token the session was opened with, so a token
     that stops being valid ends its sessions. POSTs whose ``Origin`` is not
     this host get 403 (login and logout CSRF); the cookie is never sent
-    cross-site. A failed login counts against the client in the web
-    service's throttle (``[web] max_auth_failures``): a throttled client's
-    ``POST /login`` gets 429 before its form is read. The login form's body is
+    cross-site. Every ``POST /login`` counts against the client in the web
+    service's throttle (``[web] max_auth_failures``) when it arrives, and a
+    successful one is refunded here: a throttled client's ``POST /login``
+    gets 429 before its form is read. The login form's body is
     read only up to MAX_FORM_SIZE (4096 bytes, in BODY_LIMITS; the web
     service refuses a larger one with 413 before reading it).
 
@@ -700,13 +701,14 @@ class StatusPage(resource.Resource):
             return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
         form = self._form(request)
         token = form.get("token", "").strip()
+        client = client_key(getattr(request.getClientAddress(), "host", None))
         if not token or not self.auth.check_token(token):
-            client = client_key(getattr(request.getClientAddress(), "host", None))
+            # counted by the web service's Gate when the request's head came in
             log.info("status page: failed login from {client}", client=client)
-            if self.throttle is not None:
-                self.throttle.failed(client)
             return self._login_form(request, error="That token is not valid.", code=401,
                                     target=self._next_target(request, form))
+        if self.throttle is not None:
+            self.throttle.refund(client)
         value = self.sessions.open(token)
         request.addCookie(COOKIE_NAME, value.encode("ascii"), path=b"/", max_age=b"%d" % SESSION_LIFETIME,
                           httpOnly=True, sameSite="strict", secure=request.isSecure() or None)

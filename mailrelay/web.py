@@ -1068,6 +1068,10 @@ class Gate:
                 seconds = max(1, math.ceil(wait))
                 raise Refusal(429, f"too many failed authentications from {head.client}: "
                                    f"try again in {seconds} s", {b"retry-after": b"%d" % seconds})
+        if head.path == b"/login" and head.method == b"POST":
+            # the token is in the body: counted as a failure now, refunded by the page on success,
+            # so that logins sent at once on many connections cannot pass the limit together
+            self.throttle.failed(head.client)
         token = bearer_token_of(head.headers)
         valid = token is not None and self.auth.check_token(token)
         if token is not None and not valid:

@@ -228,6 +228,27 @@ def test_failed_authentications_throttled(start_daemon, daemon_config, redis_ser
     assert api.get("/api/v1/suppressions").status == 429
     assert login(port, TOKEN).status == 429
 
+    # another client (127.0.0.2 is loopback too) is not affected; its logins sent at once on
+    # five connections cannot pass the limit together: each counts when its head arrives
+    form = urlencode({"token": "not-the-token-at-all"}).encode()
+    head = ("POST /login HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/x-www-form-urlencoded\n"
+            f"Content-Length: {len(form)}\n")
+    socks = []
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT,
+                                        source_address=("127.0.0.2", 0))
+        sock.sendall((head + "\n").replace("\n", "\r\n").encode())
+        socks.append(sock)
+    statuses = []
+    for sock in socks:
+        with sock:
+            try:
+                sock.sendall(form)
+            except OSError:
+                pass  # refused from its head: the daemon may have closed already
+            statuses.append(read_response(sock)[0])
+    assert sorted(statuses) == [401, 401, 401, 429, 429], statuses
+
 
 # -- item 12: POST /logout ----------------------------------------------------------------------
 
