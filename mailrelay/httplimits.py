@@ -54,7 +54,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
@@ -90,7 +90,6 @@ class RequestHead:
     headers: Headers
     client: str  # the client's address (see client_key)
     length: int | None  # Content-Length; None for a chunked body
-    request: Any = field(repr=False, compare=False, default=None)
 
 
 def client_key(host: str | None) -> str:
@@ -210,7 +209,7 @@ class GuardedChannel(http.HTTPChannel):
         path = self._path.split(b"?", 1)[0]
         head = RequestHead(method=self._command, path=path, headers=request.requestHeaders,
                            client=client_key(getattr(request.getClientAddress(), "host", None)),
-                           length=self.length, request=request)
+                           length=self.length)
         try:
             limit = self.site.admit(head)
             if self.length is not None and self.length > limit:

@@ -55,9 +55,9 @@ SECURITY
     cross-site. Every ``POST /login`` counts against the client in the web
     service's throttle (``[web] max_auth_failures``) when it arrives, and a
     successful one is refunded here: a throttled client's ``POST /login``
-    gets 429 before its form is read. The login form's body is
-    read only up to MAX_FORM_SIZE (4096 bytes, in BODY_LIMITS; the web
-    service refuses a larger one with 413 before reading it).
+    gets 429 before its form is read. The login form's body is read only up
+    to MAX_FORM_SIZE (4096 bytes, in BODY_LIMITS; the web service refuses a
+    larger one with 413 before reading it).
 
     Every value that comes from mail or from a remote server (subjects,
     addresses, metadata, diagnostics, SMTP replies), and everything else the
@@ -79,8 +79,9 @@ DIAGNOSTICS
     ``WWW-Authenticate: Bearer``. A wrong token at ``/login``: the form
     again, with 401 (``status page: failed login from <client>``). ``GET
     /logout``: 405 with the logout button. A request refused from its head by
-    the web service (413 body too large, 429 throttled) gets a page saying so. Unknown path or message: 404. Unsupported method: 405.
-    Cross-origin POST: 403. A bug while rendering: 500 and a logged
+    the web service (413 body too large, 429 throttled) gets a page saying
+    so. Unknown path or message: 404. Unsupported method: 405. Cross-origin
+    POST: 403. A bug while rendering: 500 and a logged
     traceback. Redis slow or down: the affected sections say "unavailable".
 
 CONFIGURATION

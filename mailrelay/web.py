@@ -98,7 +98,7 @@ from twisted.web import resource, server
 from twisted.web.http_headers import Headers
 
 from mailrelay.config import Config
-from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead, client_key
+from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError, rfc3339
 
 log = Logger()
@@ -1045,8 +1045,8 @@ class Gate:
     credentials (an ``Authorization`` header, anything under /api, ``POST /login``), right
     token or not, until the window lets it in again; a wrong Bearer token counts as a
     failure (wherever it is presented); /api without a valid token gets 401; then the
-    endpoint's body limit applies. Wrong tokens typed into the login form are counted by the
-    status page.
+    endpoint's body limit applies. A ``POST /login`` counts as a failure when its head
+    arrives (its token is in the body); the status page refunds it when the login succeeds.
     """
 
     def __init__(self, auth: TokenAuth, throttle: FailureThrottle, page: Any = None) -> None:
