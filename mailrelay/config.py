@@ -485,6 +485,8 @@ class WebConfig:
     listen: tuple = setting(["tcp:8025:interface=127.0.0.1"], p_endpoints, "endpoints of the JSON API, /metrics, health checks and the status page")
     api_tokens: tuple = setting([], p_tokens, "Bearer tokens accepted by /api and the status page; empty = one generated token in state_dir/api-token", secret=True)
     public_status: bool = setting(False, p_bool, "show the status page without a token")
+    max_auth_failures: int = setting(10, p_count, "failed authentications (wrong API tokens, failed logins) a client IP may have within auth_failure_window before it is refused with 429; 0 = no limit")
+    auth_failure_window: float = setting("1m", p_duration, "the sliding window of max_auth_failures")
 
 
 @dataclass(frozen=True)

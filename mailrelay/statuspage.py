@@ -18,8 +18,10 @@ JOB
         response, detail).
     ``GET /login``, ``POST /login``
         a form that takes an API token and opens a session (a cookie).
-    ``POST /logout`` (or ``GET``)
-        ends the session and clears the cookie.
+    ``POST /logout``
+        ends the session and clears the cookie (the header's "Log out" button). Any
+        other method gets 405 and changes nothing (a GET must not log out: a link or
+        a prefetch would); its page carries the button.
 
     The throughput chart stacks the delivery outcomes per bucket (delivered,
     deferred, bounced, expired) and marks the recipients accepted; the
@@ -46,10 +48,16 @@ SECURITY
     request came over TLS) to base64url(HMAC-SHA256(per-process random key,
     random nonce || token)) - never the token itself - and redirects to
     ``/``. The session table lives in this process's memory only: a restart
-    logs everyone out, ``/logout`` ends the session on the server, and every
+    logs everyone out, ``POST /logout`` ends the session on the server, and every
     request re-checks the token the session was opened with, so a token
     that stops being valid ends its sessions. POSTs whose ``Origin`` is not
-    this host get 403 (login CSRF); the cookie is never sent cross-site.
+    this host get 403 (login and logout CSRF); the cookie is never sent
+    cross-site. Every ``POST /login`` counts against the client in the web
+    service's throttle (``[web] max_auth_failures``) when it arrives, and a
+    successful one is refunded here: a throttled client's ``POST /login``
+    gets 429 before its form is read. The login form's body is read only up
+    to MAX_FORM_SIZE (4096 bytes, in BODY_LIMITS; the web service refuses a
+    larger one with 413 before reading it).
 
     Every value that comes from mail or from a remote server (subjects,
     addresses, metadata, diagnostics, SMTP replies), and everything else the
@@ -69,8 +77,11 @@ STANDARDS
 DIAGNOSTICS
     Unauthenticated: 303 to ``/login`` (GET, HEAD) or 401 with
     ``WWW-Authenticate: Bearer``. A wrong token at ``/login``: the form
-    again, with 401. Unknown path or message: 404. Unsupported method: 405.
-    Cross-origin POST: 403. A bug while rendering: 500 and a logged
+    again, with 401 (``status page: failed login from <client>``). ``GET
+    /logout``: 405 with the logout button. A request refused from its head by
+    the web service (413 body too large, 429 throttled) gets a page saying
+    so. Unknown path or message: 404. Unsupported method: 405. Cross-origin
+    POST: 403. A bug while rendering: 500 and a logged
     traceback. Redis slow or down: the affected sections say "unavailable".
 
 CONFIGURATION
@@ -97,6 +108,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
+
+from mailrelay.httplimits import client_key
 
 log = Logger()
 
@@ -506,8 +519,11 @@ class StatusPage(resource.Resource):
 
     isLeaf = False
 
+    #: The largest body each path reads (the web service refuses larger ones before reading them).
+    BODY_LIMITS = {b"/login": MAX_FORM_SIZE, b"/logout": MAX_FORM_SIZE}
+
     def __init__(self, storage: Any, config: Any, health: Callable[[], Awaitable[dict]], auth: Any, *,
-                 clock: Any = None) -> None:
+                 throttle: Any = None, clock: Any = None) -> None:
         super().__init__()
         from twisted.internet import reactor
 
@@ -517,6 +533,7 @@ class StatusPage(resource.Resource):
         self.auth = auth
         self.clock = clock or reactor
         self.sessions = Sessions(auth.check_token)
+        self.throttle = throttle
         self.timeout = float(config.redis.timeout)
         self.public = bool(config.web.public_status)
         self.hostname = config.hostname
@@ -556,9 +573,9 @@ class StatusPage(resource.Resource):
                 return self._login(request)
             return self._method_not_allowed(request, b"GET, HEAD, POST")
         if path == "/logout":
-            if method in (b"GET", b"HEAD", b"POST"):
+            if method == b"POST":
                 return self._logout(request)
-            return self._method_not_allowed(request, b"GET, HEAD, POST")
+            return self._logout_form(request)
         if not self._authorized(request):
             if method in (b"GET", b"HEAD"):
                 target = "/login"
@@ -685,17 +702,36 @@ class StatusPage(resource.Resource):
             return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
         form = self._form(request)
         token = form.get("token", "").strip()
+        client = client_key(getattr(request.getClientAddress(), "host", None))
         if not token or not self.auth.check_token(token):
-            log.info("status page: failed login from {client}", client=request.getClientAddress())
+            # counted by the web service's Gate when the request's head came in
+            log.info("status page: failed login from {client}", client=client)
             return self._login_form(request, error="That token is not valid.", code=401,
                                     target=self._next_target(request, form))
+        if self.throttle is not None:
+            self.throttle.refund(client)
         value = self.sessions.open(token)
         request.addCookie(COOKIE_NAME, value.encode("ascii"), path=b"/", max_age=b"%d" % SESSION_LIFETIME,
                           httpOnly=True, sameSite="strict", secure=request.isSecure() or None)
         self._redirect(request, self._next_target(request, form))
 
+    def _logout_form(self, request: server.Request) -> None:
+        """Any other method than POST at /logout (a link, a prefetch): 405, nothing changes;
+        the page carries the logout button for a person who came here."""
+        request.setHeader(b"Allow", b"POST")
+        body = ('<section class="card login"><h2>Log out</h2>'
+                '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+                "</section>")
+        self._send(request, 405, _document("Log out - mailrelay", body))
+
+    def refuse(self, request: server.Request, code: int, message: str, headers: dict[bytes, bytes]) -> None:
+        """A request refused from its head (mailrelay.httplimits: 413, 429 ...), as a page."""
+        for name, value in {**SECURITY_HEADERS, **headers}.items():
+            request.setHeader(name, value)
+        self._send(request, code, _document("Refused - mailrelay", f'<p class="err">{e(message)}</p>'))
+
     def _logout(self, request: server.Request) -> None:
-        if request.method == b"POST" and not self._same_origin(request):
+        if not self._same_origin(request):
             return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
         self.sessions.close(self._cookie(request))
         request.addCookie(COOKIE_NAME, b"", path=b"/", max_age=b"0",

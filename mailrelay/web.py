@@ -15,7 +15,7 @@ JOB
                       with a JSON reason otherwise.
     ``/metrics``      Prometheus text format (a dedicated registry).
     anything else     the status page (:mod:`mailrelay.statuspage`, when
-                      installed): ``/``, ``/messages/<id>``, ``/login``, ``/logout``.
+                      installed): ``/``, ``/messages/<id>``, ``/login``, ``POST /logout``.
 
     Handlers never block the reactor: every Redis read is asynchronous and
     bounded in time, and the metrics are refreshed from Redis by a LoopingCall
@@ -35,27 +35,42 @@ SECURITY
     ``X-Content-Type-Options: nosniff``, ``Cache-Control: no-store`` and a
     ``Content-Security-Policy`` that forbids everything; raw messages are sent
     as ``message/rfc822`` attachments. No CORS headers: browsers on other
-    origins cannot read the API. Request bodies over MAX_BODY bytes are refused.
+    origins cannot read the API.
+
+    Requests are admitted from their head, before their body is read
+    (:class:`Gate` through :mod:`mailrelay.httplimits`): the token is checked
+    first (401), then the endpoint's body limit (413: ADMIN_API_MAX_BODY under
+    /api, the status page's BODY_LIMITS for its forms, none elsewhere); a
+    refused body is never stored, an admitted one is kept in memory. Failed
+    authentications (wrong Bearer tokens anywhere, failed logins) are counted
+    per client IP (:class:`~mailrelay.httplimits.FailureThrottle`); a client
+    over ``[web] max_auth_failures`` within ``auth_failure_window`` gets 429
+    with Retry-After for every request that presents credentials, the right
+    token too, until the window lets it in. Bodies are parsed defensively:
+    invalid JSON, nesting too deep for the parser and strings UTF-8 cannot
+    encode (lone surrogates) get 400 naming the field.
 
 STANDARDS
-    RFC 9110 (HTTP semantics: 401/404/405/409/413 and their headers), RFC 6750
-    (Bearer tokens), RFC 8259 (JSON), RFC 3339 (times, UTC ``Z``), RFC 4648
-    (base64url cursors), OpenAPI 3.1 (docs/openapi.json), the Prometheus text
-    exposition format 0.0.4.
+    RFC 9110 (HTTP semantics: 401/404/405/409/413/414 and their headers), RFC 6585
+    (429, 431), RFC 6750 (Bearer tokens), RFC 8259 (JSON), RFC 3339 (times, UTC
+    ``Z``), RFC 4648 (base64url cursors), OpenAPI 3.1 (docs/openapi.json), the
+    Prometheus text exposition format 0.0.4.
 
 DIAGNOSTICS
     ``web listening on <host>:<port> (plain)`` per listener; ``no [web]
-    api_tokens configured: API token in <path> (mode 0600)``. Errors are JSON
-    ``{"error": "...", "code": N}`` (400 names the query parameter, and also
-    gives it as ``parameter``); 503 when Redis does not answer in time;
-    unexpected failures are logged with a traceback and answered 500. A
-    failing metrics refresh is logged once (and once when it recovers);
+    api_tokens configured: API token in <path> (mode 0600)``; ``web: <client>
+    throttled after <n> failed authentications in <window>s``. Errors are JSON
+    ``{"error": "...", "code": N}`` (400 names the query parameter or body
+    field, and also gives it as ``parameter``); 503 when Redis does not answer
+    in time; unexpected failures are logged with a traceback and answered 500.
+    A failing metrics refresh is logged once (and once when it recovers);
     ``mailrelay_redis_up`` is 0 meanwhile.
 
 CONFIGURATION
-    ``[web]`` listen, api_tokens, public_status (read by the status page);
-    ``[redis] timeout`` bounds each Redis read (requests get 3x that in all).
-    Files: ``state_dir/api-token``. Redis data: through :mod:`mailrelay.storage` only.
+    ``[web]`` listen, api_tokens, public_status (read by the status page),
+    max_auth_failures, auth_failure_window; ``[redis] timeout`` bounds each
+    Redis read (requests get 3x that in all). Files: ``state_dir/api-token``.
+    Redis data: through :mod:`mailrelay.storage` only.
 """
 
 from __future__ import annotations
@@ -64,6 +79,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -79,8 +95,10 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.web import resource, server
+from twisted.web.http_headers import Headers
 
 from mailrelay.config import Config
+from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError, rfc3339
 
 log = Logger()
@@ -90,8 +108,8 @@ API_TOKEN_FILE = "api-token"
 #: Page sizes of the list endpoints.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-#: Largest request body accepted (POST /api/v1/suppressions), and longest query parameter.
-MAX_BODY = 65536
+#: Largest request body the admin API (/api) reads; longest query parameter.
+ADMIN_API_MAX_BODY = 2 * 1024 * 1024
 MAX_PARAMETER = 1000
 #: Seconds between metric refreshes from Redis; the queue summary (a walk over every domain
 #: queue) is refreshed every QUEUE_METRICS_EVERY-th time.
@@ -142,7 +160,12 @@ def ensure_api_token(state_dir: Path) -> tuple[str, Path]:
 
 def bearer_token(request: Any) -> str | None:
     """The token of a single ``Authorization: Bearer <token>`` header, else None."""
-    values = request.requestHeaders.getRawHeaders(b"authorization") or []
+    return bearer_token_of(request.requestHeaders)
+
+
+def bearer_token_of(headers: Headers) -> str | None:
+    """The token of a single ``Authorization: Bearer <token>`` header in ``headers``, else None."""
+    values = headers.getRawHeaders(b"authorization") or []
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(b" ")
@@ -173,16 +196,13 @@ class TokenAuth:
 # -- values ------------------------------------------------------------------------------
 
 
-class ApiError(Exception):
-    """An error answered as ``{"error": message, "code": status}``."""
+class ApiError(Refusal):
+    """An error answered as ``{"error": message, "code": status}`` (a Refusal, for the Gate)."""
 
     def __init__(self, code: int, message: str, parameter: str | None = None,
                  headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, headers)
         self.parameter = parameter
-        self.headers = headers or {}
 
 
 def encode_json(value: Any) -> bytes:
@@ -256,7 +276,7 @@ def parse_limit(text: str | None) -> int:
 
 def valid_address(text: Any) -> str | None:
     """A plain ``local@domain`` address (lowercased), or None."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not is_unicode(text):
         return None
     address = text.strip()
     local, at, domain = address.rpartition("@")
@@ -265,6 +285,30 @@ def valid_address(text: Any) -> str | None:
             or ".." in domain):
         return None
     return address.lower()
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string that UTF-8 cannot encode: one with a lone surrogate (JSON "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_body(request: Any, shape: str) -> dict[str, Any]:
+    """
+    The request's body as a JSON object (its size was bounded before it was read, see
+    httplimits); 400 for anything else, nesting too deep for the parser included.
+    """
+    data = request.content.read() if request.content is not None else b""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be {shape}")
+    return body
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -775,12 +819,8 @@ class ApiResource(resource.Resource):
         ]
 
     def render(self, request: Any) -> Any:
-        if not self.auth.check_header(request):
-            challenge = b'Bearer realm="mailrelay"'
-            if bearer_token(request) is not None:
-                challenge += b', error="invalid_token"'
-            send_error(request, ApiError(401, "a valid Authorization: Bearer <token> header is required",
-                                         headers={b"www-authenticate": challenge}))
+        if not self.auth.check_header(request):  # the Gate refused it already; kept for other sites
+            send_error(request, unauthorized(bearer_token(request) is not None))
             return server.NOT_DONE_YET
         try:
             handler, params = self.route(request)
@@ -912,15 +952,7 @@ class ApiResource(resource.Resource):
 
     async def add_suppression(self, request: Any) -> None:
         query(request, ())
-        data = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(data) > MAX_BODY:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes")
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise ApiError(400, 'the body must be a JSON object like {"address": "someone@example.com"}') from None
-        if not isinstance(body, dict):
-            raise ApiError(400, 'the body must be a JSON object like {"address": "someone@example.com"}')
+        body = json_body(request, 'a JSON object like {"address": "someone@example.com"}')
         unknown = sorted(set(body) - {"address", "reason"})
         if unknown:
             raise ApiError(400, f"{unknown[0]}: unknown field (known: address, reason)", unknown[0])
@@ -930,8 +962,8 @@ class ApiResource(resource.Resource):
         reason = body.get("reason", "")
         if reason is None:
             reason = ""
-        if not isinstance(reason, str) or len(reason) > 1000:
-            raise ApiError(400, "reason: must be a string of at most 1000 characters", "reason")
+        if not isinstance(reason, str) or len(reason) > 1000 or not is_unicode(reason):
+            raise ApiError(400, "reason: must be a string of at most 1000 characters (valid Unicode)", "reason")
         entry = {"address": address, "since": rfc3339(time.time()), "type": "ManuallyDeactivated",
                  "reason": reason}
         if not await self.storage.add_suppression(address, entry):
@@ -1002,8 +1034,67 @@ class RootResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class QuietSite(server.Site):
-    """A Site whose access log leaves out the probes (/healthz, /readyz, /metrics)."""
+def is_api(path: bytes) -> bool:
+    return path == b"/api" or path.startswith(b"/api/")
+
+
+class Gate:
+    """
+    The web listener's admission policy (:mod:`mailrelay.httplimits`), run on each request's
+    head before its body is read: a throttled client gets 429 for every request that presents
+    credentials (an ``Authorization`` header, anything under /api, ``POST /login``), right
+    token or not, until the window lets it in again; a wrong Bearer token counts as a
+    failure (wherever it is presented); /api without a valid token gets 401; then the
+    endpoint's body limit applies. A ``POST /login`` counts as a failure when its head
+    arrives (its token is in the body); the status page refunds it when the login succeeds.
+    """
+
+    def __init__(self, auth: TokenAuth, throttle: FailureThrottle, page: Any = None) -> None:
+        self.auth = auth
+        self.throttle = throttle
+        self.page_limits: dict[bytes, int] = dict(getattr(page, "BODY_LIMITS", {}))
+
+    def body_limit(self, path: bytes) -> int:
+        """The largest body the endpoint at ``path`` reads: ADMIN_API_MAX_BODY under /api, the
+        status page's BODY_LIMITS for its forms, none (0) anywhere else."""
+        return ADMIN_API_MAX_BODY if is_api(path) else self.page_limits.get(path, 0)
+
+    def admit(self, head: RequestHead) -> int:
+        api = is_api(head.path)
+        presented = head.headers.hasHeader(b"authorization")
+        if api or presented or (head.path == b"/login" and head.method == b"POST"):
+            wait = self.throttle.retry_after(head.client)
+            if wait is not None:
+                seconds = max(1, math.ceil(wait))
+                raise Refusal(429, f"too many failed authentications from {head.client}: "
+                                   f"try again in {seconds} s", {b"retry-after": b"%d" % seconds})
+        if head.path == b"/login" and head.method == b"POST":
+            # the token is in the body: counted as a failure now, refunded by the page on success,
+            # so that logins sent at once on many connections cannot pass the limit together
+            self.throttle.failed(head.client)
+        token = bearer_token_of(head.headers)
+        valid = token is not None and self.auth.check_token(token)
+        if token is not None and not valid:
+            self.throttle.failed(head.client)
+        if api and not valid:
+            raise unauthorized(token is not None)
+        return self.body_limit(head.path)
+
+
+def unauthorized(token_given: bool) -> ApiError:
+    challenge = b'Bearer realm="mailrelay"'
+    if token_given:
+        challenge += b', error="invalid_token"'
+    return ApiError(401, "a valid Authorization: Bearer <token> header is required",
+                    headers={b"www-authenticate": challenge})
+
+
+class QuietSite(GuardedSite):
+    """
+    The web listener's Site: requests admitted from their head (:class:`Gate`), refusals
+    answered as JSON under /api and by the status page elsewhere; the access log leaves out
+    the probes (/healthz, /readyz, /metrics).
+    """
 
     QUIET = (b"/healthz", b"/readyz", b"/metrics")
 
@@ -1040,6 +1131,7 @@ class WebService(service.Service):
         self.ports: list[Any] = []
         self.storage: Any = None
         self.auth: TokenAuth | None = None
+        self.throttle = FailureThrottle(config.web.max_auth_failures, config.web.auth_failure_window)
         self.metrics = Metrics(lambda: {name: s["sessions"] for name, s in self.listeners().items()})
         self._loop: task.LoopingCall | None = None
 
@@ -1061,7 +1153,10 @@ class WebService(service.Service):
             tokens = [token]
             log.info("no [web] api_tokens configured: API token in {path} (mode 0600)", path=str(path.resolve()))
         self.auth = TokenAuth(tokens)
-        site = QuietSite(self.build_root(), parsePOSTFormSubmission=False, timeout=HTTP_IDLE_TIMEOUT)
+        root = self.build_root()
+        gate = Gate(self.auth, self.throttle, root.page)
+        site = QuietSite(root, admit=gate.admit, refuse=self._refuse_with(root.page),
+                         parsePOSTFormSubmission=False, timeout=HTTP_IDLE_TIMEOUT)
         site.noisy = False
         site.displayTracebacks = False
         for description in settings.listen:
@@ -1076,13 +1171,25 @@ class WebService(service.Service):
     def build_root(self) -> RootResource:
         assert self.auth is not None
         page_class = load_status_page()
-        page = page_class(self.storage, self.config, self.service_health, self.auth) if page_class else None
+        page = (page_class(self.storage, self.config, self.service_health, self.auth, throttle=self.throttle)
+                if page_class else None)
         root = RootResource(page)
         root.putChild(b"api", ApiResource(self.storage, self.config, self.auth))
         root.putChild(b"healthz", HealthResource())
         root.putChild(b"readyz", ReadyResource(self.health, self.config.redis.timeout * 2))
         root.putChild(b"metrics", MetricsResource(self.metrics))
         return root
+
+    @staticmethod
+    def _refuse_with(page: Any) -> Callable[[Any, Refusal], None]:
+        """How a request refused from its head is answered: JSON under /api, else by the page."""
+        def refuse(request: Any, refusal: Refusal) -> None:
+            if page is not None and not is_api(request.path) and request.path not in QuietSite.QUIET:
+                page.refuse(request, refusal.code, refusal.message, refusal.headers)
+            else:
+                send_error(request, refusal if isinstance(refusal, ApiError)
+                           else ApiError(refusal.code, refusal.message, headers=refusal.headers))
+        return refuse
 
     def _refresh(self) -> defer.Deferred:
         return defer.ensureDeferred(self.metrics.refresh(self.storage, self.config.redis.timeout))
