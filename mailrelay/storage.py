@@ -1367,7 +1367,7 @@ class Storage:
                              since_ms: int | None = None, limit: int = 50,
                              cursor: tuple[int, str] | None = None) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
         fields = ["id", "message_id", "recipient", "type", "type_code", "description", "details",
-                  "at", "inactive", "status", "remote_mta"]
+                  "at", "inactive", "status", "remote_mta", "proof"]
 
         def keep(row: dict[str, str]) -> bool:
             return (not type or row["type"] == type) and (not recipient or row["recipient"] == recipient.lower())

@@ -429,6 +429,7 @@ def bounce_summary(row: dict[str, str]) -> dict[str, Any]:
         "details": row.get("details") or "",
         "at": row.get("at") or None,
         "inactive": row.get("inactive") == "1",
+        "proof": row.get("proof") or "",
     }
 
 

@@ -476,6 +476,8 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     assert hard["type"] == "HardBounce" and hard["type_code"] == 1 and hard["recipient"] == "gone@example.test"
     assert hard["inactive"] is True and "User unknown" in hard["details"] and TIME_RE.match(hard["at"])
     assert complaint["type"] == "SpamComplaint" and complaint["type_code"] == 100001
+    # both proved their recipient with the token of the copy they returned
+    assert hard["proof"] == "token" and complaint["proof"] == "token"
     # filters and pages
     assert [b["id"] for b in api.ok("/api/v1/bounces", type="HardBounce")["bounces"]] == [hard["id"]]
     assert api.ok("/api/v1/bounces", type="SoftBounce")["bounces"] == []
