@@ -141,7 +141,7 @@ AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header size exceeds fixed maximum header size")
-NUL_IN_DATA = Reply(554, "5.6.0", "Message rejected: NUL character in message data (RFC 5321, RFC 6152)")
+NUL_IN_DATA = Reply(554, "5.6.0", "Message rejected: NUL character in message data (RFC 5322, RFC 6152)")
 NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 LINE_TOO_LONG_IN_DATA = Reply(554, "5.6.0", "Message rejected: a line is longer than 1000 octets (RFC 5321)")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
@@ -546,7 +546,7 @@ class SMTPServerProtocol(protocol.Protocol):
     # -- commands ---------------------------------------------------------------------
 
     def _command(self, raw: bytes) -> None:
-        if b"\0" in raw:  # valid UTF-8, but no command or argument may hold it (RFC 5321 4.1)
+        if b"\0" in raw:  # valid UTF-8, but no command or argument of RFC 5321's grammar holds it
             self._error(NUL_IN_COMMAND)
             return
         try:
@@ -704,7 +704,7 @@ class SMTPServerProtocol(protocol.Protocol):
         if stream.count(b"\r") != crlf or stream.count(b"\n") != crlf:
             self._count_rejected(BARE_NEWLINE)
             return self._error(BARE_NEWLINE)
-        if b"\0" in stream:  # RFC 5321 2.3.8 / RFC 6152: no NUL outside BINARYMIME
+        if b"\0" in stream:  # RFC 5322 2.1, RFC 2045 2.7/2.8, RFC 6152: no NUL outside BINARYMIME
             return self._data_reply(NUL_IN_DATA)
         content = stream.replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 4.5.2 transparency
         if len(content) > self.limits.max_message_size:

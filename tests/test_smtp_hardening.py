@@ -7,6 +7,7 @@ server's TLS 1.2 cipher list and the cap on a message's header size.
 
 from __future__ import annotations
 
+import random
 import smtplib
 import socket
 import ssl
@@ -17,7 +18,9 @@ import time
 import pytest
 
 from conftest import EPHEMERAL
+from mailrelay.message import split_header
 from mailrelay.passwords import hash_password
+from mailrelay.smtpserver import header_size_exceeds
 
 PASSWORD = "s3cret-pw"
 USERS = {"alice": hash_password(PASSWORD, log_n=10)}
@@ -308,3 +311,17 @@ def test_header_size_configured(start_daemon, daemon_config, redis_server, uniqu
         s.mail("a@example.com")
         s.rcpt("b@example.org")
         assert s.data(b"Subject: x\r\n" + folded_header(2500) + b"\r\nbody\r\n")[:1] == (552,)
+
+
+
+def test_header_size_as_split_header_reads_it():
+    """The fast check agrees with the header split_header finds (pieces in random orders)."""
+    pieces = [b"Subject: x\r\n", b" folded\r\n", b"\r\n", b"body\r\n", b"X-A: " + b"a" * 40 + b"\r\n",
+              b"\r\n\r\n", b"no colon\r\n", b":\r\n", b"\r"]
+    rng = random.Random(15)
+    for _ in range(3000):
+        content = b"".join(rng.choices(pieces, k=rng.randrange(40)))
+        header = len(content) - len(split_header(content)[1])
+        for limit in (rng.randrange(1, 400), header - 1, header, header + 1):  # and at the edge
+            if limit > 0:
+                assert header_size_exceeds(content, limit) == (header > limit), (content, limit)
