@@ -300,6 +300,7 @@ class Mailrelay:
                 "trusted_networks": ["127.0.0.0/8"],
                 # one address opens every benchmark connection
                 "max_connections_per_ip": 1000000,
+                "max_connections": 1000000,  # the idle-connections benchmark opens thousands
                 **(submission or {}),
             },
             "delivery": dict(delivery) if delivery is not None else {"enabled": False},

@@ -39,7 +39,7 @@ DIAGNOSTICS
     ``token``, ``delivery``; empty: unmatched).
 
 CONFIGURATION
-    ``[bounces]`` domain, verp_secret, listen, max_message_size,
+    ``[bounces]`` domain, verp_secret, listen, max_connections, max_message_size,
     max_stored_bounce_size, notify_sender. Redis data (through
     :mod:`mailrelay.storage`): ``bounce:<id>``, ``bounce:raw:<id>``,
     ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``.

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mailrelay import __version__
-from mailrelay.config import Config, ConfigError, load_config, render_config
+from mailrelay.config import Config, ConfigError, config_warnings, load_config, render_config
 
 
 def load_or_exit(path: str | None) -> Config:
@@ -63,6 +63,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             server_tls_options(config.tls.cert, config.tls.key, config.tls.min_version)
         except ConfigError as e:
             raise SystemExit(f"mailrelay: configuration error: {e}")
+    for warning in config_warnings(config):
+        sys.stderr.write(f"mailrelay: warning: {warning}\n")
     source = args.config or "built-in defaults"
     sys.stdout.write(f"# effective configuration ({source}); secrets masked\n")
     sys.stdout.write(render_config(config))

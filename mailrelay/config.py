@@ -347,11 +347,13 @@ class SubmissionConfig:
     users: Mapping = setting({}, p_users, "username = hash from `mailrelay hash-password`; empty = one generated user (see state_dir/credentials)", secret=True)
     trusted_networks: tuple = setting([], p_networks, "client networks (CIDR) allowed to send without AUTH")
     max_message_size: int = setting(10485760, p_size, "largest message accepted, in bytes (SIZE)")
-    max_recipients: int = setting(50, p_positive, "most RCPT per message; more get 452 4.5.3")
+    max_recipients: int = setting(100, p_positive, "most RCPT per message; more get 452 4.5.3 (RFC 5321 asks for at least 100: less is allowed, with a warning)")
     require_tls_for_auth: bool = setting(True, p_bool, "offer and accept AUTH only over TLS")
-    idle_timeout: float = setting("5m", p_duration, "time allowed between commands before 421 4.4.2")
+    idle_timeout: float = setting("5m", p_duration, "time allowed for each command, from the previous reply (and for each line of DATA), before 421 4.4.2")
     data_timeout: float = setting("10m", p_duration, "time allowed for the whole DATA phase before 421 4.4.2")
     max_connections_per_ip: int = setting(20, p_positive, "simultaneous connections from one client address; more get 421 4.7.0")
+    max_connections: int = setting(500, p_positive, "simultaneous connections to the submission listeners in all; more get 421 4.7.0")
+    max_header_size: int = setting(102400, p_size, "largest header of a message, in bytes; a bigger one gets 552 5.3.4 at the end of DATA")
     auth_failures_per_ip: Rate = setting("10/5m", p_rate, "failed AUTH attempts per client address (IPv6: per /64), counted in Redis for all daemons, before 421 until the window passes")
     rate_limit_per_user: Rate | None = setting("", p_optional_rate, 'messages per authenticated user, e.g. "1000/1m"; over it 451 4.7.0; "" = no limit')
     require_known_domain: bool = setting(False, p_bool, "refuse (550 5.7.1) a message whose From domain is not a sender domain (false: send it unsigned, with an \"unsigned\" event)")
@@ -443,6 +445,7 @@ class BouncesConfig:
     listen: tuple = setting(["tcp:2525:interface=127.0.0.1"], p_endpoints, "endpoints of the inbound bounce listener (production: port 25 of the bounce domain's MX)")
     max_message_size: int = setting(10485760, p_size, "largest bounce message accepted, in bytes")
     max_stored_bounce_size: int = setting(262144, p_size, "raw bounce messages are stored truncated to this many bytes")
+    max_connections: int = setting(100, p_positive, "simultaneous connections to the bounce listener in all; more get 421 4.7.0")
     notify_sender: bool = setting(False, p_bool, "also mail an RFC 3464 DSN to the original sender on permanent failure (off: applications learn of bounces through the API)")
 
 
@@ -591,6 +594,21 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
     if config.redis.sentinels and config.redis.url:
         raise ConfigError("redis.sentinels: set either redis.url or redis.sentinels, not both")
     return config
+
+
+#: RFC 5321 4.5.3.1.8: a server must accept at least this many recipients per message.
+RFC5321_MIN_RECIPIENTS = 100
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but unwise: one line each, shown by check-config and logged at start."""
+    warnings = []
+    if config.submission.max_recipients < RFC5321_MIN_RECIPIENTS:
+        warnings.append(
+            f"submission.max_recipients = {config.submission.max_recipients} is below the minimum of "
+            f"RFC 5321 ({RFC5321_MIN_RECIPIENTS}, section 4.5.3.1.8): clients must split messages "
+            "with more recipients")
+    return warnings
 
 
 def _parse_domains(value: Any) -> tuple:

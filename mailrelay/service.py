@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay import __version__
-from mailrelay.config import Config, parse_redis_url
-from mailrelay.smtpserver import ServerLimits, SMTPServerFactory
+from mailrelay.config import Config, config_warnings, parse_redis_url
+from mailrelay.smtpserver import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.storage import Storage, connect_redis
 
 log = Logger()
@@ -127,6 +127,8 @@ def make_service(config: Config) -> MailrelayService:
     from mailrelay.submission import SubmissionHandler, ensure_first_user
 
     top = MailrelayService(config)
+    for warning in config_warnings(config):
+        log.warn("configuration: {warning}", warning=warning)
     state_dir = config.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
 
@@ -156,10 +158,12 @@ def make_service(config: Config) -> MailrelayService:
     limits = ServerLimits(
         hostname=config.hostname,
         max_message_size=settings.max_message_size,
+        max_header_size=settings.max_header_size,
         max_recipients=settings.max_recipients,
         idle_timeout=settings.idle_timeout,
         data_timeout=settings.data_timeout,
         max_connections_per_ip=settings.max_connections_per_ip,
+        max_connections=settings.max_connections,
         service_name="submission",
     )
 
@@ -197,10 +201,12 @@ def make_service(config: Config) -> MailrelayService:
         bounce_limits = ServerLimits(
             hostname=config.hostname,
             max_message_size=config.bounces.max_message_size,
+            max_header_size=settings.max_header_size,
             max_recipients=settings.max_recipients,
             idle_timeout=settings.idle_timeout,
             data_timeout=settings.data_timeout,
             max_connections_per_ip=settings.max_connections_per_ip,
+            max_connections=config.bounces.max_connections,
             service_name="bounces",
         )
         BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
@@ -271,14 +277,16 @@ class SubmissionListeners(service.MultiService):
         from mailrelay.submission import SMTPListenerService
 
         handler = self.handler_factory()
+        limiter = ConnectionLimiter(self.limits)  # one count for both listeners
         if self.listen:
-            factory = SMTPServerFactory(self.limits, handler, self.tls_options, auth_possible=True)
+            factory = SMTPServerFactory(self.limits, handler, self.tls_options, auth_possible=True,
+                                        limiter=limiter)
             child = SMTPListenerService("submission", self.listen, factory, tls_mode="STARTTLS")
             child.setServiceParent(self)
             await child.listen()
         if self.listen_tls:
             factory = SMTPServerFactory(self.limits, handler, self.tls_options, implicit_tls=True,
-                                        auth_possible=True)
+                                        auth_possible=True, limiter=limiter)
             child = SMTPListenerService(
                 "submission-tls", self.listen_tls, factory, tls_mode="implicit TLS",
                 wrap_tls=lambda f: tlsutil.implicit_tls_factory(self.tls_options, f))

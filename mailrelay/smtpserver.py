@@ -10,14 +10,26 @@ JOB
 
 SECURITY
     Talks to untrusted clients. DATA ends only at ``<CRLF>.<CRLF>``; a bare CR
-    or LF in DATA rejects the message (``500 5.5.2``), so nothing is ever
-    re-read as commands (no SMTP smuggling). Anything pipelined after STARTTLS
+    or LF in DATA rejects the message (``500 5.5.2``), and so does a NUL
+    (``554 5.6.0``: a next hop that drops NUL could see an end of data we did
+    not), so nothing is ever re-read as commands (no SMTP smuggling). A NUL in
+    a command line gets ``501 5.5.2``. Anything pipelined after STARTTLS
     is discarded and all session state is reset (RFC 3207). Command lines are
     limited (512 octets plus what the advertised extensions add; 12,288 for
-    AUTH, RFC 4954); the DATA phase has a size limit, an overall deadline and a
-    1,000-octet line limit; commands run strictly one at a time, in order,
-    while the input is buffered (PIPELINING, RFC 2920). Too many errors in a
-    session close it.
+    AUTH, RFC 4954); the DATA phase has a size limit, a header size limit, an
+    overall deadline and a 1,000-octet line limit; commands run strictly one at
+    a time, in order, while the input is buffered (PIPELINING, RFC 2920). Too
+    many errors in a session close it.
+
+    Slow clients: each command line must be complete within ``idle_timeout``
+    of the previous reply (or of the previous line, for pipelined commands),
+    and each line of DATA within ``idle_timeout`` of the one before; partial
+    input does not restart the timer (as Postfix's ``smtpd_timeout`` bounds
+    each command), so trickling a byte at a time does not hold a session.
+    ``data_timeout`` bounds the DATA phase as a whole. Sessions are capped in
+    all (``max_connections``, shared by the listeners of one service) and per
+    client address; beyond either, ``421 4.7.0`` and the connection is closed
+    (refused connections do not count).
 
 STANDARDS
     RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 2920 (PIPELINING), RFC 3207
@@ -49,6 +61,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailrelay import netio
+from mailrelay.message import split_header
 
 log = Logger()
 
@@ -93,6 +106,7 @@ AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+TOO_MANY_CONNECTIONS_IN_ALL = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 AUTH_THROTTLED = Reply(421, "4.7.0", "Too many failed authentications from your address, try again later")
 STORAGE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary storage failure, try again later")
@@ -107,6 +121,7 @@ UNKNOWN_COMMAND = Reply(500, "5.5.2", "Error: command not recognized")
 BAD_ENCODING = Reply(500, "5.5.2", "Error: command is not valid UTF-8")
 BARE_NEWLINE = Reply(500, "5.5.2", "Error: bare <CR> or <LF> in message data; lines must end with <CR><LF>")
 SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+NUL_IN_COMMAND = Reply(501, "5.5.2", "Error: NUL character in command")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 AUTH_DECODE_ERROR = Reply(501, "5.5.2", "Cannot decode authentication response")
@@ -126,6 +141,8 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header size exceeds fixed maximum header size")
+NUL_IN_DATA = Reply(554, "5.6.0", "Message rejected: NUL character in message data (RFC 5322, RFC 6152)")
 NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 LINE_TOO_LONG_IN_DATA = Reply(554, "5.6.0", "Message rejected: a line is longer than 1000 octets (RFC 5321)")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
@@ -163,10 +180,12 @@ class ServerLimits:
 
     hostname: str
     max_message_size: int = 10485760
-    max_recipients: int = 50
+    max_header_size: int = 102400
+    max_recipients: int = 100
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
     max_connections_per_ip: int = 20
+    max_connections: int = 500
     service_name: str = "smtp"
 
 
@@ -360,13 +379,9 @@ class SMTPServerProtocol(protocol.Protocol):
             local_port=getattr(host, "port", None),
             tls=self.implicit_tls,
         )
-        self.factory.connection_opened(self)
-        if self.factory.too_many_from(self.session.peer_host):
-            self._reply(TOO_MANY_CONNECTIONS)
-            self._close()
-            return
-        if self.factory.stopping:
-            self._reply(SHUTTING_DOWN)
+        refused = self.factory.connection_opened(self)
+        if refused is not None:
+            self._reply(refused)
             self._close()
             return
         self._reset_idle_timer()
@@ -399,6 +414,7 @@ class SMTPServerProtocol(protocol.Protocol):
     # -- timers -----------------------------------------------------------------
 
     def _reset_idle_timer(self) -> None:
+        """Start the time allowed for the next line: after a reply, or a complete line."""
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self.limits.idle_timeout)
         else:
@@ -415,10 +431,10 @@ class SMTPServerProtocol(protocol.Protocol):
     # -- input ---------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        # Input alone does not restart the idle timer: only a complete line (or a reply,
+        # see _await) does, so a client cannot hold a session by trickling bytes.
         if self._mode == _CLOSED:
             return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self.limits.idle_timeout)
         if self._mode == _DATA and not self._buffer:
             self._data_received(data)
         else:
@@ -446,6 +462,7 @@ class SMTPServerProtocol(protocol.Protocol):
                             self._mode = _SKIP_LINE if self._mode != _CLOSED else _CLOSED
                     break
                 line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+                self._reset_idle_timer()
                 if self._mode == _SKIP_LINE:
                     self._mode = _COMMAND
                     continue
@@ -512,6 +529,7 @@ class SMTPServerProtocol(protocol.Protocol):
             self._busy = False
             if self._mode == _CLOSED:
                 return
+            self._reset_idle_timer()  # the client's time for its next line starts at the reply
             then(value)
             self._after_transaction()
             self._process()
@@ -530,6 +548,9 @@ class SMTPServerProtocol(protocol.Protocol):
     # -- commands ---------------------------------------------------------------------
 
     def _command(self, raw: bytes) -> None:
+        if b"\0" in raw:  # valid UTF-8, but no command or argument of RFC 5321's grammar holds it
+            self._error(NUL_IN_COMMAND)
+            return
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -650,6 +671,8 @@ class SMTPServerProtocol(protocol.Protocol):
 
     def _data_received(self, data: bytes) -> None:
         """Collect DATA until <CRLF>.<CRLF>; the stream is kept with a leading CRLF."""
+        if b"\n" in data:  # a line was completed: the next one has idle_timeout to arrive
+            self._reset_idle_timer()
         window = self._data_tail + data
         found = window.find(_END_OF_DATA)
         if found == -1:
@@ -683,11 +706,15 @@ class SMTPServerProtocol(protocol.Protocol):
         if stream.count(b"\r") != crlf or stream.count(b"\n") != crlf:
             self._count_rejected(BARE_NEWLINE)
             return self._error(BARE_NEWLINE)
+        if b"\0" in stream:  # RFC 5322 2.1, RFC 2045 2.7/2.8, RFC 6152: no NUL outside BINARYMIME
+            return self._data_reply(NUL_IN_DATA)
         content = stream.replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 4.5.2 transparency
         if len(content) > self.limits.max_message_size:
             return self._data_reply(MESSAGE_TOO_BIG)
         if max(map(len, lines)) + 2 > MAX_DATA_LINE:
             return self._data_reply(LINE_TOO_LONG_IN_DATA)
+        if header_size_exceeds(content, self.limits.max_header_size):
+            return self._data_reply(HEADER_TOO_BIG)
         self._await(self.handler.accept_message(self.session, transaction, content), self._data_reply)
 
     def _data_reply(self, reply: Reply) -> None:
@@ -860,13 +887,63 @@ class SMTPServerProtocol(protocol.Protocol):
             self._close()
 
 
+class ConnectionLimiter:
+    """
+    The sessions of one service (its listeners share one limiter), counted in all and per
+    client address, against ``max_connections`` and ``max_connections_per_ip``.
+    """
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.max_total = limits.max_connections
+        self.max_per_ip = limits.max_connections_per_ip
+        self.service_name = limits.service_name
+        self.total = 0
+        self._per_ip: dict[str | None, int] = {}
+        self._full_logged = False
+
+    def admit(self, ip: str | None) -> Reply | None:
+        """Count a new session and return None, or return the 421 that refuses it."""
+        if self.total >= self.max_total:
+            if not self._full_logged:  # once per episode: a flood must not flood the log
+                self._full_logged = True
+                log.warn("{service}: {n} connections open, the most allowed (max_connections): "
+                         "new ones get 421 4.7.0", service=self.service_name, n=self.total)
+            return TOO_MANY_CONNECTIONS_IN_ALL
+        if self._per_ip.get(ip, 0) >= self.max_per_ip:
+            return TOO_MANY_CONNECTIONS
+        self.total += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str | None) -> None:
+        """An admitted session ended."""
+        self.total -= 1
+        if self.total < self.max_total * 0.9:
+            self._full_logged = False
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+
+def header_size_exceeds(content: bytes, limit: int) -> bool:
+    """Whether the header of ``content`` (as :func:`mailrelay.message.split_header` reads
+    it: up to the blank line, or the first line that is not a field) is over ``limit`` octets."""
+    if content.find(b"\r\n\r\n", 0, limit + 2) != -1 or len(content) <= limit:
+        return False  # the blank line comes within the limit (the usual case: no split)
+    rest = split_header(content)[1]
+    return len(content) - len(rest) > limit
+
+
 class SMTPServerFactory(protocol.Factory):
     """Builds sessions for one kind of listener and keeps track of them."""
 
     noisy = False
 
     def __init__(self, limits: ServerLimits, handler: SMTPHandler, tls_options: Any = None,
-                 *, implicit_tls: bool = False, auth_possible: bool = False, clock: Any = None) -> None:
+                 *, implicit_tls: bool = False, auth_possible: bool = False, clock: Any = None,
+                 limiter: "ConnectionLimiter | None" = None) -> None:
         from twisted.internet import reactor
 
         self.limits = limits
@@ -877,29 +954,25 @@ class SMTPServerFactory(protocol.Factory):
         self.clock = clock or reactor
         self.stopping = False
         self.sessions: set[SMTPServerProtocol] = set()
-        self._per_ip: dict[str | None, int] = {}
+        self.limiter = limiter or ConnectionLimiter(limits)
         self._all_closed: list[defer.Deferred] = []
 
     def buildProtocol(self, addr: IAddress) -> SMTPServerProtocol:
         return SMTPServerProtocol(self, self.implicit_tls)
 
-    def connection_opened(self, proto: SMTPServerProtocol) -> None:
-        self.sessions.add(proto)
-        ip = proto.session.peer_host
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-
-    def too_many_from(self, ip: str | None) -> bool:
-        return self._per_ip.get(ip, 0) > self.limits.max_connections_per_ip
+    def connection_opened(self, proto: SMTPServerProtocol) -> Reply | None:
+        """Admit a new session, or say why not (the session answers that and closes)."""
+        if self.stopping:
+            return SHUTTING_DOWN
+        refused = self.limiter.admit(proto.session.peer_host)
+        if refused is None:
+            self.sessions.add(proto)
+        return refused
 
     def connection_closed(self, proto: SMTPServerProtocol) -> None:
         if proto in self.sessions:
             self.sessions.discard(proto)
-            ip = proto.session.peer_host
-            left = self._per_ip.get(ip, 1) - 1
-            if left:
-                self._per_ip[ip] = left
-            else:
-                self._per_ip.pop(ip, None)
+            self.limiter.release(proto.session.peer_host)
         if not self.sessions:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:

@@ -34,8 +34,8 @@ DIAGNOSTICS
 CONFIGURATION
     ``[submission]`` listen, listen_tls, users, trusted_networks,
     max_message_size, max_recipients, require_tls_for_auth, idle_timeout,
-    data_timeout, max_connections_per_ip, auth_failures_per_ip,
-    rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.storage` only.
+    data_timeout, max_connections_per_ip, max_connections, max_header_size,
+    auth_failures_per_ip, rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.storage` only.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ file is one ``ConfigError`` line naming ``tls.cert`` or ``tls.key``.
 ``implicit_tls_factory`` wraps any protocol factory for TLS from the first
 byte (RFC 8314 submissions), whatever the endpoint.
 
+SECURITY: TLS 1.2 is offered only with AEAD suites and forward secrecy
+(``SERVER_CIPHERS``: ECDHE with AES-GCM or ChaCha20-Poly1305, RFC 7525 /
+BCP 195); no CBC (SHA-1 or SHA-2 MAC), no static RSA key exchange. TLS 1.3's
+suites are all AEAD with forward secrecy.
+
 Nothing here imports the reactor.
 """
 
@@ -25,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -37,6 +42,8 @@ CERT_NAME = "selfsigned.crt"
 KEY_NAME = "selfsigned.key"
 VALIDITY = datetime.timedelta(days=3650)
 TLS_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+#: The listeners' TLS 1.2 suites (OpenSSL cipher string): AEAD with forward secrecy only.
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 
 
 def _general_name(name: str) -> x509.GeneralName:
@@ -169,6 +176,7 @@ def server_tls_options(cert_path: Path | str, key_path: Path | str,
             certificate=certs[0],
             extraCertChain=list(certs[1:]),
             raiseMinimumTo=TLS_VERSIONS[min_version],
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(SERVER_CIPHERS),
         )
         # Build the context now, so errors surface at start-up; CertificateOptions keeps
         # it, and every server connection (STARTTLS and implicit TLS) is made from it.
