@@ -171,7 +171,7 @@ class ClusterService(service.Service):
         """Confirm what dead daemons left unsettled (before our heartbeat: see the script)."""
         try:
             await storage.sweep_unsettled(HEARTBEAT_INTERVAL * HEARTBEAT_MISSES,
-                                          min_age=HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
+                                          min_age=HEARTBEAT_INTERVAL)
         except Exception as e:
             if not self._failing:
                 log.warn("sweeping unsettled messages failed: {e}", e=str(e) or type(e).__name__)

@@ -856,7 +856,7 @@ class Storage:
         self._offset_loop: task.LoopingCall | None = None
         # acknowledgements to settle (confirm/cancel): message id -> action, not sent yet
         self._settlements: dict[str, str] = {}
-        self._settlements_in_flight = 0
+        self._unsettled: dict[str, str] = {}   # every settlement decided and not done (sent or not)
         self._settle_calls: set[defer.Deferred] = set()   # calls carrying settlements
         self._settle_call: Any = None                      # the timer of _send_settlements
         self._confirm_waiters: dict[str, list[defer.Deferred]] = {}
@@ -1022,8 +1022,11 @@ class Storage:
         if text == "LATE":
             raise StorageUnavailable("Redis ran the write after its deadline; not stored")
         if text.startswith("PENDING:"):
+            original = text[8:]
+            if self._unsettled.get(original) == "confirm":  # we sent its 250: a duplicate
+                return original
             raise StorageUnavailable(f"the message queued earlier with this Message-ID "
-                                     f"({text[8:]}) is not settled yet")
+                                     f"({original}) is not settled yet")
         original = self._duplicate_of(result) if dedupe is not None else None
         if original is not None:  # nothing stored; with min_replicas the WAIT covered it
             if self.min_replicas and (replicas is None or int(replicas) < self.min_replicas):
@@ -1158,7 +1161,7 @@ class Storage:
         """
         d: defer.Deferred = defer.Deferred()
         self._confirm_waiters.setdefault(message_id, []).append(d)
-        self._settlements[message_id] = "confirm"
+        self._settlements[message_id] = self._unsettled[message_id] = "confirm"
         self._schedule_settlements(SETTLE_DELAY)
         return d
 
@@ -1168,13 +1171,13 @@ class Storage:
         is deleted with its jobs, before anything can claim them. Sent at once, retried
         until Redis answers (harmless when nothing was stored).
         """
-        self._settlements[message_id] = "cancel"
+        self._settlements[message_id] = self._unsettled[message_id] = "cancel"
         self._schedule_settlements(0)
 
     @property
     def unsettled_count(self) -> int:
         """Settlements of this daemon not done yet (queued or in flight)."""
-        return len(self._settlements) + self._settlements_in_flight
+        return len(self._unsettled)
 
     def _schedule_settlements(self, delay: float) -> None:
         from twisted.internet import reactor  # as the group commit: real time, whatever self.clock
@@ -1192,7 +1195,6 @@ class Storage:
             return []
         taken = list(self._settlements.items())
         self._settlements.clear()
-        self._settlements_in_flight += len(taken)
         if self._settle_call is not None and self._settle_call.active():
             self._settle_call.cancel()
         self._settle_call = None
@@ -1200,7 +1202,6 @@ class Storage:
 
     def _return_settlements(self, taken: list[tuple[str, str]]) -> None:
         """Settlements taken but not sent after all: queued again."""
-        self._settlements_in_flight -= len(taken)
         for message_id, action in taken:
             self._settlements.setdefault(message_id, action)
         if taken:
@@ -1237,12 +1238,13 @@ class Storage:
         d.addBoth(lambda result: (self._settle_calls.discard(d), result)[1])
 
     def _settled(self, taken: list[tuple[str, str]], results: list[Any]) -> None:
-        self._settlements_in_flight -= len(taken)
         if self._settle_failing:
             self._settle_failing = False
             log.info("storage: acknowledgements settled again")
         for (message_id, action), result in zip(taken, results):
             outcome = result.decode() if isinstance(result, bytes) else str(result)
+            if message_id not in self._settlements:  # not decided again meanwhile
+                self._unsettled.pop(message_id, None)
             if action == "confirm":
                 if outcome == "GONE":
                     log.warn("storage: {id} was acknowledged but is no longer stored (deleted)",
@@ -1258,7 +1260,6 @@ class Storage:
                           outcome=outcome)
 
     def _settle_failed(self, taken: list[tuple[str, str]], failure: Any) -> None:
-        self._settlements_in_flight -= len(taken)
         for message_id, action in taken:
             self._settlements.setdefault(message_id, action)
         if not self._settle_failing:
@@ -2636,8 +2637,9 @@ return out
 # check and the enqueue are one script: two clients sending the same Message-ID at once
 # cannot both queue it, and a key never names a message that was not stored. While the
 # message it names is unsettled (its 250 or 451 not settled yet), nothing is stored and the
-# reply is 'PENDING:<that id>' (the client gets 451 and retries: by then that message is
-# confirmed, a duplicate, or cancelled, and this one is queued).
+# reply is 'PENDING:<that id>': the daemon that sent that message's 250 answers with its id
+# (a duplicate); otherwise the client gets 451 and retries: by then that message is confirmed
+# (a duplicate) or cancelled (and this one is queued).
 DEDUPE_ENQUEUE_SCRIPT = """
 local dedupe_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
