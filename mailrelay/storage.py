@@ -92,8 +92,10 @@ DEADLINE_SHARE = 0.8
 SETTLE_DELAY = 0.02
 SETTLE_RETRY = 1.0
 #: The sweeper confirms a message unsettled for this many seconds even when its daemon still
-#: has a heartbeat (a live daemon settles within milliseconds, and retries until it can).
-UNSETTLED_MAX_AGE = 300.0
+#: has a heartbeat: a live daemon that reaches Redis settles within milliseconds (retrying
+#: every SETTLE_RETRY seconds), so this is a safety net, e.g. for a settlement lost with a
+#: primary that failed before replicating it.
+UNSETTLED_MAX_AGE = 60.0
 #: Unsettled messages examined per sweep.
 SWEEP_LIMIT = 1000
 
@@ -1212,13 +1214,15 @@ class Storage:
         taken = self._take_settlements()
         if not taken:
             return
-        flat: list[Any] = []
+        flat: list[Any] = [self.keys.prefix, self.owner, EVENTS_MAXLEN]
         for message_id, action in taken:
             flat += [action, message_id]
         try:
-            d = self._timed(self._eval(SETTLE_SCRIPT, [self.keys.unsettled],
-                                       [self.keys.prefix, self.owner, EVENTS_MAXLEN, *flat]),
-                            self.timeout)
+            if self.min_replicas:  # done once replicated: a failover must not lose it
+                d = self._timed(defer.ensureDeferred(self._settle_and_wait(flat)),
+                                self.timeout + self.replica_timeout_ms / 1000)
+            else:
+                d = self._timed(self._eval(SETTLE_SCRIPT, [self.keys.unsettled], flat), self.timeout)
         except Exception as e:  # e.g. "Not connected"
             d = defer.fail(e)
 
@@ -1230,6 +1234,15 @@ class Storage:
 
         d.addCallbacks(replied, lambda failure: self._settle_failed(taken, failure))
         self._track_settle_call(d)
+
+    async def _settle_and_wait(self, args: list[Any]) -> Any:
+        """SETTLE_SCRIPT and WAIT min_replicas on one connection; fails when fewer confirm
+        (the settlement is then sent again: it is idempotent)."""
+        results, replicas = await self._eval_and_wait([self.keys.unsettled], args, SETTLE_SCRIPT)
+        if int(replicas or 0) < self.min_replicas:
+            raise StorageUnavailable(f"only {replicas} of {self.min_replicas} replicas confirmed "
+                                     "the settlement")
+        return results
 
     def _track_settle_call(self, d: defer.Deferred) -> None:
         if d.called:
