@@ -1102,7 +1102,8 @@ class Storage:
             if not isinstance(results, list) or len(results) != len(batch) + len(settlements):
                 error = b"ERR unexpected reply %r" % (results,)
                 results = [error] * len(batch)
-                self._settle_failed(settlements, StorageUnavailable(error.decode("utf-8", "replace")))
+                if settlements:
+                    self._settle_failed(settlements, StorageUnavailable(error.decode("utf-8", "replace")))
             elif settlements:
                 self._settled(settlements, results[len(batch):])
             for (_, _, waiter), result in zip(batch, results):
