@@ -202,25 +202,29 @@ _SETTLE = """
 local function settle(P, owner, action, id, now, maxlen)
   local mkey = P .. 'msg:' .. id
   local ukey = P .. 'queue:unsettled'
-  local holder = redis.call('HGET', mkey, 'unsettled')
+  local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
+  local holder = head[1]
   if not holder then
     redis.call('ZREM', ukey, id)
-    if redis.call('EXISTS', mkey) == 1 then return 'SETTLED' end
+    if head[2] then return 'SETTLED' end
     return 'GONE'
   end
   if owner ~= '' and holder ~= owner then return 'OTHER' end
   redis.call('ZREM', ukey, id)
-  local n = tonumber(redis.call('HGET', mkey, 'rcpt_count') or '0')
+  local n = tonumber(head[2] or '0')
   if action == 'confirm' then
     redis.call('HDEL', mkey, 'unsettled')
-    local domains_key = P .. 'queue:domains'
+    local domains = {}
     for i = 0, n - 1 do
       local row = redis.call('HMGET', mkey, 'rcpt:' .. i, 'state:' .. i)
       if row[1] and row[2] == 'queued' then
         local domain = domain_of(row[1])
         redis.call('ZADD', P .. 'queue:d:' .. domain, now, id .. '.' .. i)
-        redis.call('ZADD', domains_key, 'LT', now, domain)
+        domains[domain] = true
       end
+    end
+    for domain in pairs(domains) do
+      redis.call('ZADD', P .. 'queue:domains', 'LT', now, domain)
     end
     return 'CONFIRMED'
   end
