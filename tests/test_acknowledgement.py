@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import subprocess
+import sys
 import time
 from uuid import uuid4
 
@@ -36,6 +38,13 @@ def stored_id(client, prefix, subject):
         if client.command("HGET", f"{prefix}msg:{message_id}", "subject") == subject.encode():
             return message_id
     return None
+
+
+def mailrelay_cli(config_path, *args):
+    result = subprocess.run([sys.executable, "-m", "mailrelay.cli", *args, "-c", str(config_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def wait_until(predicate, timeout, what):
@@ -102,6 +111,16 @@ def test_an_acknowledged_message_left_unsettled_by_a_killed_daemon_is_delivered(
         owner = client.command("HGET", f"{unique_prefix}msg:{message_id}", "unsettled")
         assert owner is not None and owner.decode().split(":")[1] == str(first.pid)
         assert client.command("ZSCORE", f"{unique_prefix}queue:unsettled", message_id) is not None
+        assert client.command("ZCARD", f"{unique_prefix}queue:d:anywhere.invalid") == 0
+        # the administration command shows it as unsettled, and a flush does not release it
+        cli_config = tmp_path / "cli.toml"
+        cli_config.write_text(relay_config(daemon_config, redis_server, unique_prefix, sink))
+        listed = mailrelay_cli(cli_config, "queue", "list")
+        assert "1 message stored but not settled yet" in listed, listed
+        shown = mailrelay_cli(cli_config, "queue", "show", message_id)
+        assert f"unsettled: not deliverable until {owner.decode()} confirms" in shown, shown
+        mailrelay_cli(cli_config, "queue", "retry", "--all")
+        mailrelay_cli(cli_config, "queue", "retry", message_id)
         assert client.command("ZCARD", f"{unique_prefix}queue:d:anywhere.invalid") == 0
 
         first.stop(signal.SIGKILL)
