@@ -194,6 +194,9 @@ def print_queue_list(summary: dict[str, Any]) -> None:
     for name, row in rows:
         oldest = "-" if row["oldest_ms"] is None else format_age((now - row["oldest_ms"]) / 1000)
         print(line(name, [str(row["queued"]), str(row["deferred"]), str(row["delivering"]), oldest]))
+    if summary.get("unsettled"):
+        print(f"{plural(summary['unsettled'], 'message')} stored but not settled yet (not "
+              "deliverable until their acknowledgement is confirmed)")
 
 
 def print_message(message_id: str, info: dict[str, Any]) -> None:
@@ -221,8 +224,11 @@ def print_message(message_id: str, info: dict[str, Any]) -> None:
     jobs = info["jobs"]
     rw = max([len(clean(j["recipient"])) for j in jobs] + [0])
     sw = max([len(clean(j["state"])) for j in jobs] + [0])
+    unsettled = info.get("unsettled")
     for job in jobs:
-        if job["lease_until_ms"] is not None:
+        if unsettled and job["state"] == "queued":
+            when = f"unsettled: not deliverable until {clean(unsettled)} confirms its acknowledgement"
+        elif job["lease_until_ms"] is not None:
             when = f"being delivered (lease until {format_ms(job['lease_until_ms'])})"
         elif job["due_ms"] is not None:
             due = job["due_ms"]

@@ -2,7 +2,9 @@
 cluster: the daemons sharing one Redis see each other; the data format has a version.
 
 JOB
-    Every daemon writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds: who it is
+    Every daemon writes a heartbeat every ``HEARTBEAT_INTERVAL`` seconds (after sweeping: it
+    confirms the messages a daemon without a heartbeat left unsettled, see
+    ``Storage.sweep_unsettled``): who it is
     (host, pid, version, the newest data format it understands), since when it runs, what
     it is delivering (delivery jobs leased, per destination domain) and where it listens.
     A heartbeat lives for ``HEARTBEAT_MISSES`` intervals: a daemon that died vanishes from
@@ -165,9 +167,19 @@ class ClusterService(service.Service):
     def beat(self) -> defer.Deferred:
         return defer.ensureDeferred(self._beat())
 
+    async def _sweep(self, storage: Any) -> None:
+        """Confirm what dead daemons left unsettled (before our heartbeat: see the script)."""
+        try:
+            await storage.sweep_unsettled(HEARTBEAT_INTERVAL * HEARTBEAT_MISSES,
+                                          min_age=HEARTBEAT_INTERVAL)
+        except Exception as e:
+            if not self._failing:
+                log.warn("sweeping unsettled messages failed: {e}", e=str(e) or type(e).__name__)
+
     async def _beat(self) -> None:
         storage = self.get_storage()
         info = self.info()
+        await self._sweep(storage)
         try:
             _, version = await storage.heartbeat(self.owner, info,
                                                  HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)

@@ -639,7 +639,8 @@ class DeliveryService(service.Service):
                      "message_id": (msg.first(fields, "Message-ID") or fields[0]).value}))
         log.info("{id}: sender non-delivery notification {dsn} queued to <{to}>", id=job.message_id,
                  dsn=dsn_id, to=job.sender)
-        self.wake()
+        # no client waits for this one: its jobs become claimable once the confirmation is done
+        self.storage.confirm(dsn_id).addCallback(lambda _: self.wake())
 
     async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
         await self._record_all(jobs, failure)

@@ -35,6 +35,7 @@ class StorageService(service.Service):
         self.redis: Any = None
         self.storage: Storage | None = None
         self.version_checked = False  # the Redis data format version (mailrelay.cluster)
+        self.owner: str | None = None  # this daemon's identity (its heartbeat's), set by make_service
 
     def describe(self) -> str:
         if self.managed is not None:
@@ -52,7 +53,7 @@ class StorageService(service.Service):
             await self.managed.whenReady()
             socket_path = str(self.managed.socket_path)
         self.redis = connect_redis(self.config, socket_path)
-        self.storage = Storage(self.config, self.redis)
+        self.storage = Storage(self.config, self.redis, owner=self.owner)
         log.info("using {redis}, key prefix {prefix!r}", redis=self.describe(),
                  prefix=self.config.redis.key_prefix)
         try:
@@ -66,12 +67,18 @@ class StorageService(service.Service):
 
     def stopService(self) -> defer.Deferred | None:
         service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         if self.storage is not None:
+            # acknowledgements decided by the sessions that just ended: settle them now
+            await self.storage.settle_pending(self.config.redis.timeout)
             self.storage.stop()
         if self.redis is not None:
-            d = self.redis.disconnect()
-            return d.addErrback(lambda f: None)
-        return None
+            try:
+                await self.redis.disconnect()
+            except Exception:
+                pass
 
 
 class MailrelayService(service.MultiService):
@@ -220,8 +227,10 @@ def make_service(config: Config) -> MailrelayService:
     from mailrelay.cluster import ClusterService
 
     # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
-    ClusterService(config, lambda: storage_service.storage, top, delivery,
-                   version_checked=lambda: storage_service.version_checked).setServiceParent(top)
+    cluster = ClusterService(config, lambda: storage_service.storage, top, delivery,
+                             version_checked=lambda: storage_service.version_checked)
+    cluster.setServiceParent(top)
+    storage_service.owner = cluster.owner  # unsettled messages name the daemon by its heartbeat
     return top
 
 

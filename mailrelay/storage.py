@@ -14,7 +14,8 @@ DATA (all under ``[redis] key_prefix``, written below as ``P``; docs/architectur
 has the same table)
     ``P msg:<id>``          HASH   one accepted message: sender, user, client, received_at
                                    (ms), size, tag, metadata (JSON), from/to/cc/subject/
-                                   message_id, rcpt_count, status, and per recipient i:
+                                   message_id, rcpt_count, status, unsettled (the
+                                   owner, until settled), and per recipient i:
                                    ``rcpt:<i>``, ``state:<i>``, ``attempts:<i>``,
                                    ``owner:<i>`` (while leased), ``last:<i>``.
     ``P body:<id>``         STRING the message as it will be delivered, zlib-compressed.
@@ -22,6 +23,9 @@ has the same table)
     ``P queue:domains``     ZSET   destination domains by earliest due time (ms).
     ``P queue:d:<domain>``  ZSET   delivery jobs ``<id>.<i>`` of a domain, by due time (ms).
     ``P queue:leases``      ZSET   jobs being delivered, by lease expiry (ms).
+    ``P queue:unsettled``   ZSET   messages stored but not settled yet (their jobs are in no
+                                   queue until confirmed; the hash's ``unsettled`` field
+                                   names the daemon that stored them), by time stored (ms).
     ``P events``            STREAM every event (type, msg, rcpt, at), for webhooks.
     ``P idx:time``, ``P idx:rcpt:<address>``, ``P idx:tag:<tag>``, ``P idx:status:<status>``
                             ZSET   search indexes: message ids by received time (ms).
@@ -47,6 +51,12 @@ DIAGNOSTICS
     :class:`StorageUnavailable` (no answer within ``[redis] timeout``, or WAIT
     short of ``min_replicas``) and :class:`StorageFull` (Redis refused writes:
     OOM) are the two failures callers turn into 451 / 452.
+    Settling acknowledgements (a message is stored unsettled, then confirmed or cancelled):
+    ``storage: cancelled <id>: it was stored, but its client was answered 451``;
+    ``could not settle N acknowledgement(s) (...); retrying`` (Redis unreachable);
+    ``could not cancel <id> ...: it will be delivered`` (it was confirmed first: a
+    partition longer than the heartbeat TTL); the sweeper's ``confirmed N acknowledged
+    message(s) left unsettled by <daemon> (no heartbeat: stopped or died)``.
 
 CONFIGURATION
     ``[redis]`` url, sentinels, master_name, key_prefix, min_replicas,
@@ -81,6 +91,19 @@ EVENTS_MAXLEN = 1_000_000
 #: after an outage, is never stored once its client has been told 451.
 DEADLINE_SHARE = 0.8
 
+#: Settling acknowledgements (Storage.confirm/cancel): a confirmation waits up to
+#: SETTLE_DELAY seconds for a group commit call to ride on; a settlement call that fails is
+#: sent again every SETTLE_RETRY seconds until Redis answers.
+SETTLE_DELAY = 0.02
+SETTLE_RETRY = 1.0
+#: The sweeper confirms a message unsettled for this many seconds even when its daemon still
+#: has a heartbeat: a live daemon that reaches Redis settles within milliseconds (retrying
+#: every SETTLE_RETRY seconds), so this is a safety net, e.g. for a settlement lost with a
+#: primary that failed before replicating it.
+UNSETTLED_MAX_AGE = 60.0
+#: Unsettled messages examined per sweep.
+SWEEP_LIMIT = 1000
+
 
 class StorageError(Exception):
     """Base of the storage failures callers map to SMTP replies."""
@@ -100,6 +123,10 @@ class AuthClaim:
 
     token: str | None
     retry_after: float
+
+
+class _NotSent(StorageUnavailable):
+    """The call could not be sent at all (nothing can have been stored)."""
 
 
 @dataclass
@@ -161,11 +188,131 @@ local function update_status(mkey, id, idx_prefix)
 end
 """
 
-# KEYS: msg, body, queue:domains, events, timeline, suppressed:version, then one
-#       queue:d:<domain> per domain
-# ARGV: id, deadline_ms, due_offset_ms, events_maxlen, len(domain queue prefix),
-#       index key prefix, retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
-#       then per recipient: address, index into KEYS of its domain queue, queued event (JSON)
+# Shared Lua: after a domain queue changed, keep queue:domains at its earliest due time.
+_DOMAIN_MIN = """
+local function update_domain(domains_key, dkey, domain)
+  local first = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', domains_key, domain)
+  else
+    redis.call('ZADD', domains_key, first[2], domain)
+  end
+end
+local function domain_of(address)
+  local at = string.find(address, '@[^@]*$')
+  return string.lower(string.sub(address, (at or 0) + 1))
+end
+"""
+
+# Shared Lua: settling a message stored "unsettled" by the enqueue script. 'confirm' (its 250
+# was sent, or its daemon is gone: see SWEEP_UNSETTLED_SCRIPT) puts its jobs in their domain
+# queues, due now; 'cancel' (its client got 451) deletes it, its body, timeline and index
+# entries, takes it out of the counters and adds a 'cancelled' event. Only the daemon that
+# stored it (owner) may cancel it; owner '' confirms anyone's. Returns CONFIRMED, CANCELLED,
+# SETTLED (settled before: a cancel came too late, the message is delivered), GONE (no such
+# message: never stored, e.g. refused as late) or OTHER (stored by another daemon).
+_SETTLE = """
+local function settle(P, owner, action, id, now, maxlen)
+  local mkey = P .. 'msg:' .. id
+  local ukey = P .. 'queue:unsettled'
+  local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
+  local holder = head[1]
+  if not holder then
+    redis.call('ZREM', ukey, id)
+    if head[2] then return 'SETTLED' end
+    return 'GONE'
+  end
+  if owner ~= '' and holder ~= owner then return 'OTHER' end
+  redis.call('ZREM', ukey, id)
+  local n = tonumber(head[2] or '0')
+  if action == 'confirm' then
+    redis.call('HDEL', mkey, 'unsettled')
+    local domains = {}
+    for i = 0, n - 1 do
+      local row = redis.call('HMGET', mkey, 'rcpt:' .. i, 'state:' .. i)
+      if row[1] and row[2] == 'queued' then
+        local domain = domain_of(row[1])
+        redis.call('ZADD', P .. 'queue:d:' .. domain, now, id .. '.' .. i)
+        domains[domain] = true
+      end
+    end
+    for domain in pairs(domains) do
+      redis.call('ZADD', P .. 'queue:domains', 'LT', now, domain)
+    end
+    return 'CONFIRMED'
+  end
+  local idx = P .. 'idx:'
+  local row = redis.call('HMGET', mkey, 'tag', 'status', 'received_at')
+  for i = 0, n - 1 do
+    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
+    if rcpt then redis.call('ZREM', idx .. 'rcpt:' .. string.lower(rcpt), id) end
+  end
+  redis.call('ZREM', idx .. 'time', id)
+  if row[2] then redis.call('ZREM', idx .. 'status:' .. row[2], id) end
+  if row[1] and row[1] ~= '' then redis.call('ZREM', idx .. 'tag:' .. row[1], id) end
+  redis.call('DEL', mkey, P .. 'body:' .. id, P .. 'timeline:' .. id)
+  local received = tonumber(row[3]) or now
+  count(idx .. 'stats:', received, 'accepted', -1)
+  count(idx .. 'stats:', received, 'recipients', -n)
+  count(idx .. 'stats:', now, 'cancelled', 1)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
+  return 'CANCELLED'
+end
+"""
+
+# KEYS: queue:unsettled; ARGV: key prefix (P), owner, events_maxlen, then pairs of action
+# ('confirm' or 'cancel') and message id. Returns _SETTLE's result per pair, in order.
+SETTLE_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for k = 4, #ARGV, 2 do
+  out[#out + 1] = settle(ARGV[1], ARGV[2], ARGV[k], ARGV[k + 1], now, ARGV[3])
+end
+return out
+"""
+
+# KEYS: queue:unsettled, cluster; ARGV: key prefix (P), events_maxlen, sweeper's owner,
+#       min_age_ms, max_age_ms, heartbeat_ttl_ms, limit
+# The sweeper (every daemon, before its heartbeat): confirms the messages left unsettled for
+# at least min_age_ms whose daemon has no live heartbeat (it died between storing a message
+# and settling it: the client may have had its 250), or unsettled for max_age_ms whatever
+# their daemon. Nothing is judged while the sweeper's own last heartbeat is older than the
+# heartbeat TTL (Redis or this daemon was stalled: the others could not beat either).
+# Returns flat: message id, its daemon, per message confirmed.
+SWEEP_UNSETTLED_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[6])
+local mine = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if not mine or tonumber(mine) < now - ttl then return {} end
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'WITHSCORES',
+                        'LIMIT', 0, tonumber(ARGV[7]))
+local out = {}
+for k = 1, #rows, 2 do
+  local id, at = rows[k], tonumber(rows[k + 1])
+  local owner = redis.call('HGET', ARGV[1] .. 'msg:' .. id, 'unsettled')
+  if not owner then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local beat = redis.call('ZSCORE', KEYS[2], owner)
+    if not beat or tonumber(beat) < now - ttl or at < now - tonumber(ARGV[5]) then
+      settle(ARGV[1], '', 'confirm', id, now, ARGV[2])
+      out[#out + 1] = id
+      out[#out + 1] = owner
+    end
+  end
+end
+return out
+"""
+
+# KEYS: msg, body, queue:unsettled, events, timeline, suppressed:version
+# ARGV: id, deadline_ms, owner (this daemon), events_maxlen, key prefix (P), index key prefix,
+#       retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
+#       then per recipient: address, queued event (JSON)
+# The message is stored "unsettled": its jobs are in no domain queue (nothing can claim them)
+# until _SETTLE confirms it (after its 250 was sent) or cancels it (after a 451); see
+# docs/architecture.md, "Acknowledgement and durability".
 _ENQUEUE_BODY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -176,8 +323,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 'EXISTS'
 end
 local id = ARGV[1]
-local due = now + tonumber(ARGV[3])
-local prefix_len = tonumber(ARGV[5])
 local idx = ARGV[6]
 local retention = tonumber(ARGV[7])
 local horizon = now - retention * 1000
@@ -191,18 +336,11 @@ local pos = 12
 local i = 0
 local seen = {}
 while pos <= #ARGV do
-  local dkey = KEYS[tonumber(ARGV[pos + 1])]
   hash[#hash + 1] = 'rcpt:' .. i
   hash[#hash + 1] = ARGV[pos]
   hash[#hash + 1] = 'state:' .. i
   hash[#hash + 1] = 'queued'
-  redis.call('ZADD', dkey, due, id .. '.' .. i)
-  local domain = string.sub(dkey, prefix_len + 1)
-  local current = redis.call('ZSCORE', KEYS[3], domain)
-  if not current or tonumber(current) > due then
-    redis.call('ZADD', KEYS[3], due, domain)
-  end
-  redis.call('RPUSH', KEYS[5], ARGV[pos + 2])
+  redis.call('RPUSH', KEYS[5], ARGV[pos + 1])
   local rkey = idx .. 'rcpt:' .. string.lower(ARGV[pos])
   if not seen[rkey] then
     seen[rkey] = true
@@ -211,7 +349,7 @@ while pos <= #ARGV do
     redis.call('EXPIRE', rkey, retention)
   end
   i = i + 1
-  pos = pos + 3
+  pos = pos + 2
 end
 hash[#hash + 1] = 'rcpt_count'
 hash[#hash + 1] = i
@@ -219,10 +357,13 @@ hash[#hash + 1] = 'received_at'
 hash[#hash + 1] = now
 hash[#hash + 1] = 'status'
 hash[#hash + 1] = 'queued'
+hash[#hash + 1] = 'unsettled'
+hash[#hash + 1] = ARGV[3]
 redis.call('HSET', KEYS[1], unpack(hash))
 redis.call('EXPIRE', KEYS[1], retention)
 redis.call('SET', KEYS[2], body, 'EX', tonumber(ARGV[8]))
 redis.call('EXPIRE', KEYS[5], retention)
+redis.call('ZADD', KEYS[3], now, id)
 redis.call('ZADD', idx .. 'time', now, id)
 redis.call('ZREMRANGEBYSCORE', idx .. 'time', '-inf', horizon)
 redis.call('ZADD', idx .. 'status:queued', now, id)
@@ -241,17 +382,28 @@ ENQUEUE_SCRIPT = _COUNT + _ENQUEUE_BODY
 
 # Several messages queued in one call (see Storage._enqueue_batched): the ENQUEUE_SCRIPT of
 # each, in order; one failing (e.g. OOM) does not stop the others. KEYS: every message's
-# ENQUEUE_SCRIPT keys, one message after the other; ARGV: per message, the number of its
-# keys, the number of its arguments, then its arguments without ARGV[3..8] (due offset,
-# events maxlen, prefix length, index prefix, retention, body TTL: the same for every message
-# of a Storage), which come once, first. Returns one reply per message: what
-# ENQUEUE_SCRIPT returns, or 'ERR <error>'.
-ENQUEUE_BATCH_SCRIPT = _COUNT + """
+# ENQUEUE_SCRIPT keys, one message after the other; ARGV: first ENQUEUE_SCRIPT's ARGV[3..8]
+# (owner, events maxlen, key prefix, index prefix, retention, body TTL: the same for every
+# message of a Storage), then the number of settlement values and those values (pairs of
+# action and message id, run first with _SETTLE: the acknowledgements settled since the last
+# call ride on this one), then per message the number of its keys, the number of its
+# arguments, then its arguments without ARGV[3..8]. Returns one reply per message (what
+# ENQUEUE_SCRIPT returns, or 'ERR <error>'), then _SETTLE's result per settlement.
+ENQUEUE_BATCH_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
 local function enqueue(KEYS, ARGV)
 """ + _ENQUEUE_BODY + """
 end
+local settled = {}
+local s = tonumber(ARGV[7])
+if s > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for k = 8, 7 + s, 2 do
+    settled[#settled + 1] = settle(ARGV[3], ARGV[1], ARGV[k], ARGV[k + 1], now, ARGV[2])
+  end
+end
 local results = {}
-local k, a = 1, 7
+local k, a = 1, 8 + s
 while a <= #ARGV do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local message_keys = {}
@@ -270,43 +422,10 @@ while a <= #ARGV do
   k = k + nk
   a = a + 2 + na
 end
+for _, result in ipairs(settled) do results[#results + 1] = result end
 return results
 """
 
-# KEYS: msg, body, queue:domains, timeline, then queue:d:<domain> per recipient
-# ARGV: id, then per recipient: domain
-CANCEL_SCRIPT = """
-local id = ARGV[1]
-local n = tonumber(redis.call('HGET', KEYS[1], 'rcpt_count') or '0')
-for i = 0, n - 1 do
-  local dkey = KEYS[5 + i]
-  if dkey then
-    redis.call('ZREM', dkey, id .. '.' .. i)
-    if redis.call('ZCARD', dkey) == 0 then
-      redis.call('ZREM', KEYS[3], ARGV[2 + i])
-    end
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-return n
-"""
-
-# KEYS: queue:domains, then queue:d:<domain> per recipient
-# ARGV: id, then per recipient: domain
-RELEASE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #KEYS do
-  local member = ARGV[1] .. '.' .. (i - 2)
-  if redis.call('ZSCORE', KEYS[i], member) then
-    redis.call('ZADD', KEYS[i], 'XX', 'LT', now, member)
-    redis.call('ZADD', KEYS[1], 'LT', now, ARGV[i])
-  end
-end
-return 'OK'
-"""
-
-# KEYS: counter; ARGV: limit, window_ms. Returns 1 when under the limit.
 # KEYS: auth:fail:<client>; ARGV: now (ms), period (ms), limit, a new member.
 # A sliding window: members older than the period go; at the limit, nothing is added and
 # the reply is the milliseconds until the oldest leaves; otherwise the member is added, 0.
@@ -326,6 +445,7 @@ return 0
 """
 
 
+# KEYS: counter; ARGV: limit, window_ms. Returns 1 when under the limit.
 RATE_SCRIPT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then
@@ -339,22 +459,6 @@ return 1
 
 
 # -- delivery queue scripts ------------------------------------------------------------
-# Shared Lua: after a domain queue changed, keep queue:domains at its earliest due time.
-_DOMAIN_MIN = """
-local function update_domain(domains_key, dkey, domain)
-  local first = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', domains_key, domain)
-  else
-    redis.call('ZADD', domains_key, first[2], domain)
-  end
-end
-local function domain_of(address)
-  local at = string.find(address, '@[^@]*$')
-  return string.lower(string.sub(address, (at or 0) + 1))
-end
-"""
-
 # KEYS: queue:domains, queue:d:<domain>, leases, suppressed
 # ARGV: domain, now_ms, limit, lease_until_ms, owner, msg key prefix, body key prefix,
 #       body budget (bytes of stored bodies returned inline, in all)
@@ -726,6 +830,7 @@ class Keys:
         self.suppressed_version = prefix + "suppressed:version"
         self.events = prefix + "events"
         self.domain_queue_prefix = prefix + "queue:d:"
+        self.unsettled = prefix + "queue:unsettled"
 
     def msg(self, message_id: str) -> str:
         return f"{self.prefix}msg:{message_id}"
@@ -755,10 +860,14 @@ class Keys:
 class Storage:
     """The storage layer: connection to Redis plus the operations the services need."""
 
-    def __init__(self, config: Config, redis: Any, *, clock: Any = None) -> None:
+    def __init__(self, config: Config, redis: Any, *, clock: Any = None, owner: str | None = None) -> None:
         from twisted.internet import reactor
 
+        from mailrelay.cluster import new_owner
+
         self.config = config
+        #: This daemon's identity (its heartbeat's): unsettled messages name it.
+        self.owner = owner or new_owner()
         self.redis = redis
         self.keys = Keys(config.redis.key_prefix)
         self.clock = clock or reactor
@@ -786,6 +895,14 @@ class Storage:
         else:
             self._watched = lambda d: d
         self._offset_loop: task.LoopingCall | None = None
+        # acknowledgements to settle (confirm/cancel): message id -> action, not sent yet
+        self._settlements: dict[str, str] = {}
+        self._unsettled: dict[str, str] = {}   # every settlement decided and not done (sent or not)
+        self._settle_calls: set[defer.Deferred] = set()   # calls carrying settlements
+        self._settle_call: Any = None                      # the timer of _send_settlements
+        self._confirm_waiters: dict[str, list[defer.Deferred]] = {}
+        self._settle_failing = False
+        self._stopped = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -803,8 +920,12 @@ class Storage:
                      "set it to noeviction", policy=policy)
 
     def stop(self) -> None:
+        """Stop the timers (call :meth:`settle_pending` first: settlements not sent are dropped)."""
+        self._stopped = True
         if self._offset_loop is not None and self._offset_loop.running:
             self._offset_loop.stop()
+        if self._settle_call is not None and self._settle_call.active():
+            self._settle_call.cancel()
 
     def _remeasure(self) -> defer.Deferred:
         d = defer.ensureDeferred(self.measure_clock())
@@ -862,30 +983,30 @@ class Storage:
     async def enqueue(self, message: NewMessage,
                       dedupe: tuple[str | None, str, float] | None = None) -> str:
         """
-        Store a message and one delivery job per recipient, atomically, and
-        return its id. Raises StorageUnavailable or StorageFull; in both cases
-        the message is not queued (a late write is refused by the script).
+        Store a message and one delivery job per recipient, atomically, and return its id.
+        The message is stored *unsettled*: nothing can claim its jobs until the caller
+        settles its acknowledgement, :meth:`confirm` once the 250 is sent (or :meth:`cancel`
+        if it is not sent after all); a daemon that dies before settling leaves it to the
+        sweeper (:meth:`sweep_unsettled`), which confirms it. Raises StorageUnavailable or
+        StorageFull; in both cases the message is not queued and will not be delivered: a
+        late write is refused by the script, and one whose outcome is unknown (no reply in
+        time, a lost connection, WAIT short of ``min_replicas``) is cancelled here, as soon
+        as Redis answers.
         ``dedupe`` = (user, Message-ID, window seconds): when that user queued a message
         with that Message-ID within the window, nothing is stored and the id of that
-        message is returned instead (see "cluster and data version").
+        message is returned instead (see "cluster and data version"); StorageUnavailable
+        while that message is still unsettled.
         """
         message_id = message.id
         keys = self.keys
-        domains: list[str] = []
-        domain_index: dict[str, int] = {}
-        script_keys = [keys.msg(message_id), keys.body(message_id), keys.queue_domains, keys.events,
+        script_keys = [keys.msg(message_id), keys.body(message_id), keys.unsettled, keys.events,
                        keys.timeline(message_id), keys.suppressed_version]
         rcpt_args: list[Any] = []
         at = rfc3339(time.time())
+        detail = "Accepted for delivery" + (f" from user {message.user}" if message.user else "")
         for index, rcpt in enumerate(message.recipients):
-            domain = recipient_domain(rcpt)
-            if domain not in domain_index:
-                script_keys.append(keys.domain_queue(domain))
-                domain_index[domain] = len(script_keys)
-            domains.append(domain)
-            event = Event(type="queued", at=at, recipient=rcpt, rcpt=index,
-                          detail="Accepted for delivery" + (f" from user {message.user}" if message.user else ""))
-            rcpt_args += [rcpt, str(domain_index[domain]), event.to_json()]
+            event = Event(type="queued", at=at, recipient=rcpt, rcpt=index, detail=detail)
+            rcpt_args += [rcpt, event.to_json()]
         fields = {
             "sender": message.sender,
             "user": message.user or "",
@@ -900,13 +1021,9 @@ class Storage:
             else:
                 fields[name] = "[]" if value == [] else _JSON.encode(value)
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
-        # With min_replicas, jobs become due only after the WAIT could have
-        # failed, so that a cancelled message is never picked up meanwhile.
-        hold_ms = 2 * self.replica_timeout_ms + 1000 if self.min_replicas else 0
-        args = [message_id, str(int(deadline)), hold_ms, EVENTS_MAXLEN, len(keys.domain_queue_prefix),
+        args = [message_id, str(int(deadline)), self.owner, EVENTS_MAXLEN, keys.prefix,
                 keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
-                _JSON.encode(fields),
-                compress_body(message.content), *rcpt_args]
+                _JSON.encode(fields), compress_body(message.content), *rcpt_args]
         script = ENQUEUE_SCRIPT
         if dedupe is not None:
             script = DEDUPE_ENQUEUE_SCRIPT
@@ -914,44 +1031,57 @@ class Storage:
         changes_when_sent = self._suppression_changes
         try:
             if self.min_replicas:
-                result, replicas = await self._timed(
-                    defer.ensureDeferred(self._eval_and_wait(script_keys, args, script)),
-                    self.timeout + self.replica_timeout_ms / 1000)
+                call = self._timed(defer.ensureDeferred(self._eval_and_wait(script_keys, args, script)),
+                                   self.timeout + self.replica_timeout_ms / 1000)
             elif dedupe is None:
-                result = await self._enqueue_batched(script_keys, args)
-                replicas = None
+                call = self._enqueue_batched(script_keys, args)
             else:
-                result = await self._timed(self._eval(script, script_keys, args), self.timeout)
-                replicas = None
-        except defer.TimeoutError:
-            raise StorageUnavailable("Redis did not answer in time") from None
-        except StorageError:
-            raise
+                call = self._timed(self._eval(script, script_keys, args), self.timeout)
+        except Exception as e:  # nothing sent (e.g. not connected, text that is not UTF-8)
+            raise StorageUnavailable(str(e) or type(e).__name__) from None
+        try:
+            if self.min_replicas:
+                result, replicas = await call
+            else:
+                result, replicas = await call, None
         except Exception as e:
+            if not isinstance(e, _NotSent) and not _is_error_reply(e):
+                # No answer: the script may have run (its reply is late, or was lost with
+                # the connection), and whatever it stored must not be delivered.
+                self.cancel(message_id)
+            if isinstance(e, defer.TimeoutError):
+                raise StorageUnavailable("Redis did not answer in time") from None
+            if isinstance(e, StorageError):
+                raise
             if "OOM" in str(e):
                 raise StorageFull(str(e)) from None
             raise StorageUnavailable(str(e)) from None
-        if isinstance(result, bytes) and result.startswith(b"ERR "):  # from ENQUEUE_BATCH_SCRIPT
-            error = result[4:].decode("utf-8", "replace")
-            raise (StorageFull if "OOM" in error else StorageUnavailable)(error)
-        if result in (b"LATE", "LATE"):
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        if text.startswith("ERR "):  # from ENQUEUE_BATCH_SCRIPT: a script error (it may have written)
+            self.cancel(message_id)
+            raise (StorageFull if "OOM" in text else StorageUnavailable)(text[4:])
+        if text == "LATE":
             raise StorageUnavailable("Redis ran the write after its deadline; not stored")
+        if text.startswith("PENDING:"):
+            original = text[8:]
+            if self._unsettled.get(original) == "confirm":  # we sent its 250: a duplicate
+                return original
+            raise StorageUnavailable(f"the message queued earlier with this Message-ID "
+                                     f"({original}) is not settled yet")
         original = self._duplicate_of(result) if dedupe is not None else None
         if original is not None:  # nothing stored; with min_replicas the WAIT covered it
             if self.min_replicas and (replicas is None or int(replicas) < self.min_replicas):
                 raise StorageUnavailable(
                     f"only {replicas} of {self.min_replicas} replicas confirmed {original}")
             return original
-        status, _, version = (result.decode() if isinstance(result, bytes) else str(result)).partition(" ")
+        status, _, version = text.partition(" ")
         if status != "OK":
             raise StorageUnavailable(f"unexpected reply {result!r}")
         self._saw_suppressions_version(version, changes_when_sent)
-        if self.min_replicas:
-            if replicas is None or int(replicas) < self.min_replicas:
-                await self._cancel(message_id, domains)
-                raise StorageUnavailable(
-                    f"only {replicas} of {self.min_replicas} replicas confirmed the write")
-            self._release(message_id, domains)
+        if self.min_replicas and (replicas is None or int(replicas) < self.min_replicas):
+            self.cancel(message_id)
+            raise StorageUnavailable(
+                f"only {replicas} of {self.min_replicas} replicas confirmed the write")
         return message_id
 
     def _enqueue_batched(self, keys: list[str], args: list[Any]) -> defer.Deferred:
@@ -983,32 +1113,50 @@ class Storage:
         self._send_enqueue_call(call)
 
     def _send_enqueue_call(self, batch: list[tuple[list[str], list[Any], defer.Deferred]]) -> None:
-        """One ENQUEUE_BATCH_SCRIPT call for these messages, each waiter fired with its result."""
+        """
+        One ENQUEUE_BATCH_SCRIPT call for these messages, each waiter fired with its result.
+        The settlements waiting to be sent (:meth:`confirm`, :meth:`cancel`) ride on it.
+        """
+        settlements = self._take_settlements()
         all_keys: list[str] = []
         all_args: list[Any] = [str(value) for value in batch[0][1][2:8]]  # shared: see the script
+        all_args.append(str(2 * len(settlements)))
+        for message_id, action in settlements:
+            all_args += [action, message_id]
         for keys, args, _ in batch:
             all_keys += keys
             all_args += [str(len(keys)), str(len(args) - 6), args[0], args[1], *args[8:]]
         try:
             d = self._timed(self._eval(ENQUEUE_BATCH_SCRIPT, all_keys, all_args), self.timeout)
-        except Exception:  # e.g. txredisapi's "Not connected", or one message's unencodable text
+        except Exception as e:  # e.g. txredisapi's "Not connected", or one message's unencodable text
+            self._return_settlements(settlements)
             if len(batch) > 1:  # each message alone: one message's fault stays its own
                 for item in batch:
                     self._send_enqueue_call([item])
                 return
-            d = defer.fail()
+            settlements = []
+            d = defer.fail(_NotSent(str(e) or type(e).__name__))
 
         def replied(results: list[Any]) -> None:
-            if not isinstance(results, list) or len(results) != len(batch):
-                results = [b"ERR unexpected reply %r" % (results,)] * len(batch)
+            if not isinstance(results, list) or len(results) != len(batch) + len(settlements):
+                error = b"ERR unexpected reply %r" % (results,)
+                results = [error] * len(batch)
+                if settlements:
+                    self._settle_failed(settlements, StorageUnavailable(error.decode("utf-8", "replace")))
+            elif settlements:
+                self._settled(settlements, results[len(batch):])
             for (_, _, waiter), result in zip(batch, results):
                 waiter.callback(result)
 
         def failed(failure: Any) -> None:
+            if settlements:
+                self._settle_failed(settlements, failure)
             for _, _, waiter in batch:
                 waiter.errback(failure)
 
         d.addCallbacks(replied, failed)
+        if settlements:
+            self._track_settle_call(d)
 
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
         connection = self._idle_connection()
@@ -1027,22 +1175,199 @@ class Storage:
         result, replicas = await pipe.execute_pipeline()
         return result, replicas
 
-    async def _cancel(self, message_id: str, domains: list[str]) -> None:
-        keys = [self.keys.msg(message_id), self.keys.body(message_id), self.keys.queue_domains,
-                self.keys.timeline(message_id)]
-        keys += [self.keys.domain_queue(d) for d in domains]
-        try:
-            await self._timed(self._eval(CANCEL_SCRIPT, keys, [message_id, *domains]), self.timeout)
-        except Exception as e:
-            log.warn("could not cancel unreplicated message {id}: {e}; it becomes due in "
-                     "{hold}ms and may be delivered", id=message_id, e=e,
-                     hold=2 * self.replica_timeout_ms + 1000)
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
+        connection = self._idle_connection()
+        if connection is None:
+            return self.redis.eval(script, keys, args)
+        d = connection.eval(script, keys, args)
+        netio.flush(connection.transport)
+        return self._watched(d)
 
-    def _release(self, message_id: str, domains: list[str]) -> None:
-        """Make held jobs due now (best effort: otherwise they are due a little later)."""
-        keys = [self.keys.queue_domains] + [self.keys.domain_queue(d) for d in domains]
-        d = self._eval(RELEASE_SCRIPT, keys, [message_id, *domains])
-        d.addErrback(lambda f: None)
+    async def _eval_and_wait(self, keys: list[str], args: list[Any],
+                             script: str = ENQUEUE_SCRIPT) -> tuple[Any, Any]:
+        """The enqueue script and WAIT on one connection (WAIT counts that connection's writes)."""
+        pipe = await self.redis.pipeline()
+        pipe.eval(script, keys, args)
+        pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
+        result, replicas = await pipe.execute_pipeline()
+        return result, replicas
+
+    # -- settling acknowledgements ----------------------------------------------------------
+
+    def confirm(self, message_id: str) -> defer.Deferred:
+        """
+        Settle a stored message as acknowledged (its 250 is sent): its jobs go into their
+        domain queues, due now. The confirmation rides on the next group commit call, or is
+        sent alone after SETTLE_DELAY; it is retried until Redis answers. The Deferred fires
+        (it never fails) with _SETTLE's result once that is done.
+        """
+        d: defer.Deferred = defer.Deferred()
+        self._confirm_waiters.setdefault(message_id, []).append(d)
+        self._settlements[message_id] = self._unsettled[message_id] = "confirm"
+        self._schedule_settlements(SETTLE_DELAY)
+        return d
+
+    def cancel(self, message_id: str) -> None:
+        """
+        Settle a message whose client was not told it is queued (451): if it was stored, it
+        is deleted with its jobs, before anything can claim them. Sent at once, retried
+        until Redis answers (harmless when nothing was stored).
+        """
+        self._settlements[message_id] = self._unsettled[message_id] = "cancel"
+        self._schedule_settlements(0)
+
+    @property
+    def unsettled_count(self) -> int:
+        """Settlements of this daemon not done yet (queued or in flight)."""
+        return len(self._unsettled)
+
+    def _schedule_settlements(self, delay: float) -> None:
+        from twisted.internet import reactor  # as the group commit: real time, whatever self.clock
+
+        call = self._settle_call
+        if call is not None and call.active():
+            if call.getTime() <= reactor.seconds() + delay:
+                return
+            call.cancel()
+        self._settle_call = reactor.callLater(delay, self._send_settlements)
+
+    def _take_settlements(self) -> list[tuple[str, str]]:
+        """The settlements not sent yet, as (message id, action); they are now in flight."""
+        if not self._settlements:
+            return []
+        taken = list(self._settlements.items())
+        self._settlements.clear()
+        if self._settle_call is not None and self._settle_call.active():
+            self._settle_call.cancel()
+        self._settle_call = None
+        return taken
+
+    def _return_settlements(self, taken: list[tuple[str, str]]) -> None:
+        """Settlements taken but not sent after all: queued again."""
+        for message_id, action in taken:
+            self._settlements.setdefault(message_id, action)
+        if taken:
+            self._schedule_settlements(0)
+
+    def _send_settlements(self) -> None:
+        self._settle_call = None
+        taken = self._take_settlements()
+        if not taken:
+            return
+        flat: list[Any] = [self.keys.prefix, self.owner, EVENTS_MAXLEN]
+        for message_id, action in taken:
+            flat += [action, message_id]
+        try:
+            if self.min_replicas:  # done once replicated: a failover must not lose it
+                d = self._timed(defer.ensureDeferred(self._settle_and_wait(flat)),
+                                self.timeout + self.replica_timeout_ms / 1000)
+            else:
+                d = self._timed(self._eval(SETTLE_SCRIPT, [self.keys.unsettled], flat), self.timeout)
+        except Exception as e:  # e.g. "Not connected"
+            d = defer.fail(e)
+
+        def replied(results: Any) -> None:
+            if not isinstance(results, list) or len(results) != len(taken):
+                self._settle_failed(taken, StorageUnavailable(f"unexpected reply {results!r:.200}"))
+            else:
+                self._settled(taken, results)
+
+        d.addCallbacks(replied, lambda failure: self._settle_failed(taken, failure))
+        self._track_settle_call(d)
+
+    async def _settle_and_wait(self, args: list[Any]) -> Any:
+        """SETTLE_SCRIPT and WAIT min_replicas on one connection; fails when fewer confirm
+        (the settlement is then sent again: it is idempotent)."""
+        results, replicas = await self._eval_and_wait([self.keys.unsettled], args, SETTLE_SCRIPT)
+        if int(replicas or 0) < self.min_replicas:
+            raise StorageUnavailable(f"only {replicas} of {self.min_replicas} replicas confirmed "
+                                     "the settlement")
+        return results
+
+    def _track_settle_call(self, d: defer.Deferred) -> None:
+        if d.called:
+            return
+        self._settle_calls.add(d)
+        d.addBoth(lambda result: (self._settle_calls.discard(d), result)[1])
+
+    def _settled(self, taken: list[tuple[str, str]], results: list[Any]) -> None:
+        if self._settle_failing:
+            self._settle_failing = False
+            log.info("storage: acknowledgements settled again")
+        for (message_id, action), result in zip(taken, results):
+            outcome = result.decode() if isinstance(result, bytes) else str(result)
+            if message_id not in self._settlements:  # not decided again meanwhile
+                self._unsettled.pop(message_id, None)
+            if action == "confirm":
+                if outcome == "GONE":
+                    log.warn("storage: {id} was acknowledged but is no longer stored (deleted)",
+                             id=message_id)
+                for waiter in self._confirm_waiters.pop(message_id, []):
+                    waiter.callback(outcome)
+            elif outcome == "CANCELLED":
+                log.info("storage: cancelled {id}: it was stored, but its client was answered "
+                         "451; it will not be delivered", id=message_id)
+            elif outcome in ("SETTLED", "OTHER"):
+                log.error("storage: could not cancel {id} ({outcome}): its client was answered "
+                          "451, but it was confirmed first and will be delivered", id=message_id,
+                          outcome=outcome)
+
+    def _settle_failed(self, taken: list[tuple[str, str]], failure: Any) -> None:
+        for message_id, action in taken:
+            self._settlements.setdefault(message_id, action)
+        if not self._settle_failing:
+            self._settle_failing = True
+            error = failure.getErrorMessage() if hasattr(failure, "getErrorMessage") else str(failure)
+            log.warn("storage: could not settle {n} acknowledgement(s) ({e}); retrying every "
+                     "{s:g}s until Redis answers", n=len(taken), e=error or "timeout", s=SETTLE_RETRY)
+        if self._settlements and not self._stopped:
+            self._schedule_settlements(SETTLE_RETRY)
+
+    async def settle_pending(self, timeout: float) -> int:
+        """
+        At shutdown: send the settlements not sent yet and wait for them, for up to
+        ``timeout`` seconds. Returns how many are left (a confirmation left is done by the
+        sweeper of another daemon, or of this one once restarted; a cancellation left is a
+        message that may be delivered although its client got 451).
+        """
+        from twisted.internet import reactor
+
+        deadline = reactor.seconds() + timeout
+        while self.unsettled_count and reactor.seconds() < deadline:
+            if self._settlements:
+                self._send_settlements()
+            if self._settle_calls:  # each call is bounded by [redis] timeout
+                await defer.DeferredList(list(self._settle_calls), consumeErrors=True)
+            else:  # a call failed at once (not connected): not a busy loop
+                await task.deferLater(reactor, 0.1, lambda: None)
+        left = self.unsettled_count
+        if left:
+            log.warn("storage: {n} acknowledgement(s) not settled at shutdown: acknowledged "
+                     "messages are confirmed by the sweeper of another daemon (or of this one "
+                     "once restarted)", n=left)
+        return left
+
+    async def sweep_unsettled(self, heartbeat_ttl: float, min_age: float,
+                              max_age: float | None = None) -> list[tuple[str, str]]:
+        """
+        Confirm the messages that daemons without a live heartbeat left unsettled for at
+        least ``min_age`` seconds (they died between storing a message and settling it; the
+        client may have had its 250), and any unsettled for ``max_age`` seconds
+        (UNSETTLED_MAX_AGE). Returns [(message id, daemon)].
+        """
+        reply = await self._timed(self._eval(
+            SWEEP_UNSETTLED_SCRIPT, [self.keys.unsettled, self._cluster_key],
+            [self.keys.prefix, EVENTS_MAXLEN, self.owner, int(min_age * 1000),
+             int((UNSETTLED_MAX_AGE if max_age is None else max_age) * 1000),
+             int(heartbeat_ttl * 1000), SWEEP_LIMIT]), self.timeout)
+        confirmed = [(reply[k].decode(), reply[k + 1].decode()) for k in range(0, len(reply), 2)]
+        if confirmed:
+            owners = sorted({owner for _, owner in confirmed})
+            log.warn("storage: confirmed {n} acknowledged message(s) left unsettled by {owners} "
+                     "(no heartbeat: stopped or died): {ids}", n=len(confirmed),
+                     owners=", ".join(owners), ids=" ".join(i for i, _ in confirmed[:20])
+                     + (" ..." if len(confirmed) > 20 else ""))
+        return confirmed
 
     async def hit_user_rate(self, user: str, limit: int, period: float) -> bool:
         """Count one message for ``user``; False when over ``limit`` per ``period``."""
@@ -1452,8 +1777,9 @@ class Storage:
         """
         The queue per destination domain: ``{"now_ms": Redis time, "domains": {domain:
         {"queued": n, "deferred": n, "delivering": n, "oldest_ms": received_at of its
-        oldest message or None}}}``. Queued jobs have had no attempt yet, deferred ones
-        at least one; delivering jobs are leased by a daemon. Large queues are read in
+        oldest message or None}}, "unsettled": n}``. Queued jobs have had no attempt yet,
+        deferred ones at least one; delivering jobs are leased by a daemon; unsettled
+        messages (stored, acknowledgement not settled yet) have no job in any queue yet. Large queues are read in
         chunks (no long script), so counts taken while the queue changes are approximate.
         """
         seconds, micros = await self._admin(self._call("TIME"))
@@ -1489,14 +1815,17 @@ class Storage:
             row = entry(recipient_domain(rcpt))
             row["delivering"] += 1
             older(row, received)
-        return {"now_ms": now_ms, "domains": domains}
+        unsettled = int(await self._admin(self._call("ZCARD", self.keys.unsettled)))
+        return {"now_ms": now_ms, "domains": domains, "unsettled": unsettled}
 
     async def admin_message(self, message_id: str) -> dict[str, Any] | None:
         """
         Everything about one message, or None if unknown: ``{"now_ms": Redis time,
         "message": the msg hash (str -> str), "timeline": [event dicts, oldest first],
-        "jobs": [{"index", "recipient", "state", "attempts", "due_ms", "lease_until_ms"}]}``
-        (due_ms: the job waits in its domain queue; lease_until_ms: a daemon is delivering it).
+        "jobs": [{"index", "recipient", "state", "attempts", "due_ms", "lease_until_ms"}],
+        "unsettled": the daemon that stored it while its acknowledgement is not settled (its
+        jobs are in no queue yet), else None}`` (due_ms: the job waits in its domain queue;
+        lease_until_ms: a daemon is delivering it).
         """
         reply = await self._admin(self._call("HGETALL", self.keys.msg(message_id)))
         if not reply:
@@ -1519,7 +1848,8 @@ class Storage:
                 "lease_until_ms": int(float(lease)) if lease else None,
             })
         return {"now_ms": int(status[0]), "message": message,
-                "timeline": [json.loads(item) for item in timeline], "jobs": jobs}
+                "timeline": [json.loads(item) for item in timeline], "jobs": jobs,
+                "unsettled": message.get("unsettled")}
 
     async def admin_retry_message(self, message_id: str) -> tuple[int, int] | None:
         """
@@ -2131,11 +2461,13 @@ return {redis.call('ZCARD', KEYS[2]), #later}
 
 # KEYS: queue:domains, leases, msg, timeline, events, then queue:d:<domain> per chosen recipient
 # ARGV: id, events_maxlen, then per chosen recipient: index, domain, deleted event (JSON)
-# Returns the number of jobs dropped, or -1 when the message does not exist.
+# Returns the number of jobs dropped, or -1 when the message does not exist. The jobs of an
+# unsettled message (in no queue yet) are dropped too: its confirmation skips them.
 ADMIN_DELETE_SCRIPT = _DOMAIN_MIN + """
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return -1
 end
+local unsettled = redis.call('HEXISTS', KEYS[3], 'unsettled') == 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
@@ -2150,7 +2482,7 @@ for p = 3, #ARGV, 3 do
   if queued == 1 then
     update_domain(KEYS[1], dkey, domain)
   end
-  if queued + leased > 0 then
+  if queued + leased > 0 or (unsettled and redis.call('HGET', KEYS[3], 'state:' .. i) == 'queued') then
     redis.call('HDEL', KEYS[3], 'owner:' .. i)
     redis.call('HSET', KEYS[3], 'state:' .. i, 'deleted')
     redis.call('RPUSH', KEYS[4], event)
@@ -2378,7 +2710,11 @@ return out
 # write, so that a WAIT after this script also covers the earlier message). Otherwise it is
 # ENQUEUE_SCRIPT, and when that stored the message the key names it for the window. The
 # check and the enqueue are one script: two clients sending the same Message-ID at once
-# cannot both queue it, and a key never names a message that was not stored.
+# cannot both queue it, and a key never names a message that was not stored. While the
+# message it names is unsettled (its 250 or 451 not settled yet), nothing is stored and the
+# reply is 'PENDING:<that id>': the daemon that sent that message's 250 answers with its id
+# (a duplicate); otherwise the client gets 451 and retries: by then that message is confirmed
+# (a duplicate) or cancelled (and this one is queued).
 DEDUPE_ENQUEUE_SCRIPT = """
 local dedupe_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
@@ -2388,6 +2724,9 @@ local msg_prefix = ARGV[#ARGV]
 ARGV[#ARGV] = nil
 local original = redis.call('GET', dedupe_key)
 if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
+  if redis.call('HEXISTS', msg_prefix .. original, 'unsettled') == 1 then
+    return 'PENDING:' .. original
+  end
   redis.call('SET', dedupe_key, original, 'KEEPTTL')
   return 'DUP:' .. original
 end
@@ -2501,6 +2840,16 @@ SENTINEL_PING_TIMEOUT = 5.0
 #: until SENTINEL_DISCOVERY_TIMEOUT (during a failover, no Sentinel names one for a moment).
 SENTINEL_DISCOVERY_ROUND = 0.5
 SENTINEL_DISCOVERY_TIMEOUT = 10.0
+
+
+def _is_error_reply(error: BaseException) -> bool:
+    """Redis answered the command with an error (a definite answer: e.g. READONLY, OOM), as
+    opposed to no answer at all (a timeout, a lost connection)."""
+    import txredisapi
+
+    if isinstance(error, defer.FirstError):  # pipelines
+        error = error.subFailure.value
+    return isinstance(error, txredisapi.ResponseError)
 
 
 def _is_readonly(failure: Any) -> bool:

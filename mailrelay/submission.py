@@ -5,7 +5,10 @@ JOB
     Accepts mail from authenticated users (SMTP AUTH) and trusted networks,
     completes it (Received, Message-ID, Date; tag and metadata headers taken
     out) and queues it in Redis; ``250 2.0.0 Ok: queued as <id>`` is sent only
-    once the message and one delivery job per recipient are stored.
+    once the message and one delivery job per recipient are stored. The jobs
+    stay unclaimable until the acknowledgement is settled: confirmed once the
+    250 is sent, cancelled (deleted) when the client got 451 instead, so that
+    a 451 always means "not delivered" while the daemon lives.
 
 SECURITY
     Clients are untrusted until they authenticate. Never an open relay: RCPT
@@ -24,7 +27,9 @@ STANDARDS
     RFC 3848 (Received "with" keywords), RFC 5322 (header fields).
 
 DIAGNOSTICS
-    ``451 4.3.0`` Redis did not store the message in time (it is not queued);
+    ``451 4.3.0`` Redis did not store the message in time (it is not queued, and what
+    Redis stored late is cancelled: ``storage: cancelled <id>``), or the message queued
+    earlier with the same Message-ID (``dedupe_window``) is not settled yet;
     ``452 4.3.1`` Redis is full; ``451 4.7.0`` user over its rate limit;
     ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures;
     ``454 4.7.0`` AUTH refused because Redis did not answer the failure count;
@@ -390,19 +395,27 @@ class SubmissionHandler:
             else:
                 message_id = await self.storage.enqueue(new, dedupe=dedupe)
         except StorageFull as e:
-            log.error("submission: Redis is full, message refused: {e}", e=e)
+            log.error("submission: Redis is full, message {id} refused: {e}", id=new.id, e=e)
             return smtpserver.STORAGE_FULL
         except StorageUnavailable as e:
-            log.warn("submission: message not queued, answered 451: {e}", e=e)
+            log.warn("submission: message {id} not queued, answered 451: {e}", id=new.id, e=e)
             return smtpserver.STORAGE_UNAVAILABLE
         if message_id != new.id:
             log.info("submission: not queued again: same Message-ID as {id}, user {user}",
                      id=message_id, user=session.user or "-")
             return duplicate_reply(message_id)
-        if dkim.unsigned is not None:
-            await self.sender_domains.record_unsigned(new, dkim.unsigned)
+        # Stored, unsettled: the 250 below is followed by the confirmation that makes its jobs
+        # claimable; if anything fails before it, the message is cancelled (not delivered).
+        try:
+            if dkim.unsigned is not None:
+                await self.sender_domains.record_unsigned(new, dkim.unsigned)
+        except BaseException:
+            self.storage.cancel(message_id)
+            raise
+        confirmed = self.storage.confirm(message_id)
         if self.on_queued is not None:
-            self.on_queued()
+            on_queued = self.on_queued
+            confirmed.addCallback(lambda _: on_queued())
         user, n, size = session.user or "-", len(new.recipients), len(new.content)
         # The line of every message, rendered here: twisted.logger's own formatting of five
         # fields costs more than the rest of the log call (the fields stay in the event).

@@ -140,7 +140,8 @@ def test_killed_daemon_jobs_finished_by_another(start_daemon, daemon_config, red
     try:
         config = delivery_config(daemon_config, redis_server, unique_prefix, dns, sink.port, lease_timeout="2s")
         second = start_daemon(config, tmp_path / "second")
-        second.wait_for_line(r"requeued 1 job\(s\) whose lease expired", timeout=30)
+        # (any line so far: on a slow start the lease may expire before the daemon is ready)
+        second.wait_for_matches(r"requeued 1 job\(s\) whose lease expired", timeout=30)
         second.wait_for_line(rf"{message_id}: to=<x@example\.test>.*status=sent", timeout=30)
     finally:
         sink.stop()

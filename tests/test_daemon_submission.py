@@ -16,6 +16,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import zlib
 
@@ -81,6 +82,14 @@ def test_startup_logs_each_listener_and_redis(daemon):
     assert re.search(r"using external Redis at 127\.0\.0\.1:\d+ db 0", text)
 
 
+def settled_by(client, prefix: str, message_id: str, timeout: float = 10) -> None:
+    """Wait until the acknowledgement of a queued message is settled (confirmed or cancelled)."""
+    deadline = time.monotonic() + timeout
+    while client.command("HEXISTS", f"{prefix}msg:{message_id}", "unsettled") == 1:
+        assert time.monotonic() < deadline, f"{message_id} still unsettled after {timeout}s"
+        time.sleep(0.01)
+
+
 def test_starttls_auth_message_is_queued_in_redis(daemon, redis_server):
     message_id = submit(daemon.ports["submission"], recipients=("someone@example.org", "Other@Example.NET"))
     client = redis_server.client()
@@ -100,7 +109,9 @@ def test_starttls_auth_message_is_queued_in_redis(daemon, redis_server):
     assert b"X-Mailrelay-Tag" not in body and b"X-Mailrelay-Metadata" not in body and b"X-PM-" not in body
     assert f"\r\nX-Mailrelay-ID: {message_id}\r\n".encode() in body
     assert body.endswith(b"\r\n\r\nHello there.\r\n.A line starting with a dot.\r\n")
-    # one delivery job per recipient, in its domain's queue
+    # one delivery job per recipient, in its domain's queue once the 250 is confirmed (the
+    # confirmation follows the reply: wait for it)
+    settled_by(client, daemon.prefix, message_id)
     assert client.command("ZRANGE", f"{daemon.prefix}queue:d:example.org", 0, -1) == [f"{message_id}.0".encode()]
     assert client.command("ZRANGE", f"{daemon.prefix}queue:d:example.net", 0, -1) == [f"{message_id}.1".encode()]
     domains = client.command("ZRANGE", f"{daemon.prefix}queue:domains", 0, -1)
@@ -259,6 +270,7 @@ def test_redis_unresponsive_gives_451_and_nothing_is_stored(start_daemon, daemon
         client = redis.client()
         keys = client.command("KEYS", f"{unique_prefix}msg:*")
         assert keys == [f"{unique_prefix}msg:{message_id}".encode()]
+        settled_by(client, unique_prefix, message_id)
         assert client.command("ZCARD", f"{unique_prefix}queue:d:example.org") == 1
     finally:
         redis.stop()

@@ -200,6 +200,7 @@ class DeliveryTestCase(unittest.TestCase):
         message = NewMessage(sender="app@sender.test", recipients=recipients, content=b"")
         message.content = body if body is not None else content(message.id)
         message_id = await storage.enqueue(message)
+        await storage.confirm(message_id)  # as submission does once its 250 is sent
         if catch_up:
             self.catch_up()
         return message_id

@@ -97,6 +97,21 @@ class BatchingTests(unittest.TestCase):
                              (f"r{n}@example.org", f"s{n}@example.net", str(n)))
             body = zlib.decompress(self.client.command("GET", f"{self.prefix}body:{value}"))
             self.assertEqual(body, messages[n].content)
+            # stored unsettled: no job claimable until the acknowledgement is confirmed
+            self.assertIsNotNone(self.client.command("ZSCORE", f"{self.prefix}queue:unsettled", value))
+            for domain, rcpt in (("example.org", 0), ("example.net", 1)):
+                self.assertIsNone(self.client.command(
+                    "ZSCORE", f"{self.prefix}queue:d:{domain}", f"{value}.{rcpt}"))
+        # The confirmations ride on the next group commit call: no call of their own.
+        stored = [m.id for n, m in enumerate(messages) if n != 2]
+        confirmed = [self.storage.confirm(message_id) for message_id in stored]
+        before = self.script_calls()
+        following = message(9, "r9@example.org")
+        self.assertEqual(await self.storage.enqueue(following), following.id)
+        self.assertEqual(await defer.gatherResults(confirmed), ["CONFIRMED"] * 4)
+        self.assertEqual(self.script_calls() - before, 1)
+        for value in stored:
+            self.assertIsNone(self.client.command("ZSCORE", f"{self.prefix}queue:unsettled", value))
             for domain, rcpt in (("example.org", 0), ("example.net", 1)):
                 self.assertIsNotNone(self.client.command(
                     "ZSCORE", f"{self.prefix}queue:d:{domain}", f"{value}.{rcpt}"))

@@ -415,6 +415,7 @@ class WebhookServiceTests(unittest.TestCase):
         message = NewMessage(sender="app@example.com", recipients=[recipient], content=b"Subject: x\r\n\r\nx\r\n",
                              tag="t1", metadata={"k": "v"})
         message_id = await self.storage.enqueue(message)
+        await self.storage.confirm(message_id)  # as submission does once its 250 is sent
         self.catch_up()
         [job] = await self.storage.claim("example.test", 10, "test", 60)
         event = Event(type="delivered", at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), recipient=recipient,

@@ -18,6 +18,8 @@ Accounting (every message carries a unique Message-ID, ``X-Fault-Seq`` and a tra
                   250 the dying daemon had not recorded yet)
     msg_dups      Message-IDs that arrived under more than one mailrelay id (a client retried
                   a message whose 250 it never saw; [submission] dedupe_window prevents it)
+    unacked_delivered  ids that arrived although no client got a 250 for them (a 451'd message
+                  Redis had stored; must be 0 while the daemons live: test_ack_stall.py)
     451s          temporary refusals the clients got (retried)
     drops         connections that failed or were closed under the client (retried elsewhere)
 """
@@ -464,6 +466,7 @@ class Outcome:
         parts = [f"seed={self.seed}", f"sent={self.load.total}", f"acknowledged={len(acked)}",
                  f"delivered={len(delivered)}", f"lost={len(acked - delivered)}",
                  f"duplicates={duplicates}", f"msg_dups={msg_dups}",
+                 f"unacked_delivered={len(set(ledger.deliveries) - acked)}",
                  f"451s={self.load.codes.get(451, 0)}", f"drops={self.load.drops}",
                  f"attempts={self.load.attempts}",
                  f"submit_rate={self.load.total / seconds if seconds else 0:.0f}/s"]
@@ -473,6 +476,12 @@ class Outcome:
     @property
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.ledger.deliveries.values() if n > 1)
+
+    def unacknowledged_deliveries(self) -> set[str]:
+        """Ids that arrived at the sink although no client got a 250 for them (a 451'd message
+        that Redis had stored: must never happen while its daemon lives)."""
+        self.ledger.scan()
+        return set(self.ledger.deliveries) - self.acked_ids
 
     @property
     def message_duplicates(self) -> int:
