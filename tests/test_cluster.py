@@ -8,6 +8,7 @@ mechanism also in-process, with a registry of fake steps.
 from __future__ import annotations
 
 import json
+import os
 import re
 import smtplib
 import subprocess
@@ -21,6 +22,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from conftest import start_redis
+from redisclient import RedisClient
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUED = re.compile(r"^2\.0\.0 Ok: queued as ([0-9a-f]{20})")
@@ -163,14 +165,23 @@ def test_daemon_refuses_newer_data_found_after_redis_comes_back(start_daemon, da
     d = start_daemon(daemon_config(f"redis://127.0.0.1:{port}/0", "v:", web=NO_WEB,
                                    redis={"timeout": "1s"}))
     assert d.find_lines(r"could not check the Redis data format version")
-    process = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+    # Redis comes back already holding newer data: it starts with TCP off and a unix socket,
+    # gets the version through the socket, and only then opens the daemon's port (Redis 7:
+    # CONFIG SET port), so the daemon can never find it empty and record a version of its own.
+    unix_path = str(tmp_path / "redis.sock")
+    process = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--unixsocket", unix_path,
+                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer("127.0.0.1", port, process, tmp_path, "", tmp_path / "none.log")
+    server = RedisServer("127.0.0.1", port, process, tmp_path, unix_path, tmp_path / "none.log")
     try:
-        assert _wait_for_pong(server, 10)
-        with server.client() as c:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(unix_path):
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)  # polling for the socket file to appear, with a deadline
+        with RedisClient(unix_path=unix_path) as c:
             c.command("SET", "v:meta:version", 7)
+            c.command("CONFIG", "SET", "port", str(port))
+        assert _wait_for_pong(server, 10)
         assert d.wait(30) == 1
         assert d.find_lines(r"mailrelay stops: .* has data format version 7, newer than this mailrelay")
     finally:
