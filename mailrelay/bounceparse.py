@@ -414,7 +414,7 @@ _BLOCK_START = re.compile(rf"""
 
 #: Where the copy of the original message starts in a plain-text bounce or reply.
 _COPY_MARKER = re.compile(r"""
-    ^[ \t>]*-*[ \t]*(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
+    ^[ \t>]*(?:-+[ \t]*)?(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
                  | this\s+is\s+a\s+copy\s+of\s+the\s+message
                  | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
                  | message\s+headers\s+follow | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message

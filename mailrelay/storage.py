@@ -551,7 +551,10 @@ end
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', horizon)
-count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]), 'bounce:' .. (fields_type or 'Unknown'), 1)
+-- an unmatched report proves nothing: it is counted apart, never by the type it claims
+-- (the bounce rate and mailrelay_bounces_total{type} count only proven bounces)
+count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]),
+      matched == '1' and ('bounce:' .. (fields_type or 'Unknown')) or 'bounce:Unmatched', 1)
 if matched == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then
     if state ~= '' then

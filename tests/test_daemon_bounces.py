@@ -476,3 +476,53 @@ def test_recipient_tokens_leave_dkim_signatures_valid(start_daemon, daemon_confi
     for message in messages:
         assert "x-mailrelay-recipient-token" not in signatures(message)[0]["h"]
         assert verify(message, dns, 0)
+
+
+# -- found by the attacker's review of issue 15 -------------------------------------------------
+
+
+def stats_counts(client, prefix):
+    """The per-minute counters (what /api/stats and /metrics read), summed over the buckets."""
+    totals: dict[str, int] = {}
+    for key in client.command("KEYS", f"{prefix}idx:stats:m:*"):
+        for name, value in hgetall(client, key.decode()).items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
+def test_unmatched_reports_are_not_counted_as_the_type_they_claim(start_daemon, daemon_config, redis_server,
+                                                                  unique_prefix, dns, sink):
+    # Anyone can send forged DSNs to postmaster@: counted as HardBounce they would drive the
+    # bounce rate of /api/stats and mailrelay_bounces_total{type="HardBounce"} at will.
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    client = redis_server.client()
+    for n in range(3):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                                dsn(f"postmaster@{BOUNCE_DOMAIN}", f"victim{n}@example.org",
+                                                    "0123456789abcdef0123"))
+        assert code == 250, text
+    assert len(unmatched_records(client, unique_prefix)) == 3
+    counts = stats_counts(client, unique_prefix)
+    assert not any(name.startswith("bounce:") and name != "bounce:Unmatched" for name in counts), counts
+    assert counts.get("bounce:Unmatched") == 3
+
+
+def test_a_bounce_built_against_the_parsers_regexes_is_answered_at_once(start_daemon, daemon_config, redis_server,
+                                                                        unique_prefix, dns, sink):
+    # One line of spaces (base64, so that SMTP's 1,000-octet line limit does not stop it) made
+    # the copy-marker search quadratic: a 40 KB bounce held the reactor (every listener and
+    # delivery) for minutes. The listener must answer it like any other.
+    import base64
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    spaces = base64.encodebytes(b" " * 30000).replace(b"\n", b"\r\n")
+    bounce = (b"From: MAILER-DAEMON@mx.example.test\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+              b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+              + spaces)
+    with smtplib.SMTP("127.0.0.1", d.ports["bounces"], timeout=10) as s:   # 10 s: far above a parse
+        s.ehlo("mx.example.test")
+        s.mail("")
+        assert s.rcpt(f"postmaster@{BOUNCE_DOMAIN}")[0] == 250
+        code, text = s.data(bounce)
+    assert code == 250, text
+    assert len(unmatched_records(redis_server.client(), unique_prefix)) == 1
