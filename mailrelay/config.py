@@ -490,6 +490,8 @@ class WebConfig:
     public_status: bool = setting(False, p_bool, "show the status page without a token")
     max_auth_failures: int = setting(10, p_count, "failed authentications (wrong API tokens, failed logins) a client IP may have within auth_failure_window before it is refused with 429; 0 = no limit")
     auth_failure_window: float = setting("1m", p_duration, "the sliding window of max_auth_failures")
+    max_connections: int = setting(200, p_positive, "connections the web listeners hold at once; more are answered 503 and closed")
+    request_timeout: float = setting("1m", p_duration, "time for a request's head and body to arrive, from the connection or the previous response; input that completes no request does not extend it")
 
 
 @dataclass(frozen=True)
