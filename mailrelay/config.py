@@ -445,6 +445,7 @@ class BouncesConfig:
     listen: tuple = setting(["tcp:2525:interface=127.0.0.1"], p_endpoints, "endpoints of the inbound bounce listener (production: port 25 of the bounce domain's MX)")
     max_message_size: int = setting(10485760, p_size, "largest bounce message accepted, in bytes")
     max_stored_bounce_size: int = setting(262144, p_size, "raw bounce messages are stored truncated to this many bytes")
+    max_unmatched_bounces: int = setting(1000, p_positive, "unmatched reports (those that prove nothing) kept, the newest; older ones are deleted with their raw message")
     max_connections: int = setting(100, p_positive, "simultaneous connections to the bounce listener in all; more get 421 4.7.0")
     notify_sender: bool = setting(False, p_bool, "also mail an RFC 3464 DSN to the original sender on permanent failure (off: applications learn of bounces through the API)")
 

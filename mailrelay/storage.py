@@ -519,7 +519,8 @@ return n
 # ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
 #       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
-#       index key prefix, retention (s)
+#       index key prefix, retention (s), unmatched reports kept at most, bounce key prefix
+#       ("P bounce:"; the evicted unmatched records and raw messages are deleted)
 RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
 local pos = 5
 local n = tonumber(ARGV[4])
@@ -567,6 +568,17 @@ if matched == '1' then
   end
 else
   redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
+  -- anyone can send unmatched reports: only the newest max_unmatched are kept, so that a
+  -- flood of them cannot fill Redis (which holds the queue)
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[pos + 11])
+  if extra > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, extra - 1)
+    for _, old in ipairs(oldest) do
+      redis.call('DEL', ARGV[pos + 12] .. old, ARGV[pos + 12] .. 'raw:' .. old)
+      redis.call('ZREM', KEYS[3], old)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
+  end
 end
 if event ~= '' then
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[pos + 6], '*', 'type', ARGV[pos + 8],
@@ -1177,11 +1189,13 @@ class Storage:
 
     async def record_bounce(self, record: dict[str, Any], raw: bytes, *, message_id: str | None,
                             rcpt: int | None, state: str | None, event: Event | None,
-                            suppress: dict[str, Any] | None) -> bool:
+                            suppress: dict[str, Any] | None, max_unmatched: int = 1000) -> bool:
         """
         Store a bounce record (and its raw message), tie it to the message's
         timeline when matched, and add the address to the suppression list
-        when ``suppress`` is given. Returns whether the address became inactive.
+        when ``suppress`` is given. An unmatched bounce evicts the oldest unmatched ones
+        beyond ``max_unmatched`` (record and raw message). Returns whether the address
+        became inactive.
         """
         bounce_id = record["id"]
         at_ms = self.now_ms()
@@ -1198,7 +1212,7 @@ class Storage:
                 event.to_json() if event else "",
                 suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
                 EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
-                int(self.retention)]
+                int(self.retention), int(max_unmatched), self.keys.prefix + "bounce:"]
         inactive = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
         if inactive:
             self.suppressions_changed()

@@ -526,3 +526,29 @@ def test_a_bounce_built_against_the_parsers_regexes_is_answered_at_once(start_da
         code, text = s.data(bounce)
     assert code == 250, text
     assert len(unmatched_records(redis_server.client(), unique_prefix)) == 1
+
+
+def test_only_the_newest_unmatched_reports_are_kept(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                    dns, sink):
+    # Anyone on the Internet can send reports that prove nothing; each was kept, with up to
+    # 256 KiB of raw message, for the whole retention (45 days): a flood filled Redis, which
+    # holds the queue. Only the newest [bounces] max_unmatched_bounces are kept.
+    config = bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port)
+    d = start_daemon(config.replace("[bounces]\n", "[bounces]\nmax_unmatched_bounces = 3\n"))
+    client = redis_server.client()
+    message_id = sent_to(d, sink, ["gone@example.test"])
+    [(verp, _)] = copies(sink).values()
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], verp, dsn(verp, "gone@example.test", message_id))
+    assert code == 250   # a proven bounce: never evicted by unmatched ones
+    for n in range(5):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                                dsn(f"postmaster@{BOUNCE_DOMAIN}", f"flood{n}@example.org",
+                                                    "0123456789abcdef0123"))
+        assert code == 250, text
+    kept = unmatched_records(client, unique_prefix)
+    assert sorted(r["recipient"] for r in kept) == ["flood2@example.org", "flood3@example.org", "flood4@example.org"]
+    records = bounce_records(client, unique_prefix)
+    assert len(records) == 4 and [r["proof"] for r in records].count("verp") == 1
+    raws = client.command("KEYS", f"{unique_prefix}bounce:raw:*")
+    assert len(raws) == 4   # the evicted reports' raw messages are gone too
+    assert len(client.command("KEYS", f"{unique_prefix}bounce:*")) == 8
