@@ -25,7 +25,10 @@ SECURITY
     X-Mailrelay-ID in a bounce proves nothing (every recipient sees it).
     Anything else is stored as unmatched and changes nothing; only the
     newest ``max_unmatched_bounces`` are kept, so that a flood of them
-    cannot fill Redis. The token is per recipient because a co-recipient sees the
+    cannot fill Redis. At most MAX_REPORTS_PER_RECIPIENT reports are stored
+    about one recipient of a message (more change nothing: whoever holds
+    the copy cannot store raw messages or fire webhooks without end).
+    The token is per recipient because a co-recipient sees the
     message's headers; it is never DKIM-signed (added at delivery, after
     signing). Raw bounces are stored truncated.
 
@@ -72,6 +75,9 @@ RECIPIENT_TOKEN_HEADER = bounceparse.RECIPIENT_TOKEN_HEADER
 FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")
 #: Bytes of HMAC-SHA256 kept in a token (64 bits).
 MAC_BYTES = 8
+#: Reports stored about one recipient of one message, at most (in-band refusals included):
+#: whoever holds the copy could otherwise store raw messages and fire webhooks without end.
+MAX_REPORTS_PER_RECIPIENT = 10
 
 NOT_A_BOUNCE_ADDRESS = Reply(550, "5.1.1", "No such mailbox here: this domain only receives bounces")
 BOUNCE_ACCEPTED = Reply(250, "2.0.0", "Ok: bounce received")
@@ -212,7 +218,14 @@ class BounceRecorder:
         inactive = await self.storage.record_bounce(
             record, raw[: self.max_stored], message_id=job.message_id if job else None,
             rcpt=job.rcpt if job else None, state=state, event=event, suppress=suppress,
-            max_unmatched=self.max_unmatched)
+            max_unmatched=self.max_unmatched, max_per_recipient=MAX_REPORTS_PER_RECIPIENT)
+        if inactive is None:
+            log.info("bounce from {source} about message {msg} to <{rcpt}> not stored: it already has "
+                     "{n} reports", source=source, msg=job.message_id if job else "-", rcpt=address or "?",
+                     n=MAX_REPORTS_PER_RECIPIENT)
+            record["stored"] = False
+            record["inactive"] = False
+            return record
         record["inactive"] = inactive
         log.info("bounce {id}: message {msg} to <{rcpt}>: {type} ({status}){inactive}",
                  id=record["id"], msg=job.message_id if job else "unmatched", rcpt=address or "?", type=kind.name,

@@ -520,7 +520,8 @@ return n
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
 #       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
 #       index key prefix, retention (s), unmatched reports kept at most, bounce key prefix
-#       ("P bounce:"; the evicted unmatched records and raw messages are deleted)
+#       ("P bounce:"; the evicted unmatched records and raw messages are deleted), reports
+#       stored per recipient at most (more are skipped: the script returns "skipped")
 RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
 local pos = 5
 local n = tonumber(ARGV[4])
@@ -533,6 +534,12 @@ for k = 1, n * 2 do
 end
 local matched, i, state, event = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
 local address, suppression = ARGV[pos + 4], ARGV[pos + 5]
+-- whoever holds a recipient's copy can report about it again and again: past the most
+-- reports per recipient, nothing is stored, counted or sent to webhooks
+if matched == '1' and redis.call('EXISTS', KEYS[6]) == 1
+    and redis.call('HINCRBY', KEYS[6], 'reports:' .. i, 1) > tonumber(ARGV[pos + 13]) then
+  return 'skipped'
+end
 local inactive = '0'
 if address ~= '' then
   if redis.call('HSETNX', KEYS[5], address, suppression) == 1 then
@@ -1189,13 +1196,15 @@ class Storage:
 
     async def record_bounce(self, record: dict[str, Any], raw: bytes, *, message_id: str | None,
                             rcpt: int | None, state: str | None, event: Event | None,
-                            suppress: dict[str, Any] | None, max_unmatched: int = 1000) -> bool:
+                            suppress: dict[str, Any] | None, max_unmatched: int = 1000,
+                            max_per_recipient: int = 10) -> bool | None:
         """
         Store a bounce record (and its raw message), tie it to the message's
         timeline when matched, and add the address to the suppression list
         when ``suppress`` is given. An unmatched bounce evicts the oldest unmatched ones
         beyond ``max_unmatched`` (record and raw message). Returns whether the address
-        became inactive.
+        became inactive, or None when nothing was stored: the recipient already had
+        ``max_per_recipient`` reports.
         """
         bounce_id = record["id"]
         at_ms = self.now_ms()
@@ -1212,8 +1221,11 @@ class Storage:
                 event.to_json() if event else "",
                 suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
                 EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
-                int(self.retention), int(max_unmatched), self.keys.prefix + "bounce:"]
-        inactive = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
+                int(self.retention), int(max_unmatched), self.keys.prefix + "bounce:", int(max_per_recipient)]
+        reply = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args)
+        if reply in (b"skipped", "skipped"):
+            return None
+        inactive = reply in (b"1", "1")
         if inactive:
             self.suppressions_changed()
         return inactive

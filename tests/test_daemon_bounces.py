@@ -552,3 +552,27 @@ def test_only_the_newest_unmatched_reports_are_kept(start_daemon, daemon_config,
     raws = client.command("KEYS", f"{unique_prefix}bounce:raw:*")
     assert len(raws) == 4   # the evicted reports' raw messages are gone too
     assert len(client.command("KEYS", f"{unique_prefix}bounce:*")) == 8
+
+
+def test_reports_about_one_recipient_are_bounded(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                 dns, sink):
+    # Whoever holds a recipient's copy (a recipient of a password-reset mail: anyone) could
+    # send its proven report again and again: each stored up to 256 KiB for 45 days and fired
+    # another webhook event. Only the first MAX_REPORTS_PER_RECIPIENT are stored.
+    from mailrelay.bounces import MAX_REPORTS_PER_RECIPIENT
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    client = redis_server.client()
+    message_id = sent_to(d, sink, ["reader@example.test"])
+    [(verp, headers)] = copies(sink).values()
+    for n in range(MAX_REPORTS_PER_RECIPIENT + 3):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                                arf("reader@example.test", message_id, original=headers))
+        assert code == 250, text
+    records = bounce_records(client, unique_prefix)
+    assert len(records) == MAX_REPORTS_PER_RECIPIENT
+    assert all(r["proof"] == "token" and r["message_id"] == message_id for r in records)
+    assert event_types(client, unique_prefix).count("complained") == MAX_REPORTS_PER_RECIPIENT
+    assert len(client.command("KEYS", f"{unique_prefix}bounce:raw:*")) == MAX_REPORTS_PER_RECIPIENT
+    assert "reader@example.test" in suppressed(client, unique_prefix)   # the first one still counted
+    d.wait_for_line(rf"about message {message_id} to <reader@example\.test> not stored: it already has")
