@@ -576,3 +576,26 @@ def test_reports_about_one_recipient_are_bounded(start_daemon, daemon_config, re
     assert len(client.command("KEYS", f"{unique_prefix}bounce:raw:*")) == MAX_REPORTS_PER_RECIPIENT
     assert "reader@example.test" in suppressed(client, unique_prefix)   # the first one still counted
     d.wait_for_line(rf"about message {message_id} to <reader@example\.test> not stored: it already has")
+
+
+def test_a_complaint_naming_many_addresses_is_answered_at_once(start_daemon, daemon_config, redis_server,
+                                                               unique_prefix, dns, sink):
+    # The parser collected addresses in a list, checking each against those before: an ARF
+    # report whose (folded) Original-Rcpt-To fields name 60,000 addresses held the reactor for
+    # about a minute. The listener must answer it like any other, and suppress nobody.
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    fields = "".join("Original-Rcpt-To: " + ",\r\n ".join(f"r{n}@e.cc" for n in range(k, k + 600)) + "\r\n"
+                     for k in range(0, 60000, 600))   # 100 fields, each folded over 600 lines
+    report = (f"From: feedback@isp.example.net\r\nTo: fbl@{BOUNCE_DOMAIN}\r\nSubject: complaint\r\n"
+              "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"ARF\"\r\n"
+              "\r\n--ARF\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+              f"{fields}\r\n--ARF--\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", d.ports["bounces"], timeout=10) as s:   # 10 s: far above a parse
+        s.ehlo("isp.example.net")
+        s.mail("")
+        assert s.rcpt(f"fbl@{BOUNCE_DOMAIN}")[0] == 250
+        code, text = s.data(report)
+    assert code == 250, text
+    client = redis_server.client()
+    assert suppressed(client, unique_prefix) == {}
+    assert 1 <= len(unmatched_records(client, unique_prefix)) <= 100
