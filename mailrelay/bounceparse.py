@@ -414,7 +414,7 @@ _BLOCK_START = re.compile(rf"""
 
 #: Where the copy of the original message starts in a plain-text bounce or reply.
 _COPY_MARKER = re.compile(r"""
-    ^[ \t>]*-*[ \t]*(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
+    ^[ \t>]*(?:-+[ \t]*)?(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
                  | this\s+is\s+a\s+copy\s+of\s+the\s+message
                  | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
                  | message\s+headers\s+follow | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
@@ -646,10 +646,11 @@ class _Bounce:
             kind = UNKNOWN
         else:
             kind = SPAM_COMPLAINT
-        recipients: list[str] = []
+        found: dict[str, None] = {}  # a dict: membership in constant time (a list made this quadratic)
         for block in fields:
             for value in _all_headers(block, "Original-Rcpt-To"):
-                recipients += [a for a in dict.fromkeys(_find_addresses(value)) if a not in recipients]
+                found.update(dict.fromkeys(_find_addresses(value)))
+        recipients = list(found)[:MAX_REPORTS]
         if not recipients and self.original is not None:
             recipients = _addresses_of(self.original, "To")[:1]
         agent = _header(first, "User-Agent").strip()
@@ -711,11 +712,11 @@ class _Bounce:
         return None
 
     def candidates(self, text: str) -> list[str]:
-        out: list[str] = []
+        out: dict[str, None] = {}  # a dict: membership in constant time (a list made this quadratic)
         for a in _find_addresses(text):
-            if a.lower() not in self.own and a.split("@")[0].lower() not in _DAEMONS and a not in out:
-                out.append(a)
-        return out
+            if a not in out and a.lower() not in self.own and a.split("@")[0].lower() not in _DAEMONS:
+                out[a] = None
+        return list(out)
 
     def guess_recipient(self, fallback: bool = True) -> str | None:
         """The failed recipient when no paragraph names it: in the reason, near a failure phrase, ..."""
@@ -741,9 +742,10 @@ class _Bounce:
     def ndr_reports(self) -> list[BounceReport]:
         human = self.human
         blocks = _recipient_blocks(human.splitlines()[:5000], self)
-        failed: list[str] = []
+        failed_found: dict[str, None] = {}
         for value in _all_headers(self.msg, "X-Failed-Recipients"):
-            failed += [a for a in dict.fromkeys(_find_addresses(value)) if a not in failed]
+            failed_found.update(dict.fromkeys(_find_addresses(value)))
+        failed = list(failed_found)
         recipients = failed or list(blocks)
         if not recipients:
             guess = self.guess_recipient()

@@ -23,8 +23,12 @@ SECURITY
     (in the returned original, a quoted copy). The effect goes to the
     token's recipient, never to another address the report names; an
     X-Mailrelay-ID in a bounce proves nothing (every recipient sees it).
-    Anything else is stored as unmatched, never dropped, and changes
-    nothing. The token is per recipient because a co-recipient sees the
+    Anything else is stored as unmatched and changes nothing; only the
+    newest ``max_unmatched_bounces`` are kept, so that a flood of them
+    cannot fill Redis. At most MAX_REPORTS_PER_RECIPIENT reports are stored
+    about one recipient of a message (more change nothing: whoever holds
+    the copy cannot store raw messages or fire webhooks without end).
+    The token is per recipient because a co-recipient sees the
     message's headers; it is never DKIM-signed (added at delivery, after
     signing). Raw bounces are stored truncated.
 
@@ -40,7 +44,7 @@ DIAGNOSTICS
 
 CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_connections, max_message_size,
-    max_stored_bounce_size, notify_sender. Redis data (through
+    max_stored_bounce_size, max_unmatched_bounces, notify_sender. Redis data (through
     :mod:`mailrelay.storage`): ``bounce:<id>``, ``bounce:raw:<id>``,
     ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``.
 """
@@ -71,6 +75,9 @@ RECIPIENT_TOKEN_HEADER = bounceparse.RECIPIENT_TOKEN_HEADER
 FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")
 #: Bytes of HMAC-SHA256 kept in a token (64 bits).
 MAC_BYTES = 8
+#: Reports stored about one recipient of one message, at most (in-band refusals included):
+#: whoever holds the copy could otherwise store raw messages and fire webhooks without end.
+MAX_REPORTS_PER_RECIPIENT = 10
 
 NOT_A_BOUNCE_ADDRESS = Reply(550, "5.1.1", "No such mailbox here: this domain only receives bounces")
 BOUNCE_ACCEPTED = Reply(250, "2.0.0", "Ok: bounce received")
@@ -157,10 +164,11 @@ class ProvenJob(NamedTuple):
 class BounceRecorder:
     """Turns a classified bounce into a record, a timeline event and maybe a suppression."""
 
-    def __init__(self, storage: Storage, max_stored: int, clock: Any) -> None:
+    def __init__(self, storage: Storage, max_stored: int, clock: Any, max_unmatched: int = 1000) -> None:
         self.storage = storage
         self.max_stored = max_stored
         self.clock = clock
+        self.max_unmatched = max_unmatched
 
     async def record(self, report: bounceparse.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
                      remote_mta: str | None = None, final: bool = False) -> dict[str, Any]:
@@ -209,7 +217,15 @@ class BounceRecorder:
                           enhanced_code=report.status, remote_host=record["remote_mta"] or None)
         inactive = await self.storage.record_bounce(
             record, raw[: self.max_stored], message_id=job.message_id if job else None,
-            rcpt=job.rcpt if job else None, state=state, event=event, suppress=suppress)
+            rcpt=job.rcpt if job else None, state=state, event=event, suppress=suppress,
+            max_unmatched=self.max_unmatched, max_per_recipient=MAX_REPORTS_PER_RECIPIENT)
+        if inactive is None:
+            log.info("bounce from {source} about message {msg} to <{rcpt}> not stored: it already has "
+                     "{n} reports", source=source, msg=job.message_id if job else "-", rcpt=address or "?",
+                     n=MAX_REPORTS_PER_RECIPIENT)
+            record["stored"] = False
+            record["inactive"] = False
+            return record
         record["inactive"] = inactive
         log.info("bounce {id}: message {msg} to <{rcpt}>: {type} ({status}){inactive}",
                  id=record["id"], msg=job.message_id if job else "unmatched", rcpt=address or "?", type=kind.name,

@@ -445,6 +445,7 @@ class BouncesConfig:
     listen: tuple = setting(["tcp:2525:interface=127.0.0.1"], p_endpoints, "endpoints of the inbound bounce listener (production: port 25 of the bounce domain's MX)")
     max_message_size: int = setting(10485760, p_size, "largest bounce message accepted, in bytes")
     max_stored_bounce_size: int = setting(262144, p_size, "raw bounce messages are stored truncated to this many bytes")
+    max_unmatched_bounces: int = setting(1000, p_positive, "unmatched reports (those that prove nothing) kept, the newest; older ones are deleted with their raw message")
     max_connections: int = setting(100, p_positive, "simultaneous connections to the bounce listener in all; more get 421 4.7.0")
     notify_sender: bool = setting(False, p_bool, "also mail an RFC 3464 DSN to the original sender on permanent failure (off: applications learn of bounces through the API)")
 
@@ -490,6 +491,8 @@ class WebConfig:
     public_status: bool = setting(False, p_bool, "show the status page without a token")
     max_auth_failures: int = setting(10, p_count, "failed authentications (wrong API tokens, failed logins) a client IP may have within auth_failure_window before it is refused with 429; 0 = no limit")
     auth_failure_window: float = setting("1m", p_duration, "the sliding window of max_auth_failures")
+    max_connections: int = setting(200, p_positive, "connections the web listeners hold at once; more are answered 503 and closed")
+    request_timeout: float = setting("1m", p_duration, "time for a request's head and body to arrive, from the connection or the previous response; input that completes no request does not extend it")
 
 
 @dataclass(frozen=True)

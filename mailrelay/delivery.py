@@ -162,7 +162,8 @@ class DeliveryService(service.Service):
         from mailrelay.bounces import BounceRecorder, load_verp
 
         self.storage = self.get_storage()
-        self.recorder = BounceRecorder(self.storage, self.config.bounces.max_stored_bounce_size, self.clock)
+        self.recorder = BounceRecorder(self.storage, self.config.bounces.max_stored_bounce_size, self.clock,
+                                       self.config.bounces.max_unmatched_bounces)
         try:
             self.verp = await load_verp(self.config, self.storage)
         except Exception as e:

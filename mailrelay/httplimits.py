@@ -25,6 +25,13 @@ JOB
     Bodies within their limit are kept in memory (``getContentFile``), never in a
     temporary file: the limits bound them.
 
+    Time and connections: a request's head and body must arrive within the site's
+    ``timeout`` of the connection or of the previous response; input that completes no
+    request does not restart the timer (HTTPChannel restarts it on every byte, so one byte
+    a minute held a connection for ever). :class:`GuardedSite` counts its connections:
+    beyond ``max_connections`` a new one gets 503 (``Retry-After: 1``) and is closed at
+    once.
+
     :class:`FailureThrottle` counts failed authentications per client over a sliding
     window; the web service refuses a client that reached the limit (429 with
     ``Retry-After``) until its oldest counted failure leaves the window.
@@ -43,7 +50,8 @@ STANDARDS
 
 DIAGNOSTICS
     ``web: <client> throttled after <n> failed authentications in <window>s`` when a
-    client reaches the limit (once per throttled spell).
+    client reaches the limit (once per throttled spell); ``web: <n> connections open, the
+    most allowed (max_connections): new ones get 503`` once per episode.
 
 CONFIGURATION
     None of its own: the limits come from the caller (see :mod:`mailrelay.web`).
@@ -59,6 +67,7 @@ from io import BytesIO
 from typing import Any, Callable
 
 from twisted.logger import Logger
+from twisted.protocols import basic
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
@@ -203,6 +212,23 @@ class GuardedChannel(http.HTTPChannel):
     site: "GuardedSite"
     _refusing = False
     _linger: Any = None
+    _counted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.site.connection_opened():
+            # over the site's cap: a whole answer and a plain close (no lingering: under a
+            # flood, refused connections must not hold descriptors)
+            self._refusing = True
+            self.persistent = False
+            self.setTimeout(None)
+            body = b"too many connections, try again later\n"
+            self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                 b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                                 % (len(body), body))
+            self.transport.loseConnection()
+            return
+        self._counted = True
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -232,8 +258,11 @@ class GuardedChannel(http.HTTPChannel):
 
     # Once refusing, nothing more is parsed: the rest of the connection is dropped.
     def dataReceived(self, data: bytes) -> None:
+        # Input alone does not restart the timeout (HTTPChannel's does, on every byte): a
+        # request must be whole within the site's timeout of the connection or the previous
+        # response, so a client cannot hold a connection by trickling its head or body.
         if not self._refusing:
-            super().dataReceived(data)
+            basic.LineReceiver.dataReceived(self, data)
 
     def lineReceived(self, line: bytes) -> None:
         if not self._refusing:
@@ -290,6 +319,9 @@ class GuardedChannel(http.HTTPChannel):
     def connectionLost(self, reason: Any) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
+        if self._counted:
+            self._counted = False
+            self.site.connection_closed()
         super().connectionLost(reason)
 
 
@@ -299,10 +331,31 @@ class GuardedSite(server.Site):
     protocol = GuardedChannel
     requestFactory = GuardedRequest
 
-    def __init__(self, resource: Any, *, admit: Admit, refuse: Refuse, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, *, admit: Admit, refuse: Refuse, max_connections: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.admit = admit
         self.refuse = refuse
+        self.max_connections = max_connections  # 0: no cap
+        self.open_connections = 0
+        self._full_logged = False
+
+    def connection_opened(self) -> bool:
+        """Count a new connection, or return False when the cap is reached (it is then refused)."""
+        if self.max_connections and self.open_connections >= self.max_connections:
+            if not self._full_logged:  # once per episode: a flood must not flood the log
+                self._full_logged = True
+                log.warn("web: {n} connections open, the most allowed (max_connections): new ones get 503",
+                         n=self.open_connections)
+            return False
+        self.open_connections += 1
+        return True
+
+    def connection_closed(self) -> None:
+        """A counted connection ended."""
+        self.open_connections -= 1
+        if self.open_connections < self.max_connections * 0.9:
+            self._full_logged = False
 
     def getContentFile(self, length: int | None) -> BytesIO:
         """Bodies are bounded by their endpoint's limit: kept in memory, never in a temporary file."""

@@ -257,7 +257,8 @@ class BounceListener(service.MultiService):
 
         storage = self.get_storage()
         verp = await load_verp(self.config, storage)
-        recorder = BounceRecorder(storage, self.config.bounces.max_stored_bounce_size, reactor)
+        recorder = BounceRecorder(storage, self.config.bounces.max_stored_bounce_size, reactor,
+                                  self.config.bounces.max_unmatched_bounces)
         factory = SMTPServerFactory(self.limits, BounceHandler(verp, storage, recorder), self.tls_options)
         child = SMTPListenerService("bounces", self.config.bounces.listen, factory, tls_mode="STARTTLS")
         child.setServiceParent(self)

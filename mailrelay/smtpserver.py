@@ -31,6 +31,12 @@ SECURITY
     client address; beyond either, ``421 4.7.0`` and the connection is closed
     (refused connections do not count).
 
+    Clients that do not read: the session is its transport's streaming producer,
+    so while the replies the client has not read fill the transport's buffer,
+    no command is handled, and reading stops once MAX_PENDING_INPUT octets of
+    input wait (pipelined commands cannot pile up replies in memory); the idle
+    timer runs meanwhile.
+
 STANDARDS
     RFC 5321 (SMTP), RFC 1870 (SIZE), RFC 2920 (PIPELINING), RFC 3207
     (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH), RFC 4616 (PLAIN),
@@ -354,6 +360,8 @@ class SMTPServerProtocol(protocol.Protocol):
         self._busy = False          # a command's reply is pending (Deferred)
         self._in_process = False
         self._paused_transport = False
+        self._replies_backed_up = False   # the transport's write buffer is full (pauseProducing)
+        self._registered = False          # registered as the transport's producer
         self._errors = 0
         self._closing = False       # shutdown requested: close after the transaction
         self._idle_call = None
@@ -384,6 +392,9 @@ class SMTPServerProtocol(protocol.Protocol):
             self._reply(refused)
             self._close()
             return
+        # The transport pauses us (pauseProducing) while the client does not read our replies.
+        self.transport.registerProducer(self, True)
+        self._registered = True
         self._reset_idle_timer()
         self._out.append(f"220 {self.limits.hostname} ESMTP mailrelay\r\n".encode())
         self._flush()
@@ -401,6 +412,9 @@ class SMTPServerProtocol(protocol.Protocol):
         self._flush()
         self._mode = _CLOSED
         self._buffer = b""
+        if self._registered:  # a TLS transport does not close while a producer is registered
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         # TLS waits for the client's close_notify; a client that never sends it
         # must not hold the session (and a shutdown) open.
@@ -447,7 +461,7 @@ class SMTPServerProtocol(protocol.Protocol):
             return
         self._in_process = True
         try:
-            while self._buffer and not self._busy and self._mode != _CLOSED:
+            while self._buffer and not self._busy and not self._replies_backed_up and self._mode != _CLOSED:
                 if self._mode == _DATA:
                     data, self._buffer = self._buffer, b""
                     self._data_received(data)
@@ -483,8 +497,26 @@ class SMTPServerProtocol(protocol.Protocol):
             self._in_process = False
             self._flush()
 
+    # IPushProducer: the transport's write buffer (replies the client has not read yet).
+
+    def pauseProducing(self) -> None:
+        # Only commands stop: their input piles up until _flow_control stops reading. The
+        # transport's reading is not paused here, since a TLS transport also pauses its
+        # producer while its handshake is under way, and the handshake needs to read.
+        self._replies_backed_up = True
+
+    def resumeProducing(self) -> None:
+        self._replies_backed_up = False
+        if self._mode != _CLOSED:
+            self._process()
+            self._flow_control()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going away: connectionLost cleans up
+
     def _flow_control(self) -> None:
-        """Stop reading from a client whose pipelined input piles up."""
+        """Stop reading from a client whose pipelined input piles up (also because it does not
+        read the replies: no command is handled meanwhile)."""
         backlog = len(self._buffer) > MAX_PENDING_INPUT
         if backlog and not self._paused_transport and self._mode != _CLOSED:
             self._paused_transport = True

@@ -623,7 +623,9 @@ return n
 # ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
 #       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
 #       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
-#       index key prefix, retention (s)
+#       index key prefix, retention (s), unmatched reports kept at most, bounce key prefix
+#       ("P bounce:"; the evicted unmatched records and raw messages are deleted), reports
+#       stored per recipient at most (more are skipped: the script returns "skipped")
 RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
 local pos = 5
 local n = tonumber(ARGV[4])
@@ -636,6 +638,12 @@ for k = 1, n * 2 do
 end
 local matched, i, state, event = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
 local address, suppression = ARGV[pos + 4], ARGV[pos + 5]
+-- whoever holds a recipient's copy can report about it again and again: past the most
+-- reports per recipient, nothing is stored, counted or sent to webhooks
+if matched == '1' and redis.call('EXISTS', KEYS[6]) == 1
+    and redis.call('HINCRBY', KEYS[6], 'reports:' .. i, 1) > tonumber(ARGV[pos + 13]) then
+  return 'skipped'
+end
 local inactive = '0'
 if address ~= '' then
   if redis.call('HSETNX', KEYS[5], address, suppression) == 1 then
@@ -655,7 +663,10 @@ end
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', horizon)
-count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]), 'bounce:' .. (fields_type or 'Unknown'), 1)
+-- an unmatched report proves nothing: it is counted apart, never by the type it claims
+-- (the bounce rate and mailrelay_bounces_total{type} count only proven bounces)
+count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]),
+      matched == '1' and ('bounce:' .. (fields_type or 'Unknown')) or 'bounce:Unmatched', 1)
 if matched == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then
     if state ~= '' then
@@ -668,6 +679,17 @@ if matched == '1' then
   end
 else
   redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
+  -- anyone can send unmatched reports: only the newest max_unmatched are kept, so that a
+  -- flood of them cannot fill Redis (which holds the queue)
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[pos + 11])
+  if extra > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, extra - 1)
+    for _, old in ipairs(oldest) do
+      redis.call('DEL', ARGV[pos + 12] .. old, ARGV[pos + 12] .. 'raw:' .. old)
+      redis.call('ZREM', KEYS[3], old)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
+  end
 end
 if event ~= '' then
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[pos + 6], '*', 'type', ARGV[pos + 8],
@@ -1499,11 +1521,15 @@ class Storage:
 
     async def record_bounce(self, record: dict[str, Any], raw: bytes, *, message_id: str | None,
                             rcpt: int | None, state: str | None, event: Event | None,
-                            suppress: dict[str, Any] | None) -> bool:
+                            suppress: dict[str, Any] | None, max_unmatched: int = 1000,
+                            max_per_recipient: int = 10) -> bool | None:
         """
         Store a bounce record (and its raw message), tie it to the message's
         timeline when matched, and add the address to the suppression list
-        when ``suppress`` is given. Returns whether the address became inactive.
+        when ``suppress`` is given. An unmatched bounce evicts the oldest unmatched ones
+        beyond ``max_unmatched`` (record and raw message). Returns whether the address
+        became inactive, or None when nothing was stored: the recipient already had
+        ``max_per_recipient`` reports.
         """
         bounce_id = record["id"]
         at_ms = self.now_ms()
@@ -1520,8 +1546,11 @@ class Storage:
                 event.to_json() if event else "",
                 suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
                 EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
-                int(self.retention)]
-        inactive = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args) in (b"1", "1")
+                int(self.retention), int(max_unmatched), self.keys.prefix + "bounce:", int(max_per_recipient)]
+        reply = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args)
+        if reply in (b"skipped", "skipped"):
+            return None
+        inactive = reply in (b"1", "1")
         if inactive:
             self.suppressions_changed()
         return inactive

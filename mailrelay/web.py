@@ -68,7 +68,8 @@ DIAGNOSTICS
 
 CONFIGURATION
     ``[web]`` listen, api_tokens, public_status (read by the status page),
-    max_auth_failures, auth_failure_window; ``[redis] timeout`` bounds each
+    max_auth_failures, auth_failure_window, max_connections, request_timeout
+    (see :mod:`mailrelay.httplimits`); ``[redis] timeout`` bounds each
     Redis read (requests get 3x that in all). Files: ``state_dir/api-token``.
     Redis data: through :mod:`mailrelay.storage` only.
 """
@@ -115,9 +116,6 @@ MAX_PARAMETER = 1000
 #: queue) is refreshed every QUEUE_METRICS_EVERY-th time.
 METRICS_INTERVAL = 5.0
 QUEUE_METRICS_EVERY = 3
-#: Idle HTTP connections are closed after this many seconds.
-HTTP_IDLE_TIMEOUT = 60
-
 #: Recipient states as the API shows them (a job being delivered right now is "queued").
 RECIPIENT_STATES = ("queued", "deferred", "delivered", "bounced", "expired", "suppressed", "deleted")
 #: Outcomes counted in mailrelay_deliveries_total and in the stats windows.
@@ -1157,7 +1155,8 @@ class WebService(service.Service):
         root = self.build_root()
         gate = Gate(self.auth, self.throttle, root.page)
         site = QuietSite(root, admit=gate.admit, refuse=self._refuse_with(root.page),
-                         parsePOSTFormSubmission=False, timeout=HTTP_IDLE_TIMEOUT)
+                         parsePOSTFormSubmission=False, timeout=settings.request_timeout,
+                         max_connections=settings.max_connections)
         site.noisy = False
         site.displayTracebacks = False
         for description in settings.listen:

@@ -476,3 +476,126 @@ def test_recipient_tokens_leave_dkim_signatures_valid(start_daemon, daemon_confi
     for message in messages:
         assert "x-mailrelay-recipient-token" not in signatures(message)[0]["h"]
         assert verify(message, dns, 0)
+
+
+# -- found by the attacker's review of issue 15 -------------------------------------------------
+
+
+def stats_counts(client, prefix):
+    """The per-minute counters (what /api/stats and /metrics read), summed over the buckets."""
+    totals: dict[str, int] = {}
+    for key in client.command("KEYS", f"{prefix}idx:stats:m:*"):
+        for name, value in hgetall(client, key.decode()).items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
+def test_unmatched_reports_are_not_counted_as_the_type_they_claim(start_daemon, daemon_config, redis_server,
+                                                                  unique_prefix, dns, sink):
+    # Anyone can send forged DSNs to postmaster@: counted as HardBounce they would drive the
+    # bounce rate of /api/stats and mailrelay_bounces_total{type="HardBounce"} at will.
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    client = redis_server.client()
+    for n in range(3):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                                dsn(f"postmaster@{BOUNCE_DOMAIN}", f"victim{n}@example.org",
+                                                    "0123456789abcdef0123"))
+        assert code == 250, text
+    assert len(unmatched_records(client, unique_prefix)) == 3
+    counts = stats_counts(client, unique_prefix)
+    assert not any(name.startswith("bounce:") and name != "bounce:Unmatched" for name in counts), counts
+    assert counts.get("bounce:Unmatched") == 3
+
+
+def test_a_bounce_built_against_the_parsers_regexes_is_answered_at_once(start_daemon, daemon_config, redis_server,
+                                                                        unique_prefix, dns, sink):
+    # One line of spaces (base64, so that SMTP's 1,000-octet line limit does not stop it) made
+    # the copy-marker search quadratic: a 40 KB bounce held the reactor (every listener and
+    # delivery) for minutes. The listener must answer it like any other.
+    import base64
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    spaces = base64.encodebytes(b" " * 30000).replace(b"\n", b"\r\n")
+    bounce = (b"From: MAILER-DAEMON@mx.example.test\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+              b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+              + spaces)
+    with smtplib.SMTP("127.0.0.1", d.ports["bounces"], timeout=10) as s:   # 10 s: far above a parse
+        s.ehlo("mx.example.test")
+        s.mail("")
+        assert s.rcpt(f"postmaster@{BOUNCE_DOMAIN}")[0] == 250
+        code, text = s.data(bounce)
+    assert code == 250, text
+    assert len(unmatched_records(redis_server.client(), unique_prefix)) == 1
+
+
+def test_only_the_newest_unmatched_reports_are_kept(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                    dns, sink):
+    # Anyone on the Internet can send reports that prove nothing; each was kept, with up to
+    # 256 KiB of raw message, for the whole retention (45 days): a flood filled Redis, which
+    # holds the queue. Only the newest [bounces] max_unmatched_bounces are kept.
+    config = bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port)
+    d = start_daemon(config.replace("[bounces]\n", "[bounces]\nmax_unmatched_bounces = 3\n"))
+    client = redis_server.client()
+    message_id = sent_to(d, sink, ["gone@example.test"])
+    [(verp, _)] = copies(sink).values()
+    code, _ = deliver_to_bounce_listener(d.ports["bounces"], verp, dsn(verp, "gone@example.test", message_id))
+    assert code == 250   # a proven bounce: never evicted by unmatched ones
+    for n in range(5):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"postmaster@{BOUNCE_DOMAIN}",
+                                                dsn(f"postmaster@{BOUNCE_DOMAIN}", f"flood{n}@example.org",
+                                                    "0123456789abcdef0123"))
+        assert code == 250, text
+    kept = unmatched_records(client, unique_prefix)
+    assert sorted(r["recipient"] for r in kept) == ["flood2@example.org", "flood3@example.org", "flood4@example.org"]
+    records = bounce_records(client, unique_prefix)
+    assert len(records) == 4 and [r["proof"] for r in records].count("verp") == 1
+    raws = client.command("KEYS", f"{unique_prefix}bounce:raw:*")
+    assert len(raws) == 4   # the evicted reports' raw messages are gone too
+    assert len(client.command("KEYS", f"{unique_prefix}bounce:*")) == 8
+
+
+def test_reports_about_one_recipient_are_bounded(start_daemon, daemon_config, redis_server, unique_prefix,
+                                                 dns, sink):
+    # Whoever holds a recipient's copy (a recipient of a password-reset mail: anyone) could
+    # send its proven report again and again: each stored up to 256 KiB for 45 days and fired
+    # another webhook event. Only the first MAX_REPORTS_PER_RECIPIENT are stored.
+    from mailrelay.bounces import MAX_REPORTS_PER_RECIPIENT
+
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    client = redis_server.client()
+    message_id = sent_to(d, sink, ["reader@example.test"])
+    [(verp, headers)] = copies(sink).values()
+    for n in range(MAX_REPORTS_PER_RECIPIENT + 3):
+        code, text = deliver_to_bounce_listener(d.ports["bounces"], f"fbl@{BOUNCE_DOMAIN}",
+                                                arf("reader@example.test", message_id, original=headers))
+        assert code == 250, text
+    records = bounce_records(client, unique_prefix)
+    assert len(records) == MAX_REPORTS_PER_RECIPIENT
+    assert all(r["proof"] == "token" and r["message_id"] == message_id for r in records)
+    assert event_types(client, unique_prefix).count("complained") == MAX_REPORTS_PER_RECIPIENT
+    assert len(client.command("KEYS", f"{unique_prefix}bounce:raw:*")) == MAX_REPORTS_PER_RECIPIENT
+    assert "reader@example.test" in suppressed(client, unique_prefix)   # the first one still counted
+    d.wait_for_line(rf"about message {message_id} to <reader@example\.test> not stored: it already has")
+
+
+def test_a_complaint_naming_many_addresses_is_answered_at_once(start_daemon, daemon_config, redis_server,
+                                                               unique_prefix, dns, sink):
+    # The parser collected addresses in a list, checking each against those before: an ARF
+    # report whose (folded) Original-Rcpt-To fields name 60,000 addresses held the reactor for
+    # about a minute. The listener must answer it like any other, and suppress nobody.
+    d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
+    fields = "".join("Original-Rcpt-To: " + ",\r\n ".join(f"r{n}@e.cc" for n in range(k, k + 600)) + "\r\n"
+                     for k in range(0, 60000, 600))   # 100 fields, each folded over 600 lines
+    report = (f"From: feedback@isp.example.net\r\nTo: fbl@{BOUNCE_DOMAIN}\r\nSubject: complaint\r\n"
+              "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"ARF\"\r\n"
+              "\r\n--ARF\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+              f"{fields}\r\n--ARF--\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", d.ports["bounces"], timeout=10) as s:   # 10 s: far above a parse
+        s.ehlo("isp.example.net")
+        s.mail("")
+        assert s.rcpt(f"fbl@{BOUNCE_DOMAIN}")[0] == 250
+        code, text = s.data(report)
+    assert code == 250, text
+    client = redis_server.client()
+    assert suppressed(client, unique_prefix) == {}
+    assert 1 <= len(unmatched_records(client, unique_prefix)) <= 100

@@ -325,3 +325,51 @@ def test_header_size_as_split_header_reads_it():
         for limit in (rng.randrange(1, 400), header - 1, header, header + 1):  # and at the edge
             if limit > 0:
                 assert header_size_exceeds(content, limit) == (header > limit), (content, limit)
+
+
+# -- found by the attacker's review of issue 15: clients that do not read -----------------------
+
+
+def test_a_client_that_does_not_read_its_replies_is_not_read_from(start_daemon, daemon_config, redis_server,
+                                                                 unique_prefix):
+    """
+    Pipelined NOOPs from a client that never reads: the replies piled up in the daemon's
+    memory without bound (54 MB sent grew it by 150 MB). Once the replies it has not read
+    fill the transport's buffer, the session reads no more; when the client reads, every
+    reply comes, in order, and the session goes on.
+    """
+    d = start_daemon(daemon_config(redis_server, unique_prefix, submission={"trusted_networks": TRUSTED}))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.connect(("127.0.0.1", d.ports["submission"]))
+    chunk = b"NOOP\r\n" * (64 * 1024 // 6)
+    budget = 24 * 1024 * 1024
+    sent = 0
+    sock.settimeout(3)  # the daemon stops reading: a send then makes no progress for this long
+    try:
+        while sent < budget:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (TimeoutError, socket.timeout):
+        pass
+    assert sent < budget, "the daemon kept reading commands whose replies were not read"
+    # now read: every reply to what the daemon took, in order, then the session still works
+    sock.settimeout(20)
+    file = sock.makefile("rb")
+    assert file.readline().startswith(b"220 ")
+    replies = 0
+    while replies < sent // 6:   # the daemon has the rest of the last chunk sendall started
+        line = file.readline()
+        assert line == b"250 2.0.0 Ok\r\n", (replies, line)
+        replies += 1
+    sock.settimeout(0.5)
+    try:   # the commands sendall had handed to the kernel when it timed out
+        while file.readline() == b"250 2.0.0 Ok\r\n":
+            pass
+    except (TimeoutError, socket.timeout, OSError):
+        pass
+    file.close()
+    sock.settimeout(20)
+    sock.sendall(b"QUIT\r\n")
+    assert sock.recv(100).startswith(b"221")
+    sock.close()

@@ -308,3 +308,80 @@ def test_deep_json_and_lone_surrogates(start_daemon, daemon_config, redis_server
     assert r.status == 400 and r.json["parameter"] == "\ud800"
     assert api.ok("/api/v1/suppressions") == {"suppressions": []}
     assert not d.find_lines(r"Traceback|RecursionError|web: \S+ \S+ failed")
+
+
+# -- found by the attacker's review of issue 15: slow clients and connection floods ---------------
+
+
+def closed_by_daemon(sock: socket.socket) -> bool:
+    """Whether the daemon has closed ``sock`` (without waiting)."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionError:
+        return True
+
+
+def test_trickled_heads_and_bodies_do_not_hold_a_connection(start_daemon, daemon_config, redis_server,
+                                                            unique_prefix):
+    """HTTPChannel restarted its idle timer on every byte: a head (or a body) trickled one byte
+    at a time held a connection for ever (slowloris). A request must be whole within
+    request_timeout of the connection or of the previous response."""
+    d = start_daemon(web_config(daemon_config, redis_server, unique_prefix,
+                                web={"listen": ["tcp:0:interface=127.0.0.1"], "api_tokens": [TOKEN],
+                                     "request_timeout": "2s"}))
+    port = d.ports["web"]
+    head = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT)
+    body = raw_head(port, post_head("/login", token=None, length=4000,
+                                    extra="Origin: http://127.0.0.1\nContent-Type: application/x-www-form-urlencoded"))
+    head.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    started = time.monotonic()
+    open_socks = {"head": head, "body": body}
+    while open_socks and time.monotonic() - started < 15:
+        for name, sock in list(open_socks.items()):
+            if closed_by_daemon(sock):
+                del open_socks[name]
+                continue
+            try:
+                sock.sendall(b"X" if name == "head" else b"a")  # one byte, far more often than 2 s
+            except ConnectionError:
+                del open_socks[name]
+        select.select([], [], [], 0.2)  # the trickle's pace (the loop waits for the close, bounded)
+    assert not open_socks, f"still open after {time.monotonic() - started:.0f} s: {sorted(open_socks)}"
+    # a client that sends whole requests in time is served, on a kept-alive connection too
+    kept = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT)
+    for _ in range(2):
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(kept)[0] == 200
+    kept.close()
+
+
+def test_connections_beyond_max_connections_get_503(start_daemon, daemon_config, redis_server, unique_prefix):
+    """No cap on the web listener's connections: idle ones piled up without limit, using the
+    descriptors the SMTP listeners and Redis need too."""
+    d = start_daemon(web_config(daemon_config, redis_server, unique_prefix,
+                                web={"listen": ["tcp:0:interface=127.0.0.1"], "api_tokens": [TOKEN],
+                                     "max_connections": 3}))
+    port = d.ports["web"]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT) for _ in range(3)]
+    held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert read_response(held[0])[0] == 200   # all three admitted (this one answered)
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT) as extra:
+        code, headers, _ = read_response(extra)
+        assert (code, headers["connection"]) == (503, "close")
+        assert extra.recv(1) == b""   # and closed
+    d.wait_for_line(r"web: 3 connections open, the most allowed \(max_connections\)")
+    # a closed connection frees its slot
+    held.pop().close()
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while True:
+        with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT) as again:
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            code = read_response(again)[0]
+        if code == 200 or time.monotonic() > deadline:
+            break
+        select.select([], [], [], 0.05)  # the daemon has not seen the close yet: poll again
+    assert code == 200
+    for sock in held:
+        sock.close()
