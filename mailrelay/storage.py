@@ -1197,23 +1197,6 @@ class Storage:
         result, replicas = await pipe.execute_pipeline()
         return result, replicas
 
-    def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
-        connection = self._idle_connection()
-        if connection is None:
-            return self.redis.eval(script, keys, args)
-        d = connection.eval(script, keys, args)
-        netio.flush(connection.transport)
-        return self._watched(d)
-
-    async def _eval_and_wait(self, keys: list[str], args: list[Any],
-                             script: str = ENQUEUE_SCRIPT) -> tuple[Any, Any]:
-        """The enqueue script and WAIT on one connection (WAIT counts that connection's writes)."""
-        pipe = await self.redis.pipeline()
-        pipe.eval(script, keys, args)
-        pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
-        result, replicas = await pipe.execute_pipeline()
-        return result, replicas
-
     # -- settling acknowledgements ----------------------------------------------------------
 
     def confirm(self, message_id: str) -> defer.Deferred:

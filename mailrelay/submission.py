@@ -45,7 +45,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import hashlib
 import hmac

@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial import unittest
 from twisted.web import resource, server
 
