@@ -22,7 +22,8 @@ import pytest
 
 from mailrelay import bounceparse
 from mailrelay.bounceparse import (
-    BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DNS_ERROR, HARD_BOUNCE,
+    BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
+    HARD_BOUNCE,
     MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
     BounceReport, BounceType, classify, parse_bounce, reply_report)
 
@@ -165,10 +166,11 @@ def test_types():
     assert [(t.name, t.code) for t in sorted(BOUNCE_TYPES.values(), key=lambda t: t.code)] == [
         ("HardBounce", 1), ("Transient", 2), ("Unsubscribe", 16), ("AutoResponder", 64), ("AddressChange", 128),
         ("DnsError", 256), ("SpamNotification", 512), ("Unknown", 2048), ("SoftBounce", 4096),
-        ("VirusNotification", 8192), ("ChallengeVerification", 16384), ("SpamComplaint", 100001),
-        ("ManuallyDeactivated", 100002), ("Blocked", 100006)]
+        ("VirusNotification", 8192), ("ChallengeVerification", 16384), ("BadEmailAddress", 100000),
+        ("SpamComplaint", 100001), ("ManuallyDeactivated", 100002), ("Blocked", 100006), ("DMARCPolicy", 100009)]
     assert BOUNCE_TYPES_BY_CODE[100006] is BLOCKED
-    assert SUPPRESSING_TYPES == {HARD_BOUNCE, SPAM_COMPLAINT}
+    assert SUPPRESSING_TYPES == {HARD_BOUNCE, BAD_EMAIL_ADDRESS, SPAM_COMPLAINT}
+    assert {t.name for t in BOUNCE_TYPES.values() if t.coarse_class == "hard"} == {"HardBounce", "BadEmailAddress"}
     assert HARD_BOUNCE == BounceType("HardBounce", 1)
     assert HARD_BOUNCE.description == ("The server was unable to deliver your message "
                                        "(ex: unknown user, mailbox not found).")
@@ -177,10 +179,12 @@ def test_types():
 
 
 def test_report_to_json():
-    report = BounceReport(type=SOFT_BOUNCE, recipient="a@example.org", status="5.2.2")
+    report = BounceReport(type=SOFT_BOUNCE, recipient="a@example.org", status="5.2.2", rule="cause-status",
+                          reason="cause-status; status 5.2.2; mailbox full")
     assert report.to_json("x.eml") == {"file": "x.eml", "type": "SoftBounce", "type_code": 4096,
                                        "recipient": "a@example.org", "status": "5.2.2",
-                                       "description": SOFT_BOUNCE.description}
+                                       "description": SOFT_BOUNCE.description, "rule": "cause-status",
+                                       "reason": "cause-status; status 5.2.2; mailbox full"}
 
 
 def test_reply_report():
@@ -204,45 +208,51 @@ STATUS_TABLE = [
     ("4.0.0", "Mailbox over quota", SOFT_BOUNCE),
     ("4.1.1", "user unknown", TRANSIENT),
     ("5.1.1", "", HARD_BOUNCE),
-    ("5.1.1", "blocked", HARD_BOUNCE),
+    ("5.1.1", "blocked", BLOCKED),   # the text names a cause that is not the address
     ("5.1.2", "", HARD_BOUNCE),
-    ("5.1.2", "Host or domain name not found", DNS_ERROR),
-    ("5.1.3", "", HARD_BOUNCE),
+    ("5.1.2", "Host or domain name not found", HARD_BOUNCE),
+    ("5.1.2", "Host or domain name not found. Name service error: Host not found, try again", DNS_ERROR),
+    ("5.1.3", "", BAD_EMAIL_ADDRESS),
     ("5.1.6", "mailbox has moved", HARD_BOUNCE),
     ("5.1.7", "", BLOCKED),
     ("5.1.8", "Sender address rejected: Domain not found", BLOCKED),
     ("5.1.10", "", HARD_BOUNCE),
-    ("5.1.0", "", HARD_BOUNCE),
+    ("5.1.0", "", SOFT_BOUNCE),   # "other address status" names no cause
     ("5.1.0", "Sender address rejected", BLOCKED),
-    ("5.2.0", "", HARD_BOUNCE),
+    ("5.2.0", "", SOFT_BOUNCE),
     ("5.2.0", "mailbox full", SOFT_BOUNCE),
-    ("5.2.1", "mailbox disabled", HARD_BOUNCE),
+    ("5.2.1", "mailbox disabled", SOFT_BOUNCE),
+    ("5.2.1", "The email account that you tried to reach is disabled.", SOFT_BOUNCE),
+    ("5.2.1", "no such user", HARD_BOUNCE),
     ("5.2.2", "", SOFT_BOUNCE),
     ("5.2.3", "", SOFT_BOUNCE),
-    ("5.3.0", "", UNKNOWN),
+    ("5.3.0", "", SOFT_BOUNCE),
     ("5.3.1", "", SOFT_BOUNCE),
     ("5.3.4", "message too big", SOFT_BOUNCE),
     ("5.4.1", "Recipient address rejected: Access denied", HARD_BOUNCE),
-    ("5.4.1", "", HARD_BOUNCE),
-    ("5.4.4", "Unrouteable address", DNS_ERROR),
+    ("5.4.1", "", DNS_ERROR),   # "no answer from host"
+    ("5.4.4", "Unrouteable address", HARD_BOUNCE),
+    ("5.4.4", "", DNS_ERROR),
     ("5.4.6", "mail for example.org loops back to myself", DNS_ERROR),
     ("5.4.7", "delivery time expired", SOFT_BOUNCE),
     ("5.4.0", "", DNS_ERROR),
     ("5.5.0", "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     ("5.5.0", "mailbox unavailable, blocked by policy", BLOCKED),
-    ("5.6.0", "", UNKNOWN),
+    ("5.6.0", "", SOFT_BOUNCE),
     ("5.6.0", "message content rejected", BLOCKED),
     ("5.7.1", "", BLOCKED),
     ("5.7.1", "Service unavailable; client host blocked using Spamhaus", BLOCKED),
     ("5.7.1", "virus found in message", VIRUS_NOTIFICATION),
     ("5.7.1", "user unknown", HARD_BOUNCE),
-    ("5.7.26", "DMARC policy", BLOCKED),
+    ("5.7.26", "DMARC policy", DMARC_POLICY),
+    ("5.7.26", "This mail has been blocked because the sender is unauthenticated.", DMARC_POLICY),
+    ("5.7.1", "Unauthenticated email from example.com is not accepted due to domain's DMARC policy", DMARC_POLICY),
     ("5.0.0", "user unknown", HARD_BOUNCE),
-    ("5.0.0", "", UNKNOWN),
-    ("5.0.0", "Host or domain name not found", DNS_ERROR),
+    ("5.0.0", "", SOFT_BOUNCE),
+    ("5.0.0", "Host or domain name not found", HARD_BOUNCE),
     ("5.0.0", "retry timeout exceeded", SOFT_BOUNCE),
     ("5.4.316", "Message expired, connection refused", SOFT_BOUNCE),
-    ("5.4.310", "DNS domain example.org does not exist", DNS_ERROR),
+    ("5.4.310", "DNS domain example.org does not exist", HARD_BOUNCE),
     ("5.4.14", "Hop count exceeded - possible mail loop", DNS_ERROR),
     ("5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", HARD_BOUNCE),
     ("5.7.606", "Access denied, banned sending IP", BLOCKED),
@@ -255,13 +265,14 @@ def test_classify_status(status, text, expected):
 
 
 @pytest.mark.parametrize("code,text,expected", [
-    (550, "", HARD_BOUNCE),
+    (550, "", SOFT_BOUNCE),   # a bare 550 names no cause
     (551, "", HARD_BOUNCE),
     (552, "", SOFT_BOUNCE),
-    (553, "", HARD_BOUNCE),
-    (554, "", UNKNOWN),
+    (553, "", SOFT_BOUNCE),
+    (554, "", SOFT_BOUNCE),
     (556, "", HARD_BOUNCE),
-    (500, "", UNKNOWN),
+    (500, "", SOFT_BOUNCE),
+    (521, "", HARD_BOUNCE),   # RFC 7504: the host accepts no mail
     (550, "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     (550, "mailbox unavailable (blocked)", BLOCKED),
     (554, "Transaction failed: spam message rejected", BLOCKED),
@@ -296,7 +307,7 @@ TEXT_RULES = [
     ("Sorry, no mailbox here by that name", HARD_BOUNCE),
     ("RESOLVER.ADR.RecipNotFound; not found", HARD_BOUNCE),
     ("Requested action not taken: mailbox unavailable", HARD_BOUNCE),
-    ("Recipient rejected", HARD_BOUNCE),
+    ("Recipient rejected", UNKNOWN),   # names no cause
     ("The email address you entered couldn't be found", HARD_BOUNCE),
     ("Mailbox full", SOFT_BOUNCE),
     ("user is over quota", SOFT_BOUNCE),
@@ -309,16 +320,18 @@ TEXT_RULES = [
     ("poor sender reputation", BLOCKED),
     ("rejected by local policy", BLOCKED),
     ("blocked using zen.spamhaus.org", BLOCKED),
-    ("DMARC verification failed", BLOCKED),
+    ("DMARC verification failed", DMARC_POLICY),
     ("Sender address rejected: not owned by user", BLOCKED),
     ("Daily user sending quota exceeded: spam suspected", BLOCKED),
     ("Virus detected: Win.Test.EICAR", VIRUS_NOTIFICATION),
     ("message infected", VIRUS_NOTIFICATION),
-    ("Host not found", DNS_ERROR),
-    ("Domain not found", DNS_ERROR),
-    ("DNS lookup returned NXDOMAIN", DNS_ERROR),
-    ("no MX record for example.org", DNS_ERROR),
-    ("Unrouteable address", DNS_ERROR),
+    ("Host not found", HARD_BOUNCE),
+    ("Domain not found", HARD_BOUNCE),
+    ("DNS lookup returned NXDOMAIN", HARD_BOUNCE),
+    ("no MX record for example.org", HARD_BOUNCE),
+    ("Unrouteable address", HARD_BOUNCE),
+    ("Host not found, try again", DNS_ERROR),
+    ("Name server timeout", DNS_ERROR),
     ("Message delayed", TRANSIENT),
     ("will retry for 5 days", TRANSIENT),
     ("still trying", TRANSIENT),
@@ -406,8 +419,9 @@ def test_fuzz_never_raises():
 
 
 def test_garbage_gives_one_unknown_report():
-    assert parse_bounce(b"\x00\xff garbage") == [BounceReport(type=UNKNOWN)]
-    assert parse_bounce(b"") == [BounceReport(type=UNKNOWN)]
+    for raw in (b"\x00\xff garbage", b""):
+        report, = parse_bounce(raw)
+        assert (report.type, report.recipient, report.status, report.rule) == (UNKNOWN, None, None, "not-a-report")
 
 
 # -- mailrelay bounce classify ------------------------------------------------------------
@@ -422,11 +436,14 @@ def test_cli_bounce_classify():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines == [
         {"file": files[0], "type": "HardBounce", "type_code": 1, "recipient": "p.martin@example.net",
-         "status": "5.1.1", "description": HARD_BOUNCE.description},
+         "status": "5.1.1", "description": HARD_BOUNCE.description, "rule": "address-status",
+         "reason": "address-status; status 5.1.1; reply 550; text 'User unknown'; bad destination mailbox address"},
         {"file": files[0], "type": "SoftBounce", "type_code": 4096, "recipient": "sales@example.net",
-         "status": "5.2.2", "description": SOFT_BOUNCE.description},
+         "status": "5.2.2", "description": SOFT_BOUNCE.description, "rule": "cause-status",
+         "reason": "cause-status; status 5.2.2; reply 552; text 'Mailbox full'; mailbox full"},
         {"file": files[1], "type": "ChallengeVerification", "type_code": 16384, "recipient": "hannah@example.org",
-         "status": None, "description": CHALLENGE_VERIFICATION.description},
+         "status": None, "description": CHALLENGE_VERIFICATION.description, "rule": "challenge",
+         "reason": "challenge; text 'Boxbe'; asks the sender to prove it is a person"},
     ]
 
 
@@ -440,7 +457,9 @@ def test_cli_bounce_classify_missing_file(tmp_path):
     assert result.stderr.startswith("mailrelay: ") and len(result.stderr.splitlines()) == 1
     assert json.loads(result.stdout) == {"file": str(garbage), "type": "Unknown", "type_code": 2048,
                                          "recipient": None, "status": None,
-                                         "description": UNKNOWN.description}
+                                         "description": UNKNOWN.description, "rule": "not-a-report",
+                                         "reason": "not-a-report; no delivery report, failure notice or "
+                                                   "auto-reply found"}
 
 
 def test_recipient_tokens_found_wherever_a_bounce_returns_the_copy():
