@@ -485,7 +485,7 @@ def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
                   f"{clean(change.new_type)}\t{effect}\t{clean(change.reason)[:300]}")
         reactivated = sum(1 for c in changes if c.reactivates)
         verb = "would be" if args.dry_run else "were"
-        print(f"{plural(len(changes), 'bounce')} reclassified, {plural(reactivated, 'address')} {verb} reactivated"
+        print(f"{plural(len(changes), 'bounce')} reclassified, {reactivated} {'address' if reactivated == 1 else 'addresses'} {verb} reactivated"
               + (" (dry run: nothing changed)" if args.dry_run else ""))
 
     return react_with_storage(args, run)
