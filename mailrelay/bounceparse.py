@@ -469,6 +469,8 @@ _CAUSE_STATUS: dict[str, tuple[BounceType, str]] = {
 }
 #: Text causes that refine a fixed cause status (e.g. 5.7.26 stays DMARCPolicy unless a virus).
 _REFINING = {"virus", "dmarc"}
+#: Text causes that override 5.2.1 ("mailbox disabled").
+_OVER_5_2_1 = {"user", "virus", "dmarc", "sender", "relay", "blocked", "rate", "quota", "size"}
 
 
 @dataclass(frozen=True)
@@ -601,8 +603,10 @@ def _explain_permanent(norm: str | None, smtp_code: int | None, cause: Cause | N
         kind, meaning = _CAUSE_STATUS[norm]
         if cause is not None and cause.name in _REFINING and cause.type is not kind:
             return by_text("text-refines-status")
-        if norm == "5.2.1" and cause is not None and cause.name == "user":
-            return by_text("text-over-status")   # "5.2.1 ... does not exist": the address is gone
+        if norm == "5.2.1" and cause is not None and cause.name in _OVER_5_2_1:
+            # receivers use 5.2.1 for more than a disabled mailbox: "does not exist" (the
+            # address is gone), a rate (Gmail), a policy refusal (AOL)
+            return by_text("text-over-status")
         agreeing = matched if cause is not None and cause.type is kind else ""
         return Verdict(kind, "cause-status", norm, smtp_code, agreeing, meaning)
     subject = int(norm.split(".")[1]) if norm else None
