@@ -14,66 +14,100 @@ JOB
     :data:`RECIPIENT_TOKEN_HEADER`). The taxonomy and type codes are Postmark's.
 
 CLASSIFICATION
-    :func:`classify` looks at the enhanced status code first (RFC 3463; taken
-    from the text when not given), then at the text; without a status code,
-    at the reply code's class. ``X`` stands for any number; "text" means
-    the text rules below decide and the fallback applies when none matches.
+    Decided from the reason, not from the first digit: only a failure that
+    says the *address* is gone (no such user or mailbox, no such domain or
+    null MX, moved, not an address at all) suppresses; everything else gets
+    the Postmark type that says what happened. :func:`explain` returns the
+    type with the rule that decided, the status, reply code and words of the
+    text used (``rule`` and ``reason`` of each report, printed by ``mailrelay
+    bounce classify``). The most specific evidence wins:
 
-    ======================  ===============================================
-    status                  type
-    ======================  ===============================================
-    2.X.X / 2xx             Unknown (not a failure)
-    4.2.2, 4.3.1            SoftBounce
-    4.X.X / 4xx             Transient; SoftBounce when the text says full
-                            or quota
-    5.1.1 5.1.3 5.1.4       HardBounce (no such user, bad syntax,
-    5.1.6 5.1.10            ambiguous, moved, null MX)
-    5.1.2                   DnsError when the text speaks of DNS or a host
-                            or domain not found, else HardBounce
-    5.1.7 5.1.8             Blocked (the server refused *our* sender)
-    5.1.X other             text, else HardBounce
-    5.2.1                   HardBounce (mailbox disabled)
-    5.2.2 5.2.3             SoftBounce (mailbox full, message too big for it)
-    5.2.X other             text, else HardBounce
-    5.3.1 5.3.4             SoftBounce (system full, message too big: the
-                            address is fine, do not suppress it)
-    5.3.X other             text, else Unknown
-    5.4.1                   text, else HardBounce (in practice Microsoft's
-                            "Recipient address rejected: Access denied")
-    5.4.3 5.4.4 5.4.6       DnsError (directory failure, unroutable, loop)
-    5.4.7                   SoftBounce (delivery time expired)
-    5.4.X other             text, else DnsError
-    5.5.X, 5.0.0            text, else by reply code
-    5.6.X                   text, else Unknown
-    5.7.X                   Blocked, except VirusNotification when the text
-                            names a virus and HardBounce when it says the
-                            user does not exist
-    5xx without status      text, else by reply code: 550 551 553 521 556
-                            HardBounce, 552 SoftBounce, others Unknown
-    nothing                 text, else Unknown
-    ======================  ===============================================
+    1. The text's *cause*: the first of :data:`CAUSES` whose phrases match,
+       in this order (a cause about the sender, content or rate comes before
+       one about the address, so "5.1.1 ... rejected as spam" never
+       suppresses): virus (VirusNotification), dmarc (DMARCPolicy), sender
+       refused, relaying denied (Blocked), mailbox full or over quota,
+       message too big, delivery expired (SoftBounce), spam, block list,
+       reputation, policy, authentication, reverse DNS (Blocked), rate limit
+       (SoftBounce), DNS failed for now (DnsError), domain does not exist,
+       NXDOMAIN, null MX, unroutable (HardBounce), bad address syntax
+       (BadEmailAddress), moved (HardBounce), mailbox disabled, suspended,
+       inactive (SoftBounce), no such user or mailbox, account closed
+       (HardBounce), "mailbox unavailable" (RFC 5321's 550 text: HardBounce),
+       mail loop (DnsError), temporary, try later, timeout (Transient).
+    2. The enhanced status code (RFC 3463; a generic X.0.0 gives way to a
+       specific one in the text) and reply code:
 
-    Text rules, first match wins: virus/infected/malware (VirusNotification);
-    sender rejected (Blocked); mailbox full, quota, insufficient storage
-    (SoftBounce); host/domain not found, NXDOMAIN, no MX, unroutable
-    (DnsError); user unknown, no such user, does not exist, not found
-    (HardBounce); spam, blocked, block/black list, reputation, policy,
-    Spamhaus, DMARC/SPF/DKIM (Blocked); mailbox unavailable, recipient
-    rejected, account disabled (HardBounce); delayed, will retry, timed out,
-    greylisted (Transient; SoftBounce after a generic 5.X.X or 5xx, which
-    means the message was given up).
+    =========================  ==================================================
+    evidence                   type (rule)
+    =========================  ==================================================
+    2.X.X / 2xx                Unknown, not a failure (``success``)
+    4.X.X / 4xx                Transient (``temporary``); SoftBounce when the
+                               text says full or expired, for 4.2.2 and 4.3.1,
+                               and in a 5xx reply (given up)
+    5.1.1 5.1.2 5.1.6 5.1.10   HardBounce (``address-status``) unless the text
+    5.7.17 5.7.18 5.4.310      names a cause that is not the address, which wins
+                               (``text-over-address-status``: "5.1.1 ... spam"
+                               is Blocked, Orange's "552 5.1.1 ... overquota" a
+                               SoftBounce); 5.1.2 with a DNS failure for now is
+                               a DnsError
+    5.1.3                      BadEmailAddress (suppresses), same exceptions
+    5.2.2 5.2.3 5.3.4 5.3.1    SoftBounce whatever the class digit or the text
+    5.4.7 5.1.4 5.5.3 ...      (``cause-status``); only a virus or DMARC text
+                               refines them
+    5.2.1                      SoftBounce (disabled: the address exists); a
+                               text saying the user does not exist makes it a
+                               HardBounce, a rate, policy or quota text the
+                               matching soft type (Gmail, AOL use 5.2.1)
+    5.1.7 5.1.8 5.7.27         Blocked (our sender is refused)
+    5.7.26 5.7.509             DMARCPolicy
+    5.4.3 5.4.6 5.4.8 5.4.14   DnsError (routing, loops)
+    5.4.1 + "Recipient         HardBounce: Microsoft 365's directory-based
+      address rejected:        edge blocking, the recipient is not in the
+      Access denied"           directory (Microsoft's NDR documentation)
+    5.7.X                      Blocked (``policy-status``), VirusNotification
+                               or DMARCPolicy by the text, another soft type
+                               when the text says quota, size, rate or expired;
+                               5.7.1 (the generic "delivery not authorized")
+                               with a text that only says the user or domain
+                               does not exist is a HardBounce: no policy word
+                               matched before it
+    5.0.0, 5.X.0, 5.5.X,       the text's cause (``text``); else by reply
+    5.6.X, 5xx without         code: 551 (user not local: moved), 521 and 556
+    status                     (RFC 7504, accepts no mail) HardBounce, 552
+                               SoftBounce; any other 5xx SoftBounce
+                               (``permanent-no-cause``: a permanent failure
+                               that names no cause is no evidence that the
+                               address is gone); 5.4.X DnsError
+    nothing                    the text's cause, else Unknown
+    =========================  ==================================================
 
     In a DSN, ``Action: delayed`` is Transient whatever the status, and a
     ``failed`` recipient with a 4.X.X status (given up after temporary
     failures: the message expired) is a SoftBounce. Relayed, delivered and
-    expanded recipients are not reported.
+    expanded recipients are not reported. A plain-text bounce's reason is the
+    line most like a server reply in the recipient's paragraph (or the whole
+    text); when it names no cause, the paragraph, then the whole bounce is
+    read for one; a failure notice that names none is a SoftBounce, a delay
+    notice Transient.
     A message that is not a delivery report is, in this order, a
     VirusNotification, a SpamNotification (a filter's notice about a
-    *delivered* message), a plain-text bounce, a ChallengeVerification, an
-    AddressChange, an AutoResponder (Auto-Submitted, X-Autoreply, "Out of
-    Office", "Automatic reply:") or an Unsubscribe request. ARF reports are
-    SpamComplaint (``Feedback-Type: virus`` is a VirusNotification;
-    ``not-spam`` and ``auth-failure`` are Unknown).
+    *delivered* message), a plain-text bounce (X-Failed-Recipients, a
+    daemon sender, or the phrases of qmail, Exim, Sendmail, Postfix,
+    Exchange, Lotus Notes, GroupWise, MDaemon, Courier, OpenSMTPD, Yahoo,
+    ...), a ChallengeVerification, an AddressChange, an AutoResponder
+    (Auto-Submitted, X-Autoreply, "Out of Office", "Automatic reply:") or an
+    Unsubscribe request. ARF reports are SpamComplaint (``Feedback-Type:
+    virus`` is a VirusNotification; ``not-spam`` and ``auth-failure`` are
+    Unknown). :data:`COARSE_CLASSES` groups the types into hard, soft,
+    complaint, autoreply and unknown (bench/bounces.py measures them).
+
+RECIPIENTS
+    In order of trust: a DSN's Original-Recipient, then Final-Recipient;
+    X-Failed-Recipients; per-recipient paragraphs of a plain-text bounce
+    (those the returned original's To/Cc names first); the returned
+    original's only recipient; an address in the reason or near a failure
+    phrase. Every failed recipient of a bounce gets its own report.
 
 SECURITY
     Bounces come from anyone: every byte is untrusted. Parsing never raises
@@ -88,13 +122,19 @@ SECURITY
     returned when it has the shape of a mailrelay id (20 hex digits); the
     recipient tokens are only candidates, with the shape of a token, that
     the caller must verify (their HMAC is the proof, not where they were found).
-    Recipients found by the plain-text heuristics are guesses.
+    Recipients found by the plain-text heuristics are guesses. A forged
+    bounce can choose its type, so the classifier errs towards not
+    suppressing: only the address-level causes above, and complaints,
+    suppress (:data:`SUPPRESSING_TYPES`).
 
 STANDARDS
-    RFC 3463 (enhanced status codes), RFC 3464 and RFC 6533 (delivery status
-    notifications), RFC 6522 (multipart/report), RFC 5965 (ARF), RFC 3834
-    (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521, 556), RFC 7505
-    (null MX, 5.1.10), RFC 2045-2047 (MIME, through the ``email`` package).
+    RFC 3463 and RFC 5248 (enhanced status codes), RFC 3464 and RFC 6533
+    (delivery status notifications), RFC 6522 (multipart/report), RFC 5965
+    (ARF), RFC 3834 (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521,
+    556), RFC 7505 (null MX, 5.1.10, 5.7.27), RFC 7372 (5.7.20-5.7.26), RFC
+    7293 (5.7.17, 5.7.18), RFC 2045-2047 (MIME, through the ``email``
+    package). Type names and codes: Postmark's bounce types (BadEmailAddress
+    100000, DMARCPolicy 100009 included).
 
 DIAGNOSTICS
     None: :func:`parse_bounce` returns at least one report, an Unknown one
@@ -321,7 +361,7 @@ def _causes() -> tuple[Cause, ...]:
         _cause("expired", SOFT_BOUNCE, "says delivery was given up after temporary failures", r"""
             \b(?:message|delivery|queue\s+entry|mail)\s+(?:time\s+)?(?:has\s+)?expired\b
           | \bdelivery\s+time\s+expired\b | \bmessage\s+expired\b | \bqueue\.expired\b | \bexpired\s+in\s+queue\b
-          | \bretry\s+time(?:out)?\s+(?:exceeded|not\s+reached\s+for\s+any\s+host\s+after\s+a\s+long\s+failure)
+          | \bretry\s+time(?:out)?\s+(?:exceeded|not\s+reached\s+for\s+any\s+host)
           | \b(?:too\s+long\s+in\s+(?:the\s+)?queue|in\s+the\s+queue\s+too\s+long)\b
           | \bcould\s+not\s+be\s+delivered\s+(?:with)?in\s+(?:the\s+(?:last|past)\s+)?\d+\s+(?:days?|hours?)\b
           | \b(?:could|can)\s*(?:not|n't)\s+(?:send|deliver)\s+(?:(?:this\s+)?message\s+)?for\s+(?:the\s+past\s+)?
@@ -575,8 +615,11 @@ def explain(status: str | None, text: str, smtp_code: int | None = None) -> Verd
     if klass == 2:
         return Verdict(UNKNOWN, "success", norm, smtp_code, meaning="not a failure")
     if klass == 4:
-        if cause is not None and cause.name == "quota":
+        if cause is not None and cause.name in ("quota", "expired"):
             return by_text("temporary+text")
+        if smtp_code is not None and smtp_code // 100 == 5:
+            return Verdict(SOFT_BOUNCE, "temporary-status-given-up", norm, smtp_code, matched if cause else "",
+                           "a temporary status in a permanent reply: given up after temporary failures")
         if norm in ("4.2.2", "4.3.1"):
             return Verdict(SOFT_BOUNCE, "temporary-status", norm, smtp_code, meaning="mailbox or system full")
         return Verdict(TRANSIENT, "temporary", norm, smtp_code, matched if cause else "",
@@ -681,7 +724,7 @@ _COPY_MARKER = re.compile(r"""
                  | this\s+is\s+a\s+copy\s+of\s+the\s+message
                  | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
                  | message\s+headers\s+follow | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
-                 | begin\s+headers
+                 | begin\s+headers | below\s+is\s+a\s+copy\s+of\s+the\s+original\s+message
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
 
 _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "double-bounce", "mail.daemon"}
@@ -694,13 +737,26 @@ _NDR_BODY = re.compile(r"""
   | \bthis\s+is\s+the\s+mail\s+system\s+at\b | \bdelivery\s+status\s+notification\b | \bundeliverable\b
   | \bcould\s+not\s+deliver\b | \bhas\s+not\s+yet\s+been\s+delivered\b | \bfollowing\s+addresse?s?\s+(?:had|failed)\b
   | \bfailed\s+to\s+these\s+recipients\b | \bcannot\s+be\s+reached\b | \bdid\s+not\s+reach\b
-  | \bdelivery\s+to\s+the\s+following\s+recipients?\b | \bnicht\s+zugestellt\b | \bunzustellbar\b""", _FLAGS)
+  | \bdelivery\s+to\s+the\s+following\s+recipients?\b | \bnicht\s+zugestellt\b | \bunzustellbar\b
+  | \btranscript\s+of\s+session\s+follows\b | \bpermanent\s+fatal\s+(?:delivery\s+)?errors?\b
+  | \b(?:was|were)\s+not\s+delivered\s+to\b | \bundeliverable\s+to\s+the\s+following\b
+  | \bdid\s+not\s+reach\s+(?:the\s+following|some\s+or\s+all)\b | \bfailed\s+to\s+deliver\b
+  | \bunable\s+to\s+deliver\s+(?:your\s+)?message\s+to\s+the\s+following\b
+  | \ban\s+error\s+has\s+occurred\s+while\s+attempting\s+to\s+deliver\b | \bthis\s+is\s+the\s+mailer-daemon\b
+  | \bdelivery\s+has\s+failed\s+to\s+these\s+recipients\b | \brecipient's\s+e-?mail\s+provider\s+rejected\b
+  | \bcouldn't\s+be\s+delivered\b | \bwasn't\s+found\s+at\b | \bundeliverable\s+mail\b
+  | \bcourier\s+mail\s+server\b | \bwasn't\s+able\s+to\s+deliver\b | \bmessage\s+delivery\s+failed\b
+  | \bnot\s+(?:been\s+)?delivered\s+to\s+(?:one\s+or\s+more|the\s+following)\b
+  | \bkonnte\s+nicht\s+zugestellt\b | \bn'a\s+pas\s+pu\s+(?:être|etre)\s+(?:remis|distribu)
+  | \bno\s+se\s+(?:ha\s+)?pudo\s+entregar\b | \bnon\s+(?:è|e')\s+stato\s+possibile\s+consegnare\b""", _FLAGS)
 _NDR_SUBJECT = re.compile(r"""
     undeliver | returned\s+mail | delivery\s+(?:status|failure|failed|has\s+failed|problem|report|error|notification)
   | mail\s+delivery\s+(?:failed|failure|system|subsystem) | failure\s+notice | non-?deliver
   | could\s+not\s+be\s+delivered
   | delivery\s+unsuccessful | mail\s+system\s+error | returned\s+to\s+sender | delayed\s+mail | \bwarning:\s+message
-  | message\s+not\s+delivered | unzustellbar | nicht\s+zustellbar""", _FLAGS)
+  | message\s+not\s+delivered | unzustellbar | nicht\s+zustellbar | \bnot\s+delivered\b | \bnon\s+remis\b
+  | permanent\s+delivery\s+failure | mail\s+delivery\s+status | returned\s+mail | delivery\s+status\s+notification
+  | \bno\s+entregado\b | \bnon\s+recapitato\b""", _FLAGS)
 _DELAY = re.compile(r"""
     \bhas\s+not\s+yet\s+been\s+delivered\b | \bwill\s+(?:continue|keep)\s+(?:to\s+)?(?:try|trying|retry)
   | \bdelivery\s+attempts\s+will\s+continue\b | \bstill\s+(?:trying|being\s+retried)\b | \bdelayed\b
