@@ -154,6 +154,8 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from typing import Any, NamedTuple
 
+from mailrelay.destinations import SETTING as DESTINATION_SETTING
+
 #: Bytes of a bounce that are parsed; the rest is ignored.
 MAX_INPUT = 1024 * 1024
 #: Characters of decoded text that the heuristics look at.
@@ -323,6 +325,10 @@ def _cause(name: str, kind: BounceType, meaning: str, pattern: str, about_addres
 #: Yahoo/AOL, iCloud, GMX/Web.de, Orange, Mail.ru and QQ.
 def _causes() -> tuple[Cause, ...]:
     return (
+        # mailrelay's own refusal of private destinations (destinations.refused_message):
+        # a routing decision of ours, never evidence about the address
+        _cause("destination-policy", DNS_ERROR, "is mailrelay's refusal of a non-public destination",
+               re.escape(f"({DESTINATION_SETTING} = false)")),
         _cause("virus", VIRUS_NOTIFICATION, "names a virus or malware", r"""
             \bvirus(?:es)?\b | \binfected\b | \bmalware\b | \btrojan\b | \beicar\b"""),
         _cause("dmarc", DMARC_POLICY, "names the sender domain's DMARC policy", r"""
@@ -410,9 +416,11 @@ def _causes() -> tuple[Cause, ...]:
         _cause("syntax", BAD_EMAIL_ADDRESS, "says the address is not a valid address", r"""
             \b(?:bad|invalid|illegal|malformed)\s+(?:recipient\s+|destination\s+|e-?mail\s+)?address\s+syntax\b
           | \baddress\s+syntax\b | \bsyntax\s+error\s+in\s+(?:the\s+)?(?:recipient\s+)?address\b
-          | \bmalformed\s+(?:recipient\s+|e-?mail\s+)?address\b | \bnot\s+a\s+valid\s+rfc\s*[25]?821\s+address\b
+          | \bmalformed\s+(?:recipient\s+|e-?mail\s+)?address\b | \bnot\s+a\s+valid\s+rfc\s*(?:5321|2821|5322|2822|822)\s+address\b
           | \binvalid\s+(?:recipient\s+)?address\s+format\b | \baddress\s+(?:is\s+)?malformed\b
-          | \bdomain\s+name\s+required\b | \buser\s+address\s+required\b | \bunbalanced\s+['"<(]""",
+          | \bdomain\s+name\s+required\b | \buser\s+address\s+required\b | \bunbalanced\s+['"<(]
+          | \bnot\s+a\s+valid\s+(?:domain\s+name|address\s+literal)\b | \binvalid\s+domain\s+name\b
+          | \bunsupported\s+address\s+literal\b""",
                about_address=True),
         _cause("moved", HARD_BOUNCE, "says the mailbox has moved", r"""
             \b(?:mailbox|user|address|recipient)\s+has\s+moved\b | \buser\s+not\s+local\b
@@ -545,6 +553,7 @@ class Verdict:
 #: the address, so that "5.1.1 ... blocked as spam" or "user ... is over quota" never
 #: suppresses.
 CAUSES: tuple[Cause, ...] = _causes()
+_CAUSES_BY_NAME = {cause.name: cause for cause in CAUSES}
 
 
 def normalize_status(value: str | None) -> str | None:
@@ -568,8 +577,16 @@ def text_cause(text: str) -> tuple[Cause, str] | None:
     for cause in CAUSES:
         m = cause.pattern.search(text)
         if m:
+            if cause.name == "domain" and _TEMPORARY_LOOKUP.search(text):
+                # "Host not found, try again", "looking up its address failed: timeout": the
+                # lookup failed for now, which says nothing about the domain
+                cause = _CAUSES_BY_NAME["dns-temporary"]
             return cause, " ".join(m.group(0).split())
     return None
+
+
+_TEMPORARY_LOOKUP = re.compile(r"\btry\s+again\b | \btemporar | \btimed?\s*out\b | \btimeout\b | \bservfail\b"
+                               r" | \bdid\s+not\s+complete\b | \bfor\s+now\b", _FLAGS)
 
 
 def text_label(text: str) -> str | None:
@@ -667,6 +684,11 @@ def _explain_permanent(norm: str | None, smtp_code: int | None, cause: Cause | N
         # organisation's directory ("Recipient address rejected: Access denied").
         return Verdict(HARD_BOUNCE, "microsoft-recipient-not-in-directory", norm, smtp_code,
                        _ACCESS_DENIED.search(text).group(0), "the recipient does not exist (Microsoft 365 5.4.1)")
+    if cause is not None and cause.type is TRANSIENT:
+        # a permanent failure after temporary ones ("Service unavailable", "timed out"):
+        # given up, and no evidence against the address
+        return Verdict(SOFT_BOUNCE, "permanent-after-temporary", norm, smtp_code, matched,
+                       "a permanent failure whose text says the cause was temporary")
     if cause is not None:
         return by_text("text" if norm is None or norm.endswith(".0.0") else "text-over-status")
     if subject == 4:

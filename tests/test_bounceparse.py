@@ -480,3 +480,117 @@ def test_recipient_tokens_found_wherever_a_bounce_returns_the_copy():
     for text in (f"X-Mailrelay-Recipient-Token: {token[:-1]}", f"X-Mailrelay-Recipient-Token: {token}a",
                  f"ab+{token}@x", f"X-Other: {token}"):
         assert parse_bounce(f"Subject: x\r\n\r\n{text}\r\n".encode())[0].recipient_tokens == (), text
+
+
+# -- issue 16: decide from the reason, not from the first digit ---------------------------
+
+#: Replies as receivers document them (Gmail's "SMTP errors and codes", Microsoft's Exchange
+#: Online NDR pages, Yahoo's and iCloud's postmaster pages, Orange's OFR codes, QQ, Mail.ru,
+#: GMX) and as MTAs write them (Postfix, Exim, qmail, Sendmail), and mailrelay's own in-band
+#: texts. Only the first group suppresses.
+ADDRESS_GONE = [
+    "550-5.1.1 The email account that you tried to reach does not exist. Please try double-checking "
+    "the recipient's email address for typos or unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser",
+    "553-5.1.2 We weren't able to find the recipient domain. Please check for any spelling errors",
+    "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+    "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+    "554 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain",
+    "554 delivery error: dd This user doesn't have a example.com account (a@example.com) [0] - mta1",
+    "550 5.1.1 <a@example.com>: user does not exist",
+    "550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416 [416]",
+    "550 Mailbox not found. http://service.exmail.example.cn/cgi-bin/help?subtype=1&&id=20022&&no=1000728",
+    "550 Message was not accepted -- invalid mailbox.  Local mailbox a@example.ru is unavailable: user not found",
+    "550 Requested action not taken: mailbox unavailable",
+    "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+    "Sorry, no mailbox here by that name. (#5.1.1)",
+    "all relevant MX records point to non-existent hosts",
+    "Domain example.org does not accept mail (nullMX)",
+    "556 5.1.10 <a@example.org>: Recipient address rejected: Domain example.org does not accept mail (nullMX)",
+    "551 User not local; please try <a@example.net>",
+    "550 5.7.1 <a@example.org>: Recipient address rejected: User unknown",   # 5.7.1, no policy word
+    "example.org: domain does not exist (NXDOMAIN)",                        # mailrelay's own
+    "example.org publishes a null MX (RFC 7505): it accepts no mail",
+]
+NOT_GONE = [
+    ("550 5.1.1 Message rejected as spam by Content Filtering", BLOCKED),
+    ("552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417 [417]", SOFT_BOUNCE),
+    ("550 5.1.1 <a@example.org>: blocked by policy, see https://example.org/rbl", BLOCKED),
+    ("450 5.2.2 mailbox full", SOFT_BOUNCE),   # 5.2.2 whatever the class digit
+    ("550 5.2.2 The email account that you tried to reach is over quota", SOFT_BOUNCE),
+    ("550 5.2.1 The email account that you tried to reach is disabled.", SOFT_BOUNCE),
+    ("550-5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional "
+     "messages from being delivered.", SOFT_BOUNCE),
+    ("552 5.2.3 Your message exceeded Google's message size limits.", SOFT_BOUNCE),
+    ("550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy", DMARC_POLICY),
+    ("550 5.7.1 [192.0.2.1] The IP you're using to send mail is not authorized to send email directly to our "
+     "servers.", BLOCKED),
+    ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", BLOCKED),
+    ("550 5.7.509 Access denied, sending domain example.com does not pass DMARC verification", DMARC_POLICY),
+    ("554 5.7.9 Message not accepted for policy reasons. See https://help.yahoo.com/kb/postmaster/SLN7253.html",
+     BLOCKED),
+    ("554 delivery error: dd Sorry your message to a@example.com cannot be delivered. This mailbox is disabled "
+     "(554.30).", SOFT_BOUNCE),
+    ("554 5.7.1 [CS01] Message rejected due to local policy.", BLOCKED),
+    ("550 Mailbox unavailable or access denied", SOFT_BOUNCE),   # QQ: the recipient gets too much mail
+    ("550 Ip frequency limited", SOFT_BOUNCE),
+    ("550 Mail content denied.", BLOCKED),
+    ("550 spam message rejected. Please visit http://help.example.ru/notspam-support", BLOCKED),
+    ("550 Message was not accepted -- invalid mailbox. Local mailbox a@example.ru is unavailable: account is "
+     "disabled", SOFT_BOUNCE),
+    ("554-No SMTP service 554 Bad DNS PTR resource record.", BLOCKED),
+    ("521 5.2.1 :  (CON:B1)  AOL will not accept delivery of this message.", BLOCKED),
+    ("550 5.7.1 Unable to relay", BLOCKED),
+    ("553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)", BLOCKED),
+    ("550 5.1.8 <orders@shop.example.com>: Sender address rejected: Domain not found", BLOCKED),
+    ("550 #5.1.0 Address rejected.", SOFT_BOUNCE),   # names no cause
+    ("554 5.0.0 Service unavailable", SOFT_BOUNCE),
+    ("550 4.4.7 QUEUE.Expired; message expired", SOFT_BOUNCE),
+    ("retry timeout exceeded", SOFT_BOUNCE),
+    ("I'm not going to try again; this message has been in the queue too long.", SOFT_BOUNCE),
+    ("Host or domain name not found. Name service error for name=example.org type=MX: Host not found, try again",
+     DNS_ERROR),
+    ("example.org: has no MX record, and looking up its address failed: timeout", DNS_ERROR),
+    ("5.4.4 example.org: not sent: it has no MX record and its own addresses are not public (example.org"
+     "[10.0.0.1]: 10.0.0.1 is a private address); delivery to private and internal networks is disabled "
+     "([delivery] allow_private_destinations = false)", DNS_ERROR),   # mailrelay's own refusal
+    ("421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume or user complaints", TRANSIENT),
+    ("452 4.2.2 The email account that you tried to reach is over quota.", SOFT_BOUNCE),
+]
+
+
+@pytest.mark.parametrize("text", ADDRESS_GONE)
+def test_address_gone_suppresses(text):
+    verdict = bounceparse.explain(None, text)
+    assert verdict.type.suppresses and verdict.type.coarse_class == "hard", verdict
+
+
+@pytest.mark.parametrize("text,expected", NOT_GONE)
+def test_anything_else_gets_the_type_that_says_what_happened(text, expected):
+    verdict = bounceparse.explain(None, text)
+    assert verdict.type == expected, verdict
+    assert not verdict.type.suppresses
+
+
+def test_bad_address_syntax_is_bad_email_address():
+    verdict = bounceparse.explain(None, "553-5.1.3 The recipient address <a..b@example.com> is not a valid RFC 5321 "
+                                        "address.")
+    assert (verdict.type, verdict.rule, verdict.type.suppresses) == (BAD_EMAIL_ADDRESS, "address-status+text", True)
+    assert bounceparse.explain(None, "example: not a valid domain name").type == BAD_EMAIL_ADDRESS
+
+
+def test_explain_says_which_rule_status_and_text_decided():
+    verdict = bounceparse.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: spam detected")
+    assert (verdict.rule, verdict.status, verdict.smtp_code, verdict.matched) == (
+        "text-over-address-status", "5.1.1", 550, "spam")
+    assert verdict.reason == ("text-over-address-status; status 5.1.1; reply 550; text 'spam'; "
+                              "the text names spam, content, reputation, a block list or a policy")
+    generic = bounceparse.explain("5.0.0", "550 5.2.2 mailbox full")
+    assert (generic.status, generic.type) == ("5.2.2", SOFT_BOUNCE)   # a generic status gives way
+    bare = bounceparse.explain(None, "550 rejected")
+    assert (bare.type, bare.rule) == (SOFT_BOUNCE, "permanent-no-cause")
+
+
+def test_a_bounce_reports_why():
+    report, = parse_bounce((CORPUS / "orange-overquota.eml").read_bytes())
+    assert (report.type, report.status, report.rule) == (SOFT_BOUNCE, "5.1.1", "text-over-address-status")
+    assert "text 'Boite du destinataire pleine'" in report.reason
