@@ -340,7 +340,11 @@ def _causes() -> tuple[Cause, ...]:
           | \b(?:bad|invalid|unknown)\s+sender\b | \bsender\s+denied\b | \bbad\s+outbound\s+sender\b
           | \bsender\s+(?:is\s+)?not\s+(?:authori[sz]ed|allowed|permitted)
           | \b(?:connected\s+to\s+\S+\s+but\s+)?sender\s+was\s+rejected\b
-          | \bnot\s+in\s+(?:the\s+)?allowed[\s-]senders?\b | \bsender\s+frequency\s+limited\b"""),
+          | \bnot\s+in\s+(?:the\s+)?allowed[\s-]senders?\b | \bsender\s+frequency\s+limited\b
+          | \bsender(?:'s)?\s+(?:address\s+|domain\s+)?(?:\S+\s+){0,4}?(?:does\s+not\s+exist|has\s+no\s+mx|
+                                                                    not\s+resolv\w*|unresolvable|invalid)
+          | \b(?:your|the)\s+(?:sender|sending|from)\s+(?:address|domain)\b | \bdomain\s+of\s+(?:your\s+|the\s+)?sender\b
+          | \bmail\s+from\s+(?:address|domain)\s+(?:\S+\s+){0,3}?(?:rejected|invalid|not|does)\b | \babsender\b"""),
         _cause("relay", BLOCKED, "refuses to relay for the domain (a routing or policy refusal)", r"""
             \brelay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited|not\s+allowed)
           | \b(?:unable|not\s+permitted|not\s+allowed)\s+to\s+relay\b | \bwe\s+do\s+not\s+relay\b
@@ -380,6 +384,7 @@ def _causes() -> tuple[Cause, ...]:
           | \bjunk\b | (?<!not\s)\blisted\s+(?:at|on|by)\b | \bcontent\s+(?:rejected|denied|refused)\b
           | \bmessage\s+(?:content\s+)?(?:rejected|refused)\b | \brejected\s+(?:due\s+to|because\s+of|for)\b
           | \bnot\s+authori[sz]ed\b | \bprohibited\b | \bbanned\b | \bsuspicious\b | \bphish | \bTSS\d+\b
+          | \bclient\s+host\s+rejected\b | \bcannot\s+find\s+your\s+(?:reverse\s+)?hostname\b
           | \bunauthenticated\b | \bauthentication\s+(?:failed|failure|required|checks?)\b | \bnot\s+authenticated\b
           | \bptr\s+record\b | \breverse\s+dns\b | \brdns\b | \bno\s+reverse\b | \bbad\s+dns\s+ptr\b
           | \bwill\s+not\s+accept\s+(?:delivery|this|your|mail\s+from)\b | \bnot\s+accepted\s+for\s+policy\b
@@ -438,7 +443,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bno\s+such\s+(?:user|mailbox|recipient|address|account|person|local\s+user|e-?mail)\b
           | \b(?:does\s+not|doesn't|did\s+not|no\s+longer|does\s+no|is\s+not|not)\s+exists?\b
           | \bdoes(?:\s+not|n't)\s+have\s+an?\s+[\w.-]+\s+account\b
-          | \b(?:recipient|user|mailbox|address|account|addressee)s?\s+(?:\S+\s+)?(?:is\s+)?(?:not\s+found|unknown|
+          | (?<!\bip\s)(?<!\bsender\s)(?<!\bfrom\s)
+            \b(?:recipient|user|mailbox|address|account|addressee)s?\s+(?:\S+\s+)?(?:is\s+)?(?:not\s+found|unknown|
              not\s+listed|not\s+known|not\s+valid|invalid|nonexistent|non-existent)\b
           | \b(?:address|recipient|mailbox|account|user)\b[^.;\n]{0,40}?
             \b(?:couldn't|could\s+not|cannot|can't|wasn't|was\s+not)\s+be(?:en)?\s+found\b
@@ -971,7 +977,7 @@ class _Bounce:
                 text = diagnostic or (_best_reason(self.human) or ("", None, None))[0]
                 verdict = explain(status, text)
             recipient = original or final or (fallback_recipients.pop(0) if fallback_recipients else None)
-            reports.append(self.report(verdict.type, recipient, status=verdict.status or status, action=action,
+            reports.append(self.report(verdict.type, recipient, status=status or verdict.status, action=action,
                                        diagnostic=diagnostic, remote_mta=remote, rule=verdict.rule,
                                        reason=verdict.reason))
             if len(reports) >= MAX_REPORTS:
