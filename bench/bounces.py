@@ -2,7 +2,7 @@
 How well mailrelay classifies bounces: the confusion matrix and recipient accuracy on the
 project's corpus.
 
-    python bench/bounces.py [--errors] [--json]
+    python bench/bounces.py [--errors] [--json] [--samples DIR] [--corpus DIR]
 
 Reads the committed corpus: tests/bounces/*.eml with tests/bounces/expected.json (hand-made
 samples: file -> the expected report, or the list of reports when a bounce names several
@@ -10,7 +10,11 @@ recipients) and, when present, tests/bounces/corpus/ with its labels.json (bounc
 real MTAs, see bench/bouncecorpus/):
 
     {"<mta>/<case>.eml": {"type": "SoftBounce", "class": "soft", "recipients": ["a@example.org"],
-                          "status": "5.2.2", "why": "how the failure was caused"}}
+                          "status": "5.2.2", "why": "how the failure was caused",
+                          "failures": [{"recipient": "a@example.org", "type": "SoftBounce",
+                                        "class": "soft", "why": "...", "reply": "..."}]}}
+
+(``failures``, when present, labels each recipient on its own.)
 
 Each (file, expected recipient) is one case. It prints, for the coarse classes the suppression
 decision depends on (hard, soft, complaint, autoreply, unknown; see
@@ -41,7 +45,8 @@ SAMPLES = ROOT / "tests" / "bounces"
 CORPUS = SAMPLES / "corpus"
 CLASSES = ("hard", "soft", "complaint", "autoreply", "unknown")
 _CLASS_SYNONYMS = {"auto-reply": "autoreply", "auto_reply": "autoreply", "autoresponder": "autoreply",
-                   "spamcomplaint": "complaint", "spam-complaint": "complaint", "transient": "soft"}
+                   "spamcomplaint": "complaint", "spam-complaint": "complaint", "transient": "soft",
+                   "delayed": "soft", "temporary": "soft"}
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,16 @@ def load_cases(samples: Path = SAMPLES, corpus: Path = CORPUS) -> list[tuple[Pat
         labels = json.loads(labels_path.read_text())
         for name in sorted(labels):
             label = labels[name]
-            recipients = label.get("recipients") or [None]
-            klass = coarse_class(label.get("class"), label.get("type"))
-            out.append((corpus / name, [Expected(f"corpus/{name}", label.get("type"), klass, r) for r in recipients]))
+            failures = label.get("failures") or []
+            if failures:   # per recipient, when the label says so
+                wants = [Expected(f"corpus/{name}", f.get("type") or label.get("type"),
+                                  coarse_class(f.get("class"), f.get("type") or label.get("type")), f.get("recipient"))
+                         for f in failures]
+            else:
+                klass = coarse_class(label.get("class"), label.get("type"))
+                wants = [Expected(f"corpus/{name}", label.get("type"), klass, r)
+                         for r in label.get("recipients") or [None]]
+            out.append((corpus / name, wants))
     return out
 
 
@@ -165,10 +177,12 @@ def matrix(rows: list[tuple[str, str]], labels: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=Path, default=SAMPLES, help="directory of expected.json (tests/bounces)")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="directory of labels.json (tests/bounces/corpus)")
     parser.add_argument("--errors", action="store_true", help="list every wrong case and the rule that decided")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
-    cases = evaluate(load_cases())
+    cases = evaluate(load_cases(args.samples, args.corpus))
     result = figures(cases)
     if args.json:
         print(json.dumps({**result.__dict__, "soft_as_hard_rate": result.soft_as_hard_rate}))

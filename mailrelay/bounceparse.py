@@ -369,7 +369,7 @@ def _causes() -> tuple[Cause, ...]:
           | \brecipsizelimit\b | \bmaximum\s+message\s+size\b | \bmessage\s+too\s+large\b
           | \bexceeds\s+(?:my|our|the)\s+(?:databytes|size)\b | \bfile\s+too\s+large\b"""),
         _cause("expired", SOFT_BOUNCE, "says delivery was given up after temporary failures", r"""
-            \b(?:message|delivery|queue\s+entry|mail)\s+(?:time\s+)?(?:has\s+)?expired\b
+            \b(?:message|delivery|queue\s+entry|mail|envelope)\s+(?:time\s+)?(?:has\s+)?expired\b
           | \bdelivery\s+time\s+expired\b | \bmessage\s+expired\b | \bqueue\.expired\b | \bexpired\s+in\s+queue\b
           | \bretry\s+time(?:out)?\s+(?:exceeded|not\s+reached\s+for\s+any\s+host)
           | \b(?:too\s+long\s+in\s+(?:the\s+)?queue|in\s+the\s+queue\s+too\s+long)\b
@@ -377,6 +377,12 @@ def _causes() -> tuple[Cause, ...]:
           | \b(?:could|can)\s*(?:not|n't)\s+(?:send|deliver)\s+(?:(?:this\s+)?message\s+)?for\s+(?:the\s+past\s+)?
             \d+\s+(?:days?|hours?)\b | \bcannot\s+send\s+message\s+for\s+\d+ | \bnot\s+going\s+to\s+try\s+again\b
           | \bmaximum\s+(?:delivery\s+)?time\s+(?:has\s+been\s+)?(?:exceeded|reached)\b | \blifetime\s+exceeded\b"""),
+        _cause("spam", SPAM_NOTIFICATION, "says the message itself was judged spam", r"""
+            \b(?:message|mail|e-?mail|content|this)\b[^.;\n]{0,40}?\b(?:looks?\s+like|is\s+likely|likely|classified\s+as|
+              detected\s+as|identified\s+as|considered(?:\s+as)?|rejected\s+as|determined\s+to\s+be|appears\s+to\s+be|
+              marked\s+as|scored\s+as)\s+(?:an?\s+)?(?:possible\s+|probable\s+)?(?:spam|unsolicited|junk|bulk)\b
+          | \bspam\s+(?:message|content|score)\b | \brejected\s+as\s+spam\b | \bcontent\s+(?:denied|rejected)\b
+          | \blikely\s+unsolicited\b | \bspam\s+detected\b(?!.{0,20}abuse)"""),
         _cause("blocked", BLOCKED, "names spam, content, reputation, a block list or a policy", r"""
             \bspam | \bblocked\b | \bblock\s?(?:ed\s)?list | \bblack\s?list | \bdeny\s?list | \bblacklisted\b
           | \breputation\b | \bpolic(?:y|ies)\b | \bspamhaus\b | \bspamcop\b | \bsorbs\b | \bbarracuda\b
@@ -385,6 +391,7 @@ def _causes() -> tuple[Cause, ...]:
           | \bmessage\s+(?:content\s+)?(?:rejected|refused)\b | \brejected\s+(?:due\s+to|because\s+of|for)\b
           | \bnot\s+authori[sz]ed\b | \bprohibited\b | \bbanned\b | \bsuspicious\b | \bphish | \bTSS\d+\b
           | \bclient\s+host\s+rejected\b | \bcannot\s+find\s+your\s+(?:reverse\s+)?hostname\b
+          | \bmailbox\s+unavailable\s+or\s+access\s+denied\b   # QQ: too much mail for this recipient
           | \bunauthenticated\b | \bauthentication\s+(?:failed|failure|required|checks?)\b | \bnot\s+authenticated\b
           | \bptr\s+record\b | \breverse\s+dns\b | \brdns\b | \bno\s+reverse\b | \bbad\s+dns\s+ptr\b
           | \bwill\s+not\s+accept\s+(?:delivery|this|your|mail\s+from)\b | \bnot\s+accepted\s+for\s+policy\b
@@ -398,7 +405,7 @@ def _causes() -> tuple[Cause, ...]:
             connections|recipients|concurrent|sessions|simultaneous)\b | \breceiving\s+mail\s+(?:too\s+quickly|at\s+a\s+rate)
           | \bthrottl | \bfrequency\s+limited\b | \bsending\s+(?:quota|limit)\b | \b(?:daily|hourly)\s+
             (?:user\s+)?(?:sending\s+)?(?:quota|limit)\b | \bexceeded\s+the\s+max\s+(?:emails|defers)
-          | \bmailbox\s+unavailable\s+or\s+access\s+denied\b | \bunexpected\s+volume\b | \bslow\s+down\b
+          | \bunexpected\s+volume\b | \bslow\s+down\b
           | \bspeed\s+limit\b | \b(?:message|receive)\s+(?:rate\s+)?limit\s+(?:exceeded|reached)\b"""),
         _cause("dns-temporary", DNS_ERROR, "says a DNS lookup failed for now", r"""
             \bhost\s+not\s+found,\s+try\s+again\b | \bservfail\b | \bname\s+server\s+timeout\b
@@ -406,6 +413,9 @@ def _causes() -> tuple[Cause, ...]:
           | \btemporary\s+(?:dns|lookup|name\s+server)\s+failure\b | \bhost\s+lookup\s+did\s+not\s+complete\b
           | \btemporary\s+failure\s+in\s+name\s+resolution\b | \bdns\s+query\s+error\b
           | \bmx\s+(?:record\s+)?points?\s+to\s+(?:local\s?host|itself)\b | \bdns\s+server\s+returned\s+general\s+failure\b"""),
+        _cause("mail-host-missing", DNS_ERROR, "says the domain's mail hosts do not exist (its DNS is broken)", r"""
+            \bmx\s+records?\s+points?\s+to\s+non-?existent\s+hosts?\b | \bmail\s+exchangers?\s+(?:\S+\s+){0,3}?could\s+not
+            \s+be\s+resolved\b | \bnone\s+of\s+its\s+mail\s+exchangers\s+has\s+an\s+address\b"""),
         _cause("domain", HARD_BOUNCE, "says the recipient's domain does not exist or accepts no mail", r"""
             \bhost\s+(?:or\s+domain\s+name\s+)?not\s+found\b | \bdomain\s+(?:name\s+)?not\s+found\b
           | \b(?:unknown|non-?existent|unresolvable)\s+(?:host|domain)\b | \bnxdomain\b | \bhost\s+unknown\b
@@ -417,7 +427,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bname\s+or\s+service\s+not\s+known\b | \bnonexistentdomain\b | \bno\s+such\s+domain\b
           | \bdomain\s+(?:\S+\s+)?does\s+not\s+accept\s+mail\b | \bnot\s+able\s+to\s+find\s+the\s+recipient\s+domain\b
           | \bweren't\s+able\s+to\s+find\s+the\s+recipient\s+domain\b | \bpoint\s+to\s+non-?existent\s+hosts\b
-          | \bdomaine?\s+(?:inexistant|inconnu)\b | \bno\s+mail\s+exchanger\b""", about_address=True),
+          | \bdomaine?\s+(?:inexistant|inconnu)\b | \bno\s+mail\s+exchanger\b
+          | \bindicated\s+no\s+smtp\s+service\b""", about_address=True),
         _cause("syntax", BAD_EMAIL_ADDRESS, "says the address is not a valid address", r"""
             \b(?:bad|invalid|illegal|malformed)\s+(?:recipient\s+|destination\s+|e-?mail\s+)?address\s+syntax\b
           | \baddress\s+syntax\b | \bsyntax\s+error\s+in\s+(?:the\s+)?(?:recipient\s+)?address\b
@@ -591,6 +602,8 @@ def text_cause(text: str) -> tuple[Cause, str] | None:
     return None
 
 
+#: The name a failed lookup was about (Postfix: "Name service error for name=mx.example.org type=A").
+_LOOKED_UP_NAME = re.compile(r"\bname=([A-Za-z0-9][A-Za-z0-9.-]{0,252})", re.I)
 _TEMPORARY_LOOKUP = re.compile(r"\btry\s+again\b | \btemporar | \btimed?\s*out\b | \btimeout\b | \bservfail\b"
                                r" | \bdid\s+not\s+complete\b | \bfor\s+now\b", _FLAGS)
 
@@ -612,22 +625,30 @@ def _pick_status(status: str | None, text: str) -> str | None:
     return given
 
 
-def classify(status: str | None, text: str, smtp_code: int | None = None) -> BounceType:
+def classify(status: str | None, text: str, smtp_code: int | None = None, *, recipient: str | None = None) -> BounceType:
     """The bounce type of a failure; see :func:`explain`."""
-    return explain(status, text, smtp_code).type
+    return explain(status, text, smtp_code, recipient=recipient).type
 
 
-def explain(status: str | None, text: str, smtp_code: int | None = None) -> Verdict:
+def explain(status: str | None, text: str, smtp_code: int | None = None, *,
+            recipient: str | None = None) -> Verdict:
     """Classify a failure from its enhanced status code, its text and its reply code, and say why.
 
     ``status`` may be None (it is then looked for in ``text``); ``smtp_code`` likewise. The most
-    specific evidence wins; see CLASSIFICATION in the module documentation.
+    specific evidence wins; see CLASSIFICATION in the module documentation. ``recipient``, when
+    known, tells a domain that does not exist from a mail host of it that does not (Postfix's
+    "name=" of the failed lookup).
     """
     text = text or ""
     norm = _pick_status(status, text)
     if smtp_code is None:
         smtp_code = reply_code(text)
     found = text_cause(text)
+    if found and found[0].name == "domain" and recipient and "@" in recipient:
+        looked_up = _LOOKED_UP_NAME.search(text)
+        domain = recipient.rpartition("@")[2].rstrip(".").lower()
+        if looked_up and looked_up.group(1).rstrip(".").lower() != domain:
+            found = (_CAUSES_BY_NAME["mail-host-missing"], found[1])
     cause, matched = found if found else (None, "")
     klass = int(norm[0]) if norm else (smtp_code // 100 if smtp_code and 200 <= smtp_code < 600 else None)
 
@@ -719,7 +740,7 @@ _REPLY5: dict[int, tuple[BounceType, str]] = {
 def reply_report(recipient: str | None, smtp_code: int | None, status: str | None, text: str,
                  remote_mta: str | None = None) -> BounceReport:
     """A report for a reply received at delivery (the in-band case)."""
-    verdict = explain(status, text, smtp_code)
+    verdict = explain(status, text, smtp_code, recipient=recipient)
     status = verdict.status
     kind = verdict.type
     action = "delayed" if kind is TRANSIENT or (smtp_code or 0) // 100 == 4 else "failed"
@@ -870,6 +891,7 @@ class _Bounce:
                 self.own.update(a.lower() for a in _addresses_of(self.original, name))
         self.original_message_id, self.mailrelay_id = self._original_ids(text)
         self.recipient_tokens = self._recipient_tokens(data, text)
+        self._human_blocks: dict[str, str] | None = None
 
     # -- the returned original ------------------------------------------------------------
 
@@ -967,16 +989,33 @@ class _Bounce:
             seen.add(original or final)
             diagnostic = _clean_reply(_strip_type(_header(block, "Diagnostic-Code")))
             remote = _strip_type(_header(block, "Remote-MTA")).split(" ")[0].rstrip(".") or None
+            recipient = original or final or (fallback_recipients.pop(0) if fallback_recipients else None)
+            # no Diagnostic-Code (OpenSMTPD, Exim): the recipient's own line of the human part
+            text = diagnostic or self.human_reason(final or recipient, blocks)
+            found = text_cause(text) if text else None
             if action == "delayed":
-                verdict = Verdict(TRANSIENT, "dsn-delayed", status, meaning="Action: delayed (the server retries)")
+                if found and found[0].name == "expired":
+                    # OpenSMTPD reports an expired envelope as "delayed"
+                    verdict = Verdict(SOFT_BOUNCE, "dsn-delayed-but-expired", status, matched=found[1],
+                                      meaning="Action: delayed, but the text says the message expired")
+                else:
+                    verdict = Verdict(TRANSIENT, "dsn-delayed", status, meaning="Action: delayed (the server retries)")
             elif status and status[0] == "4":
                 # given up after temporary failures (expired): the address is not known bad
-                verdict = Verdict(SOFT_BOUNCE, "dsn-failed-temporary-status", status,
-                                  meaning="Action: failed after temporary failures (the message expired)")
+                if status == "4.4.3" or (found and found[0].name == "dns-temporary"):
+                    verdict = Verdict(DNS_ERROR, "dsn-failed-temporary-dns", status, matched=found[1] if found else "",
+                                      meaning="Action: failed after DNS lookups that kept failing")
+                elif found and not found[0].about_address and found[0].type not in (TRANSIENT, HARD_BOUNCE) \
+                        and (reply_code(text) or 0) // 100 == 5:
+                    # the last reply was a permanent refusal naming its cause (Postfix gives a
+                    # 554 at connection time a 4.7.1 status)
+                    verdict = Verdict(found[0].type, "dsn-failed-temporary-status+text", status, matched=found[1],
+                                      meaning=f"Action: failed; the last reply, permanent, {found[0].meaning}")
+                else:
+                    verdict = Verdict(SOFT_BOUNCE, "dsn-failed-temporary-status", status,
+                                      meaning="Action: failed after temporary failures (the message expired)")
             else:
-                text = diagnostic or (_best_reason(self.human) or ("", None, None))[0]
-                verdict = explain(status, text)
-            recipient = original or final or (fallback_recipients.pop(0) if fallback_recipients else None)
+                verdict = explain(status, text, recipient=final or recipient)
             reports.append(self.report(verdict.type, recipient, status=status or verdict.status, action=action,
                                        diagnostic=diagnostic, remote_mta=remote, rule=verdict.rule,
                                        reason=verdict.reason))
@@ -987,6 +1026,24 @@ class _Bounce:
                                        diagnostic=f"delivery status notification without failures ({skipped[0]})",
                                        rule="dsn-no-failure", reason=f"dsn-no-failure; Action: {skipped[0]}"))
         return reports
+
+    def human_reason(self, recipient: str | None, dsn_blocks: list[Message]) -> str:
+        """The reason the human-readable part gives for ``recipient``: its own paragraph's,
+        else the whole text's best reply line unless that line names another recipient."""
+        if self._human_blocks is None:
+            self._human_blocks = _recipient_blocks(self.human.splitlines()[:5000], self)
+        lowered = (recipient or "").lower()
+        for address, block in self._human_blocks.items():
+            if address.lower() == lowered and block:
+                own = _best_reason(block)
+                return own[0] if own else block
+        reason = _best_reason(self.human)
+        if reason is None:
+            return ""
+        others = {a for b in dsn_blocks for a in _find_addresses(_header(b, "Final-Recipient"))} - {recipient}
+        if any(other and other.lower() in reason[0].lower() for other in others):
+            return ""
+        return reason[0]
 
     # -- RFC 5965 ------------------------------------------------------------------------
 
@@ -1149,14 +1206,14 @@ class _Bounce:
             reason = own if _has_code(own) else usable if _has_code(usable) else own or usable
             if reason:
                 text, status, code = reason
-                verdict = explain(status, text, code)
+                verdict = explain(status, text, code, recipient=recipient)
                 if block and (verdict.rule in _NO_CAUSE_RULES or verdict.type is UNKNOWN):
-                    in_block = explain(status, block, code)
+                    in_block = explain(status, block, code, recipient=recipient)
                     if in_block.rule not in _NO_CAUSE_RULES:
                         verdict = in_block
             else:
                 text, status, code = "", None, None
-                verdict = explain(None, block) if block else Verdict(UNKNOWN, "no-evidence")
+                verdict = explain(None, block, recipient=recipient) if block else Verdict(UNKNOWN, "no-evidence")
             permanent = (code is not None and code // 100 == 5) or (status is not None and status[0] == "5")
             if verdict.type is UNKNOWN or (verdict.rule in _NO_CAUSE_RULES and not verdict.matched):
                 found = text_cause(head)

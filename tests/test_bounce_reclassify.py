@@ -73,12 +73,12 @@ def test_reclassify_reactivates_what_the_old_rules_suppressed(tmp_path, daemon_c
     rows = [line.split("\t") for line in dry.stdout.splitlines()[:-1]]
     assert [row[:4] for row in rows] == [
         ["01", "old.account@example.org", "HardBounce -> SoftBounce", "would reactivate"],
-        ["02", "spam-filtered@example.net", "HardBounce -> Blocked", "would reactivate"],
+        ["02", "spam-filtered@example.net", "HardBounce -> SpamNotification", "would reactivate"],
         ["04", "kim@nonexistent.example.org", "DnsError -> HardBounce", "would update"],
         ["05", "manual@example.org", "HardBounce -> SoftBounce", "would update"],
     ]
     assert rows[0][4].startswith("cause-status; status 5.2.1")   # why, for the operator
-    assert rows[1][4].startswith("text-over-address-status; status 5.1.1; reply 550; text 'Message rejected'")
+    assert rows[1][4].startswith("text-over-address-status; status 5.1.1; reply 550; text 'Message rejected as spam'")
     assert dry.stdout.splitlines()[-1] == ("4 bounces reclassified, 2 addresses would be reactivated "
                                            "(dry run: nothing changed)")
     assert state() == before   # a dry run changes nothing
@@ -91,7 +91,7 @@ def test_reclassify_reactivates_what_the_old_rules_suppressed(tmp_path, daemon_c
     suppressed, types = state()
     # the operator's entry and the still-hard bounce stay; no suppression is added for 04
     assert suppressed == ["jdoe@example.org", "manual@example.org"]
-    assert types == [b"SoftBounce", b"Blocked", b"HardBounce", b"HardBounce", b"SoftBounce"]
+    assert types == [b"SoftBounce", b"SpamNotification", b"HardBounce", b"HardBounce", b"SoftBounce"]
     record = client.command("HGETALL", f"{p}bounce:01")
     record = {record[i].decode(): record[i + 1].decode() for i in range(0, len(record), 2)}
     assert (record["type_code"], record["reclassified_from"], record["inactive"], record["rule"]) == (

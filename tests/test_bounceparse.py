@@ -24,7 +24,7 @@ from mailrelay import bounceparse
 from mailrelay.bounceparse import (
     BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
     HARD_BOUNCE,
-    MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
+    MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
     BounceReport, BounceType, classify, parse_bounce, reply_report)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,7 +239,7 @@ STATUS_TABLE = [
     ("5.5.0", "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     ("5.5.0", "mailbox unavailable, blocked by policy", BLOCKED),
     ("5.6.0", "", SOFT_BOUNCE),
-    ("5.6.0", "message content rejected", BLOCKED),
+    ("5.6.0", "message content rejected", SPAM_NOTIFICATION),
     ("5.7.1", "", BLOCKED),
     ("5.7.1", "Service unavailable; client host blocked using Spamhaus", BLOCKED),
     ("5.7.1", "virus found in message", VIRUS_NOTIFICATION),
@@ -275,7 +275,7 @@ def test_classify_status(status, text, expected):
     (521, "", HARD_BOUNCE),   # RFC 7504: the host accepts no mail
     (550, "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     (550, "mailbox unavailable (blocked)", BLOCKED),
-    (554, "Transaction failed: spam message rejected", BLOCKED),
+    (554, "Transaction failed: spam message rejected", SPAM_NOTIFICATION),
     (554, "delivery error: dd This user doesn't have a example.org account", HARD_BOUNCE),
     (450, "", TRANSIENT),
     (452, "Insufficient system storage", SOFT_BOUNCE),
@@ -313,7 +313,7 @@ TEXT_RULES = [
     ("user is over quota", SOFT_BOUNCE),
     ("Quota exceeded", SOFT_BOUNCE),
     ("Insufficient storage", SOFT_BOUNCE),
-    ("Message rejected as spam", BLOCKED),
+    ("Message rejected as spam", SPAM_NOTIFICATION),
     ("Your IP is blocked", BLOCKED),
     ("Client host rejected: listed in a blacklist", BLOCKED),
     ("listed on our blocklist", BLOCKED),
@@ -503,8 +503,8 @@ ADDRESS_GONE = [
     "550 Requested action not taken: mailbox unavailable",
     "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
     "Sorry, no mailbox here by that name. (#5.1.1)",
-    "all relevant MX records point to non-existent hosts",
     "Domain example.org does not accept mail (nullMX)",
+    "an MX or SRV record indicated no SMTP service",   # Exim, null MX
     "556 5.1.10 <a@example.org>: Recipient address rejected: Domain example.org does not accept mail (nullMX)",
     "551 User not local; please try <a@example.net>",
     "550 5.7.1 <a@example.org>: Recipient address rejected: User unknown",   # 5.7.1, no policy word
@@ -512,7 +512,7 @@ ADDRESS_GONE = [
     "example.org publishes a null MX (RFC 7505): it accepts no mail",
 ]
 NOT_GONE = [
-    ("550 5.1.1 Message rejected as spam by Content Filtering", BLOCKED),
+    ("550 5.1.1 Message rejected as spam by Content Filtering", SPAM_NOTIFICATION),
     ("552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417 [417]", SOFT_BOUNCE),
     ("550 5.1.1 <a@example.org>: blocked by policy, see https://example.org/rbl", BLOCKED),
     ("450 5.2.2 mailbox full", SOFT_BOUNCE),   # 5.2.2 whatever the class digit
@@ -531,10 +531,13 @@ NOT_GONE = [
     ("554 delivery error: dd Sorry your message to a@example.com cannot be delivered. This mailbox is disabled "
      "(554.30).", SOFT_BOUNCE),
     ("554 5.7.1 [CS01] Message rejected due to local policy.", BLOCKED),
-    ("550 Mailbox unavailable or access denied", SOFT_BOUNCE),   # QQ: the recipient gets too much mail
+    ("550 Mailbox unavailable or access denied", BLOCKED),   # QQ: the recipient gets too much mail
     ("550 Ip frequency limited", SOFT_BOUNCE),
-    ("550 Mail content denied.", BLOCKED),
-    ("550 spam message rejected. Please visit http://help.example.ru/notspam-support", BLOCKED),
+    ("550 Mail content denied.", SPAM_NOTIFICATION),   # the message itself judged spam
+    ("550 spam message rejected. Please visit http://help.example.ru/notspam-support", SPAM_NOTIFICATION),
+    ("550 5.7.501 Access denied, spam abuse detected.", BLOCKED),   # about the sender, not this message
+    ("550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", BLOCKED),
+    ("all relevant MX records point to non-existent hosts", DNS_ERROR),   # the domain exists, its DNS is broken
     ("550 Message was not accepted -- invalid mailbox. Local mailbox a@example.ru is unavailable: account is "
      "disabled", SOFT_BOUNCE),
     ("554-No SMTP service 554 Bad DNS PTR resource record.", BLOCKED),
@@ -579,10 +582,10 @@ def test_bad_address_syntax_is_bad_email_address():
 
 
 def test_explain_says_which_rule_status_and_text_decided():
-    verdict = bounceparse.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: spam detected")
-    assert (verdict.rule, verdict.status, verdict.smtp_code, verdict.matched) == (
-        "text-over-address-status", "5.1.1", 550, "spam")
-    assert verdict.reason == ("text-over-address-status; status 5.1.1; reply 550; text 'spam'; "
+    verdict = bounceparse.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: blocked by policy")
+    assert (verdict.type, verdict.rule, verdict.status, verdict.smtp_code, verdict.matched) == (
+        BLOCKED, "text-over-address-status", "5.1.1", 550, "blocked")
+    assert verdict.reason == ("text-over-address-status; status 5.1.1; reply 550; text 'blocked'; "
                               "the text names spam, content, reputation, a block list or a policy")
     generic = bounceparse.explain("5.0.0", "550 5.2.2 mailbox full")
     assert (generic.status, generic.type) == ("5.2.2", SOFT_BOUNCE)   # a generic status gives way
