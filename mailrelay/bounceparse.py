@@ -25,12 +25,16 @@ CLASSIFICATION
     1. The text's *cause*: the first of :data:`CAUSES` whose phrases match,
        in this order (a cause about the sender, content or rate comes before
        one about the address, so "5.1.1 ... rejected as spam" never
-       suppresses): virus (VirusNotification), dmarc (DMARCPolicy), sender
+       suppresses): mailrelay's own refusal of a non-public destination
+       (DnsError), virus (VirusNotification), dmarc (DMARCPolicy), sender
        refused, relaying denied (Blocked), mailbox full or over quota,
-       message too big, delivery expired (SoftBounce), spam, block list,
-       reputation, policy, authentication, reverse DNS (Blocked), rate limit
-       (SoftBounce), DNS failed for now (DnsError), domain does not exist,
-       NXDOMAIN, null MX, unroutable (HardBounce), bad address syntax
+       message too big, delivery expired (SoftBounce), the message judged
+       spam (SpamNotification), block list, reputation, policy,
+       authentication, reverse DNS, other spam (Blocked), rate limit
+       (SoftBounce), DNS failed for now, MX records pointing to hosts that
+       do not exist (DnsError), domain does not exist, NXDOMAIN, null MX,
+       unroutable (HardBounce; a DnsError when the failed lookup named
+       another host than the recipient's domain), bad address syntax
        (BadEmailAddress), moved (HardBounce), mailbox disabled, suspended,
        inactive (SoftBounce), no such user or mailbox, account closed
        (HardBounce), "mailbox unavailable" (RFC 5321's 550 text: HardBounce),
@@ -82,10 +86,13 @@ CLASSIFICATION
     nothing                    the text's cause, else Unknown
     =========================  ==================================================
 
-    In a DSN, ``Action: delayed`` is Transient whatever the status, and a
-    ``failed`` recipient with a 4.X.X status (given up after temporary
-    failures: the message expired) is a SoftBounce. Relayed, delivered and
-    expanded recipients are not reported. A plain-text bounce's reason is the
+    In a DSN, ``Action: delayed`` is Transient (a SoftBounce when the text
+    says the message expired: OpenSMTPD), and a ``failed`` recipient with a
+    4.X.X status (given up after temporary failures: the message expired)
+    is a SoftBounce, a DnsError for 4.4.3 or a DNS text, or the type of the
+    cause its last permanent reply names. A recipient without
+    Diagnostic-Code takes the reason of its own line in the human part.
+    Relayed, delivered and expanded recipients are not reported. A plain-text bounce's reason is the
     line most like a server reply in the recipient's paragraph (or the whole
     text); when it names no cause, the paragraph, then the whole bounce is
     read for one; a failure notice that names none is a SoftBounce, a delay
