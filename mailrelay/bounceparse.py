@@ -351,7 +351,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bsender(?:'s)?\s+(?:address\s+|domain\s+)?(?:\S+\s+){0,4}?(?:does\s+not\s+exist|has\s+no\s+mx|
                                                                     not\s+resolv\w*|unresolvable|invalid)
           | \b(?:your|the)\s+(?:sender|sending|from)\s+(?:address|domain)\b | \bdomain\s+of\s+(?:your\s+|the\s+)?sender\b
-          | \bmail\s+from\s+(?:address|domain)\s+(?:\S+\s+){0,3}?(?:rejected|invalid|not|does)\b | \babsender\b"""),
+          | \bmail\s+from\s+(?:address|domain)\s+(?:\S+\s+){0,3}?(?:rejected|invalid|not|does)\b | \babsender\b
+          | \bremitente\b | \bexp[ée]diteur\b | \bmittente\b | \bremetente\b | \bотправител"""),
         _cause("relay", BLOCKED, "refuses to relay for the domain (a routing or policy refusal)", r"""
             \brelay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited|not\s+allowed)
           | \b(?:unable|not\s+permitted|not\s+allowed)\s+to\s+relay\b | \bwe\s+do\s+not\s+relay\b
@@ -367,7 +368,11 @@ def _causes() -> tuple[Cause, ...]:
           | \bexceeded\s+storage\s+allocation\b | \bstorage\s+(?:allocation|limit|space)\s+exceeded\b
           | \bmailbox\s+size\s+limit\b | \bmailbox\s+(?:has\s+)?exceeded\b | \bdisk\s+quota\b
           | \bexceeds?\s+(?:the\s+)?(?:mailbox|storage|disk)\s+(?:size\s+)?(?:limit|quota)
-          | \bmailbox\s+is\s+over\b | \bcannot\s+accept\s+(?:any\s+)?more\s+(?:messages|mail)\b"""),
+          | \bmailbox\s+is\s+over\b | \bcannot\s+accept\s+(?:any\s+)?more\s+(?:messages|mail)\b
+          | \bbo[iî]te\s+(?:aux\s+lettres\s+|de\s+r[ée]ception\s+)?(?:du\s+destinataire\s+)?pleine\b
+          | \bbuz[oó]n\s+(?:\S+\s+)?lleno\b | \bcasella\s+(?:di\s+posta\s+)?piena\b | \bcaixa\s+(?:postal\s+)?cheia\b
+          | \bspeichervolumen\b | \bpostfach\s+(?:ist\s+)?voll\b | \bящик\s+переполнен | \bпревышен\w*\s+квот
+          | 邮箱已满 | 空间不足 | 容量不足 | 容量超過 | メールボックスが(?:いっぱい|一杯)"""),
         _cause("size", SOFT_BOUNCE, "says the message is too big", r"""
             \bmessage\s+(?:is\s+)?too\s+(?:big|large|long)\b | \b(?:message|mail)\s+size\s+(?:\d+\s+)?exceeds?
           | \bsize\s+(?:limit\s+)?exceeded\b | \bexceeds?\s+(?:the\s+)?(?:maximum\s+|fixed\s+)?(?:maximum\s+)?
@@ -478,7 +483,9 @@ def _causes() -> tuple[Cause, ...]:
           | \bmailbox\s+name\s+(?:not\s+allowed|invalid)\b | \bunbekannt\b | \bexistiert\s+nicht\b
           | \b(?:utilisateur|destinataire|adresse)\s+(?:\S+\s+)?(?:inconnu|inexistant|invalide)e?\b
           | \bn'existe\s+pas\b | \bno\s+existe\b | \bn[aã]o\s+existe\b | \binesistente\b | \bsconosciuto\b
-          | \bнет\s+такого\b | \bне\s+существует\b | 该用户不存在 | 用户不存在 | 收件人不存在""", about_address=True),
+          | \bнет\s+такого\b | \bне\s+существует\b | \bпользовател\w*\s+не\s+найден | 该用户不存在 | 用户不存在
+          | 收件人不存在 | 存在しません | 宛先不明 | \bdesconocido\b | \bdesconhecido\b | \bunbekannter\s+(?:empf|benutzer)
+          | \bgibt\s+es\s+nicht\b""", about_address=True),
         _cause("mailbox-unavailable", HARD_BOUNCE, "says the mailbox is unavailable (RFC 5321's 550 text)", r"""
             \bmailbox\s+(?:is\s+)?(?:unavailable|not\s+available)\b | \brequested\s+action\s+not\s+taken:\s+mailbox\b
           | \bmailbox\s+\S+\s+is\s+unavailable\b""", about_address=True),
