@@ -691,6 +691,11 @@ def explain(status: str | None, text: str, smtp_code: int | None = None, *,
 
 def _explain_permanent(norm: str | None, smtp_code: int | None, cause: Cause | None, matched: str,
                        by_text: Any, text: str) -> Verdict:
+    if cause is not None and cause.type is TRANSIENT:
+        # a permanent failure after temporary ones ("Service unavailable", "timed out"):
+        # given up, and no evidence against the address
+        return Verdict(SOFT_BOUNCE, "permanent-after-temporary", norm, smtp_code, matched,
+                       "a permanent failure whose text says the cause was temporary")
     if norm in _ADDRESS_STATUS:
         kind, meaning = _ADDRESS_STATUS[norm]
         if cause is not None and not cause.about_address:
@@ -725,11 +730,6 @@ def _explain_permanent(norm: str | None, smtp_code: int | None, cause: Cause | N
         # organisation's directory ("Recipient address rejected: Access denied").
         return Verdict(HARD_BOUNCE, "microsoft-recipient-not-in-directory", norm, smtp_code,
                        _ACCESS_DENIED.search(text).group(0), "the recipient does not exist (Microsoft 365 5.4.1)")
-    if cause is not None and cause.type is TRANSIENT:
-        # a permanent failure after temporary ones ("Service unavailable", "timed out"):
-        # given up, and no evidence against the address
-        return Verdict(SOFT_BOUNCE, "permanent-after-temporary", norm, smtp_code, matched,
-                       "a permanent failure whose text says the cause was temporary")
     if cause is not None:
         return by_text("text" if norm is None or norm.endswith(".0.0") else "text-over-status")
     if subject == 4:
