@@ -790,6 +790,10 @@ _COPY_MARKER = re.compile(r"""
                  | begin\s+headers | below\s+is\s+a\s+copy\s+of\s+the\s+original\s+message
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
 
+#: A line listing the failed recipients (Haraka: "Intended Recipients: <a@b>, <c@d>").
+_RECIPIENTS_LINE = re.compile(r"^[ \t]*(?:intended\s+|failed\s+|undeliverable\s+)?recipients?(?:\(s\))?:[ \t]*(.{3,2000})$",
+                              re.I | re.M)
+
 _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "double-bounce", "mail.daemon"}
 
 _NDR_BODY = re.compile(r"""
@@ -1162,6 +1166,11 @@ class _Bounce:
             failed += [a for a in dict.fromkeys(_find_addresses(value)) if a not in failed]
         return failed[:MAX_REPORTS]
 
+    def listed_recipients(self) -> list[str]:
+        """The addresses of a "Recipients: a, b" line (Haraka's "Intended Recipients:")."""
+        m = _RECIPIENTS_LINE.search(self.human[:16384])
+        return self.candidates(m.group(1))[:MAX_REPORTS] if m else []
+
     def original_recipients(self) -> list[str]:
         """The recipients the returned original names (To, Cc), when it is returned."""
         if self.original is None:
@@ -1204,7 +1213,8 @@ class _Bounce:
         blocks = _recipient_blocks(human.splitlines()[:5000], self)
         original = {a.lower() for a in self.original_recipients()}
         named = [a for a in blocks if a.lower() in original]
-        recipients: list[str | None] = list(self.failed_recipients() or named or list(blocks))
+        recipients: list[str | None] = list(self.failed_recipients() or named or list(blocks)
+                                            or self.listed_recipients())
         if not recipients:
             recipients = [self.guess_recipient()]
         global_reason = _best_reason(human)
@@ -1231,6 +1241,8 @@ class _Bounce:
             permanent = (code is not None and code // 100 == 5) or (status is not None and status[0] == "5")
             if verdict.type is UNKNOWN or (verdict.rule in _NO_CAUSE_RULES and not verdict.matched):
                 found = text_cause(head)
+                if found and found[0].about_address and others:
+                    found = None   # the text's "user unknown" may be about another recipient: never suppress on it
                 if delayed and not permanent:
                     verdict = Verdict(TRANSIENT, "text-delay-notice", status, code, meaning="a delay notice")
                 elif found and found[0].name != "transient":
