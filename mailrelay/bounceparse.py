@@ -350,7 +350,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bnot\s+in\s+(?:the\s+)?allowed[\s-]senders?\b | \bsender\s+frequency\s+limited\b
           | \bsender(?:'s)?\s+(?:address\s+|domain\s+)?(?:\S+\s+){0,4}?(?:does\s+not\s+exist|has\s+no\s+mx|
                                                                     not\s+resolv\w*|unresolvable|invalid)
-          | \b(?:your|the)\s+(?:sender|sending|from)\s+(?:address|domain)\b | \bdomain\s+of\s+(?:your\s+|the\s+)?sender\b
+          | \b(?:your|the)\s+(?:sender|sending|from)\s+(?:address|domain)\b
+          | \bdomain\s+of\s+(?:your\s+|the\s+)?sender\b
           | \bmail\s+from\s+(?:address|domain)\s+(?:\S+\s+){0,3}?(?:rejected|invalid|not|does)\b | \babsender\b
           | \bremitente\b | \bexp[ée]diteur\b | \bmittente\b | \bremetente\b | \bотправител"""),
         _cause("relay", BLOCKED, "refuses to relay for the domain (a routing or policy refusal)", r"""
@@ -390,7 +391,8 @@ def _causes() -> tuple[Cause, ...]:
             \d+\s+(?:days?|hours?)\b | \bcannot\s+send\s+message\s+for\s+\d+ | \bnot\s+going\s+to\s+try\s+again\b
           | \bmaximum\s+(?:delivery\s+)?time\s+(?:has\s+been\s+)?(?:exceeded|reached)\b | \blifetime\s+exceeded\b"""),
         _cause("spam", SPAM_NOTIFICATION, "says the message itself was judged spam", r"""
-            \b(?:message|mail|e-?mail|content|this)\b[^.;\n]{0,40}?\b(?:looks?\s+like|is\s+likely|likely|classified\s+as|
+            \b(?:message|mail|e-?mail|content|this)\b[^.;\n]{0,40}?
+            \b(?:looks?\s+like|is\s+likely|likely|classified\s+as|
               detected\s+as|identified\s+as|considered(?:\s+as)?|rejected\s+as|determined\s+to\s+be|appears\s+to\s+be|
               marked\s+as|scored\s+as)\s+(?:an?\s+)?(?:possible\s+|probable\s+)?(?:spam|unsolicited|junk|bulk)\b
           | \bspam\s+(?:message|content|score)\b | \brejected\s+as\s+spam\b | \bcontent\s+(?:denied|rejected)\b
@@ -411,10 +413,13 @@ def _causes() -> tuple[Cause, ...]:
           | \brejected\s+by\s+(?:recipients?|the\s+recipient|user)\b | \bmail\s+(?:is\s+)?rejected\s+by\b
           | \bservice\s+(?:refused|refuse)\b | \bpersonal\s+(?:black|block)\s?list\b | \bhigh\s+probability\b
           | \babuse\s+detected\b | \b(?:message|mail|content)\s+(?:was\s+)?filtered\b | \bnot\s+allowed\s+to\s+send\b
-          | \bnot\s+permitted\b | \bhelo\s+command\s+rejected\b | \b(?:invalid|bad)\s+e?helo\b | \bopen\s+relay\b | \bdynamic\s+ip\b | \bmail\s+flood\b | \bcontent\s+filter"""),
+          | \bnot\s+permitted\b | \bhelo\s+command\s+rejected\b | \b(?:invalid|bad)\s+e?helo\b | \bopen\s+relay\b
+          | \bdynamic\s+ip\b | \bmail\s+flood\b | \bcontent\s+filter"""),
         _cause("rate", SOFT_BOUNCE, "says mail arrives too fast (a rate limit)", r"""
-            \brate\s*limit | \brate[\s-]limited\b | \bat\s+a\s+rate\b | \btoo\s+(?:many|much)\s+(?:mail|messages|e-?mails|
-            connections|recipients|concurrent|sessions|simultaneous)\b | \breceiving\s+mail\s+(?:too\s+quickly|at\s+a\s+rate)
+            \brate\s*limit | \brate[\s-]limited\b | \bat\s+a\s+rate\b
+          | \btoo\s+(?:many|much)\s+(?:mail|messages|e-?mails|
+            connections|recipients|concurrent|sessions|simultaneous)\b
+          | \breceiving\s+mail\s+(?:too\s+quickly|at\s+a\s+rate)
           | \bthrottl | \bfrequency\s+limited\b | \bsending\s+(?:quota|limit)\b | \b(?:daily|hourly)\s+
             (?:user\s+)?(?:sending\s+)?(?:quota|limit)\b | \bexceeded\s+the\s+max\s+(?:emails|defers)
           | \bunexpected\s+volume\b | \bslow\s+down\b
@@ -424,9 +429,11 @@ def _causes() -> tuple[Cause, ...]:
           | \bdns\s+(?:timeout|query\s+failed|temporary|lookup\s+timed\s+out|server\s+failure|problem)\b
           | \btemporary\s+(?:dns|lookup|name\s+server)\s+failure\b | \bhost\s+lookup\s+did\s+not\s+complete\b
           | \btemporary\s+failure\s+in\s+name\s+resolution\b | \bdns\s+query\s+error\b
-          | \bmx\s+(?:record\s+)?points?\s+to\s+(?:local\s?host|itself)\b | \bdns\s+server\s+returned\s+general\s+failure\b"""),
+          | \bmx\s+(?:record\s+)?points?\s+to\s+(?:local\s?host|itself)\b
+          | \bdns\s+server\s+returned\s+general\s+failure\b"""),
         _cause("mail-host-missing", DNS_ERROR, "says the domain's mail hosts do not exist (its DNS is broken)", r"""
-            \bmx\s+records?\s+points?\s+to\s+non-?existent\s+hosts?\b | \bmail\s+exchangers?\s+(?:\S+\s+){0,3}?could\s+not
+            \bmx\s+records?\s+points?\s+to\s+non-?existent\s+hosts?\b
+          | \bmail\s+exchangers?\s+(?:\S+\s+){0,3}?could\s+not
             \s+be\s+resolved\b | \bnone\s+of\s+its\s+mail\s+exchangers\s+has\s+an\s+address\b"""),
         _cause("domain", HARD_BOUNCE, "says the recipient's domain does not exist or accepts no mail", r"""
             \bhost\s+(?:or\s+domain\s+name\s+)?not\s+found\b | \bdomain\s+(?:name\s+)?not\s+found\b
@@ -444,7 +451,8 @@ def _causes() -> tuple[Cause, ...]:
         _cause("syntax", BAD_EMAIL_ADDRESS, "says the address is not a valid address", r"""
             \b(?:bad|invalid|illegal|malformed)\s+(?:recipient\s+|destination\s+|e-?mail\s+)?address\s+syntax\b
           | \baddress\s+syntax\b | \bsyntax\s+error\s+in\s+(?:the\s+)?(?:recipient\s+)?address\b
-          | \bmalformed\s+(?:recipient\s+|e-?mail\s+)?address\b | \bnot\s+a\s+valid\s+rfc\s*(?:5321|2821|5322|2822|822)\s+address\b
+          | \bmalformed\s+(?:recipient\s+|e-?mail\s+)?address\b
+          | \bnot\s+a\s+valid\s+rfc\s*(?:5321|2821|5322|2822|822)\s+address\b
           | \binvalid\s+(?:recipient\s+)?address\s+format\b | \baddress\s+(?:is\s+)?malformed\b
           | \bdomain\s+name\s+required\b | \buser\s+address\s+required\b | \bunbalanced\s+['"<(]
           | \bnot\s+a\s+valid\s+(?:domain\s+name|address\s+literal)\b | \binvalid\s+domain\s+name\b
@@ -454,14 +462,17 @@ def _causes() -> tuple[Cause, ...]:
             \b(?:mailbox|user|address|recipient)\s+has\s+moved\b | \buser\s+not\s+local\b
           | \bmailbox\s+owner\s+has\s+changed\b | \bdomain\s+owner\s+has\s+changed\b""", about_address=True),
         _cause("disabled", SOFT_BOUNCE, "says the mailbox exists but is disabled or inactive", r"""
-            \b(?:account|mailbox|user|recipient|address|inbox)\s+(?:\S+\s+){0,5}?(?:has\s+been\s+|is\s+|was\s+)(?:temporarily\s+)?
+            \b(?:account|mailbox|user|recipient|address|inbox)\s+(?:\S+\s+){0,5}?
+            (?:has\s+been\s+|is\s+|was\s+)(?:temporarily\s+)?
             (?:disabled|suspended|inactive|deactivated|locked|frozen|blocked|archived|on\s+hold|not\s+activated)\b
           | \b(?:disabled|suspended|inactive|deactivated|locked|frozen|archived)\s+(?:e-?mail\s+)?
             (?:account|mailbox|user|recipient)\b | \baccount\s+(?:disabled|suspended|inactive|locked)\b
           | \bmailbox\s+(?:disabled|suspended|inactive|locked)\b | \buser\s+account\s+disabled\b
-          | \bnot\s+(?:activated|enabled)\s+(?:for\s+)?(?:e-?mail|mail)\b | \bboite\s+du\s+destinataire\s+archivee\b"""),
+          | \bnot\s+(?:activated|enabled)\s+(?:for\s+)?(?:e-?mail|mail)\b
+          | \bboite\s+du\s+destinataire\s+archivee\b"""),
         _cause("user", HARD_BOUNCE, "says there is no such user or mailbox", r"""
-            \buser\s+unknown\b | \bunknown\s+(?:user|recipient|mailbox|address|local[\s-]?part|alias|addressee|e-?mail)\b
+            \buser\s+unknown\b
+          | \bunknown\s+(?:user|recipient|mailbox|address|local[\s-]?part|alias|addressee|e-?mail)\b
           | \baddressee\s+unknown\b
           | \bno\s+such\s+(?:user|mailbox|recipient|address|account|person|local\s+user|e-?mail)\b
           | \b(?:does\s+not|doesn't|did\s+not|no\s+longer|does\s+no|is\s+not|not)\s+exists?\b
@@ -472,10 +483,12 @@ def _causes() -> tuple[Cause, ...]:
           | \b(?:address|recipient|mailbox|account|user)\b[^.;\n]{0,40}?
             \b(?:couldn't|could\s+not|cannot|can't|wasn't|was\s+not)\s+be(?:en)?\s+found\b
           | \bwasn't\s+found\s+at\b | \brecipnotfound\b | \brecipientnotfound\b | \bno\s+mailbox\b
-          | \bmailbox\s+not\s+found\b | \bbad\s+destination\s+mailbox\b | \bnot\s+listed\s+in\s+(?:the\s+)?(?:domino|public)
+          | \bmailbox\s+not\s+found\b | \bbad\s+destination\s+mailbox\b
+          | \bnot\s+listed\s+in\s+(?:the\s+)?(?:domino|public)
           | \bnot\s+a\s+(?:valid|known)\s+(?:user|recipient|mailbox|account)\b
           | \binvalid\s+(?:recipient|mailbox|user|account|e-?mail\s+address|address)\b
-          | \bunknown\s+or\s+illegal\s+alias\b | \bnot\s+our\s+customer\b | \bno\s+(?:such\s+)?(?:person|user)\s+(?:at|here)\b
+          | \bunknown\s+or\s+illegal\s+alias\b | \bnot\s+our\s+customer\b
+          | \bno\s+(?:such\s+)?(?:person|user)\s+(?:at|here)\b
           | \baccount\s+(?:has\s+been\s+|was\s+)?(?:closed|deleted|removed|terminated|discontinued|cancelled|canceled)\b
           | \b(?:mailbox|user|address)\s+(?:has\s+been\s+|was\s+)?(?:closed|deleted|removed|terminated|discontinued)\b
           | \bno\s+longer\s+(?:in\s+use|valid|available|with|employed|works?|accept|at\s+this)
@@ -491,7 +504,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bmailbox\s+\S+\s+is\s+unavailable\b""", about_address=True),
         _cause("loop", DNS_ERROR, "says the mail loops (a routing mistake)", r"""
             \bloops?\s+back\s+to\s+myself\b | \bmail\s+loop | \brouting\s+loop\b | \bloop\s+detected\b
-          | \bhop\s+count\s+exceeded\b | \btoo\s+many\s+hops\b | \bexceeded\s+\d+\s+hops\b | \bmessage\s+is\s+looping\b
+          | \bhop\s+count\s+exceeded\b | \btoo\s+many\s+hops\b | \bexceeded\s+\d+\s+hops\b
+          | \bmessage\s+is\s+looping\b
           | \bmaximum\s+hop\s+count\b"""),
         _cause("transient", TRANSIENT, "says the failure is temporary", r"""
             \bdelay(?:ed)?\b | \bwill\s+(?:be\s+)?retr(?:y|ied)\b | \bstill\s+(?:being\s+)?(?:trying|retried)\b
@@ -639,7 +653,8 @@ def _pick_status(status: str | None, text: str) -> str | None:
     return given
 
 
-def classify(status: str | None, text: str, smtp_code: int | None = None, *, recipient: str | None = None) -> BounceType:
+def classify(status: str | None, text: str, smtp_code: int | None = None, *,
+             recipient: str | None = None) -> BounceType:
     """The bounce type of a failure; see :func:`explain`."""
     return explain(status, text, smtp_code, recipient=recipient).type
 
@@ -791,8 +806,8 @@ _COPY_MARKER = re.compile(r"""
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
 
 #: A line listing the failed recipients (Haraka: "Intended Recipients: <a@b>, <c@d>").
-_RECIPIENTS_LINE = re.compile(r"^[ \t]*(?:intended\s+|failed\s+|undeliverable\s+)?recipients?(?:\(s\))?:[ \t]*(.{3,2000})$",
-                              re.I | re.M)
+_RECIPIENTS_LINE = re.compile(
+    r"^[ \t]*(?:intended\s+|failed\s+|undeliverable\s+)?recipients?(?:\(s\))?:[ \t]*(.{3,2000})$", re.I | re.M)
 
 _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "double-bounce", "mail.daemon"}
 
@@ -1101,7 +1116,8 @@ class _Bounce:
                                 **_why("virus-notice", _VIRUS_NOTICE, probe, "a filter's notice of a virus"))]
         if _SPAM_NOTICE.search(probe) and not _NDR_BODY.search(head):
             return [self.report(SPAM_NOTIFICATION, self.guess_recipient(), diagnostic=_one_line(self.subject),
-                                **_why("spam-notice", _SPAM_NOTICE, probe, "a filter's notice about a delivered message"))]
+                                **_why("spam-notice", _SPAM_NOTICE, probe,
+                                       "a filter's notice about a delivered message"))]
         if _CHALLENGE.search(probe) and not (failed or _NDR_BODY.search(head)):
             return [self.report(CHALLENGE_VERIFICATION, self.responder(challenge=True),
                                 diagnostic=_one_line(self.subject),
@@ -1247,10 +1263,12 @@ class _Bounce:
                     verdict = Verdict(TRANSIENT, "text-delay-notice", status, code, meaning="a delay notice")
                 elif found and found[0].name != "transient":
                     cause, matched = found
-                    verdict = Verdict(cause.type, "text-of-bounce", status, code, matched, f"the bounce {cause.meaning}")
+                    verdict = Verdict(cause.type, "text-of-bounce", status, code, matched,
+                                      f"the bounce {cause.meaning}")
                 elif verdict.type is UNKNOWN and found:
                     verdict = Verdict(SOFT_BOUNCE if permanent or _NDR_BODY.search(head) else TRANSIENT,
-                                      "text-of-bounce", status, code, found[1], "the bounce says the failure is temporary")
+                                      "text-of-bounce", status, code, found[1],
+                                      "the bounce says the failure is temporary")
                 elif verdict.type is UNKNOWN:
                     verdict = Verdict(SOFT_BOUNCE, "failure-notice-no-cause", status, code,
                                       meaning="a delivery failure notice that names no cause")

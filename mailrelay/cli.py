@@ -30,7 +30,8 @@ The ``mailrelay`` administration command.
     mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
                                        sender domains, their keys and DNS records (mailrelay.domains)
 
-The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the daemon's Redis: the managed one through
+The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the daemon's
+Redis: the managed one through
 ``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
 directory, so run them where the daemon runs, or use an absolute state_dir),
 else ``[redis] url`` or ``sentinels``. They use only :class:`mailrelay.storage.Storage`
@@ -485,7 +486,8 @@ def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
                   f"{clean(change.new_type)}\t{effect}\t{clean(change.reason)[:300]}")
         reactivated = sum(1 for c in changes if c.reactivates)
         verb = "would be" if args.dry_run else "were"
-        print(f"{plural(len(changes), 'bounce')} reclassified, {reactivated} {'address' if reactivated == 1 else 'addresses'} {verb} reactivated"
+        addresses = "address" if reactivated == 1 else "addresses"
+        print(f"{plural(len(changes), 'bounce')} reclassified, {reactivated} {addresses} {verb} reactivated"
               + (" (dry run: nothing changed)" if args.dry_run else ""))
 
     return react_with_storage(args, run)

@@ -23,9 +23,8 @@ import pytest
 from mailrelay import bounceparse
 from mailrelay.bounceparse import (
     BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
-    HARD_BOUNCE,
-    MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
-    BounceReport, BounceType, classify, parse_bounce, reply_report)
+    HARD_BOUNCE, MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT,
+    UNKNOWN, VIRUS_NOTIFICATION, BounceReport, BounceType, classify, parse_bounce, reply_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "bounces"
