@@ -30,10 +30,10 @@ The ``mailrelay`` administration command.
     mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
                                        sender domains, their keys and DNS records (mailrelay.domains)
 
-The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the daemon's
-Redis: the managed one through
-``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
-directory, so run them where the daemon runs, or use an absolute state_dir),
+The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the
+daemon's Redis: the managed one through ``state_dir/redis/redis.sock`` (a relative
+state_dir is taken from the current directory, so run them where the daemon runs,
+or use an absolute state_dir),
 else ``[redis] url`` or ``sentinels``. They use only :class:`mailrelay.storage.Storage`
 and give up after ``[redis] timeout`` per request.
 
