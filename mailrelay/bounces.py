@@ -10,7 +10,10 @@ JOB
     and recipient, and suppresses addresses that hard-bounced or complained.
     The same recorder handles in-band refusals (5xx at delivery).
     ``mailrelay suppressions list --unproven`` finds the suppressions made
-    before reports had to prove themselves (:func:`unproven_suppressions`).
+    before reports had to prove themselves (:func:`unproven_suppressions`);
+    ``mailrelay bounce reclassify`` runs the classifier again over the stored
+    bounces and reactivates the addresses whose suppression no longer holds
+    (:func:`reclassify_bounces`).
 
 SECURITY
     The listener talks to any mail server on the Internet and trusts none:
@@ -197,6 +200,9 @@ class BounceRecorder:
             "proof": job.proof if job else "",
             # what an unmatched report claims (untrusted), for whoever looks at it
             "claimed_message_id": (report.mailrelay_id or "") if job is None else "",
+            # which classification rule decided, and why (``mailrelay bounce reclassify`` redoes it)
+            "rule": report.rule,
+            "reason": report.reason[:1000],
         }
         suppress = None
         if job is not None and address and kind in bounceparse.SUPPRESSING_TYPES:
@@ -373,6 +379,82 @@ async def _why_unproven(storage: Storage, verp: VERP | None, address: str, entry
         if (message.get(f"rcpt:{job[1]}") or "").lower() == address:
             return None
     return "matched by X-Mailrelay-ID or by address only: the bounce carries no token of this recipient"
+
+
+class Reclassification(NamedTuple):
+    """One stored bounce whose type the current classifier decides differently."""
+
+    bounce_id: str
+    address: str
+    old_type: str
+    new_type: str
+    reason: str
+    #: The bounce made the address's current suppression, which the new type does not justify.
+    reactivates: bool
+    #: Applied: the record was rewritten (and the address reactivated when ``reactivates``).
+    applied: bool = False
+
+
+async def reclassify_bounces(storage: Storage, *, apply: bool) -> list[Reclassification]:
+    """
+    Run the classifier again over every stored bounce: the raw message when one was stored,
+    else (a refusal at delivery, source ``smtp``) the stored status and reply. Each bounce
+    whose type changes is listed; an address is reactivated only when its suppression
+    entry names that bounce (``bounce_id``) and the new type does not suppress: operator
+    suppressions (no bounce) and those another bounce made are left alone, and a bounce whose
+    new type would suppress suppresses nobody new (a repair, not a second pass of
+    suppression). With ``apply``, the record's type is rewritten (with ``rule``, ``reason``
+    and the previous type in ``reclassified_from``) and the suppression removed, atomically.
+    """
+    suppressions = await storage.list_suppressions()
+    changes: list[Reclassification] = []
+    async for bounce_id in storage.bounce_ids():
+        record = await storage.get_bounce(bounce_id)
+        if not record:
+            continue   # expired meanwhile
+        old = record.get("type") or "Unknown"
+        report = await _reclassified_report(storage, bounce_id, record)
+        if report is None or report.type.name == old:
+            continue
+        address = (record.get("recipient") or "").lower()
+        entry = suppressions.get(address) if address else None
+        reactivates = bool(entry and entry.get("bounce_id") == bounce_id and not report.type.suppresses)
+        change = Reclassification(bounce_id, address, old, report.type.name, report.reason, reactivates)
+        if apply:
+            fields = {"type": report.type.name, "type_code": report.type.code,
+                      "description": report.type.description, "rule": report.rule,
+                      "reason": report.reason[:1000], "reclassified_from": old}
+            if reactivates:
+                fields["inactive"] = "0"
+            updated, removed = await storage.reclassify_bounce(bounce_id, fields,
+                                                               reactivate=address if reactivates else None)
+            change = change._replace(applied=updated, reactivates=removed if updated else reactivates)
+            log.info("bounce {id}: reclassified {old} -> {new}{reactivated}", id=bounce_id, old=old,
+                     new=report.type.name, reactivated=f", {address} reactivated" if removed else "")
+        changes.append(change)
+    return changes
+
+
+async def _reclassified_report(storage: Storage, bounce_id: str,
+                               record: dict[str, str]) -> bounceparse.BounceReport | None:
+    """What the classifier says today about a stored bounce record (None: cannot tell)."""
+    if record.get("type") in ("ManuallyDeactivated",):
+        return None
+    raw = await storage.get_bounce_raw(bounce_id)
+    if record.get("source") == "smtp" or not raw:
+        if record.get("source") != "smtp" or record.get("type") == bounceparse.TRANSIENT.name:
+            # no raw message to read again; a Transient refusal may be an expired job's last
+            # reply (the queue gave up): its state is not in the record, keep it
+            return None
+        details = record.get("details") or ""
+        return bounceparse.reply_report(record.get("recipient") or None, None, record.get("status") or None,
+                                        details)
+    reports = bounceparse.parse_bounce(raw)
+    recipient = (record.get("recipient") or "").lower()
+    named = [r for r in reports if (r.recipient or "").lower() == recipient]
+    # the report naming the record's recipient; else, as pair_reports does for a proven
+    # recipient no report names, the first report
+    return named[0] if named else reports[0]
 
 
 def make_dsn(*, hostname: str, original_sender: str, recipient: str, message_id: str, action: str,

@@ -13,7 +13,13 @@ The ``mailrelay`` administration command.
                                        drop a message's pending jobs (recorded as "deleted" events)
     mailrelay bounce classify FILE...  parse bounce messages (RFC 5322 files, "-" for stdin); print one
                                        JSON object per file and recipient: file, type, type_code,
-                                       recipient, status, description
+                                       recipient, status, description, rule, reason (which rule,
+                                       status, reply code and text decided)
+    mailrelay bounce reclassify [--dry-run] [-c FILE]
+                                       classify the stored bounces again; print each changed one
+                                       (id, address, old -> new type, effect, reason); reactivate
+                                       the addresses a bounce suppressed that the new type does not
+                                       (never an operator's suppression)
     mailrelay cluster [-c FILE]        the live daemons sharing the Redis: heartbeat age, what
                                        each is delivering, version (see mailrelay.cluster)
     mailrelay migrate [--force] [-c FILE]
@@ -24,9 +30,10 @@ The ``mailrelay`` administration command.
     mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
                                        sender domains, their keys and DNS records (mailrelay.domains)
 
-The ``queue`` subcommands talk to the daemon's Redis: the managed one through
-``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
-directory, so run them where the daemon runs, or use an absolute state_dir),
+The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the
+daemon's Redis: the managed one through ``state_dir/redis/redis.sock`` (a relative
+state_dir is taken from the current directory, so run them where the daemon runs,
+or use an absolute state_dir),
 else ``[redis] url`` or ``sentinels``. They use only :class:`mailrelay.storage.Storage`
 and give up after ``[redis] timeout`` per request.
 
@@ -471,12 +478,38 @@ def cmd_bounce_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
+    from mailrelay.bounces import reclassify_bounces
+
+    async def run(storage: Any) -> None:
+        changes = await reclassify_bounces(storage, apply=not args.dry_run)
+        for change in changes:
+            if change.reactivates:
+                effect = "would reactivate" if args.dry_run else "reactivated"
+            else:
+                effect = "would update" if args.dry_run else ("updated" if change.applied else "expired")
+            print(f"{clean(change.bounce_id)}\t{clean(change.address or '-')}\t{clean(change.old_type)} -> "
+                  f"{clean(change.new_type)}\t{effect}\t{clean(change.reason)[:300]}")
+        reactivated = sum(1 for c in changes if c.reactivates)
+        verb = "would be" if args.dry_run else "were"
+        addresses = "address" if reactivated == 1 else "addresses"
+        print(f"{plural(len(changes), 'bounce')} reclassified, {reactivated} {addresses} {verb} reactivated"
+              + (" (dry run: nothing changed)" if args.dry_run else ""))
+
+    return react_with_storage(args, run)
+
+
 def add_bounce_parser(sub: Any) -> None:
     bounce = sub.add_parser("bounce", help="bounce message tools")
     actions = bounce.add_subparsers(dest="bounce_command", required=True, metavar="ACTION")
     classify = actions.add_parser("classify", help="parse bounce messages; one JSON object per file and recipient")
     classify.add_argument("files", nargs="+", metavar="FILE", help='a message file, or "-" for stdin')
     classify.set_defaults(func=cmd_bounce_classify)
+    reclassify = actions.add_parser(
+        "reclassify", help="classify the stored bounces again; reactivate addresses whose suppression no longer holds")
+    reclassify.add_argument("--dry-run", action="store_true", help="list the changes, change nothing")
+    reclassify.add_argument("-c", "--config", help="TOML configuration file")
+    reclassify.set_defaults(func=cmd_bounce_reclassify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -722,6 +722,33 @@ if changed == 1 then redis.call('INCR', KEYS[2]) end
 return changed
 """
 
+# KEYS: bounce, suppressed, suppressed:version; ARGV: bounce id, address ("" = keep any
+# suppression), n_fields, field/value pairs. Updates the bounce record's fields when it still
+# exists, and removes the address's suppression only when that suppression was made by this
+# bounce (its entry's bounce_id), never one an operator or another bounce made.
+# Returns {record updated (0/1), suppression removed (0/1)}.
+RECLASSIFY_BOUNCE_SCRIPT = """
+local updated, removed = 0, 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local fields = {}
+  for k = 4, 3 + tonumber(ARGV[3]) * 2 do fields[#fields + 1] = ARGV[k] end
+  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+  updated = 1
+end
+if ARGV[2] ~= '' then
+  local entry = redis.call('HGET', KEYS[2], ARGV[2])
+  if entry then
+    local ok, decoded = pcall(cjson.decode, entry)
+    if ok and type(decoded) == 'table' and decoded['bounce_id'] == ARGV[1] then
+      redis.call('HDEL', KEYS[2], ARGV[2])
+      redis.call('INCR', KEYS[3])
+      removed = 1
+    end
+  end
+end
+return {updated, removed}
+"""
+
 # -- search (tracking) ----------------------------------------------------------------------
 
 # KEYS: index zset; ARGV: max score ("+inf" or number), min score, count, hash key prefix,
@@ -1616,6 +1643,33 @@ class Storage:
                                    [action, address.lower(), entry])
         self.suppressions_changed()
         return int(changed) == 1
+
+    async def reclassify_bounce(self, bounce_id: str, fields: dict[str, Any], *,
+                                reactivate: str | None = None) -> tuple[bool, bool]:
+        """
+        Rewrite fields of a stored bounce record (its new type) and, with ``reactivate``,
+        remove that address's suppression if, and only if, this bounce made it. Returns
+        (record updated, address reactivated).
+        """
+        flat = [str(v) for pair in fields.items() for v in pair]
+        updated, removed = await self._eval(
+            RECLASSIFY_BOUNCE_SCRIPT,
+            [self.keys.bounce(bounce_id), self.keys.suppressed, self.keys.suppressed_version],
+            [bounce_id, (reactivate or "").lower(), len(fields), *flat])
+        if int(removed):
+            self.suppressions_changed()
+        return bool(int(updated)), bool(int(removed))
+
+    async def bounce_ids(self, batch: int = 1000) -> Any:
+        """Every stored bounce id, oldest first (an async iterator, ``batch`` per request)."""
+        start = 0
+        while True:
+            ids = await self._call("ZRANGE", self.keys.bounces, start, start + batch - 1)
+            for member in ids:
+                yield member.decode()
+            if len(ids) < batch:
+                return
+            start += batch
 
     async def list_suppressions(self) -> dict[str, dict[str, Any]]:
         reply = await self._call("HGETALL", self.keys.suppressed)

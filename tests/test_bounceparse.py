@@ -22,9 +22,9 @@ import pytest
 
 from mailrelay import bounceparse
 from mailrelay.bounceparse import (
-    BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DNS_ERROR, HARD_BOUNCE,
-    MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SUPPRESSING_TYPES, TRANSIENT, UNKNOWN, VIRUS_NOTIFICATION,
-    BounceReport, BounceType, classify, parse_bounce, reply_report)
+    BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
+    HARD_BOUNCE, MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT,
+    UNKNOWN, VIRUS_NOTIFICATION, BounceReport, BounceType, classify, parse_bounce, reply_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "bounces"
@@ -165,10 +165,11 @@ def test_types():
     assert [(t.name, t.code) for t in sorted(BOUNCE_TYPES.values(), key=lambda t: t.code)] == [
         ("HardBounce", 1), ("Transient", 2), ("Unsubscribe", 16), ("AutoResponder", 64), ("AddressChange", 128),
         ("DnsError", 256), ("SpamNotification", 512), ("Unknown", 2048), ("SoftBounce", 4096),
-        ("VirusNotification", 8192), ("ChallengeVerification", 16384), ("SpamComplaint", 100001),
-        ("ManuallyDeactivated", 100002), ("Blocked", 100006)]
+        ("VirusNotification", 8192), ("ChallengeVerification", 16384), ("BadEmailAddress", 100000),
+        ("SpamComplaint", 100001), ("ManuallyDeactivated", 100002), ("Blocked", 100006), ("DMARCPolicy", 100009)]
     assert BOUNCE_TYPES_BY_CODE[100006] is BLOCKED
-    assert SUPPRESSING_TYPES == {HARD_BOUNCE, SPAM_COMPLAINT}
+    assert SUPPRESSING_TYPES == {HARD_BOUNCE, BAD_EMAIL_ADDRESS, SPAM_COMPLAINT}
+    assert {t.name for t in BOUNCE_TYPES.values() if t.coarse_class == "hard"} == {"HardBounce", "BadEmailAddress"}
     assert HARD_BOUNCE == BounceType("HardBounce", 1)
     assert HARD_BOUNCE.description == ("The server was unable to deliver your message "
                                        "(ex: unknown user, mailbox not found).")
@@ -177,10 +178,12 @@ def test_types():
 
 
 def test_report_to_json():
-    report = BounceReport(type=SOFT_BOUNCE, recipient="a@example.org", status="5.2.2")
+    report = BounceReport(type=SOFT_BOUNCE, recipient="a@example.org", status="5.2.2", rule="cause-status",
+                          reason="cause-status; status 5.2.2; mailbox full")
     assert report.to_json("x.eml") == {"file": "x.eml", "type": "SoftBounce", "type_code": 4096,
                                        "recipient": "a@example.org", "status": "5.2.2",
-                                       "description": SOFT_BOUNCE.description}
+                                       "description": SOFT_BOUNCE.description, "rule": "cause-status",
+                                       "reason": "cause-status; status 5.2.2; mailbox full"}
 
 
 def test_reply_report():
@@ -204,45 +207,51 @@ STATUS_TABLE = [
     ("4.0.0", "Mailbox over quota", SOFT_BOUNCE),
     ("4.1.1", "user unknown", TRANSIENT),
     ("5.1.1", "", HARD_BOUNCE),
-    ("5.1.1", "blocked", HARD_BOUNCE),
+    ("5.1.1", "blocked", BLOCKED),   # the text names a cause that is not the address
     ("5.1.2", "", HARD_BOUNCE),
-    ("5.1.2", "Host or domain name not found", DNS_ERROR),
-    ("5.1.3", "", HARD_BOUNCE),
+    ("5.1.2", "Host or domain name not found", HARD_BOUNCE),
+    ("5.1.2", "Host or domain name not found. Name service error: Host not found, try again", DNS_ERROR),
+    ("5.1.3", "", BAD_EMAIL_ADDRESS),
     ("5.1.6", "mailbox has moved", HARD_BOUNCE),
     ("5.1.7", "", BLOCKED),
     ("5.1.8", "Sender address rejected: Domain not found", BLOCKED),
     ("5.1.10", "", HARD_BOUNCE),
-    ("5.1.0", "", HARD_BOUNCE),
+    ("5.1.0", "", SOFT_BOUNCE),   # "other address status" names no cause
     ("5.1.0", "Sender address rejected", BLOCKED),
-    ("5.2.0", "", HARD_BOUNCE),
+    ("5.2.0", "", SOFT_BOUNCE),
     ("5.2.0", "mailbox full", SOFT_BOUNCE),
-    ("5.2.1", "mailbox disabled", HARD_BOUNCE),
+    ("5.2.1", "mailbox disabled", SOFT_BOUNCE),
+    ("5.2.1", "The email account that you tried to reach is disabled.", SOFT_BOUNCE),
+    ("5.2.1", "no such user", HARD_BOUNCE),
     ("5.2.2", "", SOFT_BOUNCE),
     ("5.2.3", "", SOFT_BOUNCE),
-    ("5.3.0", "", UNKNOWN),
+    ("5.3.0", "", SOFT_BOUNCE),
     ("5.3.1", "", SOFT_BOUNCE),
     ("5.3.4", "message too big", SOFT_BOUNCE),
     ("5.4.1", "Recipient address rejected: Access denied", HARD_BOUNCE),
-    ("5.4.1", "", HARD_BOUNCE),
-    ("5.4.4", "Unrouteable address", DNS_ERROR),
+    ("5.4.1", "", DNS_ERROR),   # "no answer from host"
+    ("5.4.4", "Unrouteable address", HARD_BOUNCE),
+    ("5.4.4", "", DNS_ERROR),
     ("5.4.6", "mail for example.org loops back to myself", DNS_ERROR),
     ("5.4.7", "delivery time expired", SOFT_BOUNCE),
     ("5.4.0", "", DNS_ERROR),
     ("5.5.0", "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     ("5.5.0", "mailbox unavailable, blocked by policy", BLOCKED),
-    ("5.6.0", "", UNKNOWN),
-    ("5.6.0", "message content rejected", BLOCKED),
+    ("5.6.0", "", SOFT_BOUNCE),
+    ("5.6.0", "message content rejected", SPAM_NOTIFICATION),
     ("5.7.1", "", BLOCKED),
     ("5.7.1", "Service unavailable; client host blocked using Spamhaus", BLOCKED),
     ("5.7.1", "virus found in message", VIRUS_NOTIFICATION),
     ("5.7.1", "user unknown", HARD_BOUNCE),
-    ("5.7.26", "DMARC policy", BLOCKED),
+    ("5.7.26", "DMARC policy", DMARC_POLICY),
+    ("5.7.26", "This mail has been blocked because the sender is unauthenticated.", DMARC_POLICY),
+    ("5.7.1", "Unauthenticated email from example.com is not accepted due to domain's DMARC policy", DMARC_POLICY),
     ("5.0.0", "user unknown", HARD_BOUNCE),
-    ("5.0.0", "", UNKNOWN),
-    ("5.0.0", "Host or domain name not found", DNS_ERROR),
+    ("5.0.0", "", SOFT_BOUNCE),
+    ("5.0.0", "Host or domain name not found", HARD_BOUNCE),
     ("5.0.0", "retry timeout exceeded", SOFT_BOUNCE),
     ("5.4.316", "Message expired, connection refused", SOFT_BOUNCE),
-    ("5.4.310", "DNS domain example.org does not exist", DNS_ERROR),
+    ("5.4.310", "DNS domain example.org does not exist", HARD_BOUNCE),
     ("5.4.14", "Hop count exceeded - possible mail loop", DNS_ERROR),
     ("5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", HARD_BOUNCE),
     ("5.7.606", "Access denied, banned sending IP", BLOCKED),
@@ -255,16 +264,17 @@ def test_classify_status(status, text, expected):
 
 
 @pytest.mark.parametrize("code,text,expected", [
-    (550, "", HARD_BOUNCE),
+    (550, "", SOFT_BOUNCE),   # a bare 550 names no cause
     (551, "", HARD_BOUNCE),
     (552, "", SOFT_BOUNCE),
-    (553, "", HARD_BOUNCE),
-    (554, "", UNKNOWN),
+    (553, "", SOFT_BOUNCE),
+    (554, "", SOFT_BOUNCE),
     (556, "", HARD_BOUNCE),
-    (500, "", UNKNOWN),
+    (500, "", SOFT_BOUNCE),
+    (521, "", HARD_BOUNCE),   # RFC 7504: the host accepts no mail
     (550, "Requested action not taken: mailbox unavailable", HARD_BOUNCE),
     (550, "mailbox unavailable (blocked)", BLOCKED),
-    (554, "Transaction failed: spam message rejected", BLOCKED),
+    (554, "Transaction failed: spam message rejected", SPAM_NOTIFICATION),
     (554, "delivery error: dd This user doesn't have a example.org account", HARD_BOUNCE),
     (450, "", TRANSIENT),
     (452, "Insufficient system storage", SOFT_BOUNCE),
@@ -296,29 +306,31 @@ TEXT_RULES = [
     ("Sorry, no mailbox here by that name", HARD_BOUNCE),
     ("RESOLVER.ADR.RecipNotFound; not found", HARD_BOUNCE),
     ("Requested action not taken: mailbox unavailable", HARD_BOUNCE),
-    ("Recipient rejected", HARD_BOUNCE),
+    ("Recipient rejected", UNKNOWN),   # names no cause
     ("The email address you entered couldn't be found", HARD_BOUNCE),
     ("Mailbox full", SOFT_BOUNCE),
     ("user is over quota", SOFT_BOUNCE),
     ("Quota exceeded", SOFT_BOUNCE),
     ("Insufficient storage", SOFT_BOUNCE),
-    ("Message rejected as spam", BLOCKED),
+    ("Message rejected as spam", SPAM_NOTIFICATION),
     ("Your IP is blocked", BLOCKED),
     ("Client host rejected: listed in a blacklist", BLOCKED),
     ("listed on our blocklist", BLOCKED),
     ("poor sender reputation", BLOCKED),
     ("rejected by local policy", BLOCKED),
     ("blocked using zen.spamhaus.org", BLOCKED),
-    ("DMARC verification failed", BLOCKED),
+    ("DMARC verification failed", DMARC_POLICY),
     ("Sender address rejected: not owned by user", BLOCKED),
     ("Daily user sending quota exceeded: spam suspected", BLOCKED),
     ("Virus detected: Win.Test.EICAR", VIRUS_NOTIFICATION),
     ("message infected", VIRUS_NOTIFICATION),
-    ("Host not found", DNS_ERROR),
-    ("Domain not found", DNS_ERROR),
-    ("DNS lookup returned NXDOMAIN", DNS_ERROR),
-    ("no MX record for example.org", DNS_ERROR),
-    ("Unrouteable address", DNS_ERROR),
+    ("Host not found", HARD_BOUNCE),
+    ("Domain not found", HARD_BOUNCE),
+    ("DNS lookup returned NXDOMAIN", HARD_BOUNCE),
+    ("no MX record for example.org", HARD_BOUNCE),
+    ("Unrouteable address", HARD_BOUNCE),
+    ("Host not found, try again", DNS_ERROR),
+    ("Name server timeout", DNS_ERROR),
     ("Message delayed", TRANSIENT),
     ("will retry for 5 days", TRANSIENT),
     ("still trying", TRANSIENT),
@@ -406,8 +418,9 @@ def test_fuzz_never_raises():
 
 
 def test_garbage_gives_one_unknown_report():
-    assert parse_bounce(b"\x00\xff garbage") == [BounceReport(type=UNKNOWN)]
-    assert parse_bounce(b"") == [BounceReport(type=UNKNOWN)]
+    for raw in (b"\x00\xff garbage", b""):
+        report, = parse_bounce(raw)
+        assert (report.type, report.recipient, report.status, report.rule) == (UNKNOWN, None, None, "not-a-report")
 
 
 # -- mailrelay bounce classify ------------------------------------------------------------
@@ -422,11 +435,14 @@ def test_cli_bounce_classify():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines == [
         {"file": files[0], "type": "HardBounce", "type_code": 1, "recipient": "p.martin@example.net",
-         "status": "5.1.1", "description": HARD_BOUNCE.description},
+         "status": "5.1.1", "description": HARD_BOUNCE.description, "rule": "address-status",
+         "reason": "address-status; status 5.1.1; reply 550; text 'User unknown'; bad destination mailbox address"},
         {"file": files[0], "type": "SoftBounce", "type_code": 4096, "recipient": "sales@example.net",
-         "status": "5.2.2", "description": SOFT_BOUNCE.description},
+         "status": "5.2.2", "description": SOFT_BOUNCE.description, "rule": "cause-status",
+         "reason": "cause-status; status 5.2.2; reply 552; text 'Mailbox full'; mailbox full"},
         {"file": files[1], "type": "ChallengeVerification", "type_code": 16384, "recipient": "hannah@example.org",
-         "status": None, "description": CHALLENGE_VERIFICATION.description},
+         "status": None, "description": CHALLENGE_VERIFICATION.description, "rule": "challenge",
+         "reason": "challenge; text 'Boxbe'; asks the sender to prove it is a person"},
     ]
 
 
@@ -440,7 +456,9 @@ def test_cli_bounce_classify_missing_file(tmp_path):
     assert result.stderr.startswith("mailrelay: ") and len(result.stderr.splitlines()) == 1
     assert json.loads(result.stdout) == {"file": str(garbage), "type": "Unknown", "type_code": 2048,
                                          "recipient": None, "status": None,
-                                         "description": UNKNOWN.description}
+                                         "description": UNKNOWN.description, "rule": "not-a-report",
+                                         "reason": "not-a-report; no delivery report, failure notice or "
+                                                   "auto-reply found"}
 
 
 def test_recipient_tokens_found_wherever_a_bounce_returns_the_copy():
@@ -461,3 +479,120 @@ def test_recipient_tokens_found_wherever_a_bounce_returns_the_copy():
     for text in (f"X-Mailrelay-Recipient-Token: {token[:-1]}", f"X-Mailrelay-Recipient-Token: {token}a",
                  f"ab+{token}@x", f"X-Other: {token}"):
         assert parse_bounce(f"Subject: x\r\n\r\n{text}\r\n".encode())[0].recipient_tokens == (), text
+
+
+# -- issue 16: decide from the reason, not from the first digit ---------------------------
+
+#: Replies as receivers document them (Gmail's "SMTP errors and codes", Microsoft's Exchange
+#: Online NDR pages, Yahoo's and iCloud's postmaster pages, Orange's OFR codes, QQ, Mail.ru,
+#: GMX) and as MTAs write them (Postfix, Exim, qmail, Sendmail), and mailrelay's own in-band
+#: texts. Only the first group suppresses.
+ADDRESS_GONE = [
+    "550-5.1.1 The email account that you tried to reach does not exist. Please try double-checking "
+    "the recipient's email address for typos or unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser",
+    "553-5.1.2 We weren't able to find the recipient domain. Please check for any spelling errors",
+    "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+    "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+    "554 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain",
+    "554 delivery error: dd This user doesn't have a example.com account (a@example.com) [0] - mta1",
+    "550 5.1.1 <a@example.com>: user does not exist",
+    "550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416 [416]",
+    "550 Mailbox not found. http://service.exmail.example.cn/cgi-bin/help?subtype=1&&id=20022&&no=1000728",
+    "550 Message was not accepted -- invalid mailbox.  Local mailbox a@example.ru is unavailable: user not found",
+    "550 Requested action not taken: mailbox unavailable",
+    "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+    "Sorry, no mailbox here by that name. (#5.1.1)",
+    "Domain example.org does not accept mail (nullMX)",
+    "an MX or SRV record indicated no SMTP service",   # Exim, null MX
+    "556 5.1.10 <a@example.org>: Recipient address rejected: Domain example.org does not accept mail (nullMX)",
+    "551 User not local; please try <a@example.net>",
+    "550 5.7.1 <a@example.org>: Recipient address rejected: User unknown",   # 5.7.1, no policy word
+    "example.org: domain does not exist (NXDOMAIN)",                        # mailrelay's own
+    "example.org publishes a null MX (RFC 7505): it accepts no mail",
+]
+NOT_GONE = [
+    ("550 5.1.1 Message rejected as spam by Content Filtering", SPAM_NOTIFICATION),
+    ("552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417 [417]", SOFT_BOUNCE),
+    ("550 5.1.1 <a@example.org>: blocked by policy, see https://example.org/rbl", BLOCKED),
+    ("450 5.2.2 mailbox full", SOFT_BOUNCE),   # 5.2.2 whatever the class digit
+    ("550 5.2.2 The email account that you tried to reach is over quota", SOFT_BOUNCE),
+    ("550 5.2.1 The email account that you tried to reach is disabled.", SOFT_BOUNCE),
+    ("550-5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional "
+     "messages from being delivered.", SOFT_BOUNCE),
+    ("552 5.2.3 Your message exceeded Google's message size limits.", SOFT_BOUNCE),
+    ("550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy", DMARC_POLICY),
+    ("550 5.7.1 [192.0.2.1] The IP you're using to send mail is not authorized to send email directly to our "
+     "servers.", BLOCKED),
+    ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", BLOCKED),
+    ("550 5.7.509 Access denied, sending domain example.com does not pass DMARC verification", DMARC_POLICY),
+    ("554 5.7.9 Message not accepted for policy reasons. See https://help.yahoo.com/kb/postmaster/SLN7253.html",
+     BLOCKED),
+    ("554 delivery error: dd Sorry your message to a@example.com cannot be delivered. This mailbox is disabled "
+     "(554.30).", SOFT_BOUNCE),
+    ("554 5.7.1 [CS01] Message rejected due to local policy.", BLOCKED),
+    ("550 Mailbox unavailable or access denied", BLOCKED),   # QQ: the recipient gets too much mail
+    ("550 Ip frequency limited", SOFT_BOUNCE),
+    ("550 Mail content denied.", SPAM_NOTIFICATION),   # the message itself judged spam
+    ("550 spam message rejected. Please visit http://help.example.ru/notspam-support", SPAM_NOTIFICATION),
+    ("550 5.7.501 Access denied, spam abuse detected.", BLOCKED),   # about the sender, not this message
+    ("550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", BLOCKED),
+    ("all relevant MX records point to non-existent hosts", DNS_ERROR),   # the domain exists, its DNS is broken
+    ("550 Message was not accepted -- invalid mailbox. Local mailbox a@example.ru is unavailable: account is "
+     "disabled", SOFT_BOUNCE),
+    ("554-No SMTP service 554 Bad DNS PTR resource record.", BLOCKED),
+    ("521 5.2.1 :  (CON:B1)  AOL will not accept delivery of this message.", BLOCKED),
+    ("550 5.7.1 Unable to relay", BLOCKED),
+    ("553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)", BLOCKED),
+    ("550 5.1.8 <orders@shop.example.com>: Sender address rejected: Domain not found", BLOCKED),
+    ("550 #5.1.0 Address rejected.", SOFT_BOUNCE),   # names no cause
+    ("554 5.0.0 Service unavailable", SOFT_BOUNCE),
+    ("550 4.4.7 QUEUE.Expired; message expired", SOFT_BOUNCE),
+    ("retry timeout exceeded", SOFT_BOUNCE),
+    ("I'm not going to try again; this message has been in the queue too long.", SOFT_BOUNCE),
+    ("Host or domain name not found. Name service error for name=example.org type=MX: Host not found, try again",
+     DNS_ERROR),
+    ("example.org: has no MX record, and looking up its address failed: timeout", DNS_ERROR),
+    ("5.4.4 example.org: not sent: it has no MX record and its own addresses are not public (example.org"
+     "[10.0.0.1]: 10.0.0.1 is a private address); delivery to private and internal networks is disabled "
+     "([delivery] allow_private_destinations = false)", DNS_ERROR),   # mailrelay's own refusal
+    ("421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume or user complaints", TRANSIENT),
+    ("452 4.2.2 The email account that you tried to reach is over quota.", SOFT_BOUNCE),
+]
+
+
+@pytest.mark.parametrize("text", ADDRESS_GONE)
+def test_address_gone_suppresses(text):
+    verdict = bounceparse.explain(None, text)
+    assert verdict.type.suppresses and verdict.type.coarse_class == "hard", verdict
+
+
+@pytest.mark.parametrize("text,expected", NOT_GONE)
+def test_anything_else_gets_the_type_that_says_what_happened(text, expected):
+    verdict = bounceparse.explain(None, text)
+    assert verdict.type == expected, verdict
+    assert not verdict.type.suppresses
+
+
+def test_bad_address_syntax_is_bad_email_address():
+    verdict = bounceparse.explain(None, "553-5.1.3 The recipient address <a..b@example.com> is not a valid RFC 5321 "
+                                        "address.")
+    assert (verdict.type, verdict.rule, verdict.type.suppresses) == (BAD_EMAIL_ADDRESS, "address-status+text", True)
+    assert bounceparse.explain(None, "example: not a valid domain name").type == BAD_EMAIL_ADDRESS
+
+
+def test_explain_says_which_rule_status_and_text_decided():
+    verdict = bounceparse.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: blocked by policy")
+    assert (verdict.type, verdict.rule, verdict.status, verdict.smtp_code, verdict.matched) == (
+        BLOCKED, "text-over-address-status", "5.1.1", 550, "blocked")
+    assert verdict.reason == ("text-over-address-status; status 5.1.1; reply 550; text 'blocked'; "
+                              "the text names spam, content, reputation, a block list or a policy")
+    generic = bounceparse.explain("5.0.0", "550 5.2.2 mailbox full")
+    assert (generic.status, generic.type) == ("5.2.2", SOFT_BOUNCE)   # a generic status gives way
+    bare = bounceparse.explain(None, "550 rejected")
+    assert (bare.type, bare.rule) == (SOFT_BOUNCE, "permanent-no-cause")
+
+
+def test_a_bounce_reports_why():
+    report, = parse_bounce((CORPUS / "orange-overquota.eml").read_bytes())
+    assert (report.type, report.status, report.rule) == (SOFT_BOUNCE, "5.1.1", "text-over-address-status")
+    assert "text 'Boite du destinataire pleine'" in report.reason
