@@ -929,6 +929,8 @@ class ApiResource(resource.Resource):
             "status": record.get("status") or None,
             "remote_mta": record.get("remote_mta") or None,
             "source": record.get("source") or None,
+            "rule": record.get("rule") or None,
+            "reason": record.get("reason") or None,
             "raw": raw.decode("utf-8", "replace") if raw is not None else None,
         })
         send_json(request, 200, body)

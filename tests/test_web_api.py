@@ -497,6 +497,8 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
     detail = api.ok(f"/api/v1/bounces/{hard['id']}")
     assert {k: detail[k] for k in hard} == hard
     assert detail["status"] == "5.1.1" and "Undelivered Mail Returned to Sender" in detail["raw"]
+    # ... and why the classifier decided HardBounce: the address status and the text that named it
+    assert detail["rule"] == "address-status" and "5.1.1" in detail["reason"] and "User unknown" in detail["reason"]
     # the message shows the bounce, and the address is suppressed
     message = api.ok(f"/api/v1/messages/{first}")
     assert message["status"] == "bounced" and message["recipients"][0]["status"] == "bounced"
