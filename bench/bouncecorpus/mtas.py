@@ -1,0 +1,214 @@
+"""
+mtas: how each MTA under test is configured, started, flushed and stopped inside its chroot.
+
+Every MTA gets the same world (cases.py): it is mta.relay.test on 127.0.0.1, resolves through
+127.0.0.1:53, relays every message it is given by MX lookup, and gives up a temporarily failing
+message after a very short queue lifetime (seconds to a couple of minutes instead of days), so
+that expiry bounces are produced quickly. Delay warnings are off. Nothing else is changed from
+Debian's defaults, so that the bounces are worded as each MTA words them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HOSTNAME = "mta.relay.test"
+
+
+@dataclass
+class MTA:
+    name: str
+    configure: Callable[[Path], None]
+    start: list[str]                 # run inside the chroot
+    stop: list[str]
+    flush: list[str] | None          # force a queue run; None: the daemon does it by itself
+    sendmail: list[str]              # the injection command (recipients appended)
+    logs: tuple[str, ...]
+    expiry_seconds: int              # how long until a temporarily failing message is given up
+    reset: str = ""                  # shell command (in the chroot) that empties the queue
+
+
+def _write(root: Path, path: str, text: str) -> None:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+
+
+# -- Postfix ----------------------------------------------------------------------------------
+
+POSTFIX_MAIN = f"""\
+# bench/bouncecorpus: Postfix as an outbound relay for the bounce corpus
+compatibility_level = 3.6
+myhostname = {HOSTNAME}
+mydomain = relay.test
+myorigin = $myhostname
+mydestination = $myhostname, localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps = hash:/etc/aliases
+alias_database = hash:/etc/aliases
+biff = no
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = /var/log/postfix.log
+# temporary failures: tried once, then returned (maximal_queue_lifetime = 0)
+maximal_queue_lifetime = 0
+bounce_queue_lifetime = 0
+queue_run_delay = 5s
+minimal_backoff_time = 5s
+maximal_backoff_time = 10s
+delay_warning_time = 0
+"""
+
+
+def configure_postfix(root: Path) -> None:
+    _write(root, "/etc/postfix/main.cf", POSTFIX_MAIN)
+    master = (root / "etc/postfix/master.cf").read_text()
+    # Debian runs the services chrooted in /var/spool/postfix, which needs copies of
+    # resolv.conf etc. that only Debian's init script makes: run them unchrooted instead.
+    lines = []
+    for line in master.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and not line.startswith((" ", "\t", "#")) and fields[4] in ("y", "-"):
+            fields[4] = "n"
+            line = "  ".join(fields)
+        lines.append(line)
+    (root / "etc/postfix/master.cf").write_text("\n".join(lines) + "\n")
+    _write(root, "/etc/aliases", "postmaster: root\n")
+
+
+POSTFIX = MTA("postfix", configure_postfix,
+              start=["sh", "-c", "newaliases && postfix start"],
+              stop=["postfix", "stop"],
+              flush=["postqueue", "-f"],
+              sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
+              logs=("/var/log/postfix.log",),
+              expiry_seconds=20,
+              reset="postsuper -d ALL >/dev/null 2>&1; rm -f /var/log/postfix.log")
+
+
+# -- Exim -------------------------------------------------------------------------------------
+
+EXIM_UPDATE_CONF = f"""\
+dc_eximconfig_configtype='internet'
+dc_other_hostnames=''
+dc_local_interfaces='127.0.0.1'
+dc_readhost=''
+dc_relay_domains=''
+dc_minimaldns='false'
+dc_relay_nets='127.0.0.0/8'
+dc_smarthost=''
+CFILEMODE='644'
+dc_use_split_config='false'
+dc_hide_mailname=''
+dc_mailname_in_oh='true'
+dc_localdelivery='mail_spool'
+"""
+
+
+def configure_exim(root: Path) -> None:
+    _write(root, "/etc/exim4/update-exim4.conf.conf", EXIM_UPDATE_CONF)
+    _write(root, "/etc/mailname", HOSTNAME + "\n")
+    template = root / "etc/exim4/exim4.conf.template"
+    text = template.read_text()
+    # Debian's dnslookup router ignores MX targets on loopback; our world lives on 127/8.
+    text = re.sub(r"(?m)^(\s*ignore_target_hosts = 0\.0\.0\.0 : )127\.0\.0\.0/8", r"\g<1>192.0.2.255", text)
+    # Retry: give up a temporarily failing address after one minute instead of four days.
+    text = re.sub(r"(?ms)^(begin retry\s*\n).*?(?=^begin )",
+                  "begin retry\n\n*                      *           F,1m,15s\n\n\n", text)
+    text = text.replace("MAIN_TLS_ENABLE = yes", "")
+    template.write_text(text)
+
+
+EXIM = MTA("exim", configure_exim,
+           start=["sh", "-c", "update-exim4.conf && mkdir -p /var/log/exim4 /run/exim4 && "
+                  "chown Debian-exim /var/log/exim4 /run/exim4 && exim4 -bd -q10s"],
+           stop=["sh", "-c", "kill $(cat /run/exim4/exim.pid)"],
+           flush=["exim4", "-qff"],
+           sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
+           logs=("/var/log/exim4/mainlog", "/var/log/exim4/rejectlog", "/var/log/exim4/paniclog"),
+           expiry_seconds=150,
+           reset="rm -rf /var/spool/exim4/input/* /var/spool/exim4/msglog/* /var/spool/exim4/db/*")
+
+
+# -- OpenSMTPD ------------------------------------------------------------------------------
+
+OPENSMTPD_CONF = f"""\
+# bench/bouncecorpus: OpenSMTPD as an outbound relay for the bounce corpus
+queue ttl 20s
+bounce warn-interval 1h
+table aliases file:/etc/aliases
+listen on 127.0.0.1
+action "local" mbox alias <aliases>
+action "outbound" relay helo {HOSTNAME}
+match from local for local action "local"
+match from local for any action "outbound"
+"""
+
+
+def configure_opensmtpd(root: Path) -> None:
+    _write(root, "/etc/smtpd.conf", OPENSMTPD_CONF)
+    _write(root, "/etc/aliases", "postmaster: root\n")
+    _write(root, "/etc/mailname", HOSTNAME + "\n")
+
+
+OPENSMTPD = MTA("opensmtpd", configure_opensmtpd,
+                start=["sh", "-c", "mkdir -p /var/spool/smtpd && smtpd -f /etc/smtpd.conf "
+                       ">/var/log/smtpd.start 2>&1"],
+                stop=["smtpctl", "stop"],
+                flush=["smtpctl", "schedule", "all"],
+                sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
+                logs=("/var/log/smtpd.start",),
+                expiry_seconds=60,
+                reset="rm -rf /var/spool/smtpd/queue/* /var/spool/smtpd/incoming/* /var/spool/smtpd/corrupt/*")
+
+
+# -- sendmail -------------------------------------------------------------------------------
+
+SENDMAIL_MC = f"""\
+divert(-1)
+# bench/bouncecorpus: sendmail as an outbound relay for the bounce corpus
+divert(0)dnl
+include(`/usr/share/sendmail/cf/m4/cf.m4')dnl
+VERSIONID(`bouncecorpus')dnl
+OSTYPE(`debian')dnl
+DOMAIN(`debian-mta')dnl
+define(`confDOMAIN_NAME', `{HOSTNAME}')dnl
+define(`confTO_QUEUERETURN', `1m')dnl
+define(`confTO_QUEUEWARN', `4h')dnl
+define(`confMIN_QUEUE_AGE', `0')dnl
+define(`confTO_IDENT', `0')dnl
+define(`confDONT_PROBE_INTERFACES', `True')dnl
+FEATURE(`no_default_msa')dnl
+DAEMON_OPTIONS(`Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1')dnl
+MAILER_DEFINITIONS
+MAILER(`local')dnl
+MAILER(`smtp')dnl
+"""
+
+
+def configure_sendmail(root: Path) -> None:
+    _write(root, "/etc/mail/sendmail.mc", SENDMAIL_MC)
+    _write(root, "/etc/mail/local-host-names", HOSTNAME + "\n")
+    _write(root, "/etc/mailname", HOSTNAME + "\n")
+
+
+SENDMAIL = MTA("sendmail", configure_sendmail,
+               start=["sh", "-c",
+                      "cd /etc/mail && m4 sendmail.mc > sendmail.cf && touch access aliases && "
+                      "makemap hash access < access && newaliases; "
+                      "mkdir -p /var/spool/mqueue /var/spool/mqueue-client /run/sendmail/mta && "
+                      "/usr/sbin/sendmail-mta -bd -q10s -L sendmail-mta "
+                      "-O PidFile=/run/sendmail/mta/sendmail.pid"],
+               stop=["sh", "-c", "kill $(head -1 /run/sendmail/mta/sendmail.pid)"],
+               flush=["/usr/sbin/sendmail-mta", "-q"],
+               sendmail=["/usr/sbin/sendmail-mta", "-oi", "-odq", "-f"],
+               logs=(),
+               expiry_seconds=100,
+               reset="rm -f /var/spool/mqueue/* /var/spool/mqueue-client/*")
+
+MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL)}
