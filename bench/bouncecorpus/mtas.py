@@ -116,7 +116,8 @@ def configure_exim(root: Path) -> None:
     template = root / "etc/exim4/exim4.conf.template"
     text = template.read_text()
     # Debian's dnslookup router ignores MX targets on loopback; our world lives on 127/8.
-    text = re.sub(r"(?m)^(\s*ignore_target_hosts = 0\.0\.0\.0 : )127\.0\.0\.0/8", r"\g<1>192.0.2.255", text)
+    _write(root, "/etc/exim4/exim4.conf.localmacros",
+           "ROUTER_DNSLOOKUP_IGNORE_TARGET_HOSTS = <; 0.0.0.0 ; 255.255.255.255\n")
     # Retry: give up a temporarily failing address after one minute instead of four days.
     text = re.sub(r"(?ms)^(begin retry\s*\n).*?(?=^begin )",
                   "begin retry\n\n*                      *           F,1m,15s\n\n\n", text)
