@@ -29,6 +29,10 @@ class MTA:
     logs: tuple[str, ...]
     expiry_seconds: int              # how long until a temporarily failing message is given up
     reset: str = ""                  # shell command (in the chroot) that empties the queue
+    # libasr (OpenSMTPD) resolves with AI_ADDRCONFIG, which ignores loopback interfaces: give
+    # the namespace a dummy, non-loopback interface holding another 127/8 address
+    dummy_interface: bool = False
+    ready_path: str = ""             # exists in the chroot once the daemon takes submissions
 
 
 def _write(root: Path, path: str, text: str) -> None:
@@ -141,7 +145,6 @@ EXIM = MTA("exim", configure_exim,
 OPENSMTPD_CONF = f"""\
 # bench/bouncecorpus: OpenSMTPD as an outbound relay for the bounce corpus
 queue ttl 20s
-bounce warn-interval 1h
 table aliases file:/etc/aliases
 listen on 127.0.0.1
 action "local" mbox alias <aliases>
@@ -158,14 +161,17 @@ def configure_opensmtpd(root: Path) -> None:
 
 
 OPENSMTPD = MTA("opensmtpd", configure_opensmtpd,
-                start=["sh", "-c", "mkdir -p /var/spool/smtpd && smtpd -f /etc/smtpd.conf "
-                       ">/var/log/smtpd.start 2>&1"],
+                start=["sh", "-c", "mkdir -p /var/spool/smtpd && chmod 711 /var/spool/smtpd && "
+                       "(smtpd -d -f /etc/smtpd.conf >/var/log/smtpd.log 2>&1 &)"],
                 stop=["smtpctl", "stop"],
-                flush=["smtpctl", "schedule", "all"],
+                flush=None,
                 sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
-                logs=("/var/log/smtpd.start",),
+                logs=("/var/log/smtpd.log",),
                 expiry_seconds=60,
-                reset="rm -rf /var/spool/smtpd/queue/* /var/spool/smtpd/incoming/* /var/spool/smtpd/corrupt/*")
+                reset="rm -rf /var/spool/smtpd/queue/* /var/spool/smtpd/incoming/* "
+                      "/var/spool/smtpd/corrupt/* /var/spool/smtpd/offline/* /var/spool/smtpd/purge/*",
+                dummy_interface=True,
+                ready_path="/run/smtpd.sock")
 
 
 # -- sendmail -------------------------------------------------------------------------------

@@ -72,10 +72,22 @@ class Sandbox:
         return run(self.chroot_argv(argv), check=check, **kw)
 
     def __enter__(self) -> "Sandbox":
+        try:
+            return self.setup()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def setup(self) -> "Sandbox":
         run([HERE / "mkchroot.sh", self.mta.name])
         self.cleanup_namespace()
         run(["ip", "netns", "add", self.ns])
         run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        if self.mta.dummy_interface:
+            # a bridge without ports: the kernel here may lack the dummy link type
+            run(["ip", "-n", self.ns, "link", "add", "bc0", "type", "bridge"])
+            run(["ip", "-n", self.ns, "addr", "add", "127.0.0.250/32", "dev", "bc0"])
+            run(["ip", "-n", self.ns, "link", "set", "bc0", "up"])
         for sub in ("proc", "dev"):
             target = self.root / sub
             if not os.path.ismount(target):
@@ -135,14 +147,16 @@ def produce(mta: MTA, selected: list[cases.Case], timeout: float) -> Path:
             box.chroot(["sh", "-c", mta.reset], check=False)
         box.chroot(mta.start)
         log(mta.name, "started")
+        if mta.ready_path:
+            deadline = time.monotonic() + 30
+            while not (box.root / mta.ready_path.lstrip("/")).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{mta.name} did not create {mta.ready_path}")
+                time.sleep(0.2)
         for case in selected:
             argv = [*mta.sendmail, cases.sender_of(case), *[r.address for r in case.rcpts]]
-            for attempt in range(50):   # OpenSMTPD's sendmail needs the daemon's socket
-                done = box.chroot(argv, check=False, input=message(case), capture_output=True)
-                if done.returncode == 0:
-                    break
-                time.sleep(0.2)
-            else:
+            done = box.chroot(argv, check=False, input=message(case), capture_output=True)
+            if done.returncode != 0:
                 raise RuntimeError(f"{mta.name}: injecting {case.name} failed: {done.stderr!r}")
         log(mta.name, f"injected {len(selected)} messages")
         expected = {cases.CASE_IDS[c.name] for c in selected if c.failed}
@@ -184,60 +198,84 @@ def reported_status(raw: bytes) -> str | None:
     return None
 
 
-def write_corpus(mta: MTA, selected: list[cases.Case], collected: Path, labels: dict) -> int:
+def store(mta: MTA, selected: list[cases.Case], collected: Path) -> int:
+    """Copy the collected bounces to tests/bounces/corpus/<mta>/<case>[-N].eml."""
     outdir = CORPUS / mta.name
     outdir.mkdir(parents=True, exist_ok=True)
     written = 0
     for case in selected:
-        cid = cases.CASE_IDS[case.name]
-        files = sorted(collected.glob(f"{cid}.*.eml"))
-        for old in outdir.glob(f"{case.name}*.eml"):
+        for old in outdir.glob(f"{case.name}.eml"):
             old.unlink()
-        for key in [k for k, v in labels.items() if v["mta"] == mta.name and v["case"] == case.name]:
-            del labels[key]
+        for old in outdir.glob(f"{case.name}-[0-9].eml"):
+            old.unlink()
+        files = sorted(collected.glob(f"{cases.CASE_IDS[case.name]}.*.eml"))
         for n, path in enumerate(files, 1):
             name = f"{case.name}.eml" if n == 1 else f"{case.name}-{n}.eml"
-            raw = path.read_bytes()
-            (outdir / name).write_bytes(raw)
-            failures = [{"recipient": r.address, "type": r.type, "class": r.cls, "why": r.why,
-                         "reply": (r.rcpt or r.data or case.mail or "").replace("{rcpt}", r.address)
-                         .replace("{sender}", cases.sender_of(case)) or None}
-                        for r in case.failed]
-            first = failures[0]
-            labels[f"{mta.name}/{name}"] = {
-                "mta": mta.name,
-                "case": case.name,
-                "type": first["type"],
-                "class": first["class"],
-                "recipients": [f["recipient"] for f in failures],
-                "status": reported_status(raw),
-                "expired": case.expires,
-                "why": first["why"],
-                "source": case.source,
-                "failures": failures,
-            }
+            (outdir / name).write_bytes(path.read_bytes())
             written += 1
     return written
+
+
+def label(mta_name: str, case: cases.Case, raw: bytes) -> dict:
+    failures = [{"recipient": r.address, "type": r.type, "class": r.cls, "why": r.why,
+                 "reply": (r.rcpt or r.data or case.mail or "").replace("{rcpt}", r.address)
+                 .replace("{sender}", cases.sender_of(case)) or None}
+                for r in case.failed]
+    if mta_name == "opensmtpd" and case.expires:
+        for f in failures:
+            f["why"] += ("; OpenSMTPD 6.8 words its expiry report as a delay ('Action: delayed', "
+                         "'only a temporary failure report') although its log says 'Envelope expired' "
+                         "and the envelope is removed from the queue: the message was given up")
+    first = failures[0]
+    return {
+        "mta": mta_name,
+        "case": case.name,
+        "type": first["type"],
+        "class": first["class"],
+        "recipients": [f["recipient"] for f in failures],
+        "status": reported_status(raw),
+        "expired": case.expires,
+        "why": first["why"],
+        "source": case.source,
+        "failures": failures,
+    }
+
+
+def relabel() -> dict:
+    """labels.json for every committed corpus file (labels from cases.py, status from the file)."""
+    by_name = {c.name: c for c in cases.CASES}
+    labels = {}
+    for path in sorted(CORPUS.glob("*/*.eml")):
+        stem = path.stem
+        case = by_name.get(stem) or by_name.get(stem.rsplit("-", 1)[0])
+        if case is None:
+            raise SystemExit(f"{path}: no such case in cases.py")
+        labels[f"{path.parent.name}/{path.name}"] = label(path.parent.name, case, path.read_bytes())
+    LABELS.write_text(json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
+    return labels
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mta", default="postfix,exim,opensmtpd,sendmail")
     parser.add_argument("--case", default="*", help="glob over case names")
+    parser.add_argument("--relabel", action="store_true", help="only rewrite labels.json from "
+                        "cases.py and the committed corpus files")
     parser.add_argument("--timeout", type=float, default=0, help="seconds to wait for bounces "
                         "(default: the MTA's expiry time + 60)")
     args = parser.parse_args()
+    if args.relabel:
+        relabel()
+        return 0
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces, chroot)")
     selected_all = [c for c in cases.CASES if fnmatch.fnmatch(c.name, args.case)]
-    labels = json.loads(LABELS.read_text()) if LABELS.exists() else {}
     for name in args.mta.split(","):
         mta = MTAS[name]
         selected = [c for c in selected_all if c.mtas is None or name in c.mtas]
         collected = produce(mta, selected, args.timeout or mta.expiry_seconds + 60)
-        count = write_corpus(mta, selected, collected, labels)
-        log(name, f"wrote {count} bounces")
-        LABELS.write_text(json.dumps(dict(sorted(labels.items())), indent=1, ensure_ascii=False) + "\n")
+        log(name, f"stored {store(mta, selected, collected)} bounces")
+        relabel()
     return 0
 
 
