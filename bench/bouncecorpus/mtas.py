@@ -208,12 +208,12 @@ SENDMAIL = MTA("sendmail", configure_sendmail,
                start=["sh", "-c",
                       "cd /etc/mail && m4 sendmail.mc > sendmail.cf && touch access aliases && "
                       "makemap hash access < access && newaliases; "
-                      "mkdir -p /var/spool/mqueue /var/spool/mqueue-client /run/sendmail/mta && "
+                      "mkdir -p /var/spool/mqueue /var/spool/mqueue-client /run/sendmail/mta /var/lib/sendmail/host_status && "
                       "/usr/sbin/sendmail-mta -bd -q10s -L sendmail-mta "
                       "-O PidFile=/run/sendmail/mta/sendmail.pid"],
                stop=["sh", "-c", "kill $(head -1 /run/sendmail/mta/sendmail.pid)"],
                flush=["/usr/sbin/sendmail-mta", "-q"],
-               sendmail=["/usr/sbin/sendmail-mta", "-oi", "-odq", "-f"],
+               sendmail=["/usr/sbin/sendmail-mta", "-Am", "-oi", "-odb", "-f"],
                logs=(),
                expiry_seconds=100,
                reset="rm -f /var/spool/mqueue/* /var/spool/mqueue-client/*")
