@@ -48,7 +48,10 @@ printf 'postfix postfix/main_mailer_type select No configuration\n' > "$ROOT/tmp
 chroot "$ROOT" sh -c 'debconf-set-selections /tmp/debconf; apt-get update -q'
 chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PKGS
 if [ "$MTA" = haraka ]; then
-    chroot "$ROOT" sh -c 'mkdir -p /opt/haraka && cd /opt/haraka && npm install --no-audit --no-fund Haraka'
+    # the host's npm (it trusts the host's CA set) installs Haraka into the chroot; the
+    # chroot's own nodejs runs it
+    mkdir -p "$ROOT/opt/haraka"
+    npm install --prefix "$ROOT/opt/haraka" --no-audit --no-fund --omit=optional Haraka@3.0.4   # bookworm has nodejs 18
 fi
 rm -f "$ROOT/var/cache/apt/archives/"*.deb
 touch "$ROOT/.complete"

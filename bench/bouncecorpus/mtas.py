@@ -11,6 +11,7 @@ Debian's defaults, so that the bounces are worded as each MTA words them.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ class MTA:
     # the namespace a dummy, non-loopback interface holding another 127/8 address
     dummy_interface: bool = False
     ready_path: str = ""             # exists in the chroot once the daemon takes submissions
+    inject_smtp: bool = False        # no sendmail command: submit over SMTP to 127.0.0.1:25
 
 
 def _write(root: Path, path: str, text: str) -> None:
@@ -218,4 +220,42 @@ SENDMAIL = MTA("sendmail", configure_sendmail,
                expiry_seconds=100,
                reset="rm -f /var/spool/mqueue/* /var/spool/mqueue-client/*")
 
-MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL)}
+
+# -- Haraka (npm) -----------------------------------------------------------------------------
+
+HARAKA_DIR = "/opt/haraka/srv"
+HARAKA_FILES = {
+    "config/me": HOSTNAME + "\n",
+    "config/host_list": HOSTNAME + "\n",
+    "config/plugins": "relay\n",
+    "config/relay.ini": "[relay]\nacl=true\n",
+    "config/relay_acl_allow": "127.0.0.0/8\n",
+    "config/smtp.ini": "[main]\nlisten=127.0.0.1:25\nnodes=\ndaemonize=false\n",
+    "config/log.ini": "[main]\nlevel=info\n",
+    # MX hosts on loopback are our world; a temporary failure is retried once after 5 s
+    "config/outbound.ini": "local_mx_ok=true\nenable_tls=false\ntemp_fail_intervals=5s\n",
+}
+
+
+def configure_haraka(root: Path) -> None:
+    # Haraka's shipped defaults first (the bounce message templates among them), then ours
+    shipped = root / "opt/haraka/node_modules/Haraka/config"
+    config = root / HARAKA_DIR.lstrip("/") / "config"
+    shutil.copytree(shipped, config, dirs_exist_ok=True)
+    (config / "smtp.json").unlink(missing_ok=True)     # it would override smtp.ini and relay.ini
+    for name, text in HARAKA_FILES.items():
+        _write(root, f"{HARAKA_DIR}/{name}", text)
+
+
+HARAKA = MTA("haraka", configure_haraka,
+             start=["sh", "-c", f"mkdir -p {HARAKA_DIR}/queue && rm -rf {HARAKA_DIR}/queue/* && "
+                    f"cd {HARAKA_DIR} && (node /opt/haraka/node_modules/.bin/haraka -c {HARAKA_DIR} "
+                    ">/var/log/haraka.log 2>&1 & echo $! > /run/haraka.pid)"],
+             stop=["sh", "-c", "kill $(cat /run/haraka.pid)"],
+             flush=None,
+             sendmail=[],
+             logs=("/var/log/haraka.log",),
+             expiry_seconds=30,
+             inject_smtp=True)
+
+MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL, HARAKA)}

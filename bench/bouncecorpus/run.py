@@ -124,6 +124,22 @@ class Sandbox:
             run(["umount", "-l", target], check=False)
 
 
+SMTP_INJECT = """\
+import smtplib, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        client = smtplib.SMTP("127.0.0.1", 25, local_hostname="app.sender.example", timeout=30)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+client.sendmail(sys.argv[1], sys.argv[2:], sys.stdin.buffer.read())
+client.quit()
+"""
+
+
 def message(case: cases.Case) -> bytes:
     cid = cases.CASE_IDS[case.name]
     to = ", ".join(r.address for r in case.rcpts)
@@ -154,8 +170,13 @@ def produce(mta: MTA, selected: list[cases.Case], timeout: float) -> Path:
                     raise RuntimeError(f"{mta.name} did not create {mta.ready_path}")
                 time.sleep(0.2)
         for case in selected:
-            argv = [*mta.sendmail, cases.sender_of(case), *[r.address for r in case.rcpts]]
-            done = box.chroot(argv, check=False, input=message(case), capture_output=True)
+            if mta.inject_smtp:
+                argv = ["ip", "netns", "exec", box.ns, sys.executable, "-c", SMTP_INJECT,
+                        cases.sender_of(case), *[r.address for r in case.rcpts]]
+                done = run(argv, check=False, input=message(case), capture_output=True)
+            else:
+                argv = [*mta.sendmail, cases.sender_of(case), *[r.address for r in case.rcpts]]
+                done = box.chroot(argv, check=False, input=message(case), capture_output=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{mta.name}: injecting {case.name} failed: {done.stderr!r}")
         log(mta.name, f"injected {len(selected)} messages")
