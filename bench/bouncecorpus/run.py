@@ -242,11 +242,15 @@ def label(mta_name: str, case: cases.Case, raw: bytes) -> dict:
                  "reply": (r.rcpt or r.data or case.mail or "").replace("{rcpt}", r.address)
                  .replace("{sender}", cases.sender_of(case)) or None}
                 for r in case.failed]
-    if mta_name == "opensmtpd" and case.expires:
+    if mta_name == "opensmtpd" and b"Envelope expired" in raw:
         for f in failures:
             f["why"] += ("; OpenSMTPD 6.8 words its expiry report as a delay ('Action: delayed', "
                          "'only a temporary failure report') although its log says 'Envelope expired' "
                          "and the envelope is removed from the queue: the message was given up")
+            if f["class"] == "soft" and f["type"] != "SoftBounce":
+                f["why"] += (f"; the cause ({f['type']}) is not in the report, which says only "
+                             "'Envelope expired': labelled as what it shows, a given-up message")
+                f["type"] = "SoftBounce"
     first = failures[0]
     return {
         "mta": mta_name,
