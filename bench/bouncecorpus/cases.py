@@ -101,6 +101,7 @@ class Case:
     source: Optional[str] = None        # where the provider documents the reply
     expires: bool = False               # temporary failure: the bounce is a queue expiry
     mtas: Optional[tuple[str, ...]] = None   # None: every MTA
+    profile: str = "fail"               # "delay": the MTA keeps retrying; the bounce is its delay warning
 
     @property
     def failed(self) -> list[Rcpt]:
@@ -291,7 +292,28 @@ QQ_CASES = [
     Case("qq-dmarc", (S(Q, "DMARCPolicy", "QQ: DMARC check failed", data="550 DMARC check failed. http://service.mail.qq.com/cgi-bin/help?subtype=1&&no=1001508&&id=16"),), source=QQ),
 ]
 
-CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES
+DELAYED = ("the MTA is still retrying after temporary failures and says so in a delay warning "
+           "(Action: delayed): nothing has failed yet")
+
+
+def T(domain: str, rcpt: Optional[str], cause: str) -> Rcpt:
+    return R(domain, "Transient", "soft", rcpt=rcpt, why=f"{cause}; {DELAYED}")
+
+
+DELAY_CASES = [
+    Case("delayed-greylist-450", (T(D, "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see http://postgrey.example/help/dest.example", "greylisting 450 4.2.0"),), profile="delay"),
+    Case("delayed-mailbox-full-452", (T(D, "452 4.2.2 <{rcpt}>: Mailbox full, try again later", "452 4.2.2 mailbox full"),), profile="delay"),
+    Case("delayed-rate-limit-421", (T(D, "421 4.7.0 mx.dest.example Too many messages from your IP, slow down", "421 4.7.0 rate limit at RCPT"),), profile="delay"),
+    Case("delayed-local-error-451", (T(D, "451 4.3.0 Requested action aborted: local error in processing", "451 4.3.0 local error"),), profile="delay"),
+    Case("delayed-connection-refused", (T("refused.example", None, "the MX refuses TCP connections"),), profile="delay"),
+    Case("delayed-dns-servfail", (T("servfail.example", None, "the domain's DNS answers SERVFAIL"),), profile="delay"),
+    Case("delayed-gmail-over-quota", (T(G, "452-4.2.2 The recipient's inbox is out of storage space. Please direct the\n452-4.2.2 recipient to\n452 4.2.2  https://support.google.com/mail/?p=OverQuotaTemp d9443c01a7336si - gsmtp", "Gmail's 452 4.2.2 out of storage"),), profile="delay", source=GMAIL),
+    Case("delayed-yahoo-tss04", (T(Y, "421 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", "Yahoo's 421 4.7.0 [TSS04] deferral"),), profile="delay", source=YAHOO),
+    Case("delayed-m365-server-busy", (T(M, "451 4.7.500 Server busy. Please try again later from [127.0.0.1]. (S77719) [BN8NAM12FT012.eop-nam12.prod.protection.outlook.example]", "Exchange Online's 451 4.7.500 server busy"),), profile="delay", source=MICROSOFT),
+    Case("delayed-icloud-volume", (T(A, "421 4.7.1 Messages to {rcpt} deferred due to excessive volume. Try again later - https://support.apple.com/en-us/HT204137", "iCloud's 421 4.7.1 excessive volume"),), profile="delay", source=APPLE),
+]
+
+CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES
 
 CASE_IDS = {case.name: f"c{i:03d}" for i, case in enumerate(CASES)}
 CASES_BY_ID = {CASE_IDS[case.name]: case for case in CASES}

@@ -22,7 +22,7 @@ HOSTNAME = "mta.relay.test"
 @dataclass
 class MTA:
     name: str
-    configure: Callable[[Path], None]
+    configure: Callable[[Path, str], None]      # (chroot, profile)
     start: list[str]                 # run inside the chroot
     stop: list[str]
     flush: list[str] | None          # force a queue run; None: the daemon does it by itself
@@ -35,6 +35,9 @@ class MTA:
     dummy_interface: bool = False
     ready_path: str = ""             # exists in the chroot once the daemon takes submissions
     inject_smtp: bool = False        # no sendmail command: submit over SMTP to 127.0.0.1:25
+    # "fail": temporary failures are given up at once (expiry bounces); "delay": they are kept
+    # for a day and the MTA sends its delay warning after seconds
+    profiles: tuple[str, ...] = ("fail", "delay")
 
 
 def _write(root: Path, path: str, text: str) -> None:
@@ -61,18 +64,19 @@ biff = no
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 maillog_file = /var/log/postfix.log
-# temporary failures: tried once, then returned (maximal_queue_lifetime = 0)
-maximal_queue_lifetime = 0
-bounce_queue_lifetime = 0
 queue_run_delay = 5s
 minimal_backoff_time = 5s
 maximal_backoff_time = 10s
-delay_warning_time = 0
 """
+POSTFIX_PROFILES = {
+    # temporary failures: tried once, then returned (maximal_queue_lifetime = 0)
+    "fail": "maximal_queue_lifetime = 0\nbounce_queue_lifetime = 0\ndelay_warning_time = 0\n",
+    "delay": "maximal_queue_lifetime = 1d\nbounce_queue_lifetime = 1d\ndelay_warning_time = 2s\n",
+}
 
 
-def configure_postfix(root: Path) -> None:
-    _write(root, "/etc/postfix/main.cf", POSTFIX_MAIN)
+def configure_postfix(root: Path, profile: str) -> None:
+    _write(root, "/etc/postfix/main.cf", POSTFIX_MAIN + POSTFIX_PROFILES[profile])
     master = (root / "etc/postfix/master.cf").read_text()
     # Debian runs the services chrooted in /var/spool/postfix, which needs copies of
     # resolv.conf etc. that only Debian's init script makes: run them unchrooted instead.
@@ -116,7 +120,11 @@ dc_localdelivery='mail_spool'
 """
 
 
-def configure_exim(root: Path) -> None:
+EXIM_PROFILES = {"fail": ("F,1m,15s", ""), "delay": ("F,1d,10s", "delay_warning = 15s")}
+
+
+def configure_exim(root: Path, profile: str) -> None:
+    retry, main_option = EXIM_PROFILES[profile]
     _write(root, "/etc/exim4/update-exim4.conf.conf", EXIM_UPDATE_CONF)
     _write(root, "/etc/mailname", HOSTNAME + "\n")
     template = root / "etc/exim4/exim4.conf.template"
@@ -126,7 +134,9 @@ def configure_exim(root: Path) -> None:
            "ROUTER_DNSLOOKUP_IGNORE_TARGET_HOSTS = <; 0.0.0.0 ; 255.255.255.255\n")
     # Retry: give up a temporarily failing address after one minute instead of four days.
     text = re.sub(r"(?ms)^(begin retry\s*\n).*?(?=^begin )",
-                  "begin retry\n\n*                      *           F,1m,15s\n\n\n", text)
+                  f"begin retry\n\n*                      *           {retry}\n\n\n", text)
+    text = re.sub(r"(?m)^# bouncecorpus\n.*\n", "", text)
+    text = text.replace("\nbegin acl\n", f"\n# bouncecorpus\n{main_option}\nbegin acl\n", 1)
     text = text.replace("MAIN_TLS_ENABLE = yes", "")
     template.write_text(text)
 
@@ -144,9 +154,9 @@ EXIM = MTA("exim", configure_exim,
 
 # -- OpenSMTPD ------------------------------------------------------------------------------
 
+OPENSMTPD_PROFILES = {"fail": "queue ttl 20s\n", "delay": "queue ttl 1d\nbounce warn-interval 10s\n"}
 OPENSMTPD_CONF = f"""\
 # bench/bouncecorpus: OpenSMTPD as an outbound relay for the bounce corpus
-queue ttl 20s
 table aliases file:/etc/aliases
 listen on 127.0.0.1
 action "local" mbox alias <aliases>
@@ -156,8 +166,8 @@ match from local for any action "outbound"
 """
 
 
-def configure_opensmtpd(root: Path) -> None:
-    _write(root, "/etc/smtpd.conf", OPENSMTPD_CONF)
+def configure_opensmtpd(root: Path, profile: str) -> None:
+    _write(root, "/etc/smtpd.conf", OPENSMTPD_PROFILES[profile] + OPENSMTPD_CONF)
     _write(root, "/etc/aliases", "postmaster: root\n")
     _write(root, "/etc/mailname", HOSTNAME + "\n")
 
@@ -178,7 +188,11 @@ OPENSMTPD = MTA("opensmtpd", configure_opensmtpd,
 
 # -- sendmail -------------------------------------------------------------------------------
 
-SENDMAIL_MC = f"""\
+SENDMAIL_PROFILES = {
+    "fail": "define(`confTO_QUEUERETURN', `1m')dnl\ndefine(`confTO_QUEUEWARN', `4h')dnl\n",
+    "delay": "define(`confTO_QUEUERETURN', `5d')dnl\ndefine(`confTO_QUEUEWARN', `10s')dnl\n",
+}
+SENDMAIL_MC = """\
 divert(-1)
 # bench/bouncecorpus: sendmail as an outbound relay for the bounce corpus
 divert(0)dnl
@@ -186,10 +200,8 @@ include(`/usr/share/sendmail/cf/m4/cf.m4')dnl
 VERSIONID(`bouncecorpus')dnl
 OSTYPE(`debian')dnl
 DOMAIN(`debian-mta')dnl
-define(`confDOMAIN_NAME', `{HOSTNAME}')dnl
-define(`confTO_QUEUERETURN', `1m')dnl
-define(`confTO_QUEUEWARN', `4h')dnl
-define(`confMIN_QUEUE_AGE', `0')dnl
+define(`confDOMAIN_NAME', `{hostname}')dnl
+{profile}define(`confMIN_QUEUE_AGE', `0')dnl
 define(`confTO_IDENT', `0')dnl
 define(`confDONT_PROBE_INTERFACES', `True')dnl
 FEATURE(`no_default_msa')dnl
@@ -200,8 +212,9 @@ MAILER(`smtp')dnl
 """
 
 
-def configure_sendmail(root: Path) -> None:
-    _write(root, "/etc/mail/sendmail.mc", SENDMAIL_MC)
+def configure_sendmail(root: Path, profile: str) -> None:
+    _write(root, "/etc/mail/sendmail.mc",
+           SENDMAIL_MC.replace("{hostname}", HOSTNAME).replace("{profile}", SENDMAIL_PROFILES[profile]))
     _write(root, "/etc/mail/local-host-names", HOSTNAME + "\n")
     _write(root, "/etc/mailname", HOSTNAME + "\n")
 
@@ -237,7 +250,7 @@ HARAKA_FILES = {
 }
 
 
-def configure_haraka(root: Path) -> None:
+def configure_haraka(root: Path, profile: str) -> None:
     # Haraka's shipped defaults first (the bounce message templates among them), then ours
     shipped = root / "opt/haraka/node_modules/Haraka/config"
     config = root / HARAKA_DIR.lstrip("/") / "config"
@@ -256,6 +269,7 @@ HARAKA = MTA("haraka", configure_haraka,
              sendmail=[],
              logs=("/var/log/haraka.log",),
              expiry_seconds=30,
-             inject_smtp=True)
+             inject_smtp=True,
+             profiles=("fail",))      # Haraka sends no delay warnings
 
 MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL, HARAKA)}

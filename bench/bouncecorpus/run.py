@@ -156,13 +156,13 @@ def message(case: cases.Case) -> bytes:
             "Track it at https://shop.sender.example/track\n\nExample Shop\n").encode()
 
 
-def produce(mta: MTA, selected: list[cases.Case], timeout: float) -> Path:
+def produce(mta: MTA, profile: str, selected: list[cases.Case], timeout: float) -> Path:
     with Sandbox(mta) as box:
-        mta.configure(box.root)
+        mta.configure(box.root, profile)
         if mta.reset:
             box.chroot(["sh", "-c", mta.reset], check=False)
         box.chroot(mta.start)
-        log(mta.name, "started")
+        log(mta.name, f"started ({profile} profile)")
         if mta.ready_path:
             deadline = time.monotonic() + 30
             while not (box.root / mta.ready_path.lstrip("/")).exists():
@@ -297,10 +297,15 @@ def main() -> int:
     selected_all = [c for c in cases.CASES if fnmatch.fnmatch(c.name, args.case)]
     for name in args.mta.split(","):
         mta = MTAS[name]
-        selected = [c for c in selected_all if c.mtas is None or name in c.mtas]
-        collected = produce(mta, selected, args.timeout or mta.expiry_seconds + 60)
-        log(name, f"stored {store(mta, selected, collected)} bounces")
-        relabel()
+        for profile in mta.profiles:
+            selected = [c for c in selected_all
+                        if c.profile == profile and (c.mtas is None or name in c.mtas)]
+            if not selected:
+                continue
+            wait = args.timeout or (mta.expiry_seconds + 60 if profile == "fail" else 120)
+            collected = produce(mta, profile, selected, wait)
+            log(name, f"stored {store(mta, selected, collected)} bounces")
+            relabel()
     return 0
 
 
