@@ -313,7 +313,49 @@ DELAY_CASES = [
     Case("delayed-icloud-volume", (T(A, "421 4.7.1 Messages to {rcpt} deferred due to excessive volume. Try again later - https://support.apple.com/en-us/HT204137", "iCloud's 421 4.7.1 excessive volume"),), profile="delay", source=APPLE),
 ]
 
-CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES
+# -- auto-replies: real vacation responders on the MTA's own host ------------------------------
+# login -> (MTA, responder, subject prefix, body). Postfix delivers to Debian's vacation(1)
+# through ~/.forward; Exim answers with its filter language's own "vacation" command.
+VACATION_USERS: dict[str, tuple[str, str, str]] = {
+    "k.tanaka": ("postfix", "Out of office: ",
+                 "Thank you for your email. I am out of the office until Monday 14 December\n"
+                 "with limited access to email. For urgent matters please contact\n"
+                 "support@mta.relay.test.\n\nKenji Tanaka\n"),
+    "j.mueller": ("postfix", "Abwesenheitsnotiz: ",
+                  "Vielen Dank für Ihre Nachricht. Ich bin bis einschließlich 14. Dezember\n"
+                  "nicht im Büro und lese meine E-Mails nur eingeschränkt. In dringenden\n"
+                  "Fällen wenden Sie sich bitte an support@mta.relay.test.\n\nJulia Müller\n"),
+    "c.dubois": ("postfix", "Absence du bureau : ",
+                 "Bonjour,\n\nJe suis absente du bureau jusqu'au 14 décembre inclus et n'aurai\n"
+                 "qu'un accès limité à ma messagerie. Pour toute urgence, merci d'écrire à\n"
+                 "support@mta.relay.test.\n\nClaire Dubois\n"),
+    "a.smith": ("postfix", "Re: ",
+                "I'm on vacation until the 14th and will reply to your message when I get\n"
+                "back. Cheers, Alex\n"),
+    "l.rossi": ("exim", "Out of office: ",
+                "Thank you for your message. I am travelling until 14 December and will\n"
+                "answer when I am back.\n\nLuca Rossi\n"),
+    "m.schmidt": ("exim", "Abwesenheitsnotiz: ",
+                  "Vielen Dank fuer Ihre Nachricht. Ich bin bis zum 14. Dezember im Urlaub\n"
+                  "und beantworte sie nach meiner Rueckkehr.\n\nMarkus Schmidt\n"),
+    "e.moreau": ("exim", "Absent : ",
+                 "Bonjour, je suis en conges jusqu'au 14 decembre. Je vous repondrai des\n"
+                 "mon retour.\n\nEmma Moreau\n"),
+    "b.jones": ("exim", "Auto: ",
+                "I am away from my desk this week and will reply when I return.\n\nBen\n"),
+}
+AUTOREPLY_CASES = [
+    Case(f"autoreply-{mta}-{login.split('.')[-1]}",
+         (Rcpt(f"{login}@{MTA_HOSTNAME}", "AutoResponder", "autoreply",
+               why=("the recipient's real vacation responder answered (Debian's vacation(1) "
+                    "through ~/.forward)" if mta == "postfix" else
+                    "the recipient's real vacation responder answered (an Exim filter's "
+                    "vacation command)") + ": the message was delivered, the address works"),),
+         mtas=(mta,))
+    for login, (mta, _prefix, _body) in VACATION_USERS.items()
+]
+
+CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES
 
 CASE_IDS = {case.name: f"c{i:03d}" for i, case in enumerate(CASES)}
 CASES_BY_ID = {CASE_IDS[case.name]: case for case in CASES}

@@ -2,9 +2,10 @@
 # mkchroot.sh MTA: build (once) the Debian bookworm chroot that runs one MTA.
 #
 # The base system is made once with debootstrap in $CACHE/base; each MTA gets its own copy
-# ($CACHE/root-<mta>) with its package installed, because Debian's MTAs conflict with each
+# ($CACHE/root-<mta>) with its packages installed, because Debian's MTAs conflict with each
 # other. Nothing is installed on the host but debootstrap; no daemon is started here (a
-# policy-rc.d forbids it). Re-running with an existing root does nothing.
+# policy-rc.d forbids it). Re-running with an existing root only installs packages that were
+# added to the list since.
 #
 # CACHE defaults to /var/tmp/mailrelay-bouncecorpus; MIRROR to http://deb.debian.org/debian.
 set -eu
@@ -26,20 +27,28 @@ if [ ! -e "$BASE/.complete" ]; then
 fi
 [ "$MTA" = base ] && exit 0
 
-ROOT=$CACHE/root-$MTA
-[ -e "$ROOT/.complete" ] && exit 0
-rm -rf "$ROOT"
-cp -a "$BASE" "$ROOT"
-rm -f "$ROOT/.complete"
 case $MTA in
-    postfix)   PKGS="postfix" ;;
+    postfix)   PKGS="postfix vacation" ;;
     exim)      PKGS="exim4-daemon-light" ;;
     opensmtpd) PKGS="opensmtpd" ;;
     sendmail)  PKGS="sendmail-bin sendmail-cf m4 make" ;;
-    courier)   PKGS="courier-mta" ;;
-    haraka)    PKGS="nodejs npm python3 make g++" ;;
+    haraka)    PKGS="nodejs" ;;
     *) echo "unknown MTA $MTA" >&2; exit 2 ;;
 esac
+
+ROOT=$CACHE/root-$MTA
+if [ -e "$ROOT/.complete" ]; then
+    MISSING=""
+    for pkg in $PKGS; do
+        chroot "$ROOT" dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
+            || MISSING="$MISSING $pkg"
+    done
+    [ -z "$MISSING" ] && exit 0
+    PKGS=$MISSING
+else
+    rm -rf "$ROOT"
+    cp -a "$BASE" "$ROOT"
+fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"   # the host's, for apt; run.py writes the test one
 mount --bind /proc "$ROOT/proc" 2>/dev/null || true
 trap 'umount "$ROOT/proc" 2>/dev/null || true' EXIT
@@ -47,11 +56,11 @@ printf 'mta.relay.test\n' > "$ROOT/etc/mailname"
 printf 'postfix postfix/main_mailer_type select No configuration\n' > "$ROOT/tmp/debconf"
 chroot "$ROOT" sh -c 'debconf-set-selections /tmp/debconf; apt-get update -q'
 chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PKGS
-if [ "$MTA" = haraka ]; then
-    # the host's npm (it trusts the host's CA set) installs Haraka into the chroot; the
-    # chroot's own nodejs runs it
+if [ "$MTA" = haraka ] && [ ! -e "$ROOT/opt/haraka/node_modules/Haraka" ]; then
+    # the host's npm (it trusts the host's CA set) installs Haraka into the chroot, whose
+    # Debian nodejs (18) runs it: Haraka 3.0.4 is the last release that supports node 18
     mkdir -p "$ROOT/opt/haraka"
-    npm install --prefix "$ROOT/opt/haraka" --no-audit --no-fund --omit=optional Haraka@3.0.4   # bookworm has nodejs 18
+    npm install --prefix "$ROOT/opt/haraka" --no-audit --no-fund --omit=optional Haraka@3.0.4
 fi
 rm -f "$ROOT/var/cache/apt/archives/"*.deb
 touch "$ROOT/.complete"

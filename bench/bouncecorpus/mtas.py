@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cases
+
 HOSTNAME = "mta.relay.test"
 
 
@@ -75,7 +77,42 @@ POSTFIX_PROFILES = {
 }
 
 
+def vacation_users(mta: str) -> list[str]:
+    return [login for login, (owner, _, _) in cases.VACATION_USERS.items() if owner == mta]
+
+
+def write_vacation_homes(root: Path, mta: str) -> None:
+    for login in vacation_users(mta):
+        _owner, prefix, body = cases.VACATION_USERS[login]
+        home = f"/home/{login}"
+        if mta == "postfix":
+            _write(root, f"{home}/.forward", f'\\{login}, "|/usr/bin/vacation {login}"\n')
+            _write(root, f"{home}/.vacation.msg",
+                   f"Subject: {prefix}$SUBJECT\nMIME-Version: 1.0\n"
+                   "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n" + body)
+        else:
+            _write(root, f"{home}/.forward",
+                   "# Exim filter\nif personal then\n"
+                   f'  vacation subject "{prefix}$h_subject:"\n'
+                   "endif\n")
+            _write(root, f"{home}/.vacation.msg", body)
+
+
+def add_users(mta: str, init: str = "") -> str:
+    """Shell (run in the chroot at start) that creates the vacation users and owns their homes."""
+    parts = []
+    for login in vacation_users(mta):
+        parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
+                     f"chown -R {login}: /home/{login} && chmod 755 /home/{login} && "
+                     f"chmod 644 /home/{login}/.forward && "
+                     f"rm -f /home/{login}/.vacation.db* /home/{login}/.vacation.log")   # forget past replies
+        if init:
+            parts.append(f"su -s /bin/sh {login} -c '{init}'")
+    return " && ".join(parts) + " && " if parts else ""
+
+
 def configure_postfix(root: Path, profile: str) -> None:
+    write_vacation_homes(root, "postfix")
     _write(root, "/etc/postfix/main.cf", POSTFIX_MAIN + POSTFIX_PROFILES[profile])
     master = (root / "etc/postfix/master.cf").read_text()
     # Debian runs the services chrooted in /var/spool/postfix, which needs copies of
@@ -92,7 +129,7 @@ def configure_postfix(root: Path, profile: str) -> None:
 
 
 POSTFIX = MTA("postfix", configure_postfix,
-              start=["sh", "-c", "newaliases && postfix start"],
+              start=["sh", "-c", add_users("postfix", "vacation -i") + "newaliases && postfix start"],
               stop=["postfix", "stop"],
               flush=["postqueue", "-f"],
               sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
@@ -125,6 +162,7 @@ EXIM_PROFILES = {"fail": ("F,1m,15s", ""), "delay": ("F,1d,10s", "delay_warning 
 
 def configure_exim(root: Path, profile: str) -> None:
     retry, main_option = EXIM_PROFILES[profile]
+    write_vacation_homes(root, "exim")
     _write(root, "/etc/exim4/update-exim4.conf.conf", EXIM_UPDATE_CONF)
     _write(root, "/etc/mailname", HOSTNAME + "\n")
     template = root / "etc/exim4/exim4.conf.template"
@@ -142,7 +180,7 @@ def configure_exim(root: Path, profile: str) -> None:
 
 
 EXIM = MTA("exim", configure_exim,
-           start=["sh", "-c", "update-exim4.conf && mkdir -p /var/log/exim4 /run/exim4 && "
+           start=["sh", "-c", add_users("exim") + "update-exim4.conf && mkdir -p /var/log/exim4 /run/exim4 && "
                   "chown Debian-exim /var/log/exim4 /run/exim4 && exim4 -bd -q10s"],
            stop=["sh", "-c", "kill $(cat /run/exim4/exim.pid)"],
            flush=["exim4", "-qff"],
