@@ -102,6 +102,7 @@ class Case:
     expires: bool = False               # temporary failure: the bounce is a queue expiry
     mtas: Optional[tuple[str, ...]] = None   # None: every MTA
     profile: str = "fail"               # "delay": the MTA keeps retrying; the bounce is its delay warning
+    dsn: tuple[str, ...] = ()           # DSN options for the sendmail command (-N, -R, -V)
 
     @property
     def failed(self) -> list[Rcpt]:
@@ -292,6 +293,28 @@ QQ_CASES = [
     Case("qq-dmarc", (S(Q, "DMARCPolicy", "QQ: DMARC check failed", data="550 DMARC check failed. http://service.mail.qq.com/cgi-bin/help?subtype=1&&no=1001508&&id=16"),), source=QQ),
 ]
 
+# DSN parameters (RFC 3461) given at submission: RET=HDRS returns only the headers, ENVID is
+# echoed as Original-Envelope-Id. Only where the sendmail command takes -N/-R/-V: Exim's -N
+# means "do not deliver", OpenSMTPD 6.8's enqueuer answers "Unsupported option RET=HDRS",
+# Haraka is given mail over SMTP.
+DSN_MTAS = ("postfix", "sendmail")
+DSN_CASES = [
+    Case("dsn-ret-hdrs-unknown", (H(D, "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table", GONE),),
+         mtas=DSN_MTAS, dsn=("-N", "failure,delay", "-R", "HDRS", "-V", "order-4711")),
+    Case("dsn-ret-hdrs-quota", (S(D, "SoftBounce", "destination answered 552 5.2.2 mailbox full", rcpt="552 5.2.2 <{rcpt}>: Mailbox full"),),
+         mtas=DSN_MTAS, dsn=("-N", "failure", "-R", "HDRS", "-V", "order-4712")),
+    Case("dsn-ret-full-spam", (S(D, "SpamNotification", "the content was rejected as spam after DATA", data="550 5.7.1 Message rejected as spam by Content Filtering."),),
+         mtas=DSN_MTAS, dsn=("-N", "failure", "-R", "FULL", "-V", "order-4713")),
+]
+MULTI_DOMAIN_CASES = [
+    Case("multi-domain-providers", (H(G, "550-5.1.1 The email account that you tried to reach does not exist. Please try\n550-5.1.1 double-checking the recipient's email address for typos or\n550-5.1.1 unnecessary spaces. For more information, go to\n550 5.1.1  https://support.google.com/mail/?p=NoSuchUser d9443c01a7336si - gsmtp", "Gmail's documented 550 5.1.1: the account does not exist"),
+                                    S(Y, "SoftBounce", "Yahoo: the mailbox is disabled (554.30): exists, not gone", rcpt="554 delivery error: dd Sorry your message to {rcpt} cannot be delivered. This mailbox is disabled (554.30). - mta7.am0.yahoodns.example"),
+                                    S(M, "Blocked", "Microsoft 5.7.606 banned sending IP: reputation", rcpt="550 5.7.606 Access denied, banned sending IP [127.0.0.1]. To request removal from this list please visit https://sender.office.com/ and follow the directions. For more information please go to http://go.microsoft.com/fwlink/?LinkID=526655 AS(1430)")),
+         source=f"{GMAIL} ; {YAHOO} ; {MICROSOFT}"),
+    Case("multi-domain-unknown-and-nxdomain", (H(D, "550 5.1.1 <{rcpt}>... User unknown", GONE),
+                                               R("no-such-domain.example", "HardBounce", "hard", why="the recipient's domain does not exist (NXDOMAIN)"))),
+]
+
 DELAYED = ("the MTA is still retrying after temporary failures and says so in a delay warning "
            "(Action: delayed): nothing has failed yet")
 
@@ -355,7 +378,7 @@ AUTOREPLY_CASES = [
     for login, (mta, _prefix, _body) in VACATION_USERS.items()
 ]
 
-CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES
+CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES
 
 CASE_IDS = {case.name: f"c{i:03d}" for i, case in enumerate(CASES)}
 CASES_BY_ID = {CASE_IDS[case.name]: case for case in CASES}

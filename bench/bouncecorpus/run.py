@@ -175,7 +175,8 @@ def produce(mta: MTA, profile: str, selected: list[cases.Case], timeout: float) 
                         cases.sender_of(case), *[r.address for r in case.rcpts]]
                 done = run(argv, check=False, input=message(case), capture_output=True)
             else:
-                argv = [*mta.sendmail, cases.sender_of(case), *[r.address for r in case.rcpts]]
+                argv = [*mta.sendmail[:-1], *case.dsn, mta.sendmail[-1], cases.sender_of(case),
+                        *[r.address for r in case.rcpts]]
                 done = box.chroot(argv, check=False, input=message(case), capture_output=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{mta.name}: injecting {case.name} failed: {done.stderr!r}")
@@ -237,11 +238,29 @@ def store(mta: MTA, selected: list[cases.Case], collected: Path) -> int:
     return written
 
 
+def dsn_recipients(raw: bytes) -> set[str]:
+    """The Final-Recipient addresses of the bounce's delivery-status part, lower-cased."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    found = set()
+    for part in msg.walk():
+        if part.get_content_type() == "message/delivery-status":
+            payload = part.get_payload()
+            for block in payload if isinstance(payload, list) else []:
+                value = block.get("Final-Recipient")
+                if value:
+                    found.add(value.split(";", 1)[-1].strip().lower())
+    return found
+
+
 def label(mta_name: str, case: cases.Case, raw: bytes) -> dict:
+    # an MTA may split one message's failures over several bounces: each file is labelled
+    # with the failed recipients its delivery-status part names
+    reported = dsn_recipients(raw)
+    failed = [r for r in case.failed if r.address.lower() in reported] or case.failed
     failures = [{"recipient": r.address, "type": r.type, "class": r.cls, "why": r.why,
                  "reply": (r.rcpt or r.data or case.mail or "").replace("{rcpt}", r.address)
                  .replace("{sender}", cases.sender_of(case)) or None}
-                for r in case.failed]
+                for r in failed]
     if mta_name == "opensmtpd" and b"Envelope expired" in raw:
         for f in failures:
             f["why"] += ("; OpenSMTPD 6.8 words its expiry report as a delay ('Action: delayed', "
