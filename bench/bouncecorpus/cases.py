@@ -109,21 +109,39 @@ class Case:
         return [r for r in self.rcpts if r.type is not None]
 
 
-def _names():
-    first = ["m.weber", "anna.k", "jlopez", "p.novak", "sofia", "t.nguyen", "olga.i", "k.tanaka",
-             "lea.martin", "r.singh", "e.rossi", "h.kim", "n.berg", "carla.m", "d.osei", "y.chen"]
-    i = 0
-    while True:
-        yield f"{first[i % len(first)]}{11 + i}"
-        i += 1
-
-
-_local = _names()
+NEUTRAL_NAMES = ("m.weber", "anna.k", "jlopez", "p.novak", "sofia", "t.nguyen", "olga.i", "k.tanaka",
+                 "lea.martin", "r.singh", "e.rossi", "h.kim", "n.berg", "carla.m", "d.osei", "y.chen")
 
 
 def R(domain: str, type: Optional[str], cls: Optional[str] = None, *, rcpt: Optional[str] = None,
       data: Optional[str] = None, why: str = "") -> Rcpt:
-    return Rcpt(f"{next(_local)}@{domain}", type, cls, rcpt, data, why)
+    """A recipient at ``domain`` whose neutral local part is chosen later from the case's name."""
+    return Rcpt(f"?@{domain}", type, cls, rcpt, data, why)
+
+
+def _name_recipients(all_cases: list[Case]) -> list[Case]:
+    """Give every "?@domain" recipient a neutral local part derived from its case's name and
+    position only, so that adding a case never renames the recipients of another."""
+    import dataclasses
+    import hashlib
+    taken: set[str] = set()
+    named = []
+    for case in all_cases:
+        rcpts = []
+        for i, r in enumerate(case.rcpts):
+            if r.address.startswith("?@"):
+                digest = int.from_bytes(hashlib.sha256(f"{case.name}/{i}".encode()).digest()[:8], "big")
+                n = 10 + digest % 900
+                while True:
+                    address = f"{NEUTRAL_NAMES[digest % len(NEUTRAL_NAMES)]}{n}{r.address[1:]}"
+                    if address not in taken:
+                        break
+                    n += 1
+                r = dataclasses.replace(r, address=address)
+            taken.add(r.address)
+            rcpts.append(r)
+        named.append(dataclasses.replace(case, rcpts=tuple(rcpts)))
+    return named
 
 
 def H(domain: str, rcpt: str, why: str, **kw) -> Rcpt:
@@ -138,7 +156,10 @@ D = "dest.example"
 # OpenSMTPD 6.8 implements neither null MX nor "no MX and no address": it retries such a domain
 # until the queue lifetime runs out, and its report says only "Envelope expired". Nothing in
 # that bounce could tell a classifier the cause, so those cases are not run on it.
-NO_EVIDENCE_ON_OPENSMTPD = ("postfix", "exim", "sendmail", "haraka")
+NO_EVIDENCE_ON_OPENSMTPD = ("postfix", "exim", "sendmail", "haraka", "courier")
+# Courier reports an MX that points at a missing host as "No such domain.", the same words as
+# for NXDOMAIN: its bounce would contradict the cause (the domain exists), so not run there.
+NOT_ON_COURIER = ("postfix", "exim", "opensmtpd", "sendmail", "haraka")
 GONE = "the destination says the mailbox does not exist: the address is gone"
 EXPIRED = ("every attempt got a temporary reply until the MTA's queue lifetime ran out: "
            "the message was given up, nothing is said against the address")
@@ -202,7 +223,7 @@ CASES: list[Case] = [
     Case("dns-nxdomain", (R("no-such-domain.example", "HardBounce", "hard", why="the recipient's domain does not exist (NXDOMAIN): no such domain, the address is gone"),)),
     Case("dns-null-mx", (R("nullmx.example", "HardBounce", "hard", why="the domain publishes a null MX (RFC 7505): it accepts no mail, the address cannot exist"),), mtas=NO_EVIDENCE_ON_OPENSMTPD),
     Case("dns-no-mx-no-address", (R("nomx.example", "HardBounce", "hard", why="the domain exists but has neither MX nor address records: by RFC 5321 section 5.1 it has no mail service at all (like a null MX), so no address there can receive mail"),), mtas=NO_EVIDENCE_ON_OPENSMTPD),
-    Case("dns-mx-target-missing", (R("badmx.example", "DnsError", "soft", why="the MX points at a host name that does not exist: the domain's DNS is broken, the address may be fine"),)),
+    Case("dns-mx-target-missing", (R("badmx.example", "DnsError", "soft", why="the MX points at a host name that does not exist: the domain's DNS is broken, the address may be fine"),), mtas=NOT_ON_COURIER),
     Case("dns-servfail-expired", (R("servfail.example", "DnsError", "soft", why="the domain's DNS answers SERVFAIL on every attempt until the queue lifetime ran out"),), expires=True),
     # -- several recipients in one message ---------------------------------------------------
     Case("multi-unknown-3", (H(D, "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table", GONE),
@@ -297,7 +318,7 @@ QQ_CASES = [
 # echoed as Original-Envelope-Id. Only where the sendmail command takes -N/-R/-V: Exim's -N
 # means "do not deliver", OpenSMTPD 6.8's enqueuer answers "Unsupported option RET=HDRS",
 # Haraka is given mail over SMTP.
-DSN_MTAS = ("postfix", "sendmail")
+DSN_MTAS = ("postfix", "sendmail", "courier")
 DSN_CASES = [
     Case("dsn-ret-hdrs-unknown", (H(D, "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table", GONE),),
          mtas=DSN_MTAS, dsn=("-N", "failure,delay", "-R", "HDRS", "-V", "order-4711")),
@@ -380,6 +401,8 @@ AUTOREPLY_CASES = [
 
 CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES
 
+CASES = _name_recipients(CASES)
+assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"
 CASE_IDS = {case.name: f"c{i:03d}" for i, case in enumerate(CASES)}
 CASES_BY_ID = {CASE_IDS[case.name]: case for case in CASES}
 RCPTS = {r.address: (case, r) for case in CASES for r in case.rcpts}

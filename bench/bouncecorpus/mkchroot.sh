@@ -33,6 +33,7 @@ case $MTA in
     opensmtpd) PKGS="opensmtpd" ;;
     sendmail)  PKGS="sendmail-bin sendmail-cf m4 make" ;;
     haraka)    PKGS="nodejs" ;;
+    courier)   PKGS="courier-mta" ;;
     *) echo "unknown MTA $MTA" >&2; exit 2 ;;
 esac
 

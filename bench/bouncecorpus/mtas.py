@@ -105,7 +105,7 @@ def add_users(mta: str, init: str = "") -> str:
         parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
                      f"chown -R {login}: /home/{login} && chmod 755 /home/{login} && "
                      f"chmod 644 /home/{login}/.forward && "
-                     f"rm -f /home/{login}/.vacation.db* /home/{login}/.vacation.log")   # forget past replies
+                     f"rm -f /home/{login}/.vacation /home/{login}/.vacation.db* /home/{login}/.vacation.log")   # forget past replies
         if init:
             parts.append(f"su -s /bin/sh {login} -c '{init}'")
     return " && ".join(parts) + " && " if parts else ""
@@ -212,8 +212,8 @@ def configure_opensmtpd(root: Path, profile: str) -> None:
 
 OPENSMTPD = MTA("opensmtpd", configure_opensmtpd,
                 start=["sh", "-c", "mkdir -p /var/spool/smtpd && chmod 711 /var/spool/smtpd && "
-                       "(smtpd -d -f /etc/smtpd.conf >/var/log/smtpd.log 2>&1 &)"],
-                stop=["smtpctl", "stop"],
+                       "(smtpd -d -f /etc/smtpd.conf >/var/log/smtpd.log 2>&1 & echo $! >/run/smtpd.fg.pid)"],
+                stop=["sh", "-c", "kill $(cat /run/smtpd.fg.pid)"],   # 6.8's smtpctl has no "stop"
                 flush=None,
                 sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
                 logs=("/var/log/smtpd.log",),
@@ -310,4 +310,36 @@ HARAKA = MTA("haraka", configure_haraka,
              inject_smtp=True,
              profiles=("fail",))      # Haraka sends no delay warnings
 
-MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL, HARAKA)}
+
+# -- Courier ----------------------------------------------------------------------------------
+
+COURIER_PROFILES = {
+    # queuetime: how long a message may stay; warntime: when the delay warning goes out;
+    # retryalpha/beta/gamma/maxdelta: the retry schedule (seconds), shortened for both
+    "fail": {"queuetime": "40s", "warntime": "1d"},
+    "delay": {"queuetime": "1d", "warntime": "10s"},
+}
+
+
+def configure_courier(root: Path, profile: str) -> None:
+    for name, value in {**COURIER_PROFILES[profile], "me": HOSTNAME, "defaultdomain": HOSTNAME,
+                        "locals": f"{HOSTNAME}\nlocalhost", "retryalpha": "5", "retrybeta": "2",
+                        "retrygamma": "10", "retrymaxdelta": "1",
+                        # Debian ships "mailer-daemon@" here; this is Courier's upstream default
+                        "dsnfrom": f'"Courier mail server at {HOSTNAME}" <@>'}.items():
+        _write(root, f"/etc/courier/{name}", value + "\n")
+    courierd = root / "etc/courier/courierd"
+    courierd.write_text(courierd.read_text().replace("ESMTP_USE_STARTTLS=1", "ESMTP_USE_STARTTLS=0"))
+
+
+COURIER = MTA("courier", configure_courier,
+              start=["sh", "-c", "makealiases; courier start"],
+              stop=["courier", "stop"],
+              flush=["courier", "flush"],
+              sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
+              logs=(),
+              expiry_seconds=100,
+              reset="courier stop >/dev/null 2>&1; rm -rf /var/lib/courier/msgs/* /var/lib/courier/msgq/* "
+                    "/var/lib/courier/tmp/*")
+
+MTAS = {m.name: m for m in (POSTFIX, EXIM, OPENSMTPD, SENDMAIL, HARAKA, COURIER)}
