@@ -9,7 +9,7 @@
 #
 # CACHE defaults to /var/tmp/mailrelay-bouncecorpus; MIRROR to http://deb.debian.org/debian.
 set -eu
-MTA=${1:?usage: mkchroot.sh postfix|exim|opensmtpd|sendmail|haraka|base}
+MTA=${1:?usage: mkchroot.sh postfix|exim|opensmtpd|sendmail|courier|haraka|base}
 CACHE=${CACHE:-/var/tmp/mailrelay-bouncecorpus}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 BASE=$CACHE/base

@@ -3,7 +3,9 @@
 run.py: make real MTAs bounce every case of cases.py and write the bounces they produce to
 tests/bounces/corpus/<mta>/<case>.eml, labelled in tests/bounces/corpus/labels.json.
 
-    sudo .venv/bin/python bench/bouncecorpus/run.py [--mta postfix,exim,...] [--case GLOB]
+    .venv/bin/python bench/bouncecorpus/run.py [--mta postfix,exim,...] [--case GLOB] [--relabel]
+
+(as root)
 
 For each MTA, in turn: its Debian chroot is built once (mkchroot.sh, cached in $CACHE, default
 /var/tmp/mailrelay-bouncecorpus), a network namespace ``bouncecorpus-<mta>`` is made with only
@@ -301,7 +303,7 @@ def relabel() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mta", default="postfix,exim,opensmtpd,sendmail")
+    parser.add_argument("--mta", default="postfix,exim,opensmtpd,sendmail,courier,haraka")
     parser.add_argument("--case", default="*", help="glob over case names")
     parser.add_argument("--relabel", action="store_true", help="only rewrite labels.json from "
                         "cases.py and the committed corpus files")
