@@ -388,18 +388,31 @@ VACATION_USERS: dict[str, tuple[str, str, str]] = {
     "b.jones": ("exim", "Auto: ",
                 "I am away from my desk this week and will reply when I return.\n\nBen\n"),
 }
-AUTOREPLY_CASES = [
-    Case(f"autoreply-{mta}-{login.split('.')[-1]}",
-         (Rcpt(f"{login}@{MTA_HOSTNAME}", "AutoResponder", "autoreply",
-               why=("the recipient's real vacation responder answered (Debian's vacation(1) "
-                    "through ~/.forward)" if mta == "postfix" else
-                    "the recipient's real vacation responder answered (an Exim filter's "
-                    "vacation command)") + ": the message was delivered, the address works"),),
-         mtas=(mta,))
-    for login, (mta, _prefix, _body) in VACATION_USERS.items()
-]
+RESPONDERS = {
+    "postfix": "Debian's vacation(1) through ~/.forward",
+    "exim": "an Exim filter's vacation command",
+    "sieve": "a Sieve vacation action run by Dovecot's LDA (Pigeonhole) as Postfix's mailbox_command",
+}
+# Sieve users: delivered by Postfix to dovecot-lda, whose ~/.dovecot.sieve answers
+SIEVE_USERS: dict[str, tuple[str, str]] = {
+    "s.ito": ("Automatic reply: ", "I am out of the office until 14 December and will reply on my return."),
+    "p.lefevre": ("Réponse automatique : ", "Je suis en congés jusqu'au 14 décembre inclus. Je vous répondrai à mon retour."),
+    "h.schulz": ("Automatische Antwort: ", "Ich bin bis 14. Dezember nicht erreichbar. Ihre Nachricht wird nicht weitergeleitet."),
+}
 
-CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES
+
+def _autoreply(responder: str, login: str, mta: str) -> Case:
+    return Case(f"autoreply-{mta if responder != 'sieve' else 'sieve'}-{login.split('.')[-1]}",
+                (Rcpt(f"{login}@{MTA_HOSTNAME}", "AutoResponder", "autoreply",
+                      why=f"the recipient's real vacation responder answered ({RESPONDERS[responder]}): "
+                          "the message was delivered, the address works"),),
+                mtas=(mta,))
+
+
+AUTOREPLY_CASES = [_autoreply(mta, login, mta) for login, (mta, _prefix, _body) in VACATION_USERS.items()]
+SIEVE_CASES = [_autoreply("sieve", login, "postfix") for login in SIEVE_USERS]
+
+CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES + SIEVE_CASES
 
 CASES = _name_recipients(CASES)
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"

@@ -28,7 +28,7 @@ fi
 [ "$MTA" = base ] && exit 0
 
 case $MTA in
-    postfix)   PKGS="postfix vacation" ;;
+    postfix)   PKGS="postfix vacation dovecot-core dovecot-sieve" ;;
     exim)      PKGS="exim4-daemon-light" ;;
     opensmtpd) PKGS="opensmtpd" ;;
     sendmail)  PKGS="sendmail-bin sendmail-cf m4 make" ;;

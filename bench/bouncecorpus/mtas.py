@@ -66,6 +66,7 @@ biff = no
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 maillog_file = /var/log/postfix.log
+mailbox_command = /usr/lib/dovecot/dovecot-lda -c /etc/dovecot/bouncecorpus-lda.conf -f "$SENDER" -a "$RECIPIENT"
 queue_run_delay = 5s
 minimal_backoff_time = 5s
 maximal_backoff_time = 10s
@@ -98,9 +99,44 @@ def write_vacation_homes(root: Path, mta: str) -> None:
             _write(root, f"{home}/.vacation.msg", body)
 
 
+DOVECOT_LDA_CONF = f"""\
+# bench/bouncecorpus: Dovecot's LDA, run by Postfix's local(8) as the recipient, with Sieve
+protocols =
+ssl = no
+hostname = {HOSTNAME}
+postmaster_address = postmaster@{HOSTNAME}
+mail_location = maildir:~/Maildir
+sendmail_path = /usr/sbin/sendmail
+log_path = /var/log/dovecot-lda.log
+protocol lda {{
+  mail_plugins = sieve
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
+"""
+
+
+def write_sieve_homes(root: Path) -> None:
+    _write(root, "/etc/dovecot/bouncecorpus-lda.conf", DOVECOT_LDA_CONF)
+    log = root / "var/log/dovecot-lda.log"
+    log.touch()
+    log.chmod(0o666)
+    for login, (prefix, body) in cases.SIEVE_USERS.items():
+        _write(root, f"/home/{login}/.dovecot.sieve",
+               'require ["vacation", "variables"];\n'
+               'if header :matches "subject" "*" { set "subject" "${1}"; }\n'
+               f'vacation :days 1 :subject "{prefix}${{subject}}" "{body}";\n')
+
+
 def add_users(mta: str, init: str = "") -> str:
     """Shell (run in the chroot at start) that creates the vacation users and owns their homes."""
     parts = []
+    if mta == "postfix":
+        for login in cases.SIEVE_USERS:
+            parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
+                         f"rm -rf /home/{login}/.dovecot.lda-dupes* /home/{login}/sieve /home/{login}/Maildir && "
+                         f"chown -R {login}: /home/{login} && chmod 755 /home/{login}")
     for login in vacation_users(mta):
         parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
                      f"chown -R {login}: /home/{login} && chmod 755 /home/{login} && "
@@ -113,6 +149,7 @@ def add_users(mta: str, init: str = "") -> str:
 
 def configure_postfix(root: Path, profile: str) -> None:
     write_vacation_homes(root, "postfix")
+    write_sieve_homes(root)
     _write(root, "/etc/postfix/main.cf", POSTFIX_MAIN + POSTFIX_PROFILES[profile])
     master = (root / "etc/postfix/master.cf").read_text()
     # Debian runs the services chrooted in /var/spool/postfix, which needs copies of
@@ -133,7 +170,7 @@ POSTFIX = MTA("postfix", configure_postfix,
               stop=["postfix", "stop"],
               flush=["postqueue", "-f"],
               sendmail=["/usr/sbin/sendmail", "-oi", "-f"],
-              logs=("/var/log/postfix.log",),
+              logs=("/var/log/postfix.log", "/var/log/dovecot-lda.log"),
               expiry_seconds=20,
               reset="postsuper -d ALL >/dev/null 2>&1; rm -f /var/log/postfix.log")
 
