@@ -409,10 +409,25 @@ def _autoreply(responder: str, login: str, mta: str) -> Case:
                 mtas=(mta,))
 
 
+# -- the MTA's own host refuses: local delivery ---------------------------------------------
+# sendmail, Courier and OpenSMTPD refuse an unknown local user at submission (no bounce);
+# Haraka has no local delivery
+LOCAL_MTAS = ("postfix", "exim")
+QUOTA_USER = "q.full"      # Postfix pipes its mail to Dovecot's LDA with a 1-byte quota
+LOCAL_CASES = [
+    Case("local-unknown-user", (Rcpt(f"zz.nobody@{MTA_HOSTNAME}", "HardBounce", "hard",
+                                     why="the MTA's own local delivery has no such user: the address is gone"),),
+         mtas=LOCAL_MTAS),
+    Case("local-quota-dovecot-lda", (Rcpt(f"{QUOTA_USER}@{MTA_HOSTNAME}", "SoftBounce", "soft",
+                                          why="Dovecot's LDA refused the message: the mailbox is over its quota "
+                                              "(a full mailbox; Dovecot sends its own rejection notice)"),),
+         mtas=("postfix",)),
+]
+
 AUTOREPLY_CASES = [_autoreply(mta, login, mta) for login, (mta, _prefix, _body) in VACATION_USERS.items()]
 SIEVE_CASES = [_autoreply("sieve", login, "postfix") for login in SIEVE_USERS]
 
-CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES + SIEVE_CASES
+CASES += GMAIL_CASES + MICROSOFT_CASES + YAHOO_CASES + APPLE_CASES + GMX_CASES + ORANGE_CASES + MAILRU_CASES + QQ_CASES + DELAY_CASES + AUTOREPLY_CASES + DSN_CASES + MULTI_DOMAIN_CASES + SIEVE_CASES + LOCAL_CASES
 
 CASES = _name_recipients(CASES)
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"

@@ -117,8 +117,21 @@ plugin {{
 """
 
 
+DOVECOT_QUOTA_CONF = DOVECOT_LDA_CONF.replace("mail_plugins = sieve", "mail_plugins = quota") + """\
+plugin {
+  quota = maildir:User quota
+  quota_rule = *:storage=1B
+}
+"""
+
+
 def write_sieve_homes(root: Path) -> None:
     _write(root, "/etc/dovecot/bouncecorpus-lda.conf", DOVECOT_LDA_CONF)
+    _write(root, "/etc/dovecot/bouncecorpus-quota.conf", DOVECOT_QUOTA_CONF)
+    login = cases.QUOTA_USER
+    _write(root, f"/home/{login}/.forward",
+           '"|/usr/lib/dovecot/dovecot-lda -c /etc/dovecot/bouncecorpus-quota.conf '
+           '-f \\"$SENDER\\" -a \\"$RECIPIENT\\""\n')
     log = root / "var/log/dovecot-lda.log"
     log.touch()
     log.chmod(0o666)
@@ -133,10 +146,11 @@ def add_users(mta: str, init: str = "") -> str:
     """Shell (run in the chroot at start) that creates the vacation users and owns their homes."""
     parts = []
     if mta == "postfix":
-        for login in cases.SIEVE_USERS:
+        for login in [*cases.SIEVE_USERS, cases.QUOTA_USER]:
             parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
                          f"rm -rf /home/{login}/.dovecot.lda-dupes* /home/{login}/sieve /home/{login}/Maildir && "
-                         f"chown -R {login}: /home/{login} && chmod 755 /home/{login}")
+                         f"chown -R {login}: /home/{login} && chmod 755 /home/{login} && "
+                         f"chmod 644 /home/{login}/.forward 2>/dev/null; true")
     for login in vacation_users(mta):
         parts.append(f"(id -u {login} >/dev/null 2>&1 || useradd -M -d /home/{login} -s /bin/sh {login}) && "
                      f"chown -R {login}: /home/{login} && chmod 755 /home/{login} && "

@@ -228,11 +228,13 @@ def store(mta: MTA, selected: list[cases.Case], collected: Path) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     written = 0
     for case in selected:
+        files = sorted(collected.glob(f"{cases.CASE_IDS[case.name]}.*.eml"))
+        if not files:
+            continue        # keep what an earlier run stored rather than lose the case
         for old in outdir.glob(f"{case.name}.eml"):
             old.unlink()
         for old in outdir.glob(f"{case.name}-[0-9].eml"):
             old.unlink()
-        files = sorted(collected.glob(f"{cases.CASE_IDS[case.name]}.*.eml"))
         for n, path in enumerate(files, 1):
             name = f"{case.name}.eml" if n == 1 else f"{case.name}-{n}.eml"
             (outdir / name).write_bytes(path.read_bytes())
