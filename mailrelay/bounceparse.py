@@ -389,7 +389,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bcould\s+not\s+be\s+delivered\s+(?:with)?in\s+(?:the\s+(?:last|past)\s+)?\d+\s+(?:days?|hours?)\b
           | \b(?:could|can)\s*(?:not|n't)\s+(?:send|deliver)\s+(?:(?:this\s+)?message\s+)?for\s+(?:the\s+past\s+)?
             \d+\s+(?:days?|hours?)\b | \bcannot\s+send\s+message\s+for\s+\d+ | \bnot\s+going\s+to\s+try\s+again\b
-          | \bmaximum\s+(?:delivery\s+)?time\s+(?:has\s+been\s+)?(?:exceeded|reached)\b | \blifetime\s+exceeded\b"""),
+          | \bmaximum\s+(?:delivery\s+)?time\s+(?:has\s+been\s+)?(?:exceeded|reached)\b | \blifetime\s+exceeded\b
+          | \btoo\s+many\s+(?:delivery\s+)?failures\b | \btried\s+all\s+mx(?:s|\s+hosts)?\b   # Haraka: given up"""),
         _cause("spam", SPAM_NOTIFICATION, "says the message itself was judged spam", r"""
             \b(?:message|mail|e-?mail|content|this)\b[^.;\n]{0,40}?
             \b(?:looks?\s+like|is\s+likely|likely|classified\s+as|
@@ -631,7 +632,8 @@ def text_cause(text: str) -> tuple[Cause, str] | None:
 
 
 #: The name a failed lookup was about (Postfix: "Name service error for name=mx.example.org type=A").
-_LOOKED_UP_NAME = re.compile(r"\bname=([A-Za-z0-9][A-Za-z0-9.-]{0,252})", re.I)
+#: The name whose lookup failed: Postfix's "name=", sendmail's "(Name server: <name>: host not found)".
+_LOOKED_UP_NAME = re.compile(r"(?:\bname=|\bname\s+server:\s*)([A-Za-z0-9][A-Za-z0-9.-]{0,252})", re.I)
 _TEMPORARY_LOOKUP = re.compile(r"\btry\s+again\b | \btemporar | \btimed?\s*out\b | \btimeout\b | \bservfail\b"
                                r" | \bdid\s+not\s+complete\b | \bfor\s+now\b", _FLAGS)
 
@@ -666,7 +668,7 @@ def explain(status: str | None, text: str, smtp_code: int | None = None, *,
     ``status`` may be None (it is then looked for in ``text``); ``smtp_code`` likewise. The most
     specific evidence wins; see CLASSIFICATION in the module documentation. ``recipient``, when
     known, tells a domain that does not exist from a mail host of it that does not (Postfix's
-    "name=" of the failed lookup).
+    "name=", sendmail's "Name server:" of the failed lookup).
     """
     text = text or ""
     norm = _pick_status(status, text)
