@@ -1276,6 +1276,143 @@ exchange2010("exchange2010-delay.eml", "a.ford@branch-office.invalid",
              "Exchange delay notification", action="delayed")
 # the delay notification says "delayed", not "failed"
 
+# -- more provider and gateway replies, relayed by a forwarding Postfix ----------------------------
+for _name, _rcpt, _said, _status, _klass, _type, _why, _remote in [
+    ("postfix-comcast-not-our-customer.eml", "ray.d@comcast.net",
+     "550 5.1.1 <ray.d@comcast.net> Not our Customer (in reply to RCPT TO command)", "5.1.1", "hard", "HardBounce",
+     "Comcast: no such customer", "mx1a1.comcast.net"),
+    ("postfix-comcast-bl.eml", "sue.w@comcast.net",
+     "554 resimta-po-12v.sys.comcast.net resimta-po-12v.sys.comcast.net 203.0.113.25 Comcast block for spam.  "
+     "Please see http://postmaster.comcast.net/smtp-error-codes.php#BL000000 (in reply to MAIL FROM command)",
+     None, "soft", "Blocked", "Comcast block list", "mx2a1.comcast.net"),
+    ("postfix-att-dnsbl.eml", "earl.g@att.net",
+     "553 5.3.0 flpd575 DNSBL:RBL 521< 203.0.113.25 >_is_blocked.For assistance forward this error to "
+     "abuse_rbl@abuse-att.net (in reply to MAIL FROM command)", "5.3.0", "soft", "Blocked", "AT&T DNSBL",
+     "al-ip4-mx-vip1.prodigy.net"),
+    ("postfix-godaddy-spamhaus.eml", "fay@godaddy-site.invalid",
+     "554 p3plibsmtp03-10.prod.phx3.secureserver.net bizsmtp IB103 203.0.113.25 Connection refused. Connection "
+     "refused due to sender IP address listed on SpamHaus. (in reply to MAIL FROM command)", None, "soft", "Blocked",
+     "GoDaddy inbound: IP on Spamhaus", "mailstore1.secureserver.net"),
+    ("postfix-zoho-user-not-exist.eml", "gus@zoho-client.invalid",
+     "550 5.1.1 User does not exist - <gus@zoho-client.invalid> (in reply to RCPT TO command)", "5.1.1", "hard",
+     "HardBounce", "Zoho: the user does not exist", "mx.zoho.eu"),
+    ("postfix-zoho-policy.eml", "hal@zoho-client.invalid",
+     "554 5.7.7 Email policy violation detected (in reply to end of DATA command)", "5.7.7", "soft", "Blocked",
+     "Zoho policy", "mx2.zoho.eu"),
+    ("postfix-tonline-bl.eml", "ida.m@t-online.de",
+     "554 IP=203.0.113.25 - A problem occurred. (Ask your postmaster for help or to contact tosa@rx.t-online.de to "
+     "clarify.) (BL) (in reply to MAIL FROM command)", None, "soft", "Blocked",
+     "T-Online refuses the IP (its block list)", "mx00.t-online.de"),
+    ("postfix-seznam-no-mailbox.eml", "jan.novak@seznam.cz",
+     "550 5.1.1 Mailbox does not exist (in reply to RCPT TO command)", "5.1.1", "hard", "HardBounce",
+     "Seznam: no such mailbox", "mx1.seznam.cz"),
+    ("postfix-libero-inesistente.eml", "marco.b@libero.it",
+     "550 5.1.1 <marco.b@libero.it>: Recipient address rejected: utente inesistente (in reply to RCPT TO command)",
+     "5.1.1", "hard", "HardBounce", "Libero: the user does not exist (Italian)", "smtp-in.libero.it"),
+    ("postfix-libero-casella-piena.eml", "paola.r@libero.it",
+     "552 5.2.2 <paola.r@libero.it>: casella piena / mailbox full (in reply to RCPT TO command)", "5.2.2", "soft",
+     "SoftBounce", "Libero: full mailbox", "smtp-in.libero.it"),
+    ("postfix-laposte-full.eml", "remi.g@laposte.net",
+     "552 5.2.2 <remi.g@laposte.net>: Recipient address rejected: this mailbox is full (in reply to RCPT TO "
+     "command)", "5.2.2", "soft", "SoftBounce", "La Poste: mailbox full", "smtp-in.laposte.net"),
+    ("postfix-inactive-blocked.eml", "stan@old-webmail.invalid",
+     "554 5.7.1 <stan@old-webmail.invalid>: Recipient address rejected: This mailbox has been blocked due to "
+     "inactivity (in reply to RCPT TO command)", "5.7.1", "soft", "SoftBounce",
+     "the mailbox exists but is frozen for inactivity", "mx.old-webmail.invalid"),
+    ("postfix-client-host-rejected.eml", "tara@fussy-isp.invalid",
+     "554 5.7.1 <relay1.shop.example.com[203.0.113.25]>: Client host rejected: Access denied (in reply to RCPT TO "
+     "command)", "5.7.1", "soft", "Blocked", "the receiver refuses our host", "mx.fussy-isp.invalid"),
+    ("postfix-relay-access-denied.eml", "ugo@former-mx.invalid",
+     "554 5.7.1 <ugo@former-mx.invalid>: Relay access denied (in reply to RCPT TO command)", "5.7.1", "soft",
+     "Blocked", "an outdated MX that no longer serves the domain", "mx.former-mx.invalid"),
+    ("postfix-too-many-hops.eml", "vic@loopy-domain.invalid",
+     "554 5.4.6 Too many hops (in reply to end of DATA command)", "5.4.6", "soft", "DnsError", "mail loop",
+     "mx.loopy-domain.invalid"),
+    ("postfix-too-many-recipients.eml", "wes@strict-limits.invalid",
+     "452 4.5.3 Error: too many recipients (in reply to RCPT TO command)", "4.5.3", "soft", "SoftBounce",
+     "recipient limit per message; the queue gave up", "mx.strict-limits.invalid"),
+    ("postfix-local-policy-violation.eml", "xena@corp-policy.invalid",
+     "550 5.7.0 Local Policy Violation (in reply to end of DATA command)", "5.7.0", "soft", "Blocked",
+     "receiver's local policy", "mx.corp-policy.invalid"),
+    ("postfix-bare-lf.eml", "yuri@exchange-strict.invalid",
+     "550 5.6.11 SMTPSEND.BareLinefeedsAreIllegal; message contains bare linefeeds, which cannot be sent via DATA "
+     "(in reply to end of DATA command)", "5.6.11", "soft", "SoftBounce", "a formatting problem of the message",
+     "mail.exchange-strict.invalid"),
+    ("postfix-exo-relay-denied-tenant.eml", "zara@tenant-moved.invalid",
+     "550 5.7.64 TenantAttribution; Relay Access Denied [SN1NAM02FT012.eop-nam02.prod.protection.outlook.com] "
+     "(in reply to RCPT TO command)", "5.7.64", "soft", "Blocked", "EXO tenant attribution (connector) refusal",
+     "tenant-moved-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-spam-detected.eml", "abe@fabrikam-us.invalid",
+     "550 5.7.350 Remote server returned message detected as spam -> 554 5.7.1 Message rejected as spam by Content "
+     "Filtering (in reply to end of DATA command)", "5.7.350", "soft", "SpamNotification",
+     "the recipient's downstream filter judged the message spam", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-recipient-not-found-by-exo.eml", "bea@fabrikam-us.invalid",
+     "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient bea@fabrikam-us.invalid not found by SMTP address lookup "
+     "(in reply to RCPT TO command)", "5.1.10", "hard", "HardBounce", "EXO: the recipient does not exist",
+     "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exim-sender-verify.eml", "cal@verifying-host.invalid",
+     "550-Verification failed for <b+abc@bounces.shop.example.com> 550-Unrouteable address 550 Sender verify failed "
+     "(in reply to RCPT TO command)", None, "soft", "Blocked", "the receiver's callout could not verify our sender",
+     "mx.verifying-host.invalid"),
+    ("postfix-rcpthosts.eml", "dee@not-hosted-here.invalid",
+     "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1) (in reply to RCPT TO command)", "5.7.1",
+     "soft", "Blocked", "qmail: the host does not handle the domain any more (stale MX)", "mx.not-hosted-here.invalid"),
+    ("postfix-mailbox-inactive-550.eml", "eve.old@bigisp.invalid",
+     "550 5.2.1 <eve.old@bigisp.invalid>: Recipient address rejected: Mailbox inactive (in reply to RCPT TO "
+     "command)", "5.2.1", "soft", "SoftBounce", "the mailbox exists but is inactive", "mx.bigisp.invalid"),
+    ("postfix-smtputf8-required.eml", "fay@ascii-only.invalid",
+     "553 5.6.7 SMTPUTF8 is required, but was not offered by host mx.ascii-only.invalid[192.0.2.200]", "5.6.7", "soft",
+     "SoftBounce", "the message needs SMTPUTF8, the host lacks it", "mx.ascii-only.invalid"),
+    ("postfix-550-no-code-blocked-country.eml", "gil@geo-filter.invalid",
+     "550 Connections from your country are not accepted (in reply to MAIL FROM command)", None, "soft", "Blocked",
+     "geographic filtering", "mx.geo-filter.invalid"),
+    ("postfix-550-recipient-rejected-generic.eml", "hana@ldap-check.invalid",
+     "550 5.1.1 <hana@ldap-check.invalid>: Recipient address rejected: undeliverable address: host "
+     "ldap.ldap-check.invalid[192.0.2.210] said: 550 5.1.1 <hana@ldap-check.invalid>: Recipient address rejected: "
+     "User unknown in virtual mailbox table (in reply to RCPT TO command)", "5.1.1", "hard", "HardBounce",
+     "recipient verification: the user does not exist downstream", "mx.ldap-check.invalid"),
+]:
+    postfix(_name, _rcpt, _said, _status or "5.0.0", _klass, _type, _why, remote=_remote)
+
+# Google Groups: posting not permitted
+gmail("gmail-groups-no-permission.eml", "announce@client-workspace.invalid", "Message not delivered",
+      "You don't have permission to post to announce@client-workspace.invalid. Contact the group owners.",
+      "Only members of the group can post; your address is not a member.", "5.7.0", "soft", "Blocked",
+      "Google Groups: posting restricted to members")
+# Mailman list: held for moderation is not a failure at all -> autoreply
+plain("mailman-held-for-moderation.eml", from_="staff-owner@lists.club.invalid",
+      subject="Your message to Staff awaits moderator approval",
+      body="Your mail to 'Staff' with the subject\n\n    Your order #48213 has shipped\n\nIs being held until the "
+           "list moderator can review it for approval.\n\nThe reason it is being held:\n\n    Post by non-member to a "
+           "members-only list\n\nEither the message will get posted to the list, or you will receive notification of "
+           "the moderator's decision.\n", reporting="lists.club.invalid",
+      extra="Auto-Submitted: auto-replied\nX-List-Administrivia: yes\nPrecedence: bulk")
+label("mailman-held-for-moderation.eml", "AutoResponder", "autoreply", ["staff@lists.club.invalid"], None,
+      "Mailman's held-for-moderation notice: an automatic reply about the list address, not a failure")
+# InterScan content notice (not a virus)
+plain("interscan-content-blocked.eml", from_="InterScan MSS <postmaster@corp-trend.invalid>",
+      subject="Message blocked by content filter",
+      body="The message you sent to ian.k@corp-trend.invalid was blocked by InterScan Messaging Security Suite.\n\n"
+           "Rule: Outbound attachment size limit / inbound content rule 'Marketing words'\n"
+           "Action: Delete entire message\n", reporting="imss.corp-trend.invalid")
+label("interscan-content-blocked.eml", "Blocked", "soft", ["ian.k@corp-trend.invalid"], None,
+      "a content-filter deletion notice")
+# Domino multilingual (German)
+domino("domino-de-nicht-aufgefuehrt.eml", "b.keller@acme-industries.invalid",
+       "Benutzer b.keller (b.keller@acme-industries.invalid) ist nicht im Domino-Verzeichnis aufgeführt", "hard",
+       "HardBounce", None, "German Domino: the user is not in the directory",
+       subject="Unzustellbar: Benutzer b.keller ist nicht im Domino-Verzeichnis aufgeführt")
+# Exchange 2010 internal: mailbox disabled (user left, mailbox disconnected but address kept)
+exchange2010("exchange2010-mailbox-disabled.eml", "c.roth@contoso-corp.invalid",
+             "The recipient's mailbox has been disabled and can't accept messages at this time.",
+             "#550 5.2.1 STOREDRV.Deliver: mailbox disabled ##", "5.2.1", "soft", "SoftBounce",
+             "Exchange: mailbox disabled")
+# Yahoo old style: sendmail-like, domain has no MX and no A
+yahoo_old("yahoo-old-no-mx.eml", "guy@dead-domain-yahoo.invalid",
+          "Sorry, I couldn't find any host by that name. (#4.1.2)\n"
+          "I'm not going to try again; this message has been in the queue too long.", None, "soft", "DnsError",
+          "the lookups of the domain kept failing temporarily until the queue gave up")
+
 
 def main() -> None:
     for old in HERE.glob("*.eml"):
