@@ -32,8 +32,8 @@ CLASSIFICATION
        spam (SpamNotification), block list, reputation, policy,
        authentication, reverse DNS, other spam (Blocked), rate limit
        (SoftBounce), DNS failed for now, MX records pointing to hosts that
-       do not exist (DnsError), domain does not exist, NXDOMAIN, null MX,
-       unroutable (HardBounce; a DnsError when the failed lookup named
+       do not exist (DnsError), domain does not exist or is not registered,
+       NXDOMAIN, null MX, unroutable (HardBounce; a DnsError when the failed lookup named
        another host than the recipient's domain), bad address syntax
        (BadEmailAddress), moved (HardBounce), mailbox disabled, suspended,
        inactive (SoftBounce), no such user or mailbox, account closed
@@ -96,9 +96,19 @@ CLASSIFICATION
     line most like a server reply in the recipient's paragraph (or the whole
     text); when it names no cause, the paragraph, then the whole bounce is
     read for one; a failure notice that names none is a SoftBounce, a delay
-    notice Transient.
-    A message that is not a delivery report is, in this order, a
-    VirusNotification, a SpamNotification (a filter's notice about a
+    notice Transient. A failure notice (not a delay notice) whose reply is
+    temporary was given up: the non-address cause the bounce names, else a
+    SoftBounce (``failure-notice-given-up``). The bounce's own text ends where
+    the copy of the original starts: at a line announcing it, or at three
+    header fields in a row, one of them Received, Return-Path, Message-ID,
+    DKIM-Signature, ... (a quoted DKIM-Signature is no DKIM refusal).
+    An Amazon SES bounce or complaint notification (its JSON, e-mailed by
+    SNS, also inside an SNS envelope's ``Message``) gives one report per
+    recipient, from its status and diagnosticCode, else from bounceType and
+    bounceSubType (only Permanent/NoEmail is a HardBounce; a Transient SES
+    bounce never suppresses).
+    A message that is not a delivery report is, in this order, an Amazon SES
+    notification (below), a VirusNotification, a SpamNotification (a filter's notice about a
     *delivered* message), a plain-text bounce (X-Failed-Recipients, a
     daemon sender, or the phrases of qmail, Exim, Sendmail, Postfix,
     Exchange, Lotus Notes, GroupWise, MDaemon, Courier, OpenSMTPD, Yahoo,
@@ -106,7 +116,8 @@ CLASSIFICATION
     (Auto-Submitted, X-Autoreply, "Out of Office", "Automatic reply:") or an
     Unsubscribe request. ARF reports are SpamComplaint (``Feedback-Type:
     virus`` is a VirusNotification; ``not-spam`` and ``auth-failure`` are
-    Unknown). :data:`COARSE_CLASSES` groups the types into hard, soft,
+    Unknown; a recipient redacted as ``redacted@...`` (RFC 6590) is none).
+    :data:`COARSE_CLASSES` groups the types into hard, soft,
     complaint, autoreply and unknown (bench/bounces.py measures them).
 
 RECIPIENTS
@@ -137,7 +148,7 @@ SECURITY
 STANDARDS
     RFC 3463 and RFC 5248 (enhanced status codes), RFC 3464 and RFC 6533
     (delivery status notifications), RFC 6522 (multipart/report), RFC 5965
-    (ARF), RFC 3834 (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521,
+    (ARF), RFC 6590 (redacted addresses in ARF), RFC 3834 (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521,
     556), RFC 7505 (null MX, 5.1.10, 5.7.27), RFC 7372 (5.7.20-5.7.26), RFC
     7293 (5.7.17, 5.7.18), RFC 2045-2047 (MIME, through the ``email``
     package). Type names and codes: Postmark's bounce types (BadEmailAddress
@@ -806,7 +817,8 @@ _COPY_MARKER = re.compile(r"""
     ^[ \t>]*(?:-+[ \t]*)?(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
                  | this\s+is\s+a\s+copy\s+of\s+the\s+message
                  | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
-                 | (?:the\s+)?(?:original\s+)?message\s+headers\s+(?:follow|are\s+below) | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
+                 | (?:the\s+)?(?:original\s+)?message\s+headers\s+(?:follow|are\s+below)
+                 | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
                  | begin\s+headers | below\s+is\s+a\s+copy\s+of\s+the\s+original\s+message
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
 
