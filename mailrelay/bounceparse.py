@@ -823,11 +823,13 @@ _COPY_MARKER = re.compile(r"""
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
 
 #: Three or more consecutive header fields of a message (a returned original's), one of them a
-#: field only a message has (Received, Return-Path, Message-ID, DKIM-Signature, ...).
+#: field only a message has (Received, Return-Path, Message-ID, DKIM-Signature, ...). A field
+#: starts with its name (or "> " quoting), a continuation line with white space: the two never
+#: overlap, so the search stays linear.
 _QUOTED_HEADERS = re.compile(r"""
-    ^(?=(?:[ \t>]*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t]+\S[^\n]*\n){0,20}){0,3}?
-          [ \t>]*(?:Received|Return-Path|Message-ID|DKIM-Signature|Authentication-Results|MIME-Version):)
-    (?:[ \t>]*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t]+\S[^\n]*\n){0,20}){3}""", re.M | re.X)
+    ^(?=(?:(?:>[ \t]?)*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t][^\n]*\n){0,20}){0,3}?
+          (?:>[ \t]?)*(?:Received|Return-Path|Message-ID|DKIM-Signature|Authentication-Results|MIME-Version):)
+    (?:(?:>[ \t]?)*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t][^\n]*\n){0,20}){3}""", re.M | re.X)
 
 #: A line listing the failed recipients (Haraka: "Intended Recipients: <a@b>, <c@d>").
 _RECIPIENTS_LINE = re.compile(

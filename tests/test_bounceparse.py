@@ -372,6 +372,11 @@ def pathological_inputs() -> list[bytes]:
         b"Content-Type: message/feedback-report\n\n" + b"Original-Rcpt-To: x@example.org\n" * 5000,
         b"\xff\xfe\xfd" * 50000,
         b"Subject: \xe9\xe8\nFrom: \xff@\xfe\n\n\xe9t\xe9",
+        # header-field-like lines (the search for a quoted original's header fields)
+        b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b" a: b\n" * 40000,
+        b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + (b"A: b\n" + b" c\n" * 30) * 5000,
+        # an SES notification nested beyond any recursion limit
+        b"From: a\n\n" + b'{"notificationType": "Bounce", "bounce": ' + b"[" * 100000,
     ]
 
 
@@ -398,7 +403,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 def test_fuzz_never_raises():
     rng = random.Random(20240115)
-    samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))]
+    samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml")) + sorted(CORPUS.glob("holdout/*.eml"))]
     inputs = pathological_inputs()
     inputs += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 2000))) for _ in range(100)]
     inputs += [bytes(rng.choice(b"abc@.:;<>\n\r -=?\"5015") for _ in range(rng.randint(0, 4000))) for _ in range(100)]
