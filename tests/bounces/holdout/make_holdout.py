@@ -1413,6 +1413,105 @@ yahoo_old("yahoo-old-no-mx.eml", "guy@dead-domain-yahoo.invalid",
           "I'm not going to try again; this message has been in the queue too long.", None, "soft", "DnsError",
           "the lookups of the domain kept failing temporarily until the queue gave up")
 
+# -- documented provider replies (Yahoo's, Google's and Microsoft's public error references) ------
+yahoo_old("yahoo-old-dd-over-quota.eml", "nora_b@yahoo.com",
+          "554 delivery error: dd Sorry, your message to nora_b@yahoo.com cannot be delivered. This account is over "
+          "quota. - mta1140.mail.ir2.yahoo.com", None, "soft", "SoftBounce", "Yahoo: the account is over quota")
+for _name, _rcpt, _said, _status, _klass, _type, _why, _remote in [
+    ("postfix-yahoo-vs1-ip.eml", "otto_k@yahoo.com",
+     "451 VS1-IP Excessive unknown recipients - possible Open Relay (#4.1.8) (in reply to MAIL FROM command)",
+     "4.1.8", "soft", "SoftBounce", "Yahoo deprioritised the IP until the queue gave up", "mta6.am0.yahoodns.net"),
+    ("postfix-yahoo-553-spamhaus.eml", "pam_l@yahoo.com",
+     "553 5.7.1 Connections will not be accepted from 203.0.113.25, because the ip is in Spamhaus's list; see "
+     "http://postmaster.yahoo.com/errors/550-bl23.html (in reply to MAIL FROM command)", "5.7.1", "soft", "Blocked",
+     "Yahoo: the IP is on Spamhaus", "mta7.am0.yahoodns.net"),
+    ("postfix-gmail-tls-required.eml", "quentin@client-workspace.invalid",
+     "421-4.7.0 TLS required for RCPT domain, closing connection. For more information, go to "
+     "https://support.google.com/a/answer/2520500 - gsmtp (in reply to RCPT TO command)", "4.7.0", "soft",
+     "SoftBounce", "the domain requires TLS; the relay never offered it, the queue gave up", "aspmx.l.google.com"),
+    ("postfix-gmail-receiving-too-quickly.eml", "rosa.m@gmail.com",
+     "450-4.2.1 The user you are trying to contact is receiving mail too quickly. Please resend your message at a "
+     "later time. If the user is able to receive mail at that time, your message will be delivered. - gsmtp "
+     "(in reply to RCPT TO command)", "4.2.1", "soft", "SoftBounce", "per-user rate limit until expiry",
+     "gmail-smtp-in.l.google.com"),
+    ("postfix-gmail-no-ptr.eml", "sven.a@gmail.com",
+     "550-5.7.25 [203.0.113.25] The IP address sending this message does not have a PTR record setup, or the "
+     "corresponding forward DNS entry does not point to the sending IP. As a policy, Gmail does not accept messages "
+     "from IPs with missing PTR records. - gsmtp (in reply to end of DATA command)", "5.7.25", "soft", "Blocked",
+     "Gmail: no PTR record", "gmail-smtp-in.l.google.com"),
+    ("postfix-gmail-unauthenticated.eml", "tilda.n@gmail.com",
+     "550-5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to "
+     "authenticate with either SPF or DKIM. Authentication results: DKIM = did not pass SPF [shop.example.com] with "
+     "ip: [203.0.113.25] = did not pass - gsmtp (in reply to end of DATA command)", "5.7.26", "soft", "DMARCPolicy",
+     "Gmail: neither SPF nor DKIM passed (5.7.26, multiple authentication checks failed)", "gmail-smtp-in.l.google.com"),
+    ("postfix-exo-account-disabled.eml", "ulla.w@fabrikam-us.invalid",
+     "550 5.7.13 STOREDRV.Deliver.Exception:AccountDisabledException.MapiExceptionADUserDisabledAndHidden; Failed "
+     "to process message due to a permanent exception with message [BeginDiagnosticData]Cannot open mailbox. "
+     "(in reply to end of DATA command)", "5.7.13", "soft", "SoftBounce", "EXO: the account is disabled",
+     "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-anonymous-not-allowed.eml", "vera.p@fabrikam-us.invalid",
+     "530 5.7.57 SMTP; Client was not authenticated to send anonymous mail during MAIL FROM "
+     "[AM6PR0732BE0065.eurprd07.prod.outlook.com] (in reply to MAIL FROM command)", "5.7.57", "soft", "Blocked",
+     "the tenant rejects anonymous senders", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-exrecipnotfound.eml", "walt.r@fabrikam-us.invalid",
+     "550 5.1.1 RESOLVER.ADR.ExRecipNotFound; not found (in reply to end of DATA command)", "5.1.1", "hard",
+     "HardBounce", "EXO: the recipient is not in the directory", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-bad-outbound-sender.eml", "xavier.s@fabrikam-us.invalid",
+     "550 5.1.8 Access denied, bad outbound sender AS(42003) (in reply to MAIL FROM command)", "5.1.8", "soft",
+     "Blocked", "Microsoft refuses our sender", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-mime-header-size.eml", "yvonne.t@fabrikam-us.invalid",
+     "554 5.6.211 Invalid MIME Content: Single text value size (32004) exceeded allowed maximum (32000) for the "
+     "'X-Long' header. (in reply to end of DATA command)", "5.6.211", "soft", "SoftBounce",
+     "a header field too long for Exchange", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-relay-access-denied-541.eml", "zeno.u@moved-away.invalid",
+     "550 5.4.1 Relay Access Denied [DM6NAM11FT044.eop-nam11.prod.protection.outlook.com] (in reply to RCPT TO "
+     "command)", "5.4.1", "soft", "Blocked", "the domain's MX points at a tenant that no longer accepts it",
+     "moved-away-invalid.mail.protection.outlook.com"),
+    ("postfix-exo-708.eml", "adam.v@fabrikam-us.invalid",
+     "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. For more information "
+     "please go to http://go.microsoft.com/fwlink/?LinkId=526653 AS(2600) (in reply to MAIL FROM command)", "5.7.708",
+     "soft", "Blocked", "EXO refuses the IP", "fabrikam-us-invalid.mail.protection.outlook.com"),
+    ("postfix-hop-count.eml", "bert.w@looping.invalid",
+     "554 5.4.14 Hop count exceeded - possible mail loop ATTR34 [BN1NAM02FT003.eop-nam02.prod.protection.outlook.com] "
+     "(in reply to end of DATA command)", "5.4.14", "soft", "DnsError", "mail loop",
+     "looping-invalid.mail.protection.outlook.com"),
+    ("postfix-icloud-proofpoint.eml", "cara.x@icloud.com",
+     "550 5.7.0 Blocked - see https://support.proofpoint.com/dnsbl-lookup.cgi?ip=203.0.113.25 (in reply to MAIL FROM "
+     "command)", "5.7.0", "soft", "Blocked", "iCloud's Proofpoint block list", "mx01.mail.icloud.com"),
+    ("postfix-relay-recipient-table.eml", "dora.y@gateway-corp.invalid",
+     "550 5.1.1 <dora.y@gateway-corp.invalid>: Recipient address rejected: User unknown in relay recipient table "
+     "(in reply to RCPT TO command)", "5.1.1", "hard", "HardBounce", "the gateway's relay recipient map lacks the user",
+     "gw.gateway-corp.invalid"),
+    ("postfix-cox-sender-rejected.eml", "emil.z@cox.net",
+     "550 5.1.0 <b+abc@bounces.shop.example.com> sender rejected. Refer to Error Codes section at "
+     "https://www.cox.com/residential/support/email-error-codes.html for more information. AUP#CXSNDR (in reply to "
+     "MAIL FROM command)", "5.1.0", "soft", "Blocked", "Cox refuses our sender", "cxr.mx.a.cloudfilter.net"),
+]:
+    postfix(_name, _rcpt, _said, _status, _klass, _type, _why, remote=_remote)
+
+
+def outlook_text(name, rcpt, line, klass, type_, status, why):
+    """An Exchange 2007-style plain-text NDR, as Outlook also renders them ("Remote Server returned")."""
+    body = ("Your message did not reach some or all of the intended recipients.\n\n"
+            "      Subject:  Your order #48213 has shipped\n      Sent:     01/12/2026 10:14\n\n"
+            "The following recipient(s) cannot be reached:\n\n"
+            f"      {rcpt} on 01/12/2026 10:14\n            {line}\n")
+    plain(name, from_="System Administrator <postmaster@contoso-corp.invalid>",
+          subject="Undeliverable: Your order #48213 has shipped", body=body, reporting="EXCH02.contoso-corp.invalid")
+    label(name, type_, klass, [rcpt], status, why)
+
+
+outlook_text("exchange-text-remote-server-returned-5.1.10.eml", "f.meier@contoso-corp.invalid",
+             "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address "
+             "lookup'", "hard", "HardBounce", "5.1.10", "Outlook's text of an EXO NDR: the recipient does not exist")
+outlook_text("exchange-text-remote-server-returned-quota.eml", "g.huber@contoso-corp.invalid",
+             "Remote Server returned '554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException."
+             "MapiExceptionShutoffQuotaExceeded; Failed to process message due to a permanent exception'", "soft",
+             "SoftBounce", "5.2.2", "Outlook's text of an EXO NDR: mailbox full")
+outlook_text("exchange-text-remote-server-returned-relay.eml", "h.vogel@contoso-corp.invalid",
+             "Remote Server returned '550 5.1.351 Remote server returned not permitted to relay -> 550 5.7.1 Unable to "
+             "relay'", "soft", "Blocked", "5.1.351", "Exchange 2007: the next hop refused to relay")
+
 
 def main() -> None:
     for old in HERE.glob("*.eml"):
