@@ -32,8 +32,8 @@ CLASSIFICATION
        spam (SpamNotification), block list, reputation, policy,
        authentication, reverse DNS, other spam (Blocked), rate limit
        (SoftBounce), DNS failed for now, MX records pointing to hosts that
-       do not exist (DnsError), domain does not exist, NXDOMAIN, null MX,
-       unroutable (HardBounce; a DnsError when the failed lookup named
+       do not exist (DnsError), domain does not exist or is not registered,
+       NXDOMAIN, null MX, unroutable (HardBounce; a DnsError when the failed lookup named
        another host than the recipient's domain), bad address syntax
        (BadEmailAddress), moved (HardBounce), mailbox disabled, suspended,
        inactive (SoftBounce), no such user or mailbox, account closed
@@ -96,9 +96,19 @@ CLASSIFICATION
     line most like a server reply in the recipient's paragraph (or the whole
     text); when it names no cause, the paragraph, then the whole bounce is
     read for one; a failure notice that names none is a SoftBounce, a delay
-    notice Transient.
-    A message that is not a delivery report is, in this order, a
-    VirusNotification, a SpamNotification (a filter's notice about a
+    notice Transient. A failure notice (not a delay notice) whose reply is
+    temporary was given up: the non-address cause the bounce names, else a
+    SoftBounce (``failure-notice-given-up``). The bounce's own text ends where
+    the copy of the original starts: at a line announcing it, or at three
+    header fields in a row, one of them Received, Return-Path, Message-ID,
+    DKIM-Signature, ... (a quoted DKIM-Signature is no DKIM refusal).
+    An Amazon SES bounce or complaint notification (its JSON, e-mailed by
+    SNS, also inside an SNS envelope's ``Message``) gives one report per
+    recipient, from its status and diagnosticCode, else from bounceType and
+    bounceSubType (only Permanent/NoEmail is a HardBounce; a Transient SES
+    bounce never suppresses).
+    A message that is not a delivery report is, in this order, an Amazon SES
+    notification (below), a VirusNotification, a SpamNotification (a filter's notice about a
     *delivered* message), a plain-text bounce (X-Failed-Recipients, a
     daemon sender, or the phrases of qmail, Exim, Sendmail, Postfix,
     Exchange, Lotus Notes, GroupWise, MDaemon, Courier, OpenSMTPD, Yahoo,
@@ -106,7 +116,8 @@ CLASSIFICATION
     (Auto-Submitted, X-Autoreply, "Out of Office", "Automatic reply:") or an
     Unsubscribe request. ARF reports are SpamComplaint (``Feedback-Type:
     virus`` is a VirusNotification; ``not-spam`` and ``auth-failure`` are
-    Unknown). :data:`COARSE_CLASSES` groups the types into hard, soft,
+    Unknown; a recipient redacted as ``redacted@...`` (RFC 6590) is none).
+    :data:`COARSE_CLASSES` groups the types into hard, soft,
     complaint, autoreply and unknown (bench/bounces.py measures them).
 
 RECIPIENTS
@@ -137,7 +148,7 @@ SECURITY
 STANDARDS
     RFC 3463 and RFC 5248 (enhanced status codes), RFC 3464 and RFC 6533
     (delivery status notifications), RFC 6522 (multipart/report), RFC 5965
-    (ARF), RFC 3834 (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521,
+    (ARF), RFC 6590 (redacted addresses in ARF), RFC 3834 (Auto-Submitted), RFC 5321 (reply codes), RFC 7504 (521,
     556), RFC 7505 (null MX, 5.1.10, 5.7.27), RFC 7372 (5.7.20-5.7.26), RFC
     7293 (5.7.17, 5.7.18), RFC 2045-2047 (MIME, through the ``email``
     package). Type names and codes: Postmark's bounce types (BadEmailAddress
@@ -154,6 +165,7 @@ import email
 import email.header
 import email.utils
 import html.parser
+import json
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -448,7 +460,9 @@ def _causes() -> tuple[Cause, ...]:
           | \bdomain\s+(?:\S+\s+)?does\s+not\s+accept\s+mail\b | \bnot\s+able\s+to\s+find\s+the\s+recipient\s+domain\b
           | \bweren't\s+able\s+to\s+find\s+the\s+recipient\s+domain\b | \bpoint\s+to\s+non-?existent\s+hosts\b
           | \bdomaine?\s+(?:inexistant|inconnu)\b | \bno\s+mail\s+exchanger\b
-          | \bindicated\s+no\s+smtp\s+service\b""", about_address=True),
+          | \bindicated\s+no\s+smtp\s+service\b
+          | \bdomain\s+(?:name\s+)?(?:\S+\s+){0,2}?(?:does\s+not\s+appear\s+to\s+be|is\s+not|isn't)\s+registered\b
+            """, about_address=True),
         _cause("syntax", BAD_EMAIL_ADDRESS, "says the address is not a valid address", r"""
             \b(?:bad|invalid|illegal|malformed)\s+(?:recipient\s+|destination\s+|e-?mail\s+)?address\s+syntax\b
           | \baddress\s+syntax\b | \bsyntax\s+error\s+in\s+(?:the\s+)?(?:recipient\s+)?address\b
@@ -486,6 +500,8 @@ def _causes() -> tuple[Cause, ...]:
           | \bwasn't\s+found\s+at\b | \brecipnotfound\b | \brecipientnotfound\b | \bno\s+mailbox\b
           | \bmailbox\s+not\s+found\b | \bbad\s+destination\s+mailbox\b
           | \bnot\s+listed\s+in\s+(?:the\s+)?(?:domino|public)
+          | \bnicht\s+im\s+[\w-]*verzeichnis\s+aufgef\w*     # Domino in German
+          | \bne\s+figure\s+pas\s+dans\s+l'annuaire\b
           | \bnot\s+a\s+(?:valid|known)\s+(?:user|recipient|mailbox|account)\b
           | \binvalid\s+(?:recipient|mailbox|user|account|e-?mail\s+address|address)\b
           | \bunknown\s+or\s+illegal\s+alias\b | \bnot\s+our\s+customer\b
@@ -803,9 +819,19 @@ _COPY_MARKER = re.compile(r"""
     ^[ \t>]*(?:-+[ \t]*)?(?:below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message
                  | this\s+is\s+a\s+copy\s+of\s+the\s+message
                  | (?:original|unsent|received|returned|undelivered)\s+message\s+(?:follows|headers)
-                 | message\s+headers\s+follow | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
+                 | (?:the\s+)?(?:original\s+)?message\s+headers\s+(?:follow|are\s+below)
+                 | (?:a\s+)?copy\s+of\s+(?:the\s+)?original\s+message
                  | begin\s+headers | below\s+is\s+a\s+copy\s+of\s+the\s+original\s+message
                  | original\s+message\s*-+ | original\s+message\s*$ )""", re.I | re.X | re.M)
+
+#: Three or more consecutive header fields of a message (a returned original's), one of them a
+#: field only a message has (Received, Return-Path, Message-ID, DKIM-Signature, ...). A field
+#: starts with its name (or "> " quoting), a continuation line with white space: the two never
+#: overlap, so the search stays linear.
+_QUOTED_HEADERS = re.compile(r"""
+    ^(?=(?:(?:>[ \t]?)*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t][^\n]*\n){0,20}){0,3}?
+          (?:>[ \t]?)*(?:Received|Return-Path|Message-ID|DKIM-Signature|Authentication-Results|MIME-Version):)
+    (?:(?:>[ \t]?)*[A-Za-z][A-Za-z0-9-]{0,40}:[^\n]*\n(?:[ \t][^\n]*\n){0,20}){3}""", re.M | re.X)
 
 #: A line listing the failed recipients (Haraka: "Intended Recipients: <a@b>, <c@d>").
 _RECIPIENTS_LINE = re.compile(
@@ -857,6 +883,22 @@ _SPAM_NOTICE = re.compile(r"""
   | \bquarantin(?:e|ed)\b
   | \bdelivered\s+to\s+(?:the\s+)?(?:recipient'?s\s+)?(?:junk|spam|bulk)\s+(?:e-?mail\s+)?folder
   | \bspam\s+(?:report|notification|quarantine)\b""", _FLAGS)
+#: An Amazon SES notification (its JSON, e-mailed by SNS).
+_SES_NOTIFICATION = re.compile(r'"(?:notificationType|eventType|Type)"\s*:\s*"(?:Bounce|Complaint|Notification)"'
+                               r'[^\n]{0,200}|\\?"notificationType\\?"\s*:\s*\\?"(?:Bounce|Complaint)')
+#: What an SES bounce type/subtype means when the recipient's status and diagnostic say nothing:
+#: only NoEmail (the address does not exist) suppresses.
+_SES_SUBTYPES: dict[tuple[str, str], BounceType] = {
+    ("Permanent", "NoEmail"): HARD_BOUNCE,
+    ("Permanent", "General"): SOFT_BOUNCE,
+    ("Permanent", "Suppressed"): BLOCKED,
+    ("Permanent", "OnAccountSuppressionList"): BLOCKED,
+    ("Transient", "General"): SOFT_BOUNCE,
+    ("Transient", "MailboxFull"): SOFT_BOUNCE,
+    ("Transient", "MessageTooLarge"): SOFT_BOUNCE,
+    ("Transient", "ContentRejected"): BLOCKED,
+    ("Transient", "AttachmentRejected"): BLOCKED,
+}
 _CHALLENGE = re.compile(r"""
     \bchallenge[\s-]+response\b | \bboxbe\b | \bspam\s?arrest\b | \bmailfrontier\b
   | \bverify\s+(?:that\s+)?you(?:'re|\s+are)\s+(?:a\s+)?(?:human|real\s+person|not\s+a\s+(?:robot|spammer))
@@ -864,7 +906,11 @@ _CHALLENGE = re.compile(r"""
       (?:please\s+)?(?:click|visit|reply|go\s+to|follow)
   | \bplease\s+verify\s+(?:your(?:self)?|that\s+you|you\s+are|you're)\b | \bawaiting\s+(?:your\s+)?verification\b
   | \bverify\s+your\s+(?:e-?mail|message|identity)\b
-  | \bclick\s+(?:on\s+)?(?:the|this)\s+link\s+(?:below\s+)?to\s+(?:verify|confirm|release)\b""", _FLAGS)
+  | \bclick\s+(?:on\s+)?(?:the|this)\s+link\s+(?:below\s+)?to\s+(?:verify|confirm|release)\b
+  | \bpara\s+que\s+(?:sua|su)\s+mensagem?\s+(?:seja|sea)\s+entregue?\w*,?\s+(?:confirme|haga|clique|verifique)
+  | \bpour\s+que\s+votre\s+message\s+soit\s+(?:remis|d[ée]livr[ée]|distribu[ée]),?\s+(?:veuillez|cliquez|merci)
+  | \bdamit\s+ihre\s+(?:nachricht|e-?mail)\s+zugestellt\s+wird\b
+  | \bconfirme\s+o\s+envio\b | \bconfirme\s+el\s+env[ií]o\b""", _FLAGS)
 _ADDRESS_CHANGE = re.compile(r"""
     \b(?:e-?mail\s+)?address\s+(?:has\s+)?changed\b
   | \bhas\s+changed\s+(?:(?:his|her|their|my|our)\s+)?(?:e-?mail\s+)?address
@@ -920,6 +966,12 @@ class _Bounce:
         marker = _COPY_MARKER.search(text)
         self.human = text[:marker.start()] if marker else text
         self.copy = text[text.find("\n", marker.end()) + 1:] if marker and "\n" in text[marker.end():] else ""
+        if marker is None:
+            # a copy of the original's header fields with no line announcing it: the text ends
+            # where they start (their DKIM-Signature, Received, ... name no cause of the failure)
+            quoted = _QUOTED_HEADERS.search(text[:MAX_TEXT])
+            if quoted:
+                self.human, self.copy = text[:quoted.start()], text[quoted.start():]
         self.original = self._original()
         if self.original is not None:
             for name in ("From", "Sender", "Return-Path", "Reply-To"):
@@ -1096,9 +1148,9 @@ class _Bounce:
         for block in fields:
             for value in _all_headers(block, "Original-Rcpt-To"):
                 found.update(dict.fromkeys(_find_addresses(value)))
-        recipients = list(found)[:MAX_REPORTS]
+        recipients = [r for r in found if not _REDACTED.match(r)][:MAX_REPORTS]
         if not recipients:
-            recipients = self.original_recipients()[:1]
+            recipients = [r for r in self.original_recipients() if not _REDACTED.match(r)][:1]
         agent = _header(first, "User-Agent").strip()
         diagnostic = _one_line(f"Feedback-Type: {feedback_type or '-'}" + (f"; User-Agent: {agent}" if agent else ""))
         source = _header(first, "Reported-Domain").strip() or None
@@ -1109,6 +1161,9 @@ class _Bounce:
     # -- everything else -----------------------------------------------------------------
 
     def text_reports(self) -> list[BounceReport]:
+        notification = self.ses_reports()
+        if notification:
+            return notification
         head = self.human[:16384]
         probe = self.subject + "\n" + head
         failed = bool(_all_headers(self.msg, "X-Failed-Recipients"))
@@ -1138,6 +1193,47 @@ class _Bounce:
                                 rule="unsubscribe", reason="unsubscribe; the subject or first words ask to be removed")]
         return [self.report(UNKNOWN, None, diagnostic=_one_line(self.subject), rule="not-a-report",
                             reason="not-a-report; no delivery report, failure notice or auto-reply found")]
+
+    def ses_reports(self) -> list[BounceReport]:
+        """An Amazon SES bounce or complaint notification (JSON, as SNS e-mails it, or inside an
+        SNS envelope's ``Message``): one report per bounced or complaining recipient."""
+        text = self.human[:MAX_TEXT]
+        if not _SES_NOTIFICATION.search(text):
+            return []
+        data = _json_object(text)
+        if isinstance(data, dict) and isinstance(data.get("Message"), str):   # the SNS envelope
+            data = _json_object(data["Message"])
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("notificationType") or data.get("eventType")
+        reports = []
+        if kind == "Complaint" and isinstance(data.get("complaint"), dict):
+            feedback = str(data["complaint"].get("complaintFeedbackType") or "abuse")[:40]
+            for entry in _json_list(data["complaint"].get("complainedRecipients")):
+                reports.append(self.report(SPAM_COMPLAINT, _json_address(entry), feedback_type=feedback,
+                                           diagnostic=f"Amazon SES complaint ({feedback})", rule="ses-complaint",
+                                           reason=f"ses-complaint; Amazon SES complaint notification ({feedback})"))
+        elif kind == "Bounce" and isinstance(data.get("bounce"), dict):
+            bounce = data["bounce"]
+            bounce_type = str(bounce.get("bounceType") or "")[:40]
+            subtype = str(bounce.get("bounceSubType") or "")[:40]
+            for entry in _json_list(bounce.get("bouncedRecipients")):
+                recipient = _json_address(entry)
+                status = normalize_status(str(entry.get("status") or "")) if isinstance(entry, dict) else None
+                diagnostic = _clean_reply(_strip_type(str(entry.get("diagnosticCode") or ""))) \
+                    if isinstance(entry, dict) else ""
+                verdict = explain(status, diagnostic, recipient=recipient) if status or diagnostic else None
+                if verdict is None or verdict.type is UNKNOWN or verdict.rule in _NO_CAUSE_RULES:
+                    kind_by_subtype = _SES_SUBTYPES.get((bounce_type, subtype), SOFT_BOUNCE)
+                    verdict = Verdict(kind_by_subtype, "ses-bounce-type", status,
+                                      meaning=f"Amazon SES bounceType {bounce_type or '-'}/{subtype or '-'}")
+                elif bounce_type != "Permanent" and verdict.type in SUPPRESSING_TYPES:
+                    # SES itself judged the failure not permanent: never suppress on it
+                    verdict = Verdict(SOFT_BOUNCE, "ses-transient", status, meaning=f"Amazon SES bounceType "
+                                      f"{bounce_type or '-'}/{subtype or '-'}: not permanent")
+                reports.append(self.report(verdict.type, recipient, status=status, action="failed",
+                                           diagnostic=diagnostic, rule=verdict.rule, reason=verdict.reason))
+        return reports[:MAX_REPORTS]
 
     def is_auto_reply(self) -> bool:
         return bool(self.auto_reply_evidence())
@@ -1239,6 +1335,7 @@ class _Bounce:
         global_reason = _best_reason(human)
         head = human[:16384]
         delayed = bool(_DELAY.search(self.subject + "\n" + head))
+        failure_notice = bool(_NDR_BODY.search(head) or _NDR_SUBJECT.search(self.subject) or self.failed_recipients())
         reports = []
         for recipient in recipients[:MAX_REPORTS]:
             block = blocks.get(recipient, "") if recipient else ""
@@ -1275,6 +1372,20 @@ class _Bounce:
                 elif verdict.type is UNKNOWN:
                     verdict = Verdict(SOFT_BOUNCE, "failure-notice-no-cause", status, code,
                                       meaning="a delivery failure notice that names no cause")
+            if verdict.type is TRANSIENT and not delayed and failure_notice:
+                # a failure notice, not a delay notice, whose reason is temporary: delivery was
+                # given up after temporary failures; the bounce may name a cause that is not the
+                # address ("mailbox is full ... try again later"), never evidence the address is gone
+                found = text_cause(block) if block else None
+                if not found or found[0].type is TRANSIENT:
+                    found = text_cause(head)
+                if found and found[0].type is not TRANSIENT and not found[0].about_address:
+                    verdict = Verdict(found[0].type, "failure-notice-given-up+text", status, code, found[1],
+                                      f"a failure notice whose reply is temporary; the bounce {found[0].meaning}")
+                else:
+                    verdict = Verdict(SOFT_BOUNCE, "failure-notice-given-up", status, code, verdict.matched,
+                                      "a failure notice (not a delay notice) whose reply is temporary: "
+                                      "given up after temporary failures")
             remote = _REMOTE_HOST.search(block or head)
             reports.append(self.report(
                 verdict.type, recipient, status=status, action="delayed" if verdict.type is TRANSIENT else "failed",
@@ -1296,6 +1407,31 @@ def _why(rule: str, pattern: re.Pattern[str], text: str, meaning: str) -> dict[s
     m = pattern.search(text)
     words = f"; text {' '.join(m.group(0).split())[:80]!r}" if m else ""
     return {"rule": rule, "reason": f"{rule}{words}; {meaning}"}
+
+
+#: A recipient address a feedback loop redacted (RFC 6590): no address at all.
+_REDACTED = re.compile(r"(?:redacted|x{3,}|\*{3,})@", re.I)
+
+
+def _json_object(text: str) -> Any:
+    """The JSON object that starts at the first "{" of ``text`` (None when there is none)."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:MAX_TEXT])
+    except (ValueError, RecursionError):
+        return None
+    return value
+
+
+def _json_list(value: Any) -> list[Any]:
+    return value[:MAX_REPORTS] if isinstance(value, list) else []
+
+
+def _json_address(entry: Any) -> str | None:
+    found = _find_addresses(str(entry.get("emailAddress") or "")[:1000]) if isinstance(entry, dict) else []
+    return found[0] if found else None
 
 
 def _walk(msg: Message) -> list[Message]:

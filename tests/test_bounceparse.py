@@ -372,6 +372,11 @@ def pathological_inputs() -> list[bytes]:
         b"Content-Type: message/feedback-report\n\n" + b"Original-Rcpt-To: x@example.org\n" * 5000,
         b"\xff\xfe\xfd" * 50000,
         b"Subject: \xe9\xe8\nFrom: \xff@\xfe\n\n\xe9t\xe9",
+        # header-field-like lines (the search for a quoted original's header fields)
+        b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b" a: b\n" * 40000,
+        b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + (b"A: b\n" + b" c\n" * 30) * 5000,
+        # an SES notification nested beyond any recursion limit
+        b"From: a\n\n" + b'{"notificationType": "Bounce", "bounce": ' + b"[" * 100000,
     ]
 
 
@@ -398,7 +403,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 def test_fuzz_never_raises():
     rng = random.Random(20240115)
-    samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))]
+    samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml")) + sorted(CORPUS.glob("holdout/*.eml"))]
     inputs = pathological_inputs()
     inputs += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 2000))) for _ in range(100)]
     inputs += [bytes(rng.choice(b"abc@.:;<>\n\r -=?\"5015") for _ in range(rng.randint(0, 4000))) for _ in range(100)]
@@ -596,3 +601,99 @@ def test_a_bounce_reports_why():
     report, = parse_bounce((CORPUS / "orange-overquota.eml").read_bytes())
     assert (report.type, report.status, report.rule) == (SOFT_BOUNCE, "5.1.1", "text-over-address-status")
     assert "text 'Boite du destinataire pleine'" in report.reason
+
+
+# -- rules the hold-out set (tests/bounces/holdout) showed missing ------------------------------
+
+def _plain_bounce(subject: str, body: str, sender: str = "MAILER-DAEMON@mx.example.net",
+                  extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: <b+x@bounces.example.com>\r\nSubject: {subject}\r\n{extra}MIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}").replace("\r\n", "\n").encode()
+
+
+_QUOTED_ORIGINAL = ("Return-Path: <b+x@bounces.example.com>\nReceived: from relay.example.com by mx.example.net\n"
+                    "DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1; h=from:to; b=abc\n"
+                    "From: <orders@example.com>\nTo: ann@example.org\nSubject: Your order\n")
+
+
+def test_quoted_header_fields_are_not_the_bounce_text():
+    """A returned original's header fields, quoted with no line announcing them, name no cause:
+    "DKIM-Signature" is not a DKIM refusal."""
+    body = ("The following recipient(s) could not be reached:\n\n\tRecipient: [SMTP:ann@example.org]\n"
+            "\tReason: Remote SMTP Server Returned: 550 Requested action not taken\n\n" + _QUOTED_ORIGINAL)
+    report, = parse_bounce(_plain_bounce("Message Delivery Failure", body))
+    assert (report.type, report.recipient, report.rule) == (SOFT_BOUNCE, "ann@example.org", "permanent-no-cause"), \
+        report.reason
+
+
+def test_a_domain_that_is_not_registered_does_not_exist():
+    assert classify(None, "The message could not be delivered because the domain name (shop-exmaple.org) does "
+                          "not appear to be registered.") == HARD_BOUNCE
+
+
+@pytest.mark.parametrize("text", [
+    "Benutzer b.keller (b.keller@example.org) ist nicht im Domino-Verzeichnis aufgeführt",
+    "L'utilisateur b.keller ne figure pas dans l'annuaire",
+])
+def test_domino_user_not_in_directory_other_languages(text):
+    assert classify(None, text) == HARD_BOUNCE
+
+
+def _ses(bounce_type: str, subtype: str, recipients: list[dict]) -> str:
+    return json.dumps({"notificationType": "Bounce", "bounce": {
+        "bounceType": bounce_type, "bounceSubType": subtype, "bouncedRecipients": recipients},
+        "mail": {"source": "orders@example.com"}}, indent=2)
+
+
+def test_amazon_ses_bounce_notifications():
+    """SES notifications e-mailed by SNS: one report per bounced recipient, from its status and
+    diagnostic, else from bounceType/bounceSubType; a Transient SES bounce never suppresses."""
+    body = _ses("Permanent", "General", [
+        {"emailAddress": "gone@example.org", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"},
+        {"emailAddress": "full@example.org", "status": "5.2.2", "diagnosticCode": "smtp; 552 5.2.2 Mailbox full"}])
+    reports = parse_bounce(_plain_bounce("AWS Notification Message", body, sender="no-reply@sns.amazonaws.com"))
+    assert [(r.type, r.recipient) for r in reports] == [
+        (HARD_BOUNCE, "gone@example.org"), (SOFT_BOUNCE, "full@example.org")]
+    no_email = _ses("Permanent", "NoEmail", [{"emailAddress": "nobody@example.org"}])
+    transient = _ses("Transient", "General", [
+        {"emailAddress": "later@example.org", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}])
+    envelope = json.dumps({"Type": "Notification", "Message": _ses(
+        "Transient", "ContentRejected", [{"emailAddress": "filtered@example.org"}])})
+    got = [(r.type, r.recipient) for body in (no_email, transient, envelope)
+           for r in parse_bounce(_plain_bounce("AWS Notification Message", body, sender="no-reply@sns.amazonaws.com"))]
+    assert got == [(HARD_BOUNCE, "nobody@example.org"), (SOFT_BOUNCE, "later@example.org"),
+                   (BLOCKED, "filtered@example.org")]
+
+
+def test_challenge_in_portuguese():
+    body = ("Você enviou uma mensagem para fabio@example.com.br, que utiliza o AntiSpam.\n"
+            "Para que sua mensagem seja entregue, confirme o envio digitando os caracteres da imagem:\n"
+            "http://antispam.example.com.br/confirm?id=1\n")
+    report, = parse_bounce(_plain_bounce("Confirmação de envio", body, sender="antispam@example.com.br"))
+    assert (report.type, report.recipient) == (CHALLENGE_VERIFICATION, "fabio@example.com.br")
+
+
+def test_arf_redacted_recipient_is_no_recipient():
+    raw = ("From: scomp@aol.example\nTo: fbl@bounces.example.com\nSubject: Email Feedback Report\nMIME-Version: 1.0\n"
+           "Content-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\n"
+           "Content-Type: text/plain\n\nabuse report\n--b\nContent-Type: message/feedback-report\n\n"
+           "Feedback-Type: abuse\nUser-Agent: AOL SComp\nVersion: 0.1\nRedacted-Address: redacted\n\n--b\n"
+           "Content-Type: message/rfc822\n\nFrom: <orders@example.com>\nTo: redacted@aol.example\n"
+           "Subject: hi\n\nhello\n--b--\n").encode()
+    report, = parse_bounce(raw)
+    assert (report.type, report.recipient) == (SPAM_COMPLAINT, None)
+
+
+def test_failure_notice_with_a_temporary_reply_was_given_up():
+    """A failure notice (not a delay notice) whose reply is temporary: given up, SoftBounce, or the
+    cause the bounce names; never Transient (the sender would wait for a retry that never comes)."""
+    transcript = ("   ----- The following addresses had permanent fatal errors -----\n<admin@example.org>\n\n"
+                  "   ----- Transcript of session follows -----\n451 admin@example.org... reply: read error from "
+                  "mx.example.org.\nMessage could not be delivered for 5 days\nMessage will be deleted from queue\n")
+    report, = parse_bounce(_plain_bounce("Returned mail: see transcript for details", transcript))
+    assert (report.type, report.recipient) == (SOFT_BOUNCE, "admin@example.org"), report.reason
+    full = ("Message delivery failed\n\nThe following recipient's mailbox is full and cannot accept messages now:\n"
+            "  lucia@example.org\n\nPlease try again later.\n")
+    report, = parse_bounce(_plain_bounce("Undeliverable", full))
+    assert (report.type, report.recipient) == (SOFT_BOUNCE, "lucia@example.org"), report.reason
+    assert report.rule == "failure-notice-given-up+text"
