@@ -8,10 +8,14 @@ Covered: the redirect to /login without a token, 401 for other methods, the Bear
 login form and its session cookie (HttpOnly, SameSite=Strict, not the token), logout ending the
 session on the server, cross-origin login refused, the security headers, the latest messages and
 bounces, the queue table, the per-message page with its timeline, hostile values from mail
-(subject, recipient address, metadata, tag, a bounce diagnostic) shown as text: in the HTML
+(subject, recipient address, metadata, tag, a bounce diagnostic with "]]></svg>") shown as text: in the HTML
 source and in the DOM Chromium builds from it (no <script> element at all), and the page still
 answering, section by section "unavailable", while Redis is down. The Chromium screenshots are
-kept in the test's tmp dir and copied to test-artifacts/ at the repository root.
+kept in the test's tmp dir and copied to test-artifacts/ at the repository root. Without a
+daemon: every field each section shows (message, timeline, lists, queue, charts' labels and
+legends, errors, the page's frame) built from hostile values and checked as a browser's tokenizer
+reads it: the values come back whole as text or attribute values, no element or on* attribute
+comes from them.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ HOSTILE_RECIPIENT = '"<b>bold</b>"@example.test'
 QUOTE_RECIPIENT = "o'brien&co@example.test"
 HOSTILE_METADATA = '<b>x</b> & "y" <img src=x onerror=alert(2)>'
 HOSTILE_TAG = "<i>welcome</i>"
-HOSTILE_DIAGNOSTIC = "smtp; 550 5.1.1 <img src=x onerror=alert(3)> User unknown"
+HOSTILE_DIAGNOSTIC = "smtp; 550 5.1.1 <img src=x onerror=alert(3)> User unknown ]]></svg>"
 
 
 def text_escaped(value: str) -> str:
@@ -233,6 +237,7 @@ def test_status_page_auth_listing_and_message_page(start_daemon, daemon_config, 
     # the bounce: recipient, type, escaped diagnostic
     assert "bounce-me@example.test" in page and "HardBounce" in page
     assert "&lt;img src=x onerror=alert(3)&gt;" in page
+    assert "]]&gt;&lt;/svg&gt;" in page and "]]></svg>" not in page
     assert 'class="dot ok"' in page                                # health of the services
     # the queue table: broken.test with its deferred message
     queue = page[page.index("Queue by destination domain"):page.index("Latest messages")]
