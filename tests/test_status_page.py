@@ -48,6 +48,7 @@ TOKEN = "t" * 24
 XSS_SUBJECT = "<script>alert(1)</script>"
 HOSTILE_RECIPIENT = '"<b>bold</b>"@example.test'
 QUOTE_RECIPIENT = "o'brien&co@example.test"
+ATTRIBUTE_RECIPIENT = '"x\\"><img src=x onerror=alert(4)>"@example.test'
 HOSTILE_METADATA = '<b>x</b> & "y" <img src=x onerror=alert(2)>'
 HOSTILE_TAG = "<i>welcome</i>"
 HOSTILE_DIAGNOSTIC = "smtp; 550 5.1.1 <img src=x onerror=alert(3)> User unknown ]]></svg>"
@@ -93,7 +94,7 @@ def wait_for_all(d, patterns: list[str], timeout: float = 30) -> None:
 def fill(d, sink) -> dict[str, str]:
     """Submit the test mail, wait for its delivery, bounce one recipient; returns message ids."""
     port = d.ports["submission"]
-    hostile = submit(port, [HOSTILE_RECIPIENT, QUOTE_RECIPIENT], (
+    hostile = submit(port, [HOSTILE_RECIPIENT, QUOTE_RECIPIENT, ATTRIBUTE_RECIPIENT], (
         "From: App <app@example.com>\r\n"
         "To: \"<b>Bob</b>\" <bob@example.test>\r\n"
         f"Subject: {XSS_SUBJECT}\r\n"
@@ -110,6 +111,7 @@ def fill(d, sink) -> dict[str, str]:
     wait_for_all(d, [rf"{message_id}: to=<{re.escape(rcpt)}>.*status={status}"
                      for message_id, rcpt, status in (
                          (hostile, HOSTILE_RECIPIENT, "sent"), (hostile, QUOTE_RECIPIENT, "sent"),
+                         (hostile, ATTRIBUTE_RECIPIENT, "sent"),
                          (plain, "alice@example.test", "sent"), (plain, "bounce-me@example.test", "sent"),
                          (waiting, "someone@broken.test", "deferred"))])
     # a DSN for bounce-me arrives later; it returns the headers of bounce-me's copy
@@ -252,6 +254,7 @@ def test_status_page_auth_listing_and_message_page(start_daemon, daemon_config, 
     assert text_escaped(HOSTILE_METADATA) in page
     assert html.escape(HOSTILE_TAG, quote=True) in page
     assert text_escaped(QUOTE_RECIPIENT) in page                      # o'brien&amp;co@...
+    assert text_escaped(ATTRIBUTE_RECIPIENT) in page                  # "x\"&gt;&lt;img ...
     assert "customer" in page and ">42<" in page
     assert "app@example.com" in page
     assert page.count("mx1.example.test") >= 2                        # one delivery per recipient
