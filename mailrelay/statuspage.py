@@ -59,10 +59,15 @@ SECURITY
     to MAX_FORM_SIZE (4096 bytes, in BODY_LIMITS; the web service refuses a
     larger one with 413 before reading it).
 
-    Every value that comes from mail or from a remote server (subjects,
-    addresses, metadata, diagnostics, SMTP replies), and everything else the
-    page prints, goes through ``html.escape(value, quote=True)``; status
-    names select CSS classes only from a fixed list. Every response carries
+    The page is a tree of ``twisted.web.template`` tags (SVG elements as
+    ``Tag("svg")`` ...) serialized by Twisted's flattener; no HTML is
+    assembled from strings. Every value that comes from mail or from a
+    remote server (subjects, addresses, metadata, diagnostics, SMTP replies,
+    chart labels and tooltips), and everything else the page prints, is a
+    text child or an attribute value of a tag, which the flattener escapes
+    (``&``, ``<``, ``>``; and ``"`` in attribute values); the page's own CSS
+    too, so it contains none of those characters. Status names select CSS
+    classes only from a fixed list. Every response carries
     ``Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline';
     img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri
     'none'``, ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
@@ -101,13 +106,14 @@ import json
 import os
 import re
 import time
-from html import escape
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
+from twisted.web.template import Flattenable, Tag, flattenString, tags
 
 from mailrelay.httplimits import client_key
 
@@ -153,17 +159,49 @@ KNOWN_STATES = frozenset({
 })
 
 
-def e(value: Any) -> str:
-    """The one way any value gets into the page: escaped for text and attributes."""
-    return escape("" if value is None else str(value), quote=True)
+
+SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+
+
+def render_html(root: Flattenable) -> bytes:
+    """
+    ``root`` (tags, strings, lists of them) serialized by twisted.web.template's flattener,
+    which escapes every string: ``&``, ``<``, ``>`` in text, and ``"`` too in attribute values.
+    The page's trees hold no Deferred, so the flattening has finished when this returns.
+    """
+    results: list[Any] = []
+    flattenString(None, root).addBoth(results.append)
+    if not results:
+        raise RuntimeError("a status page tree did not flatten synchronously (a Deferred in it?)")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def _text(value: Any) -> str:
+    """Any value as the text the page shows (the flattener escapes it)."""
+    return "" if value is None else str(value)
+
+
+def _muted(text: str) -> Tag:
+    return tags.span(text, class_="muted")
+
+
+def _card(title: Flattenable, *content: Flattenable) -> Tag:
+    return tags.section(tags.h2(title), *content, class_="card")
+
+
+def _head_row(*names: str, numeric: Sequence[str] = ()) -> Tag:
+    return tags.thead(tags.tr(*[tags.th(name, class_="num") if name in numeric else tags.th(name)
+                                for name in names]))
 
 
 def _state_class(state: str) -> str:
     return f"st st-{state}" if state in KNOWN_STATES else "st"
 
 
-def _badge(state: str) -> str:
-    return f'<span class="{_state_class(state)}">{e(state or "-")}</span>'
+def _badge(state: str) -> Tag:
+    return tags.span(state or "-", class_=_state_class(state))
 
 
 def _fmt_time_ms(ms: Any) -> str:
@@ -285,7 +323,7 @@ h3 { font-size:13px; margin:12px 0 6px; font-weight:600; color:var(--muted); }
 section.card { background:var(--card); border:1px solid var(--line); border-radius:8px;
   padding:14px 16px; margin-bottom:16px; overflow-x:auto; }
 .grid2 { display:grid; grid-template-columns:1fr 1fr; gap:16px; }
-.grid2 > section.card { margin-bottom:0; min-width:0; }
+.grid2 section.card { margin-bottom:0; min-width:0; }
 .row { margin-bottom:16px; }
 .health { display:flex; flex-wrap:wrap; gap:10px; }
 .svc { flex:1 1 180px; border:1px solid var(--line); border-radius:6px; padding:8px 10px; min-width:0; }
@@ -345,38 +383,44 @@ dl.kv dd { margin:0; overflow-wrap:anywhere; }
 """
 
 
-def _document(title: str, body: str, *, logout: bool = False, refresh: int | None = None,
+
+def _logout_button() -> Tag:
+    return tags.form(tags.button("Log out", type="submit"), method="post", action="/logout")
+
+
+def _document(title: str, body: Flattenable, *, logout: bool = False, refresh: int | None = None,
               subtitle: str = "") -> bytes:
-    head_extra = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else ""
-    logout_form = ('<form method="post" action="/logout"><button type="submit">Log out</button></form>'
-                   if logout else "")
-    page = (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"{head_extra}<title>{e(title)}</title><style>{CSS}</style></head>\n"
-        "<body><header>"
-        '<h1><a href="/">mailrelay</a></h1>'
-        f'<span class="meta">{e(subtitle)}</span>{logout_form}'
-        f"</header>\n<main>\n{body}\n</main></body></html>\n"
-    )
-    return page.encode("utf-8")
+    head = tags.head(
+        tags.meta(charset="utf-8"),
+        tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+        tags.meta(name="referrer", content="no-referrer"),
+        tags.meta(**{"http-equiv": "refresh", "content": str(int(refresh))}) if refresh else "",
+        tags.title(title), tags.style(CSS))
+    header = tags.header(tags.h1(tags.a("mailrelay", href="/")), tags.span(subtitle, class_="meta"),
+                         _logout_button() if logout else "")
+    page = tags.html(head, "\n", tags.body(header, "\n", Tag("main", children=["\n", body, "\n"])), lang="en")
+    return b"<!DOCTYPE html>\n" + render_html(page) + b"\n"
 
 
-def _unavailable(what: str, error: BaseException | None) -> str:
+def _unavailable(what: str, error: BaseException | None) -> Tag:
     reason = "Redis did not answer in time" if isinstance(error, defer.TimeoutError) else (
         str(error) or type(error).__name__ if error is not None else "unknown error")
-    return f'<p class="err">{e(what)} unavailable: {e(reason)}</p>'
+    return tags.p(f"{what} unavailable: {reason}", class_="err")
 
 
 # -- charts ---------------------------------------------------------------------------------
 
 
+def _svg(name: str, attributes: dict[str, Any], *children: Flattenable) -> Tag:
+    """An SVG element (``tags`` knows only HTML names); attribute values as text."""
+    return Tag(name, attributes={key: str(value) for key, value in attributes.items()},
+               children=list(children))
+
+
 def svg_chart(label: str, times_ms: list[int], resolution: str, *,
               stacks: Iterable[tuple[str, list[float]]] = (), line: tuple[str, list[float | None]] | None = None,
               ticks: tuple[str, list[float]] | None = None, percent: bool = False, width: int = 560,
-              height: int = 150) -> str:
+              height: int = 150) -> Tag:
     """
     An inline SVG chart of one value per bucket: stacked bars (``stacks``: css name, values),
     a short mark per bucket (``ticks``: css name, values) and/or a line (``line``: name,
@@ -397,14 +441,16 @@ def svg_chart(label: str, times_ms: list[int], resolution: str, *,
         return top + plot_h - value / y_max * plot_h
 
     unit = "%" if percent else ""
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}" '
-             f'xmlns="http://www.w3.org/2000/svg">']
+    chart = _svg("svg", {"class": "chart", "viewBox": f"0 0 {width} {height}", "role": "img",
+                         "aria-label": label, "xmlns": SVG_NAMESPACE})
     for fraction in (0, 0.5, 1):
         value = y_max * fraction
-        gy = y(value)
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{gy:.1f}" y2="{gy:.1f}"/>')
-        parts.append(f'<text x="{left - 5}" y="{gy + 3:.1f}" text-anchor="end">{e(_fmt_num(value))}{unit}</text>')
-    parts.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
+        gy = f"{y(value):.1f}"
+        chart(_svg("line", {"class": "grid", "x1": left, "x2": width - right, "y1": gy, "y2": gy}),
+              _svg("text", {"x": left - 5, "y": f"{y(value) + 3:.1f}", "text-anchor": "end"},
+                   _fmt_num(value) + unit))
+    axis_y = f"{y(0):.1f}"
+    chart(_svg("line", {"class": "axis", "x1": left, "x2": width - right, "y1": axis_y, "y2": axis_y}))
     fmt = "%H:%M"
     for index in sorted({0, n // 2, n - 1}) if n else ():
         x = left + slot * (index + 0.5)
@@ -413,65 +459,63 @@ def svg_chart(label: str, times_ms: list[int], resolution: str, *,
             x = left
         elif index == n - 1:
             x = width - right
-        parts.append(f'<text x="{x:.1f}" y="{height - 5}" text-anchor="{anchor}">'
-                     f'{e(time.strftime(fmt, time.gmtime(times_ms[index] / 1000)))}</text>')
+        chart(_svg("text", {"x": f"{x:.1f}", "y": height - 5, "text-anchor": anchor},
+                   time.strftime(fmt, time.gmtime(times_ms[index] / 1000))))
     bar_w = max(1.0, slot * 0.72)
     for i in range(n):
         base = 0.0
         x = left + slot * i + (slot - bar_w) / 2
         tip = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(times_ms[i] / 1000))]
-        rects = []
+        marks: list[Tag] = []
         for name, values in stacks:
             value = values[i]
             if value > 0:
                 y_top, y_bottom = y(base + value), y(base)
-                rects.append(f'<rect class="b-{name}" x="{x:.1f}" y="{y_top:.1f}" width="{bar_w:.1f}" '
-                             f'height="{max(0.5, y_bottom - y_top):.1f}"/>')
+                marks.append(_svg("rect", {"class": f"b-{name}", "x": f"{x:.1f}", "y": f"{y_top:.1f}",
+                                           "width": f"{bar_w:.1f}",
+                                           "height": f"{max(0.5, y_bottom - y_top):.1f}"}))
                 base += value
             tip.append(f"{name} {value:g}")
         if ticks is not None and ticks[1][i] > 0:
-            ty = y(ticks[1][i])
-            rects.append(f'<line class="t-{ticks[0]}" x1="{x - 1:.1f}" x2="{x + bar_w + 1:.1f}" '
-                         f'y1="{ty:.1f}" y2="{ty:.1f}"/>')
+            ty = f"{y(ticks[1][i]):.1f}"
+            marks.append(_svg("line", {"class": f"t-{ticks[0]}", "x1": f"{x - 1:.1f}",
+                                       "x2": f"{x + bar_w + 1:.1f}", "y1": ty, "y2": ty}))
             tip.insert(1, f"{ticks[0]} {ticks[1][i]:g}")
         if line is not None and line[1][i] is not None:
             tip.append(f"{line[0]} {line[1][i]:.1f}{unit}" if percent else f"{line[0]} {line[1][i]:g}")
-        if rects or (line is not None and line[1][i] is not None):
+        if marks or (line is not None and line[1][i] is not None):
             # an invisible full-height target carries the tooltip of the bucket
-            parts.append(f'<g><title>{e(" · ".join(tip))}</title>{"".join(rects)}'
-                         f'<rect x="{left + slot * i:.1f}" y="{top}" width="{slot:.1f}" height="{plot_h}" '
-                         f'fill="transparent"/></g>')
+            chart(_svg("g", {}, _svg("title", {}, " · ".join(tip)), *marks,
+                       _svg("rect", {"x": f"{left + slot * i:.1f}", "y": top, "width": f"{slot:.1f}",
+                                     "height": plot_h, "fill": "transparent"})))
     if line is not None:
         name, values = line
-        segment: list[str] = []
-        segments: list[list[str]] = []
+        segment: list[tuple[str, str]] = []
+        segments: list[list[tuple[str, str]]] = []
         for i, value in enumerate(values):
             if value is None:
                 if segment:
                     segments.append(segment)
                 segment = []
                 continue
-            segment.append(f"{left + slot * (i + 0.5):.1f},{y(value):.1f}")
+            segment.append((f"{left + slot * (i + 0.5):.1f}", f"{y(value):.1f}"))
         if segment:
             segments.append(segment)
         css = "rate" if percent else name
         for points in segments:
             if len(points) > 1:
-                parts.append(f'<polyline class="l-{css}" points="{" ".join(points)}"/>')
+                chart(_svg("polyline", {"class": f"l-{css}", "points": " ".join(f"{cx},{cy}" for cx, cy in points)}))
             if percent or len(points) == 1:
-                for point in points:
-                    cx, cy = point.split(",")
-                    parts.append(f'<circle class="p-rate" cx="{cx}" cy="{cy}" r="2"/>'
-                                 if percent else
-                                 f'<circle cx="{cx}" cy="{cy}" r="2" fill="#175cd3"/>')
-    parts.append("</svg>")
-    return "".join(parts)
+                for cx, cy in points:
+                    chart(_svg("circle", {"class": "p-rate", "cx": cx, "cy": cy, "r": 2}) if percent else
+                          _svg("circle", {"cx": cx, "cy": cy, "r": 2, "fill": "#175cd3"}))
+    return chart
 
 
 OUTCOMES = ("delivered", "deferred", "bounced", "expired")
 
 
-def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolution: str) -> str:
+def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolution: str) -> Tag:
     times = [start for start, _ in rows]
     get = lambda name: [float(c.get(name, 0)) for _, c in rows]  # noqa: E731
     stacks = [(name, get(name)) for name in OUTCOMES]
@@ -485,10 +529,9 @@ def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolutio
                            percent=True, height=120)
     totals = {name: sum(int(c.get(name, 0)) for _, c in rows)
               for name in ("accepted", "recipients") + OUTCOMES}
-    legend = (f'<span><span class="sw accepted"></span>accepted {totals["recipients"]:,} '
-              f'({totals["accepted"]:,} messages)</span>'
-              + "".join(f'<span><span class="sw {name}"></span>{e(name)} {totals[name]:,}</span>'
-                        for name in OUTCOMES))
+    legend = [tags.span(tags.span(class_="sw accepted"),
+                        f"accepted {totals['recipients']:,} ({totals['accepted']:,} messages)")]
+    legend += [tags.span(tags.span(class_=f"sw {name}"), f"{name} {totals[name]:,}") for name in OUTCOMES]
     ended = totals["delivered"] + totals["bounced"]
     overall = f"{100.0 * totals['bounced'] / ended:.1f}%" if ended else "-"
     by_type: dict[str, int] = {}
@@ -496,13 +539,13 @@ def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolutio
         for key, value in c.items():
             if key.startswith("bounce:"):
                 by_type[key[len("bounce:"):]] = by_type.get(key[len("bounce:"):], 0) + int(value)
-    reports = ", ".join(f"{e(kind)} {count:,}" for kind, count in sorted(by_type.items()) if count) or "none"
-    return (f'<section class="card"><h2>{e(title)}</h2>'
-            f"<h3>Throughput (recipients)</h3>{throughput}"
-            f'<div class="legend">{legend}</div>'
-            f"<h3>Bounce rate (bounced / (delivered + bounced))</h3>{rate_chart}"
-            f'<div class="legend"><span><span class="sw rate"></span>bounce rate {e(overall)}</span>'
-            f"<span>bounce reports: {reports}</span></div></section>")
+    reports = ", ".join(f"{kind} {count:,}" for kind, count in sorted(by_type.items()) if count) or "none"
+    return _card(title,
+                 tags.h3("Throughput (recipients)"), throughput,
+                 tags.div(legend, class_="legend"),
+                 tags.h3("Bounce rate (bounced / (delivered + bounced))"), rate_chart,
+                 tags.div(tags.span(tags.span(class_="sw rate"), f"bounce rate {overall}"),
+                          tags.span(f"bounce reports: {reports}"), class_="legend"))
 
 
 # -- the resource ---------------------------------------------------------------------------
@@ -583,7 +626,7 @@ class StatusPage(resource.Resource):
                     target += "?next=" + quote(path, safe="")
                 return self._redirect(request, target)
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="mailrelay"')
-            return self._send(request, 401, _document("Unauthorized", "<p>A token is needed.</p>"))
+            return self._send(request, 401, _document("Unauthorized", tags.p("A token is needed.")))
         if method not in (b"GET", b"HEAD"):
             return self._method_not_allowed(request, b"GET, HEAD")
         if path == "/":
@@ -593,15 +636,14 @@ class StatusPage(resource.Resource):
             status, body = await self._message_page(request, match.group(1))
             return self._send(request, status, body)
         return self._send(request, 404, self._page(request, "Not found",
-                                                   '<section class="card"><h2>Not found</h2>'
-                                                   '<p><a href="/">Back to the overview</a></p></section>'))
+                                                   _card("Not found", tags.p(tags.a("Back to the overview", href="/")))))
 
     def _failed(self, failure: Any, request: server.Request) -> None:
         if failure.check(defer.CancelledError) and request._disconnected:
             return  # the client went away
         log.failure("status page: rendering {path} failed", failure, path=request.path)
         if not request.startedWriting and not request.finished and not request._disconnected:
-            self._send(request, 500, _document("Error", "<p>Internal error; see the daemon's log.</p>"))
+            self._send(request, 500, _document("Error", tags.p("Internal error; see the daemon's log.")))
 
     # -- responses ----------------------------------------------------------------------
 
@@ -622,9 +664,9 @@ class StatusPage(resource.Resource):
 
     def _method_not_allowed(self, request: server.Request, allow: bytes) -> None:
         request.setHeader(b"Allow", allow)
-        self._send(request, 405, _document("Method not allowed", "<p>Method not allowed.</p>"))
+        self._send(request, 405, _document("Method not allowed", tags.p("Method not allowed.")))
 
-    def _page(self, request: server.Request, title: str, body: str, *, refresh: int | None = None) -> bytes:
+    def _page(self, request: server.Request, title: str, body: Flattenable, *, refresh: int | None = None) -> bytes:
         logged_in = self.sessions.valid(self._cookie(request))
         subtitle = (f"{self.hostname} · "
                     + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds())))
@@ -685,21 +727,22 @@ class StatusPage(resource.Resource):
         target = target or self._next_target(request)
         if code == 200 and (self.public or self.sessions.valid(self._cookie(request))):
             return self._redirect(request, target)
-        message = f'<p class="err">{e(error)}</p>' if error else ""
-        body = ('<section class="card login"><h2>Log in</h2>'
-                '<p class="muted">Use an API token (<code>[web] api_tokens</code>, or the generated '
-                "<code>api-token</code> file in the state directory).</p>"
-                f"{message}"
-                '<form method="post" action="/login">'
-                f'<input type="hidden" name="next" value="{e(target)}">'
-                '<label for="token">Token</label>'
-                '<input id="token" type="password" name="token" autocomplete="current-password" required autofocus>'
-                '<button type="submit">Log in</button></form></section>')
+        body = tags.section(
+            tags.h2("Log in"),
+            tags.p("Use an API token (", tags.code("[web] api_tokens"), ", or the generated ",
+                   tags.code("api-token"), " file in the state directory).", class_="muted"),
+            tags.p(error, class_="err") if error else "",
+            tags.form(tags.input(type="hidden", name="next", value=target),
+                      tags.label("Token", for_="token"),
+                      tags.input(id="token", type="password", name="token", autocomplete="current-password",
+                                 required="", autofocus=""),
+                      tags.button("Log in", type="submit"), method="post", action="/login"),
+            class_="card login")
         self._send(request, code, _document("Log in - mailrelay", body))
 
     def _login(self, request: server.Request) -> None:
         if not self._same_origin(request):
-            return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
+            return self._send(request, 403, _document("Forbidden", tags.p("Cross-origin request refused.")))
         form = self._form(request)
         token = form.get("token", "").strip()
         client = client_key(getattr(request.getClientAddress(), "host", None))
@@ -719,20 +762,18 @@ class StatusPage(resource.Resource):
         """Any other method than POST at /logout (a link, a prefetch): 405, nothing changes;
         the page carries the logout button for a person who came here."""
         request.setHeader(b"Allow", b"POST")
-        body = ('<section class="card login"><h2>Log out</h2>'
-                '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
-                "</section>")
+        body = tags.section(tags.h2("Log out"), _logout_button(), class_="card login")
         self._send(request, 405, _document("Log out - mailrelay", body))
 
     def refuse(self, request: server.Request, code: int, message: str, headers: dict[bytes, bytes]) -> None:
         """A request refused from its head (mailrelay.httplimits: 413, 429 ...), as a page."""
         for name, value in {**SECURITY_HEADERS, **headers}.items():
             request.setHeader(name, value)
-        self._send(request, code, _document("Refused - mailrelay", f'<p class="err">{e(message)}</p>'))
+        self._send(request, code, _document("Refused - mailrelay", tags.p(message, class_="err")))
 
     def _logout(self, request: server.Request) -> None:
         if not self._same_origin(request):
-            return self._send(request, 403, _document("Forbidden", "<p>Cross-origin request refused.</p>"))
+            return self._send(request, 403, _document("Forbidden", tags.p("Cross-origin request refused.")))
         self.sessions.close(self._cookie(request))
         request.addCookie(COOKIE_NAME, b"", path=b"/", max_age=b"0",
                           expires=b"Thu, 01 Jan 1970 00:00:00 GMT", httpOnly=True, sameSite="strict",
@@ -756,6 +797,8 @@ class StatusPage(resource.Resource):
 
     # -- the overview -------------------------------------------------------------------
 
+    # -- the overview -------------------------------------------------------------------
+
     async def _overview(self, request: server.Request) -> bytes:
         storage = self.storage
         now_ms = int(self.clock.seconds() * 1000)
@@ -772,20 +815,18 @@ class StatusPage(resource.Resource):
         results = dict(zip(reads, await defer.gatherResults(list(reads.values()))))
         health = await health_d
         body = [
-            f'<section class="card"><h2>Health</h2>{health}</section>',
-            f'<section class="card"><h2>Messages in the last 24 hours</h2>{self._statuses(*results["statuses"])}</section>',
-            '<div class="grid2 row">',
-            self._charts("Last hour, per minute", *results["hour"], "m"),
-            self._charts("Last 24 hours, per hour", *results["day"], "h"),
-            "</div>",
-            f'<section class="card"><h2>Queue by destination domain</h2>{self._queue(*results["queue"])}</section>',
-            f'<section class="card"><h2>Latest messages</h2>{self._messages_table(*results["messages"])}</section>',
-            f'<section class="card"><h2>Latest bounces</h2>{self._bounces_table(*results["bounces"])}</section>',
-            f'<section class="card"><h2>Sender domains (DKIM)</h2>{self._domains(*results["domains"])}</section>',
+            _card("Health", health),
+            _card("Messages in the last 24 hours", self._statuses(*results["statuses"])),
+            tags.div(self._charts("Last hour, per minute", *results["hour"], "m"),
+                     self._charts("Last 24 hours, per hour", *results["day"], "h"), class_="grid2 row"),
+            _card("Queue by destination domain", self._queue(*results["queue"])),
+            _card("Latest messages", self._messages_table(*results["messages"])),
+            _card("Latest bounces", self._bounces_table(*results["bounces"])),
+            _card("Sender domains (DKIM)", self._domains(*results["domains"])),
         ]
-        return self._page(request, "Status", "\n".join(body), refresh=REFRESH_SECONDS)
+        return self._page(request, "Status", [[section, "\n"] for section in body], refresh=REFRESH_SECONDS)
 
-    async def _health(self) -> str:
+    async def _health(self) -> Tag:
         try:
             d = defer.ensureDeferred(self.health())
             d.addTimeout(2 * self.timeout, self.clock)  # health() itself waits up to [redis] timeout
@@ -801,24 +842,24 @@ class StatusPage(resource.Resource):
         for name, state in services.items():
             state = state if isinstance(state, dict) else {"ok": bool(state)}
             ok = bool(state.get("ok"))
-            cards.append(f'<div class="svc{"" if ok else " bad"}"><div class="name">'
-                         f'<span class="dot {"ok" if ok else "bad"}"></span>{e(name)}'
-                         f' <span class="muted">{"up" if ok else "DOWN"}</span></div>'
-                         f'<div class="detail">{e(state.get("detail", ""))}</div></div>')
-        return f'<div class="health">{"".join(cards)}</div>'
+            cards.append(tags.div(
+                tags.div(tags.span(class_="dot ok" if ok else "dot bad"), _text(name), " ",
+                         _muted("up" if ok else "DOWN"), class_="name"),
+                tags.div(_text(state.get("detail", "")), class_="detail"),
+                class_="svc" if ok else "svc bad"))
+        return tags.div(cards, class_="health")
 
     @staticmethod
-    def _statuses(ok: bool, value: Any) -> str:
+    def _statuses(ok: bool, value: Any) -> Tag:
         if not ok:
             return _unavailable("Counts", value)
-        tiles = "".join(f'<div class="tile"><div class="n">{int(n):,}</div>'
-                        f'<div class="l">{_badge(status)}</div></div>' for status, n in value.items())
-        return f'<div class="tiles">{tiles}</div>'
+        return tags.div([tags.div(tags.div(f"{int(n):,}", class_="n"), tags.div(_badge(_text(status)), class_="l"),
+                                  class_="tile") for status, n in value.items()], class_="tiles")
 
     @staticmethod
-    def _charts(title: str, ok: bool, value: Any, resolution: str) -> str:
+    def _charts(title: str, ok: bool, value: Any, resolution: str) -> Tag:
         if not ok:
-            return f'<section class="card"><h2>{e(title)}</h2>{_unavailable("Counters", value)}</section>'
+            return _card(title, _unavailable("Counters", value))
         return charts_section(title, value, resolution)
 
     async def _domain_states(self, storage: Any) -> list[dict[str, Any]]:
@@ -827,13 +868,13 @@ class StatusPage(resource.Resource):
         return await domain_states(self.config, storage)
 
     @staticmethod
-    def _domains(ok: bool, value: Any) -> str:
+    def _domains(ok: bool, value: Any) -> Tag:
         """Each sender domain: selectors, algorithms, and the last DNS check."""
         if not ok:
             return _unavailable("Sender domains", value)
         if not value:
-            return ('<p class="muted">No sender domains: mail is sent without a DKIM signature '
-                    '(<code>mailrelay domains add DOMAIN</code>).</p>')
+            return tags.p("No sender domains: mail is sent without a DKIM signature (",
+                          tags.code("mailrelay domains add DOMAIN"), ").", class_="muted")
         rows = []
         for domain in value:
             keys = ", ".join(f"{key.get('selector')} ({key.get('algorithm')}"
@@ -849,19 +890,18 @@ class StatusPage(resource.Resource):
                 dns_state = ("ok" if check.get("ok") else
                              "; ".join(f"{r.get('name')} {r.get('type')}: {r.get('status')}" for r in bad) or "problems")
                 dns_state += f" (checked {check.get('at', '?')})"
-            rows.append(f"<tr><td>{e(domain.get('name'))}</td><td>{e(domain.get('source'))}</td>"
-                        f"<td>{e(keys)}</td><td>{e(dns_state)}</td></tr>")
-        return ('<table><thead><tr><th>domain</th><th>source</th><th>keys (selector, algorithm)</th>'
-                f'<th>DNS</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            rows.append(tags.tr(tags.td(_text(domain.get("name"))), tags.td(_text(domain.get("source"))),
+                                tags.td(keys), tags.td(dns_state)))
+        return tags.table(_head_row("domain", "source", "keys (selector, algorithm)", "DNS"), tags.tbody(rows))
 
     @staticmethod
-    def _queue(ok: bool, value: Any) -> str:
+    def _queue(ok: bool, value: Any) -> Flattenable:
         if not ok:
             return _unavailable("Queue", value)
         now_ms = int(value.get("now_ms") or 0)
         domains = value.get("domains", {})
         if not domains:
-            return '<p class="muted">The queue is empty.</p>'
+            return tags.p("The queue is empty.", class_="muted")
 
         def size(row: dict[str, Any]) -> int:
             return int(row.get("queued", 0)) + int(row.get("deferred", 0)) + int(row.get("delivering", 0))
@@ -878,20 +918,18 @@ class StatusPage(resource.Resource):
         for domain, row in ordered[:MAX_QUEUE_ROWS]:
             oldest = row.get("oldest_ms")
             age = _fmt_age((now_ms - oldest) / 1000) if oldest is not None else "-"
-            rows.append(f"<tr><td>{e(domain)}</td><td class=\"num\">{int(row.get('queued', 0)):,}</td>"
-                        f"<td class=\"num\">{int(row.get('deferred', 0)):,}</td>"
-                        f"<td class=\"num\">{int(row.get('delivering', 0)):,}</td>"
-                        f"<td class=\"num\">{e(age)}</td></tr>")
-        more = ""
+            rows.append(tags.tr(tags.td(_text(domain)),
+                                *[tags.td(f"{int(row.get(name, 0)):,}", class_="num") for name in totals],
+                                tags.td(age, class_="num")))
+        more: Flattenable = ""
         if len(ordered) > MAX_QUEUE_ROWS:
-            more = f'<p class="muted">and {len(ordered) - MAX_QUEUE_ROWS:,} more domains</p>'
+            more = tags.p(f"and {len(ordered) - MAX_QUEUE_ROWS:,} more domains", class_="muted")
         age_all = _fmt_age((now_ms - oldest_all) / 1000) if oldest_all is not None else "-"
-        rows.append(f'<tr class="total"><td>all {len(ordered):,} domains</td>'
-                    f'<td class="num">{totals["queued"]:,}</td><td class="num">{totals["deferred"]:,}</td>'
-                    f'<td class="num">{totals["delivering"]:,}</td><td class="num">{e(age_all)}</td></tr>')
-        return ('<table><thead><tr><th>Domain</th><th class="num">Queued</th><th class="num">Deferred</th>'
-                '<th class="num">Delivering</th><th class="num">Oldest</th></tr></thead>'
-                f'<tbody>{"".join(rows)}</tbody></table>{more}')
+        rows.append(tags.tr(tags.td(f"all {len(ordered):,} domains"),
+                            *[tags.td(f"{totals[name]:,}", class_="num") for name in totals],
+                            tags.td(age_all, class_="num"), class_="total"))
+        numeric = ("Queued", "Deferred", "Delivering", "Oldest")
+        return [tags.table(_head_row("Domain", *numeric, numeric=numeric), tags.tbody(rows)), more]
 
     async def _latest_messages(self, storage: Any) -> list[dict[str, Any]]:
         rows, _ = await storage.search_messages(limit=LATEST)
@@ -907,55 +945,49 @@ class StatusPage(resource.Resource):
         return rows
 
     @staticmethod
-    def _message_link(message_id: str, text: str) -> str:
+    def _message_link(message_id: str, content: Flattenable) -> Flattenable:
         if MESSAGE_ID_RE.match(message_id or ""):
-            return f'<a href="/messages/{e(message_id)}">{text}</a>'
-        return text
+            return tags.a(content, href=f"/messages/{message_id}")
+        return content
 
-    def _messages_table(self, ok: bool, value: Any) -> str:
+    def _messages_table(self, ok: bool, value: Any) -> Tag:
         if not ok:
             return _unavailable("Messages", value)
         if not value:
-            return '<p class="muted">No messages yet.</p>'
+            return tags.p("No messages yet.", class_="muted")
         rows = []
         for row in value:
-            recipient = e(row.get("first_recipient", ""))
+            recipient: list[Flattenable] = [_text(row.get("first_recipient", ""))]
             if row.get("rcpt_count", 0) > 1:
-                recipient += f' <span class="muted">+{row["rcpt_count"] - 1}</span>'
-            subject = row.get("subject", "")
-            subject_html = e(subject) if subject else '<span class="muted">(no subject)</span>'
-            rows.append(
-                f'<tr><td class="time">{self._message_link(row["id"], e(_fmt_time_ms(row.get("_score"))))}</td>'
-                f'<td class="wrap">{e(row.get("from") or row.get("sender", ""))}</td>'
-                f'<td class="wrap">{recipient}</td>'
-                f'<td class="wrap">{self._message_link(row["id"], subject_html)}</td>'
-                f'<td>{_badge(row.get("status", ""))}</td></tr>')
-        return ('<table><thead><tr><th>Received (UTC)</th><th>From</th><th>Recipient</th><th>Subject</th>'
-                f'<th>Status</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+                recipient += [" ", _muted(f"+{row['rcpt_count'] - 1}")]
+            subject = _text(row.get("subject", ""))
+            rows.append(tags.tr(
+                tags.td(self._message_link(row["id"], _fmt_time_ms(row.get("_score"))), class_="time"),
+                tags.td(_text(row.get("from") or row.get("sender", "")), class_="wrap"),
+                tags.td(recipient, class_="wrap"),
+                tags.td(self._message_link(row["id"], subject or _muted("(no subject)")), class_="wrap"),
+                tags.td(_badge(_text(row.get("status", ""))))))
+        return tags.table(_head_row("Received (UTC)", "From", "Recipient", "Subject", "Status"), tags.tbody(rows))
 
-    def _bounces_table(self, ok: bool, value: Any) -> str:
+    def _bounces_table(self, ok: bool, value: Any) -> Tag:
         if not ok:
             return _unavailable("Bounces", value)
         rows_data, _ = value
         if not rows_data:
-            return '<p class="muted">No bounces.</p>'
+            return tags.p("No bounces.", class_="muted")
         rows = []
         for row in rows_data:
-            when = e(_fmt_time_ms(row.get("_score")) or _fmt_rfc3339(row.get("at")))
-            message_id = row.get("message_id", "")
-            when_html = self._message_link(message_id, when) if message_id else when
-            description = row.get("description", "")
-            details = row.get("details", "")
-            recipient = e(row.get("recipient", "")) or '<span class="muted">?</span>'
-            details_html = f'<br><span class="muted mono">{e(details)}</span>' if details else ""
-            link = (self._message_link(message_id, "message") if message_id
-                    else '<span class="muted">unmatched</span>')
-            rows.append(
-                f'<tr><td class="time">{when_html}</td><td class="wrap">{recipient}</td>'
-                f'<td>{e(row.get("type", ""))} <span class="muted">{e(row.get("status", ""))}</span></td>'
-                f'<td class="wrap">{e(description)}{details_html}</td><td>{link}</td></tr>')
-        return ('<table><thead><tr><th>Time (UTC)</th><th>Recipient</th><th>Type</th><th>Description</th>'
-                f'<th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            when = _fmt_time_ms(row.get("_score")) or _fmt_rfc3339(row.get("at"))
+            message_id = _text(row.get("message_id", ""))
+            details = _text(row.get("details", ""))
+            rows.append(tags.tr(
+                tags.td(self._message_link(message_id, when) if message_id else when, class_="time"),
+                tags.td(_text(row.get("recipient", "")) or _muted("?"), class_="wrap"),
+                tags.td(_text(row.get("type", "")), " ", _muted(_text(row.get("status", "")))),
+                tags.td(_text(row.get("description", "")),
+                        [tags.br(), tags.span(details, class_="muted mono")] if details else "", class_="wrap"),
+                tags.td(self._message_link(message_id, "message") if message_id else _muted("unmatched"))))
+        return tags.table(_head_row("Time (UTC)", "Recipient", "Type", "Description", ""), tags.tbody(rows))
 
     # -- one message --------------------------------------------------------------------
 
@@ -967,69 +999,69 @@ class StatusPage(resource.Resource):
         ])
         title = f"Message {message_id}"
         if not message_r[0]:
-            return 503, self._page(request, title, f'<section class="card"><h2>{e(title)}</h2>'
-                                                   f'{_unavailable("Message", message_r[1])}</section>')
+            return 503, self._page(request, title, _card(title, _unavailable("Message", message_r[1])))
         message = message_r[1]
         if message is None:
-            return 404, self._page(request, title, f'<section class="card"><h2>{e(title)}</h2>'
-                                                   '<p>No such message (unknown, or past retention).</p>'
-                                                   '<p><a href="/">Back to the overview</a></p></section>')
+            return 404, self._page(request, title, _card(
+                title, tags.p("No such message (unknown, or past retention)."),
+                tags.p(tags.a("Back to the overview", href="/"))))
         events = timeline_r[1] if timeline_r[0] else None
         return 200, self._page(request, title, self._message_html(message_id, message, events,
                                                                   None if timeline_r[0] else timeline_r[1]))
 
     def _message_html(self, message_id: str, m: dict[str, str], events: list[dict[str, Any]] | None,
-                      timeline_error: BaseException | None) -> str:
+                      timeline_error: BaseException | None) -> list[Flattenable]:
         try:
             count = int(m.get("rcpt_count", "0") or 0)
         except ValueError:
             count = 0
-        recipients = [m.get(f"rcpt:{i}", "") for i in range(count)]
+        recipients = [_text(m.get(f"rcpt:{i}", "")) for i in range(count)]
 
-        def item(label: str, value_html: str) -> str:
-            return f"<dt>{e(label)}</dt><dd>{value_html}</dd>"
+        def item(label: str, value: Flattenable) -> list[Tag]:
+            return [tags.dt(label), tags.dd(value)]
 
-        def addresses(field: str) -> str:
-            values = _json_list(m.get(field))
-            return e(", ".join(values)) if values else '<span class="muted">-</span>'
+        def field(name: str, empty: str = "-") -> Flattenable:
+            return _text(m.get(name, "")) or _muted(empty)
 
-        subject = m.get("subject", "")
-        overview = "".join([
-            item("Subject", e(subject) if subject else '<span class="muted">(no subject)</span>'),
-            item("Status", _badge(m.get("status", ""))),
-            item("Received", e(_fmt_time_ms(m.get("received_at"))) + " UTC"),
-            item("Envelope sender", e(m.get("sender", "")) or '<span class="muted">&lt;&gt;</span>'),
-            item("Envelope recipients", e(", ".join(recipients))),
-            item("From", e(m.get("from", "")) or '<span class="muted">-</span>'),
+        def addresses(name: str) -> Flattenable:
+            values = _json_list(m.get(name))
+            return ", ".join(values) if values else _muted("-")
+
+        size = _text(m.get("size"))
+        overview = [
+            item("Subject", field("subject", "(no subject)")),
+            item("Status", _badge(_text(m.get("status", "")))),
+            item("Received", _fmt_time_ms(m.get("received_at")) + " UTC"),
+            item("Envelope sender", field("sender", "<>")),
+            item("Envelope recipients", ", ".join(recipients)),
+            item("From", field("from")),
             item("To", addresses("to")),
             item("Cc", addresses("cc")),
-            item("Message-ID", f'<span class="mono">{e(m.get("message_id", ""))}</span>'),
-            item("Tag", e(m.get("tag", "")) or '<span class="muted">-</span>'),
-            item("Size", f'{int(m.get("size", "0") or 0):,} bytes' if (m.get("size") or "0").isdigit()
-                 else e(m.get("size"))),
-            item("Submitted by", e(m.get("user", "")) or '<span class="muted">-</span>'),
-            item("Client", e(m.get("client", "")) or '<span class="muted">-</span>'),
-        ])
-        metadata_html = '<p class="muted">No metadata.</p>'
-        raw_metadata = m.get("metadata", "")
+            item("Message-ID", tags.span(_text(m.get("message_id", "")), class_="mono")),
+            item("Tag", field("tag")),
+            item("Size", f"{int(size or 0):,} bytes" if (size or "0").isdigit() else size),
+            item("Submitted by", field("user")),
+            item("Client", field("client")),
+        ]
+        metadata_html: Flattenable = tags.p("No metadata.", class_="muted")
+        raw_metadata = _text(m.get("metadata", ""))
         if raw_metadata:
             try:
                 metadata = json.loads(raw_metadata)
             except ValueError:
                 metadata = None
             if isinstance(metadata, dict) and metadata:
-                rows = "".join(
-                    f'<tr><td class="wrap">{e(key)}</td>'
-                    f'<td class="wrap">{e(value if isinstance(value, str) else json.dumps(value))}</td></tr>'
-                    for key, value in metadata.items())
-                metadata_html = (f"<table><thead><tr><th>Key</th><th>Value</th></tr></thead>"
-                                 f"<tbody>{rows}</tbody></table>")
+                metadata_html = tags.table(_head_row("Key", "Value"), tags.tbody([
+                    tags.tr(tags.td(key, class_="wrap"),
+                            tags.td(value if isinstance(value, str) else json.dumps(value), class_="wrap"))
+                    for key, value in metadata.items()]))
             elif metadata is None:
-                metadata_html = f'<p class="mono">{e(raw_metadata)}</p>'
-        parts = ['<p class="crumbs"><a href="/">Overview</a> &rsaquo; message</p>',
-                 f'<section class="card"><h2>Message <span class="mono">{e(message_id)}</span></h2>'
-                 f'<dl class="kv">{overview}</dl></section>',
-                 f'<section class="card"><h2>Metadata</h2>{metadata_html}</section>']
+                metadata_html = tags.p(raw_metadata, class_="mono")
+        parts: list[Flattenable] = [
+            tags.p(tags.a("Overview", href="/"), " \u203a message", class_="crumbs"),
+            tags.section(tags.h2("Message ", tags.span(message_id, class_="mono")),
+                         tags.dl(overview, class_="kv"), class_="card"),
+            _card("Metadata", metadata_html)]
         by_rcpt: dict[int, list[dict[str, Any]]] = {}
         other: list[dict[str, Any]] = []
         for event in events or []:
@@ -1039,36 +1071,35 @@ class StatusPage(resource.Resource):
             elif isinstance(event, dict):
                 other.append(event)
         for i, address in enumerate(recipients):
-            state = m.get(f"state:{i}", "")
-            attempts = m.get(f"attempts:{i}", "0")
-            heading = (f'<h2>{e(address)} {_badge(state)} <span class="muted">'
-                       f'{e(attempts)} attempt{"" if attempts == "1" else "s"}</span></h2>')
+            state = _text(m.get(f"state:{i}", ""))
+            attempts = _text(m.get(f"attempts:{i}", "0"))
+            heading = tags.h2(address, " ", _badge(state), " ",
+                              _muted(f"{attempts} attempt{'' if attempts == '1' else 's'}"))
             if timeline_error is not None:
                 table = _unavailable("Timeline", timeline_error)
             else:
                 table = self._events_table(by_rcpt.get(i, []))
-            parts.append(f'<section class="card">{heading}{table}</section>')
+            parts.append(tags.section(heading, table, class_="card"))
         if other:
-            parts.append(f'<section class="card"><h2>Other events</h2>{self._events_table(other)}</section>')
-        return "\n".join(parts)
+            parts.append(_card("Other events", self._events_table(other)))
+        return [[part, "\n"] for part in parts]
 
     @staticmethod
-    def _events_table(events: list[dict[str, Any]]) -> str:
+    def _events_table(events: list[dict[str, Any]]) -> Tag:
         if not events:
-            return '<p class="muted">No events.</p>'
+            return tags.p("No events.", class_="muted")
         rows = []
         for event in events:
-            host = event.get("remote_host") or ""
-            ip = event.get("remote_ip") or ""
-            remote = e(host) + (f' <span class="muted">[{e(ip)}]</span>' if ip else "")
+            ip = _text(event.get("remote_ip") or "")
+            remote = [_text(event.get("remote_host") or ""), [" ", _muted(f"[{ip}]")] if ip else ""]
             code = " ".join(str(c) for c in (event.get("smtp_code"), event.get("enhanced_code")) if c)
-            detail = e(event.get("detail") or "")
+            detail: list[Flattenable] = [_text(event.get("detail") or "")]
             if event.get("remote_queue_id"):
-                detail += f' <span class="muted">(remote id {e(event["remote_queue_id"])})</span>'
-            rows.append(f'<tr><td>{_badge(str(event.get("type", "")))}</td>'
-                        f'<td class="time">{e(_fmt_rfc3339(event.get("at")))}</td>'
-                        f'<td class="wrap">{remote}</td><td class="mono">{e(code)}</td>'
-                        f'<td class="wrap mono">{e(event.get("response") or "")}</td>'
-                        f'<td class="wrap">{detail}</td></tr>')
-        return ('<table class="events"><thead><tr><th>Event</th><th>Time (UTC)</th><th>Remote host</th><th>Code</th>'
-                f'<th>Response</th><th>Detail</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+                detail += [" ", _muted(f"(remote id {event['remote_queue_id']})")]
+            rows.append(tags.tr(tags.td(_badge(_text(event.get("type", "")))),
+                                tags.td(_fmt_rfc3339(event.get("at")), class_="time"),
+                                tags.td(remote, class_="wrap"), tags.td(code, class_="mono"),
+                                tags.td(_text(event.get("response") or ""), class_="wrap mono"),
+                                tags.td(detail, class_="wrap")))
+        return tags.table(_head_row("Event", "Time (UTC)", "Remote host", "Code", "Response", "Detail"),
+                          tags.tbody(rows), class_="events")

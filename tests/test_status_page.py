@@ -8,16 +8,21 @@ Covered: the redirect to /login without a token, 401 for other methods, the Bear
 login form and its session cookie (HttpOnly, SameSite=Strict, not the token), logout ending the
 session on the server, cross-origin login refused, the security headers, the latest messages and
 bounces, the queue table, the per-message page with its timeline, hostile values from mail
-(subject, recipient address, metadata, tag, a bounce diagnostic) shown as text: in the HTML
+(subject, recipient address, metadata, tag, a bounce diagnostic with "]]></svg>") shown as text: in the HTML
 source and in the DOM Chromium builds from it (no <script> element at all), and the page still
 answering, section by section "unavailable", while Redis is down. The Chromium screenshots are
-kept in the test's tmp dir and copied to test-artifacts/ at the repository root.
+kept in the test's tmp dir and copied to test-artifacts/ at the repository root. Without a
+daemon: every field each section shows (message, timeline, lists, queue, charts' labels and
+legends, errors, the page's frame) built from hostile values and checked as a browser's tokenizer
+reads it: the values come back whole as text or attribute values, no element or on* attribute
+comes from them.
 """
 
 from __future__ import annotations
 
 import html
 import http.client
+import json
 import os
 import re
 import shutil
@@ -43,9 +48,16 @@ TOKEN = "t" * 24
 XSS_SUBJECT = "<script>alert(1)</script>"
 HOSTILE_RECIPIENT = '"<b>bold</b>"@example.test'
 QUOTE_RECIPIENT = "o'brien&co@example.test"
+ATTRIBUTE_RECIPIENT = '"x\\"><img src=x onerror=alert(4)>"@example.test'
 HOSTILE_METADATA = '<b>x</b> & "y" <img src=x onerror=alert(2)>'
 HOSTILE_TAG = "<i>welcome</i>"
-HOSTILE_DIAGNOSTIC = "smtp; 550 5.1.1 <img src=x onerror=alert(3)> User unknown"
+HOSTILE_DIAGNOSTIC = "smtp; 550 5.1.1 <img src=x onerror=alert(3)> User unknown ]]></svg>"
+
+
+def text_escaped(value: str) -> str:
+    """``value`` as the page's serializer (twisted.web.template) writes it in text: ``&``, ``<``
+    and ``>`` escaped (quotes need no escaping in text; they are in attribute values)."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -82,7 +94,7 @@ def wait_for_all(d, patterns: list[str], timeout: float = 30) -> None:
 def fill(d, sink) -> dict[str, str]:
     """Submit the test mail, wait for its delivery, bounce one recipient; returns message ids."""
     port = d.ports["submission"]
-    hostile = submit(port, [HOSTILE_RECIPIENT, QUOTE_RECIPIENT], (
+    hostile = submit(port, [HOSTILE_RECIPIENT, QUOTE_RECIPIENT, ATTRIBUTE_RECIPIENT], (
         "From: App <app@example.com>\r\n"
         "To: \"<b>Bob</b>\" <bob@example.test>\r\n"
         f"Subject: {XSS_SUBJECT}\r\n"
@@ -99,6 +111,7 @@ def fill(d, sink) -> dict[str, str]:
     wait_for_all(d, [rf"{message_id}: to=<{re.escape(rcpt)}>.*status={status}"
                      for message_id, rcpt, status in (
                          (hostile, HOSTILE_RECIPIENT, "sent"), (hostile, QUOTE_RECIPIENT, "sent"),
+                         (hostile, ATTRIBUTE_RECIPIENT, "sent"),
                          (plain, "alice@example.test", "sent"), (plain, "bounce-me@example.test", "sent"),
                          (waiting, "someone@broken.test", "deferred"))])
     # a DSN for bounce-me arrives later; it returns the headers of bounce-me's copy
@@ -226,6 +239,7 @@ def test_status_page_auth_listing_and_message_page(start_daemon, daemon_config, 
     # the bounce: recipient, type, escaped diagnostic
     assert "bounce-me@example.test" in page and "HardBounce" in page
     assert "&lt;img src=x onerror=alert(3)&gt;" in page
+    assert "]]&gt;&lt;/svg&gt;" in page and "]]></svg>" not in page
     assert 'class="dot ok"' in page                                # health of the services
     # the queue table: broken.test with its deferred message
     queue = page[page.index("Queue by destination domain"):page.index("Latest messages")]
@@ -237,9 +251,10 @@ def test_status_page_auth_listing_and_message_page(start_daemon, daemon_config, 
     assert status == 200, page
     assert_security_headers(headers)
     assert_escaped(page)
-    assert html.escape(HOSTILE_METADATA, quote=True) in page
+    assert text_escaped(HOSTILE_METADATA) in page
     assert html.escape(HOSTILE_TAG, quote=True) in page
-    assert html.escape(QUOTE_RECIPIENT, quote=True) in page           # o&#x27;brien&amp;co@...
+    assert text_escaped(QUOTE_RECIPIENT) in page                      # o'brien&amp;co@...
+    assert text_escaped(ATTRIBUTE_RECIPIENT) in page                  # "x\"&gt;&lt;img ...
     assert "customer" in page and ">42<" in page
     assert "app@example.com" in page
     assert page.count("mx1.example.test") >= 2                        # one delivery per recipient
@@ -365,7 +380,7 @@ def test_sender_domains_section_is_escaped():
     """The "Sender domains" section: each domain with its selectors, algorithms and DNS state;
     every value (here hostile ones, as a tampered Redis could hold) shown as text only.
     (Through the daemon, after `mailrelay domains add`: tests/test_web_api.py test_sender_domains.)"""
-    from mailrelay.statuspage import StatusPage
+    from mailrelay.statuspage import StatusPage, render_html
 
     def domain(name, selector, check):
         return {"name": name, "source": "redis", "created_at": "2026-11-28T09:00:00Z",
@@ -373,7 +388,7 @@ def test_sender_domains_section_is_escaped():
                           "state": "active", "created_at": "2026-11-28T09:00:00Z", "keep_until": None}],
                 "records": [], "dns_check": check}
 
-    section = StatusPage._domains(True, [
+    section = render_html(StatusPage._domains(True, [
         domain("example.test", "mr1", None),
         domain("ok.test", "s2", {"at": "2026-11-28T10:00:00Z", "ok": True, "records": []}),
         domain(XSS_SUBJECT, HOSTILE_TAG, {"at": HOSTILE_METADATA, "ok": False, "records": [
@@ -381,15 +396,16 @@ def test_sender_domains_section_is_escaped():
              "status": "missing"},
             {"kind": "dmarc", "name": "_dmarc.x.test", "type": "TXT", "value": "", "required": False,
              "status": "missing"}]}),
-    ])
+    ])).decode()
     assert "<td>example.test</td>" in section and "mr1 (rsa-sha256)" in section
     assert "never checked" in section and "ok (checked 2026-11-28T10:00:00Z)" in section
-    assert html.escape(f"{HOSTILE_DIAGNOSTIC} TXT: missing (checked {HOSTILE_METADATA})", quote=True) in section
+    assert text_escaped(f"{HOSTILE_DIAGNOSTIC} TXT: missing (checked {HOSTILE_METADATA})") in section
     assert "_dmarc.x.test" not in section                      # suggestions do not make it fail
     assert html.escape(XSS_SUBJECT, quote=True) in section and html.escape(HOSTILE_TAG) in section
     assert "<script" not in section and "<i>" not in section and "<img" not in section and "<b>" not in section
-    assert "No sender domains" in StatusPage._domains(True, [])
-    assert "Sender domains unavailable: Redis is down" in StatusPage._domains(False, RuntimeError("Redis is down"))
+    assert "No sender domains" in render_html(StatusPage._domains(True, [])).decode()
+    assert "Sender domains unavailable: Redis is down" in render_html(
+        StatusPage._domains(False, RuntimeError("Redis is down"))).decode()
 
 
 # -- Redis down ---------------------------------------------------------------------------
@@ -417,3 +433,113 @@ def test_status_page_renders_while_redis_is_down(start_daemon, daemon_config, un
         assert status == 503
     finally:
         redis.stop()
+
+
+# -- every field, hostile -------------------------------------------------------------------
+
+HOSTILE_ADDRESS = '"x\\"><img src=x onerror=alert(4)>"@example.test'
+HOSTILE_BOUNCE = "5.0.0 ]]></svg><script>alert(5)</script> & <![CDATA[ x"
+HOSTILE_VALUES = (XSS_SUBJECT, HOSTILE_ADDRESS, HOSTILE_BOUNCE, HOSTILE_METADATA, HOSTILE_TAG)
+
+
+class Markup(HTMLParser):
+    """The elements, attributes and text nodes of a page, as a browser's tokenizer sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: set[str] = set()
+        self.attributes: list[tuple[str, str | None]] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attributes += attrs
+
+    def handle_data(self, data):
+        self.texts.append(data)
+
+
+def assert_shown_as_text(page: str, fields: dict[str, str]) -> None:
+    """Each field's value appears, whole, as text or an attribute value; none of them made markup."""
+    markup = Markup()
+    markup.feed(page)
+    markup.close()
+    assert not {"script", "img", "b", "i"} & markup.tags, markup.tags
+    assert not [name for name, _ in markup.attributes if name.startswith("on")]
+    assert "<script" not in page and "<img" not in page and "]]></svg>" not in page
+    values = "\n".join(markup.texts) + "\n" + "\n".join(value or "" for _, value in markup.attributes)
+    missing = [name for name, value in fields.items() if value not in values]
+    assert not missing, f"not shown as text: {missing}"
+
+
+def test_every_field_the_page_shows_is_escaped():
+    """Each section built from hostile values (mail, remote replies, a tampered Redis): the values
+    are shown as text and the page has no element or attribute from them, chart labels and the
+    tooltips included."""
+    from mailrelay.statuspage import StatusPage, _document, _unavailable, charts_section, render_html
+
+    now_ms = 1_764_320_000_000
+    message = {
+        "subject": XSS_SUBJECT, "status": HOSTILE_TAG, "received_at": str(now_ms), "sender": HOSTILE_ADDRESS,
+        "rcpt_count": "2", "rcpt:0": HOSTILE_ADDRESS, "rcpt:1": QUOTE_RECIPIENT, "state:0": XSS_SUBJECT,
+        "attempts:0": HOSTILE_BOUNCE, "state:1": "delivered", "attempts:1": "1",
+        "from": HOSTILE_ADDRESS, "to": json.dumps([HOSTILE_RECIPIENT]), "cc": HOSTILE_BOUNCE,
+        "message_id": f"<{HOSTILE_BOUNCE}>", "tag": HOSTILE_TAG, "size": HOSTILE_METADATA,
+        "user": HOSTILE_METADATA + " user", "client": HOSTILE_BOUNCE + " client",
+        "metadata": json.dumps({HOSTILE_TAG: HOSTILE_METADATA, "n": [XSS_SUBJECT]}),
+    }
+    event = {"type": HOSTILE_TAG, "at": HOSTILE_BOUNCE + " at", "rcpt": 0, "remote_host": HOSTILE_ADDRESS,
+             "remote_ip": XSS_SUBJECT, "smtp_code": 550, "enhanced_code": HOSTILE_TAG + " code",
+             "response": HOSTILE_BOUNCE + " response", "detail": HOSTILE_DIAGNOSTIC,
+             "remote_queue_id": HOSTILE_METADATA + " qid"}
+    stray = dict(event, rcpt=7, detail="stray " + HOSTILE_BOUNCE)
+    page = StatusPage.__new__(StatusPage)
+    sections = [
+        page._message_html("0123456789abcdef0123", message, [event, stray], None),
+        page._message_html("0123456789abcdef0123", {**message, "metadata": HOSTILE_BOUNCE + " raw"}, [],
+                           RuntimeError(HOSTILE_BOUNCE + " timeline")),
+        page._messages_table(True, [{"id": "0123456789abcdef0123", "_score": now_ms, "from": HOSTILE_ADDRESS,
+                                     "first_recipient": QUOTE_RECIPIENT, "rcpt_count": 3,
+                                     "subject": XSS_SUBJECT, "status": HOSTILE_TAG},
+                                    {"id": HOSTILE_ADDRESS, "_score": "x", "sender": HOSTILE_BOUNCE + " s",
+                                     "first_recipient": HOSTILE_ADDRESS + " r", "subject": "",
+                                     "status": "queued"}]),
+        page._bounces_table(True, ([{"_score": None, "at": HOSTILE_BOUNCE + " when", "message_id": HOSTILE_TAG,
+                                     "recipient": HOSTILE_ADDRESS + " b", "type": HOSTILE_TAG + " type",
+                                     "status": XSS_SUBJECT + " st", "description": HOSTILE_DIAGNOSTIC + " d",
+                                     "details": HOSTILE_BOUNCE + " details"}], None)),
+        StatusPage._queue(True, {"now_ms": now_ms, "domains": {
+            HOSTILE_ADDRESS + " q": {"queued": 1, "deferred": 2, "delivering": 0, "oldest_ms": now_ms - 5000}}}),
+        StatusPage._statuses(True, {HOSTILE_TAG + " status": 3}),
+        charts_section(HOSTILE_ADDRESS + " chart", [(now_ms, {"delivered": 2, "bounced": 1, "recipients": 3,
+                                                          f"bounce:{HOSTILE_BOUNCE}": 1})], "m"),
+        _unavailable(HOSTILE_TAG + " what", RuntimeError(HOSTILE_BOUNCE + " error")),
+    ]
+    body = render_html(sections).decode()
+    document = _document(HOSTILE_TAG + " title", sections, subtitle=HOSTILE_ADDRESS + " sub").decode()
+    assert body in document
+    assert_shown_as_text(document, {
+        "subject": XSS_SUBJECT, "status": HOSTILE_TAG, "sender": HOSTILE_ADDRESS, "recipient": QUOTE_RECIPIENT,
+        "attempts": f"{HOSTILE_BOUNCE} attempts", "to": HOSTILE_RECIPIENT, "cc": HOSTILE_BOUNCE,
+        "message-id": f"<{HOSTILE_BOUNCE}>", "size": HOSTILE_METADATA, "user": HOSTILE_METADATA + " user",
+        "client": HOSTILE_BOUNCE + " client", "metadata value": HOSTILE_METADATA,
+        "metadata list": json.dumps([XSS_SUBJECT]), "raw metadata": HOSTILE_BOUNCE + " raw",
+        "event at": HOSTILE_BOUNCE + " at", "remote ip": f"[{XSS_SUBJECT}]", "code": f"550 {HOSTILE_TAG} code",
+        "response": HOSTILE_BOUNCE + " response", "detail": HOSTILE_DIAGNOSTIC,
+        "remote id": f"(remote id {HOSTILE_METADATA} qid)", "stray event": "stray " + HOSTILE_BOUNCE,
+        "timeline error": f"Timeline unavailable: {HOSTILE_BOUNCE} timeline",
+        "list sender": HOSTILE_BOUNCE + " s", "list recipient": HOSTILE_ADDRESS + " r",
+        "bounce time": HOSTILE_BOUNCE + " when", "bounce recipient": HOSTILE_ADDRESS + " b",
+        "bounce type": HOSTILE_TAG + " type", "bounce status": XSS_SUBJECT + " st",
+        "bounce description": HOSTILE_DIAGNOSTIC + " d", "bounce details": HOSTILE_BOUNCE + " details",
+        "queue domain": HOSTILE_ADDRESS + " q", "status tile": HOSTILE_TAG + " status",
+        "chart title": HOSTILE_ADDRESS + " chart", "chart label": f"{HOSTILE_ADDRESS} chart: throughput",
+        "bounce reports": f"bounce reports: {HOSTILE_BOUNCE} 1",
+        "unavailable": f"{HOSTILE_TAG} what unavailable: {HOSTILE_BOUNCE} error",
+        "title": HOSTILE_TAG + " title", "subtitle": HOSTILE_ADDRESS + " sub",
+    })
+    # the chart's label is an attribute value: quotes escaped there too
+    assert 'aria-label="' + text_escaped(HOSTILE_ADDRESS).replace('"', "&quot;") + ' chart: throughput"' in document
+    # a message id that is not one links nowhere; status names pick no class of their own
+    assert 'href="/messages/0123456789abcdef0123"' in document and "/messages/&quot;" not in document
+    assert "st-&lt;" not in document and 'class="st"' in document
