@@ -650,10 +650,6 @@ class DeliveryService(service.Service):
         await self._commit([self._outcome(job, failure.state, failure.detail, failure.reply, failure.route,
                                           failure.remote_ip) for job in jobs])
 
-    async def _record(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None,
-                      route: Route | None, remote_ip: str | None, remote_queue_id: str | None = None) -> None:
-        await self._commit([self._outcome(job, state, detail, reply, route, remote_ip, remote_queue_id)])
-
     def _outcome(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None = None,
                  route: Route | None = None, remote_ip: str | None = None,
                  remote_queue_id: str | None = None) -> "_Outcome":

@@ -281,9 +281,6 @@ class ManagedRedis(service.Service):
         e.g. to load Lua scripts again after a restart."""
         self._observers.append(observer)
 
-    def removeReadyObserver(self, observer: Callable[[str], object]) -> None:
-        self._observers.remove(observer)
-
     # -- service --------------------------------------------------------------
 
     def startService(self) -> None:

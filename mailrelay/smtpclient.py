@@ -157,10 +157,6 @@ class ReplyInfo:
     text: str
 
     @property
-    def is_success(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
     def is_transient(self) -> bool:
         return 400 <= self.code < 500
 

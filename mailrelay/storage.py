@@ -1684,10 +1684,6 @@ class Storage:
     async def get_bounce_raw(self, bounce_id: str) -> bytes | None:
         return await self._call("GET", self.keys.bounce_raw(bounce_id))
 
-    async def recent_bounces(self, limit: int = 50, *, unmatched: bool = False) -> list[str]:
-        key = self.keys.bounces_unmatched if unmatched else self.keys.bounces
-        return [b.decode() for b in await self._call("ZREVRANGE", key, 0, limit - 1)]
-
     # -- search (tracking) ----------------------------------------------------------------
 
     async def _search(self, index: str, hash_prefix: str, fields: list[str], *, since_ms: int | None,
