@@ -5,7 +5,7 @@ JOB
     Holds the per-process series of ``/metrics`` in the registry :data:`PROCESS`:
     counters incremented where the work happens (messages this daemon queued, its
     delivery outcomes, the bounces it recorded, its refusals at the end of DATA, its
-    scrypt password checks) and the latency of its deliveries. Each daemon counts only
+    scrypt password checks, its webhook requests) and the latency of its deliveries. Each daemon counts only
     what it did itself, from 0 at its start, so that Prometheus' ``sum()`` over the
     daemons of a cluster is the cluster's figure. The cluster-wide figures read from
     Redis (the queue, the last hour's totals) are gauges named ``mailrelay_cluster_*``,
@@ -78,6 +78,17 @@ PASSWORD_CHECKS = Counter(
     "scrypt password checks run by this process (SMTP AUTH; unknown users are checked too)",
     registry=PROCESS)
 
+#: Results of a webhook request: 2xx; failed and retried later; failed for the last time.
+WEBHOOK_RESULTS = ("ok", "retry", "failed")
+
+WEBHOOK_ATTEMPTS = Counter(
+    "mailrelay_webhook_attempts",
+    "Webhook requests this process sent, by result (ok: 2xx; retry: failed, due again; "
+    "failed: the last attempt failed, the job is given up)",
+    ["result"], registry=PROCESS)
+
+for _result in WEBHOOK_RESULTS:
+    WEBHOOK_ATTEMPTS.labels(_result)
 for _status in DELIVERY_OUTCOMES:
     DELIVERIES.labels(_status)
 for _type in BOUNCE_LABELS:
