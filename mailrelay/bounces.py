@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailrelay import bounceparse, smtpserver
+from mailrelay import bounceparse, metrics, smtpserver
 from mailrelay.config import Config
 from mailrelay.smtpserver import Reply, Session, Transaction
 from mailrelay.storage import Event, Storage, rfc3339
@@ -233,6 +233,7 @@ class BounceRecorder:
             record["inactive"] = False
             return record
         record["inactive"] = inactive
+        metrics.count_bounce(kind.name, matched=job is not None)
         log.info("bounce {id}: message {msg} to <{rcpt}>: {type} ({status}){inactive}",
                  id=record["id"], msg=job.message_id if job else "unmatched", rcpt=address or "?", type=kind.name,
                  status=report.status or "-", inactive=", address suppressed" if inactive else "")

@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from mailrelay import smtpclient
 from mailrelay.config import Config
 from mailrelay.destinations import DestinationPolicy
-from mailrelay.metrics import DELIVERY_LATENCY
+from mailrelay import metrics
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
 from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, Storage, rfc3339
@@ -642,6 +642,7 @@ class DeliveryService(service.Service):
                  dsn=dsn_id, to=job.sender)
         # no client waits for this one: its jobs become claimable once the confirmation is done
         self.storage.confirm(dsn_id).addCallback(lambda _: self.wake())
+        metrics.count_queued(1)
 
     async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
         await self._record_all(jobs, failure)
@@ -686,8 +687,10 @@ class DeliveryService(service.Service):
                 self.held.pop(o.job.job, None)
         for o, result in zip(outcomes, results):
             job, state, reply, route = o.job, o.state, o.reply, o.route
+            if result != "GONE":
+                metrics.DELIVERIES.labels(state).inc()
             if state == DELIVERED:
-                DELIVERY_LATENCY.observe(max(o.age, 0.0))
+                metrics.DELIVERY_LATENCY.observe(max(o.age, 0.0))
             elif state in (BOUNCED, EXPIRED) and result != "GONE":
                 await self._record_bounce(job, state, o.detail, reply, route)
             if result == "STOLEN":

@@ -1,18 +1,66 @@
 """
-metrics: measurements this process makes itself, for ``/metrics``.
+metrics: the work this process does, counted for ``/metrics``.
 
-Counters of accepted and delivered mail come from Redis (cluster-wide, see
-:mod:`mailrelay.web`); what only the process sees is kept here: how long messages
-took from acceptance to delivery, the messages submission refused at the end of DATA, and
-the scrypt password checks run for SMTP AUTH.
+JOB
+    Holds the per-process series of ``/metrics`` in the registry :data:`PROCESS`:
+    counters incremented where the work happens (messages this daemon queued, its
+    delivery outcomes, the bounces it recorded, its refusals at the end of DATA, its
+    scrypt password checks, its webhook requests) and the latency of its deliveries. Each daemon counts only
+    what it did itself, from 0 at its start, so that Prometheus' ``sum()`` over the
+    daemons of a cluster is the cluster's figure. The cluster-wide figures read from
+    Redis (the queue, the last hour's totals) are gauges named ``mailrelay_cluster_*``,
+    kept by :class:`mailrelay.web.Metrics`: the same value on every daemon, to be
+    aggregated with ``max()``. docs/api.md lists every series and which kind it is.
+
+SECURITY
+    Carries no mail data: counts only, labelled by fixed vocabularies (outcome,
+    bounce type, listener name, reply code), never by an address or a subject.
+
+STANDARDS
+    Prometheus data model and naming conventions (counters end in ``_total``).
+
+DIAGNOSTICS
+    None: the counters are read over ``/metrics``.
+
+CONFIGURATION
+    None. Data owned: none in Redis (process memory only).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from mailrelay.bounceparse import BOUNCE_TYPES
+
 #: The registry of per-process metrics; web.py appends it to its own output.
 PROCESS = CollectorRegistry(auto_describe=True)
+
+#: Outcomes of a delivery attempt per recipient, as recorded in the queue.
+DELIVERY_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
+#: The type a bounce record without proof is counted as (never the type it claims).
+UNMATCHED = "Unmatched"
+#: Every label value of mailrelay_bounces_total (and of the cluster gauge by type).
+BOUNCE_LABELS = (*sorted(BOUNCE_TYPES), UNMATCHED)
+
+MESSAGES_ACCEPTED = Counter(
+    "mailrelay_messages_accepted",
+    "Messages this process queued for delivery (submitted, and its own non-delivery notices)",
+    registry=PROCESS)
+
+RECIPIENTS_ACCEPTED = Counter(
+    "mailrelay_recipients_accepted",
+    "Recipients of the messages this process queued",
+    registry=PROCESS)
+
+DELIVERIES = Counter(
+    "mailrelay_deliveries",
+    "Delivery attempt outcomes per recipient recorded by this process",
+    ["status"], registry=PROCESS)
+
+BOUNCES = Counter(
+    "mailrelay_bounces",
+    "Bounce records this process stored, by type (Unmatched: a report that proves nothing)",
+    ["type"], registry=PROCESS)
 
 DELIVERY_LATENCY = Histogram(
     "mailrelay_delivery_latency_seconds",
@@ -29,3 +77,30 @@ PASSWORD_CHECKS = Counter(
     "mailrelay_password_checks",
     "scrypt password checks run by this process (SMTP AUTH; unknown users are checked too)",
     registry=PROCESS)
+
+#: Results of a webhook request: 2xx; failed and retried later; failed for the last time.
+WEBHOOK_RESULTS = ("ok", "retry", "failed")
+
+WEBHOOK_ATTEMPTS = Counter(
+    "mailrelay_webhook_attempts",
+    "Webhook requests this process sent, by result (ok: 2xx; retry: failed, due again; "
+    "failed: the last attempt failed, the job is given up)",
+    ["result"], registry=PROCESS)
+
+for _result in WEBHOOK_RESULTS:
+    WEBHOOK_ATTEMPTS.labels(_result)
+for _status in DELIVERY_OUTCOMES:
+    DELIVERIES.labels(_status)
+for _type in BOUNCE_LABELS:
+    BOUNCES.labels(_type)
+
+
+def count_queued(recipients: int) -> None:
+    """A message this process stored and confirmed into the queue."""
+    MESSAGES_ACCEPTED.inc()
+    RECIPIENTS_ACCEPTED.inc(recipients)
+
+
+def count_bounce(type_name: str, matched: bool) -> None:
+    """A bounce record this process stored (an unmatched one never by the type it claims)."""
+    BOUNCES.labels(type_name if matched else UNMATCHED).inc()

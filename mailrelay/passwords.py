@@ -33,6 +33,8 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
+from mailrelay.metrics import PASSWORD_CHECKS
+
 #: scrypt cost: N = 2**14, r = 8, p = 1 (about 16 MiB and 50 ms per check).
 DEFAULT_LOG_N = 14
 DEFAULT_R = 8
@@ -135,7 +137,5 @@ class PasswordChecker(service.Service):
 
 
 def _counted_verify(password: str | bytes, hashed: str) -> bool:
-    from mailrelay.metrics import PASSWORD_CHECKS
-
     PASSWORD_CHECKS.inc()
     return verify_password(password, hashed)

@@ -68,6 +68,7 @@ from twisted.python.failure import Failure
 
 from mailrelay import netio
 from mailrelay.message import split_header
+from mailrelay.metrics import MESSAGES_REJECTED
 
 log = Logger()
 
@@ -756,8 +757,6 @@ class SMTPServerProtocol(protocol.Protocol):
         self._reply(reply)
 
     def _count_rejected(self, reply: Reply) -> None:
-        from mailrelay.metrics import MESSAGES_REJECTED
-
         MESSAGES_REJECTED.labels(self.limits.service_name, str(reply.code)).inc()
 
 

@@ -61,7 +61,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from mailrelay import message as msg
-from mailrelay import smtpserver
+from mailrelay import metrics, smtpserver
 from mailrelay.config import Config, Rate
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
 from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
@@ -412,6 +412,7 @@ class SubmissionHandler:
             self.storage.cancel(message_id)
             raise
         confirmed = self.storage.confirm(message_id)
+        metrics.count_queued(len(new.recipients))
         if self.on_queued is not None:
             on_queued = self.on_queued
             confirmed.addCallback(lambda _: on_queued())

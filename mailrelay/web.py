@@ -18,9 +18,13 @@ JOB
                       installed): ``/``, ``/messages/<id>``, ``/login``, ``POST /logout``.
 
     Handlers never block the reactor: every Redis read is asynchronous and
-    bounded in time, and the metrics are refreshed from Redis by a LoopingCall
-    (every METRICS_INTERVAL seconds; the queue summary every
-    QUEUE_METRICS_EVERY-th time), so that a scrape only reads memory.
+    bounded in time, and the cluster-wide metrics are refreshed from Redis by a
+    LoopingCall (Redis is pinged every METRICS_INTERVAL seconds; the queue summary
+    and the last hour's totals are read every QUEUE_METRICS_EVERY-th time), so
+    that a scrape only reads memory. ``/metrics`` exports this process's work as
+    counters (:mod:`mailrelay.metrics`: Prometheus' ``sum()`` over the daemons is
+    the cluster's figure) and the cluster-wide figures as ``mailrelay_cluster_*``
+    gauges (the same on every daemon: ``max()``); docs/api.md lists them.
 
 SECURITY
     Listens on 127.0.0.1 by default. Every ``/api`` request needs
@@ -91,7 +95,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import quote, unquote_to_bytes
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
@@ -100,6 +104,7 @@ from twisted.web.http_headers import Headers
 
 from mailrelay.config import Config
 from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
+from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
 from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError, rfc3339
 
 log = Logger()
@@ -112,14 +117,13 @@ MAX_LIMIT = 500
 #: Largest request body the admin API (/api) reads; longest query parameter.
 ADMIN_API_MAX_BODY = 2 * 1024 * 1024
 MAX_PARAMETER = 1000
-#: Seconds between metric refreshes from Redis; the queue summary (a walk over every domain
-#: queue) is refreshed every QUEUE_METRICS_EVERY-th time.
+#: Seconds between metric refreshes from Redis (a PING for mailrelay_redis_up); the queue
+#: summary (a walk over every domain queue) and the last hour's totals (60 per-minute
+#: counters) are read every QUEUE_METRICS_EVERY-th time.
 METRICS_INTERVAL = 5.0
 QUEUE_METRICS_EVERY = 3
 #: Recipient states as the API shows them (a job being delivered right now is "queued").
 RECIPIENT_STATES = ("queued", "deferred", "delivered", "bounced", "expired", "suppressed", "deleted")
-#: Outcomes counted in mailrelay_deliveries_total and in the stats windows.
-DELIVERY_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
 #: Bounce types that count toward the bounce rate (not delay notices, auto-replies, complaints).
 BOUNCE_RATE_TYPES = ("HardBounce", "SoftBounce", "DnsError", "Blocked", "Unknown")
 
@@ -536,47 +540,54 @@ def smtp_listener_status(root: Any, config: Config) -> dict[str, dict[str, Any]]
 
 class Metrics:
     """
-    The Prometheus metrics, in a registry of their own. Counters and queue gauges are
-    refreshed from Redis by :meth:`refresh` (called by a LoopingCall); the counters follow the
-    per-minute counters in Redis, which every daemon sharing that Redis adds to, so their
-    values are cluster-wide and start at 0 when this process starts. SMTP sessions are this
-    process's own, read at scrape time.
+    The ``/metrics`` output: this registry's gauges, then the per-process counters of
+    :mod:`mailrelay.metrics`. The ``mailrelay_cluster_*`` gauges are cluster-wide figures
+    read from Redis by :meth:`refresh` (called by a LoopingCall): the queue and the last
+    hour's totals, the same on every daemon sharing that Redis (aggregate them with
+    ``max()``, never ``sum()``). SMTP sessions and ``mailrelay_redis_up`` are this
+    process's own.
     """
 
     def __init__(self, sessions: Callable[[], dict[str, int]]) -> None:
         self.sessions = sessions
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.accepted = Counter("mailrelay_messages_accepted", "Messages accepted for delivery (cluster-wide)",
-                                registry=r)
-        self.recipients = Counter("mailrelay_recipients_accepted", "Recipients of accepted messages (cluster-wide)",
-                                  registry=r)
-        self.deliveries = Counter("mailrelay_deliveries", "Delivery attempt outcomes per recipient (cluster-wide)",
-                                  ["status"], registry=r)
-        self.bounces = Counter("mailrelay_bounces", "Bounce records by type (cluster-wide)", ["type"], registry=r)
-        self.queue_jobs = Gauge("mailrelay_queue_jobs", "Delivery jobs in the queue by state",
+        same = "; cluster-wide, the same on every daemon: use max(), not sum()"
+        self.accepted = Gauge("mailrelay_cluster_messages_accepted_last_hour",
+                              "Messages accepted in the last hour" + same, registry=r)
+        self.recipients = Gauge("mailrelay_cluster_recipients_accepted_last_hour",
+                                "Recipients of the messages accepted in the last hour" + same, registry=r)
+        self.deliveries = Gauge("mailrelay_cluster_deliveries_last_hour",
+                                "Delivery attempt outcomes per recipient in the last hour" + same,
+                                ["status"], registry=r)
+        self.bounces = Gauge("mailrelay_cluster_bounces_last_hour",
+                             "Bounce records by type in the last hour" + same, ["type"], registry=r)
+        self.queue_jobs = Gauge("mailrelay_cluster_queue_jobs", "Delivery jobs in the queue by state" + same,
                                 ["state"], registry=r)
-        self.queue_oldest = Gauge("mailrelay_queue_oldest_seconds",
-                                  "Age of the oldest message with a job in the queue (0 when empty)", registry=r)
+        self.queue_oldest = Gauge("mailrelay_cluster_queue_oldest_seconds",
+                                  "Age of the oldest message with a job in the queue (0 when empty)" + same,
+                                  registry=r)
         self.smtp_sessions = Gauge("mailrelay_smtp_sessions", "Open SMTP sessions of this process by listener",
                                    ["service"], registry=r)
-        self.redis_up = Gauge("mailrelay_redis_up", "1 when the last metrics refresh from Redis succeeded",
-                              registry=r)
+        self.redis_up = Gauge("mailrelay_redis_up",
+                              "1 when this process's last metrics refresh from Redis succeeded", registry=r)
         for status in DELIVERY_OUTCOMES:
             self.deliveries.labels(status)
+        for kind in BOUNCE_LABELS:
+            self.bounces.labels(kind)
         for state in ("queued", "deferred", "delivering"):
             self.queue_jobs.labels(state)
-        self._seen: dict[int, dict[str, int]] | None = None  # minute buckets read last time
-        self._last_read = 0.0
         self._ticks = 0
         self._failing = False
 
     async def refresh(self, storage: Any, timeout: float) -> None:
-        """Read the counters (and now and then the queue summary) from Redis."""
+        """Read the cluster-wide figures from Redis (every QUEUE_METRICS_EVERY-th call)."""
         try:
-            await _bounded(self._refresh_counters(storage), timeout)
             if self._ticks % QUEUE_METRICS_EVERY == 0:
+                await _bounded(self._refresh_totals(storage), timeout * 2)
                 await _bounded(self._refresh_queue(storage), timeout * 2)
+            elif not await _bounded(storage.ping(), timeout):
+                raise StorageError("Redis does not answer PING")
             self._ticks += 1
         except Exception as e:
             self.redis_up.set(0)
@@ -589,29 +600,14 @@ class Metrics:
             self._failing = False
             log.info("web: metrics refresh from Redis works again")
 
-    async def _refresh_counters(self, storage: Any) -> None:
-        now = time.time()
-        buckets = 3 if self._seen is None else min(120, int((now - self._last_read) / 60) + 3)
-        rows = await storage.counters("m", buckets)
-        if self._seen is not None:
-            for start, counts in rows:
-                before = self._seen.get(start, {})
-                for name, value in counts.items():
-                    delta = value - before.get(name, 0)
-                    if delta > 0:
-                        self._count(name, delta)
-        self._seen = {start: counts for start, counts in rows}
-        self._last_read = now
-
-    def _count(self, name: str, n: int) -> None:
-        if name == "accepted":
-            self.accepted.inc(n)
-        elif name == "recipients":
-            self.recipients.inc(n)
-        elif name in DELIVERY_OUTCOMES:
-            self.deliveries.labels(name).inc(n)
-        elif name.startswith("bounce:"):
-            self.bounces.labels(name[len("bounce:"):]).inc(n)
+    async def _refresh_totals(self, storage: Any) -> None:
+        hour = stats_window(await storage.counters("m", 60))
+        self.accepted.set(hour["accepted"])
+        self.recipients.set(hour["recipients"])
+        for status in DELIVERY_OUTCOMES:
+            self.deliveries.labels(status).set(hour[status])
+        for kind in {*BOUNCE_LABELS, *hour["bounces"]}:
+            self.bounces.labels(kind).set(hour["bounces"].get(kind, 0))
 
     async def _refresh_queue(self, storage: Any) -> None:
         totals = queue_totals(await storage.admin_queue_summary())
@@ -620,8 +616,6 @@ class Metrics:
         self.queue_oldest.set(totals["oldest_age_seconds"] or 0)
 
     def render(self) -> bytes:
-        from mailrelay.metrics import PROCESS
-
         for name, count in self.sessions().items():
             self.smtp_sessions.labels(name).set(count)
         return generate_latest(self.registry) + generate_latest(PROCESS)

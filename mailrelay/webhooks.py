@@ -27,7 +27,8 @@ SECURITY
 
 DIAGNOSTICS
     One log line per attempt: event, message id, recipient, URL, the answer or error,
-    the attempt number and the next retry, or "failed for good".
+    the attempt number and the next retry, or "failed for good"; each attempt is also
+    counted in ``mailrelay_webhook_attempts_total{result}`` on ``/metrics``.
 
 CONFIGURATION
     ``[[webhooks]]`` url, events, secret. Redis data (through :mod:`mailrelay.storage`):
@@ -50,7 +51,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from mailrelay import __version__
+from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
 from mailrelay.storage import Event, Storage, rfc3339
 
@@ -482,6 +483,7 @@ class WebhookService(service.Service):
         # Logged once recorded: a line in the log means Redis has the outcome.
         if error is None:
             await storage.webhook_finish(job, self.owner, "done")
+            metrics.WEBHOOK_ATTEMPTS.labels("ok").inc()
             log.info("{what} answered {code} (attempt {n})", what=what, code=code, n=attempt)
             return
         if attempt > len(self.retry_schedule):
@@ -489,11 +491,13 @@ class WebhookService(service.Service):
                           rcpt=job["rcpt"], detail=f"webhook {job['event']} to {job['url']} failed after "
                                                    f"{attempt} attempts; last error: {error}"[:1000])
             await storage.webhook_finish(job, self.owner, "failed", event=event)
+            metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
             log.warn("{what} failed for good after {n} attempts: {error}", what=what, n=attempt, error=error)
             return
         delay = self.retry_schedule[attempt - 1]
         await storage.webhook_finish(job, self.owner, "retry", due_ms=storage.now_ms() + int(delay * 1000),
                                      attempts=attempt, error=error[:500])
+        metrics.WEBHOOK_ATTEMPTS.labels("retry").inc()
         log.info("{what} failed (attempt {n}): {error}; retrying in {delay}s", what=what, n=attempt,
                  error=error, delay=f"{delay:g}")
 

@@ -435,9 +435,9 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     # measured by this process: acceptance-to-delivery latency, refusals at the end of DATA
     assert metric_value(text, "mailrelay_delivery_latency_seconds_count") == 6
     assert metric_value(text, 'mailrelay_messages_rejected_total{code="554",service="submission"}') == 1
-    for name in ("mailrelay_bounces_total", 'mailrelay_queue_jobs{state="queued"}',
-                 'mailrelay_queue_jobs{state="deferred"}', 'mailrelay_queue_jobs{state="delivering"}',
-                 "mailrelay_queue_oldest_seconds", 'mailrelay_deliveries_total{status="expired"}',
+    for name in ("mailrelay_bounces_total", 'mailrelay_cluster_queue_jobs{state="queued"}',
+                 'mailrelay_cluster_queue_jobs{state="deferred"}', 'mailrelay_cluster_queue_jobs{state="delivering"}',
+                 "mailrelay_cluster_queue_oldest_seconds", 'mailrelay_deliveries_total{status="expired"}',
                  'mailrelay_deliveries_total{status="suppressed"}'):
         assert name in text, name
 

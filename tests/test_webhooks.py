@@ -23,6 +23,7 @@ import re
 import smtplib
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from twisted.web import resource, server
 
 from mailrelay import webhooks
 from mailrelay.config import parse_config
+from mailrelay.metrics import PROCESS
 from mailrelay.storage import Event, NewMessage, Storage, connect_redis
 from mailrelay.webhooks import WebhookService, build_payload, matching_event, sign, verify
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, received_headers, timeline, wait_until
@@ -134,6 +136,14 @@ def webhook_config(daemon_config, redis_server, prefix, dns, port, *hooks: str, 
         sections["bounces"] = {"domain": BOUNCE_DOMAIN, "listen": ["tcp:0:interface=127.0.0.1"]}
     # render_toml writes plain tables only: the [[webhooks]] array of tables goes at the end
     return daemon_config(redis_server, prefix, **sections) + "".join(hooks)
+
+
+def webhook_attempts(daemon) -> dict[str, float]:
+    """mailrelay_webhook_attempts_total{result} of a daemon's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.ports['web']}/metrics", timeout=20) as r:
+        text = r.read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r'^mailrelay_webhook_attempts_total\{result="(\w+)"\} (\S+)$',
+                                                    text, re.M)}
 
 
 def submit(port: int, recipients: list[str], headers: str = "") -> str:
@@ -279,6 +289,8 @@ def test_failed_requests_are_retried_across_a_restart(start_daemon, daemon_confi
     assert hook.next().answered == 500
     first.wait_for_line(rf"webhook delivered for {message_id} .*failed \(attempt 1\): HTTP 500 try again later; "
                         r"retrying in 2s")
+    # each daemon counts the requests it sent itself (the sum over the daemons is the total)
+    assert webhook_attempts(first) == {"ok": 0, "retry": 1, "failed": 0}
     # the daemon stops before the retry: the job waits in Redis
     first.stop()
     assert first.find_lines(r"mailrelay stopped$")
@@ -292,6 +304,7 @@ def test_failed_requests_are_retried_across_a_restart(start_daemon, daemon_confi
     second.wait_for_line(rf"webhook delivered for {message_id} .*failed \(attempt 2\): HTTP 500 .*retrying in 10s")
     assert hook.next().answered == 200
     second.wait_for_line(rf"webhook delivered for {message_id} .*answered 200 \(attempt 3\)")
+    assert webhook_attempts(second) == {"ok": 1, "retry": 1, "failed": 0}
     bodies = {r.body for r in hook.requests}
     assert len(hook.requests) == 3 and len(bodies) == 1   # the same event, the same payload
     assert [r.headers["x-mailrelay-attempt"] for r in hook.requests] == ["1", "2", "3"]
@@ -438,6 +451,11 @@ class WebhookServiceTests(unittest.TestCase):
     async def test_gives_up_after_the_last_attempt(self) -> None:
         hook = Hook([503] * 10)
         url = self.listen(hook)
+
+        def counted(result: str) -> float:
+            return PROCESS.get_sample_value("mailrelay_webhook_attempts_total", {"result": result})
+
+        before = {result: counted(result) for result in ("ok", "retry", "failed")}
         service = await self.start(url, schedule=(1.0, 5.0))
         message_id = await self.delivered()
         service.consume()
@@ -471,6 +489,10 @@ class WebhookServiceTests(unittest.TestCase):
         payload = json.loads(hook.received[0][1])
         self.assertEqual((payload["event"], payload["message_id"], payload["tag"], payload["metadata"]),
                          ("delivered", message_id, "t1", {"k": "v"}))
+        # counted once recorded: two retries, then the give-up
+        await self.wait_for(lambda: counted("failed") == before["failed"] + 1, "the give-up to be counted")
+        self.assertEqual({result: counted(result) - before[result] for result in before},
+                         {"ok": 0, "retry": 2, "failed": 1})
 
     @async_test
     async def test_unreachable_receiver_is_retried(self) -> None:
