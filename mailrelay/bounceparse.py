@@ -157,6 +157,11 @@ STANDARDS
 DIAGNOSTICS
     None: :func:`parse_bounce` returns at least one report, an Unknown one
     with no recipient when it finds nothing.
+
+CONFIGURATION
+    None: reads no config key and owns no file or Redis data. It recognises
+    mailrelay's own refusal of a non-public destination by the setting that
+    text names (:data:`mailrelay.destinations.SETTING`).
 """
 
 from __future__ import annotations

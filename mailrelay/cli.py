@@ -1,44 +1,90 @@
 """
-The ``mailrelay`` administration command.
+cli: the ``mailrelay`` administration command.
 
-    mailrelay check-config [-c FILE]   validate and print the effective configuration
-    mailrelay hash-password            read a password on stdin, print a hash for [submission] users
-    mailrelay version                  print the version
-    mailrelay queue list [-c FILE]     per destination domain: queued, deferred, delivering, oldest
-    mailrelay queue show MESSAGE_ID [-c FILE]
-                                       a message's envelope, recipients (state, attempts) and events
-    mailrelay queue retry (MESSAGE_ID | --domain DOMAIN | --all) [-c FILE]
-                                       make waiting delivery jobs due now
-    mailrelay queue delete MESSAGE_ID [--recipient ADDRESS] [-c FILE]
-                                       drop a message's pending jobs (recorded as "deleted" events)
-    mailrelay bounce classify FILE...  parse bounce messages (RFC 5322 files, "-" for stdin); print one
-                                       JSON object per file and recipient: file, type, type_code,
-                                       recipient, status, description, rule, reason (which rule,
-                                       status, reply code and text decided)
-    mailrelay bounce reclassify [--dry-run] [-c FILE]
-                                       classify the stored bounces again; print each changed one
-                                       (id, address, old -> new type, effect, reason); reactivate
-                                       the addresses a bounce suppressed that the new type does not
-                                       (never an operator's suppression)
-    mailrelay cluster [-c FILE]        the live daemons sharing the Redis: heartbeat age, what
-                                       each is delivering, version (see mailrelay.cluster)
-    mailrelay migrate [--force] [-c FILE]
-                                       migrate the Redis data to this release's format version
-    mailrelay domains add DOMAIN [--selector S] [--ed25519] [-c FILE]
-                                       declare a sender domain: DKIM key generated (stored in Redis,
-                                       encrypted), DNS records to publish printed
-    mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
-                                       sender domains, their keys and DNS records (mailrelay.domains)
+JOB
+    Parses the command line and runs one subcommand::
 
-The ``queue``, ``suppressions`` and ``bounce reclassify`` subcommands talk to the
-daemon's Redis: the managed one through ``state_dir/redis/redis.sock`` (a relative
-state_dir is taken from the current directory, so run them where the daemon runs,
-or use an absolute state_dir),
-else ``[redis] url`` or ``sentinels``. They use only :class:`mailrelay.storage.Storage`
-and give up after ``[redis] timeout`` per request.
+        mailrelay check-config [-c FILE]   validate and print the effective configuration
+        mailrelay hash-password            read a password on stdin, print a hash for [submission] users
+        mailrelay version                  print the version
+        mailrelay queue list [-c FILE]     per destination domain: queued, deferred, delivering, oldest
+        mailrelay queue show MESSAGE_ID [-c FILE]
+                                           a message's envelope, recipients (state, attempts) and events
+        mailrelay queue retry (MESSAGE_ID | --domain DOMAIN | --all) [-c FILE]
+                                           make waiting delivery jobs due now
+        mailrelay queue delete MESSAGE_ID [--recipient ADDRESS] [-c FILE]
+                                           drop a message's pending jobs (recorded as "deleted" events)
+        mailrelay suppressions list [--unproven] | add ADDRESS [--reason R] | remove ADDRESS [-c FILE]
+                                           the addresses mail is not sent to
+        mailrelay bounce classify FILE...  parse bounce messages (RFC 5322 files, "-" for stdin); print one
+                                           JSON object per file and recipient: file, type, type_code,
+                                           recipient, status, description, rule, reason (which rule,
+                                           status, reply code and text decided)
+        mailrelay bounce reclassify [--dry-run] [-c FILE]
+                                           classify the stored bounces again; print each changed one
+                                           (id, address, old -> new type, effect, reason); reactivate
+                                           the addresses a bounce suppressed that the new type does not
+                                           (never an operator's suppression)
+        mailrelay cluster [-c FILE]        the live daemons sharing the Redis: heartbeat age, what
+                                           each is delivering, version (see mailrelay.cluster)
+        mailrelay migrate [--force] [-c FILE]
+                                           migrate the Redis data to this release's format version
+        mailrelay domains add DOMAIN [--selector S] [--ed25519] [-c FILE]
+                                           declare a sender domain: DKIM key generated (stored in Redis,
+                                           encrypted), DNS records to publish printed
+        mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
+                                           sender domains, their keys and DNS records (mailrelay.domains)
 
-Every subcommand that reads the configuration takes ``-c FILE``; errors are
-one line on stderr and a non-zero exit status.
+    The ``cluster``, ``migrate`` and ``domains`` parsers and actions live in
+    :mod:`mailrelay.cluster` and :mod:`mailrelay.domains`. The ``queue``,
+    ``suppressions``, ``bounce reclassify``, ``cluster``, ``migrate`` and
+    ``domains`` subcommands talk to the daemon's Redis through
+    :func:`run_with_storage`: the managed one
+    through ``state_dir/redis/redis.sock`` (a relative state_dir is taken from
+    the current directory, so run them where the daemon runs, or use an
+    absolute state_dir), else ``[redis] url`` or ``sentinels``. They use only
+    :class:`mailrelay.storage.Storage` and give up after ``[redis] timeout``
+    per request. :func:`load_or_exit` also serves the twistd plugin.
+
+SECURITY
+    Run by the operator, whose command line and configuration are trusted;
+    whoever can run it with the daemon's configuration can change the queue
+    and the suppressions. What it prints from Redis (addresses, replies,
+    reasons: written by clients and remote servers) goes through
+    :func:`clean`, which escapes control characters so that stored text
+    cannot drive the terminal. ``hash-password`` reads the password without
+    echo from a terminal (asked twice) or as the first line of stdin, and
+    prints only the hash; ``check-config`` masks secrets. The managed Redis
+    socket is probed before use, so a missing daemon is one line, not a hang.
+
+STANDARDS
+    None implemented here (``bounce classify`` reads RFC 5322 files through
+    :mod:`mailrelay.bounceparse`).
+
+DIAGNOSTICS
+    Output on stdout; errors are one line on stderr and exit status 1
+    (``SystemExit`` with a message; argparse usage errors exit 2):
+    ``mailrelay: configuration error: <ConfigError>``, ``mailrelay:
+    passwords differ``, ``mailrelay: empty password``, ``mailrelay: cannot
+    connect to <redis>: <error>``, ``mailrelay: the daemon's managed Redis is
+    not running (no socket at <path>)``, ``mailrelay: cannot connect to the
+    daemon's managed Redis at <path>: <strerror>``, ``mailrelay: <redis>:
+    <StorageError>``, ``mailrelay: no message <id>``, ``mailrelay: <address>
+    is already suppressed`` / ``is not suppressed``, ``mailrelay: <address>:
+    <AddressError>``. ``check-config`` writes ``mailrelay: warning:
+    <warning>`` lines on stderr and exits 0. ``bounce classify`` prints
+    ``mailrelay: <file>: <strerror>`` for an unreadable file, goes on with
+    the others and exits 1. <redis> is ``the daemon's managed Redis at
+    unix:<path>``, ``Redis via Sentinel <host:port, ...>`` or ``Redis at
+    <host:port | unix:path> db <n>``.
+
+CONFIGURATION
+    ``-c FILE`` (the whole configuration is validated); used: ``[server]``
+    state_dir; ``[redis]`` url, sentinels, timeout (and what
+    :class:`mailrelay.storage.Storage` reads); ``[tls]`` cert, key,
+    min_version (``check-config`` loads them); ``[bounces]`` (the VERP
+    secret, for ``suppressions list --unproven``). Owns no file or Redis
+    data: it changes Redis only through the storage.
 """
 
 from __future__ import annotations

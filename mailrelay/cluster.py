@@ -23,6 +23,9 @@ SECURITY
     Heartbeats name host names, process ids and listening addresses: whoever can read
     the Redis can read them (as everything else there).
 
+STANDARDS
+    None.
+
 DIAGNOSTICS
     ``mailrelay could not start: the Redis data under key prefix ... has data format
     version N, newer than this mailrelay understands (M): upgrade mailrelay``;

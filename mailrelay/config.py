@@ -1,14 +1,56 @@
 """
-The configuration: one TOML file, validated entirely before anything starts.
+config: the configuration: one TOML file, validated entirely before anything starts.
 
-Every key is declared once, in the section dataclasses below: its name, its
-type (the parser that turns the TOML value into a Python value), its default
-and a one-line description. ``docs/configuration.md`` and
-``etc/mailrelay.toml`` describe the same keys (a test keeps them in step).
+JOB
+    Every key is declared once, in the section dataclasses below: its name,
+    its type (the parser that turns the TOML value into a Python value), its
+    default and a one-line description. ``docs/configuration.md`` and
+    ``etc/mailrelay.toml`` describe the same keys (a test keeps them in
+    step). :func:`load_config` reads and validates a file into a frozen
+    :class:`Config`; :func:`render_config` prints the effective
+    configuration (``mailrelay check-config``); :func:`config_warnings`
+    lists settings that are valid but unwise. Also home to the shared value
+    parsers (:func:`parse_duration`, :func:`parse_rate`,
+    :func:`parse_redis_url`).
 
-An unknown key, a wrong type, an unparsable endpoint or a missing file raises
-:class:`ConfigError` whose message names the key and the problem; the daemon
-and the ``mailrelay`` command print that one line and exit non-zero.
+SECURITY
+    The file is the operator's and is trusted, but nothing in it is used
+    unchecked: an unknown section or key is refused (a typo never silently
+    becomes a default), every value is type-checked (a boolean is not a
+    number), endpoints go through Twisted's endpoint parser, file paths
+    (``tls.cert``/``tls.key``, ``[[domains]] key_file``) must exist and DKIM
+    keys must load, and ``[submission] users`` must hold password hashes,
+    never passwords. Secrets (``redis.url``'s password, ``submission.users``,
+    ``delivery.smarthost_password``, ``bounces.verp_secret``,
+    ``web.api_tokens``, ``webhooks[].secret``, ``dkim.key_encryption_key``)
+    are masked in :func:`render_config`.
+
+STANDARDS
+    TOML 1.0 (through :mod:`tomllib`); Redis URLs (``redis://``,
+    ``unix://``); RFC 5321 4.5.3.1.8 (the recipient minimum warned about).
+
+DIAGNOSTICS
+    Logs nothing. An unknown key, a wrong type, an unparsable endpoint or a
+    missing file raises :class:`ConfigError` whose message names the key and
+    the problem, e.g. ``<section>.<key>: expected <what>, got <type>
+    <value>``, ``<section>.<key>: unknown key (known: ...)``, ``[<name>]:
+    unknown section (known: ...)``, ``<key>[<i>]: '<endpoint>' is not a
+    usable endpoint (<reason>)``, ``<key>: file '<path>' does not exist``,
+    ``<path>: configuration file not found``, ``<path>: cannot read:
+    <strerror>``, ``<path>: not valid TOML: <error>``, ``tls.cert, tls.key:
+    set both (or neither, for a generated certificate)``; the daemon and the
+    ``mailrelay`` command print that one line (``mailrelay: configuration
+    error: <message>``) and exit with status 1. :func:`config_warnings`
+    gives one line per unwise setting (``submission.max_recipients = <n> is
+    below the minimum of RFC 5321 ...``), logged at start and printed by
+    ``check-config``.
+
+CONFIGURATION
+    Defines every key: sections ``[server]``, ``[redis]``, ``[tls]``,
+    ``[submission]``, ``[delivery]``, ``[bounces]``, ``[tracking]``,
+    ``[web]``, ``[dkim]`` and the arrays ``[[webhooks]]`` and
+    ``[[domains]]``. Reads the TOML file given with ``-c`` (and the DKIM key
+    files, to check them); owns no Redis data.
 """
 
 from __future__ import annotations

@@ -1,22 +1,46 @@
 """
-Password hashes for SMTP AUTH users: scrypt (``hashlib.scrypt``), salted.
+passwords: password hashes for SMTP AUTH users: scrypt (``hashlib.scrypt``), salted.
 
-The stored form is ``$scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt>$<hash>`` with the
-salt and hash in unpadded base64, the format passlib also reads.
+JOB
+    Makes (:func:`hash_password`, for ``mailrelay hash-password``), recognises
+    (:func:`is_password_hash`, for the config check) and checks
+    (:func:`verify_password`) password hashes. The stored form is
+    ``$scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt>$<hash>`` with the salt and hash
+    in unpadded base64, the format passlib also reads.
 
-:class:`PasswordChecker` (a service, started and stopped with the daemon) runs
-:func:`verify_password` in a thread pool of its own with
-:data:`MAX_CONCURRENT_CHECKS` threads; further checks wait their turn (in order)
-without blocking the reactor. Each check takes about 16 MiB and 50 ms of one
-core, and glibc keeps a malloc arena, grown to that size, for every thread that
-ever ran one: run in the reactor's pool (up to 10 threads), a flood of AUTH took
-the daemon from 64 to 230 MB for good. Two threads bound that to about 32 MiB.
-Every check is counted in ``mailrelay_password_checks_total`` on ``/metrics``.
+    :class:`PasswordChecker` (a service, started and stopped with the daemon)
+    runs :func:`verify_password` in a thread pool of its own with
+    :data:`MAX_CONCURRENT_CHECKS` threads; further checks wait their turn (in
+    order) without blocking the reactor.
 
-:func:`decoy_hash` makes a hash nobody's password matches, with the cost of the
-real ones: checking an unknown user's password against it costs what a wrong
-password of a known user costs, so the time of the answer does not tell whether
-a user exists.
+SECURITY
+    The passwords checked come from SMTP clients (AUTH) and are untrusted;
+    the hashes come from the operator's config and are trusted. Each check
+    takes about 16 MiB and 50 ms of one core, and glibc keeps a malloc arena,
+    grown to that size, for every thread that ever ran one: run in the
+    reactor's pool (up to 10 threads), a flood of AUTH took the daemon from
+    64 to 230 MB for good. Two threads bound that to about 32 MiB. A hash
+    whose cost needs more than 128 MiB (``maxmem``) matches nothing. Digests
+    are compared in constant time (``hmac.compare_digest``).
+
+    :func:`decoy_hash` makes a hash nobody's password matches, with the cost
+    of the real ones: checking an unknown user's password against it costs
+    what a wrong password of a known user costs, so the time of the answer
+    does not tell whether a user exists.
+
+STANDARDS
+    RFC 7914 (scrypt), RFC 4648 (base64, unpadded).
+
+DIAGNOSTICS
+    Logs nothing. Every check is counted in ``mailrelay_password_checks_total``
+    on ``/metrics``. A malformed hash or a password that does not match gives
+    ``False``; :meth:`PasswordChecker.check` on a stopped checker fails with
+    ``RuntimeError("password checks are stopped")``.
+
+CONFIGURATION
+    None read here: the hashes are ``[submission] users``, validated by
+    :mod:`mailrelay.config` with :func:`is_password_hash`. Owns no file or
+    Redis data.
 """
 
 from __future__ import annotations

@@ -1,18 +1,17 @@
 """
-NAME
-    mailrelay.redisproc -- the Redis server run and supervised by the daemon
+redisproc: the Redis server run and supervised by the daemon.
 
-SYNOPSIS
-    redis = ManagedRedis(config.state_dir, appendfsync=config.redis.appendfsync)
-    redis.setServiceParent(application)
-    socket_path = yield redis.whenReady()
+JOB
+    With ``redis.url = ""`` (and no ``redis.sentinels``) the daemon runs its
+    own ``redis-server`` as a child process (started with
+    ``reactor.spawnProcess``, no shell): persistence by append-only file only
+    (``appendonly yes``, ``appendfsync`` as configured, ``save ""``),
+    ``maxmemory-policy noeviction`` (a full Redis refuses writes rather than
+    dropping queued mail), ``daemonize no``::
 
-DESCRIPTION
-    With ``redis.url = ""`` the daemon runs its own ``redis-server`` as a
-    child process (started with ``reactor.spawnProcess``, no shell):
-    persistence by append-only file only (``appendonly yes``, ``appendfsync``
-    as configured, ``save ""``), ``maxmemory-policy noeviction`` (a full Redis
-    refuses writes rather than dropping queued mail), ``daemonize no``.
+        redis = ManagedRedis(config.state_dir, appendfsync=config.redis.appendfsync)
+        redis.setServiceParent(application)
+        socket_path = yield redis.whenReady()
 
     ``whenReady()`` fires with the socket path once Redis answers PING.  If
     redis-server exits while the service runs, the exit status and the last
@@ -30,14 +29,8 @@ SECURITY
     socket, mode 0700, in a mode 0700 directory: only the daemon's own user
     can talk to it.  A lock file keeps two daemons from sharing the directory.
 
-FILES
-    Everything under ``state_dir/redis/`` belongs to this module:
-      redis.sock      the unix socket (path at most 107 bytes)
-      redis.pid       written by redis-server
-      redis.lock      flock held by the daemon managing this directory
-      appendonlydir/  the AOF: base and incremental files and their manifest
-      redis.log       redis-server's output (moved to redis.log.1 past 10 MiB
-                      at start)
+STANDARDS
+    None (it speaks only Redis's PING, to know that the server is ready).
 
 DIAGNOSTICS
     ConfigError (one line, naming the key) when redis-server is not installed,
@@ -45,7 +38,24 @@ DIAGNOSTICS
     daemon holds the lock.  ManagedRedisError when Redis does not answer
     within the ready timeout (30 s), exits before it was ever ready, or a
     stale redis-server does not go away; its message ends with the last lines
-    of redis.log.  Restarts are logged at error level with the exit status.
+    of redis.log.  Restarts are logged at error level with the exit status
+    (``redis-server (pid <pid>) <status>; restarting it in <delay>s<tail>``);
+    also logged: ``started redis-server (pid <pid>) on <socket>``,
+    ``redis-server (pid <pid>) is ready on <socket>``, ``stopping
+    redis-server (pid <pid>)``, redis-server's own output lines as
+    ``redis-server: <line>``.
+
+CONFIGURATION
+    ``[redis]`` appendfsync; ``[server]`` state_dir (the caller,
+    :mod:`mailrelay.service`, starts it when ``[redis]`` url and sentinels
+    are empty). Everything under ``state_dir/redis/`` belongs to this
+    module:
+      redis.sock      the unix socket (path at most 107 bytes)
+      redis.pid       written by redis-server
+      redis.lock      flock held by the daemon managing this directory
+      appendonlydir/  the AOF: base and incremental files and their manifest
+      redis.log       redis-server's output (moved to redis.log.1 past 10 MiB
+                      at start)
 """
 
 from __future__ import annotations

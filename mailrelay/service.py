@@ -1,10 +1,64 @@
 """
 service: assembles the daemon's services from the configuration.
 
-Start order: managed Redis (if any) -> storage (connection to Redis) ->
-listeners; stop order is the reverse, each step finishing before the next:
-listeners close first, sessions finish their transaction or get 421, then
-Redis is released.
+JOB
+    :func:`make_service` builds the service tree that ``twistd -n mailrelay``
+    runs: the managed Redis (when neither ``redis.url`` nor
+    ``redis.sentinels`` is set), the storage (connection to Redis), delivery
+    (when enabled), webhooks (when any is configured), the password checker,
+    the submission listeners (STARTTLS and implicit TLS, one connection
+    count for both), the bounce listener (when the bounce domain and its
+    listen endpoints are set), the web service and last the cluster
+    heartbeat. Start order is that order, each child that has a
+    ``when_ready`` awaited before the next starts; stop order is the
+    reverse, each step finishing before the next: listeners close first,
+    sessions finish their transaction or get 421, acknowledgements decided
+    by the ended sessions are settled, then Redis is released.
+
+SECURITY
+    Trusts the configuration, already validated by :mod:`mailrelay.config`;
+    reads no network input itself. It decides what is exposed: listeners are
+    opened only for the configured endpoints, once the storage service is
+    ready (if Redis does not answer yet, submission answers 451); the
+    submission listeners offer AUTH (checked against ``[submission] users``
+    or, when none is configured, one generated user whose password is
+    written mode 0600 in ``state_dir``), the bounce listener does not. A
+    Redis whose data format is newer than this release stops the start
+    (:func:`mailrelay.cluster.check_data_version_at_start`).
+
+STANDARDS
+    None implemented here; it wires RFC 6409 submission with STARTTLS
+    (RFC 3207) and implicit TLS (RFC 8314), implemented in
+    :mod:`mailrelay.smtpserver` and :mod:`mailrelay.tlsutil`.
+
+DIAGNOSTICS
+    Logs (twisted.logger): ``configuration: <warning>`` for each
+    :func:`mailrelay.config.config_warnings` line; ``no [submission] users
+    configured: user '<name>', password in <path> (mode 0600)``; ``using
+    <redis>, key prefix '<prefix>'`` where <redis> is ``managed Redis at
+    unix:<socket> (appendfsync <policy>)``, ``Redis via Sentinel <host:port,
+    ...> (master <name>)`` or ``external Redis at <host:port | unix:path>
+    db <n>``; a warning ``Redis is not answering yet (<error>); submission
+    answers 451 until it does``; ``mailrelay <version> ready``; ``stopping
+    <service> failed`` with the traceback; ``mailrelay stopped``. A failed
+    start logs ``mailrelay could not start: <error>`` (critical), stops the
+    reactor and exits with status 1. A :class:`mailrelay.config.ConfigError`
+    raised while building (state_dir or certificate problems) reaches the
+    twistd plugin, which prints ``mailrelay: <error>`` and exits non-zero.
+
+CONFIGURATION
+    ``[server]`` hostname, state_dir (created if missing); ``[redis]`` url,
+    sentinels, master_name, appendfsync, key_prefix (logged), timeout (to
+    settle acknowledgements at stop); ``[tls]`` cert, key, min_version;
+    ``[submission]`` users, listen, listen_tls, max_message_size,
+    max_header_size, max_recipients, idle_timeout, data_timeout,
+    max_connections_per_ip, max_connections (the bounce listener reuses the
+    header, recipient, timeout and per-IP limits); ``[delivery]`` enabled;
+    ``[[webhooks]]`` (present or not); ``[bounces]`` domain, listen,
+    max_message_size, max_connections, max_stored_bounce_size,
+    max_unmatched_bounces. The services read their own keys. Owns no Redis
+    data; files in ``state_dir`` are made through :mod:`mailrelay.redisproc`,
+    :mod:`mailrelay.tlsutil` and :mod:`mailrelay.submission`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,53 @@
 """
-TLS for the listeners: a generated self-signed certificate, server options, implicit TLS.
+tlsutil: TLS for the listeners: a generated self-signed certificate, server options, implicit TLS.
 
-``ensure_self_signed`` makes ``state_dir/tls/selfsigned.{crt,key}`` once (EC
-P-256, 10 years, SAN = the hostname, localhost and 127.0.0.1) for a server
-with no ``tls.cert``/``tls.key``.  ``server_tls_options`` loads a PEM chain
-and key into Twisted ``CertificateOptions``, checking them first so a bad
-file is one ``ConfigError`` line naming ``tls.cert`` or ``tls.key``.
-``implicit_tls_factory`` wraps any protocol factory for TLS from the first
-byte (RFC 8314 submissions), whatever the endpoint.
+JOB
+    :func:`ensure_self_signed` makes ``state_dir/tls/selfsigned.{crt,key}``
+    once (EC P-256, 10 years, SAN = the hostname, localhost and 127.0.0.1)
+    for a server with no ``tls.cert``/``tls.key``. :func:`server_tls_options`
+    loads a PEM chain and key into Twisted ``CertificateOptions``, checking
+    them first so a bad file is one ``ConfigError`` line naming ``tls.cert``
+    or ``tls.key``; the OpenSSL context is built at once (errors surface at
+    start-up) with ``MODE_RELEASE_BUFFERS`` so idle sessions give back their
+    record buffers. :func:`implicit_tls_factory` wraps any protocol factory
+    for TLS from the first byte (RFC 8314 submissions), whatever the
+    endpoint. Nothing here imports the reactor.
 
-SECURITY: TLS 1.2 is offered only with AEAD suites and forward secrecy
-(``SERVER_CIPHERS``: ECDHE with AES-GCM or ChaCha20-Poly1305, RFC 7525 /
-BCP 195); no CBC (SHA-1 or SHA-2 MAC), no static RSA key exchange. TLS 1.3's
-suites are all AEAD with forward secrecy.
+SECURITY
+    Trusts the operator's certificate and key files (checked to parse and to
+    match each other, not to chain to any CA). TLS 1.2 is offered only with
+    AEAD suites and forward secrecy (``SERVER_CIPHERS``: ECDHE with AES-GCM
+    or ChaCha20-Poly1305, RFC 7525 / BCP 195); no CBC (SHA-1 or SHA-2 MAC),
+    no static RSA key exchange. TLS 1.3's suites are all AEAD with forward
+    secrecy. ``tls.min_version`` raises the floor to 1.3. The generated key
+    is written atomically with mode 0600 (the certificate 0644) in a
+    ``tls`` directory of mode 0700; an encrypted key is refused rather than
+    prompted for.
 
-Nothing here imports the reactor.
+STANDARDS
+    RFC 8446 and RFC 5246 (TLS 1.3 and 1.2, through OpenSSL), RFC 8314
+    (implicit TLS), RFC 7525 / BCP 195 (cipher choice), RFC 5280 (the
+    generated certificate).
+
+DIAGNOSTICS
+    Logs ``generated a self-signed certificate for <hostname> in <path>``
+    and a warning ``tls.cert: <path> expired on <ISO date>``. Raises
+    :class:`mailrelay.config.ConfigError` with one of:
+    ``server.state_dir: cannot create '<dir>': <strerror>``,
+    ``server.state_dir: cannot write '<dir>': <strerror>``,
+    ``tls.min_version: must be "1.2" or "1.3", got '<v>'``,
+    ``tls.cert: cannot read '<path>': <strerror>`` (likewise ``tls.key``),
+    ``tls.cert: '<path>' is not a PEM certificate chain``,
+    ``tls.key: '<path>' is encrypted; give a key without a passphrase``,
+    ``tls.key: '<path>' is not a PEM private key``,
+    ``tls.key: '<key>' does not match the certificate in '<cert>'``,
+    ``tls.cert: '<path>' cannot be used: <OpenSSL error>``.
+
+CONFIGURATION
+    Given by its callers (:mod:`mailrelay.service`, ``mailrelay
+    check-config``): ``[tls]`` cert, key, min_version; ``[server]``
+    state_dir and hostname. Owns the files ``state_dir/tls/selfsigned.crt``
+    and ``state_dir/tls/selfsigned.key``; no Redis data.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ SECURITY
     ``X-Mailrelay-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
     Secrets stay in the configuration, never in Redis.
 
+STANDARDS
+    HTTP (RFC 9110) POST of JSON (RFC 8259); the signature is HMAC (RFC 2104)
+    with SHA-256.
+
 DIAGNOSTICS
     One log line per attempt: event, message id, recipient, URL, the answer or error,
     the attempt number and the next retry, or "failed for good"; each attempt is also

@@ -1,0 +1,53 @@
+"""
+Every module of the mailrelay package opens with a man-page style header (issue 17 item 11).
+
+The header is the module's docstring: a one-line summary, then the sections JOB,
+SECURITY, STANDARDS, DIAGNOSTICS and CONFIGURATION, each a line of its own at the start
+of a line (the body indented below it). A new module without them fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mailrelay"
+
+SECTIONS = ("JOB", "SECURITY", "STANDARDS", "DIAGNOSTICS", "CONFIGURATION")
+
+#: Modules whose header is still to be done. Remove a module from here when its header
+#: has every section; never add a new module here.
+NOT_YET_DONE = {
+    "storage.py",  # being split into mailrelay/store/ (issue 17 items 1-2); header lacks STANDARDS
+    "metrics.py",  # being reworked for /metrics that sum correctly (issue 17 item 9)
+    "web.py",  # its metrics part is being reworked (issue 17 item 9); header to be re-checked
+}
+
+MODULES = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+
+
+def missing_sections(path: Path) -> list[str]:
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return [s for s in SECTIONS if not re.search(rf"^{s}$", docstring, re.MULTILINE)]
+
+
+def test_the_package_has_modules() -> None:
+    assert len(MODULES) > 10
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in NOT_YET_DONE])
+def test_module_header_has_every_section(module: str) -> None:
+    path = PACKAGE / module
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    assert docstring.strip(), f"mailrelay/{module} has no docstring"
+    summary = docstring.strip().splitlines()[0]
+    assert summary not in SECTIONS, f"mailrelay/{module}: the header opens with a one-line summary"
+    assert missing_sections(path) == [], f"mailrelay/{module}: header sections missing"
+
+
+def test_allow_list_names_existing_modules() -> None:
+    # a module moved or renamed must leave the allow-list, not keep an exemption for nothing
+    assert NOT_YET_DONE <= set(MODULES), NOT_YET_DONE - set(MODULES)
