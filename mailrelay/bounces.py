@@ -67,7 +67,8 @@ from twisted.logger import Logger
 from mailrelay import bounceparse, metrics, smtpserver
 from mailrelay.config import Config
 from mailrelay.smtpserver import Reply, Session, Transaction
-from mailrelay.storage import Event, Storage, rfc3339
+from mailrelay.storage import Event, Storage
+from mailrelay.timefmt import rfc3339
 
 log = Logger()
 

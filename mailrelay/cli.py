@@ -98,6 +98,7 @@ from typing import Any
 
 from mailrelay import __version__
 from mailrelay.config import Config, ConfigError, config_warnings, load_config, render_config
+from mailrelay.timefmt import format_age, rfc3339, rfc3339_ms as format_ms
 
 
 def load_or_exit(path: str | None) -> Config:
@@ -199,24 +200,6 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def clean(value: Any) -> str:
     """Text for the terminal: control characters (from clients, remote servers) escaped."""
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", "" if value is None else str(value))
-
-
-def format_age(seconds: float) -> str:
-    """``42s``, ``5m12s``, ``3h05m``, ``2d04h``."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
-def format_ms(ms: int) -> str:
-    from mailrelay.storage import rfc3339
-
-    return rfc3339(ms / 1000)
 
 
 def plural(n: int, word: str) -> str:
@@ -449,7 +432,6 @@ def add_queue_parser(sub: Any) -> None:
 
 def cmd_suppressions(args: argparse.Namespace) -> int:
     from mailrelay.smtpserver import AddressError, validate_mailbox
-    from mailrelay.storage import rfc3339
 
     async def run(storage: Any) -> None:
         await storage.measure_clock()

@@ -229,7 +229,8 @@ class ClusterService(service.Service):
 
 def format_members(members: list[dict[str, Any]]) -> list[str]:
     """The `mailrelay cluster` table, one line per live daemon."""
-    from mailrelay.cli import clean, format_age
+    from mailrelay.cli import clean
+    from mailrelay.timefmt import format_age
 
     header = ("DAEMON", "VERSION", "UP", "BEAT", "DELIVERING", "LISTENERS")
     rows = []

@@ -63,7 +63,8 @@ from mailrelay.destinations import DestinationPolicy
 from mailrelay import metrics
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
-from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, Storage, rfc3339
+from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, Storage
+from mailrelay.timefmt import rfc3339
 
 log = Logger()
 

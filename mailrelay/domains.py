@@ -93,6 +93,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay.config import Config, format_duration, parse_duration
+from mailrelay.timefmt import rfc3339
 
 log = Logger()
 
@@ -374,8 +375,6 @@ def sign_message(message: bytes, keys: list[SigningKey], timestamp: int | None =
 
 
 def now_text(seconds: float | None = None) -> str:
-    from mailrelay.storage import rfc3339
-
     return rfc3339(time.time() if seconds is None else seconds)
 
 

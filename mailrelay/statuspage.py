@@ -116,6 +116,7 @@ from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
 from mailrelay.httplimits import client_key
+from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
 log = Logger()
 
@@ -202,31 +203,6 @@ def _state_class(state: str) -> str:
 
 def _badge(state: str) -> Tag:
     return tags.span(state or "-", class_=_state_class(state))
-
-
-def _fmt_time_ms(ms: Any) -> str:
-    try:
-        seconds = int(float(ms)) / 1000
-    except (TypeError, ValueError):
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
-def _fmt_rfc3339(text: Any) -> str:
-    """``2026-11-28T09:15:00Z`` -> ``2026-11-28 09:15:00``; anything else as is."""
-    text = "" if text is None else str(text)
-    return text.replace("T", " ").removesuffix("Z") if re.match(r"^\d{4}-\d\d-\d\dT", text) else text
-
-
-def _fmt_age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -465,7 +441,7 @@ def svg_chart(label: str, times_ms: list[int], resolution: str, *,
     for i in range(n):
         base = 0.0
         x = left + slot * i + (slot - bar_w) / 2
-        tip = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(times_ms[i] / 1000))]
+        tip = [display_time(times_ms[i] / 1000, minutes_only=True) + " UTC"]
         marks: list[Tag] = []
         for name, values in stacks:
             value = values[i]
@@ -669,7 +645,7 @@ class StatusPage(resource.Resource):
     def _page(self, request: server.Request, title: str, body: Flattenable, *, refresh: int | None = None) -> bytes:
         logged_in = self.sessions.valid(self._cookie(request))
         subtitle = (f"{self.hostname} · "
-                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.clock.seconds())))
+                    + display_time(self.clock.seconds()) + " UTC")
         return _document(f"{title} - mailrelay", body, logout=logged_in, refresh=refresh, subtitle=subtitle)
 
     # -- authentication -----------------------------------------------------------------
@@ -917,14 +893,14 @@ class StatusPage(resource.Resource):
                 oldest_all = oldest
         for domain, row in ordered[:MAX_QUEUE_ROWS]:
             oldest = row.get("oldest_ms")
-            age = _fmt_age((now_ms - oldest) / 1000) if oldest is not None else "-"
+            age = format_age((now_ms - oldest) / 1000, spaced=True) if oldest is not None else "-"
             rows.append(tags.tr(tags.td(_text(domain)),
                                 *[tags.td(f"{int(row.get(name, 0)):,}", class_="num") for name in totals],
                                 tags.td(age, class_="num")))
         more: Flattenable = ""
         if len(ordered) > MAX_QUEUE_ROWS:
             more = tags.p(f"and {len(ordered) - MAX_QUEUE_ROWS:,} more domains", class_="muted")
-        age_all = _fmt_age((now_ms - oldest_all) / 1000) if oldest_all is not None else "-"
+        age_all = format_age((now_ms - oldest_all) / 1000, spaced=True) if oldest_all is not None else "-"
         rows.append(tags.tr(tags.td(f"all {len(ordered):,} domains"),
                             *[tags.td(f"{totals[name]:,}", class_="num") for name in totals],
                             tags.td(age_all, class_="num"), class_="total"))
@@ -962,7 +938,7 @@ class StatusPage(resource.Resource):
                 recipient += [" ", _muted(f"+{row['rcpt_count'] - 1}")]
             subject = _text(row.get("subject", ""))
             rows.append(tags.tr(
-                tags.td(self._message_link(row["id"], _fmt_time_ms(row.get("_score"))), class_="time"),
+                tags.td(self._message_link(row["id"], display_time_ms(row.get("_score"))), class_="time"),
                 tags.td(_text(row.get("from") or row.get("sender", "")), class_="wrap"),
                 tags.td(recipient, class_="wrap"),
                 tags.td(self._message_link(row["id"], subject or _muted("(no subject)")), class_="wrap"),
@@ -977,7 +953,7 @@ class StatusPage(resource.Resource):
             return tags.p("No bounces.", class_="muted")
         rows = []
         for row in rows_data:
-            when = _fmt_time_ms(row.get("_score")) or _fmt_rfc3339(row.get("at"))
+            when = display_time_ms(row.get("_score")) or display_rfc3339(row.get("at"))
             message_id = _text(row.get("message_id", ""))
             details = _text(row.get("details", ""))
             rows.append(tags.tr(
@@ -1031,7 +1007,7 @@ class StatusPage(resource.Resource):
         overview = [
             item("Subject", field("subject", "(no subject)")),
             item("Status", _badge(_text(m.get("status", "")))),
-            item("Received", _fmt_time_ms(m.get("received_at")) + " UTC"),
+            item("Received", display_time_ms(m.get("received_at")) + " UTC"),
             item("Envelope sender", field("sender", "<>")),
             item("Envelope recipients", ", ".join(recipients)),
             item("From", field("from")),
@@ -1097,7 +1073,7 @@ class StatusPage(resource.Resource):
             if event.get("remote_queue_id"):
                 detail += [" ", _muted(f"(remote id {event['remote_queue_id']})")]
             rows.append(tags.tr(tags.td(_badge(_text(event.get("type", "")))),
-                                tags.td(_fmt_rfc3339(event.get("at")), class_="time"),
+                                tags.td(display_rfc3339(event.get("at")), class_="time"),
                                 tags.td(remote, class_="wrap"), tags.td(code, class_="mono"),
                                 tags.td(_text(event.get("response") or ""), class_="wrap mono"),
                                 tags.td(detail, class_="wrap")))

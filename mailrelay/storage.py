@@ -77,6 +77,7 @@ from twisted.logger import Logger
 
 from mailrelay import netio
 from mailrelay.config import Config, RedisAddress, parse_redis_url
+from mailrelay.timefmt import rfc3339
 
 log = Logger()
 
@@ -772,19 +773,6 @@ return out
 
 #: A message's status values (the status index has one sorted set per value).
 MESSAGE_STATUSES = ("queued", "delivered", "bounced", "expired", "suppressed", "partial")
-
-
-def rfc3339(seconds: float) -> str:
-    """``2026-11-28T09:15:00Z`` (UTC, whole seconds)."""
-    global _rfc3339_last
-    whole = int(seconds)
-    last = _rfc3339_last
-    if last[0] != whole:  # formatted once per second on the hot path
-        last = _rfc3339_last = (whole, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole)))
-    return last[1]
-
-
-_rfc3339_last: tuple[int | None, str] = (None, "")
 
 
 def compress_body(content: bytes) -> bytes:

@@ -105,7 +105,8 @@ from twisted.web.http_headers import Headers
 from mailrelay.config import Config
 from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
-from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError, rfc3339
+from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError
+from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 
 log = Logger()
 
@@ -239,14 +240,6 @@ def parse_time(name: str, text: str) -> int:
     if fraction:
         ms += int((fraction[1:] + "000")[:3])
     return ms
-
-
-def format_ms(ms: Any) -> str | None:
-    """Milliseconds (int or str) -> RFC 3339 UTC, whole seconds; None when unknown."""
-    try:
-        return rfc3339(int(float(ms)) / 1000)
-    except (TypeError, ValueError):
-        return None
 
 
 def encode_cursor(score: int, member: str) -> str:

@@ -57,7 +57,8 @@ from twisted.logger import Logger
 
 from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
-from mailrelay.storage import Event, Storage, rfc3339
+from mailrelay.storage import Event, Storage
+from mailrelay.timefmt import rfc3339
 
 log = Logger()
 
