@@ -1,5 +1,3 @@
--- Several messages queued in one call (see Storage._enqueue_batched): enqueue.lua for each,
--- in order; one failing (e.g. OOM) does not stop the others.
 -- KEYS: every message's enqueue.lua keys, one message after the other
 -- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_BATCH_ARGV) the enqueue.lua arguments
 --       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, events maxlen, key
@@ -8,6 +6,8 @@
 --       _settle: the acknowledgements settled since the last call ride on this one), then per
 --       message the number of its keys, the number of its own arguments, then its enqueue.lua
 --       arguments without the shared ones.
+-- Several messages queued in one call (see Storage._enqueue_batched): enqueue.lua for each,
+-- in order; one failing (e.g. OOM) does not stop the others.
 -- Returns one reply per message (what enqueue.lua returns, or 'ERR <error>'), then _settle's
 -- result per settlement.
 --#include _count
