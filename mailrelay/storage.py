@@ -1,5 +1,6 @@
 """
-storage: every Redis key and Lua script mailrelay uses, and the connection to Redis.
+storage: every Redis key mailrelay uses, the calls of its Lua scripts (their text is in
+mailrelay/store/lua/, read by mailrelay.store.scripts), and the connection to Redis.
 
 JOB
     Owns the data model in Redis; services call the methods of :class:`Storage`
@@ -57,6 +58,8 @@ DIAGNOSTICS
     ``could not cancel <id> ...: it will be delivered`` (it was confirmed first: a
     partition longer than the heartbeat TTL); the sweeper's ``confirmed N acknowledged
     message(s) left unsettled by <daemon> (no heartbeat: stopped or died)``.
+    At start, ``Redis SCRIPT LOAD failed (...): scripts are loaded when first run``
+    (harmless: a script Redis does not have is sent by EVAL; see mailrelay.store.scripts).
 
 CONFIGURATION
     ``[redis]`` url, sentinels, master_name, key_prefix, min_replicas,
