@@ -1,5 +1,6 @@
 """
-storage: every Redis key and Lua script mailrelay uses, and the connection to Redis.
+storage: every Redis key mailrelay uses, the calls of its Lua scripts (their text is in
+mailrelay/store/lua/, read by mailrelay.store.scripts), and the connection to Redis.
 
 JOB
     Owns the data model in Redis; services call the methods of :class:`Storage`
@@ -57,6 +58,8 @@ DIAGNOSTICS
     ``could not cancel <id> ...: it will be delivered`` (it was confirmed first: a
     partition longer than the heartbeat TTL); the sweeper's ``confirmed N acknowledged
     message(s) left unsettled by <daemon> (no heartbeat: stopped or died)``.
+    At start, ``Redis SCRIPT LOAD failed (...): scripts are loaded when first run``
+    (harmless: a script Redis does not have is sent by EVAL; see mailrelay.store.scripts).
 
 CONFIGURATION
     ``[redis]`` url, sentinels, master_name, key_prefix, min_replicas,
@@ -77,6 +80,8 @@ from twisted.logger import Logger
 
 from mailrelay import netio
 from mailrelay.config import Config, RedisAddress, parse_redis_url
+from mailrelay.store.scripts import (ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV, SCRIPTS, Script,
+                                     evalsha, load_all, ordered, position)
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -147,629 +152,42 @@ class NewMessage:
 
 # -- Lua scripts ------------------------------------------------------------------
 
-# Shared Lua: per-minute (kept 2 hours) and per-hour (kept 2 days) counters for the stats API
-# and the status page charts. stats_prefix is P .. 'stats:'.
-_COUNT = """
-local function count(stats_prefix, now_ms, name, by)
-  local minute = math.floor(now_ms / 60000)
-  local hour = math.floor(now_ms / 3600000)
-  local mkey = stats_prefix .. 'm:' .. minute
-  local hkey = stats_prefix .. 'h:' .. hour
-  redis.call('HINCRBY', mkey, name, by)
-  redis.call('EXPIRE', mkey, 7200)
-  redis.call('HINCRBY', hkey, name, by)
-  redis.call('EXPIRE', hkey, 172800)
-end
-"""
-
-# Shared Lua: a message's status from its recipients' states, kept in the status index.
-# queued while any recipient is not final; then delivered|bounced|expired|suppressed when all
-# ended alike, else partial.
-_STATUS = """
-local FINAL = {delivered = true, bounced = true, expired = true, suppressed = true, deleted = true}
-local function update_status(mkey, id, idx_prefix)
-  local n = tonumber(redis.call('HGET', mkey, 'rcpt_count') or '0')
-  if n == 0 then return end
-  local names = {}
-  for k = 0, n - 1 do names[#names + 1] = 'state:' .. k end
-  local states = redis.call('HMGET', mkey, unpack(names))
-  local status = nil
-  for _, st in ipairs(states) do
-    if not st or not FINAL[st] then status = 'queued'; break end
-    if st == 'deleted' then st = 'suppressed' end
-    if status == nil then status = st elseif status ~= st then status = 'partial' end
-  end
-  local old = redis.call('HGET', mkey, 'status')
-  if old ~= status then
-    local received = redis.call('HGET', mkey, 'received_at')
-    if old then redis.call('ZREM', idx_prefix .. 'status:' .. old, id) end
-    redis.call('ZADD', idx_prefix .. 'status:' .. status, received, id)
-    redis.call('HSET', mkey, 'status', status)
-  end
-end
-"""
-
-# Shared Lua: after a domain queue changed, keep queue:domains at its earliest due time.
-_DOMAIN_MIN = """
-local function update_domain(domains_key, dkey, domain)
-  local first = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', domains_key, domain)
-  else
-    redis.call('ZADD', domains_key, first[2], domain)
-  end
-end
-local function domain_of(address)
-  local at = string.find(address, '@[^@]*$')
-  return string.lower(string.sub(address, (at or 0) + 1))
-end
-"""
-
-# Shared Lua: settling a message stored "unsettled" by the enqueue script. 'confirm' (its 250
-# was sent, or its daemon is gone: see SWEEP_UNSETTLED_SCRIPT) puts its jobs in their domain
-# queues, due now; 'cancel' (its client got 451) deletes it, its body, timeline and index
-# entries, takes it out of the counters and adds a 'cancelled' event. Only the daemon that
-# stored it (owner) may cancel it; owner '' confirms anyone's. Returns CONFIRMED, CANCELLED,
-# SETTLED (settled before: a cancel came too late, the message is delivered), GONE (no such
-# message: never stored, e.g. refused as late) or OTHER (stored by another daemon).
-_SETTLE = """
-local function settle(P, owner, action, id, now, maxlen)
-  local mkey = P .. 'msg:' .. id
-  local ukey = P .. 'queue:unsettled'
-  local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
-  local holder = head[1]
-  if not holder then
-    redis.call('ZREM', ukey, id)
-    if head[2] then return 'SETTLED' end
-    return 'GONE'
-  end
-  if owner ~= '' and holder ~= owner then return 'OTHER' end
-  redis.call('ZREM', ukey, id)
-  local n = tonumber(head[2] or '0')
-  if action == 'confirm' then
-    redis.call('HDEL', mkey, 'unsettled')
-    local domains = {}
-    for i = 0, n - 1 do
-      local row = redis.call('HMGET', mkey, 'rcpt:' .. i, 'state:' .. i)
-      if row[1] and row[2] == 'queued' then
-        local domain = domain_of(row[1])
-        redis.call('ZADD', P .. 'queue:d:' .. domain, now, id .. '.' .. i)
-        domains[domain] = true
-      end
-    end
-    for domain in pairs(domains) do
-      redis.call('ZADD', P .. 'queue:domains', 'LT', now, domain)
-    end
-    return 'CONFIRMED'
-  end
-  local idx = P .. 'idx:'
-  local row = redis.call('HMGET', mkey, 'tag', 'status', 'received_at')
-  for i = 0, n - 1 do
-    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
-    if rcpt then redis.call('ZREM', idx .. 'rcpt:' .. string.lower(rcpt), id) end
-  end
-  redis.call('ZREM', idx .. 'time', id)
-  if row[2] then redis.call('ZREM', idx .. 'status:' .. row[2], id) end
-  if row[1] and row[1] ~= '' then redis.call('ZREM', idx .. 'tag:' .. row[1], id) end
-  redis.call('DEL', mkey, P .. 'body:' .. id, P .. 'timeline:' .. id)
-  local received = tonumber(row[3]) or now
-  count(idx .. 'stats:', received, 'accepted', -1)
-  count(idx .. 'stats:', received, 'recipients', -n)
-  count(idx .. 'stats:', now, 'cancelled', 1)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
-  return 'CANCELLED'
-end
-"""
-
-# KEYS: queue:unsettled; ARGV: key prefix (P), owner, events_maxlen, then pairs of action
-# ('confirm' or 'cancel') and message id. Returns _SETTLE's result per pair, in order.
-SETTLE_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for k = 4, #ARGV, 2 do
-  out[#out + 1] = settle(ARGV[1], ARGV[2], ARGV[k], ARGV[k + 1], now, ARGV[3])
-end
-return out
-"""
-
-# KEYS: queue:unsettled, cluster; ARGV: key prefix (P), events_maxlen, sweeper's owner,
-#       min_age_ms, max_age_ms, heartbeat_ttl_ms, limit
-# The sweeper (every daemon, before its heartbeat): confirms the messages left unsettled for
-# at least min_age_ms whose daemon has no live heartbeat (it died between storing a message
-# and settling it: the client may have had its 250), or unsettled for max_age_ms whatever
-# their daemon. Nothing is judged while the sweeper's own last heartbeat is older than the
-# heartbeat TTL (Redis or this daemon was stalled: the others could not beat either).
-# Returns flat: message id, its daemon, per message confirmed.
-SWEEP_UNSETTLED_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[6])
-local mine = redis.call('ZSCORE', KEYS[2], ARGV[3])
-if not mine or tonumber(mine) < now - ttl then return {} end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'WITHSCORES',
-                        'LIMIT', 0, tonumber(ARGV[7]))
-local out = {}
-for k = 1, #rows, 2 do
-  local id, at = rows[k], tonumber(rows[k + 1])
-  local owner = redis.call('HGET', ARGV[1] .. 'msg:' .. id, 'unsettled')
-  if not owner then
-    redis.call('ZREM', KEYS[1], id)
-  else
-    local beat = redis.call('ZSCORE', KEYS[2], owner)
-    if not beat or tonumber(beat) < now - ttl or at < now - tonumber(ARGV[5]) then
-      settle(ARGV[1], '', 'confirm', id, now, ARGV[2])
-      out[#out + 1] = id
-      out[#out + 1] = owner
-    end
-  end
-end
-return out
-"""
-
-# KEYS: msg, body, queue:unsettled, events, timeline, suppressed:version
-# ARGV: id, deadline_ms, owner (this daemon), events_maxlen, key prefix (P), index key prefix,
-#       retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
-#       then per recipient: address, queued event (JSON)
-# The message is stored "unsettled": its jobs are in no domain queue (nothing can claim them)
-# until _SETTLE confirms it (after its 250 was sent) or cancels it (after a 451); see
-# docs/architecture.md, "Acknowledgement and durability".
-_ENQUEUE_BODY = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[2]) then
-  return 'LATE'
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 'EXISTS'
-end
-local id = ARGV[1]
-local idx = ARGV[6]
-local retention = tonumber(ARGV[7])
-local horizon = now - retention * 1000
-local hash = {}
-for name, value in pairs(cjson.decode(ARGV[10])) do
-  hash[#hash + 1] = name
-  hash[#hash + 1] = value
-end
-local body = ARGV[11]
-local pos = 12
-local i = 0
-local seen = {}
-while pos <= #ARGV do
-  hash[#hash + 1] = 'rcpt:' .. i
-  hash[#hash + 1] = ARGV[pos]
-  hash[#hash + 1] = 'state:' .. i
-  hash[#hash + 1] = 'queued'
-  redis.call('RPUSH', KEYS[5], ARGV[pos + 1])
-  local rkey = idx .. 'rcpt:' .. string.lower(ARGV[pos])
-  if not seen[rkey] then
-    seen[rkey] = true
-    redis.call('ZADD', rkey, now, id)
-    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', horizon)
-    redis.call('EXPIRE', rkey, retention)
-  end
-  i = i + 1
-  pos = pos + 2
-end
-hash[#hash + 1] = 'rcpt_count'
-hash[#hash + 1] = i
-hash[#hash + 1] = 'received_at'
-hash[#hash + 1] = now
-hash[#hash + 1] = 'status'
-hash[#hash + 1] = 'queued'
-hash[#hash + 1] = 'unsettled'
-hash[#hash + 1] = ARGV[3]
-redis.call('HSET', KEYS[1], unpack(hash))
-redis.call('EXPIRE', KEYS[1], retention)
-redis.call('SET', KEYS[2], body, 'EX', tonumber(ARGV[8]))
-redis.call('EXPIRE', KEYS[5], retention)
-redis.call('ZADD', KEYS[3], now, id)
-redis.call('ZADD', idx .. 'time', now, id)
-redis.call('ZREMRANGEBYSCORE', idx .. 'time', '-inf', horizon)
-redis.call('ZADD', idx .. 'status:queued', now, id)
-if ARGV[9] ~= '' then
-  local tkey = idx .. 'tag:' .. ARGV[9]
-  redis.call('ZADD', tkey, now, id)
-  redis.call('ZREMRANGEBYSCORE', tkey, '-inf', horizon)
-  redis.call('EXPIRE', tkey, retention)
-end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'msg', id, 'at', now)
-count(idx .. 'stats:', now, 'accepted', 1)
-count(idx .. 'stats:', now, 'recipients', i)
-return 'OK ' .. (redis.call('GET', KEYS[6]) or '0')
-"""
-ENQUEUE_SCRIPT = _COUNT + _ENQUEUE_BODY
-
-# Several messages queued in one call (see Storage._enqueue_batched): the ENQUEUE_SCRIPT of
-# each, in order; one failing (e.g. OOM) does not stop the others. KEYS: every message's
-# ENQUEUE_SCRIPT keys, one message after the other; ARGV: first ENQUEUE_SCRIPT's ARGV[3..8]
-# (owner, events maxlen, key prefix, index prefix, retention, body TTL: the same for every
-# message of a Storage), then the number of settlement values and those values (pairs of
-# action and message id, run first with _SETTLE: the acknowledgements settled since the last
-# call ride on this one), then per message the number of its keys, the number of its
-# arguments, then its arguments without ARGV[3..8]. Returns one reply per message (what
-# ENQUEUE_SCRIPT returns, or 'ERR <error>'), then _SETTLE's result per settlement.
-ENQUEUE_BATCH_SCRIPT = _COUNT + _DOMAIN_MIN + _SETTLE + """
-local function enqueue(KEYS, ARGV)
-""" + _ENQUEUE_BODY + """
-end
-local settled = {}
-local s = tonumber(ARGV[7])
-if s > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for k = 8, 7 + s, 2 do
-    settled[#settled + 1] = settle(ARGV[3], ARGV[1], ARGV[k], ARGV[k + 1], now, ARGV[2])
-  end
-end
-local results = {}
-local k, a = 1, 8 + s
-while a <= #ARGV do
-  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local message_keys = {}
-  for j = 1, nk do message_keys[j] = KEYS[k + j - 1] end
-  local message_args = {ARGV[a + 2], ARGV[a + 3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
-  for j = 3, na do message_args[j + 6] = ARGV[a + 1 + j] end
-  local ok, result = pcall(enqueue, message_keys, message_args)
-  if not ok then
-    local err = (type(result) == 'table' and result.err) or tostring(result)
-    -- a replica (demoted primary) refuses every write, so nothing of this batch is stored:
-    -- the call itself fails, and the Sentinel follower sees READONLY and reconnects
-    if string.find(err, 'READONLY', 1, true) then return redis.error_reply(err) end
-    result = 'ERR ' .. err
-  end
-  results[#results + 1] = result
-  k = k + nk
-  a = a + 2 + na
-end
-for _, result in ipairs(settled) do results[#results + 1] = result end
-return results
-"""
-
-# KEYS: auth:fail:<client>; ARGV: now (ms), period (ms), limit, a new member.
-# A sliding window: members older than the period go; at the limit, nothing is added and
-# the reply is the milliseconds until the oldest leaves; otherwise the member is added, 0.
-AUTH_CLAIM_SCRIPT = """
-local now, period = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if oldest[2] == nil then
-    return period
-  end
-  return math.max(1, tonumber(oldest[2]) + period - now)
-end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], period)
-return 0
-"""
-
-
-# KEYS: counter; ARGV: limit, window_ms. Returns 1 when under the limit.
-RATE_SCRIPT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if n > tonumber(ARGV[1]) then
-  return 0
-end
-return 1
-"""
-
-
-# -- delivery queue scripts ------------------------------------------------------------
-# KEYS: queue:domains, queue:d:<domain>, leases, suppressed
-# ARGV: domain, now_ms, limit, lease_until_ms, owner, msg key prefix, body key prefix,
-#       body budget (bytes of stored bodies returned inline, in all)
-# Returns flat list per claimed job: job, sender, rcpt, attempts, received_at, suppression,
-# body. suppression: the entry of the recipient in the suppression list (its address
-# ASCII-lowercased), "" when it has none, false when the address is not ASCII (Lua's lower is
-# not Python's: the caller looks it up). body: the stored (compressed) body, for the first job
-# of each message while the budget lasts, else false (the caller reads it).
-CLAIM_SCRIPT = _DOMAIN_MIN + """
-local jobs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-local budget = tonumber(ARGV[8])
-local seen = {}
-for _, job in ipairs(jobs) do
-  redis.call('ZREM', KEYS[2], job)
-  local dot = string.find(job, '.', 1, true)
-  local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
-  local mkey = ARGV[6] .. id
-  local row = redis.call('HMGET', mkey, 'sender', 'rcpt:' .. i, 'attempts:' .. i, 'received_at')
-  if row[2] then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), job)
-    redis.call('HSET', mkey, 'owner:' .. i, ARGV[5], 'state:' .. i, 'delivering')
-    local suppression = false
-    if not string.find(row[2], '[\\128-\\255]') then
-      suppression = redis.call('HGET', KEYS[4], string.lower(row[2])) or ''
-    end
-    local body = false
-    if not seen[id] and budget > 0 then
-      seen[id] = true
-      local bkey = ARGV[7] .. id
-      local size = redis.call('STRLEN', bkey)
-      if size > 0 and size <= budget then
-        body = redis.call('GET', bkey)
-        budget = budget - size
-      end
-    end
-    out[#out + 1] = job
-    out[#out + 1] = row[1]
-    out[#out + 1] = row[2]
-    out[#out + 1] = row[3] or '0'
-    out[#out + 1] = row[4]
-    out[#out + 1] = suppression
-    out[#out + 1] = body
-  end
-end
-update_domain(KEYS[1], KEYS[2], ARGV[1])
-return out
-"""
-
-# KEYS: queue:domains, leases, events
-# ARGV: owner, events_maxlen, now_ms, index key prefix, msg key prefix, timeline key prefix,
-#       domain queue prefix, then per job 6 values: job, rcpt index, new state, event JSON,
-#       due_ms ("" if final), domain
-# States: deferred (rescheduled at due_ms), delivered, bounced, expired, suppressed (final).
-# Returns one result per job, in order: OK, STOLEN (another daemon held the lease; recorded
-# anyway) or GONE (the message was deleted; nothing recorded).
-RECORD_SCRIPT = _DOMAIN_MIN + _STATUS + _COUNT + """
-local owner_arg, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
-local idx, msg_prefix, timeline_prefix, queue_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local results = {}
-local touched, touched_order = {}, {}
-local counts, count_order = {}, {}
-local requeued, requeued_order = {}, {}
-for pos = 8, #ARGV, 6 do
-  local job, i, state, event, due, domain = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
-  local dot = string.find(job, '.', 1, true)
-  local id = string.sub(job, 1, dot - 1)
-  local mkey = msg_prefix .. id
-  local owner = redis.call('HGET', mkey, 'owner:' .. i)
-  redis.call('ZREM', KEYS[2], job)
-  if not owner and (redis.call('EXISTS', mkey) == 0 or redis.call('HGET', mkey, 'state:' .. i) == 'deleted') then
-    results[#results + 1] = 'GONE'
-  else
-    redis.call('HDEL', mkey, 'owner:' .. i)
-    redis.call('HSET', mkey, 'state:' .. i, state, 'last:' .. i, now)
-    redis.call('HINCRBY', mkey, 'attempts:' .. i, 1)
-    redis.call('RPUSH', timeline_prefix .. id, event)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', state, 'msg', id, 'rcpt', i, 'at', now)
-    if not touched[id] then
-      touched[id] = true
-      touched_order[#touched_order + 1] = id
-    end
-    if not counts[state] then
-      counts[state] = 0
-      count_order[#count_order + 1] = state
-    end
-    counts[state] = counts[state] + 1
-    if due ~= '' then
-      local dkey = queue_prefix .. domain
-      redis.call('ZADD', dkey, tonumber(due), job)
-      if not requeued[domain] then
-        requeued[domain] = true
-        requeued_order[#requeued_order + 1] = domain
-      end
-    end
-    if owner and owner ~= owner_arg then
-      results[#results + 1] = 'STOLEN'
-    else
-      results[#results + 1] = 'OK'
-    end
-  end
-end
-for _, id in ipairs(touched_order) do
-  update_status(msg_prefix .. id, id, idx)
-end
-for _, state in ipairs(count_order) do
-  count(idx .. 'stats:', tonumber(now), state, counts[state])
-end
-for _, domain in ipairs(requeued_order) do
-  update_domain(KEYS[1], queue_prefix .. domain, domain)
-end
-return results
-"""
-
-# KEYS: queue:domains, leases; ARGV: now_ms, owner ("" = any: expired leases), msg key prefix,
-#       domain queue prefix, then jobs (only with an owner: hand these back now)
-# Puts jobs back into their domain queue, due now.
-REQUEUE_SCRIPT = _DOMAIN_MIN + """
-local jobs
-if ARGV[2] == '' then
-  jobs = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-else
-  jobs = {}
-  for k = 5, #ARGV do jobs[#jobs + 1] = ARGV[k] end
-end
-local n = 0
-for _, job in ipairs(jobs) do
-  local dot = string.find(job, '.', 1, true)
-  local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
-  local mkey = ARGV[3] .. id
-  local owner = redis.call('HGET', mkey, 'owner:' .. i)
-  if ARGV[2] == '' or owner == ARGV[2] then
-    redis.call('ZREM', KEYS[2], job)
-    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
-    if rcpt and owner then
-      local domain = domain_of(rcpt)
-      local dkey = ARGV[4] .. domain
-      redis.call('ZADD', dkey, tonumber(ARGV[1]), job)
-      update_domain(KEYS[1], dkey, domain)
-      redis.call('HDEL', mkey, 'owner:' .. i)
-      redis.call('HSET', mkey, 'state:' .. i, 'queued')
-      n = n + 1
-    end
-  end
-end
-return n
-"""
-
-# KEYS: leases; ARGV: lease_until_ms, jobs... Extends the leases that still exist.
-RENEW_SCRIPT = """
-local n = 0
-for k = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', tonumber(ARGV[1]), ARGV[k])
-end
-return n
-"""
-
-# -- bounces and suppression scripts -----------------------------------------------------
-
-# KEYS: bounce, bounce_raw, bounces index, unmatched index, suppressed, msg, timeline, events,
-#       suppressed:version
-# ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then:
-#       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
-#       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
-#       index key prefix, retention (s), unmatched reports kept at most, bounce key prefix
-#       ("P bounce:"; the evicted unmatched records and raw messages are deleted), reports
-#       stored per recipient at most (more are skipped: the script returns "skipped")
-RECORD_BOUNCE_SCRIPT = _STATUS + _COUNT + """
-local pos = 5
-local n = tonumber(ARGV[4])
-local fields = {}
-local fields_type = nil
-for k = 1, n * 2 do
-  fields[k] = ARGV[pos]
-  if k % 2 == 0 and fields[k - 1] == 'type' then fields_type = ARGV[pos] end
-  pos = pos + 1
-end
-local matched, i, state, event = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-local address, suppression = ARGV[pos + 4], ARGV[pos + 5]
--- whoever holds a recipient's copy can report about it again and again: past the most
--- reports per recipient, nothing is stored, counted or sent to webhooks
-if matched == '1' and redis.call('EXISTS', KEYS[6]) == 1
-    and redis.call('HINCRBY', KEYS[6], 'reports:' .. i, 1) > tonumber(ARGV[pos + 13]) then
-  return 'skipped'
-end
-local inactive = '0'
-if address ~= '' then
-  if redis.call('HSETNX', KEYS[5], address, suppression) == 1 then
-    inactive = '1'
-    redis.call('INCR', KEYS[9])
-  end
-end
-fields[#fields + 1] = 'inactive'
-fields[#fields + 1] = inactive
-local retention = tonumber(ARGV[pos + 10])
-local horizon = tonumber(ARGV[2]) - retention * 1000
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], retention)
-if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[3], 'EX', retention)
-end
-redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', horizon)
--- an unmatched report proves nothing: it is counted apart, never by the type it claims
--- (the bounce rate and mailrelay_bounces_total{type} count only proven bounces)
-count(ARGV[pos + 9] .. 'stats:', tonumber(ARGV[2]),
-      matched == '1' and ('bounce:' .. (fields_type or 'Unknown')) or 'bounce:Unmatched', 1)
-if matched == '1' then
-  if redis.call('EXISTS', KEYS[6]) == 1 then
-    if state ~= '' then
-      redis.call('HSET', KEYS[6], 'state:' .. i, state)
-      update_status(KEYS[6], ARGV[pos + 7], ARGV[pos + 9])
-    end
-    if event ~= '' then
-      redis.call('RPUSH', KEYS[7], event)
-    end
-  end
-else
-  redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
-  -- anyone can send unmatched reports: only the newest max_unmatched are kept, so that a
-  -- flood of them cannot fill Redis (which holds the queue)
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[pos + 11])
-  if extra > 0 then
-    local oldest = redis.call('ZRANGE', KEYS[4], 0, extra - 1)
-    for _, old in ipairs(oldest) do
-      redis.call('DEL', ARGV[pos + 12] .. old, ARGV[pos + 12] .. 'raw:' .. old)
-      redis.call('ZREM', KEYS[3], old)
-    end
-    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
-  end
-end
-if event ~= '' then
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[pos + 6], '*', 'type', ARGV[pos + 8],
-             'msg', ARGV[pos + 7], 'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2])
-end
-return inactive
-"""
-
-# KEYS: suppressed, suppressed:version; ARGV: addresses.
-# Returns {version, then the entry (or nil) of each address}.
-SUPPRESSION_OF_SCRIPT = """
-local reply = {redis.call('GET', KEYS[2]) or '0'}
-for first = 1, #ARGV, 500 do  -- unpack() has a limit of a few thousand values
-  local entries = redis.call('HMGET', KEYS[1], unpack(ARGV, first, math.min(first + 499, #ARGV)))
-  for i = 1, #entries do reply[#reply + 1] = entries[i] end
-end
-return reply
-"""
-
-# KEYS: suppressed, suppressed:version; ARGV: "add"|"remove", address, entry JSON (add).
-# Returns 1 when the list changed (the counter is then incremented), else 0.
-CHANGE_SUPPRESSION_SCRIPT = """
-local changed
-if ARGV[1] == 'add' then
-  changed = redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
-else
-  changed = redis.call('HDEL', KEYS[1], ARGV[2])
-end
-if changed == 1 then redis.call('INCR', KEYS[2]) end
-return changed
-"""
-
-# KEYS: bounce, suppressed, suppressed:version; ARGV: bounce id, address ("" = keep any
-# suppression), n_fields, field/value pairs. Updates the bounce record's fields when it still
-# exists, and removes the address's suppression only when that suppression was made by this
-# bounce (its entry's bounce_id), never one an operator or another bounce made.
-# Returns {record updated (0/1), suppression removed (0/1)}.
-RECLASSIFY_BOUNCE_SCRIPT = """
-local updated, removed = 0, 0
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local fields = {}
-  for k = 4, 3 + tonumber(ARGV[3]) * 2 do fields[#fields + 1] = ARGV[k] end
-  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-  updated = 1
-end
-if ARGV[2] ~= '' then
-  local entry = redis.call('HGET', KEYS[2], ARGV[2])
-  if entry then
-    local ok, decoded = pcall(cjson.decode, entry)
-    if ok and type(decoded) == 'table' and decoded['bounce_id'] == ARGV[1] then
-      redis.call('HDEL', KEYS[2], ARGV[2])
-      redis.call('INCR', KEYS[3])
-      removed = 1
-    end
-  end
-end
-return {updated, removed}
-"""
-
-# -- search (tracking) ----------------------------------------------------------------------
-
-# KEYS: index zset; ARGV: max score ("+inf" or number), min score, count, hash key prefix,
-#       field names... Returns flat: member, score, then the fields' values, per entry
-#       (newest first). Members whose hash expired are skipped.
-SEARCH_SCRIPT = """
-local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-local names = {}
-for k = 5, #ARGV do names[#names + 1] = ARGV[k] end
-local out = {}
-for k = 1, #rows, 2 do
-  local values = redis.call('HMGET', ARGV[4] .. rows[k], unpack(names))
-  if values[1] then
-    out[#out + 1] = rows[k]
-    out[#out + 1] = rows[k + 1]
-    for _, v in ipairs(values) do out[#out + 1] = v or '' end
-  end
-end
-return out
-"""
+# The scripts are in mailrelay/store/lua/<name>.lua (each opens with its KEYS and ARGV);
+# mailrelay.store.scripts reads them and runs them (EVALSHA, EVAL on NOSCRIPT).
+ADMIN_DELETE_SCRIPT = SCRIPTS["admin_delete"]
+ADMIN_DOMAIN_SUMMARY_SCRIPT = SCRIPTS["admin_domain_summary"]
+ADMIN_JOBS_SCRIPT = SCRIPTS["admin_jobs"]
+ADMIN_LEASES_SCRIPT = SCRIPTS["admin_leases"]
+ADMIN_RETRY_DOMAIN_SCRIPT = SCRIPTS["admin_retry_domain"]
+ADMIN_RETRY_JOBS_SCRIPT = SCRIPTS["admin_retry_jobs"]
+AUTH_CLAIM_SCRIPT = SCRIPTS["auth_claim"]
+CHANGE_SUPPRESSION_SCRIPT = SCRIPTS["change_suppression"]
+CLAIM_SCRIPT = SCRIPTS["claim"]
+CLUSTER_MEMBERS_SCRIPT = SCRIPTS["cluster_members"]
+DATA_VERSION_SCRIPT = SCRIPTS["data_version"]
+DEDUPE_ENQUEUE_SCRIPT = SCRIPTS["dedupe_enqueue"]
+DKIM_PUT_SCRIPT = SCRIPTS["dkim_put"]
+ENQUEUE_BATCH_SCRIPT = SCRIPTS["enqueue_batch"]
+ENQUEUE_SCRIPT = SCRIPTS["enqueue"]
+HEARTBEAT_SCRIPT = SCRIPTS["heartbeat"]
+LEAVE_CLUSTER_SCRIPT = SCRIPTS["leave_cluster"]
+RATE_SCRIPT = SCRIPTS["rate"]
+RECLASSIFY_BOUNCE_SCRIPT = SCRIPTS["reclassify_bounce"]
+RECORD_BOUNCE_SCRIPT = SCRIPTS["record_bounce"]
+RECORD_SCRIPT = SCRIPTS["record"]
+RECORD_UNSIGNED_SCRIPT = SCRIPTS["record_unsigned"]
+RELEASE_LOCK_SCRIPT = SCRIPTS["release_lock"]
+RENEW_SCRIPT = SCRIPTS["renew"]
+REQUEUE_SCRIPT = SCRIPTS["requeue"]
+SEARCH_SCRIPT = SCRIPTS["search"]
+SETTLE_SCRIPT = SCRIPTS["settle"]
+SET_VERSION_SCRIPT = SCRIPTS["set_version"]
+SUPPRESSION_OF_SCRIPT = SCRIPTS["suppression_of"]
+SWEEP_UNSETTLED_SCRIPT = SCRIPTS["sweep_unsettled"]
+WEBHOOK_CLAIM_SCRIPT = SCRIPTS["webhook_claim"]
+WEBHOOK_ENQUEUE_SCRIPT = SCRIPTS["webhook_enqueue"]
+WEBHOOK_FINISH_SCRIPT = SCRIPTS["webhook_finish"]
+WEBHOOK_SOURCE_SCRIPT = SCRIPTS["webhook_source"]
 
 #: A message's status values (the status index has one sorted set per value).
 MESSAGE_STATUSES = ("queued", "delivered", "bounced", "expired", "suppressed", "partial")
@@ -817,8 +235,12 @@ NOT_LOOKED_UP: Any = type("NotLookedUp", (), {"__repr__": lambda self: "NOT_LOOK
 #: the group commit (ENQUEUE_BATCH_SCRIPT): a larger batch is split over several calls.
 ENQUEUE_BATCH_MAX = 64
 ENQUEUE_BATCH_BYTES = 4 * 1024 * 1024
-#: Index of the compressed body in ENQUEUE_SCRIPT's arguments (its ARGV[11]).
-_BODY_ARG = 10
+#: Index of the compressed body in ENQUEUE_SCRIPT's arguments.
+_BODY_ARG = position(ENQUEUE_ARGV, "body")
+#: ENQUEUE_SCRIPT's arguments every message shares, sent once per ENQUEUE_BATCH_SCRIPT call
+#: (contiguous: see mailrelay.store.scripts), and the count of the others before them.
+_SHARED_ARGS = slice(position(ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV[0]),
+                     position(ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV[-1]) + 1)
 
 #: Stored (compressed) bytes of bodies that one claim returns with its jobs, in all.
 CLAIM_BODY_BUDGET = 256 * 1024  # 50 messages of 5 KiB compressed; x max_connections at worst
@@ -932,6 +354,8 @@ class Storage:
         else:
             self._watched = lambda d: d
         self._offset_loop: task.LoopingCall | None = None
+        #: SHA1s of the Lua scripts Redis is known to have cached (see mailrelay.store.scripts)
+        self._loaded_scripts: set[str] = set()
         # acknowledgements to settle (confirm/cancel): message id -> action, not sent yet
         self._settlements: dict[str, str] = {}
         self._unsettled: dict[str, str] = {}   # every settlement decided and not done (sent or not)
@@ -951,6 +375,12 @@ class Storage:
         # Bounded: a Redis that is down at start must not keep the daemon from starting
         # (the pool would wait for it forever); the loop measures the clock later.
         await self._timed(defer.ensureDeferred(self.measure_clock()), self.timeout)
+        # Cached once here; a Redis that lost them (restart, failover, SCRIPT FLUSH) gets
+        # each again by EVAL on its first NOSCRIPT.
+        try:
+            await self._timed(load_all(self._call, self._loaded_scripts), self.timeout)
+        except Exception as e:
+            log.info("Redis SCRIPT LOAD failed ({e}): scripts are loaded when first run", e=e)
         policy = await self._config_get("maxmemory-policy")
         if policy and policy != "noeviction":
             log.warn("Redis maxmemory-policy is {policy!r}: eviction can delete queued mail; "
@@ -1058,9 +488,12 @@ class Storage:
             else:
                 fields[name] = "[]" if value == [] else _JSON.encode(value)
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
-        args = [message_id, str(int(deadline)), self.owner, EVENTS_MAXLEN, keys.prefix,
-                keys.index_prefix, int(self.retention), int(self.body_ttl), message.tag,
-                _JSON.encode(fields), compress_body(message.content), *rcpt_args]
+        args = ordered(ENQUEUE_ARGV, id=message_id, deadline_ms=str(int(deadline)), owner=self.owner,
+                       events_maxlen=EVENTS_MAXLEN, key_prefix=keys.prefix,
+                       index_prefix=keys.index_prefix, retention_s=int(self.retention),
+                       body_ttl_s=int(self.body_ttl), tag=message.tag, fields=_JSON.encode(fields),
+                       body=compress_body(message.content))
+        args += rcpt_args
         script = ENQUEUE_SCRIPT
         if dedupe is not None:
             script = DEDUPE_ENQUEUE_SCRIPT
@@ -1156,13 +589,14 @@ class Storage:
         """
         settlements = self._take_settlements()
         all_keys: list[str] = []
-        all_args: list[Any] = [str(value) for value in batch[0][1][2:8]]  # shared: see the script
+        all_args: list[Any] = [str(value) for value in batch[0][1][_SHARED_ARGS]]  # see the script
         all_args.append(str(2 * len(settlements)))
         for message_id, action in settlements:
             all_args += [action, message_id]
         for keys, args, _ in batch:
             all_keys += keys
-            all_args += [str(len(keys)), str(len(args) - 6), args[0], args[1], *args[8:]]
+            own = args[:_SHARED_ARGS.start] + args[_SHARED_ARGS.stop:]
+            all_args += [str(len(keys)), str(len(own)), *own]
         try:
             d = self._timed(self._eval(ENQUEUE_BATCH_SCRIPT, all_keys, all_args), self.timeout)
         except Exception as e:  # e.g. txredisapi's "Not connected", or one message's unencodable text
@@ -1195,22 +629,38 @@ class Storage:
         if settlements:
             self._track_settle_call(d)
 
-    def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred:
+    def _eval(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred:
+        """Run a script (EVALSHA; EVAL on NOSCRIPT: see mailrelay.store.scripts)."""
         connection = self._idle_connection()
         if connection is None:
-            return self.redis.eval(script, keys, args)
-        d = connection.eval(script, keys, args)
+            return evalsha(self.redis.execute_command, script, keys, args, self._loaded_scripts)
+        d = evalsha(connection.execute_command, script, keys, args, self._loaded_scripts)
         netio.flush(connection.transport)
         return self._watched(d)
 
     async def _eval_and_wait(self, keys: list[str], args: list[Any],
-                             script: str = ENQUEUE_SCRIPT) -> tuple[Any, Any]:
-        """The enqueue script and WAIT on one connection (WAIT counts that connection's writes)."""
-        pipe = await self.redis.pipeline()
-        pipe.eval(script, keys, args)
-        pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
-        result, replicas = await pipe.execute_pipeline()
-        return result, replicas
+                             script: Script = ENQUEUE_SCRIPT) -> tuple[Any, Any]:
+        """
+        The script and WAIT on one connection (WAIT counts that connection's writes). On
+        NOSCRIPT (nothing ran) both are sent again with EVAL, so that WAIT follows the write.
+        """
+        tries = [("EVAL", script.source)]
+        if script.sha in self._loaded_scripts:
+            tries.insert(0, ("EVALSHA", script.sha))
+        for command, code in tries:
+            pipe = await self.redis.pipeline()
+            pipe.execute_command(command, code, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
+            try:
+                result, replicas = await pipe.execute_pipeline()
+            except defer.FirstError as e:  # the pipeline fails with its first failing command
+                if command == "EVALSHA" and str(e.subFailure.value).startswith("NOSCRIPT"):
+                    self._loaded_scripts.discard(script.sha)
+                    continue
+                raise
+            self._loaded_scripts.add(script.sha)
+            return result, replicas
+        raise AssertionError("unreachable")
 
     # -- settling acknowledgements ----------------------------------------------------------
 
@@ -2420,375 +1870,11 @@ class Storage:
         return text[4:] if text.startswith("DUP:") else None
 
 
-# -- administration scripts (mailrelay queue) ---------------------------------------------
+# -- administration (mailrelay queue) ---------------------------------------------
 
 #: Jobs of one domain queue read per ADMIN_DOMAIN_SUMMARY_SCRIPT call.
 ADMIN_CHUNK = 1000
 
-# KEYS: queue:d:<domain>; ARGV: msg key prefix, start rank, count
-# Returns {jobs read, queued (no attempt yet), deferred (attempts > 0), oldest received_at or -1}.
-ADMIN_DOMAIN_SUMMARY_SCRIPT = """
-local start = tonumber(ARGV[2])
-local jobs = redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1)
-local queued, deferred, oldest = 0, 0, -1
-for _, job in ipairs(jobs) do
-  local dot = string.find(job, '.', 1, true)
-  if dot then
-    local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
-    local row = redis.call('HMGET', ARGV[1] .. id, 'attempts:' .. i, 'received_at')
-    if tonumber(row[1] or '0') > 0 then deferred = deferred + 1 else queued = queued + 1 end
-    local received = tonumber(row[2])
-    if received and (oldest < 0 or received < oldest) then oldest = received end
-  end
-end
-return {#jobs, queued, deferred, oldest}
-"""
-
-# KEYS: leases; ARGV: msg key prefix
-# Returns a flat list: recipient address, received_at (or -1) per leased job.
-ADMIN_LEASES_SCRIPT = """
-local out = {}
-for _, job in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local dot = string.find(job, '.', 1, true)
-  if dot then
-    local id, i = string.sub(job, 1, dot - 1), string.sub(job, dot + 1)
-    local row = redis.call('HMGET', ARGV[1] .. id, 'rcpt:' .. i, 'received_at')
-    if row[1] then
-      out[#out + 1] = row[1]
-      out[#out + 1] = row[2] or '-1'
-    end
-  end
-end
-return out
-"""
-
-# KEYS: leases, then queue:d:<domain> per recipient index; ARGV: id
-# Returns {Redis time in ms, then per recipient: due time or '', lease expiry or ''}.
-ADMIN_JOBS_SCRIPT = """
-local t = redis.call('TIME')
-local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-for k = 2, #KEYS do
-  local job = ARGV[1] .. '.' .. (k - 2)
-  out[#out + 1] = redis.call('ZSCORE', KEYS[k], job) or ''
-  out[#out + 1] = redis.call('ZSCORE', KEYS[1], job) or ''
-end
-return out
-"""
-
-# KEYS: queue:domains, then queue:d:<domain> per recipient index; ARGV: id, then per recipient: domain
-# Returns {jobs found in their domain queue, jobs made due earlier}.
-ADMIN_RETRY_JOBS_SCRIPT = _DOMAIN_MIN + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local total, moved = 0, 0
-for k = 2, #KEYS do
-  local job = ARGV[1] .. '.' .. (k - 2)
-  local due = redis.call('ZSCORE', KEYS[k], job)
-  if due then
-    total = total + 1
-    if tonumber(due) > now then
-      redis.call('ZADD', KEYS[k], 'XX', now, job)
-      moved = moved + 1
-    end
-    update_domain(KEYS[1], KEYS[k], ARGV[k])
-  end
-end
-return {total, moved}
-"""
-
-# KEYS: queue:domains, queue:d:<domain>; ARGV: domain
-# Returns {jobs in the domain queue, jobs made due earlier}.
-ADMIN_RETRY_DOMAIN_SCRIPT = _DOMAIN_MIN + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local later = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
-for _, job in ipairs(later) do
-  redis.call('ZADD', KEYS[2], 'XX', now, job)
-end
-update_domain(KEYS[1], KEYS[2], ARGV[1])
-return {redis.call('ZCARD', KEYS[2]), #later}
-"""
-
-# KEYS: queue:domains, leases, msg, timeline, events, then queue:d:<domain> per chosen recipient
-# ARGV: id, events_maxlen, then per chosen recipient: index, domain, deleted event (JSON)
-# Returns the number of jobs dropped, or -1 when the message does not exist. The jobs of an
-# unsettled message (in no queue yet) are dropped too: its confirmation skips them.
-ADMIN_DELETE_SCRIPT = _DOMAIN_MIN + """
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return -1
-end
-local unsettled = redis.call('HEXISTS', KEYS[3], 'unsettled') == 1
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = 0
-local k = 6
-for p = 3, #ARGV, 3 do
-  local i, domain, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
-  local dkey = KEYS[k]
-  k = k + 1
-  local job = ARGV[1] .. '.' .. i
-  local queued = redis.call('ZREM', dkey, job)
-  local leased = redis.call('ZREM', KEYS[2], job)
-  if queued == 1 then
-    update_domain(KEYS[1], dkey, domain)
-  end
-  if queued + leased > 0 or (unsettled and redis.call('HGET', KEYS[3], 'state:' .. i) == 'queued') then
-    redis.call('HDEL', KEYS[3], 'owner:' .. i)
-    redis.call('HSET', KEYS[3], 'state:' .. i, 'deleted')
-    redis.call('RPUSH', KEYS[4], event)
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'type', 'deleted', 'msg', ARGV[1],
-               'rcpt', i, 'at', now)
-    n = n + 1
-  end
-end
-return n
-"""
-
-# -- webhook scripts (mailrelay.webhooks) -------------------------------------------------
-
-# KEYS: msg, timeline, bounces index
-# ARGV: rcpt index, bounce id ("" = the event names none), bounce key prefix ("P bounce:"),
-#       look up ("1": find the bounce records of this message scored within window_ms of
-#       at_ms, for in-band bounces whose stream entry names no record), at_ms, window_ms,
-#       message id
-# Returns {tag, metadata, recipient address, {timeline entries}, {bounce records as flat
-# HGETALL lists}} (missing values are nil).
-WEBHOOK_SOURCE_SCRIPT = """
-local row = redis.call('HMGET', KEYS[1], 'tag', 'metadata', 'rcpt:' .. ARGV[1])
-local timeline = redis.call('LRANGE', KEYS[2], 0, -1)
-local bounces = {}
-if ARGV[2] ~= '' then
-  local record = redis.call('HGETALL', ARGV[3] .. ARGV[2])
-  if #record > 0 then bounces[1] = record end
-elseif ARGV[4] == '1' then
-  local at, window = tonumber(ARGV[5]), tonumber(ARGV[6])
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], at - window, at + window, 'LIMIT', 0, 2000)
-  for _, id in ipairs(ids) do
-    if redis.call('HGET', ARGV[3] .. id, 'message_id') == ARGV[7] then
-      bounces[#bounces + 1] = redis.call('HGETALL', ARGV[3] .. id)
-      if #bounces >= 50 then break end
-    end
-  end
-end
-return {row[1], row[2], row[3], timeline, bounces}
-"""
-
-# KEYS: events, webhook queue
-# ARGV: consumer group, stream entry id, due_ms, job key prefix, job ttl_s, now_ms, then 8
-#       values per job: job id, url, hook index, payload, event, message id, rcpt index,
-#       recipient
-# Acknowledges the event and stores its webhook jobs in one step. Returns the number of jobs
-# stored, or -1 when the entry was acknowledged already (another daemon reclaimed it and
-# got there first): each event is turned into jobs once.
-WEBHOOK_ENQUEUE_SCRIPT = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return -1
-end
-local n = 0
-for k = 7, #ARGV, 8 do
-  local jkey = ARGV[4] .. ARGV[k]
-  redis.call('HSET', jkey, 'url', ARGV[k + 1], 'hook', ARGV[k + 2], 'payload', ARGV[k + 3],
-             'event', ARGV[k + 4], 'message_id', ARGV[k + 5], 'rcpt', ARGV[k + 6],
-             'recipient', ARGV[k + 7], 'attempts', 0, 'created', ARGV[6])
-  redis.call('EXPIRE', jkey, tonumber(ARGV[5]))
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[k])
-  n = n + 1
-end
-return n
-"""
-
-# KEYS: webhook queue; ARGV: now_ms, limit, lease_until_ms, owner, job key prefix
-# Leases up to `limit` due jobs: each one's score becomes its lease expiry, so a job whose
-# daemon died is due again then. Returns flat: job id, url, hook index, payload, attempts,
-# event, message id, rcpt index, recipient per job. Ids whose hash is gone are dropped.
-WEBHOOK_CLAIM_SCRIPT = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for _, id in ipairs(ids) do
-  local jkey = ARGV[5] .. id
-  local row = redis.call('HMGET', jkey, 'url', 'hook', 'payload', 'attempts', 'event',
-                         'message_id', 'rcpt', 'recipient')
-  if row[1] then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), id)
-    redis.call('HSET', jkey, 'owner', ARGV[4])
-    out[#out + 1] = id
-    for k = 1, 8 do out[#out + 1] = row[k] or '' end
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
-
-# KEYS: webhook queue, job, timeline
-# ARGV: job id, owner, outcome, due_ms, attempts, last error, timeline event (JSON)
-# Outcomes: done (delivered or dropped: the job is deleted), retry (attempts and error kept,
-# due at due_ms), release (due at due_ms, no attempt counted: shutdown), failed (deleted, and
-# the event appended to the message's timeline while it is retained).
-# Returns OK, GONE (no such job) or STOLEN (another daemon leased it since: left to it; done
-# deletes it anyway, the POST succeeded).
-WEBHOOK_FINISH_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 'GONE'
-end
-local outcome = ARGV[3]
-if outcome ~= 'done' and redis.call('HGET', KEYS[2], 'owner') ~= ARGV[2] then
-  return 'STOLEN'
-end
-if outcome == 'done' or outcome == 'failed' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  if outcome == 'failed' and redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('RPUSH', KEYS[3], ARGV[7])
-  end
-  return 'OK'
-end
-redis.call('HDEL', KEYS[2], 'owner')
-if outcome == 'retry' then
-  redis.call('HSET', KEYS[2], 'attempts', ARGV[5], 'last_error', ARGV[6])
-end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), ARGV[1])
-return 'OK'
-"""
-
-# -- sender domain scripts (mailrelay.domains) ----------------------------------------------
-
-# KEYS: dkim:domains, dkim:version, dkim:checks; ARGV: domain, expected record ('' = absent),
-#       new record ('' = delete the domain and its last check)
-# Returns 1 when written, 0 when the stored record was not the expected one.
-DKIM_PUT_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (current or '') ~= ARGV[2] then
-  return 0
-end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-end
-redis.call('INCR', KEYS[2])
-return 1
-"""
-
-# KEYS: msg, timeline, events; ARGV: id, events_maxlen, now_ms, index key prefix,
-#       then one unsigned event (JSON) per recipient
-# Returns 0 when the message is gone, else 1.
-RECORD_UNSIGNED_SCRIPT = _COUNT + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-for k = 5, #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[k])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'type', 'unsigned', 'msg', ARGV[1], 'at', ARGV[3])
-count(ARGV[4] .. 'stats:', tonumber(ARGV[3]), 'unsigned', 1)
-return 1
-"""
-
-# -- cluster and data version scripts -----------------------------------------------------
-
-# KEYS: meta:version, then keys that exist only when the database holds mailrelay data
-# ARGV: the version to set on an empty database
-# Returns {version, 1 if set just now else 0}; data without a version is version 0.
-DATA_VERSION_SCRIPT = """
-local v = redis.call('GET', KEYS[1])
-if v then return {v, 0} end
-for k = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then return {'0', 0} end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return {ARGV[1], 1}
-"""
-
-# KEYS: meta:version; ARGV: expected version (0 also matches a missing key), new version
-SET_VERSION_SCRIPT = """
-local v = redis.call('GET', KEYS[1]) or '0'
-if tonumber(v) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS: a lock; ARGV: its token. Deletes the lock if it is still ours.
-RELEASE_LOCK_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: cluster, cluster:<owner>, meta:version; ARGV: owner, ttl_ms, field/value pairs...
-# Returns {Redis time in ms, data version or ''}.
-HEARTBEAT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local fields = {'beat', now}
-for k = 3, #ARGV do fields[#fields + 1] = ARGV[k] end
-redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-return {now, redis.call('GET', KEYS[3]) or ''}
-"""
-
-# KEYS: cluster, cluster:<owner>; ARGV: owner
-LEAVE_CLUSTER_SCRIPT = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-return 1
-"""
-
-# KEYS: cluster; ARGV: member hash prefix
-# Returns {Redis time in ms, then per live member: owner, its hash as a flat list}.
-CLUSTER_MEMBERS_SCRIPT = """
-local t = redis.call('TIME')
-local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local fields = redis.call('HGETALL', ARGV[1] .. owner)
-  if #fields > 0 then
-    out[#out + 1] = owner
-    out[#out + 1] = fields
-  end
-end
-return out
-"""
-
-# KEYS: those of ENQUEUE_SCRIPT, then P dedupe:<user>:<sha256 of the Message-ID>
-# ARGV: those of ENQUEUE_SCRIPT, then the msg key prefix, the window in ms
-# [submission] dedupe_window: when the dedupe key names a message that still exists,
-# nothing is stored and the reply is 'DUP:<that id>' (the key is rewritten, TTL kept: a
-# write, so that a WAIT after this script also covers the earlier message). Otherwise it is
-# ENQUEUE_SCRIPT, and when that stored the message the key names it for the window. The
-# check and the enqueue are one script: two clients sending the same Message-ID at once
-# cannot both queue it, and a key never names a message that was not stored. While the
-# message it names is unsettled (its 250 or 451 not settled yet), nothing is stored and the
-# reply is 'PENDING:<that id>': the daemon that sent that message's 250 answers with its id
-# (a duplicate); otherwise the client gets 451 and retries: by then that message is confirmed
-# (a duplicate) or cancelled (and this one is queued).
-DEDUPE_ENQUEUE_SCRIPT = """
-local dedupe_key = KEYS[#KEYS]
-KEYS[#KEYS] = nil
-local window = ARGV[#ARGV]
-ARGV[#ARGV] = nil
-local msg_prefix = ARGV[#ARGV]
-ARGV[#ARGV] = nil
-local original = redis.call('GET', dedupe_key)
-if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
-  if redis.call('HEXISTS', msg_prefix .. original, 'unsettled') == 1 then
-    return 'PENDING:' .. original
-  end
-  redis.call('SET', dedupe_key, original, 'KEEPTTL')
-  return 'DUP:' .. original
-end
-local function enqueue()
-""" + ENQUEUE_SCRIPT + """
-end
-local result = enqueue()
-if string.sub(result, 1, 3) == 'OK ' then
-  redis.call('SET', dedupe_key, ARGV[1], 'PX', tonumber(window))
-end
-return result
-"""
 
 # -- connecting ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from conftest import start_redis
 from mailrelay.config import parse_config
 from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
+from mailrelay.store.scripts import Script
 
 REDIS = None
 _TMP: str | None = None
@@ -142,7 +143,7 @@ class BatchingTests(unittest.TestCase):
         import mailrelay.storage as storage_module
 
         # a script that answers the change counter only: no entry for either address
-        self.patch(storage_module, "SUPPRESSION_OF_SCRIPT", "return {'7'}")
+        self.patch(storage_module, "SUPPRESSION_OF_SCRIPT", Script.from_source("test", "return {'7'}"))
         lookups = [self.storage.suppression_of(a) for a in ("one@example.org", "two@example.org")]
         results = await defer.DeferredList(lookups, consumeErrors=True)
         for ok, failure in results:

@@ -1,0 +1,35 @@
+-- KEYS: those of ENQUEUE_SCRIPT, then P dedupe:<user>:<sha256 of the Message-ID>
+-- ARGV: those of ENQUEUE_SCRIPT, then the msg key prefix, the window in ms
+-- [submission] dedupe_window: when the dedupe key names a message that still exists,
+-- nothing is stored and the reply is 'DUP:<that id>' (the key is rewritten, TTL kept: a
+-- write, so that a WAIT after this script also covers the earlier message). Otherwise it is
+-- ENQUEUE_SCRIPT, and when that stored the message the key names it for the window. The
+-- check and the enqueue are one script: two clients sending the same Message-ID at once
+-- cannot both queue it, and a key never names a message that was not stored. While the
+-- message it names is unsettled (its 250 or 451 not settled yet), nothing is stored and the
+-- reply is 'PENDING:<that id>': the daemon that sent that message's 250 answers with its id
+-- (a duplicate); otherwise the client gets 451 and retries: by then that message is confirmed
+-- (a duplicate) or cancelled (and this one is queued).
+local dedupe_key = KEYS[#KEYS]
+KEYS[#KEYS] = nil
+local window = ARGV[#ARGV]
+ARGV[#ARGV] = nil
+local msg_prefix = ARGV[#ARGV]
+ARGV[#ARGV] = nil
+local original = redis.call('GET', dedupe_key)
+if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
+  if redis.call('HEXISTS', msg_prefix .. original, 'unsettled') == 1 then
+    return 'PENDING:' .. original
+  end
+  redis.call('SET', dedupe_key, original, 'KEEPTTL')
+  return 'DUP:' .. original
+end
+local function enqueue()
+--#include enqueue
+
+end
+local result = enqueue()
+if string.sub(result, 1, 3) == 'OK ' then
+  redis.call('SET', dedupe_key, ARGV[1], 'PX', tonumber(window))
+end
+return result

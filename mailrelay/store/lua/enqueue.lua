@@ -1,0 +1,9 @@
+-- KEYS: msg, body, queue:unsettled, events, timeline, suppressed:version
+-- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_ARGV) id, deadline_ms, owner (this daemon), events_maxlen, key prefix (P), index key prefix,
+--       retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,
+--       then per recipient: address, queued event (JSON)
+-- The message is stored "unsettled": its jobs are in no domain queue (nothing can claim them)
+-- until _SETTLE confirms it (after its 250 was sent) or cancels it (after a 451); see
+-- docs/architecture.md, "Acknowledgement and durability".
+--#include _count
+--#include _enqueue_body

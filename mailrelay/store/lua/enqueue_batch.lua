@@ -1,0 +1,56 @@
+-- KEYS: every message's enqueue.lua keys, one message after the other
+-- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_BATCH_ARGV) the enqueue.lua arguments
+--       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, events maxlen, key
+--       prefix, index prefix, retention, body TTL), then the number of settlement values
+--       ('settlements') and those values (pairs of action and message id, run first with
+--       _settle: the acknowledgements settled since the last call ride on this one), then per
+--       message the number of its keys, the number of its own arguments, then its enqueue.lua
+--       arguments without the shared ones.
+-- Several messages queued in one call (see Storage._enqueue_batched): enqueue.lua for each,
+-- in order; one failing (e.g. OOM) does not stop the others.
+-- Returns one reply per message (what enqueue.lua returns, or 'ERR <error>'), then _settle's
+-- result per settlement.
+--#include _count
+--#include _domain_min
+--#include _settle
+
+local function enqueue(KEYS, ARGV)
+--#include _enqueue_body
+
+end
+local settled = {}
+local s = tonumber(ARGV[${enqueue_batch.settlements}])
+if s > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for k = ${enqueue_batch.#} + 1, ${enqueue_batch.#} + s, 2 do
+    settled[#settled + 1] = settle(ARGV[${enqueue_batch.key_prefix}], ARGV[${enqueue_batch.owner}],
+                                   ARGV[k], ARGV[k + 1], now, ARGV[${enqueue_batch.events_maxlen}])
+  end
+end
+local results = {}
+local k, a = 1, ${enqueue_batch.#} + 1 + s
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local message_keys = {}
+  for j = 1, nk do message_keys[j] = KEYS[k + j - 1] end
+  -- the message's own arguments (ARGV[a + 2] on) around the shared ones (ARGV[1] on), which
+  -- are contiguous in enqueue.lua's ARGV, from position ENQUEUE_SHARED_FIRST on
+  local message_args = {}
+  for j = 1, ${ENQUEUE_SHARED_FIRST} - 1 do message_args[j] = ARGV[a + 1 + j] end
+  for j = 1, ${enqueue_shared.#} do message_args[${ENQUEUE_SHARED_FIRST} - 1 + j] = ARGV[j] end
+  for j = ${ENQUEUE_SHARED_FIRST}, na do message_args[j + ${enqueue_shared.#}] = ARGV[a + 1 + j] end
+  local ok, result = pcall(enqueue, message_keys, message_args)
+  if not ok then
+    local err = (type(result) == 'table' and result.err) or tostring(result)
+    -- a replica (demoted primary) refuses every write, so nothing of this batch is stored:
+    -- the call itself fails, and the Sentinel follower sees READONLY and reconnects
+    if string.find(err, 'READONLY', 1, true) then return redis.error_reply(err) end
+    result = 'ERR ' .. err
+  end
+  results[#results + 1] = result
+  k = k + nk
+  a = a + 2 + na
+end
+for _, result in ipairs(settled) do results[#results + 1] = result end
+return results
