@@ -48,6 +48,12 @@ has the same table)
     Scripts touch keys named inside them (message hashes, indexes): a single Redis
     primary (with replicas and Sentinel) is supported, Redis Cluster is not.
 
+STANDARDS
+    The Redis protocol (RESP 2) and its scripting commands (EVAL, EVALSHA, SCRIPT LOAD:
+    Lua 5.1, run atomically); RFC 3339 times in stored events; Redis Sentinel's
+    protocol for following a primary (``+switch-master``, ``SENTINEL
+    get-master-addr-by-name``).
+
 DIAGNOSTICS
     :class:`StorageUnavailable` (no answer within ``[redis] timeout``, or WAIT
     short of ``min_replicas``) and :class:`StorageFull` (Redis refused writes:

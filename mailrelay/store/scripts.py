@@ -35,8 +35,16 @@ SECURITY
     Scripts are package data, read from the installed package only; no script text
     comes from configuration or from Redis.
 
+STANDARDS
+    Redis scripting (EVAL, EVALSHA, SCRIPT LOAD; Lua 5.1, a script runs atomically, and
+    a NOSCRIPT error means nothing ran).
+
 DIAGNOSTICS
     ``KeyError``/``ValueError`` at import: a missing include, an unknown ``${...}``.
+
+CONFIGURATION
+    None. Data: the package files ``mailrelay/store/lua/*.lua`` (shipped as package data,
+    see setup.cfg); the scripts cached in Redis under their SHA1.
 """
 
 from __future__ import annotations
