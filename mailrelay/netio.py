@@ -31,10 +31,10 @@ JOB
 SECURITY
     Reads no input: it only sends bytes its caller wrote, in the same order
     and no others. :func:`send` reads Twisted's private buffer state of
-    ``tcp.Connection`` (``_tempDataLen``, ``offset``, ``dataBuffer``) only
-    to know that nothing waits before the new bytes: were those internals to
-    change meaning in a Twisted upgrade, bytes could be reordered, so an
-    upgrade must check them.
+    ``tcp.Connection`` through :func:`mailrelay.libcompat.tcp_send_buffer_empty`
+    only to know that nothing waits before the new bytes: were those internals
+    to change meaning in a Twisted upgrade, bytes could be reordered, so
+    tests/test_libcompat.py checks them.
 
 STANDARDS
     None.
@@ -54,6 +54,8 @@ from typing import Any
 from twisted.internet import abstract, tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from mailrelay.libcompat import tcp_send_buffer_empty
+
 #: A transport whose write buffer :func:`flush` may send: a socket ``FileDescriptor``.
 _FLUSHABLE = abstract.FileDescriptor
 
@@ -69,10 +71,9 @@ def flush(transport: Any) -> None:
 def send(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sent at once (see the module docstring)."""
     if (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
-            and not transport.disconnecting and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)):
-        # Nothing waits before these bytes in Twisted's buffer (the buffer's private
-        # counters are read only to know that); what the kernel does not take is buffered.
+            and not transport.disconnecting and tcp_send_buffer_empty(transport)):
+        # Nothing waits before these bytes in Twisted's buffer (see libcompat);
+        # what the kernel does not take is buffered.
         sent = transport.writeSomeData(data)
         if isinstance(sent, int) and sent >= 0:
             if sent == len(data):

@@ -115,6 +115,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
+from mailrelay.libcompat import request_disconnected
 from mailrelay.httplimits import client_key
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
@@ -615,17 +616,17 @@ class StatusPage(resource.Resource):
                                                    _card("Not found", tags.p(tags.a("Back to the overview", href="/")))))
 
     def _failed(self, failure: Any, request: server.Request) -> None:
-        if failure.check(defer.CancelledError) and request._disconnected:
+        if failure.check(defer.CancelledError) and request_disconnected(request):
             return  # the client went away
         log.failure("status page: rendering {path} failed", failure, path=request.path)
-        if not request.startedWriting and not request.finished and not request._disconnected:
+        if not request.startedWriting and not request.finished and not request_disconnected(request):
             self._send(request, 500, _document("Error", tags.p("Internal error; see the daemon's log.")))
 
     # -- responses ----------------------------------------------------------------------
 
     def _send(self, request: server.Request, code: int, body: bytes,
               content_type: bytes = b"text/html; charset=utf-8") -> None:
-        if request.finished or request._disconnected:
+        if request.finished or request_disconnected(request):
             return
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", content_type)

@@ -84,7 +84,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mailrelay import netio
+from mailrelay import libcompat, netio
 from mailrelay.config import Config, RedisAddress, parse_redis_url
 from mailrelay.store.scripts import (ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV, SCRIPTS, Script,
                                      evalsha, load_all, ordered, position)
@@ -350,11 +350,10 @@ class Storage:
         # messages waiting for this reactor turn's ENQUEUE_BATCH_SCRIPT call: (keys, args, waiter)
         self._enqueue_batch: list[tuple[list[str], list[Any], defer.Deferred]] = []
         self._suppression_lookups: list[tuple[str, defer.Deferred]] = []   # the same for RCPT
-        # The pool's idle connections (txredisapi's PeekableQueue.pending), for _call/_eval;
+        # The pool's idle connections (see libcompat), for _call/_eval;
         # with Sentinel, READONLY replies must still reach the follower (_watched).
         pool = redis.pool if isinstance(redis, SentinelFollower) else redis
-        factory = getattr(pool, "_factory", None)
-        self._idle: list[Any] | None = getattr(getattr(factory, "connectionQueue", None), "pending", None)
+        self._idle: list[Any] | None = libcompat.idle_redis_connections(pool)
         if isinstance(redis, SentinelFollower):
             self._watched = lambda d: redis._watch(d, redis._generation)
         else:
@@ -1911,19 +1910,20 @@ def connect_redis(config: Config, managed_socket: str | None) -> Any:
                                                  username=address.username, connectTimeout=5,
                                                  reconnect=True, **common)
     # The pool connects on a later reactor turn (and reconnects) with its factory's protocol.
-    pool._factory.protocol = _redis_protocols()[0]
-    _quiet_connection_errors(pool._factory)
+    libcompat.use_redis_protocol(pool, _redis_protocols()[0])
+    _quiet_connection_errors(pool)
     return pool
 
 
-def _quiet_connection_errors(factory: Any) -> None:
+def _quiet_connection_errors(pool: Any) -> None:
     """
     A lazy pool's factory fails its ``deferred`` when a connection's AUTH or SELECT fails (e.g.
     the pool is closed while connecting, at shutdown); nobody waits on it, and txredisapi has
     logged the reason already, so the failure must not surface as "Unhandled error in Deferred".
     """
-    if factory.deferred is not None:
-        factory.deferred.addErrback(lambda failure: None)
+    connected = getattr(libcompat.redis_pool_factory(pool), "deferred", None)
+    if connected is not None:
+        connected.addErrback(lambda failure: None)
 
 
 def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
@@ -1962,13 +1962,9 @@ def _redis_protocols() -> tuple[type, type]:
     if _REDIS_PROTOCOLS is None:
         import txredisapi
 
-        def _build_command(self: Any, *args: Any, **kwargs: Any) -> bytes:
-            return encode_command(args)
-
         _REDIS_PROTOCOLS = (
-            type("RedisProtocol", (txredisapi.RedisProtocol,), {"_build_command": _build_command}),
-            type("SentinelRedisProtocol", (txredisapi.SentinelRedisProtocol,),
-                 {"_build_command": _build_command}),
+            libcompat.with_command_encoder(txredisapi.RedisProtocol, encode_command),
+            libcompat.with_command_encoder(txredisapi.SentinelRedisProtocol, encode_command),
         )
     return _REDIS_PROTOCOLS
 
@@ -2027,7 +2023,7 @@ class SentinelFollower:
         self.sentinel = master_factory.sentinel_class(sentinels)
         self.pool = self.sentinel.master_for(master_name, factory_class=master_factory,
                                              poolsize=poolsize, **connection_kwargs)
-        _quiet_connection_errors(self.pool._factory)
+        _quiet_connection_errors(self.pool)
         self._generation = 0          # bumped whenever the pool's connections are dropped
         self._master: str | None = None   # "host:port" of the last +switch-master followed
         self._subscribed: set[str] = set()
@@ -2090,10 +2086,7 @@ class SentinelFollower:
     def drop_connections(self, only: Any = None) -> None:
         """Close the pool's connections (``only``: those); each reconnects via the Sentinels."""
         self._generation += 1
-        factory = self.pool._factory
-        connections = set(factory.pool)
-        connections.update(slot.protocol for slot in factory.slots if slot.protocol is not None)
-        for connection in connections:
+        for connection in libcompat.redis_pool_connections(self.pool):
             if only is None or connection in only:
                 connection.transport.loseConnection()
 
@@ -2121,7 +2114,7 @@ class SentinelFollower:
 
     def _check_master(self, address: tuple[str, int]) -> None:
         stale = []
-        for connection in list(self.pool._factory.pool):
+        for connection in list(getattr(libcompat.redis_pool_factory(self.pool), "pool", ())):
             peer = connection.transport.getPeer()
             if (getattr(peer, "host", None), getattr(peer, "port", None)) != tuple(address):
                 stale.append(connection)

@@ -104,6 +104,7 @@ from twisted.web.http_headers import Headers
 
 from mailrelay.config import Config
 from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
+from mailrelay.libcompat import request_disconnected
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
 from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
@@ -639,7 +640,7 @@ def _secure_headers(request: Any) -> None:
 def _finish(request: Any, code: int, body: bytes = b"", content_type: bytes | None = _JSON,
             headers: dict[bytes, bytes] | None = None) -> None:
     """Send a whole response unless the client has gone away."""
-    if request.finished or request._disconnected:
+    if request.finished or request_disconnected(request):
         return
     request.setResponseCode(code)
     _secure_headers(request)
@@ -695,7 +696,7 @@ def _run(request: Any, handler: Callable[[], Awaitable[Any]], timeout: float) ->
             log.warn("web: {uri}: Redis failed: {e}", uri=request.uri.decode("ascii", "replace"),
                      e=_describe(failure.value))
             send_error(request, ApiError(503, f"storage unavailable: {_describe(failure.value)}"))
-        elif failure.check(defer.CancelledError) and request._disconnected:
+        elif failure.check(defer.CancelledError) and request_disconnected(request):
             pass  # the client went away
         else:
             log.failure("web: {method} {uri} failed", failure, method=request.method.decode("ascii", "replace"),

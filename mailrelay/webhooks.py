@@ -57,6 +57,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
+from mailrelay.libcompat import quiet_http_connection_pool
 from mailrelay.storage import Event, Storage
 from mailrelay.timefmt import rfc3339
 
@@ -253,7 +254,7 @@ class WebhookService(service.Service):
 
         self.storage = self.get_storage()
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self._pool._factory = _quiet_factory()   # no "Starting factory" line per connection
+        quiet_http_connection_pool(self._pool)   # no "Starting factory" line per connection
         self._pool.maxPersistentPerHost = MAX_CONCURRENT
         self._pool.retryAutomatically = False   # a POST is not repeated behind our back
         self._client = HTTPClient(Agent(self.reactor, connectTimeout=REQUEST_TIMEOUT, pool=self._pool))
@@ -522,15 +523,6 @@ class WebhookService(service.Service):
             self.requests.pop(job_id, None)
         excerpt = data.decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip()
         return response.code, excerpt
-
-
-def _quiet_factory() -> type:
-    from twisted.web.client import _HTTP11ClientFactory
-
-    class QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-        noisy = False
-
-    return QuietHTTP11ClientFactory
 
 
 def _describe(error: BaseException) -> str:

@@ -254,7 +254,7 @@ class CommandEncodingTests(unittest.TestCase):
         self.assertEqual(stored[3].decode(), "caf\u00e9 \U0001F600")
         self.assertEqual(stored[8:10], [b"1.500000", b"0.100000"])  # as txredisapi formats floats
         connection = await redis._factory.getConnection()
-        self.assertEqual(type(connection)._build_command.__module__, "mailrelay.storage")
+        self.assertEqual(type(connection)._build_command.__module__, "mailrelay.libcompat")
 
     def client_list(self, key: str) -> list[bytes]:
         return REDIS.client().command("LRANGE", key, 0, -1)
