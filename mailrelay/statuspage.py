@@ -115,6 +115,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
+from mailrelay.domains import domain_states
 from mailrelay.httplimits import client_key
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
@@ -839,8 +840,6 @@ class StatusPage(resource.Resource):
         return charts_section(title, value, resolution)
 
     async def _domain_states(self, storage: Any) -> list[dict[str, Any]]:
-        from mailrelay.domains import domain_states
-
         return await domain_states(self.config, storage)
 
     @staticmethod

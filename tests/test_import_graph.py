@@ -91,3 +91,24 @@ def test_graph_sees_function_level_imports() -> None:
 def test_import_graph_is_acyclic() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_function_level_imports_say_why() -> None:
+    """A mailrelay module imported inside a function (only for an optional dependency) carries
+    a comment saying why, on its line or on one of the two lines before it."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines), str(path))
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mailrelay" \
+                        or isinstance(node, ast.Import) and any(a.name.split(".")[0] == "mailrelay"
+                                                                for a in node.names):
+                    nearby = lines[max(0, node.lineno - 3):node.lineno]
+                    if not any("#" in line for line in nearby):
+                        unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not unexplained, "function-level imports of mailrelay modules without a reason: " + ", ".join(
+        sorted(set(unexplained)))

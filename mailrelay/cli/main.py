@@ -1,5 +1,5 @@
 """
-cli: the ``mailrelay`` administration command.
+cli.main: the ``mailrelay`` administration command.
 
 JOB
     Parses the command line and runs one subcommand::
@@ -36,10 +36,10 @@ JOB
                                            sender domains, their keys and DNS records (mailrelay.domains)
 
     The ``cluster``, ``migrate`` and ``domains`` parsers and actions live in
-    :mod:`mailrelay.cluster` and :mod:`mailrelay.domains`. The ``queue``,
+    :mod:`mailrelay.cli.cluster` and :mod:`mailrelay.cli.domains`. The ``queue``,
     ``suppressions``, ``bounce reclassify``, ``cluster``, ``migrate`` and
     ``domains`` subcommands talk to the daemon's Redis through
-    :func:`run_with_storage`: the managed one
+    :func:`mailrelay.cli.common.run_with_storage`: the managed one
     through ``state_dir/redis/redis.sock`` (a relative state_dir is taken from
     the current directory, so run them where the daemon runs, or use an
     absolute state_dir), else ``[redis] url`` or ``sentinels``. They use only
