@@ -38,7 +38,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -50,6 +49,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailrelay import __version__
+from mailrelay.storage import new_owner
+from mailrelay.submission import describe_address
 
 log = Logger()
 
@@ -61,15 +62,8 @@ HEARTBEAT_MISSES = 3
 HEARTBEAT_DOMAINS = 20
 
 
-def new_owner() -> str:
-    """A daemon's identity in the queue leases and heartbeats: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
 def listeners_of(top: Any) -> list[str]:
     """``["submission 127.0.0.1:2587", ...]``: the listening ports found in the service tree."""
-    from mailrelay.submission import describe_address
-
     found = []
 
     def walk(node: Any) -> None:
@@ -222,74 +216,6 @@ class ClusterService(service.Service):
         d = defer.ensureDeferred(storage.leave_cluster(self.owner))
         return d.addErrback(lambda f: log.info("could not remove the heartbeat: {e}",
                                                e=f.getErrorMessage()))
-
-
-# -- mailrelay cluster, mailrelay migrate ------------------------------------------------------
-
-
-def format_members(members: list[dict[str, Any]]) -> list[str]:
-    """The `mailrelay cluster` table, one line per live daemon."""
-    from mailrelay.cli import clean
-    from mailrelay.timefmt import format_age
-
-    header = ("DAEMON", "VERSION", "UP", "BEAT", "DELIVERING", "LISTENERS")
-    rows = []
-    for m in members:
-        domains = ", ".join(f"{clean(d)} {n}" for d, n in
-                            sorted(m["domains"].items(), key=lambda item: (-item[1], item[0])))
-        delivering = f"{m['held']} job{'' if m['held'] == 1 else 's'}" + (f" ({domains})" if domains else "")
-        rows.append((clean(m["owner"]), f"{clean(m['version'])}/data {m['data_version']}",
-                     format_age(m["uptime"]), f"{m['age']:.1f}s ago", delivering,
-                     ", ".join(clean(item) for item in m["listeners"]) or "-"))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    return [("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + r[-1]).rstrip()
-            for r in [header, *rows]]
-
-
-async def run_cluster(storage: Any) -> None:
-    members = await storage.cluster_members()
-    stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
-    for line in format_members(members):
-        print(line)
-    version = stored.decode() if stored is not None else "not recorded yet"
-    print(f"{len(members)} live daemon{'' if len(members) == 1 else 's'}; "
-          f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
-
-
-async def run_migrate(storage: Any, force: bool) -> None:
-    before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
-    if created:
-        print(f"empty database: data format version {before} recorded")
-        return
-    steps = await storage.migrate(force=force, report=lambda text: print(text, flush=True))
-    if steps:
-        print(f"migrated from data format version {before} to {steps[-1][1]}")
-    else:
-        print(f"data format version {before}: nothing to migrate")
-
-
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from mailrelay.cli import react_with_storage
-
-    return react_with_storage(args, run_cluster)
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from mailrelay.cli import react_with_storage
-
-    return react_with_storage(args, lambda storage: run_migrate(storage, args.force))
-
-
-def add_cluster_parsers(sub: Any) -> None:
-    """``mailrelay cluster`` and ``mailrelay migrate`` (called by mailrelay.cli)."""
-    cluster = sub.add_parser("cluster", help="list the live daemons sharing this Redis")
-    cluster.add_argument("-c", "--config", help="TOML configuration file")
-    cluster.set_defaults(func=cmd_cluster)
-    migrate = sub.add_parser("migrate", help="migrate the Redis data to this release's format")
-    migrate.add_argument("-c", "--config", help="TOML configuration file")
-    migrate.add_argument("--force", action="store_true",
-                         help="migrate even while live daemons do not understand the new format")
-    migrate.set_defaults(func=cmd_migrate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from mailrelay.dkimsign import load_key_file
+from mailrelay.passwords import is_password_hash
+
 
 class ConfigError(Exception):
     """The configuration is not usable; the message names the key and why."""
@@ -244,8 +247,6 @@ def p_host_ports(key: str, value: Any) -> tuple[tuple[str, int], ...]:
 
 
 def p_users(key: str, value: Any) -> Mapping[str, str]:
-    from mailrelay.passwords import is_password_hash
-
     _expect(key, value, dict, "a table of username = password hash")
     for user, hashed in value.items():
         _expect(f"{key}.{user}", hashed, str, "a password hash string")
@@ -670,7 +671,6 @@ def _parse_domains(value: Any) -> tuple:
                 raise ConfigError(f"domains[{i}].{required}: required")
         entry = _parse_section(f"domains[{i}]", DomainConfig, table)
         try:
-            from mailrelay.domains import load_key_file
             algorithm = load_key_file(entry.key_file).algorithm
         except ValueError as e:
             raise ConfigError(f"domains[{i}].key_file: {e}") from None

@@ -57,13 +57,14 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mailrelay import smtpclient
+from mailrelay import bounceparse, metrics, smtpclient
+from mailrelay import message as msg
+from mailrelay.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp, make_dsn
 from mailrelay.config import Config
 from mailrelay.destinations import DestinationPolicy
-from mailrelay import metrics
 from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtpclient import OutboundMessage, ReplyInfo
-from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, Storage
+from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, NewMessage, Storage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -160,8 +161,6 @@ class DeliveryService(service.Service):
     # -- lifecycle -------------------------------------------------------------------
 
     async def when_ready(self) -> None:
-        from mailrelay.bounces import BounceRecorder, load_verp
-
         self.storage = self.get_storage()
         self.recorder = BounceRecorder(self.storage, self.config.bounces.max_stored_bounce_size, self.clock,
                                        self.config.bounces.max_unmatched_bounces)
@@ -600,9 +599,6 @@ class DeliveryService(service.Service):
     async def _record_bounce(self, job: ClaimedJob, state: str, detail: str, reply: ReplyInfo | None,
                              route: Route | None) -> None:
         """A refusal at delivery is a bounce too: classify it, record it, maybe suppress."""
-        from mailrelay import bounceparse
-        from mailrelay.bounces import PROOF_DELIVERY, ProvenJob
-
         if reply is not None:
             report = bounceparse.reply_report(job.recipient, reply.code, reply.enhanced or None,
                                               f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " "),
@@ -622,10 +618,6 @@ class DeliveryService(service.Service):
 
     async def _notify_sender(self, job: ClaimedJob, report: Any, route: Route | None) -> None:
         """Queue an RFC 3464 DSN to the original sender (``[bounces] notify_sender``)."""
-        from mailrelay import message as msg
-        from mailrelay.bounces import make_dsn
-        from mailrelay.storage import NewMessage
-
         body = await self.storage.get_body(job.message_id) or b""
         header_end = body.find(b"\r\n\r\n")
         content = make_dsn(hostname=self.config.hostname, original_sender=job.sender, recipient=job.recipient,

@@ -31,7 +31,7 @@ JOB
     Running daemons notice added, rotated and removed domains within a second (a change
     counter in Redis, checked at most once a second, and at once for an unknown domain).
 
-    ``mailrelay domains add|list|show|remove|rotate|verify`` (see :func:`add_domains_parser`)
+    ``mailrelay domains add|list|show|remove|rotate|verify`` (see :mod:`mailrelay.cli.domains`)
     manages the domains and prints the DNS records to publish: the DKIM key
     (``<selector>._domainkey.<domain>`` TXT), the bounce domain's MX (and SPF) when
     ``[bounces] domain`` is set, and SPF and DMARC suggestions. ``verify`` looks them up
@@ -77,14 +77,9 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import argparse
-import base64
 import calendar
-import hashlib
 import json
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,23 +87,17 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailrelay.config import Config, format_duration, parse_duration
+from mailrelay.config import Config, ConfigError, format_duration, p_selector, parse_duration
+from mailrelay.dkimsign import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryptError, SigningKey,
+                                dkim_txt_value, decrypt_private_key, encrypt_private_key,
+                                generate_key, key_algorithm, load_der_key, load_key_file, private_der,
+                                sign_message)
+from mailrelay.mx import DNSError, NXDomain, TemporaryDNSError
+from mailrelay.smtpserver import STORAGE_UNAVAILABLE, Reply
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
 
-RSA = "rsa-sha256"
-ED25519 = "ed25519-sha256"
-#: The k= tag of each algorithm's DNS record.
-KEY_TYPES = {RSA: "rsa", ED25519: "ed25519"}
-RSA_BITS = 2048
-#: RFC 8301: verifiers must refuse RSA keys under 1024 bits.
-MIN_RSA_BITS = 1024
-
-#: Header fields signed when present (each instance), in this order; then OVERSIGNED again.
-SIGNED_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-version",
-                  "content-type", "content-transfer-encoding", "reply-to")
-OVERSIGNED = ("from",)
 
 #: How long a rotated-out public key stays published by default (never less than the
 #: queue lifetime plus a day: queued mail still carries signatures made with it).
@@ -118,257 +107,6 @@ REFRESH_INTERVAL = 1.0
 #: ... and at once for an unknown From domain, unless they looked this recently.
 MISS_REFRESH_INTERVAL = 0.1
 
-#: scrypt parameters of the key-encryption key (16 MiB, about 50 ms: once per stored key).
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
-
-
-class DomainError(Exception):
-    """A sender-domain operation cannot be done; the message is one line for people."""
-
-
-class KeyDecryptError(DomainError):
-    """A stored private key cannot be decrypted with the configured key_encryption_key."""
-
-
-# -- keys -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadedKey:
-    """A private key in memory (a ``cryptography`` object) and what DNS must publish for it."""
-
-    algorithm: str
-    private: Any
-    bits: int
-
-    @property
-    def public(self) -> str:
-        return public_key_value(self.private)
-
-
-def key_algorithm(private: Any) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-    if isinstance(private, rsa.RSAPrivateKey):
-        return RSA
-    if isinstance(private, ed25519.Ed25519PrivateKey):
-        return ED25519
-    raise ValueError(f"a {type(private).__name__} cannot sign DKIM (RSA or Ed25519 only)")
-
-
-def generate_key(algorithm: str) -> LoadedKey:
-    """A new RSA-2048 or Ed25519 private key."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-    if algorithm == RSA:
-        return LoadedKey(RSA, rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS), RSA_BITS)
-    return LoadedKey(ED25519, ed25519.Ed25519PrivateKey.generate(), 256)
-
-
-def public_key_value(private: Any) -> str:
-    """The ``p=`` value: base64 of the SubjectPublicKeyInfo (RSA) or of the raw 32 octets
-    (Ed25519, RFC 8463 section 4.2)."""
-    from cryptography.hazmat.primitives import serialization
-
-    public = private.public_key()
-    if key_algorithm(private) == ED25519:
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    else:
-        raw = public.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(raw).decode("ascii")
-
-
-def private_der(private: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-
-def _checked(private: Any) -> LoadedKey:
-    algorithm = key_algorithm(private)
-    bits = private.key_size if algorithm == RSA else 256
-    if algorithm == RSA and bits < MIN_RSA_BITS:
-        raise ValueError(f"an RSA key of {bits} bits is too short (RFC 8301: at least "
-                         f"{MIN_RSA_BITS}; 2048 advised)")
-    return LoadedKey(algorithm, private, bits)
-
-
-def load_key_file(path: str) -> LoadedKey:
-    """A PEM private key file (RSA or Ed25519, unencrypted). Raises ValueError saying why not."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path} is not an unencrypted PEM private key ({reason})") from None
-    except Exception as e:  # cryptography raises UnsupportedAlgorithm and friends
-        raise ValueError(f"{path}: unusable key ({type(e).__name__}: {e})") from None
-    return _checked(private)
-
-
-def load_der_key(der: bytes) -> LoadedKey:
-    from cryptography.hazmat.primitives import serialization
-
-    return _checked(serialization.load_der_private_key(der, password=None))
-
-
-def dkim_txt_value(algorithm: str, public: str) -> str:
-    """The DKIM key record's text, e.g. ``v=DKIM1; k=rsa; p=MIIB...``."""
-    return f"v=DKIM1; k={KEY_TYPES[algorithm]}; p={public}"
-
-
-# -- encryption at rest -------------------------------------------------------------------
-
-_KEK_CACHE: dict[bytes, bytes] = {}
-
-
-def _kek(secret: str, salt: bytes) -> bytes:
-    """The AES key for ``salt``: scrypt of the configured secret (cached: scrypt is slow on purpose)."""
-    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-    cache_key = hashlib.sha256(salt + b"\0" + secret.encode()).digest()
-    key = _KEK_CACHE.get(cache_key)
-    if key is None:
-        key = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(secret.encode())
-        _KEK_CACHE[cache_key] = key
-    return key
-
-
-def _aad(domain: str, selector: str) -> bytes:
-    return f"mailrelay dkim key {domain} {selector}".encode()
-
-
-def encrypt_private_key(secret: str, der: bytes, domain: str, selector: str) -> dict[str, Any]:
-    """The stored form of a private key: AES-256-GCM under scrypt(secret, random salt)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    if not secret:
-        raise DomainError("cannot store private keys in Redis: set [dkim] key_encryption_key in "
-                          "the configuration (the same on every daemon), or declare the domain "
-                          "with a key file in [[domains]]")
-    salt, nonce = os.urandom(16), os.urandom(12)
-    sealed = AESGCM(_kek(secret, salt)).encrypt(nonce, der, _aad(domain, selector))
-    b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
-    return {"v": 1, "cipher": "AES-256-GCM", "kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R,
-            "p": SCRYPT_P, "salt": b64(salt), "nonce": b64(nonce), "data": b64(sealed)}
-
-
-def decrypt_private_key(secret: str, sealed: dict[str, Any], domain: str, selector: str) -> bytes:
-    """The PKCS#8 DER of a stored key; KeyDecryptError when the secret is missing or wrong."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    if not secret:
-        raise KeyDecryptError(f"the key of {domain} (selector {selector}) is stored encrypted "
-                              "and [dkim] key_encryption_key is not set")
-    if sealed.get("v") != 1 or sealed.get("kdf") != "scrypt":
-        raise KeyDecryptError(f"the key of {domain} (selector {selector}) is stored in an "
-                              "unknown format")
-    try:
-        salt = base64.b64decode(sealed["salt"])
-        nonce = base64.b64decode(sealed["nonce"])
-        data = base64.b64decode(sealed["data"])
-        return AESGCM(_kek(secret, salt)).decrypt(nonce, data, _aad(domain, selector))
-    except (InvalidTag, KeyError, ValueError):
-        raise KeyDecryptError(f"cannot decrypt the key of {domain} (selector {selector}): "
-                              "[dkim] key_encryption_key is not the one it was stored with") from None
-
-
-# -- signing --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    """What one signature needs: d=, s=, the algorithm and the private key object."""
-
-    domain: str
-    selector: str
-    algorithm: str
-    private: Any
-
-
-def _headers_and_body(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The header fields as dkimpy takes them ((name, value after the colon)), and the body.
-
-    Split as submission splits (mailrelay.message), so the signature covers exactly the
-    fields that submission kept."""
-    from mailrelay.message import split_header
-
-    fields, rest = split_header(message)
-    headers = []
-    for f in fields:
-        name, _, value = f.raw.partition(b":")
-        headers.append((name, value))
-    body = rest[2:] if rest.startswith(b"\r\n") else rest
-    return headers, body
-
-
-def signed_header_names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """The h= list: each field of SIGNED_HEADERS as often as present, then OVERSIGNED once more."""
-    present = [name.strip().lower() for name, _ in headers]
-    include: list[bytes] = []
-    for name in SIGNED_HEADERS:
-        include += [name.encode()] * present.count(name.encode())
-    return include + [name.encode() for name in OVERSIGNED]
-
-
-def _fold_tags(tags: list[str]) -> bytes:
-    """``DKIM-Signature: tag; tag; ...`` folded at tag boundaries, b= last, on its own line."""
-    lines: list[str] = []
-    current = "DKIM-Signature:"
-    for tag in tags:
-        if tag.startswith("b=") or (len(current) + 1 + len(tag) > 78 and current.strip()):
-            lines.append(current)
-            current = "\t" + tag
-        else:
-            current += " " + tag
-    lines.append(current)
-    return "\r\n".join(lines).encode("ascii")
-
-
-def sign_message(message: bytes, keys: list[SigningKey], timestamp: int | None = None) -> bytes:
-    """
-    The DKIM-Signature header fields (one per key, CRLF-terminated) to put on top of
-    ``message`` (CRLF line ends). Relaxed/relaxed canonicalisation by dkimpy; the signature by
-    ``cryptography``. Thread-safe; CPU-bound: run it off the reactor.
-    """
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, utils
-    from dkim import hash_headers
-    from dkim.canonicalization import CanonicalizationPolicy
-
-    policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-    headers, body = _headers_and_body(message)
-    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest()).decode()
-    include = signed_header_names(headers)
-    canonical = policy.canonicalize_headers(headers)
-    stamp = int(time.time()) if timestamp is None else timestamp
-    out = []
-    for key in keys:
-        tags = ["v=1;", f"a={key.algorithm};", "c=relaxed/relaxed;", f"d={key.domain};",
-                f"s={key.selector};", f"t={stamp};", "h=" + ":".join(n.decode() for n in include) + ";",
-                f"bh={body_hash};", "b="]
-        unsigned = _fold_tags(tags)
-        name, _, value = unsigned.partition(b":")
-        hasher = hashlib.sha256()
-        hash_headers(hasher, policy, canonical, list(include), (name, value), {})
-        digest = hasher.digest()
-        if key.algorithm == RSA:
-            signature = key.private.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        else:  # RFC 8463: Ed25519 over the SHA-256 hash of the canonicalised data
-            signature = key.private.sign(digest)
-        b64 = base64.b64encode(signature).decode("ascii")
-        folded = "\r\n\t".join(b64[i:i + 72] for i in range(0, len(b64), 72))
-        out.append(unsigned + folded.encode("ascii") + b"\r\n")
-    return b"".join(out)
 
 
 # -- the sender domains -------------------------------------------------------------------
@@ -532,8 +270,6 @@ def _new_key(config: Config, domain: str, selector: str, algorithm: str) -> Doma
 
 
 def _check_selector(selector: str) -> str:
-    from mailrelay.config import ConfigError, p_selector
-
     try:
         return p_selector("--selector", selector)
     except ConfigError as e:
@@ -728,8 +464,6 @@ class Check:
 
 async def check_record(resolver: Any, record: DNSRecord) -> Check:
     """Look ``record`` up and compare it with what it should be."""
-    from mailrelay.mx import DNSError, NXDomain, TemporaryDNSError
-
     if record.keep_until and (parse_time(record.keep_until) or 0) <= time.time():
         return Check(record, "done", f"overlap ended {record.keep_until}: the record may be removed")
     try:
@@ -961,8 +695,6 @@ class SenderDomains:
 
     def _not_found(self, domain: str) -> SignResult:
         """The outcome for mail From a domain that no sender domain signs for."""
-        from mailrelay.smtpserver import Reply
-
         what = (f"its From domain {domain} is not a sender domain" if domain
                 else "it has no From address")
         if self.require_known:
@@ -979,8 +711,6 @@ class SenderDomains:
         """Sign ``new`` (a storage.NewMessage) in place, or say why not (see SignResult)."""
         from twisted.internet import threads
 
-        from mailrelay.smtpserver import Reply
-
         domain = from_domain(str(new.summary.get("from") or ""))
         try:
             await self.refresh()
@@ -990,9 +720,8 @@ class SenderDomains:
                 found = self.find(domain)
         except Exception as e:
             if self.version is None:  # nothing known yet: neither sign nor send unsigned
-                from mailrelay import smtpserver
                 log.warn("DKIM: cannot read the sender domains: {e}", e=e)
-                return SignResult(refused=smtpserver.STORAGE_UNAVAILABLE)
+                return SignResult(refused=STORAGE_UNAVAILABLE)
             log.warn("DKIM: cannot check for changes to the sender domains ({e}); using the keys known", e=e)
             found = self.find(domain)
         if found is None:
@@ -1015,214 +744,3 @@ class SenderDomains:
             await self.storage.record_unsigned(new.id, list(new.recipients), detail)
         except Exception as e:
             log.warn("DKIM: could not record the unsigned event of {id}: {e}", id=new.id, e=e)
-
-
-# -- the `mailrelay domains` command ---------------------------------------------------------
-
-
-def _print_records(config: Config, domain: SenderDomain) -> None:
-    print(f"DNS records for {domain.name}:")
-    for record in dns_records(config, domain):
-        label = "required" if record.required and not record.keep_until else (
-            f"keep until {record.keep_until}" if record.keep_until else "suggested")
-        print(f"\n  [{label}] {record.title}")
-        print(f"    name:  {record.name}")
-        print(f"    type:  {record.type}")
-        print(f"    value: {record.value}")
-        print(f"    zone:  {record.zone_line()}")
-        if record.note:
-            print(f"    note:  {record.note}")
-
-
-def _print_domain(config: Config, domain: SenderDomain) -> None:
-    from mailrelay.cli import clean
-
-    print(f"Domain {clean(domain.name)}")
-    source = ("configuration ([[domains]])" if domain.source == "config"
-              else "Redis (private keys encrypted)")
-    print(f"  source:   {source}" + ("; a Redis record of the same name is ignored" if domain.shadowed else ""))
-    if domain.created_at:
-        print(f"  created:  {domain.created_at}")
-    for key in domain.keys:
-        if key.state == "active":
-            state = "active, signing"
-        elif (parse_time(key.keep_until) or 0) > time.time():
-            state = f"retired, keep its DNS record until {key.keep_until}"
-        else:
-            state = f"retired, its overlap ended {key.keep_until}: the DNS record may be removed"
-        extra = f", key file {key.key_file}" if key.key_file else ""
-        print(f"  key:      {key.algorithm} ({key.bits} bits) selector {key.selector}: {state}{extra}")
-    print()
-    _print_records(config, domain)
-
-
-async def _cmd_add(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    domain = await add_domain(config, storage, args.domain, args.selector, args.ed25519)
-    keys = "; ".join(f"{k.algorithm} ({k.bits} bits), selector {k.selector}" for k in domain.keys)
-    print(f"Added sender domain {domain.name}: {keys}.")
-    print("The private keys are stored in Redis, encrypted with [dkim] key_encryption_key.")
-    print("Mail From this domain (and its subdomains) is DKIM-signed from now on.\n")
-    _print_records(config, domain)
-    print(f"\nOnce published: mailrelay domains verify {domain.name}")
-    return 0
-
-
-async def _cmd_list(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    from mailrelay.cli import clean
-
-    domains = await all_domains(config, storage)
-    checks = await storage.dkim_checks()
-    if not domains:
-        print("No sender domains: mail is sent without a DKIM signature. "
-              "Add one with `mailrelay domains add DOMAIN`.")
-        return 0
-    rows = [("DOMAIN", "SOURCE", "SELECTORS", "RETIRING", "DNS")]
-    for d in domains:
-        check = checks.get(d.name)
-        dns = "unchecked" if check is None else (
-            f"{'ok' if check['ok'] else 'INCOMPLETE'} {check['at']}")
-        rows.append((clean(d.name), d.source,
-                     ",".join(f"{k.selector}({KEY_TYPES[k.algorithm]})" for k in d.active) or "-",
-                     ",".join(f"{k.selector}<{(k.keep_until or '')[:10]}" for k in d.retiring) or "-",
-                     dns))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    return 0
-
-
-async def _cmd_show(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    domain = await find_domain(config, storage, args.domain)
-    if domain is None:
-        raise DomainError(f"{normalize_domain(args.domain)} is not a sender domain")
-    _print_domain(config, domain)
-    return 0
-
-
-async def _cmd_remove(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    domain = await remove_domain(config, storage, args.domain)
-    print(f"Removed sender domain {domain.name} and its keys; its mail is no longer signed.")
-    print("Messages already queued keep their signature: leave the DKIM records published "
-          f"until they are delivered (up to {format_duration(config.delivery.max_queue_lifetime)}), "
-          "then remove:")
-    for key in domain.keys:
-        print(f"  {key.record_name(domain.name)} TXT")
-    return 0
-
-
-async def _cmd_rotate(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    overlap = None
-    if args.overlap:
-        try:
-            overlap = parse_duration(args.overlap)
-        except ValueError as e:
-            raise DomainError(f"--overlap: {e}") from None
-    minimum = config.delivery.max_queue_lifetime
-    domain = await rotate_domain(config, storage, args.domain, args.selector, overlap)
-    new = ", ".join(f"{k.selector} ({k.algorithm})" for k in domain.active)
-    print(f"Rotated {domain.name}: new key(s) {new} sign its mail from now on.")
-    if overlap is not None and overlap < minimum:
-        print(f"warning: the overlap {args.overlap} is shorter than [delivery] max_queue_lifetime "
-              f"({format_duration(minimum)}): queued mail signed with the old key may fail DKIM")
-    print("Publish the new record(s) now; keep the previous one(s) until the date shown.\n")
-    _print_records(config, domain)
-    return 0
-
-
-async def _cmd_verify(config: Config, storage: Any, args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
-    from mailrelay.cli import clean
-    from mailrelay.mx import MXResolver
-
-    if args.domain:
-        domain = await find_domain(config, storage, args.domain)
-        if domain is None:
-            raise DomainError(f"{normalize_domain(args.domain)} is not a sender domain")
-        domains = [domain]
-    else:
-        domains = await all_domains(config, storage)
-        if not domains:
-            raise DomainError("there are no sender domains to verify")
-    servers = list(config.delivery.nameservers)
-    resolver = MXResolver(servers or None, timeout=(2, 4), reactor=reactor)
-    via = ", ".join(f"{h}:{p}" for h, p in servers) or "the system's nameservers"
-    failed = False
-    try:
-        for domain in domains:
-            checks = await verify_domain(config, domain, resolver)
-            print(f"{clean(domain.name)}: DNS records (looked up via {via})")
-            for check in checks:
-                record = check.record
-                status = check.status.upper() if check.failed else check.status
-                kind = "required" if record.required else "suggested"
-                print(f"  {status:<9} {record.name} {record.type} ({record.title}; {kind}): {clean(check.detail)}")
-                if check.status in ("missing", "wrong", "different") and not check.record.keep_until:
-                    print(f"            publish: {record.value}")
-            bad = [c for c in checks if c.failed]
-            required = [c for c in checks if c.record.required and c.status != "done"]
-            print(f"  {len(required) - len(bad)} of {len(required)} required records are right"
-                  + (": mail from this domain passes DKIM" if not bad else ""))
-            failed = failed or bool(bad)
-            try:
-                await storage.dkim_record_check(domain.name, check_summary(checks))
-            except Exception as e:
-                log.debug("could not store the check: {e}", e=e)
-    finally:
-        await resolver.close()
-    return 1 if failed else 0
-
-
-DOMAIN_ACTIONS = {"add": _cmd_add, "list": _cmd_list, "show": _cmd_show, "remove": _cmd_remove,
-                  "rotate": _cmd_rotate, "verify": _cmd_verify}
-
-
-def cmd_domains(args: argparse.Namespace) -> int:
-    """Run one ``domains`` action against the daemon's Redis (mailrelay.cli's helper); exits."""
-    from mailrelay.cli import clean, react_with_storage
-
-    async def action(storage: Any) -> None:
-        try:
-            status = await DOMAIN_ACTIONS[args.domains_command](storage.config, storage, args)
-        except DomainError as e:
-            raise SystemExit(f"mailrelay: {clean(str(e))}")
-        sys.stdout.flush()
-        if status:
-            raise SystemExit(status)
-
-    return react_with_storage(args, action)
-
-
-def add_domains_parser(sub: Any) -> None:
-    """``mailrelay domains add|list|show|remove|rotate|verify`` (see the module documentation)."""
-    def config_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
-
-    domains = sub.add_parser("domains", help="sender domains: DKIM keys and the DNS records to publish")
-    config_option(domains)
-    actions = domains.add_subparsers(dest="domains_command", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="declare a sender domain: generate its DKIM key, print the DNS records")
-    add.add_argument("domain", metavar="DOMAIN")
-    add.add_argument("--selector", metavar="S", help="DKIM selector (default: mr<YYYYMMDD>)")
-    add.add_argument("--ed25519", action="store_true",
-                     help="also an Ed25519 key (RFC 8463), selector S-ed25519, signed in addition to RSA")
-    config_option(add)
-    lister = actions.add_parser("list", help="the sender domains, their selectors and DNS state")
-    config_option(lister)
-    show = actions.add_parser("show", help="a domain's keys and the DNS records to publish")
-    show.add_argument("domain", metavar="DOMAIN")
-    config_option(show)
-    remove = actions.add_parser("remove", help="forget a sender domain and its keys")
-    remove.add_argument("domain", metavar="DOMAIN")
-    config_option(remove)
-    rotate = actions.add_parser("rotate", help="new key(s) under a new selector; the old record stays for the overlap")
-    rotate.add_argument("domain", metavar="DOMAIN")
-    rotate.add_argument("--selector", metavar="S", help="the new selector (default: mr<YYYYMMDD>)")
-    rotate.add_argument("--overlap", metavar="DURATION",
-                        help="how long the old public key stays published (default: 7d, at least "
-                             "[delivery] max_queue_lifetime + 1d)")
-    config_option(rotate)
-    verify = actions.add_parser("verify", help="look the DNS records up and say which are present and right")
-    verify.add_argument("domain", metavar="DOMAIN", nargs="?", help="default: every sender domain")
-    config_option(verify)
-    domains.set_defaults(func=cmd_domains)

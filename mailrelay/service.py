@@ -70,10 +70,18 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailrelay import __version__
+from mailrelay import __version__, tlsutil
+from mailrelay.bounces import BounceHandler, BounceRecorder, load_verp
+from mailrelay.cluster import ClusterService, check_data_version_at_start
 from mailrelay.config import Config, config_warnings, parse_redis_url
+from mailrelay.delivery import DeliveryService
+from mailrelay.passwords import PasswordChecker
+from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtpserver import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.storage import Storage, connect_redis
+from mailrelay.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
+from mailrelay.web import WebService, smtp_listener_status
+from mailrelay.webhooks import WebhookService
 
 log = Logger()
 
@@ -114,8 +122,6 @@ class StorageService(service.Service):
             await self.storage.start()
         except Exception as e:
             log.warn("Redis is not answering yet ({e}); submission answers 451 until it does", e=e)
-        from mailrelay.cluster import check_data_version_at_start
-
         # refuses (the daemon exits) data newer than this release understands
         self.version_checked = await check_data_version_at_start(self.storage)
 
@@ -183,10 +189,6 @@ class MailrelayService(service.MultiService):
 
 def make_service(config: Config) -> MailrelayService:
     """Build the daemon's service tree from a validated configuration."""
-    from mailrelay import tlsutil
-    from mailrelay.redisproc import ManagedRedis, find_redis_server
-    from mailrelay.submission import SubmissionHandler, ensure_first_user
-
     top = MailrelayService(config)
     for warning in config_warnings(config):
         log.warn("configuration: {warning}", warning=warning)
@@ -230,18 +232,12 @@ def make_service(config: Config) -> MailrelayService:
 
     delivery = None
     if config.delivery.enabled:
-        from mailrelay.delivery import DeliveryService
-
         delivery = DeliveryService(config, lambda: storage_service.storage)
         delivery.setServiceParent(top)
 
     if config.webhooks:
-        from mailrelay.webhooks import WebhookService
-
         # before the listeners: its consumer group must exist before the first events
         WebhookService(config, lambda: storage_service.storage).setServiceParent(top)
-
-    from mailrelay.passwords import PasswordChecker
 
     # its threads run the scrypt checks of AUTH; it stops after the listeners
     password_checker = PasswordChecker()
@@ -273,12 +269,8 @@ def make_service(config: Config) -> MailrelayService:
         BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
 
     # after the listeners: /readyz reports them, and the API needs the storage ready
-    from mailrelay.web import WebService, smtp_listener_status
-
     WebService(config, lambda: storage_service.storage,
                lambda: smtp_listener_status(top, config)).setServiceParent(top)
-
-    from mailrelay.cluster import ClusterService
 
     # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
     cluster = ClusterService(config, lambda: storage_service.storage, top, delivery,
@@ -305,9 +297,6 @@ class BounceListener(service.MultiService):
 
     async def when_ready(self) -> None:
         from twisted.internet import reactor
-
-        from mailrelay.bounces import BounceHandler, BounceRecorder, load_verp
-        from mailrelay.submission import SMTPListenerService
 
         storage = self.get_storage()
         verp = await load_verp(self.config, storage)
@@ -337,9 +326,6 @@ class SubmissionListeners(service.MultiService):
         service.Service.startService(self)
 
     async def when_ready(self) -> None:
-        from mailrelay import tlsutil
-        from mailrelay.submission import SMTPListenerService
-
         handler = self.handler_factory()
         limiter = ConnectionLimiter(self.limits)  # one count for both listeners
         if self.listen:

@@ -103,6 +103,7 @@ from zope.interface import implementer
 
 from mailrelay import netio
 from mailrelay.destinations import DestinationPolicy, DestinationRefused
+from mailrelay.smtpserver import AddressError, validate_mailbox
 
 log = Logger()
 
@@ -343,8 +344,6 @@ def _check_address(address: str) -> str | None:
     The same rules as the server side (RFC 5321 mailbox syntax: a quoted local part may
     hold spaces and angle brackets), plus no control characters at all.
     """
-    from mailrelay.smtpserver import AddressError, validate_mailbox
-
     if _CONTROL_CHARS.search(address):
         return "it contains a control character"
     if len(address.encode("utf-8", "surrogatepass")) > 254:

@@ -115,8 +115,9 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
-from mailrelay.libcompat import request_disconnected
+from mailrelay.domains import domain_states
 from mailrelay.httplimits import client_key
+from mailrelay.libcompat import request_disconnected
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
 log = Logger()
@@ -840,8 +841,6 @@ class StatusPage(resource.Resource):
         return charts_section(title, value, resolution)
 
     async def _domain_states(self, storage: Any) -> list[dict[str, Any]]:
-        from mailrelay.domains import domain_states
-
         return await domain_states(self.config, storage)
 
     @staticmethod

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -322,13 +323,16 @@ class Keys:
         return f"{self.prefix}auth:fail:{client}"
 
 
+def new_owner() -> str:
+    """A daemon's identity in the queue leases and heartbeats: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
 class Storage:
     """The storage layer: connection to Redis plus the operations the services need."""
 
     def __init__(self, config: Config, redis: Any, *, clock: Any = None, owner: str | None = None) -> None:
         from twisted.internet import reactor
-
-        from mailrelay.cluster import new_owner
 
         self.config = config
         #: This daemon's identity (its heartbeat's): unsettled messages name it.

@@ -63,6 +63,7 @@ from twisted.logger import Logger
 from mailrelay import message as msg
 from mailrelay import metrics, smtpserver
 from mailrelay.config import Config, Rate
+from mailrelay.domains import SenderDomains
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
 from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
 from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
@@ -309,7 +310,6 @@ class SubmissionHandler:
         self.tls_available = tls_available
         self.on_queued = on_queued  # e.g. wake this daemon's delivery service
         self.not_suppressed = NotSuppressedCache(storage)
-        from mailrelay.domains import SenderDomains
         self.sender_domains = SenderDomains(config, storage, clock)  # DKIM: [submission] require_known_domain
 
     def is_trusted(self, session: Session) -> bool:

@@ -102,11 +102,14 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.http_headers import Headers
 
+from mailrelay import bounceparse
 from mailrelay.config import Config
+from mailrelay.domains import domain_states
 from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.libcompat import request_disconnected
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
 from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError
+from mailrelay.submission import SMTPListenerService, describe_address
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 
 log = Logger()
@@ -499,8 +502,6 @@ def smtp_listener_status(root: Any, config: Config) -> dict[str, dict[str, Any]]
     ``{name: {"listening": bool, "sessions": n, "addresses": ["host:port", ...]}}``.
     Reads only memory (service objects and their factories' ``sessions`` sets).
     """
-    from mailrelay.submission import SMTPListenerService, describe_address
-
     expected = []
     if config.submission.listen:
         expected.append("submission")
@@ -927,8 +928,6 @@ class ApiResource(resource.Resource):
 
     async def list_domains(self, request: Any) -> None:
         """The sender domains with their DKIM keys, the records to publish and the last DNS check."""
-        from mailrelay.domains import domain_states
-
         query(request, ())
         send_json(request, 200, {"domains": await domain_states(self.config, self.storage)})
 
@@ -995,8 +994,6 @@ def bounce_type_names() -> tuple[str, ...]:
     """The bounce type names of :mod:`mailrelay.bounceparse` (HardBounce, SoftBounce, ...)."""
     global _BOUNCE_TYPES
     if _BOUNCE_TYPES is None:
-        from mailrelay import bounceparse
-
         _BOUNCE_TYPES = tuple(sorted({v.name for v in vars(bounceparse).values()
                                       if isinstance(v, bounceparse.BounceType)}))
     return _BOUNCE_TYPES
@@ -1095,7 +1092,7 @@ class QuietSite(GuardedSite):
 
 def load_status_page() -> Any:
     """The status page class, or None when :mod:`mailrelay.statuspage` is not installed."""
-    try:
+    try:  # optional: a build may leave the status page out (the only lazy mailrelay import here)
         from mailrelay.statuspage import StatusPage
     except ModuleNotFoundError as e:
         if e.name != "mailrelay.statuspage":
@@ -1129,8 +1126,6 @@ class WebService(service.Service):
 
     async def when_ready(self) -> None:
         from twisted.internet import reactor
-
-        from mailrelay.submission import describe_address
 
         settings = self.config.web
         if not settings.listen:
@@ -1208,8 +1203,6 @@ class WebService(service.Service):
 
     async def service_health(self) -> dict[str, dict[str, Any]]:
         """The same, per service, for the status page: ``{name: {"ok": bool, "detail": str}}``."""
-        from mailrelay.submission import describe_address
-
         state = await self.health()
         redis = state["redis"]
         services = {"redis": {"ok": redis["ok"], "detail": (

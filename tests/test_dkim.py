@@ -18,7 +18,7 @@ import dkim
 import pytest
 
 from dnsserver import query
-from mailrelay.domains import ED25519, RSA, KeyDecryptError, decrypt_private_key, load_der_key
+from mailrelay.dkimsign import ED25519, RSA, KeyDecryptError, decrypt_private_key, load_der_key
 from peers import timeline
 
 ROOT = Path(__file__).resolve().parent.parent

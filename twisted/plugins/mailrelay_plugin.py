@@ -23,7 +23,7 @@ class MailrelayServiceMaker:
     options = Options
 
     def makeService(self, options):
-        from mailrelay.cli import load_or_exit
+        from mailrelay.cli.common import load_or_exit
         from mailrelay.config import ConfigError
         from mailrelay.service import make_service
 

@@ -1,5 +1,5 @@
 """
-cli: the ``mailrelay`` administration command.
+cli.main: the ``mailrelay`` administration command.
 
 JOB
     Parses the command line and runs one subcommand::
@@ -36,10 +36,10 @@ JOB
                                            sender domains, their keys and DNS records (mailrelay.domains)
 
     The ``cluster``, ``migrate`` and ``domains`` parsers and actions live in
-    :mod:`mailrelay.cluster` and :mod:`mailrelay.domains`. The ``queue``,
+    :mod:`mailrelay.cli.cluster` and :mod:`mailrelay.cli.domains`. The ``queue``,
     ``suppressions``, ``bounce reclassify``, ``cluster``, ``migrate`` and
     ``domains`` subcommands talk to the daemon's Redis through
-    :func:`run_with_storage`: the managed one
+    :func:`mailrelay.cli.common.run_with_storage`: the managed one
     through ``state_dir/redis/redis.sock`` (a relative state_dir is taken from
     the current directory, so run them where the daemon runs, or use an
     absolute state_dir), else ``[redis] url`` or ``sentinels``. They use only
@@ -91,28 +91,27 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import re
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from mailrelay import __version__
-from mailrelay.config import Config, ConfigError, config_warnings, load_config, render_config
+from mailrelay.bounceparse import parse_bounce
+from mailrelay.bounces import load_verp, reclassify_bounces, unproven_suppressions
+from mailrelay.cli.cluster import add_cluster_parsers
+from mailrelay.cli.common import clean, load_or_exit, plural, react_with_storage, run_with_storage
+from mailrelay.cli.domains import add_domains_parser
+from mailrelay.config import Config, ConfigError, config_warnings, render_config
+from mailrelay.passwords import hash_password
+from mailrelay.smtpserver import AddressError, validate_mailbox
 from mailrelay.timefmt import format_age, rfc3339, rfc3339_ms as format_ms
-
-
-def load_or_exit(path: str | None) -> Config:
-    """Load the configuration, or print the one-line reason and exit with status 1."""
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise SystemExit(f"mailrelay: configuration error: {e}")
+from mailrelay.tlsutil import server_tls_options
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if config.tls.cert:
-        from mailrelay.tlsutil import server_tls_options
         try:
             server_tls_options(config.tls.cert, config.tls.key, config.tls.min_version)
         except ConfigError as e:
@@ -126,8 +125,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from mailrelay.passwords import hash_password
-
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -148,62 +145,16 @@ def cmd_version(args: argparse.Namespace) -> int:
 # -- mailrelay queue -----------------------------------------------------------------------
 
 
-def managed_socket_path(config: Config) -> Path | None:
-    """The managed Redis's socket (as ManagedRedis.socket_path), or None for an external Redis."""
-    if config.redis.url or config.redis.sentinels:
-        return None
-    return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
 
 
-def describe_redis(config: Config) -> str:
-    from mailrelay.config import parse_redis_url
-
-    path = managed_socket_path(config)
-    if path is not None:
-        return f"the daemon's managed Redis at unix:{path}"
-    if config.redis.sentinels:
-        return "Redis via Sentinel " + ", ".join(f"{h}:{p}" for h, p in config.redis.sentinels)
-    address = parse_redis_url(config.redis.url)
-    where = f"unix:{address.path}" if address.path else f"{address.host}:{address.port}"
-    return f"Redis at {where} db {address.db}"
 
 
-def connect_admin_redis(config: Config) -> Any:
-    """A connection to the daemon's Redis, or SystemExit with one line saying why not."""
-    import socket
-
-    from mailrelay.storage import connect_redis
-
-    path = managed_socket_path(config)
-    if path is None:
-        try:
-            return connect_redis(config, None)
-        except Exception as e:  # e.g. an unusable Sentinel setup
-            raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
-    if not path.exists():
-        raise SystemExit(f"mailrelay: the daemon's managed Redis is not running (no socket at {path})")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(config.redis.timeout)
-        probe.connect(str(path))
-    except OSError as e:
-        raise SystemExit(f"mailrelay: cannot connect to the daemon's managed Redis at {path}: "
-                         f"{e.strerror or e}")
-    finally:
-        probe.close()
-    return connect_redis(config, str(path))
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def clean(value: Any) -> str:
-    """Text for the terminal: control characters (from clients, remote servers) escaped."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", "" if value is None else str(value))
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def print_queue_list(summary: dict[str, Any]) -> None:
@@ -294,47 +245,8 @@ def print_message(message_id: str, info: dict[str, Any]) -> None:
             print("      " + "; ".join(extra))
 
 
-async def run_with_storage(config: Config, action: Any) -> None:
-    """Connect to the daemon's Redis, run ``await action(storage)``, disconnect.
-
-    Failures become one-line SystemExit messages. Every admin subcommand that needs
-    Redis goes through here.
-    """
-    from twisted.internet import defer
-
-    from mailrelay.storage import Storage, StorageError
-
-    redis = connect_admin_redis(config)  # SystemExit when the managed Redis is not there
-    try:
-        storage = Storage(config, redis)
-    except Exception as e:
-        raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
-    try:
-        await action(storage)
-    except StorageError as e:
-        raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
-    finally:
-        # txredisapi fails this Deferred (and Twisted prints "Unhandled error in Deferred")
-        # when a pool connection still being set up is closed by the disconnect below.
-        connected = getattr(redis, "_connected", None)
-        if isinstance(connected, defer.Deferred):
-            connected.addErrback(lambda f: None)
-        try:
-            d = redis.disconnect()
-            if isinstance(d, defer.Deferred):
-                d.addTimeout(1, storage.clock)
-                await d
-        except Exception:
-            pass
 
 
-def react_with_storage(args: argparse.Namespace, action: Any) -> int:
-    """Run an admin action against Redis in a reactor; exits the process."""
-    from twisted.internet import task
-
-    config = load_or_exit(getattr(args, "config", None))
-    task.react(lambda reactor: run_with_storage(config, action))
-    return 0  # not reached: react exits
 
 
 async def run_queue_command(args: argparse.Namespace, config: Config) -> None:
@@ -431,13 +343,9 @@ def add_queue_parser(sub: Any) -> None:
 
 
 def cmd_suppressions(args: argparse.Namespace) -> int:
-    from mailrelay.smtpserver import AddressError, validate_mailbox
-
     async def run(storage: Any) -> None:
         await storage.measure_clock()
         if args.suppressions_command == "list" and args.unproven:
-            from mailrelay.bounces import load_verp, unproven_suppressions
-
             unproven = await unproven_suppressions(storage, await load_verp(config, storage))
             for address, entry, why in unproven:
                 print(f"{clean(address)}\t{clean(entry.get('since', '?'))}\t{clean(entry.get('type', '?'))}"
@@ -489,9 +397,6 @@ def add_suppressions_parser(sub: Any) -> None:
 
 
 def cmd_bounce_classify(args: argparse.Namespace) -> int:
-    import json
-
-    from mailrelay.bounceparse import parse_bounce
 
     status = 0
     for name in args.files:
@@ -507,8 +412,6 @@ def cmd_bounce_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
-    from mailrelay.bounces import reclassify_bounces
-
     async def run(storage: Any) -> None:
         changes = await reclassify_bounces(storage, apply=not args.dry_run)
         for change in changes:
@@ -551,13 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     add_queue_parser(sub)
-    from mailrelay.cluster import add_cluster_parsers
-
     add_cluster_parsers(sub)
     add_bounce_parser(sub)
     add_suppressions_parser(sub)
-    from mailrelay.domains import add_domains_parser
-
     add_domains_parser(sub)
     return parser
 

@@ -1,0 +1,5 @@
+"""The ``mailrelay`` administration command (the console script ``mailrelay = mailrelay.cli:main``)."""
+
+from mailrelay.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,138 @@
+"""
+cli.common: what every ``mailrelay`` subcommand shares: the configuration, the way to the
+daemon's Redis, and safe printing.
+
+JOB
+    Loads the configuration or exits with its one-line reason (:func:`load_or_exit`),
+    connects to the daemon's Redis (the managed one through its Unix socket, else
+    ``[redis] url`` or the Sentinels) and runs one admin action against a ``Storage``
+    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); :func:`clean`
+    makes stored text safe to print on a terminal.
+
+SECURITY
+    Text read from Redis (addresses, replies from remote servers) can carry control
+    characters: :func:`clean` replaces them before printing, so stored data cannot drive
+    the terminal. The admin command connects with the daemon's own Redis credentials.
+
+STANDARDS
+    None.
+
+DIAGNOSTICS
+    ``mailrelay: configuration error: ...``; ``mailrelay: the daemon's managed Redis is not
+    running (no socket at PATH)``; ``mailrelay: cannot connect to <Redis>: ...``;
+    ``mailrelay: <Redis>: <storage error>``; each one line, exit status 1.
+
+CONFIGURATION
+    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[server] state_dir`` (the managed
+    Redis's socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
+from mailrelay.storage import Storage, StorageError, connect_redis
+
+
+def load_or_exit(path: str | None) -> Config:
+    """Load the configuration, or print the one-line reason and exit with status 1."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise SystemExit(f"mailrelay: configuration error: {e}")
+
+
+def managed_socket_path(config: Config) -> Path | None:
+    """The managed Redis's socket (as ManagedRedis.socket_path), or None for an external Redis."""
+    if config.redis.url or config.redis.sentinels:
+        return None
+    return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
+
+
+def describe_redis(config: Config) -> str:
+    path = managed_socket_path(config)
+    if path is not None:
+        return f"the daemon's managed Redis at unix:{path}"
+    if config.redis.sentinels:
+        return "Redis via Sentinel " + ", ".join(f"{h}:{p}" for h, p in config.redis.sentinels)
+    address = parse_redis_url(config.redis.url)
+    where = f"unix:{address.path}" if address.path else f"{address.host}:{address.port}"
+    return f"Redis at {where} db {address.db}"
+
+
+def connect_admin_redis(config: Config) -> Any:
+    """A connection to the daemon's Redis, or SystemExit with one line saying why not."""
+    path = managed_socket_path(config)
+    if path is None:
+        try:
+            return connect_redis(config, None)
+        except Exception as e:  # e.g. an unusable Sentinel setup
+            raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
+    if not path.exists():
+        raise SystemExit(f"mailrelay: the daemon's managed Redis is not running (no socket at {path})")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(config.redis.timeout)
+        probe.connect(str(path))
+    except OSError as e:
+        raise SystemExit(f"mailrelay: cannot connect to the daemon's managed Redis at {path}: "
+                         f"{e.strerror or e}")
+    finally:
+        probe.close()
+    return connect_redis(config, str(path))
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: Any) -> str:
+    """Text for the terminal: control characters (from clients, remote servers) escaped."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", "" if value is None else str(value))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+async def run_with_storage(config: Config, action: Any) -> None:
+    """Connect to the daemon's Redis, run ``await action(storage)``, disconnect.
+
+    Failures become one-line SystemExit messages. Every admin subcommand that needs
+    Redis goes through here.
+    """
+    redis = connect_admin_redis(config)  # SystemExit when the managed Redis is not there
+    try:
+        storage = Storage(config, redis)
+    except Exception as e:
+        raise SystemExit(f"mailrelay: cannot connect to {describe_redis(config)}: {e}")
+    try:
+        await action(storage)
+    except StorageError as e:
+        raise SystemExit(f"mailrelay: {describe_redis(config)}: {e}")
+    finally:
+        # txredisapi fails this Deferred (and Twisted prints "Unhandled error in Deferred")
+        # when a pool connection still being set up is closed by the disconnect below.
+        connected = getattr(redis, "_connected", None)
+        if isinstance(connected, defer.Deferred):
+            connected.addErrback(lambda f: None)
+        try:
+            d = redis.disconnect()
+            if isinstance(d, defer.Deferred):
+                d.addTimeout(1, storage.clock)
+                await d
+        except Exception:
+            pass
+
+
+def react_with_storage(args: argparse.Namespace, action: Any) -> int:
+    """Run an admin action against Redis in a reactor; exits the process."""
+    config = load_or_exit(getattr(args, "config", None))
+    task.react(lambda reactor: run_with_storage(config, action))
+    return 0  # not reached: react exits
