@@ -87,7 +87,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailrelay.config import Config, ConfigError, format_duration, p_selector, parse_duration
+from mailrelay.config import Config, ConfigError, p_selector
 from mailrelay.dkimsign import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryptError, SigningKey,
                                 dkim_txt_value, decrypt_private_key, encrypt_private_key,
                                 generate_key, key_algorithm, load_der_key, load_key_file, private_der,

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from mailrelay.cli.common import clean, react_with_storage
 from mailrelay.config import Config, format_duration, parse_duration
-from mailrelay.domains import (KEY_TYPES, RSA, DomainError, SenderDomain, add_domain, all_domains,
+from mailrelay.domains import (KEY_TYPES, DomainError, SenderDomain, add_domain, all_domains,
                                check_summary, dns_records, find_domain, normalize_domain,
                                parse_time, remove_domain, rotate_domain, verify_domain)
 from mailrelay.mx import MXResolver
