@@ -41,6 +41,12 @@ from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
 from mailrelay.storage import Storage, StorageError, connect_redis
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config``; SUPPRESS: it may come before or after a subcommand without one hiding
+    the other."""
+    parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+
+
 def load_or_exit(path: str | None) -> Config:
     """Load the configuration, or print the one-line reason and exit with status 1."""
     try:

@@ -37,7 +37,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from mailrelay.cli.common import clean, react_with_storage
+from mailrelay.cli.common import add_config_option, clean, react_with_storage
 from mailrelay.config import Config, format_duration, parse_duration
 from mailrelay.domains import (KEY_TYPES, DomainError, SenderDomain, add_domain, all_domains,
                                check_summary, dns_records, find_domain, normalize_domain,
@@ -213,34 +213,31 @@ def cmd_domains(args: argparse.Namespace) -> int:
 
 def add_domains_parser(sub: Any) -> None:
     """``mailrelay domains add|list|show|remove|rotate|verify`` (see the module documentation)."""
-    def config_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
-
     domains = sub.add_parser("domains", help="sender domains: DKIM keys and the DNS records to publish")
-    config_option(domains)
+    add_config_option(domains)
     actions = domains.add_subparsers(dest="domains_command", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="declare a sender domain: generate its DKIM key, print the DNS records")
     add.add_argument("domain", metavar="DOMAIN")
     add.add_argument("--selector", metavar="S", help="DKIM selector (default: mr<YYYYMMDD>)")
     add.add_argument("--ed25519", action="store_true",
                      help="also an Ed25519 key (RFC 8463), selector S-ed25519, signed in addition to RSA")
-    config_option(add)
+    add_config_option(add)
     lister = actions.add_parser("list", help="the sender domains, their selectors and DNS state")
-    config_option(lister)
+    add_config_option(lister)
     show = actions.add_parser("show", help="a domain's keys and the DNS records to publish")
     show.add_argument("domain", metavar="DOMAIN")
-    config_option(show)
+    add_config_option(show)
     remove = actions.add_parser("remove", help="forget a sender domain and its keys")
     remove.add_argument("domain", metavar="DOMAIN")
-    config_option(remove)
+    add_config_option(remove)
     rotate = actions.add_parser("rotate", help="new key(s) under a new selector; the old record stays for the overlap")
     rotate.add_argument("domain", metavar="DOMAIN")
     rotate.add_argument("--selector", metavar="S", help="the new selector (default: mr<YYYYMMDD>)")
     rotate.add_argument("--overlap", metavar="DURATION",
                         help="how long the old public key stays published (default: 7d, at least "
                              "[delivery] max_queue_lifetime + 1d)")
-    config_option(rotate)
+    add_config_option(rotate)
     verify = actions.add_parser("verify", help="look the DNS records up and say which are present and right")
     verify.add_argument("domain", metavar="DOMAIN", nargs="?", help="default: every sender domain")
-    config_option(verify)
+    add_config_option(verify)
     domains.set_defaults(func=cmd_domains)

@@ -100,7 +100,7 @@ from mailrelay import __version__
 from mailrelay.bounceparse import parse_bounce
 from mailrelay.bounces import load_verp, reclassify_bounces, unproven_suppressions
 from mailrelay.cli.cluster import add_cluster_parsers
-from mailrelay.cli.common import clean, load_or_exit, plural, react_with_storage, run_with_storage
+from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage, run_with_storage
 from mailrelay.cli.domains import add_domains_parser
 from mailrelay.config import Config, ConfigError, config_warnings, render_config
 from mailrelay.passwords import hash_password
@@ -311,28 +311,24 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def add_queue_parser(sub: Any) -> None:
-    def config_option(p: argparse.ArgumentParser) -> None:
-        # SUPPRESS: "-c" may come before or after the subcommand without one hiding the other.
-        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
-
     queue = sub.add_parser("queue", help="inspect and manage the delivery queue")
-    config_option(queue)
+    add_config_option(queue)
     actions = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     lister = actions.add_parser("list", help="per destination domain: queued, deferred, delivering, oldest")
-    config_option(lister)
+    add_config_option(lister)
     show = actions.add_parser("show", help="a message's envelope, recipients and events")
     show.add_argument("message_id", metavar="MESSAGE_ID")
-    config_option(show)
+    add_config_option(show)
     retry = actions.add_parser("retry", help="make waiting delivery jobs due now")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("message_id", metavar="MESSAGE_ID", nargs="?", help="the jobs of one message")
     which.add_argument("--domain", metavar="DOMAIN", help="the jobs of one destination domain")
     which.add_argument("--all", action="store_true", help="every job in the queue")
-    config_option(retry)
+    add_config_option(retry)
     delete = actions.add_parser("delete", help="drop a message's pending delivery jobs")
     delete.add_argument("message_id", metavar="MESSAGE_ID")
     delete.add_argument("--recipient", metavar="ADDRESS", help="only the job of this recipient")
-    config_option(delete)
+    add_config_option(delete)
     queue.set_defaults(func=cmd_queue)
 
 
@@ -379,7 +375,7 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
 
 def add_suppressions_parser(sub: Any) -> None:
     group = sub.add_parser("suppressions", help="the addresses mail is not sent to")
-    group.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+    add_config_option(group)
     actions = group.add_subparsers(dest="suppressions_command", required=True)
     lister = actions.add_parser("list", help="list suppressed addresses (since, type, reason)")
     lister.add_argument("--unproven", action="store_true",
@@ -392,7 +388,7 @@ def add_suppressions_parser(sub: Any) -> None:
     remove.add_argument("address")
     group.set_defaults(func=cmd_suppressions)
     for p in (lister, add, remove):
-        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML configuration file")
+        add_config_option(p)
         p.set_defaults(func=cmd_suppressions)
 
 
