@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -156,6 +157,20 @@ def start_redis(directory: Path, *, host: str = "127.0.0.1", attempts: int = 5,
         failures.append(f"port {port}: exit {process.returncode}:\n{server.log_text()}")
     raise RuntimeError("redis-server did not start:\n" + "\n".join(failures))
 
+
+def start_module_redis(prefix: str) -> tuple[RedisServer, str]:
+    """A private redis-server for a unittest-style module (its ``setUpModule``), in a new
+    temporary directory: the server and the directory."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    return start_redis(Path(directory) / "redis"), directory
+
+
+def stop_module_redis(server: RedisServer | None, directory: str | None) -> None:
+    """``tearDownModule``'s half of :func:`start_module_redis` (either may be None)."""
+    if server is not None:
+        server.stop()
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

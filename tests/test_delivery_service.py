@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
-from conftest import start_redis
+from conftest import start_module_redis, stop_module_redis
 from dnsserver import LocalDNS
 from peers import wait_until
 from mailrelay import delivery as delivery_module
@@ -54,15 +53,11 @@ ZONES: dict[str, dict[str, Any]] = {
 
 def setUpModule() -> None:
     global REDIS, _TMP
-    _TMP = tempfile.mkdtemp(prefix="delivery-service-")
-    REDIS = start_redis(Path(_TMP) / "redis")
+    REDIS, _TMP = start_module_redis("delivery-service-")
 
 
 def tearDownModule() -> None:
-    if REDIS is not None:
-        REDIS.stop()
-    if _TMP is not None:
-        shutil.rmtree(_TMP, ignore_errors=True)
+    stop_module_redis(REDIS, _TMP)
 
 
 def self_signed_options(hostname: str = "mx1.example.test") -> Any:

@@ -7,9 +7,6 @@ and each fallback works on an object without the internal.
 from __future__ import annotations
 
 import functools
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet import defer, protocol, reactor
@@ -20,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import client, http, server
 
-from conftest import start_redis
+from conftest import start_module_redis, stop_module_redis
 from mailrelay import libcompat
 from mailrelay.config import parse_config
 from mailrelay.storage import connect_redis, encode_command
@@ -31,15 +28,11 @@ _TMP: str | None = None
 
 def setUpModule() -> None:
     global REDIS, _TMP
-    _TMP = tempfile.mkdtemp(prefix="libcompat-")
-    REDIS = start_redis(Path(_TMP) / "redis")
+    REDIS, _TMP = start_module_redis("libcompat-")
 
 
 def tearDownModule() -> None:
-    if REDIS is not None:
-        REDIS.stop()
-    if _TMP is not None:
-        shutil.rmtree(_TMP, ignore_errors=True)
+    stop_module_redis(REDIS, _TMP)
 
 
 def async_test(f: Callable) -> Callable:

@@ -19,7 +19,7 @@ from uuid import uuid4
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from conftest import start_redis
+from conftest import start_module_redis, start_redis, stop_module_redis
 from mailrelay.config import parse_config
 from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
 from mailrelay.store.scripts import Script
@@ -30,15 +30,11 @@ _TMP: str | None = None
 
 def setUpModule() -> None:
     global REDIS, _TMP
-    _TMP = tempfile.mkdtemp(prefix="storage-batching-")
-    REDIS = start_redis(Path(_TMP) / "redis")
+    REDIS, _TMP = start_module_redis("storage-batching-")
 
 
 def tearDownModule() -> None:
-    if REDIS is not None:
-        REDIS.stop()
-    if _TMP is not None:
-        shutil.rmtree(_TMP, ignore_errors=True)
+    stop_module_redis(REDIS, _TMP)
 
 
 def async_test(f: Callable) -> Callable:

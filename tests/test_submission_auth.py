@@ -13,18 +13,16 @@ scrypt are counted too: each keeps a malloc arena the size of one check (the mem
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import ssl
 import tempfile
 import threading
-from pathlib import Path
 from uuid import uuid4
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from conftest import start_redis
+from conftest import start_module_redis, stop_module_redis
 from mailrelay import passwords, tlsutil
 from mailrelay.config import parse_config
 from mailrelay.smtpserver import ServerLimits, SMTPServerFactory
@@ -41,15 +39,11 @@ _TMP: str | None = None
 
 def setUpModule() -> None:
     global REDIS, _TMP
-    _TMP = tempfile.mkdtemp(prefix="submission-auth-")
-    REDIS = start_redis(Path(_TMP) / "redis")
+    REDIS, _TMP = start_module_redis("submission-auth-")
 
 
 def tearDownModule() -> None:
-    if REDIS is not None:
-        REDIS.stop()
-    if _TMP is not None:
-        shutil.rmtree(_TMP, ignore_errors=True)
+    stop_module_redis(REDIS, _TMP)
 
 
 class Counter:
