@@ -59,7 +59,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -70,6 +69,8 @@ from twisted.logger import Logger
 from twisted.protocols import basic
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
+
+from mailrelay.clientkey import client_key
 
 log = Logger()
 
@@ -99,21 +100,6 @@ class RequestHead:
     headers: Headers
     client: str  # the client's address (see client_key)
     length: int | None  # Content-Length; None for a chunked body
-
-
-def client_key(host: str | None) -> str:
-    """The throttle's key of a peer address: an IPv4 address, an IPv6 /64, or the text itself."""
-    if not host:
-        return "local"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a UNIX socket's path, for instance
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 class FailureThrottle:

@@ -115,8 +115,8 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
+from mailrelay.clientkey import client_key
 from mailrelay.domains import domain_states
-from mailrelay.httplimits import client_key
 from mailrelay.libcompat import request_disconnected
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 

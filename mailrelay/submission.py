@@ -62,6 +62,7 @@ from twisted.logger import Logger
 
 from mailrelay import message as msg
 from mailrelay import metrics, smtpserver
+from mailrelay.clientkey import client_key
 from mailrelay.config import Config, Rate
 from mailrelay.domains import SenderDomains
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
@@ -180,22 +181,6 @@ class Authenticator:
         return ok
 
 
-def throttle_client(host: str | None) -> str:
-    """The client an AUTH failure counts against: its IPv4 address, or its IPv6 /64
-    (one subscriber's network; counting single IPv6 addresses would not limit anybody)."""
-    if host is None:
-        return "local"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
 class AuthThrottle:
     """
     ``[submission] auth_failures_per_ip``, for every daemon on the Redis: a password check
@@ -216,7 +201,7 @@ class AuthThrottle:
 
     def blocked(self, host: str | None) -> bool:
         """Known to be over the limit (the Redis count decides for everyone else)."""
-        client = throttle_client(host)
+        client = client_key(host)
         until = self._blocked_until.get(client)
         if until is None:
             return False
@@ -228,7 +213,7 @@ class AuthThrottle:
     async def claim(self, host: str | None) -> str | None:
         """A token for one check, or None when the client is over the limit. Raises when
         Redis does not answer (:class:`StorageUnavailable` after ``[redis] timeout``)."""
-        client = throttle_client(host)
+        client = client_key(host)
         claim = await self.storage.claim_auth_check(client, self.rate.count, self.rate.period)
         if claim.token is None:
             if len(self._blocked_until) >= self.MAX_REMEMBERED:
@@ -238,7 +223,7 @@ class AuthThrottle:
 
     def refund(self, host: str | None, token: str) -> None:
         """The check ``token`` was claimed for succeeded (not waited for: it only lowers a count)."""
-        d = defer.ensureDeferred(self.storage.refund_auth_check(throttle_client(host), token))
+        d = defer.ensureDeferred(self.storage.refund_auth_check(client_key(host), token))
         d.addErrback(lambda f: log.warn("submission: AUTH failure count not refunded: {e}",
                                         e=f.getErrorMessage()))
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Daemon, start_redis
 from mailrelay.passwords import MAX_CONCURRENT_CHECKS, hash_password
-from mailrelay.submission import throttle_client
+from mailrelay.clientkey import client_key as throttle_client
 
 PASSWORD = "s3cret-pw"
 #: The daemon's default cost (16 MiB and ~50 ms per check): the checks take long enough
