@@ -303,9 +303,13 @@ class BounceHandler:
             job = self.verp.verify_token(token)
             if job is not None:
                 claimed.setdefault(job, PROOF_TOKEN)
+        messages: dict[str, dict[str, str] | None] = {}  # read each message once
+        for message_id, _ in claimed:
+            if message_id not in messages:
+                messages[message_id] = await self.storage.get_message(message_id)
         proven = []
         for (message_id, rcpt), proof in claimed.items():
-            message = await self.storage.get_message(message_id)
+            message = messages[message_id]
             address = message.get(f"rcpt:{rcpt}") if message is not None else None
             if address is not None:
                 proven.append(ProvenJob(message_id, rcpt, address, proof))
