@@ -158,6 +158,19 @@ def start_redis(directory: Path, *, host: str = "127.0.0.1", attempts: int = 5,
     raise RuntimeError("redis-server did not start:\n" + "\n".join(failures))
 
 
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true (returned); fail after ``timeout``
+    seconds, naming ``what`` was awaited. For state with no event to wait on (Redis data)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
 def start_module_redis(prefix: str) -> tuple[RedisServer, str]:
     """A private redis-server for a unittest-style module (its ``setUpModule``), in a new
     temporary directory: the server and the directory."""

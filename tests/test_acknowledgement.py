@@ -15,9 +15,9 @@ import signal
 import smtplib
 import subprocess
 import sys
-import time
 from uuid import uuid4
 
+from conftest import wait_until
 from peers import send
 from redisproxy import StallingProxy
 
@@ -45,14 +45,6 @@ def mailrelay_cli(config_path, *args):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_451_after_redis_stalled_past_the_enqueue_is_never_delivered(

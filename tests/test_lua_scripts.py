@@ -7,10 +7,9 @@ failover) is recovered without the client noticing: the next message still gets 
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
-from conftest import start_redis
+from conftest import start_redis, wait_until
 from peers import send
 from test_cluster import NO_WEB, TRUSTED, queued_id, submit
 from test_daemon_delivery import delivery_config
@@ -63,13 +62,6 @@ def test_enqueue_positions_come_from_the_python_definition():
     assert f"local s = tonumber(ARGV[{len(scripts.ENQUEUE_BATCH_ARGV)}])" in batch
 
 
-def wait_until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_script_flush_is_recovered_transparently(start_daemon, daemon_config, redis_server, unique_prefix,
                                                 dns, sink):
     d = start_daemon(delivery_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
@@ -103,7 +95,8 @@ def test_script_flush_is_recovered_when_writes_wait_for_a_replica(start_daemon, 
         second = queued_id(submit(port))                       # 250, not 451
         assert replica.client().command("EXISTS", f"r:msg:{second}") == 1
         # its settlement (also script + WAIT) went through: the message is confirmed
-        wait_until(lambda: primary.client().command("HEXISTS", f"r:msg:{second}", "unsettled") == 0)
+        wait_until(lambda: primary.client().command("HEXISTS", f"r:msg:{second}", "unsettled") == 0, 15,
+                   "the message to be settled")
         assert primary.client().command("ZSCORE", "r:queue:d:example.test", f"{second}.0") is not None
     finally:
         replica.stop()

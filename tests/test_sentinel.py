@@ -12,11 +12,8 @@ import smtplib
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
 
-import pytest
-
-from conftest import RedisServer, _free_port, _wait_for_pong, start_redis
+from conftest import RedisServer, _free_port, _wait_for_pong, start_redis, wait_until
 from redisclient import RedisError
 
 MASTER = "mymaster"
@@ -26,17 +23,6 @@ REDIS_ARGS = ("--repl-diskless-sync-delay", "0")
 #: twistd exits by re-raising SIGTERM after a clean shutdown.
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def as_dict(flat: list) -> dict[str, str]:
