@@ -47,7 +47,7 @@ async def run(reactor, args) -> None:
     from twisted.internet import defer, task
 
     from mailrelay.config import parse_config
-    from mailrelay.storage import ClaimedJob, Event, NewMessage, Storage, connect_redis
+    from mailrelay.store import ClaimedJob, Event, NewMessage, Storage, connect_redis
     from mailrelay.timefmt import rfc3339
 
     directory = Path(tempfile.mkdtemp(prefix="mr-archive-", dir="/tmp"))

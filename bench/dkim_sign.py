@@ -4,7 +4,7 @@ bench/dkim_sign.py: what a DKIM signature costs per message.
 
 Measures, on a typical transactional message (about 4 KB; ``--size`` to change it):
 
-``rsa-sha256 (cryptography)``   mailrelay's signer (mailrelay.dkimsign.sign_message): dkimpy's
+``rsa-sha256 (cryptography)``   mailrelay's signer (mailrelay.mail.dkim.sign_message): dkimpy's
                                 relaxed/relaxed canonicalisation, the RSA-2048 operation by
                                 ``cryptography`` (OpenSSL). This is what the daemon does.
 ``ed25519-sha256 (cryptography)``  the same with an Ed25519 key (RFC 8463).
@@ -70,7 +70,7 @@ def main() -> int:
     from cryptography.hazmat.primitives import serialization
     from dkim.canonicalization import CanonicalizationPolicy
 
-    from mailrelay.dkimsign import ED25519, RSA, SigningKey, _headers_and_body, generate_key, sign_message
+    from mailrelay.mail.dkim import ED25519, RSA, SigningKey, _headers_and_body, generate_key, sign_message
 
     msg = message(args.size)
     rsa, ed = generate_key(RSA), generate_key(ED25519)

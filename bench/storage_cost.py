@@ -33,7 +33,7 @@ def free_port() -> int:
 
 async def measure(turns: int, batch: int, port: int) -> dict:
     from mailrelay.config import parse_config
-    from mailrelay.storage import NewMessage, Storage, connect_redis
+    from mailrelay.store import NewMessage, Storage, connect_redis
 
     config = parse_config({"redis": {"url": f"redis://127.0.0.1:{port}/0", "key_prefix": "cost:"}})
     connection = connect_redis(config, None)

@@ -66,7 +66,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from mailrelay.dkimsign import load_key_file
+from mailrelay.mail.dkim import load_key_file
 from mailrelay.passwords import is_password_hash
 
 
@@ -554,7 +554,7 @@ def p_key_encryption_key(key: str, value: Any) -> str:
 
 @dataclass(frozen=True)
 class DkimConfig:
-    """``[dkim]``: settings of the sender domains' DKIM keys (mailrelay/domains.py)."""
+    """``[dkim]``: settings of the sender domains' DKIM keys (mailrelay/services/domains.py)."""
 
     key_encryption_key: str = setting("", p_key_encryption_key, 'secret that encrypts the DKIM private keys kept in Redis, the same on every daemon; "" = keys cannot be stored in Redis (declare [[domains]] with key files)', secret=True)
 

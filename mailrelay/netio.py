@@ -25,8 +25,8 @@ JOB
     Call :func:`flush` once after a batch of writes (the replies to one read
     of pipelined commands), not after each write, and only when something was
     written (with nothing buffered it would still make an empty ``send``).
-    Used by :mod:`mailrelay.smtpserver`, :mod:`mailrelay.smtpclient` and
-    :mod:`mailrelay.storage`.
+    Used by :mod:`mailrelay.smtp.server`, :mod:`mailrelay.smtp.client` and
+    :mod:`mailrelay.store`.
 
 SECURITY
     Reads no input: it only sends bytes its caller wrote, in the same order

@@ -24,12 +24,12 @@ SECURITY
     or, when none is configured, one generated user whose password is
     written mode 0600 in ``state_dir``), the bounce listener does not. A
     Redis whose data format is newer than this release stops the start
-    (:func:`mailrelay.cluster.check_data_version_at_start`).
+    (:func:`mailrelay.services.cluster.check_data_version_at_start`).
 
 STANDARDS
     None implemented here; it wires RFC 6409 submission with STARTTLS
     (RFC 3207) and implicit TLS (RFC 8314), implemented in
-    :mod:`mailrelay.smtpserver` and :mod:`mailrelay.tlsutil`.
+    :mod:`mailrelay.smtp.server` and :mod:`mailrelay.tlsutil`.
 
 DIAGNOSTICS
     Logs (twisted.logger): ``configuration: <warning>`` for each
@@ -58,7 +58,7 @@ CONFIGURATION
     max_message_size, max_connections, max_stored_bounce_size,
     max_unmatched_bounces. The services read their own keys. Owns no Redis
     data; files in ``state_dir`` are made through :mod:`mailrelay.redisproc`,
-    :mod:`mailrelay.tlsutil` and :mod:`mailrelay.submission`.
+    :mod:`mailrelay.tlsutil` and :mod:`mailrelay.services.submission`.
 """
 
 from __future__ import annotations
@@ -71,17 +71,17 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay import __version__, tlsutil
-from mailrelay.bounces import BounceHandler, BounceRecorder, load_verp
-from mailrelay.cluster import ClusterService, check_data_version_at_start
+from mailrelay.services.bounces import BounceHandler, BounceRecorder, load_verp
+from mailrelay.services.cluster import ClusterService, check_data_version_at_start
 from mailrelay.config import Config, config_warnings, parse_redis_url
-from mailrelay.delivery import DeliveryService
+from mailrelay.services.delivery import DeliveryService
 from mailrelay.passwords import PasswordChecker
 from mailrelay.redisproc import ManagedRedis, find_redis_server
-from mailrelay.smtpserver import ConnectionLimiter, ServerLimits, SMTPServerFactory
-from mailrelay.storage import Storage, connect_redis
-from mailrelay.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
-from mailrelay.web import WebService, smtp_listener_status
-from mailrelay.webhooks import WebhookService
+from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
+from mailrelay.store import Storage, connect_redis
+from mailrelay.services.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
+from mailrelay.web.api import WebService, smtp_listener_status
+from mailrelay.services.webhooks import WebhookService
 
 log = Logger()
 
@@ -96,7 +96,7 @@ class StorageService(service.Service):
         self.managed = managed
         self.redis: Any = None
         self.storage: Storage | None = None
-        self.version_checked = False  # the Redis data format version (mailrelay.cluster)
+        self.version_checked = False  # the Redis data format version (mailrelay.services.cluster)
         self.owner: str | None = None  # this daemon's identity (its heartbeat's), set by make_service
 
     def describe(self) -> str:

@@ -1,5 +1,5 @@
 """
-mailrelay.bounceparse: the sample corpus in tests/bounces (expected results in expected.json),
+mailrelay.mail.bounceparse: the sample corpus in tests/bounces (expected results in expected.json),
 classify()'s status-code table and text rules, robustness against malformed input, and
 ``mailrelay bounce classify``.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mailrelay import bounceparse
-from mailrelay.bounceparse import (
+from mailrelay.mail import bounceparse
+from mailrelay.mail.bounceparse import (
     BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
     HARD_BOUNCE, MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT,
     UNKNOWN, VIRUS_NOTIFICATION, BounceReport, BounceType, classify, parse_bounce, reply_report)

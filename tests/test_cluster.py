@@ -1,5 +1,5 @@
 """
-Several daemons on one Redis (mailrelay.cluster): heartbeats and `mailrelay cluster`, the data
+Several daemons on one Redis (mailrelay.services.cluster): heartbeats and `mailrelay cluster`, the data
 format version (a daemon refuses newer data; `mailrelay migrate`), and submission-side
 de-duplication ([submission] dedupe_window). Real daemons and redis-server; the migration
 mechanism also in-process, with a registry of fake steps.
@@ -246,7 +246,7 @@ class MigrationMechanism(unittest.TestCase):
 
     def storage(self, cls):
         from mailrelay.config import parse_config
-        from mailrelay.storage import connect_redis
+        from mailrelay.store import connect_redis
 
         config = parse_config({"redis": {"url": self.redis.url, "key_prefix": f"t{uuid4().hex[:8]}:"}})
         redis = connect_redis(config, None)
@@ -254,7 +254,7 @@ class MigrationMechanism(unittest.TestCase):
         return cls(config, redis)
 
     def fake_storage(self, fail_at: int | None = None):
-        from mailrelay.storage import Storage
+        from mailrelay.store import Storage
 
         class Fake(Storage):
             DATA_VERSION = 3
@@ -310,7 +310,7 @@ class MigrationMechanism(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_missing_step_and_a_concurrent_migration_are_refused(self):
-        from mailrelay.storage import Storage
+        from mailrelay.store import Storage
 
         class Gap(Storage):
             DATA_VERSION = 3
@@ -325,7 +325,7 @@ class MigrationMechanism(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_daemon_check_accepts_one_version_step(self):
-        from mailrelay.storage import Storage
+        from mailrelay.store import Storage
 
         storage = self.fake_storage()   # understands 3: starts on 2 and 3, refuses 1 and 4
         key = storage.keys.prefix + "meta:version"

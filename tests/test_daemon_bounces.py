@@ -559,7 +559,7 @@ def test_reports_about_one_recipient_are_bounded(start_daemon, daemon_config, re
     # Whoever holds a recipient's copy (a recipient of a password-reset mail: anyone) could
     # send its proven report again and again: each stored up to 256 KiB for 45 days and fired
     # another webhook event. Only the first MAX_REPORTS_PER_RECIPIENT are stored.
-    from mailrelay.bounces import MAX_REPORTS_PER_RECIPIENT
+    from mailrelay.services.bounces import MAX_REPORTS_PER_RECIPIENT
 
     d = start_daemon(bounce_config(daemon_config, redis_server, unique_prefix, dns, sink.port))
     client = redis_server.client()

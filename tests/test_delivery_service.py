@@ -1,5 +1,5 @@
 """
-The delivery service (mailrelay.delivery.DeliveryService) in-process, with real parts: a
+The delivery service (mailrelay.services.delivery.DeliveryService) in-process, with real parts: a
 redis-server, the Storage and its Lua scripts, a local DNS server (tests/dnsserver.py) for the
 MX lookups and scripted SMTP servers (tests/scriptedsmtp.py) as destinations. The network runs
 on the real reactor; the service's clock (due times, retries, pauses, idle connections) is a
@@ -30,11 +30,11 @@ from twisted.trial import unittest
 from conftest import start_module_redis, stop_module_redis
 from dnsserver import LocalDNS
 from peers import wait_until
-from mailrelay import delivery as delivery_module
+from mailrelay.services import delivery as delivery_module
 from mailrelay import tlsutil
 from mailrelay.config import parse_config
-from mailrelay.delivery import DeliveryService
-from mailrelay.storage import NewMessage, Storage, connect_redis
+from mailrelay.services.delivery import DeliveryService
+from mailrelay.store import NewMessage, Storage, connect_redis
 from scriptedsmtp import ScriptedSMTPServer
 
 REDIS = None
@@ -800,7 +800,7 @@ class BatchTests(DeliveryTestCase):
 
     @async_test
     async def test_claim_returns_bodies_and_suppression_entries(self):
-        from mailrelay.storage import NOT_LOOKED_UP
+        from mailrelay.store import NOT_LOOKED_UP
 
         server = self.start_server()
         await self.start_service(server.port)

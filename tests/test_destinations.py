@@ -1,5 +1,5 @@
 """
-Delivery to internal addresses (issue 15 item 11): mailrelay.destinations' rule, the MX
+Delivery to internal addresses (issue 15 item 11): mailrelay.smtp.destinations' rule, the MX
 resolver's filter against a real DNS server, the SMTP client's check of the address it
 connects to, the policy's name resolver under treq, and the real daemon: with the default,
 MX hosts and address literals at loopback and private addresses bounce with 5.4.4 and nothing
@@ -19,9 +19,9 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from dnsserver import LocalDNS, StandaloneDNS
-from mailrelay import smtpclient
-from mailrelay.destinations import DestinationPolicy, DestinationRefused, refusal
-from mailrelay.mx import MailHost, MXResolver, RefusedDestination, TemporaryDNSError
+from mailrelay.smtp import client as smtpclient
+from mailrelay.smtp.destinations import DestinationPolicy, DestinationRefused, refusal
+from mailrelay.smtp.mx import MailHost, MXResolver, RefusedDestination, TemporaryDNSError
 from peers import send, timeline
 
 # -- the rule -------------------------------------------------------------------------------

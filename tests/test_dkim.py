@@ -18,7 +18,7 @@ import dkim
 import pytest
 
 from dnsserver import query
-from mailrelay.dkimsign import ED25519, RSA, KeyDecryptError, decrypt_private_key, load_der_key
+from mailrelay.mail.dkim import ED25519, RSA, KeyDecryptError, decrypt_private_key, load_der_key
 from peers import timeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,13 +440,13 @@ def test_domains_commands(start_daemon, daemon_config, redis_server, unique_pref
 
 
 def domain_states_of(config_path: Path):
-    """mailrelay.domains.domain_states against the daemon's Redis (in a child process: it runs a reactor)."""
+    """mailrelay.services.domains.domain_states against the daemon's Redis (in a child process: it runs a reactor)."""
     code = (
         "import json, sys\n"
         "from twisted.internet import task, defer\n"
         "from mailrelay.config import load_config\n"
-        "from mailrelay.storage import Storage, connect_redis\n"
-        "from mailrelay.domains import domain_states\n"
+        "from mailrelay.store import Storage, connect_redis\n"
+        "from mailrelay.services.domains import domain_states\n"
         "config = load_config(sys.argv[1])\n"
         "async def main(reactor):\n"
         "    redis = connect_redis(config, None)\n"

@@ -20,7 +20,7 @@ from twisted.web import client, http, server
 from conftest import start_module_redis, stop_module_redis
 from mailrelay import libcompat
 from mailrelay.config import parse_config
-from mailrelay.storage import connect_redis, encode_command
+from mailrelay.store import connect_redis, encode_command
 
 REDIS = None
 _TMP: str | None = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 from twisted.internet import task
 
 from mailrelay.config import Config
-from mailrelay.message import split_header
-from mailrelay.smtpserver import Session, Transaction
-from mailrelay.submission import SubmissionHandler
+from mailrelay.mail.message import split_header
+from mailrelay.smtp.server import Session, Transaction
+from mailrelay.services.submission import SubmissionHandler
 
 
 def handler() -> SubmissionHandler:
@@ -71,7 +71,7 @@ def test_original_bytes_are_kept():
 
 
 def test_decoded_values_with_and_without_encoded_words():
-    from mailrelay.message import make_field
+    from mailrelay.mail.message import make_field
 
     assert make_field("Subject", "=?utf-8?q?Gr=C3=BC=C3=9Fe?= aus K=?x").decoded == "Grüße aus K=?x"
     for plain in ("Grüße aus Köln", "50% off =? not a word", "<b>bold</b>", ""):
@@ -79,7 +79,7 @@ def test_decoded_values_with_and_without_encoded_words():
 
 
 def test_an_encoded_word_that_decodes_to_lone_surrogates_is_made_text():
-    from mailrelay.message import make_field
+    from mailrelay.mail.message import make_field
 
     decoded = make_field("Subject", "=?utf-7?q?+2AA-?=").decoded  # UTF-7 for a lone U+D800
     decoded.encode("utf-8")  # storable: no lone surrogate left

@@ -1,5 +1,5 @@
 """
-MX resolution (mailrelay.mx) against a real DNS server on 127.0.0.1 (tests/dnsserver.py):
+MX resolution (mailrelay.smtp.mx) against a real DNS server on 127.0.0.1 (tests/dnsserver.py):
 RFC 5321 5.1 ordering, implicit MX, null MX, NXDOMAIN, SERVFAIL, silent servers, address
 literals, IDN, TXT; and the DNS server itself, in-process and as a separate process.
 """
@@ -20,7 +20,7 @@ from twisted.names import dns
 from twisted.trial import unittest
 
 from dnsserver import LocalDNS, StandaloneDNS, query
-from mailrelay.mx import (
+from mailrelay.smtp.mx import (
     DNSError,
     MailHost,
     MXResolver,

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from conftest import start_redis
 from mailrelay.config import parse_config
-from mailrelay.storage import NewMessage, Storage, connect_redis
+from mailrelay.store import NewMessage, Storage, connect_redis
 
 DAY = 86400
 

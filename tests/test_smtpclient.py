@@ -27,8 +27,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
-from mailrelay import smtpclient, tlsutil
-from mailrelay.smtpclient import (
+from mailrelay import tlsutil
+from mailrelay.smtp import client as smtpclient
+from mailrelay.smtp.client import (
     CHUNK_SIZE,
     CommandTimeout,
     ConnectFailure,

@@ -10,8 +10,8 @@ import socket
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from mailrelay import smtpserver
-from mailrelay.smtpserver import Reply, ServerLimits, SMTPServerFactory
+from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp.server import Reply, ServerLimits, SMTPServerFactory
 
 
 class RecordingHandler:

@@ -1,5 +1,5 @@
 """
-The status page (mailrelay/statuspage.py) through the real daemon: real SMTP submissions,
+The status page (mailrelay/web/statuspage.py) through the real daemon: real SMTP submissions,
 deliveries to Postfix's smtp-sink (MX from the local DNS server), a DSN received by the bounce
 listener, then the page over HTTP on the daemon's web listener and in headless Chromium
 (Debian's ``chromium``, installed by ``scripts/dev.sh test``).
@@ -380,7 +380,7 @@ def test_sender_domains_section_is_escaped():
     """The "Sender domains" section: each domain with its selectors, algorithms and DNS state;
     every value (here hostile ones, as a tampered Redis could hold) shown as text only.
     (Through the daemon, after `mailrelay domains add`: tests/test_web_api.py test_sender_domains.)"""
-    from mailrelay.statuspage import StatusPage, render_html
+    from mailrelay.web.statuspage import StatusPage, render_html
 
     def domain(name, selector, check):
         return {"name": name, "source": "redis", "created_at": "2026-11-28T09:00:00Z",
@@ -476,7 +476,7 @@ def test_every_field_the_page_shows_is_escaped():
     """Each section built from hostile values (mail, remote replies, a tampered Redis): the values
     are shown as text and the page has no element or attribute from them, chart labels and the
     tooltips included."""
-    from mailrelay.statuspage import StatusPage, _document, _unavailable, charts_section, render_html
+    from mailrelay.web.statuspage import StatusPage, _document, _unavailable, charts_section, render_html
 
     now_ms = 1_764_320_000_000
     message = {

@@ -1,5 +1,5 @@
 """
-The group commit of mailrelay.storage, in-process against a real redis-server: messages whose
+The group commit of mailrelay.store.storage, in-process against a real redis-server: messages whose
 enqueue is asked for in one reactor turn are stored by one ENQUEUE_BATCH_SCRIPT call, each with
 its own outcome, and RCPT suppression lookups of one turn share one call too. Also the RESP
 encoding of the commands (storage.encode_command, in place of txredisapi's).
@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from conftest import start_module_redis, start_redis, stop_module_redis
 from mailrelay.config import parse_config
-from mailrelay.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
+from mailrelay.store.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
 from mailrelay.store.scripts import Script
 
 REDIS = None
@@ -136,7 +136,7 @@ class BatchingTests(unittest.TestCase):
 
     @async_test
     async def test_a_reply_of_the_wrong_shape_fails_every_lookup_of_the_batch(self) -> None:
-        import mailrelay.storage as storage_module
+        import mailrelay.store.storage as storage_module
 
         # a script that answers the change counter only: no entry for either address
         self.patch(storage_module, "SUPPRESSION_OF_SCRIPT", Script.from_source("test", "return {'7'}"))

@@ -25,9 +25,9 @@ from twisted.trial import unittest
 from conftest import start_module_redis, stop_module_redis
 from mailrelay import passwords, tlsutil
 from mailrelay.config import parse_config
-from mailrelay.smtpserver import ServerLimits, SMTPServerFactory
-from mailrelay.storage import Storage, connect_redis
-from mailrelay.submission import SubmissionHandler
+from mailrelay.smtp.server import ServerLimits, SMTPServerFactory
+from mailrelay.store import Storage, connect_redis
+from mailrelay.services.submission import SubmissionHandler
 
 #: Seconds anything here may wait before the test counts as failed (nothing waits that long
 #: when the code works).

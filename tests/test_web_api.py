@@ -1,5 +1,5 @@
 """
-The web service (mailrelay.web) over the real daemon: the JSON API after real SMTP submissions
+The web service (mailrelay.web.api) over the real daemon: the JSON API after real SMTP submissions
 and deliveries (smtp-sink, the local DNS server), bounces received by the bounce listener, the
 suppression list as submission sees it, health checks and metrics.
 
@@ -30,7 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import start_redis
-from mailrelay.web import ADMIN_API_MAX_BODY
+from mailrelay.web.api import ADMIN_API_MAX_BODY
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn, received_headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def _response_spec(method: str, path: str, status: int) -> tuple[dict[str, Any],
     template = _template_for(path)
     operation = OPENAPI["paths"][template].get(method.lower()) if template is not None else None
     if operation is None and path.startswith("/api") and status in REFUSED_FROM_THE_HEAD:
-        # refused before routing (mailrelay.httplimits), whatever the path and method
+        # refused before routing (mailrelay.web.limits), whatever the path and method
         pointer = REFUSED_FROM_THE_HEAD[status]
     elif template is None:
         assert status in (401, 404), f"{method} {path}: undocumented path answered {status}"
@@ -636,7 +636,7 @@ def test_stats_list_the_cluster(start_daemon, daemon_config, redis_server, uniqu
     """Three daemons on one Redis: each lists all three; one stopped cleanly leaves the list at
     once; one killed stays listed with a growing heartbeat age until its heartbeat expires."""
     from mailrelay import __version__
-    from mailrelay.cluster import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
+    from mailrelay.services.cluster import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 
     daemons = {}
     for name in ("a", "b", "c"):
@@ -703,9 +703,9 @@ def test_stats_list_the_cluster(start_daemon, daemon_config, redis_server, uniqu
 
 
 def test_openapi_document_covers_the_api():
-    """Every route of mailrelay.web is in the document, with bearer auth on /api only."""
+    """Every route of mailrelay.web.api is in the document, with bearer auth on /api only."""
     from mailrelay.config import Config
-    from mailrelay.web import ApiResource, TokenAuth
+    from mailrelay.web.api import ApiResource, TokenAuth
 
     documented = {(method.upper(), path) for path, ops in OPENAPI["paths"].items() for method in ops}
     routes = ApiResource(None, Config(), TokenAuth([])).routes

@@ -1,5 +1,5 @@
 """
-The web listener's request limits (mailrelay.httplimits through mailrelay.web and the status
+The web listener's request limits (mailrelay.web.limits through mailrelay.web.api and the status
 page) against a real daemon over raw sockets: bodies refused from the request's head before
 any byte of them is read (no token: 401; announced too large: 413; chunked past the limit:
 413 while the client is still sending), nothing stored meanwhile (no temporary file in the
@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from test_web_api import TOKEN, Api, web_config
 
-from mailrelay.web import ADMIN_API_MAX_BODY
+from mailrelay.web.api import ADMIN_API_MAX_BODY
 
 #: Longest wait for an answer the daemon owes at once.
 ANSWER_TIMEOUT = 10

@@ -1,5 +1,5 @@
 """
-Webhooks (mailrelay.webhooks): events POSTed as signed JSON to local HTTP receivers, over real
+Webhooks (mailrelay.services.webhooks): events POSTed as signed JSON to local HTTP receivers, over real
 HTTP on 127.0.0.1.
 
 Daemon-level tests run the real daemon (twistd) with ``[[webhooks]]`` entries, submit mail over
@@ -34,11 +34,11 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from mailrelay import webhooks
+from mailrelay.services import webhooks
 from mailrelay.config import parse_config
 from mailrelay.metrics import PROCESS
-from mailrelay.storage import Event, NewMessage, Storage, connect_redis
-from mailrelay.webhooks import WebhookService, build_payload, matching_event, sign, verify
+from mailrelay.store import Event, NewMessage, Storage, connect_redis
+from mailrelay.services.webhooks import WebhookService, build_payload, matching_event, sign, verify
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, received_headers, timeline, wait_until
 
 SECRET = "whsec-0123456789abcdef"

@@ -3,7 +3,7 @@ cli.cluster: ``mailrelay cluster`` (the live daemons) and ``mailrelay migrate``.
 
 JOB
     ``mailrelay cluster`` prints one line per live daemon sharing this Redis (from the
-    heartbeats :mod:`mailrelay.cluster` writes: host, version and data format, uptime, age
+    heartbeats :mod:`mailrelay.services.cluster` writes: host, version and data format, uptime, age
     of the last heartbeat, delivery jobs held per domain, listeners) and the stored data
     format version. ``mailrelay migrate [--force]`` runs the registered migration steps
     (``Storage.migrate``), or records the version on an empty database.

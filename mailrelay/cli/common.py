@@ -38,7 +38,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
-from mailrelay.storage import Storage, StorageError, connect_redis
+from mailrelay.store import Storage, StorageError, connect_redis
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

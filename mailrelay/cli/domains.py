@@ -2,16 +2,16 @@
 cli.domains: ``mailrelay domains add|list|show|remove|rotate|verify``.
 
 JOB
-    Manages the sender domains kept by :mod:`mailrelay.domains` and prints the DNS records
+    Manages the sender domains kept by :mod:`mailrelay.services.domains` and prints the DNS records
     a user must publish: the DKIM key (``<selector>._domainkey.<domain>`` TXT), the bounce
     domain's MX (and SPF) when ``[bounces] domain`` is set, and SPF and DMARC suggestions.
-    ``verify`` looks them up through ``[delivery] nameservers`` (:class:`mailrelay.mx.MXResolver`)
+    ``verify`` looks them up through ``[delivery] nameservers`` (:class:`mailrelay.smtp.mx.MXResolver`)
     and says which are present and right; ``show`` lists a rotated-out key as "keep until
     <date>".
 
 SECURITY
     Generated private keys exist in this process's memory and are stored in Redis sealed
-    (see :mod:`mailrelay.dkimsign`); nothing private is printed. Text read from Redis or DNS
+    (see :mod:`mailrelay.mail.dkim`); nothing private is printed. Text read from Redis or DNS
     is printed through :func:`mailrelay.cli.common.clean`.
 
 STANDARDS
@@ -39,10 +39,10 @@ from twisted.logger import Logger
 
 from mailrelay.cli.common import add_config_option, clean, react_with_storage
 from mailrelay.config import Config, format_duration, parse_duration
-from mailrelay.domains import (KEY_TYPES, DomainError, SenderDomain, add_domain, all_domains,
+from mailrelay.services.domains import (KEY_TYPES, DomainError, SenderDomain, add_domain, all_domains,
                                check_summary, dns_records, find_domain, normalize_domain,
                                parse_time, remove_domain, rotate_domain, verify_domain)
-from mailrelay.mx import MXResolver
+from mailrelay.smtp.mx import MXResolver
 
 log = Logger()
 

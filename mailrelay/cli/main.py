@@ -26,14 +26,14 @@ JOB
                                            the addresses a bounce suppressed that the new type does not
                                            (never an operator's suppression)
         mailrelay cluster [-c FILE]        the live daemons sharing the Redis: heartbeat age, what
-                                           each is delivering, version (see mailrelay.cluster)
+                                           each is delivering, version (see mailrelay.services.cluster)
         mailrelay migrate [--force] [-c FILE]
                                            migrate the Redis data to this release's format version
         mailrelay domains add DOMAIN [--selector S] [--ed25519] [-c FILE]
                                            declare a sender domain: DKIM key generated (stored in Redis,
                                            encrypted), DNS records to publish printed
         mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
-                                           sender domains, their keys and DNS records (mailrelay.domains)
+                                           sender domains, their keys and DNS records (mailrelay.services.domains)
 
     The ``cluster``, ``migrate`` and ``domains`` parsers and actions live in
     :mod:`mailrelay.cli.cluster` and :mod:`mailrelay.cli.domains`. The ``queue``,
@@ -43,7 +43,7 @@ JOB
     through ``state_dir/redis/redis.sock`` (a relative state_dir is taken from
     the current directory, so run them where the daemon runs, or use an
     absolute state_dir), else ``[redis] url`` or ``sentinels``. They use only
-    :class:`mailrelay.storage.Storage` and give up after ``[redis] timeout``
+    :class:`mailrelay.store.Storage` and give up after ``[redis] timeout``
     per request. :func:`load_or_exit` also serves the twistd plugin.
 
 SECURITY
@@ -59,7 +59,7 @@ SECURITY
 
 STANDARDS
     None implemented here (``bounce classify`` reads RFC 5322 files through
-    :mod:`mailrelay.bounceparse`).
+    :mod:`mailrelay.mail.bounceparse`).
 
 DIAGNOSTICS
     Output on stdout; errors are one line on stderr and exit status 1
@@ -81,7 +81,7 @@ DIAGNOSTICS
 CONFIGURATION
     ``-c FILE`` (the whole configuration is validated); used: ``[server]``
     state_dir; ``[redis]`` url, sentinels, timeout (and what
-    :class:`mailrelay.storage.Storage` reads); ``[tls]`` cert, key,
+    :class:`mailrelay.store.Storage` reads); ``[tls]`` cert, key,
     min_version (``check-config`` loads them); ``[bounces]`` (the VERP
     secret, for ``suppressions list --unproven``). Owns no file or Redis
     data: it changes Redis only through the storage.
@@ -97,14 +97,14 @@ from pathlib import Path
 from typing import Any
 
 from mailrelay import __version__
-from mailrelay.bounceparse import parse_bounce
-from mailrelay.bounces import load_verp, reclassify_bounces, unproven_suppressions
+from mailrelay.mail.bounceparse import parse_bounce
+from mailrelay.services.bounces import load_verp, reclassify_bounces, unproven_suppressions
 from mailrelay.cli.cluster import add_cluster_parsers
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage, run_with_storage
 from mailrelay.cli.domains import add_domains_parser
 from mailrelay.config import Config, ConfigError, config_warnings, render_config
 from mailrelay.passwords import hash_password
-from mailrelay.smtpserver import AddressError, validate_mailbox
+from mailrelay.smtp.server import AddressError, validate_mailbox
 from mailrelay.timefmt import format_age, rfc3339, rfc3339_ms as format_ms
 from mailrelay.tlsutil import server_tls_options
 

@@ -61,7 +61,7 @@ def redis_cost(redis: RedisProcess, n: int) -> None:
     from twisted.internet import defer, task
 
     from mailrelay.config import parse_config
-    from mailrelay.storage import Event, NewMessage, Storage, connect_redis
+    from mailrelay.store import Event, NewMessage, Storage, connect_redis
     from mailrelay.timefmt import rfc3339
 
     rng = random.Random(1)

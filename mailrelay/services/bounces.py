@@ -6,7 +6,7 @@ JOB
     and an ``X-Mailrelay-Recipient-Token: <token>`` header field, whose token
     names the delivery job (message and recipient) and carries a truncated
     HMAC; receives the bounces and complaints sent back, classifies them
-    (:mod:`mailrelay.bounceparse`), ties those that prove it to the message
+    (:mod:`mailrelay.mail.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
     The same recorder handles in-band refusals (5xx at delivery).
     ``mailrelay suppressions list --unproven`` finds the suppressions made
@@ -48,7 +48,7 @@ DIAGNOSTICS
 CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_connections, max_message_size,
     max_stored_bounce_size, max_unmatched_bounces, notify_sender. Redis data (through
-    :mod:`mailrelay.storage`): ``bounce:<id>``, ``bounce:raw:<id>``,
+    :mod:`mailrelay.store`): ``bounce:<id>``, ``bounce:raw:<id>``,
     ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``.
 """
 
@@ -64,10 +64,12 @@ from typing import Any, NamedTuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailrelay import bounceparse, metrics, smtpserver
+from mailrelay import metrics
+from mailrelay.mail import bounceparse
+from mailrelay.smtp import server as smtpserver
 from mailrelay.config import Config
-from mailrelay.smtpserver import Reply, Session, Transaction
-from mailrelay.storage import Event, Storage
+from mailrelay.smtp.server import Reply, Session, Transaction
+from mailrelay.store import Event, Storage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()

@@ -28,7 +28,7 @@ JOB
     bounce-rate chart is bounced / (delivered + bounced) per bucket, with the
     bounce reports received in the window listed by type below it. Both
     come from the per-minute and per-hour counters of
-    :meth:`Storage.counters <mailrelay.storage.Storage.counters>`.
+    :meth:`Storage.counters <mailrelay.store.Storage.counters>`.
 
     Rendering is asynchronous (``NOT_DONE_YET``): the sections are read from
     Redis concurrently, each bounded by ``[redis] timeout``; a section whose
@@ -92,7 +92,7 @@ DIAGNOSTICS
 CONFIGURATION
     ``[web] public_status``; ``[web] api_tokens`` through the web service's
     auth object; ``[redis] timeout`` bounds each read. Redis data: only
-    through :mod:`mailrelay.storage` (search_messages, search_bounces,
+    through :mod:`mailrelay.store` (search_messages, search_bounces,
     counters, status_counts, get_message, get_timeline, admin_queue_summary,
     ping).
 """
@@ -116,7 +116,7 @@ from twisted.web import resource, server
 from twisted.web.template import Flattenable, Tag, flattenString, tags
 
 from mailrelay.clientkey import client_key
-from mailrelay.domains import domain_states
+from mailrelay.services.domains import domain_states
 from mailrelay.libcompat import request_disconnected
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
@@ -532,7 +532,7 @@ def charts_section(title: str, rows: list[tuple[int, dict[str, int]]], resolutio
 class StatusPage(resource.Resource):
     """
     The status page (see the module docstring). ``storage`` is a
-    :class:`~mailrelay.storage.Storage` or a callable returning one (or None
+    :class:`~mailrelay.store.Storage` or a callable returning one (or None
     while Redis is not connected yet); ``health()`` returns
     ``{service: {"ok": bool, "detail": str}}``; ``auth`` has
     ``check_header(request) -> bool`` and ``check_token(token) -> bool``.
@@ -744,7 +744,7 @@ class StatusPage(resource.Resource):
         self._send(request, 405, _document("Log out - mailrelay", body))
 
     def refuse(self, request: server.Request, code: int, message: str, headers: dict[bytes, bytes]) -> None:
-        """A request refused from its head (mailrelay.httplimits: 413, 429 ...), as a page."""
+        """A request refused from its head (mailrelay.web.limits: 413, 429 ...), as a page."""
         for name, value in {**SECURITY_HEADERS, **headers}.items():
             request.setHeader(name, value)
         self._send(request, code, _document("Refused - mailrelay", tags.p(message, class_="err")))

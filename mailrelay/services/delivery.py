@@ -6,7 +6,7 @@ JOB
     destination domain, looks up the MX hosts (or uses the smarthost), sends
     each message once per connection with all its recipients of that domain
     (with a bounce domain, once per recipient: each copy gets its recipient's
-    VERP return path and token header, see :mod:`mailrelay.bounces`), and
+    VERP return path and token header, see :mod:`mailrelay.services.bounces`), and
     records every attempt as an event: delivered, bounced (5xx, NXDOMAIN,
     null MX), deferred (4xx, connection/TLS/DNS failures; retried on
     ``retry_schedule``) or expired (older than ``max_queue_lifetime``).
@@ -21,9 +21,9 @@ SECURITY
     In direct (MX) mode, MX hosts and address literals are names and
     addresses chosen by whoever controls the recipient domain or address:
     unless ``allow_private_destinations`` is set, addresses that are not
-    public (loopback, private, link-local... see :mod:`mailrelay.destinations`)
+    public (loopback, private, link-local... see :mod:`mailrelay.smtp.destinations`)
     are dropped after the A/AAAA lookups (a domain left with none bounces
-    with status 5.4.4), and :mod:`mailrelay.smtpclient` checks the address it
+    with status 5.4.4), and :mod:`mailrelay.smtp.client` checks the address it
     connects to once more. The smarthost is the operator's choice and is not
     checked.
 
@@ -41,7 +41,7 @@ CONFIGURATION
     password, tls), tls, max_messages_per_connection, pipeline_messages, idle_timeout,
     concurrency_per_domain, max_connections, helo_name, bind_address,
     connect_timeout, command_timeout, allow_private_destinations. Redis data: through
-    :mod:`mailrelay.storage` (queue, leases, timelines, events).
+    :mod:`mailrelay.store` (queue, leases, timelines, events).
 """
 
 from __future__ import annotations
@@ -57,14 +57,16 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mailrelay import bounceparse, metrics, smtpclient
-from mailrelay import message as msg
-from mailrelay.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp, make_dsn
+from mailrelay import metrics
+from mailrelay.mail import bounceparse
+from mailrelay.smtp import client as smtpclient
+from mailrelay.mail import message as msg
+from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp, make_dsn
 from mailrelay.config import Config
-from mailrelay.destinations import DestinationPolicy
-from mailrelay.mx import MXResolver, PermanentDNSError, TemporaryDNSError
-from mailrelay.smtpclient import OutboundMessage, ReplyInfo
-from mailrelay.storage import NOT_LOOKED_UP, ClaimedJob, Event, NewMessage, Storage
+from mailrelay.smtp.destinations import DestinationPolicy
+from mailrelay.smtp.mx import MXResolver, PermanentDNSError, TemporaryDNSError
+from mailrelay.smtp.client import OutboundMessage, ReplyInfo
+from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Event, NewMessage, Storage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -406,7 +408,7 @@ class DeliveryService(service.Service):
             sender = first.sender
             if self.verp is not None:
                 # The recipient's token, in its copy only: a bounce or complaint that returns
-                # these headers proves which recipient it is about (mailrelay.bounces).
+                # these headers proves which recipient it is about (mailrelay.services.bounces).
                 body = self.verp.header(first.message_id, first.rcpt) + body
                 if sender:
                     sender = self.verp.address(first.message_id, first.rcpt)

@@ -18,7 +18,7 @@ JOB
 SECURITY
     The URLs come from the configuration file only (no API creates them, and a job read
     from Redis is sent only to a URL that is still configured): the operator chose them, so
-    they are trusted and not checked against :mod:`mailrelay.destinations` (a hook on
+    they are trusted and not checked against :mod:`mailrelay.smtp.destinations` (a hook on
     127.0.0.1 is legitimate). The receivers' answers are untrusted and only
     their status code (and a short excerpt for the log) is used. Redirects are not
     followed; https certificates are verified. With a ``secret`` every request carries
@@ -35,7 +35,7 @@ DIAGNOSTICS
     counted in ``mailrelay_webhook_attempts_total{result}`` on ``/metrics``.
 
 CONFIGURATION
-    ``[[webhooks]]`` url, events, secret. Redis data (through :mod:`mailrelay.storage`):
+    ``[[webhooks]]`` url, events, secret. Redis data (through :mod:`mailrelay.store`):
     the ``webhooks`` group on ``events``, ``webhook:queue``, ``webhook:job:<id>``.
 """
 
@@ -58,7 +58,7 @@ from twisted.logger import Logger
 from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
 from mailrelay.libcompat import quiet_http_connection_pool
-from mailrelay.storage import Event, Storage
+from mailrelay.store import Event, Storage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()

@@ -85,7 +85,8 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mailrelay import libcompat, netio
+from mailrelay import libcompat
+from mailrelay import netio
 from mailrelay.config import Config, RedisAddress, parse_redis_url
 from mailrelay.store.scripts import (ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV, SCRIPTS, Script,
                                      evalsha, load_all, ordered, position)
@@ -1423,7 +1424,7 @@ class Storage:
         return None if result < 0 else result
 
     # -- webhooks ---------------------------------------------------------------------------
-    # Used by mailrelay.webhooks. Redis data: the consumer group WEBHOOK_GROUP on ``P events``
+    # Used by mailrelay.services.webhooks. Redis data: the consumer group WEBHOOK_GROUP on ``P events``
     # (one consumer per daemon process); ``P webhook:queue`` ZSET of job ids scored by due
     # time in ms (while a daemon sends a job: its lease expiry); ``P webhook:job:<id>`` HASH
     # url, hook (index in [[webhooks]]), payload (the JSON body), attempts, event, message_id,
@@ -1583,7 +1584,7 @@ class Storage:
 
 
     # -- sender domains (DKIM) ---------------------------------------------------------------
-    # Used by mailrelay.domains: signing at submission, `mailrelay domains`, and the state of
+    # Used by mailrelay.services.domains: signing at submission, `mailrelay domains`, and the state of
     # each domain for the status page and the API. Redis data: ``P dkim:domains`` HASH domain
     # -> JSON record (its keys: selector, algorithm, public key, state, dates; a private key
     # only encrypted with [dkim] key_encryption_key); ``P dkim:version`` STRING, a counter
@@ -1601,7 +1602,7 @@ class Storage:
         return int(value or 0)
 
     async def dkim_domains(self) -> dict[str, dict[str, Any]]:
-        """Every sender domain stored in Redis: ``{domain: record}`` (see mailrelay.domains)."""
+        """Every sender domain stored in Redis: ``{domain: record}`` (see mailrelay.services.domains)."""
         reply = await self._admin(self._call("HGETALL", self._dkim_key("domains")))
         return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
 
@@ -1647,7 +1648,7 @@ class Storage:
         return int(await self._admin(self._eval(RECORD_UNSIGNED_SCRIPT, keys, args))) == 1
 
     # -- cluster and data version ---------------------------------------------------------
-    # Used by mailrelay.cluster (heartbeats, `mailrelay cluster`, `mailrelay migrate`), the
+    # Used by mailrelay.services.cluster (heartbeats, `mailrelay cluster`, `mailrelay migrate`), the
     # daemon's start (data version check) and submission ([submission] dedupe_window).
     # Redis data:
     #   ``P cluster``            ZSET   daemon owner ids by last heartbeat (ms, Redis clock);

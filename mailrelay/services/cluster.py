@@ -32,7 +32,7 @@ DIAGNOSTICS
     ``heartbeat failed: ...`` (Redis unreachable: the daemon keeps running and retries).
 
 CONFIGURATION
-    None of its own; Redis data through :mod:`mailrelay.storage` ("cluster and data
+    None of its own; Redis data through :mod:`mailrelay.store` ("cluster and data
     version": ``P cluster``, ``P cluster:<owner>``, ``P meta:version``).
 """
 
@@ -49,8 +49,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailrelay import __version__
-from mailrelay.storage import new_owner
-from mailrelay.submission import describe_address
+from mailrelay.store import new_owner
+from mailrelay.services.submission import describe_address
 
 log = Logger()
 

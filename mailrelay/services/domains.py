@@ -71,7 +71,7 @@ CONFIGURATION
     ``[dkim] key_encryption_key``; ``[[domains]]`` name, selector, key_file;
     ``[submission] require_known_domain``; ``[bounces] domain``, ``[server] hostname`` and
     ``[delivery] helo_name`` (in the records to publish); ``[delivery] nameservers`` (verify).
-    Redis data, through :mod:`mailrelay.storage` only: ``P dkim:domains``, ``P dkim:version``,
+    Redis data, through :mod:`mailrelay.store` only: ``P dkim:domains``, ``P dkim:version``,
     ``P dkim:checks``.
 """
 
@@ -88,12 +88,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay.config import Config, ConfigError, p_selector
-from mailrelay.dkimsign import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryptError, SigningKey,
+from mailrelay.mail.dkim import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryptError, SigningKey,
                                 dkim_txt_value, decrypt_private_key, encrypt_private_key,
                                 generate_key, key_algorithm, load_der_key, load_key_file, private_der,
                                 sign_message)
-from mailrelay.mx import DNSError, NXDomain, TemporaryDNSError
-from mailrelay.smtpserver import STORAGE_UNAVAILABLE, Reply
+from mailrelay.smtp.mx import DNSError, NXDomain, TemporaryDNSError
+from mailrelay.smtp.server import STORAGE_UNAVAILABLE, Reply
 from mailrelay.timefmt import rfc3339
 
 log = Logger()

@@ -59,7 +59,7 @@ CONFIGURATION
     ``IOpenSSLTrustRoot`` or a PEM CA file; default the platform's) for
     "verify" and for "implicit" with ``verify=True``, ``bind_address``,
     ``connect_timeout``, ``command_timeout``, ``auth`` (PLAIN, else LOGIN) and
-    ``destinations`` (a :class:`mailrelay.destinations.DestinationPolicy`: an
+    ``destinations`` (a :class:`mailrelay.smtp.destinations.DestinationPolicy`: an
     address is checked before connecting to it; a name's addresses as it is
     resolved, the endpoint connecting only to those that pass).
 
@@ -102,8 +102,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailrelay import netio
-from mailrelay.destinations import DestinationPolicy, DestinationRefused
-from mailrelay.smtpserver import AddressError, validate_mailbox
+from mailrelay.smtp.destinations import DestinationPolicy, DestinationRefused
+from mailrelay.smtp.server import AddressError, validate_mailbox
 
 log = Logger()
 

@@ -67,7 +67,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailrelay import netio
-from mailrelay.message import split_header
+from mailrelay.mail.message import split_header
 from mailrelay.metrics import MESSAGES_REJECTED
 
 log = Logger()
@@ -959,7 +959,7 @@ class ConnectionLimiter:
 
 
 def header_size_exceeds(content: bytes, limit: int) -> bool:
-    """Whether the header of ``content`` (as :func:`mailrelay.message.split_header` reads
+    """Whether the header of ``content`` (as :func:`mailrelay.mail.message.split_header` reads
     it: up to the blank line, or the first line that is not a field) is over ``limit`` octets."""
     if content.find(b"\r\n\r\n", 0, limit + 2) != -1 or len(content) <= limit:
         return False  # the blank line comes within the limit (the usual case: no split)

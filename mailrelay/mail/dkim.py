@@ -2,14 +2,14 @@
 dkimsign: DKIM keys, their sealing at rest, and signing (no I/O but reading a key file, no Redis).
 
 JOB
-    The cryptography of the sender domains (:mod:`mailrelay.domains` keeps the registry):
+    The cryptography of the sender domains (:mod:`mailrelay.services.domains` keeps the registry):
     generates and loads DKIM keys (RSA 2048 bits ``rsa-sha256``, Ed25519
     ``ed25519-sha256``), gives the ``p=`` value of their DNS record, seals a private key
     for storage in Redis (AES-256-GCM under a key derived by scrypt) and opens it again,
     and signs a message: relaxed/relaxed canonicalisation (dkimpy's), the fields of
     ``SIGNED_HEADERS`` as often as they occur, then ``OVERSIGNED`` once more, the private-key
     operation through ``cryptography``. ``X-Mailrelay-*`` fields are never signed. The
-    header fields are split as submission splits them (:mod:`mailrelay.message`), so the
+    header fields are split as submission splits them (:mod:`mailrelay.mail.message`), so the
     signature covers exactly the fields submission kept. Callers run signing in a thread.
 
 SECURITY
@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailrelay.message import split_header
+from mailrelay.mail.message import split_header
 
 RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"
@@ -236,7 +236,7 @@ class SigningKey:
 def _headers_and_body(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The header fields as dkimpy takes them ((name, value after the colon)), and the body.
 
-    Split as submission splits (mailrelay.message), so the signature covers exactly the
+    Split as submission splits (mailrelay.mail.message), so the signature covers exactly the
     fields that submission kept."""
     fields, rest = split_header(message)
     headers = []

@@ -135,7 +135,7 @@ SECURITY
     linear time. Anyone can forge a bounce naming any recipient and any
     ``X-Mailrelay-ID``: a caller must check that the message exists and
     that the recipient was one of its recipients before suppressing an
-    address (see :data:`SUPPRESSING_TYPES`); :mod:`mailrelay.bounces` does so
+    address (see :data:`SUPPRESSING_TYPES`); :mod:`mailrelay.services.bounces` does so
     only with a verified recipient token. An ``X-Mailrelay-ID`` is only
     returned when it has the shape of a mailrelay id (20 hex digits); the
     recipient tokens are only candidates, with the shape of a token, that
@@ -161,7 +161,7 @@ DIAGNOSTICS
 CONFIGURATION
     None: reads no config key and owns no file or Redis data. It recognises
     mailrelay's own refusal of a non-public destination by the setting that
-    text names (:data:`mailrelay.destinations.SETTING`).
+    text names (:data:`mailrelay.smtp.destinations.SETTING`).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from typing import Any, NamedTuple
 
-from mailrelay.destinations import SETTING as DESTINATION_SETTING
+from mailrelay.smtp.destinations import SETTING as DESTINATION_SETTING
 
 #: Bytes of a bounce that are parsed; the rest is ignored.
 MAX_INPUT = 1024 * 1024

@@ -54,7 +54,7 @@ DIAGNOSTICS
     most allowed (max_connections): new ones get 503`` once per episode.
 
 CONFIGURATION
-    None of its own: the limits come from the caller (see :mod:`mailrelay.web`).
+    None of its own: the limits come from the caller (see :mod:`mailrelay.web.api`).
 """
 
 from __future__ import annotations

@@ -34,13 +34,13 @@ DIAGNOSTICS
     ``535 5.7.8`` bad credentials; ``421 4.7.0`` too many AUTH failures;
     ``454 4.7.0`` AUTH refused because Redis did not answer the failure count;
     ``550 5.7.1`` From domain not a sender domain (``require_known_domain``);
-    ``451 4.3.5`` the sender domain's DKIM key cannot be used now (see :mod:`mailrelay.domains`).
+    ``451 4.3.5`` the sender domain's DKIM key cannot be used now (see :mod:`mailrelay.services.domains`).
 
 CONFIGURATION
     ``[submission]`` listen, listen_tls, users, trusted_networks,
     max_message_size, max_recipients, require_tls_for_auth, idle_timeout,
     data_timeout, max_connections_per_ip, max_connections, max_header_size,
-    auth_failures_per_ip, rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.storage` only.
+    auth_failures_per_ip, rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.store` only.
 """
 
 from __future__ import annotations
@@ -60,14 +60,15 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from mailrelay import message as msg
-from mailrelay import metrics, smtpserver
+from mailrelay.mail import message as msg
+from mailrelay import metrics
+from mailrelay.smtp import server as smtpserver
 from mailrelay.clientkey import client_key
 from mailrelay.config import Config, Rate
-from mailrelay.domains import SenderDomains
+from mailrelay.services.domains import SenderDomains
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
-from mailrelay.smtpserver import Reply, Session, SMTPServerFactory, Transaction
-from mailrelay.storage import NewMessage, Storage, StorageFull, StorageUnavailable
+from mailrelay.smtp.server import Reply, Session, SMTPServerFactory, Transaction
+from mailrelay.store import NewMessage, Storage, StorageFull, StorageUnavailable
 
 #: The header that carries mailrelay's message id in delivered mail (bounces match on it).
 ID_HEADER = "X-Mailrelay-ID"

@@ -27,7 +27,7 @@ JOB
       domain itself, preference 0, with its own A/AAAA addresses.
     * An address literal, ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``, is one
       host with that address; DNS is not asked.
-    * With a ``destinations`` policy (:class:`mailrelay.destinations.DestinationPolicy`),
+    * With a ``destinations`` policy (:class:`mailrelay.smtp.destinations.DestinationPolicy`),
       addresses it refuses (loopback, private, link-local...) are dropped
       from every host, address literals included; a host left with none is
       skipped. When nothing is left and no lookup failed temporarily, the
@@ -84,7 +84,7 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names import error as derror
 
-from mailrelay.destinations import SETTING, DestinationPolicy, refused_message
+from mailrelay.smtp.destinations import SETTING, DestinationPolicy, refused_message
 
 log = Logger()
 

@@ -14,7 +14,7 @@ JOB
                       and every configured SMTP listener is listening; 503
                       with a JSON reason otherwise.
     ``/metrics``      Prometheus text format (a dedicated registry).
-    anything else     the status page (:mod:`mailrelay.statuspage`, when
+    anything else     the status page (:mod:`mailrelay.web.statuspage`, when
                       installed): ``/``, ``/messages/<id>``, ``/login``, ``POST /logout``.
 
     Handlers never block the reactor: every Redis read is asynchronous and
@@ -42,12 +42,12 @@ SECURITY
     origins cannot read the API.
 
     Requests are admitted from their head, before their body is read
-    (:class:`Gate` through :mod:`mailrelay.httplimits`): the token is checked
+    (:class:`Gate` through :mod:`mailrelay.web.limits`): the token is checked
     first (401), then the endpoint's body limit (413: ADMIN_API_MAX_BODY under
     /api, the status page's BODY_LIMITS for its forms, none elsewhere); a
     refused body is never stored, an admitted one is kept in memory. Failed
     authentications (wrong Bearer tokens anywhere, failed logins) are counted
-    per client IP (:class:`~mailrelay.httplimits.FailureThrottle`); a client
+    per client IP (:class:`~mailrelay.web.limits.FailureThrottle`); a client
     over ``[web] max_auth_failures`` within ``auth_failure_window`` gets 429
     with Retry-After for every request that presents credentials, the right
     token too, until the window lets it in. Bodies are parsed defensively:
@@ -73,9 +73,9 @@ DIAGNOSTICS
 CONFIGURATION
     ``[web]`` listen, api_tokens, public_status (read by the status page),
     max_auth_failures, auth_failure_window, max_connections, request_timeout
-    (see :mod:`mailrelay.httplimits`); ``[redis] timeout`` bounds each
+    (see :mod:`mailrelay.web.limits`); ``[redis] timeout`` bounds each
     Redis read (requests get 3x that in all). Files: ``state_dir/api-token``.
-    Redis data: through :mod:`mailrelay.storage` only.
+    Redis data: through :mod:`mailrelay.store` only.
 """
 
 from __future__ import annotations
@@ -102,14 +102,14 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.http_headers import Headers
 
-from mailrelay import bounceparse
+from mailrelay.mail import bounceparse
 from mailrelay.config import Config
-from mailrelay.domains import domain_states
-from mailrelay.httplimits import FailureThrottle, GuardedSite, Refusal, RequestHead
+from mailrelay.services.domains import domain_states
+from mailrelay.web.limits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.libcompat import request_disconnected
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
-from mailrelay.storage import MESSAGE_STATUSES, Event, StorageError
-from mailrelay.submission import SMTPListenerService, describe_address
+from mailrelay.store import MESSAGE_STATUSES, Event, StorageError
+from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 
 log = Logger()
@@ -991,7 +991,7 @@ _BOUNCE_TYPES: tuple[str, ...] | None = None
 
 
 def bounce_type_names() -> tuple[str, ...]:
-    """The bounce type names of :mod:`mailrelay.bounceparse` (HardBounce, SoftBounce, ...)."""
+    """The bounce type names of :mod:`mailrelay.mail.bounceparse` (HardBounce, SoftBounce, ...)."""
     global _BOUNCE_TYPES
     if _BOUNCE_TYPES is None:
         _BOUNCE_TYPES = tuple(sorted({v.name for v in vars(bounceparse).values()
@@ -1026,7 +1026,7 @@ def is_api(path: bytes) -> bool:
 
 class Gate:
     """
-    The web listener's admission policy (:mod:`mailrelay.httplimits`), run on each request's
+    The web listener's admission policy (:mod:`mailrelay.web.limits`), run on each request's
     head before its body is read: a throttled client gets 429 for every request that presents
     credentials (an ``Authorization`` header, anything under /api, ``POST /login``), right
     token or not, until the window lets it in again; a wrong Bearer token counts as a
@@ -1091,11 +1091,11 @@ class QuietSite(GuardedSite):
 
 
 def load_status_page() -> Any:
-    """The status page class, or None when :mod:`mailrelay.statuspage` is not installed."""
+    """The status page class, or None when :mod:`mailrelay.web.statuspage` is not installed."""
     try:  # optional: a build may leave the status page out (the only lazy mailrelay import here)
-        from mailrelay.statuspage import StatusPage
+        from mailrelay.web.statuspage import StatusPage
     except ModuleNotFoundError as e:
-        if e.name != "mailrelay.statuspage":
+        if e.name != "mailrelay.web.statuspage":
             raise
         return None
     return StatusPage

@@ -1,0 +1,1 @@
+"""Pure mail logic with no I/O: message preparation, bounce parsing, DKIM."""

@@ -1,0 +1,1 @@
+"""The twistd services: submission, delivery, bounces, webhooks, cluster, domains."""

@@ -1,0 +1,1 @@
+"""Protocol engines: the ESMTP server and client, MX routing, socket I/O."""

@@ -1,0 +1,1 @@
+"""The web: the JSON API, the status page and the HTTP admission limits."""
