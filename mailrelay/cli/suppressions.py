@@ -22,7 +22,7 @@ SECURITY
     mailbox (:func:`mailrelay.smtp.server.validate_mailbox`).
 
 STANDARDS
-    RFC 5321 mailbox syntax for ``add``.
+    RFC 5321 and RFC 6531 mailbox syntax for ``add`` (through validate_mailbox).
 
 DIAGNOSTICS
     Output on stdout; errors one line on stderr, exit status 1: ``mailrelay: <address> is
