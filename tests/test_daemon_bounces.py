@@ -137,8 +137,9 @@ def test_queued_jobs_for_a_suppressed_address_end_suppressed(start_daemon, daemo
     redis_server.client().command("HSET", f"{unique_prefix}suppressed", "late@example.test",
                                   json.dumps({"since": "2026-11-28T09:00:00Z", "type": "ManuallyDeactivated"}))
     second = start_daemon(config, tmp_path / "b")
-    second.wait_for_line(rf"{message_id}: to=<late@example\.test>, relay=none.*status=suppressed")
-    second.wait_for_line(rf"{message_id}: to=<ok@example\.test>.*status=sent")
+    # the daemon may deliver before it logs "ready" (which start_daemon waits for): look at every line
+    second.wait_for_lines([rf"{message_id}: to=<late@example\.test>, relay=none.*status=suppressed",
+                           rf"{message_id}: to=<ok@example\.test>.*status=sent"])
     events = timeline(redis_server, unique_prefix, message_id)
     assert [e["type"] for e in events if e["recipient"] == "late@example.test"] == ["queued", "suppressed"]
     assert len(sink.messages()) == 1
