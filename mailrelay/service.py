@@ -11,11 +11,12 @@ JOB
     listen endpoints are set), the web service and last the cluster
     heartbeat. Submission and delivery's notices (DSNs) share one
     :class:`mailrelay.services.inject.Injector`, the one door into the
-    queue, made once the storage is ready. Start order is that order, each child that has a
-    ``when_ready`` awaited before the next starts; stop order is the
-    reverse, each step finishing before the next: listeners close first,
-    sessions finish their transaction or get 421, acknowledgements decided
-    by the ended sessions are settled, then Redis is released.
+    queue, made once the storage is ready. Start order is that order,
+    each child that has a ``when_ready`` awaited before the next starts;
+    stop order is the reverse, each step finishing before the next:
+    listeners close first, sessions finish their transaction or get 421,
+    acknowledgements decided by the ended sessions are settled, then Redis
+    is released.
 
 SECURITY
     Trusts the configuration, already validated by :mod:`mailrelay.config`;
