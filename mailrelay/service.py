@@ -9,11 +9,14 @@ JOB
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
     listen endpoints are set), the web service and last the cluster
-    heartbeat. Start order is that order, each child that has a
-    ``when_ready`` awaited before the next starts; stop order is the
-    reverse, each step finishing before the next: listeners close first,
-    sessions finish their transaction or get 421, acknowledgements decided
-    by the ended sessions are settled, then Redis is released.
+    heartbeat. Submission and delivery's notices (DSNs) share one
+    :class:`mailrelay.services.inject.Injector`, the one door into the
+    queue, made once the storage is ready. Start order is that order,
+    each child that has a ``when_ready`` awaited before the next starts;
+    stop order is the reverse, each step finishing before the next:
+    listeners close first, sessions finish their transaction or get 421,
+    acknowledgements decided by the ended sessions are settled, then Redis
+    is released.
 
 SECURITY
     Trusts the configuration, already validated by :mod:`mailrelay.config`;
@@ -75,6 +78,7 @@ from mailrelay.services.bounces import BounceHandler, BounceRecorder, load_verp
 from mailrelay.services.cluster import ClusterService, check_data_version_at_start
 from mailrelay.config import Config, config_warnings, parse_redis_url
 from mailrelay.services.delivery import DeliveryService
+from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
 from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
@@ -230,9 +234,22 @@ def make_service(config: Config) -> MailrelayService:
         service_name="submission",
     )
 
+    # The one door into the queue (mailrelay.services.inject): submitted mail and the notices
+    # delivery writes (DSNs) share it; made once the storage is ready, by its first user.
+    injectors: list[Injector] = []
+
+    def get_injector() -> Injector:
+        from twisted.internet import reactor
+
+        if not injectors:
+            assert storage_service.storage is not None
+            injectors.append(Injector(config, storage_service.storage, reactor,
+                                      on_queued=delivery.wake_soon if delivery is not None else None))
+        return injectors[0]
+
     delivery = None
     if config.delivery.enabled:
-        delivery = DeliveryService(config, lambda: storage_service.storage)
+        delivery = DeliveryService(config, lambda: storage_service.storage, get_injector=get_injector)
         delivery.setServiceParent(top)
 
     if config.webhooks:
@@ -248,8 +265,7 @@ def make_service(config: Config) -> MailrelayService:
 
         assert storage_service.storage is not None
         return SubmissionHandler(config, storage_service.storage, users, reactor, tls_available=True,
-                                 on_queued=delivery.wake_soon if delivery is not None else None,
-                                 password_checker=password_checker)
+                                 password_checker=password_checker, injector=get_injector())
 
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)

@@ -5,7 +5,9 @@ JOB
     Gives every outgoing copy a return path ``b+<token>@<[bounces] domain>``
     and an ``X-Mailrelay-Recipient-Token: <token>`` header field, whose token
     names the delivery job (message and recipient) and carries a truncated
-    HMAC; receives the bounces and complaints sent back, classifies them
+    HMAC (the codec, :class:`mailrelay.mail.verp.VERP`, made here by
+    :func:`load_verp` with the configured or shared secret); receives the
+    bounces and complaints sent back, classifies them
     (:mod:`mailrelay.mail.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
     The same recorder handles in-band refusals (5xx at delivery).
@@ -54,10 +56,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import os
 from typing import Any, NamedTuple
 
@@ -66,6 +64,7 @@ from twisted.logger import Logger
 
 from mailrelay import metrics
 from mailrelay.mail import bounceparse
+from mailrelay.mail.verp import VERP
 from mailrelay.smtp import server as smtpserver
 from mailrelay.config import Config
 from mailrelay.smtp.server import Reply, Session, Transaction
@@ -74,67 +73,12 @@ from mailrelay.timefmt import rfc3339
 
 log = Logger()
 
-#: Local-part prefix of VERP addresses, and the header field carrying each recipient's token.
-VERP_PREFIX = bounceparse.VERP_PREFIX
-RECIPIENT_TOKEN_HEADER = bounceparse.RECIPIENT_TOKEN_HEADER
-#: Mailboxes of the bounce domain for complaint feedback loops and RFC 2142 roles.
-FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")
-#: Bytes of HMAC-SHA256 kept in a token (64 bits).
-MAC_BYTES = 8
 #: Reports stored about one recipient of one message, at most (in-band refusals included):
 #: whoever holds the copy could otherwise store raw messages and fire webhooks without end.
 MAX_REPORTS_PER_RECIPIENT = 10
 
 NOT_A_BOUNCE_ADDRESS = Reply(550, "5.1.1", "No such mailbox here: this domain only receives bounces")
 BOUNCE_ACCEPTED = Reply(250, "2.0.0", "Ok: bounce received")
-
-
-class VERP:
-    """Encodes delivery jobs into recipient tokens and return paths and back (case-insensitive,
-    HMAC-checked)."""
-
-    def __init__(self, domain: str, secret: bytes) -> None:
-        self.domain = domain.lower()
-        self.secret = secret
-
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
-
-    def token(self, message_id: str, rcpt: int) -> str:
-        """Lowercase base32 of id, recipient index and MAC (32 characters): the recipient's secret."""
-        payload = bytes.fromhex(message_id) + rcpt.to_bytes(2, "big")
-        return base64.b32encode(payload + self._mac(payload)).decode().lower()
-
-    def address(self, message_id: str, rcpt: int) -> str:
-        """``b+<token>@domain`` (34-octet local part)."""
-        return f"{VERP_PREFIX}{self.token(message_id, rcpt)}@{self.domain}"
-
-    def header(self, message_id: str, rcpt: int) -> bytes:
-        """The header field put on top of the recipient's copy at delivery (never DKIM-signed)."""
-        return f"{RECIPIENT_TOKEN_HEADER}: {self.token(message_id, rcpt)}\r\n".encode()
-
-    def verify_token(self, token: str) -> tuple[str, int] | None:
-        """(message id, recipient index) of a token whose MAC verifies, else None."""
-        token = token.upper()
-        try:
-            raw = base64.b32decode(token + "=" * (-len(token) % 8))
-        except (binascii.Error, ValueError):
-            return None
-        payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        if len(payload) != 12 or not hmac.compare_digest(mac, self._mac(payload)):
-            return None
-        return payload[:10].hex(), int.from_bytes(payload[10:], "big")
-
-    def decode(self, address: str) -> tuple[str, int] | None:
-        """(message id, recipient index) for a valid VERP address of our domain, else None."""
-        local, _, domain = address.rpartition("@")
-        if domain.lower() != self.domain or not local.lower().startswith(VERP_PREFIX):
-            return None
-        return self.verify_token(local[len(VERP_PREFIX):])
-
-    def is_feedback_mailbox(self, address: str) -> bool:
-        local, _, domain = address.rpartition("@")
-        return domain.lower() == self.domain and local.lower() in FEEDBACK_MAILBOXES
 
 
 async def load_verp(config: Config, storage: Storage) -> VERP | None:
@@ -463,43 +407,3 @@ async def _reclassified_report(storage: Storage, bounce_id: str,
     # the report naming the record's recipient; else, as pair_reports does for a proven
     # recipient no report names, the first report
     return named[0] if named else reports[0]
-
-
-def make_dsn(*, hostname: str, original_sender: str, recipient: str, message_id: str, action: str,
-             status: str, diagnostic: str, remote_mta: str | None, original_headers: bytes) -> bytes:
-    """An RFC 3464 delivery status notification for the original sender (``notify_sender``)."""
-    import email.utils
-    from email import policy
-    from email.message import Message
-    from email.mime.base import MIMEBase
-    from email.mime.multipart import MIMEMultipart
-    from email.mime.text import MIMEText
-
-    report = MIMEMultipart("report", report_type="delivery-status")
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
-    report["To"] = original_sender
-    report["Subject"] = "Undelivered Mail Returned to Sender"
-    report["Date"] = email.utils.formatdate(localtime=True)
-    report["Message-ID"] = email.utils.make_msgid("dsn", domain=hostname)
-    report["Auto-Submitted"] = "auto-replied"
-    human = (f"This is the mail system at {hostname}.\n\n"
-             f"Your message {message_id} could not be delivered to <{recipient}>:\n\n"
-             f"    {diagnostic}\n")
-    report.attach(MIMEText(human, "plain", "utf-8"))
-    per_message = Message()
-    per_message["Reporting-MTA"] = f"dns; {hostname}"
-    per_message["X-Mailrelay-ID"] = message_id
-    per_recipient = Message()
-    per_recipient["Final-Recipient"] = f"rfc822; {recipient}"
-    per_recipient["Action"] = action
-    per_recipient["Status"] = status
-    if remote_mta:
-        per_recipient["Remote-MTA"] = f"dns; {remote_mta}"
-    per_recipient["Diagnostic-Code"] = f"smtp; {' '.join(diagnostic.split())}"
-    status_part = MIMEBase("message", "delivery-status")
-    status_part.set_payload([per_message, per_recipient])  # RFC 3464: blocks of fields
-    report.attach(status_part)
-    headers_part = MIMEBase("text", "rfc822-headers")
-    headers_part.set_payload(original_headers.decode("utf-8", "replace"))
-    report.attach(headers_part)
-    return report.as_bytes(policy=policy.SMTP)

@@ -12,6 +12,9 @@ JOB
     ``retry_schedule``) or expired (older than ``max_queue_lifetime``).
     Several daemons share one queue: leases keep them from claiming the same
     job, and a dead daemon's jobs are requeued when its leases expire.
+    With ``[bounces] notify_sender`` a refusal sends the original sender a DSN
+    (:mod:`mailrelay.mail.dsn`), queued from ``<>`` through the one door into
+    the queue (:mod:`mailrelay.services.inject`, source NOTICE).
 
 SECURITY
     Talks to remote mail servers, which are untrusted: their replies are
@@ -60,13 +63,14 @@ from twisted.logger import Logger
 from mailrelay import metrics
 from mailrelay.mail import bounceparse
 from mailrelay.smtp import client as smtpclient
-from mailrelay.mail import message as msg
-from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp, make_dsn
+from mailrelay.mail.dsn import make_dsn
+from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp
+from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.config import Config
 from mailrelay.smtp.destinations import DestinationPolicy
 from mailrelay.smtp.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtp.client import OutboundMessage, ReplyInfo
-from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Event, NewMessage, Storage
+from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Event, Storage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -133,7 +137,8 @@ class DeliveryService(service.Service):
     name = "delivery"
 
     def __init__(self, config: Config, get_storage: Callable[[], Storage], *,
-                 clock: Any = None, reactor: Any = None, resolver: MXResolver | None = None) -> None:
+                 clock: Any = None, reactor: Any = None, resolver: MXResolver | None = None,
+                 get_injector: Callable[[], Injector] | None = None) -> None:
         from twisted.internet import reactor as default_reactor
 
         self.reactor = reactor or default_reactor   # network
@@ -143,6 +148,9 @@ class DeliveryService(service.Service):
         self.get_storage = get_storage
         self.storage: Storage | None = None
         self.resolver = resolver
+        #: The door into the queue for notices (DSNs); without one, built at the first notice.
+        self.get_injector = get_injector
+        self._injector: Injector | None = None
         #: Where direct delivery may connect (the smarthost is not checked).
         self.destinations = DestinationPolicy.from_config(config)
         self.helo_name = self.settings.helo_name or config.hostname
@@ -619,7 +627,7 @@ class DeliveryService(service.Service):
             log.warn("delivery: could not record the bounce of {job}: {e}", job=job.job, e=e)
 
     async def _notify_sender(self, job: ClaimedJob, report: Any, route: Route | None) -> None:
-        """Queue an RFC 3464 DSN to the original sender (``[bounces] notify_sender``)."""
+        """Queue an RFC 3464 DSN to the original sender (``[bounces] notify_sender``), from ``<>``."""
         body = await self.storage.get_body(job.message_id) or b""
         header_end = body.find(b"\r\n\r\n")
         content = make_dsn(hostname=self.config.hostname, original_sender=job.sender, recipient=job.recipient,
@@ -627,17 +635,18 @@ class DeliveryService(service.Service):
                            status=report.status or "5.0.0", diagnostic=report.diagnostic,
                            remote_mta=route.name if route else None,
                            original_headers=body[: header_end + 2] if header_end >= 0 else b"")
-        fields, _ = msg.split_header(content)
-        dsn_id = await self.storage.enqueue(NewMessage(
-            sender="", recipients=[job.sender], content=content, tag="dsn",
-            summary={"from": f"MAILER-DAEMON@{self.config.hostname}", "to": [job.sender], "cc": [],
-                     "subject": "Undelivered Mail Returned to Sender",
-                     "message_id": (msg.first(fields, "Message-ID") or fields[0]).value}))
+        # through the one door, with the notice's policy: none of the checks meant for applications
+        result = await self.injector().inject(Draft(sender="", recipients=[job.sender], content=content, tag="dsn"),
+                                              source=Source.NOTICE)
         log.info("{id}: sender non-delivery notification {dsn} queued to <{to}>", id=job.message_id,
-                 dsn=dsn_id, to=job.sender)
-        # no client waits for this one: its jobs become claimable once the confirmation is done
-        self.storage.confirm(dsn_id).addCallback(lambda _: self.wake())
-        metrics.count_queued(1)
+                 dsn=result.id, to=job.sender)
+
+    def injector(self) -> Injector:
+        """The door into the queue: the daemon's (shared with submission), or this service's own."""
+        if self._injector is None:
+            self._injector = (self.get_injector() if self.get_injector is not None
+                              else Injector(self.config, self.storage, self.clock, on_queued=self.wake_soon))
+        return self._injector
 
     async def _fail_all(self, jobs: list[ClaimedJob], failure: AttemptFailed) -> None:
         await self._record_all(jobs, failure)

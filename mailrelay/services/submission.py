@@ -3,8 +3,12 @@ submission: the SMTP endpoint where applications hand over their mail.
 
 JOB
     Accepts mail from authenticated users (SMTP AUTH) and trusted networks,
-    completes it (Received, Message-ID, Date; tag and metadata headers taken
-    out) and queues it in Redis; ``250 2.0.0 Ok: queued as <id>`` is sent only
+    and hands it, with the Received field of this hop, to the one door into the
+    queue (:mod:`mailrelay.services.inject`, source SUBMISSION), which completes
+    it (Message-ID, Date; tag and metadata headers taken out), signs it and
+    queues it in Redis; the rate limit (MAIL) and the suppression list (RCPT)
+    are the injector's checks too, asked at those stages.
+    ``250 2.0.0 Ok: queued as <id>`` is sent only
     once the message and one delivery job per recipient are stored. The jobs
     stay unclaimable until the acknowledgement is settled: confirmed once the
     250 is sent, cancelled (deleted) when the client got 451 instead, so that
@@ -40,7 +44,8 @@ CONFIGURATION
     ``[submission]`` listen, listen_tls, users, trusted_networks,
     max_message_size, max_recipients, require_tls_for_auth, idle_timeout,
     data_timeout, max_connections_per_ip, max_connections, max_header_size,
-    auth_failures_per_ip, rate_limit_per_user, dedupe_window. Redis data: through :mod:`mailrelay.store` only.
+    auth_failures_per_ip; rate_limit_per_user, dedupe_window and require_known_domain are
+    applied by :mod:`mailrelay.services.inject`. Redis data: through :mod:`mailrelay.store` only.
 """
 
 from __future__ import annotations
@@ -61,35 +66,19 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from mailrelay.mail import message as msg
-from mailrelay import metrics
 from mailrelay.smtp import server as smtpserver
 from mailrelay.clientkey import client_key
 from mailrelay.config import Config, Rate
-from mailrelay.services.domains import SenderDomains
+from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
 from mailrelay.smtp.server import Reply, Session, SMTPServerFactory, Transaction
 from mailrelay.store import NewMessage, Storage, StorageFull, StorageUnavailable
 
-#: The header that carries mailrelay's message id in delivered mail (bounces match on it).
-ID_HEADER = "X-Mailrelay-ID"
-
 log = Logger()
-
-#: Header fields that carry the tag and metadata; removed before delivery.
-TAG_HEADERS = ("x-mailrelay-tag", "x-pm-tag")
-METADATA_PREFIXES = ("x-mailrelay-metadata-", "x-pm-metadata-")
-#: Our own namespace: every X-Mailrelay-* field a client sends is removed.
-OWN_HEADER_PREFIX = "x-mailrelay-"
 
 #: Name of the generated first user, and the file holding its password.
 FIRST_USER = "mailrelay"
 CREDENTIALS_FILE = "credentials"
-
-
-def suppressed_reply(recipient: str, entry: dict) -> Reply:
-    """550 5.1.1 for an address on the suppression list, saying why and since when."""
-    return Reply(550, "5.1.1", f"<{recipient}> is suppressed since {entry.get('since', '?')} "
-                               f"({entry.get('type', 'ManuallyDeactivated')}); reactivate it to send to it again")
 
 
 def queued_reply(message_id: str) -> Reply:
@@ -229,62 +218,15 @@ class AuthThrottle:
                                         e=f.getErrorMessage()))
 
 
-# -- the suppression check at RCPT ------------------------------------------------------
-
-
-class NotSuppressedCache:
-    """
-    Recipients Redis recently said are not suppressed, so that RCPT to them needs no round
-    trip. An answer is reused only while the suppression list's change counter is the one
-    it was read at and that counter was read less than VERSION_FRESHNESS seconds ago (every
-    message queued reads it, so under load it is always fresh), and for at most ENTRY_TTL
-    seconds. A change made by this process clears it at once; one made by another daemon
-    or the CLI is seen within VERSION_FRESHNESS seconds. Suppressed answers are never
-    cached. Delivery checks the list again before sending (jobs end ``suppressed``), so a
-    stale answer can only let RCPT accept mail that is then not sent.
-    """
-
-    VERSION_FRESHNESS = 1.0
-    ENTRY_TTL = 60.0
-    MAX_ENTRIES = 100_000
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._version: str | None = None
-        self._read_at: dict[str, float] = {}   # lowercased address -> when Redis said so
-
-    def known(self, address: str) -> bool:
-        """True when ``address`` is known not to be suppressed (no Redis round trip needed)."""
-        version, version_read_at = self.storage.suppressions_version
-        if version != self._version:
-            self._read_at.clear()
-            self._version = version
-            return False
-        now = self.storage.clock.seconds()
-        read_at = self._read_at.get(address.lower())
-        return (read_at is not None and now - version_read_at < self.VERSION_FRESHNESS
-                and now - read_at < self.ENTRY_TTL)
-
-    def remember(self, address: str) -> None:
-        """Redis just said ``address`` is not suppressed (at storage.suppressions_version)."""
-        version = self.storage.suppressions_version[0]
-        if version is None:
-            return
-        if version != self._version or len(self._read_at) >= self.MAX_ENTRIES:
-            self._read_at.clear()
-            self._version = version
-        self._read_at[address.lower()] = self.storage.clock.seconds()
-
-
 # -- the handler ---------------------------------------------------------------------
 
 
 class SubmissionHandler:
-    """The submission policy: who may send, and queueing what they send."""
+    """The submission policy: who may send; what they send goes through the injector."""
 
     def __init__(self, config: Config, storage: Storage, users: Mapping[str, str],
                  clock: Any, tls_available: bool, on_queued: Any = None,
-                 password_checker: PasswordChecker | None = None) -> None:
+                 password_checker: PasswordChecker | None = None, injector: Injector | None = None) -> None:
         self.config = config
         self.settings = config.submission
         self.hostname = config.hostname
@@ -294,9 +236,8 @@ class SubmissionHandler:
         self.throttle = AuthThrottle(self.settings.auth_failures_per_ip, storage, clock)
         self.trusted = self.settings.trusted_networks
         self.tls_available = tls_available
-        self.on_queued = on_queued  # e.g. wake this daemon's delivery service
-        self.not_suppressed = NotSuppressedCache(storage)
-        self.sender_domains = SenderDomains(config, storage, clock)  # DKIM: [submission] require_known_domain
+        # the one door into the queue (shared with delivery's notices in the daemon)
+        self.injector = injector or Injector(config, storage, clock, on_queued=on_queued)
 
     def is_trusted(self, session: Session) -> bool:
         if not self.trusted or session.peer_host is None:
@@ -327,127 +268,51 @@ class SubmissionHandler:
         return ok
 
     def check_sender(self, session: Session, sender: str) -> Reply | None | defer.Deferred:
-        rate = self.settings.rate_limit_per_user
-        if rate is None or session.user is None:
-            return None
-        d = defer.ensureDeferred(self.storage.hit_user_rate(session.user, rate.count, rate.period))
-
-        def decided(allowed: bool) -> Reply | None:
-            return None if allowed else smtpserver.RATE_LIMITED
-
-        def failed(failure: Any) -> Reply:
-            failure.trap(StorageUnavailable)
-            return smtpserver.STORAGE_UNAVAILABLE
-
-        return d.addCallbacks(decided, failed)
+        return self.injector.check_sender(Source.SUBMISSION, session.user)
 
     def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
-            return smtpserver.AUTH_REQUIRED
-        if self.not_suppressed.known(recipient):
-            return None
-        d = self.storage.suppression_of(recipient)
-
-        def decided(entry: dict | None) -> Reply | None:
-            if entry is None:
-                self.not_suppressed.remember(recipient)
-                return None
-            return suppressed_reply(recipient, entry)
-
-        def failed(failure: Any) -> Reply:
-            log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())
-            return smtpserver.STORAGE_UNAVAILABLE
-
-        return d.addCallbacks(decided, failed)  # a lookup times out after [redis] timeout
+            return smtpserver.AUTH_REQUIRED  # never an open relay
+        return self.injector.check_recipient(Source.SUBMISSION, recipient)
 
     def accept_message(self, session: Session, transaction: Transaction, content: bytes) -> defer.Deferred:
         return defer.ensureDeferred(self._accept(session, transaction, content))
 
     async def _accept(self, session: Session, transaction: Transaction, content: bytes) -> Reply:
-        new = self.prepare(session, transaction, content)
-        dkim = self.sender_domains.sign_now(new)
-        if dkim is None:
-            dkim = await self.sender_domains.sign(new)  # DKIM-Signature put on top, or why not
-        if dkim.refused is not None:
-            return dkim.refused
-        dedupe = None
-        own_message_id = new.summary.get("message_id") != f"<{new.id}@{self.hostname}>"
-        if self.settings.dedupe_window and own_message_id:  # not one prepare() generated
-            dedupe = (session.user, new.summary["message_id"], self.settings.dedupe_window)
+        draft = self.draft(session, transaction, content)
         try:
-            if dedupe is None:
-                message_id = await self.storage.enqueue(new)
-            else:
-                message_id = await self.storage.enqueue(new, dedupe=dedupe)
+            result = await self.injector.inject(draft, source=Source.SUBMISSION)
         except StorageFull as e:
-            log.error("submission: Redis is full, message {id} refused: {e}", id=new.id, e=e)
+            log.error("submission: Redis is full, message {id} refused: {e}", id=draft.id, e=e)
             return smtpserver.STORAGE_FULL
         except StorageUnavailable as e:
-            log.warn("submission: message {id} not queued, answered 451: {e}", id=new.id, e=e)
+            log.warn("submission: message {id} not queued, answered 451: {e}", id=draft.id, e=e)
             return smtpserver.STORAGE_UNAVAILABLE
-        if message_id != new.id:
+        if result.refused is not None:
+            return result.refused
+        message_id = result.id
+        if result.duplicate:
             log.info("submission: not queued again: same Message-ID as {id}, user {user}",
                      id=message_id, user=session.user or "-")
             return duplicate_reply(message_id)
-        # Stored, unsettled: the 250 below is followed by the confirmation that makes its jobs
-        # claimable; if anything fails before it, the message is cancelled (not delivered).
-        try:
-            if dkim.unsigned is not None:
-                await self.sender_domains.record_unsigned(new, dkim.unsigned)
-        except BaseException:
-            self.storage.cancel(message_id)
-            raise
-        confirmed = self.storage.confirm(message_id)
-        metrics.count_queued(len(new.recipients))
-        if self.on_queued is not None:
-            on_queued = self.on_queued
-            confirmed.addCallback(lambda _: on_queued())
-        user, n, size = session.user or "-", len(new.recipients), len(new.content)
+        user, n, size = session.user or "-", len(draft.recipients), result.size
         # The line of every message, rendered here: twisted.logger's own formatting of five
         # fields costs more than the rest of the log call (the fields stay in the event).
-        text = f"submission: queued {message_id} from <{new.sender}> for {n} recipient(s), {size} bytes, user {user}"
-        log.info(text.replace("{", "{{").replace("}", "}}"), id=message_id, sender=new.sender,
+        text = f"submission: queued {message_id} from <{draft.sender}> for {n} recipient(s), {size} bytes, user {user}"
+        log.info(text.replace("{", "{{").replace("}", "}}"), id=message_id, sender=draft.sender,
                  n=n, size=size, user=user)
         return queued_reply(message_id)
 
+    def draft(self, session: Session, transaction: Transaction, content: bytes) -> Draft:
+        """The message of a transaction as the injector takes it, with the Received field of this hop."""
+        draft = Draft(sender=transaction.sender, recipients=list(transaction.recipients), content=content,
+                      user=session.user, client=session.peer_host)
+        draft.received = self.received_field(session, transaction, draft.id)
+        return draft
+
     def prepare(self, session: Session, transaction: Transaction, content: bytes) -> NewMessage:
-        """Complete the message for delivery and collect its tag, metadata and summary."""
-        new = NewMessage(sender=transaction.sender, recipients=list(transaction.recipients),
-                         content=b"", user=session.user, client=session.peer_host)
-        fields, rest = msg.split_header(content)
-        kept: list[msg.HeaderField] = []
-        first: dict[str, msg.HeaderField] = {}  # lowercased name -> the first field kept so named
-        for f in fields:
-            lower = f.name.lower()
-            if lower in TAG_HEADERS:
-                new.tag = f.decoded
-            elif lower.startswith(METADATA_PREFIXES):
-                name = f.name[len("x-pm-metadata-") if lower.startswith("x-pm-") else len("x-mailrelay-metadata-"):]
-                new.metadata[name] = f.decoded
-            elif not lower.startswith(OWN_HEADER_PREFIX):
-                kept.append(f)
-                first.setdefault(lower, f)
-        added = [self.received_field(session, transaction, new.id),
-                 msg.make_field(ID_HEADER, new.id)]  # ties complaints and bounces to the message
-        message_id_field = first.get("message-id")
-        if message_id_field is None:
-            message_id_field = msg.make_field("Message-ID", f"<{new.id}@{self.hostname}>")
-            added.append(message_id_field)
-        if "date" not in first:
-            added.append(msg.make_field("Date", msg.date_now()))
-        if rest and not rest.startswith(b"\r\n"):
-            rest = b"\r\n" + rest  # the body had no header, or no blank line before it
-        new.content = msg.join_header(added + kept, rest)
-        from_addresses = msg.addresses(first.get("from"))
-        subject = first.get("subject")
-        new.summary = {
-            "from": from_addresses[0] if from_addresses else "",
-            "to": msg.addresses(first.get("to")),
-            "cc": msg.addresses(first.get("cc")),
-            "subject": subject.decoded if subject else "",
-            "message_id": message_id_field.value,
-        }
-        return new
+        """The message as it is queued: completed, with its tag, metadata and summary (not signed)."""
+        return self.injector.prepare(self.draft(session, transaction, content), Source.SUBMISSION)
 
     def received_field(self, session: Session, transaction: Transaction, message_id: str) -> msg.HeaderField:
         """The Received: field we prepend (RFC 5321 4.4, RFC 3848 "with" keywords)."""
