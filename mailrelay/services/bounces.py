@@ -65,7 +65,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay import metrics
-from mailrelay.mail import bounceparse
+from mailrelay.mail import bounceclassify, bouncemessage, bounceparse
 from mailrelay.smtp import server as smtpserver
 from mailrelay.config import Config
 from mailrelay.smtp.server import Reply, Session, Transaction
@@ -75,8 +75,8 @@ from mailrelay.timefmt import rfc3339
 log = Logger()
 
 #: Local-part prefix of VERP addresses, and the header field carrying each recipient's token.
-VERP_PREFIX = bounceparse.VERP_PREFIX
-RECIPIENT_TOKEN_HEADER = bounceparse.RECIPIENT_TOKEN_HEADER
+VERP_PREFIX = bouncemessage.VERP_PREFIX
+RECIPIENT_TOKEN_HEADER = bouncemessage.RECIPIENT_TOKEN_HEADER
 #: Mailboxes of the bounce domain for complaint feedback loops and RFC 2142 roles.
 FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")
 #: Bytes of HMAC-SHA256 kept in a token (64 bits).
@@ -176,7 +176,7 @@ class BounceRecorder:
         self.clock = clock
         self.max_unmatched = max_unmatched
 
-    async def record(self, report: bounceparse.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
+    async def record(self, report: bounceclassify.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
                      remote_mta: str | None = None, final: bool = False) -> dict[str, Any]:
         """
         Store one bounce. Only a ``job`` (a proven message and recipient) changes state:
@@ -208,15 +208,15 @@ class BounceRecorder:
             "reason": report.reason[:1000],
         }
         suppress = None
-        if job is not None and address and kind in bounceparse.SUPPRESSING_TYPES:
+        if job is not None and address and kind in bounceclassify.SUPPRESSING_TYPES:
             suppress = {"address": address, "since": rfc3339(now), "type": kind.name,
                         "reason": report.diagnostic[:500], "bounce_id": record["id"],
                         "message_id": job.message_id, "proof": job.proof}
         event = state = None
         if job is not None and not final:
-            if kind == bounceparse.SPAM_COMPLAINT:
+            if kind == bounceclassify.SPAM_COMPLAINT:
                 event_type = "complained"
-            elif kind == bounceparse.TRANSIENT:
+            elif kind == bounceclassify.TRANSIENT:
                 event_type = "deferred"   # a delay notice: the queue keeps its own schedule
             else:
                 event_type = "bounced"
@@ -285,7 +285,7 @@ class BounceHandler:
         jobs = await self.proven_jobs(recipients, reports[0].recipient_tokens)
         records = []
         for report, job in pair_reports(reports, jobs):
-            source = "arf" if report.type == bounceparse.SPAM_COMPLAINT else "dsn"
+            source = "arf" if report.type == bounceclassify.SPAM_COMPLAINT else "dsn"
             records.append(await self.recorder.record(report, job=job, raw=content, source=source))
         return records
 
@@ -318,8 +318,8 @@ class BounceHandler:
         return proven
 
 
-def pair_reports(reports: list[bounceparse.BounceReport],
-                 jobs: list[ProvenJob]) -> list[tuple[bounceparse.BounceReport, ProvenJob | None]]:
+def pair_reports(reports: list[bounceclassify.BounceReport],
+                 jobs: list[ProvenJob]) -> list[tuple[bounceclassify.BounceReport, ProvenJob | None]]:
     """
     Which proven job each report is about (None: unmatched). A report naming a proven
     job's address is about that job. A proven job no report names (a forwarded address, a
@@ -444,19 +444,19 @@ async def reclassify_bounces(storage: Storage, *, apply: bool) -> list[Reclassif
 
 
 async def _reclassified_report(storage: Storage, bounce_id: str,
-                               record: dict[str, str]) -> bounceparse.BounceReport | None:
+                               record: dict[str, str]) -> bounceclassify.BounceReport | None:
     """What the classifier says today about a stored bounce record (None: cannot tell)."""
     if record.get("type") in ("ManuallyDeactivated",):
         return None
     raw = await storage.get_bounce_raw(bounce_id)
     if record.get("source") == "smtp" or not raw:
-        if record.get("source") != "smtp" or record.get("type") == bounceparse.TRANSIENT.name:
+        if record.get("source") != "smtp" or record.get("type") == bounceclassify.TRANSIENT.name:
             # no raw message to read again; a Transient refusal may be an expired job's last
             # reply (the queue gave up): its state is not in the record, keep it
             return None
         details = record.get("details") or ""
-        return bounceparse.reply_report(record.get("recipient") or None, None, record.get("status") or None,
-                                        details)
+        return bounceclassify.reply_report(record.get("recipient") or None, None, record.get("status") or None,
+                                           details)
     reports = bounceparse.parse_bounce(raw)
     recipient = (record.get("recipient") or "").lower()
     named = [r for r in reports if (r.recipient or "").lower() == recipient]
