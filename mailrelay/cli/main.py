@@ -104,7 +104,7 @@ from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural,
 from mailrelay.cli.domains import add_domains_parser
 from mailrelay.config import Config, ConfigError, config_warnings, render_config
 from mailrelay.passwords import hash_password
-from mailrelay.smtp.server import AddressError, validate_mailbox
+from mailrelay.smtp.address import AddressError, validate_mailbox
 from mailrelay.timefmt import format_age, rfc3339, rfc3339_ms as format_ms
 from mailrelay.tlsutil import server_tls_options
 

@@ -66,9 +66,9 @@ from twisted.logger import Logger
 
 from mailrelay import metrics
 from mailrelay.mail import bounceclassify, bouncemessage, bounceparse
-from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp import session as smtpsession
 from mailrelay.config import Config
-from mailrelay.smtp.server import Reply, Session, Transaction
+from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import Event, Storage
 from mailrelay.timefmt import rfc3339
 
@@ -276,7 +276,7 @@ class BounceHandler:
             await self.process(transaction.recipients, content, client=session.peer_host)
         except Exception as e:
             log.failure("bounces: could not store a bounce from {client}", client=session.peer_host)
-            return smtpserver.STORAGE_UNAVAILABLE if "OOM" not in str(e) else smtpserver.STORAGE_FULL
+            return smtpsession.STORAGE_UNAVAILABLE if "OOM" not in str(e) else smtpsession.STORAGE_FULL
         return BOUNCE_ACCEPTED
 
     async def process(self, recipients: list[str], content: bytes, client: str | None = None) -> list[dict[str, Any]]:

@@ -93,7 +93,7 @@ from mailrelay.mail.dkim import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryp
                                 generate_key, key_algorithm, load_der_key, load_key_file, private_der,
                                 sign_message)
 from mailrelay.smtp.mx import DNSError, NXDomain, TemporaryDNSError
-from mailrelay.smtp.server import STORAGE_UNAVAILABLE, Reply
+from mailrelay.smtp.session import STORAGE_UNAVAILABLE, Reply
 from mailrelay.timefmt import rfc3339
 
 log = Logger()

@@ -62,12 +62,13 @@ from twisted.logger import Logger
 
 from mailrelay.mail import message as msg
 from mailrelay import metrics
-from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp import session as smtpsession
 from mailrelay.clientkey import client_key
 from mailrelay.config import Config, Rate
 from mailrelay.services.domains import SenderDomains
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
-from mailrelay.smtp.server import Reply, Session, SMTPServerFactory, Transaction
+from mailrelay.smtp.server import SMTPServerFactory
+from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import NewMessage, Storage, StorageFull, StorageUnavailable
 
 #: The header that carries mailrelay's message id in delivered mail (bounces match on it).
@@ -318,9 +319,9 @@ class SubmissionHandler:
         except Exception as e:  # fail closed: no count, no check
             log.warn("submission: AUTH from {peer} refused (454): the failure count in Redis "
                      "is unavailable: {e}", peer=session.peer_host, e=e)
-            return smtpserver.AUTH_UNAVAILABLE
+            return smtpsession.AUTH_UNAVAILABLE
         if token is None:
-            return smtpserver.AUTH_THROTTLED
+            return smtpsession.AUTH_THROTTLED
         ok = await self.authenticator.check(username, password)
         if ok:
             self.throttle.refund(session.peer_host, token)
@@ -333,17 +334,17 @@ class SubmissionHandler:
         d = defer.ensureDeferred(self.storage.hit_user_rate(session.user, rate.count, rate.period))
 
         def decided(allowed: bool) -> Reply | None:
-            return None if allowed else smtpserver.RATE_LIMITED
+            return None if allowed else smtpsession.RATE_LIMITED
 
         def failed(failure: Any) -> Reply:
             failure.trap(StorageUnavailable)
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
 
         return d.addCallbacks(decided, failed)
 
     def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
-            return smtpserver.AUTH_REQUIRED
+            return smtpsession.AUTH_REQUIRED
         if self.not_suppressed.known(recipient):
             return None
         d = self.storage.suppression_of(recipient)
@@ -356,7 +357,7 @@ class SubmissionHandler:
 
         def failed(failure: Any) -> Reply:
             log.warn("submission: suppression check failed: {e}", e=failure.getErrorMessage())
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
 
         return d.addCallbacks(decided, failed)  # a lookup times out after [redis] timeout
 
@@ -381,10 +382,10 @@ class SubmissionHandler:
                 message_id = await self.storage.enqueue(new, dedupe=dedupe)
         except StorageFull as e:
             log.error("submission: Redis is full, message {id} refused: {e}", id=new.id, e=e)
-            return smtpserver.STORAGE_FULL
+            return smtpsession.STORAGE_FULL
         except StorageUnavailable as e:
             log.warn("submission: message {id} not queued, answered 451: {e}", id=new.id, e=e)
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
         if message_id != new.id:
             log.info("submission: not queued again: same Message-ID as {id}, user {user}",
                      id=message_id, user=session.user or "-")

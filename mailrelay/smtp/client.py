@@ -103,7 +103,7 @@ from zope.interface import implementer
 
 from mailrelay import netio
 from mailrelay.smtp.destinations import DestinationPolicy, DestinationRefused
-from mailrelay.smtp.server import AddressError, validate_mailbox
+from mailrelay.smtp.address import AddressError, validate_mailbox
 
 log = Logger()
 
