@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -50,11 +49,6 @@ class AuthCommand:
     """AUTH of :class:`~mailrelay.smtp.server.SMTPServerProtocol`, which this is mixed into: it
     uses the protocol's session, limits, handler, factory and mode, its AUTH state
     (``_auth_state``) and its ``_reply``, ``_error``, ``_await`` and ``_close``."""
-
-    session: Any
-    limits: Any
-    handler: Any
-    factory: Any
 
     def do_AUTH(self, arg: str) -> None:
         session = self.session

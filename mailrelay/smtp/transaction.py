@@ -36,7 +36,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-from typing import Any
 
 from mailrelay.mail.message import split_header
 from mailrelay.metrics import MESSAGES_REJECTED
@@ -55,11 +54,6 @@ class MailTransactionCommands:
     mixed into: it uses the protocol's session, limits, handler, clock, input buffer and mode,
     its DATA state (``_data_*``) and its ``_reply``, ``_error``, ``_await``,
     ``_reset_idle_timer`` and ``_timed_out``."""
-
-    session: Any
-    limits: Any
-    handler: Any
-    factory: Any
 
     def do_MAIL(self, arg: str) -> None:
         session = self.session
