@@ -22,7 +22,7 @@ tests/bounces/holdout/make_holdout.py, a stand-in for the outside measure of iss
 
 Each (file, expected recipient) is one case. It prints, for the coarse classes the suppression
 decision depends on (hard, soft, complaint, autoreply, unknown; see
-``mailrelay.mail.bounceparse.COARSE_CLASSES``) and for the Postmark types, the matrix of expected
+``mailrelay.mail.bounceclassify.COARSE_CLASSES``) and for the Postmark types, the matrix of expected
 (rows) by predicted (columns); class accuracy (``unknown`` predicted counts as wrong where
 a class is expected), the soft-as-hard rate (soft bounces classified hard, the error that
 suppresses a working address) separately, and recipient accuracy (the expected recipient is
@@ -42,7 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mailrelay.mail.bounceparse import BOUNCE_TYPES, COARSE_CLASSES, BounceReport, parse_bounce  # noqa: E402
+from mailrelay.mail.bounceclassify import BOUNCE_TYPES, COARSE_CLASSES, BounceReport  # noqa: E402
+from mailrelay.mail.bounceparse import parse_bounce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "tests" / "bounces"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from mailrelay.mail.bounceparse import BOUNCE_TYPES
+from mailrelay.mail.bounceclassify import BOUNCE_TYPES
 
 #: The registry of per-process metrics; web.py appends it to its own output.
 PROCESS = CollectorRegistry(auto_describe=True)

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from mailrelay.mail import bounceparse
-from mailrelay.mail.bounceparse import (
+from mailrelay.mail import bounceclassify, bounceparse
+from mailrelay.mail.bounceclassify import (
     BAD_EMAIL_ADDRESS, BLOCKED, BOUNCE_TYPES, BOUNCE_TYPES_BY_CODE, CHALLENGE_VERIFICATION, DMARC_POLICY, DNS_ERROR,
     HARD_BOUNCE, MANUALLY_DEACTIVATED, SOFT_BOUNCE, SPAM_COMPLAINT, SPAM_NOTIFICATION, SUPPRESSING_TYPES, TRANSIENT,
-    UNKNOWN, VIRUS_NOTIFICATION, BounceReport, BounceType, classify, parse_bounce, reply_report)
+    UNKNOWN, VIRUS_NOTIFICATION, BounceReport, BounceType, classify, reply_report)
+from mailrelay.mail.bounceparse import parse_bounce
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "bounces"
@@ -293,8 +294,8 @@ def test_classify_takes_codes_from_the_text():
     assert classify("5.2.2", "550 5.1.1 user unknown") == SOFT_BOUNCE  # the given status wins
     assert classify(None, "Exim 4.96 version banner") == UNKNOWN  # not a status code
     assert classify(None, "host 10.5.1.1: connection timed out") == TRANSIENT  # an address, not 5.1.1
-    assert bounceparse.normalize_status("#5.1.010 (permanent)") == "5.1.10"
-    assert bounceparse.normalize_status("192.0.2.5") is None
+    assert bounceclassify.normalize_status("#5.1.010 (permanent)") == "5.1.10"
+    assert bounceclassify.normalize_status("192.0.2.5") is None
 
 
 # -- classify: the text rules -------------------------------------------------------------
@@ -567,33 +568,33 @@ NOT_GONE = [
 
 @pytest.mark.parametrize("text", ADDRESS_GONE)
 def test_address_gone_suppresses(text):
-    verdict = bounceparse.explain(None, text)
+    verdict = bounceclassify.explain(None, text)
     assert verdict.type.suppresses and verdict.type.coarse_class == "hard", verdict
 
 
 @pytest.mark.parametrize("text,expected", NOT_GONE)
 def test_anything_else_gets_the_type_that_says_what_happened(text, expected):
-    verdict = bounceparse.explain(None, text)
+    verdict = bounceclassify.explain(None, text)
     assert verdict.type == expected, verdict
     assert not verdict.type.suppresses
 
 
 def test_bad_address_syntax_is_bad_email_address():
-    verdict = bounceparse.explain(None, "553-5.1.3 The recipient address <a..b@example.com> is not a valid RFC 5321 "
+    verdict = bounceclassify.explain(None, "553-5.1.3 The recipient address <a..b@example.com> is not a valid RFC 5321 "
                                         "address.")
     assert (verdict.type, verdict.rule, verdict.type.suppresses) == (BAD_EMAIL_ADDRESS, "address-status+text", True)
-    assert bounceparse.explain(None, "example: not a valid domain name").type == BAD_EMAIL_ADDRESS
+    assert bounceclassify.explain(None, "example: not a valid domain name").type == BAD_EMAIL_ADDRESS
 
 
 def test_explain_says_which_rule_status_and_text_decided():
-    verdict = bounceparse.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: blocked by policy")
+    verdict = bounceclassify.explain(None, "550 5.1.1 <a@example.org>: Recipient address rejected: blocked by policy")
     assert (verdict.type, verdict.rule, verdict.status, verdict.smtp_code, verdict.matched) == (
         BLOCKED, "text-over-address-status", "5.1.1", 550, "blocked")
     assert verdict.reason == ("text-over-address-status; status 5.1.1; reply 550; text 'blocked'; "
                               "the text names spam, content, reputation, a block list or a policy")
-    generic = bounceparse.explain("5.0.0", "550 5.2.2 mailbox full")
+    generic = bounceclassify.explain("5.0.0", "550 5.2.2 mailbox full")
     assert (generic.status, generic.type) == ("5.2.2", SOFT_BOUNCE)   # a generic status gives way
-    bare = bounceparse.explain(None, "550 rejected")
+    bare = bounceclassify.explain(None, "550 rejected")
     assert (bare.type, bare.rule) == (SOFT_BOUNCE, "permanent-no-cause")
 
 

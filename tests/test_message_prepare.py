@@ -6,7 +6,7 @@ from twisted.internet import task
 
 from mailrelay.config import Config
 from mailrelay.mail.message import split_header
-from mailrelay.smtp.server import Session, Transaction
+from mailrelay.smtp.session import Session, Transaction
 from mailrelay.services.submission import SubmissionHandler
 
 

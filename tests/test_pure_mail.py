@@ -22,12 +22,7 @@ FORBIDDEN = ("twisted.internet", "twisted.web", "txredisapi", "treq", "psycopg",
              "mailrelay.service", "mailrelay.redisproc")
 
 #: Known exceptions, each (importing module, imported name): why. Keep this short.
-ALLOWED = {
-    # the name of a config setting, quoted in one classification rule's pattern; the module
-    # itself is not loaded for I/O. It should move (to mailrelay.config or mail/) with the
-    # bounceparse split (another helper's area in issue 17), and this line with it.
-    ("mailrelay.mail.bounceparse", "mailrelay.smtp.destinations.SETTING"),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _matches(name: str, prefix: str) -> bool:

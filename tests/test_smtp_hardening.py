@@ -20,7 +20,7 @@ import pytest
 from conftest import EPHEMERAL
 from mailrelay.mail.message import split_header
 from mailrelay.passwords import hash_password
-from mailrelay.smtp.server import header_size_exceeds
+from mailrelay.smtp.transaction import header_size_exceeds
 
 PASSWORD = "s3cret-pw"
 USERS = {"alice": hash_password(PASSWORD, log_n=10)}

@@ -28,13 +28,11 @@ from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from mailrelay import tlsutil
-from mailrelay.smtp import client as smtpclient
+from mailrelay.smtp import client as smtpclient, clientprotocol
 from mailrelay.smtp.client import (
-    CHUNK_SIZE,
     CommandTimeout,
     ConnectFailure,
     ConnectionLostError,
-    DotStuffer,
     OutboundMessage,
     ProtocolError,
     ReplyInfo,
@@ -42,9 +40,9 @@ from mailrelay.smtp.client import (
     SMTPReplyError,
     TLSFailure,
     connect,
-    dot_stuff,
     parse_queue_id,
 )
+from mailrelay.smtp.clientprotocol import CHUNK_SIZE, DotStuffer, dot_stuff
 from tests.scriptedsmtp import DEFAULT_EXTENSIONS, ScriptedSMTPServer
 
 BODY = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: test\r\n\r\nHello.\r\n"
@@ -518,7 +516,7 @@ class MessageDataTests(ClientTestCase):
             self.assertEqual(b"".join(out), expected)
 
     def test_line_ending_normalization(self):
-        norm = smtpclient.normalize_line_endings
+        norm = clientprotocol.normalize_line_endings
         self.assertEqual(norm(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd")
         self.assertEqual(norm(b"a\r\r\nb"), b"a\r\n\r\nb")
         self.assertEqual(norm(b"\n.\n"), b"\r\n.\r\n")
@@ -725,7 +723,7 @@ class ExtensionTests(ClientTestCase):
         self.assertEqual(str(outcome.recipients[0].reply), "550 5.7.1 Our policy says no. See https://x.test")
 
     def test_reply_parsing(self):
-        make = smtpclient._make_reply
+        make = clientprotocol._make_reply
         self.assertEqual(make(250, ["2.0.0 Ok"]), ReplyInfo(250, "2.0.0", "Ok"))
         self.assertEqual(make(250, ["Ok"]), ReplyInfo(250, "", "Ok"))
         self.assertEqual(make(550, ["2.0.0 mismatched class"]), ReplyInfo(550, "", "2.0.0 mismatched class"))

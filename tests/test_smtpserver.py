@@ -10,7 +10,7 @@ import socket
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp import address, server as smtpserver
 from mailrelay.smtp.server import Reply, ServerLimits, SMTPServerFactory
 
 
@@ -266,13 +266,13 @@ class ProtocolTests(unittest.TestCase):
 
 class ParsingTests(unittest.SynchronousTestCase):
     def test_parse_path(self):
-        self.assertEqual(smtpserver.parse_path("<a@b.c> SIZE=10", allow_null=False), ("a@b.c", "SIZE=10"))
-        self.assertEqual(smtpserver.parse_path("<>", allow_null=True), ("", ""))
-        self.assertEqual(smtpserver.parse_path("<@r1,@r2:a@b.c>", allow_null=False), ("a@b.c", ""))
-        self.assertEqual(smtpserver.parse_path('<"x y>z"@b.c>', allow_null=False), ('"x y>z"@b.c', ""))
+        self.assertEqual(address.parse_path("<a@b.c> SIZE=10", allow_null=False), ("a@b.c", "SIZE=10"))
+        self.assertEqual(address.parse_path("<>", allow_null=True), ("", ""))
+        self.assertEqual(address.parse_path("<@r1,@r2:a@b.c>", allow_null=False), ("a@b.c", ""))
+        self.assertEqual(address.parse_path('<"x y>z"@b.c>', allow_null=False), ('"x y>z"@b.c', ""))
         for bad in ("<a@b.c", "<>", "<a@b.c>x", "<a..b@c.d>", "<a@-b.c>"):
-            with self.assertRaises(smtpserver.AddressError, msg=bad):
-                smtpserver.parse_path(bad, allow_null=False)
+            with self.assertRaises(address.AddressError, msg=bad):
+                address.parse_path(bad, allow_null=False)
 
     def test_reply_encoding(self):
         self.assertEqual(Reply(250, "", "a\nb\nc").encode(), b"250-a\r\n250-b\r\n250 c\r\n")

@@ -19,7 +19,7 @@ SECURITY
     Whoever can run it with the daemon's configuration decides which addresses receive
     mail. Addresses and reasons read from Redis (from bounces written by remote servers)
     are printed through :func:`mailrelay.cli.common.clean`. ``add`` accepts only a valid
-    mailbox (:func:`mailrelay.smtp.server.validate_mailbox`).
+    mailbox (:func:`mailrelay.smtp.address.validate_mailbox`).
 
 STANDARDS
     RFC 5321 and RFC 6531 mailbox syntax for ``add`` (through validate_mailbox).
@@ -43,7 +43,7 @@ from typing import Any
 
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage
 from mailrelay.services.bounces import load_verp, unproven_suppressions
-from mailrelay.smtp.server import AddressError, validate_mailbox
+from mailrelay.smtp.address import AddressError, validate_mailbox
 from mailrelay.timefmt import rfc3339
 
 

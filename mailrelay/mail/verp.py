@@ -41,7 +41,7 @@ import binascii
 import hashlib
 import hmac
 
-from mailrelay.mail.bounceparse import RECIPIENT_TOKEN_HEADER, VERP_PREFIX
+from mailrelay.mail.bouncemessage import RECIPIENT_TOKEN_HEADER, VERP_PREFIX
 
 #: Mailboxes of the bounce domain for complaint feedback loops and RFC 2142 roles.
 FEEDBACK_MAILBOXES = ("fbl", "abuse", "postmaster")

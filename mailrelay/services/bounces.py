@@ -63,11 +63,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay import metrics
-from mailrelay.mail import bounceparse
+from mailrelay.mail import bounceclassify, bounceparse
 from mailrelay.mail.verp import VERP
-from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp import session as smtpsession
 from mailrelay.config import Config
-from mailrelay.smtp.server import Reply, Session, Transaction
+from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import Event, Storage
 from mailrelay.timefmt import rfc3339
 
@@ -120,7 +120,7 @@ class BounceRecorder:
         self.clock = clock
         self.max_unmatched = max_unmatched
 
-    async def record(self, report: bounceparse.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
+    async def record(self, report: bounceclassify.BounceReport, *, job: ProvenJob | None, raw: bytes, source: str,
                      remote_mta: str | None = None, final: bool = False) -> dict[str, Any]:
         """
         Store one bounce. Only a ``job`` (a proven message and recipient) changes state:
@@ -152,15 +152,15 @@ class BounceRecorder:
             "reason": report.reason[:1000],
         }
         suppress = None
-        if job is not None and address and kind in bounceparse.SUPPRESSING_TYPES:
+        if job is not None and address and kind in bounceclassify.SUPPRESSING_TYPES:
             suppress = {"address": address, "since": rfc3339(now), "type": kind.name,
                         "reason": report.diagnostic[:500], "bounce_id": record["id"],
                         "message_id": job.message_id, "proof": job.proof}
         event = state = None
         if job is not None and not final:
-            if kind == bounceparse.SPAM_COMPLAINT:
+            if kind == bounceclassify.SPAM_COMPLAINT:
                 event_type = "complained"
-            elif kind == bounceparse.TRANSIENT:
+            elif kind == bounceclassify.TRANSIENT:
                 event_type = "deferred"   # a delay notice: the queue keeps its own schedule
             else:
                 event_type = "bounced"
@@ -220,7 +220,7 @@ class BounceHandler:
             await self.process(transaction.recipients, content, client=session.peer_host)
         except Exception as e:
             log.failure("bounces: could not store a bounce from {client}", client=session.peer_host)
-            return smtpserver.STORAGE_UNAVAILABLE if "OOM" not in str(e) else smtpserver.STORAGE_FULL
+            return smtpsession.STORAGE_UNAVAILABLE if "OOM" not in str(e) else smtpsession.STORAGE_FULL
         return BOUNCE_ACCEPTED
 
     async def process(self, recipients: list[str], content: bytes, client: str | None = None) -> list[dict[str, Any]]:
@@ -229,7 +229,7 @@ class BounceHandler:
         jobs = await self.proven_jobs(recipients, reports[0].recipient_tokens)
         records = []
         for report, job in pair_reports(reports, jobs):
-            source = "arf" if report.type == bounceparse.SPAM_COMPLAINT else "dsn"
+            source = "arf" if report.type == bounceclassify.SPAM_COMPLAINT else "dsn"
             records.append(await self.recorder.record(report, job=job, raw=content, source=source))
         return records
 
@@ -262,8 +262,8 @@ class BounceHandler:
         return proven
 
 
-def pair_reports(reports: list[bounceparse.BounceReport],
-                 jobs: list[ProvenJob]) -> list[tuple[bounceparse.BounceReport, ProvenJob | None]]:
+def pair_reports(reports: list[bounceclassify.BounceReport],
+                 jobs: list[ProvenJob]) -> list[tuple[bounceclassify.BounceReport, ProvenJob | None]]:
     """
     Which proven job each report is about (None: unmatched). A report naming a proven
     job's address is about that job. A proven job no report names (a forwarded address, a
@@ -388,19 +388,19 @@ async def reclassify_bounces(storage: Storage, *, apply: bool) -> list[Reclassif
 
 
 async def _reclassified_report(storage: Storage, bounce_id: str,
-                               record: dict[str, str]) -> bounceparse.BounceReport | None:
+                               record: dict[str, str]) -> bounceclassify.BounceReport | None:
     """What the classifier says today about a stored bounce record (None: cannot tell)."""
     if record.get("type") in ("ManuallyDeactivated",):
         return None
     raw = await storage.get_bounce_raw(bounce_id)
     if record.get("source") == "smtp" or not raw:
-        if record.get("source") != "smtp" or record.get("type") == bounceparse.TRANSIENT.name:
+        if record.get("source") != "smtp" or record.get("type") == bounceclassify.TRANSIENT.name:
             # no raw message to read again; a Transient refusal may be an expired job's last
             # reply (the queue gave up): its state is not in the record, keep it
             return None
         details = record.get("details") or ""
-        return bounceparse.reply_report(record.get("recipient") or None, None, record.get("status") or None,
-                                        details)
+        return bounceclassify.reply_report(record.get("recipient") or None, None, record.get("status") or None,
+                                           details)
     reports = bounceparse.parse_bounce(raw)
     recipient = (record.get("recipient") or "").lower()
     named = [r for r in reports if (r.recipient or "").lower() == recipient]

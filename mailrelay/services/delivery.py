@@ -61,7 +61,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailrelay import metrics
-from mailrelay.mail import bounceparse
+from mailrelay.mail import bounceclassify
 from mailrelay.smtp import client as smtpclient
 from mailrelay.mail.dsn import make_dsn
 from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob, load_verp
@@ -610,14 +610,14 @@ class DeliveryService(service.Service):
                              route: Route | None) -> None:
         """A refusal at delivery is a bounce too: classify it, record it, maybe suppress."""
         if reply is not None:
-            report = bounceparse.reply_report(job.recipient, reply.code, reply.enhanced or None,
-                                              f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " "),
-                                              route.name if route else None)
+            report = bounceclassify.reply_report(job.recipient, reply.code, reply.enhanced or None,
+                                                 f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " "),
+                                                 route.name if route else None)
         else:  # no reply: DNS or connection failures
-            report = bounceparse.reply_report(job.recipient, None, None, detail, None)
-        if state == EXPIRED and report.type in bounceparse.SUPPRESSING_TYPES:
+            report = bounceclassify.reply_report(job.recipient, None, None, detail, None)
+        if state == EXPIRED and report.type in bounceclassify.SUPPRESSING_TYPES:
             # gave up after temporary failures: not a sign of a dead address
-            report = dataclasses.replace(report, type=bounceparse.TRANSIENT)
+            report = dataclasses.replace(report, type=bounceclassify.TRANSIENT)
         try:
             await self.recorder.record(report, job=ProvenJob(job.message_id, job.rcpt, job.recipient, PROOF_DELIVERY),
                                        raw=b"", source="smtp", final=True)

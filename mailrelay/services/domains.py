@@ -93,7 +93,7 @@ from mailrelay.mail.dkim import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryp
                                 generate_key, key_algorithm, load_der_key, load_key_file, private_der,
                                 sign_message)
 from mailrelay.smtp.mx import DNSError, NXDomain, TemporaryDNSError
-from mailrelay.smtp.server import STORAGE_UNAVAILABLE, Reply
+from mailrelay.smtp.session import STORAGE_UNAVAILABLE, Reply
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -554,7 +554,7 @@ async def domain_states(config: Config, storage: Any) -> list[dict[str, Any]]:
 class SignResult:
     """What submission does with a message after :meth:`SenderDomains.sign`."""
 
-    refused: Any = None               # a smtpserver.Reply: refuse the message with it
+    refused: Any = None               # a smtp.session.Reply: refuse the message with it
     unsigned: str | None = None       # sent unsigned: the timeline says why
     domain: str | None = None         # the d= it was signed for
 

@@ -78,8 +78,8 @@ from mailrelay import metrics
 from mailrelay.config import Config
 from mailrelay.mail import message as msg
 from mailrelay.services.domains import SenderDomains, SignResult
-from mailrelay.smtp import server as smtpserver
-from mailrelay.smtp.server import Reply
+from mailrelay.smtp import session as smtpsession
+from mailrelay.smtp.session import Reply
 from mailrelay.store import NewMessage, Storage, StorageUnavailable
 from mailrelay.store.storage import new_message_id
 
@@ -228,11 +228,11 @@ class Injector:
         d = defer.ensureDeferred(self.storage.hit_user_rate(user, rate.count, rate.period))
 
         def decided(allowed: bool) -> Reply | None:
-            return None if allowed else smtpserver.RATE_LIMITED
+            return None if allowed else smtpsession.RATE_LIMITED
 
         def failed(failure: Any) -> Reply:
             failure.trap(StorageUnavailable)
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
 
         return d.addCallbacks(decided, failed)
 
@@ -250,7 +250,7 @@ class Injector:
 
         def failed(failure: Any) -> Reply:
             log.warn("{source}: suppression check failed: {e}", source=source.value, e=failure.getErrorMessage())
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
 
         return d.addCallbacks(decided, failed)
 

@@ -66,12 +66,13 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from mailrelay.mail import message as msg
-from mailrelay.smtp import server as smtpserver
+from mailrelay.smtp import session as smtpsession
 from mailrelay.clientkey import client_key
 from mailrelay.config import Config, Rate
 from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
-from mailrelay.smtp.server import Reply, Session, SMTPServerFactory, Transaction
+from mailrelay.smtp.server import SMTPServerFactory
+from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import NewMessage, Storage, StorageFull, StorageUnavailable
 
 log = Logger()
@@ -259,9 +260,9 @@ class SubmissionHandler:
         except Exception as e:  # fail closed: no count, no check
             log.warn("submission: AUTH from {peer} refused (454): the failure count in Redis "
                      "is unavailable: {e}", peer=session.peer_host, e=e)
-            return smtpserver.AUTH_UNAVAILABLE
+            return smtpsession.AUTH_UNAVAILABLE
         if token is None:
-            return smtpserver.AUTH_THROTTLED
+            return smtpsession.AUTH_THROTTLED
         ok = await self.authenticator.check(username, password)
         if ok:
             self.throttle.refund(session.peer_host, token)
@@ -272,7 +273,7 @@ class SubmissionHandler:
 
     def check_recipient(self, session: Session, recipient: str) -> Reply | None | defer.Deferred:
         if session.user is None and not self.is_trusted(session):
-            return smtpserver.AUTH_REQUIRED  # never an open relay
+            return smtpsession.AUTH_REQUIRED  # never an open relay
         return self.injector.check_recipient(Source.SUBMISSION, recipient)
 
     def accept_message(self, session: Session, transaction: Transaction, content: bytes) -> defer.Deferred:
@@ -284,10 +285,10 @@ class SubmissionHandler:
             result = await self.injector.inject(draft, source=Source.SUBMISSION)
         except StorageFull as e:
             log.error("submission: Redis is full, message {id} refused: {e}", id=draft.id, e=e)
-            return smtpserver.STORAGE_FULL
+            return smtpsession.STORAGE_FULL
         except StorageUnavailable as e:
             log.warn("submission: message {id} not queued, answered 451: {e}", id=draft.id, e=e)
-            return smtpserver.STORAGE_UNAVAILABLE
+            return smtpsession.STORAGE_UNAVAILABLE
         if result.refused is not None:
             return result.refused
         message_id = result.id

@@ -61,6 +61,8 @@ from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableName
 from twisted.logger import Logger
 from zope.interface import directlyProvides, implementer, providedBy
 
+from mailrelay.mail.bounceclassify import PRIVATE_DESTINATIONS_SETTING
+
 log = Logger()
 
 __all__ = ["refusal", "refused_message", "DestinationPolicy", "DestinationRefused", "STATUS", "SETTING"]
@@ -68,7 +70,7 @@ __all__ = ["refusal", "refused_message", "DestinationPolicy", "DestinationRefuse
 #: The enhanced status code (RFC 3463 X.4.4, "unable to route") of a destination refused here.
 STATUS = "5.4.4"
 #: The setting that allows them, named in refusal messages.
-SETTING = "[delivery] allow_private_destinations"
+SETTING = PRIVATE_DESTINATIONS_SETTING
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -102,7 +102,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.http_headers import Headers
 
-from mailrelay.mail import bounceparse
+from mailrelay.mail import bounceclassify
 from mailrelay.config import Config
 from mailrelay.services.domains import domain_states
 from mailrelay.web.limits import FailureThrottle, GuardedSite, Refusal, RequestHead
@@ -991,11 +991,11 @@ _BOUNCE_TYPES: tuple[str, ...] | None = None
 
 
 def bounce_type_names() -> tuple[str, ...]:
-    """The bounce type names of :mod:`mailrelay.mail.bounceparse` (HardBounce, SoftBounce, ...)."""
+    """The bounce type names of :mod:`mailrelay.mail.bounceclassify` (HardBounce, SoftBounce, ...)."""
     global _BOUNCE_TYPES
     if _BOUNCE_TYPES is None:
-        _BOUNCE_TYPES = tuple(sorted({v.name for v in vars(bounceparse).values()
-                                      if isinstance(v, bounceparse.BounceType)}))
+        _BOUNCE_TYPES = tuple(sorted({v.name for v in vars(bounceclassify).values()
+                                      if isinstance(v, bounceclassify.BounceType)}))
     return _BOUNCE_TYPES
 
 
