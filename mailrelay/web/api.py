@@ -108,7 +108,8 @@ from mailrelay.services.domains import domain_states
 from mailrelay.web.limits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.libcompat import request_disconnected
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
-from mailrelay.store import MESSAGE_STATUSES, Event, StorageError
+from mailrelay.store import MESSAGE_STATUSES, StorageError, readmodel
+from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, Suppression, TimelineEvent
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 
@@ -127,8 +128,6 @@ MAX_PARAMETER = 1000
 #: counters) are read every QUEUE_METRICS_EVERY-th time.
 METRICS_INTERVAL = 5.0
 QUEUE_METRICS_EVERY = 3
-#: Recipient states as the API shows them (a job being delivered right now is "queued").
-RECIPIENT_STATES = ("queued", "deferred", "delivered", "bounced", "expired", "suppressed", "deleted")
 #: Bounce types that count toward the bounce rate (not delay notices, auto-replies, complaints).
 BOUNCE_RATE_TYPES = ("HardBounce", "SoftBounce", "DnsError", "Blocked", "Unknown")
 
@@ -310,29 +309,6 @@ def json_body(request: Any, shape: str) -> dict[str, Any]:
     return body
 
 
-def _json_list(text: str | None) -> list[str]:
-    try:
-        value = json.loads(text or "[]")
-    except ValueError:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else []
-
-
-def _json_object(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _int(text: Any, default: int = 0) -> int:
-    try:
-        return int(float(text))
-    except (TypeError, ValueError):
-        return default
-
-
 def query(request: Any, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query parameters, each given once, all of them known; empty values count as absent."""
     params: dict[str, str] = {}
@@ -356,88 +332,65 @@ def query(request: Any, allowed: tuple[str, ...]) -> dict[str, str]:
 # -- JSON shapes -------------------------------------------------------------------------
 
 
-_EVENT_FIELDS = [f for f in Event.__dataclass_fields__]
-
-
-def event_json(entry: dict[str, Any]) -> dict[str, Any]:
+def event_json(event: TimelineEvent) -> dict[str, Any]:
     """A timeline entry in the Event shape (every field present; extra fields kept)."""
-    out = {name: entry.get(name) for name in _EVENT_FIELDS}
-    out["detail"] = out["detail"] or ""
-    out.update({k: v for k, v in entry.items() if k not in out})
-    return out
+    return event.as_dict()
 
 
-def message_summary(row: dict[str, str]) -> dict[str, Any]:
+def message_summary(summary: MessageSummary) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "received_at": format_ms(row.get("received_at")),
-        "from": row.get("from") or "",
-        "to": _json_list(row.get("to")),
-        "subject": row.get("subject") or "",
-        "tag": row.get("tag") or None,
-        "status": row.get("status") or "queued",
+        "id": summary.id,
+        "received_at": format_ms(summary.received_ms),
+        "from": summary.header_from,
+        "to": list(summary.to),
+        "subject": summary.subject,
+        "tag": summary.tag or None,
+        "status": summary.status,
     }
 
 
-def message_detail(message_id: str, fields: dict[str, str], timeline: list[dict[str, Any]]) -> dict[str, Any]:
-    count = _int(fields.get("rcpt_count"))
-    addresses = [fields.get(f"rcpt:{i}", "") for i in range(count)]
-    events: list[list[dict[str, Any]]] = [[] for _ in range(count)]
-    for entry in timeline:
-        if not isinstance(entry, dict):
-            continue
-        index = entry.get("rcpt")
-        if not isinstance(index, int) or not 0 <= index < count:
-            wanted = str(entry.get("recipient") or "").lower()
-            index = next((i for i, a in enumerate(addresses) if a.lower() == wanted), None)
-        if index is not None:
-            events[index].append(event_json(entry))
-    recipients = []
-    for i, address in enumerate(addresses):
-        state = fields.get(f"state:{i}") or "queued"
-        if state not in RECIPIENT_STATES:
-            state = "queued"  # "delivering": an attempt is under way
-        recipients.append({"address": address, "status": state,
-                           "attempts": _int(fields.get(f"attempts:{i}")), "events": events[i]})
+def message_detail(record: MessageRecord) -> dict[str, Any]:
+    recipients = [{"address": r.address, "status": r.status, "attempts": r.attempts,
+                   "events": [event_json(e) for e in r.events]} for r in record.recipients]
     return {
-        "id": message_id,
-        "received_at": format_ms(fields.get("received_at")),
-        "from": fields.get("from") or "",
-        "to": _json_list(fields.get("to")),
-        "cc": _json_list(fields.get("cc")),
-        "subject": fields.get("subject") or "",
-        "message_id_header": fields.get("message_id") or None,
-        "tag": fields.get("tag") or None,
-        "metadata": _json_object(fields.get("metadata")),
-        "status": fields.get("status") or "queued",
-        "size": _int(fields.get("size")),
-        "sender": fields.get("sender") or "",
-        "user": fields.get("user") or None,
+        "id": record.id,
+        "received_at": format_ms(record.received_ms),
+        "from": record.header_from,
+        "to": list(record.to),
+        "cc": list(record.cc),
+        "subject": record.subject,
+        "message_id_header": record.message_id_header or None,
+        "tag": record.tag or None,
+        "metadata": dict(record.metadata),
+        "status": record.status,
+        "size": record.size,
+        "sender": record.sender,
+        "user": record.user or None,
         "recipients": recipients,
     }
 
 
-def bounce_summary(row: dict[str, str]) -> dict[str, Any]:
+def bounce_summary(bounce: BounceRecord) -> dict[str, Any]:
     return {
-        "id": row.get("id") or "",
-        "message_id": row.get("message_id") or None,
-        "recipient": row.get("recipient") or None,
-        "type": row.get("type") or "Unknown",
-        "type_code": _int(row.get("type_code")),
-        "description": row.get("description") or "",
-        "details": row.get("details") or "",
-        "at": row.get("at") or None,
-        "inactive": row.get("inactive") == "1",
-        "proof": row.get("proof") or "",
+        "id": bounce.id,
+        "message_id": bounce.message_id or None,
+        "recipient": bounce.recipient or None,
+        "type": bounce.type,
+        "type_code": bounce.type_code,
+        "description": bounce.description,
+        "details": bounce.details,
+        "at": bounce.at or None,
+        "inactive": bounce.inactive,
+        "proof": bounce.proof,
     }
 
 
-def suppression_json(address: str, entry: dict[str, Any]) -> dict[str, Any]:
+def suppression_json(suppression: Suppression) -> dict[str, Any]:
     return {
-        "address": address,
-        "since": entry.get("since") or None,
-        "type": entry.get("type") or "ManuallyDeactivated",
-        "reason": entry.get("reason") or None,
+        "address": suppression.address,
+        "since": suppression.since or None,
+        "type": suppression.type,
+        "reason": suppression.reason or None,
     }
 
 
@@ -856,36 +809,33 @@ class ApiResource(resource.Resource):
         until = parse_time("until", q["until"]) if "until" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await self.storage.search_messages(
-            recipient=q.get("recipient"), tag=q.get("tag"), status=status, since_ms=since,
+        rows, _ = await readmodel.message_summaries(
+            self.storage, recipient=q.get("recipient"), tag=q.get("tag"), status=status, since_ms=since,
             until_ms=None if until is None else until - 1,  # until is exclusive
             limit=limit + 1, cursor=cursor)
         send_json(request, 200, {"messages": [message_summary(r) for r in rows[:limit]],
-                                 "next_cursor": self._next(rows, limit)})
+                                 "next_cursor": self._next([(r.score, r.id) for r in rows], limit)})
 
     @staticmethod
-    def _next(rows: list[dict[str, Any]], limit: int) -> str | None:
-        """One row more than a page was asked for: there is a next page, after the page's last row."""
-        if len(rows) <= limit:
+    def _next(places: list[tuple[int, str]], limit: int) -> str | None:
+        """One row more than a page was asked for: there is a next page, after the page's last row
+        (``places``: each row's index score and id)."""
+        if len(places) <= limit:
             return None
-        last = rows[limit - 1]
-        return encode_cursor(last["_score"], last["id"])
+        score, member = places[limit - 1]
+        return encode_cursor(score, member)
 
     async def get_message(self, request: Any, message_id: str) -> None:
         query(request, ())
-        fields = await self._message(message_id)
-        timeline = await self.storage.get_timeline(message_id)
-        send_json(request, 200, message_detail(message_id, fields, timeline))
-
-    async def _message(self, message_id: str) -> dict[str, str]:
-        fields = await self.storage.get_message(message_id) if _MESSAGE_ID.match(message_id) else None
-        if not fields:
+        record = await readmodel.message(self.storage, message_id) if _MESSAGE_ID.match(message_id) else None
+        if record is None:
             raise not_found(f"no message {message_id}")
-        return fields
+        send_json(request, 200, message_detail(record))
 
     async def get_raw(self, request: Any, message_id: str) -> None:
         query(request, ())
-        await self._message(message_id)
+        if not _MESSAGE_ID.match(message_id) or not await self.storage.get_message(message_id):
+            raise not_found(f"no message {message_id}")
         body = await self.storage.get_body(message_id)
         if body is None:
             raise not_found(f"the content of message {message_id} is no longer kept ([tracking] content_retention)")
@@ -902,24 +852,24 @@ class ApiResource(resource.Resource):
         since = parse_time("since", q["since"]) if "since" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await self.storage.search_bounces(type=kind, recipient=q.get("recipient"), since_ms=since,
-                                                    limit=limit + 1, cursor=cursor)
+        rows, _ = await readmodel.bounce_summaries(self.storage, type=kind, recipient=q.get("recipient"),
+                                                   since_ms=since, limit=limit + 1, cursor=cursor)
         send_json(request, 200, {"bounces": [bounce_summary(r) for r in rows[:limit]],
-                                 "next_cursor": self._next(rows, limit)})
+                                 "next_cursor": self._next([(r.score or 0, r.id) for r in rows], limit)})
 
     async def get_bounce(self, request: Any, bounce_id: str) -> None:
         query(request, ())
-        record = await self.storage.get_bounce(bounce_id) if _BOUNCE_ID.match(bounce_id) else None
-        if not record:
+        record = await readmodel.bounce(self.storage, bounce_id) if _BOUNCE_ID.match(bounce_id) else None
+        if record is None:
             raise not_found(f"no bounce {bounce_id}")
         raw = await self.storage.get_bounce_raw(bounce_id)
         body = bounce_summary(record)
         body.update({
-            "status": record.get("status") or None,
-            "remote_mta": record.get("remote_mta") or None,
-            "source": record.get("source") or None,
-            "rule": record.get("rule") or None,
-            "reason": record.get("reason") or None,
+            "status": record.status or None,
+            "remote_mta": record.remote_mta or None,
+            "source": record.source or None,
+            "rule": record.rule or None,
+            "reason": record.reason or None,
             "raw": raw.decode("utf-8", "replace") if raw is not None else None,
         })
         send_json(request, 200, body)
@@ -933,9 +883,7 @@ class ApiResource(resource.Resource):
 
     async def list_suppressions(self, request: Any) -> None:
         query(request, ())
-        entries = await self.storage.list_suppressions()
-        items = sorted((suppression_json(a, e) for a, e in entries.items()),
-                       key=lambda s: (s["since"] or "", s["address"]), reverse=True)
+        items = [suppression_json(s) for s in await readmodel.suppressions(self.storage)]
         send_json(request, 200, {"suppressions": items})
 
     async def add_suppression(self, request: Any) -> None:
@@ -957,7 +905,7 @@ class ApiResource(resource.Resource):
         if not await self.storage.add_suppression(address, entry):
             raise ApiError(409, f"{address} is already suppressed")
         log.info("web: {address} suppressed through the API", address=address)
-        send_json(request, 201, suppression_json(address, entry),
+        send_json(request, 201, suppression_json(Suppression.decode(address, entry)),
                   {b"location": f"/api/v1/suppressions/{quote(address, safe='@')}".encode()})
 
     async def delete_suppression(self, request: Any, address: str) -> None:

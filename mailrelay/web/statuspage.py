@@ -106,7 +106,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet import defer
@@ -118,6 +118,9 @@ from twisted.web.template import Flattenable, Tag, flattenString, tags
 from mailrelay.clientkey import client_key
 from mailrelay.services.domains import domain_states
 from mailrelay.libcompat import request_disconnected
+from mailrelay.store import readmodel
+from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, TimelineEvent,
+                                     decode_timeline)
 from mailrelay.timefmt import display_rfc3339, display_time, display_time_ms, format_age
 
 log = Logger()
@@ -205,18 +208,6 @@ def _state_class(state: str) -> str:
 
 def _badge(state: str) -> Tag:
     return tags.span(state or "-", class_=_state_class(state))
-
-
-def _json_list(text: str | None) -> list[str]:
-    if not text:
-        return []
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return [text]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 def _nice_ceiling(value: float) -> float:
@@ -907,18 +898,9 @@ class StatusPage(resource.Resource):
         numeric = ("Queued", "Deferred", "Delivering", "Oldest")
         return [tags.table(_head_row("Domain", *numeric, numeric=numeric), tags.tbody(rows)), more]
 
-    async def _latest_messages(self, storage: Any) -> list[dict[str, Any]]:
-        rows, _ = await storage.search_messages(limit=LATEST)
-        details = await defer.gatherResults(
-            [defer.ensureDeferred(storage.get_message(row["id"])) for row in rows])
-        for row, message in zip(rows, details):
-            message = message or {}
-            row["first_recipient"] = message.get("rcpt:0", "")
-            try:
-                row["rcpt_count"] = int(message.get("rcpt_count", "0") or 0)
-            except ValueError:
-                row["rcpt_count"] = 0
-        return rows
+    @staticmethod
+    async def _latest_messages(storage: Any) -> list[MessageSummary]:
+        return await readmodel.latest_messages(storage, LATEST)
 
     @staticmethod
     def _message_link(message_id: str, content: Flattenable) -> Flattenable:
@@ -927,25 +909,27 @@ class StatusPage(resource.Resource):
         return content
 
     def _messages_table(self, ok: bool, value: Any) -> Tag:
+        """The latest messages: summaries (or ``search_messages`` rows, decoded here)."""
         if not ok:
             return _unavailable("Messages", value)
         if not value:
             return tags.p("No messages yet.", class_="muted")
         rows = []
         for row in value:
-            recipient: list[Flattenable] = [_text(row.get("first_recipient", ""))]
-            if row.get("rcpt_count", 0) > 1:
-                recipient += [" ", _muted(f"+{row['rcpt_count'] - 1}")]
-            subject = _text(row.get("subject", ""))
+            summary = row if isinstance(row, MessageSummary) else MessageSummary.decode(row)
+            recipient: list[Flattenable] = [summary.first_recipient]
+            if summary.recipient_count > 1:
+                recipient += [" ", _muted(f"+{summary.recipient_count - 1}")]
             rows.append(tags.tr(
-                tags.td(self._message_link(row["id"], display_time_ms(row.get("_score"))), class_="time"),
-                tags.td(_text(row.get("from") or row.get("sender", "")), class_="wrap"),
+                tags.td(self._message_link(summary.id, display_time_ms(summary.received_ms)), class_="time"),
+                tags.td(summary.header_from or summary.sender, class_="wrap"),
                 tags.td(recipient, class_="wrap"),
-                tags.td(self._message_link(row["id"], subject or _muted("(no subject)")), class_="wrap"),
-                tags.td(_badge(_text(row.get("status", ""))))))
+                tags.td(self._message_link(summary.id, summary.subject or _muted("(no subject)")), class_="wrap"),
+                tags.td(_badge(summary.status))))
         return tags.table(_head_row("Received (UTC)", "From", "Recipient", "Subject", "Status"), tags.tbody(rows))
 
     def _bounces_table(self, ok: bool, value: Any) -> Tag:
+        """The latest bounces: (records or ``search_bounces`` rows, cursor)."""
         if not ok:
             return _unavailable("Bounces", value)
         rows_data, _ = value
@@ -953,15 +937,16 @@ class StatusPage(resource.Resource):
             return tags.p("No bounces.", class_="muted")
         rows = []
         for row in rows_data:
-            when = display_time_ms(row.get("_score")) or display_rfc3339(row.get("at"))
-            message_id = _text(row.get("message_id", ""))
-            details = _text(row.get("details", ""))
+            bounce = row if isinstance(row, BounceRecord) else BounceRecord.decode(row)
+            when = display_time_ms(bounce.score) or display_rfc3339(bounce.at)
+            message_id = bounce.message_id
             rows.append(tags.tr(
                 tags.td(self._message_link(message_id, when) if message_id else when, class_="time"),
-                tags.td(_text(row.get("recipient", "")) or _muted("?"), class_="wrap"),
-                tags.td(_text(row.get("type", "")), " ", _muted(_text(row.get("status", "")))),
-                tags.td(_text(row.get("description", "")),
-                        [tags.br(), tags.span(details, class_="muted mono")] if details else "", class_="wrap"),
+                tags.td(bounce.recipient or _muted("?"), class_="wrap"),
+                tags.td(bounce.type, " ", _muted(bounce.status)),
+                tags.td(bounce.description,
+                        [tags.br(), tags.span(bounce.details, class_="muted mono")] if bounce.details else "",
+                        class_="wrap"),
                 tags.td(self._message_link(message_id, "message") if message_id else _muted("unmatched"))))
         return tags.table(_head_row("Time (UTC)", "Recipient", "Type", "Description", ""), tags.tbody(rows))
 
@@ -970,112 +955,99 @@ class StatusPage(resource.Resource):
     async def _message_page(self, request: server.Request, message_id: str) -> tuple[int, bytes]:
         storage = self.storage
         message_r, timeline_r = await defer.gatherResults([
-            self._read(lambda: storage.get_message(message_id)),
-            self._read(lambda: storage.get_timeline(message_id)),
+            self._read(lambda: readmodel.message(storage, message_id, timeline=False)),
+            self._read(lambda: readmodel.message_timeline(storage, message_id)),
         ])
         title = f"Message {message_id}"
         if not message_r[0]:
             return 503, self._page(request, title, _card(title, _unavailable("Message", message_r[1])))
-        message = message_r[1]
-        if message is None:
+        record = message_r[1]
+        if record is None:
             return 404, self._page(request, title, _card(
                 title, tags.p("No such message (unknown, or past retention)."),
                 tags.p(tags.a("Back to the overview", href="/"))))
         events = timeline_r[1] if timeline_r[0] else None
-        return 200, self._page(request, title, self._message_html(message_id, message, events,
+        return 200, self._page(request, title, self._message_html(message_id, record, events,
                                                                   None if timeline_r[0] else timeline_r[1]))
 
-    def _message_html(self, message_id: str, m: dict[str, str], events: list[dict[str, Any]] | None,
-                      timeline_error: BaseException | None) -> list[Flattenable]:
-        try:
-            count = int(m.get("rcpt_count", "0") or 0)
-        except ValueError:
-            count = 0
-        recipients = [_text(m.get(f"rcpt:{i}", "")) for i in range(count)]
+    def _message_html(self, message_id: str, message: MessageRecord | Mapping[str, str],
+                      events: Iterable[Any] | None, timeline_error: BaseException | None) -> list[Flattenable]:
+        """
+        One message's page: ``message`` a record (or ``get_message``'s hash, decoded here),
+        ``events`` its timeline (records or ``get_timeline``'s entries); a field that did not
+        decode shows its stored text.
+        """
+        record = message if isinstance(message, MessageRecord) else MessageRecord.decode(message_id, message)
+        record = record.with_timeline(decode_timeline(events))
+        stored = record.undecoded
 
         def item(label: str, value: Flattenable) -> list[Tag]:
             return [tags.dt(label), tags.dd(value)]
 
-        def field(name: str, empty: str = "-") -> Flattenable:
-            return _text(m.get(name, "")) or _muted(empty)
+        def text(value: str, empty: str = "-") -> Flattenable:
+            return value or _muted(empty)
 
-        def addresses(name: str) -> Flattenable:
-            values = _json_list(m.get(name))
-            return ", ".join(values) if values else _muted("-")
+        def addresses(name: str, values: tuple[str, ...]) -> Flattenable:
+            return ", ".join(values) if values else stored.get(name) or _muted("-")
 
-        size = _text(m.get("size"))
+        size: Flattenable = f"{record.size:,} bytes" if "size" not in stored else stored["size"]
         overview = [
-            item("Subject", field("subject", "(no subject)")),
-            item("Status", _badge(_text(m.get("status", "")))),
-            item("Received", display_time_ms(m.get("received_at")) + " UTC"),
-            item("Envelope sender", field("sender", "<>")),
-            item("Envelope recipients", ", ".join(recipients)),
-            item("From", field("from")),
-            item("To", addresses("to")),
-            item("Cc", addresses("cc")),
-            item("Message-ID", tags.span(_text(m.get("message_id", "")), class_="mono")),
-            item("Tag", field("tag")),
-            item("Size", f"{int(size or 0):,} bytes" if (size or "0").isdigit() else size),
-            item("Submitted by", field("user")),
-            item("Client", field("client")),
+            item("Subject", text(record.subject, "(no subject)")),
+            item("Status", _badge(record.status)),
+            item("Received", display_time_ms(record.received_ms) + " UTC"),
+            item("Envelope sender", text(record.sender, "<>")),
+            item("Envelope recipients", ", ".join(r.address for r in record.recipients)),
+            item("From", text(record.header_from)),
+            item("To", addresses("to", record.to)),
+            item("Cc", addresses("cc", record.cc)),
+            item("Message-ID", tags.span(record.message_id_header, class_="mono")),
+            item("Tag", text(record.tag)),
+            item("Size", size),
+            item("Submitted by", text(record.user)),
+            item("Client", text(record.client)),
         ]
         metadata_html: Flattenable = tags.p("No metadata.", class_="muted")
-        raw_metadata = _text(m.get("metadata", ""))
-        if raw_metadata:
-            try:
-                metadata = json.loads(raw_metadata)
-            except ValueError:
-                metadata = None
-            if isinstance(metadata, dict) and metadata:
-                metadata_html = tags.table(_head_row("Key", "Value"), tags.tbody([
-                    tags.tr(tags.td(key, class_="wrap"),
-                            tags.td(value if isinstance(value, str) else json.dumps(value), class_="wrap"))
-                    for key, value in metadata.items()]))
-            elif metadata is None:
-                metadata_html = tags.p(raw_metadata, class_="mono")
+        if record.metadata:
+            metadata_html = tags.table(_head_row("Key", "Value"), tags.tbody([
+                tags.tr(tags.td(key, class_="wrap"),
+                        tags.td(value if isinstance(value, str) else json.dumps(value), class_="wrap"))
+                for key, value in record.metadata.items()]))
+        elif stored.get("metadata"):
+            metadata_html = tags.p(stored["metadata"], class_="mono")
         parts: list[Flattenable] = [
             tags.p(tags.a("Overview", href="/"), " \u203a message", class_="crumbs"),
             tags.section(tags.h2("Message ", tags.span(message_id, class_="mono")),
                          tags.dl(overview, class_="kv"), class_="card"),
             _card("Metadata", metadata_html)]
-        by_rcpt: dict[int, list[dict[str, Any]]] = {}
-        other: list[dict[str, Any]] = []
-        for event in events or []:
-            index = event.get("rcpt") if isinstance(event, dict) else None
-            if isinstance(index, int) and 0 <= index < count:
-                by_rcpt.setdefault(index, []).append(event)
-            elif isinstance(event, dict):
-                other.append(event)
-        for i, address in enumerate(recipients):
-            state = _text(m.get(f"state:{i}", ""))
-            attempts = _text(m.get(f"attempts:{i}", "0"))
-            heading = tags.h2(address, " ", _badge(state), " ",
+        for recipient in record.recipients:
+            attempts = recipient.undecoded.get("attempts", str(recipient.attempts))
+            heading = tags.h2(recipient.address, " ", _badge(recipient.state), " ",
                               _muted(f"{attempts} attempt{'' if attempts == '1' else 's'}"))
             if timeline_error is not None:
                 table = _unavailable("Timeline", timeline_error)
             else:
-                table = self._events_table(by_rcpt.get(i, []))
+                table = self._events_table(recipient.events)
             parts.append(tags.section(heading, table, class_="card"))
-        if other:
-            parts.append(_card("Other events", self._events_table(other)))
+        if record.unattributed:
+            parts.append(_card("Other events", self._events_table(record.unattributed)))
         return [[part, "\n"] for part in parts]
 
     @staticmethod
-    def _events_table(events: list[dict[str, Any]]) -> Tag:
+    def _events_table(events: Sequence[TimelineEvent]) -> Tag:
         if not events:
             return tags.p("No events.", class_="muted")
         rows = []
         for event in events:
-            ip = _text(event.get("remote_ip") or "")
-            remote = [_text(event.get("remote_host") or ""), [" ", _muted(f"[{ip}]")] if ip else ""]
-            code = " ".join(str(c) for c in (event.get("smtp_code"), event.get("enhanced_code")) if c)
-            detail: list[Flattenable] = [_text(event.get("detail") or "")]
-            if event.get("remote_queue_id"):
-                detail += [" ", _muted(f"(remote id {event['remote_queue_id']})")]
-            rows.append(tags.tr(tags.td(_badge(_text(event.get("type", "")))),
-                                tags.td(display_rfc3339(event.get("at")), class_="time"),
+            ip = event.remote_ip or ""
+            remote = [event.remote_host or "", [" ", _muted(f"[{ip}]")] if ip else ""]
+            code = " ".join(str(c) for c in (event.smtp_code, event.enhanced_code) if c)
+            detail: list[Flattenable] = [event.detail]
+            if event.remote_queue_id:
+                detail += [" ", _muted(f"(remote id {event.remote_queue_id})")]
+            rows.append(tags.tr(tags.td(_badge(event.type or "")),
+                                tags.td(display_rfc3339(event.at), class_="time"),
                                 tags.td(remote, class_="wrap"), tags.td(code, class_="mono"),
-                                tags.td(_text(event.get("response") or ""), class_="wrap mono"),
+                                tags.td(event.response or "", class_="wrap mono"),
                                 tags.td(detail, class_="wrap")))
         return tags.table(_head_row("Event", "Time (UTC)", "Remote host", "Code", "Response", "Detail"),
                           tags.tbody(rows), class_="events")
