@@ -9,7 +9,7 @@ JOB
     what it did itself, from 0 at its start, so that Prometheus' ``sum()`` over the
     daemons of a cluster is the cluster's figure. The cluster-wide figures read from
     Redis (the queue, the last hour's totals) are gauges named ``mailrelay_cluster_*``,
-    kept by :class:`mailrelay.web.api.Metrics`: the same value on every daemon, to be
+    kept by :class:`mailrelay.web.metrics.Metrics`: the same value on every daemon, to be
     aggregated with ``max()``. docs/api.md lists every series and which kind it is.
 
 SECURITY

@@ -84,7 +84,7 @@ from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
 from mailrelay.services.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
-from mailrelay.web.api import WebService, smtp_listener_status
+from mailrelay.web.server import WebService, smtp_listener_status
 from mailrelay.services.webhooks import WebhookService
 
 log = Logger()

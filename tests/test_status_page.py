@@ -380,7 +380,8 @@ def test_sender_domains_section_is_escaped():
     """The "Sender domains" section: each domain with its selectors, algorithms and DNS state;
     every value (here hostile ones, as a tampered Redis could hold) shown as text only.
     (Through the daemon, after `mailrelay domains add`: tests/test_web_api.py test_sender_domains.)"""
-    from mailrelay.web.statuspage import StatusPage, render_html
+    from mailrelay.web.pagehtml import render_html
+    from mailrelay.web.statuspage import StatusPage
 
     def domain(name, selector, check):
         return {"name": name, "source": "redis", "created_at": "2026-11-28T09:00:00Z",
@@ -476,7 +477,9 @@ def test_every_field_the_page_shows_is_escaped():
     """Each section built from hostile values (mail, remote replies, a tampered Redis): the values
     are shown as text and the page has no element or attribute from them, chart labels and the
     tooltips included."""
-    from mailrelay.web.statuspage import StatusPage, _document, _unavailable, charts_section, render_html
+    from mailrelay.web.pagehtml import _document, _unavailable, render_html
+    from mailrelay.web.statuscharts import charts_section
+    from mailrelay.web.statuspage import StatusPage
 
     now_ms = 1_764_320_000_000
     message = {

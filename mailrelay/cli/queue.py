@@ -46,6 +46,7 @@ from typing import Any
 
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, run_with_storage
 from mailrelay.config import Config
+from mailrelay.store.records import MessageRecord, decode_timeline
 from mailrelay.timefmt import format_age, rfc3339_ms as format_ms
 
 
@@ -80,22 +81,21 @@ def print_queue_list(summary: dict[str, Any]) -> None:
 
 def print_message(message_id: str, info: dict[str, Any]) -> None:
     now = info["now_ms"]
-    msg = info["message"]
+    msg = MessageRecord.decode(message_id, info["message"])
     print(f"Message {clean(message_id)}")
-    fields = [("sender", f"<{clean(msg.get('sender', ''))}>")]
-    received = msg.get("received_at")
-    if received and received.isdigit():
-        fields.append(("received", f"{format_ms(int(received))} ({format_age((now - int(received)) / 1000)} ago)"))
-    if msg.get("size"):
-        fields.append(("size", f"{clean(msg['size'])} bytes"))
-    fields.append(("tag", clean(msg.get("tag")) or "-"))
-    fields.append(("subject", clean(msg.get("subject")) or "-"))
-    if msg.get("message_id"):
-        fields.append(("message-id", clean(msg["message_id"])))
-    if msg.get("user") or msg.get("client"):
+    fields = [("sender", f"<{clean(msg.sender)}>")]
+    if msg.received_ms is not None:
+        fields.append(("received", f"{format_ms(msg.received_ms)} ({format_age((now - msg.received_ms) / 1000)} ago)"))
+    if msg.size:
+        fields.append(("size", f"{msg.size} bytes"))
+    fields.append(("tag", clean(msg.tag) or "-"))
+    fields.append(("subject", clean(msg.subject) or "-"))
+    if msg.message_id_header:
+        fields.append(("message-id", clean(msg.message_id_header)))
+    if msg.user or msg.client:
         fields.append(("submitted", " ".join(filter(None, [
-            f"by user {clean(msg['user'])}" if msg.get("user") else "",
-            f"from {clean(msg['client'])}" if msg.get("client") else ""]))))
+            f"by user {clean(msg.user)}" if msg.user else "",
+            f"from {clean(msg.client)}" if msg.client else ""]))))
     for name, value in fields:
         print(f"  {name + ':':<12}{value}")
 
@@ -119,20 +119,21 @@ def print_message(message_id: str, info: dict[str, Any]) -> None:
               f"{plural(job['attempts'], 'attempt')}  {when}".rstrip())
 
     print("Events:")
-    if not info["timeline"]:
+    timeline = decode_timeline(info["timeline"])
+    if not timeline:
         print("  (none)")
-    for event in info["timeline"]:
-        print(f"  {clean(event.get('at'))}  {clean(event.get('type')):<10} "
-              f"{clean(event.get('recipient'))}: {clean(event.get('detail'))}".rstrip())
+    for event in timeline:
+        print(f"  {clean(event.at)}  {clean(event.type):<10} "
+              f"{clean(event.recipient)}: {clean(event.detail)}".rstrip())
         extra = []
-        if event.get("remote_host") or event.get("remote_ip"):
-            extra.append(f"remote {clean(event.get('remote_host') or '')}"
-                         + (f" [{clean(event['remote_ip'])}]" if event.get("remote_ip") else ""))
-        if event.get("smtp_code") is not None:
-            extra.append("reply " + " ".join(clean(v) for v in (event.get("smtp_code"), event.get("enhanced_code"),
-                                                                 event.get("response")) if v))
-        if event.get("remote_queue_id"):
-            extra.append(f"remote queue id {clean(event['remote_queue_id'])}")
+        if event.remote_host or event.remote_ip:
+            extra.append(f"remote {clean(event.remote_host or '')}"
+                         + (f" [{clean(event.remote_ip)}]" if event.remote_ip else ""))
+        if event.smtp_code is not None:
+            extra.append("reply " + " ".join(clean(v) for v in (event.smtp_code, event.enhanced_code,
+                                                                 event.response) if v))
+        if event.remote_queue_id:
+            extra.append(f"remote queue id {clean(event.remote_queue_id)}")
         if extra:
             print("      " + "; ".join(extra))
 

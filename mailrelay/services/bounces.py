@@ -68,7 +68,8 @@ from mailrelay.mail.verp import VERP
 from mailrelay.smtp import session as smtpsession
 from mailrelay.config import Config
 from mailrelay.smtp.session import Reply, Session, Transaction
-from mailrelay.store import Event, Storage
+from mailrelay.store import Event, Storage, readmodel
+from mailrelay.store.records import MessageRecord
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -249,16 +250,16 @@ class BounceHandler:
             job = self.verp.verify_token(token)
             if job is not None:
                 claimed.setdefault(job, PROOF_TOKEN)
-        messages: dict[str, dict[str, str] | None] = {}  # read each message once
+        messages: dict[str, MessageRecord | None] = {}  # read each message once
         for message_id, _ in claimed:
             if message_id not in messages:
-                messages[message_id] = await self.storage.get_message(message_id)
+                messages[message_id] = await readmodel.message(self.storage, message_id, timeline=False)
         proven = []
         for (message_id, rcpt), proof in claimed.items():
             message = messages[message_id]
-            address = message.get(f"rcpt:{rcpt}") if message is not None else None
-            if address is not None:
-                proven.append(ProvenJob(message_id, rcpt, address, proof))
+            recipient = message.recipient(rcpt) if message is not None else None
+            if recipient is not None:
+                proven.append(ProvenJob(message_id, rcpt, recipient.address, proof))
         return proven
 
 
@@ -325,10 +326,11 @@ async def _why_unproven(storage: Storage, verp: VERP | None, address: str, entry
         job = verp.verify_token(token)
         if job is None or job[0] != message_id:
             continue
-        message = message or await storage.get_message(message_id)
+        message = message or await readmodel.message(storage, message_id, timeline=False)
         if message is None:
             return "its message has expired: cannot be checked"
-        if (message.get(f"rcpt:{job[1]}") or "").lower() == address:
+        recipient = message.recipient(job[1])
+        if recipient is not None and recipient.address.lower() == address:
             return None
     return "matched by X-Mailrelay-ID or by address only: the bounce carries no token of this recipient"
 

@@ -59,6 +59,7 @@ from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
 from mailrelay.libcompat import quiet_http_connection_pool
 from mailrelay.store import Event, Storage
+from mailrelay.store.records import json_object
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -172,10 +173,7 @@ def build_payload(event: str, entry_id: str, fields: dict[str, str], source: dic
     at_ms = int(fields.get("at", "0") or 0)
     entry = matching_event(source["timeline"], fields.get("type", ""), rcpt, at_ms)
     recipient = source.get("recipient") or (entry or {}).get("recipient") or (bounce or {}).get("recipient") or ""
-    try:
-        metadata = json.loads(source["metadata"]) if source.get("metadata") else {}
-    except ValueError:
-        metadata = {}
+    metadata = json_object(source.get("metadata")) or {}
     payload: dict[str, Any] = {
         "event": event,
         "event_id": entry_id,
