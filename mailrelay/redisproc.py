@@ -77,7 +77,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailrelay.config import ConfigError, p_appendfsync
+from mailrelay.configvalues import ConfigError, p_appendfsync
 
 INSTALL_HINT = "install it with `apt-get install redis-server`, or set redis.url to an external Redis"
 MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
