@@ -24,6 +24,11 @@ JOB
     one starts; this start-up wait (at most 10 s, then SIGKILL) is the only
     blocking call.
 
+    Two classes share the work: :class:`RedisDirectory` owns ``state_dir/redis/``
+    (its paths, the lock, the stale redis-server, opening ``redis.log``);
+    :class:`ManagedRedis` is the Twisted service that spawns, probes, restarts
+    and stops the child, logging for both.
+
 SECURITY
     No TCP port (``--port 0``).  Redis is reachable only through the unix
     socket, mode 0700, in a mode 0700 directory: only the daemon's own user
@@ -217,17 +222,17 @@ class _RedisProcess(protocol.ProcessProtocol):
         self.owner._ended(self, reason)
 
 
-class ManagedRedis(service.Service):
-    """A supervised redis-server reachable only through ``socket_path``."""
+class RedisDirectory:
+    """``state_dir/redis/``: its files, its lock, and a redis-server a killed daemon left in it.
 
-    log = Logger()
+    Logs through its owner's logger (``log``), so its lines keep the owner's namespace.
+    """
 
-    def __init__(self, state_dir: Path, appendfsync: str = "always",
-                 executable: str | None = None, *, ready_timeout: float = READY_TIMEOUT) -> None:
+    def __init__(self, state_dir: Path, log: Logger) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.directory = self.state_dir / "redis"
-        self.appendfsync = p_appendfsync("redis.appendfsync", appendfsync)
-        self.ready_timeout = ready_timeout
+        self.log = log
+        self._lock_fd: int | None = None
         size = len(os.fsencode(str(self.socket_path)))
         if size > MAX_SOCKET_PATH:
             raise ConfigError(
@@ -235,6 +240,161 @@ class ManagedRedis(service.Service):
                 f"{str(self.socket_path)!r} ({size} bytes, at most {MAX_SOCKET_PATH}); "
                 f"use a shorter path"
             )
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.directory / "redis.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def lock(self) -> None:
+        """Create the directory (mode 0700) and hold its lock, else ConfigError."""
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+            fd = os.open(self.directory / "redis.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise ConfigError(
+                f"server.state_dir: cannot use {str(self.directory)!r}: {e.strerror or e}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise ConfigError(f"server.state_dir: cannot lock {str(self.directory)!r}: {e.strerror}") from None
+            raise ConfigError(
+                f"server.state_dir: {str(self.directory)!r} is in use by another mailrelay "
+                f"daemon (pid {holder}); give each daemon its own state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def is_our_redis(self, pid: int) -> bool:
+        """Whether ``pid`` is a live redis-server serving this directory."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+        except OSError:
+            return False
+        if b"redis-server" not in cmdline:
+            return False
+        if os.fsencode(str(self.socket_path)) in cmdline:  # its process title
+            return True
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(self.directory)
+        except OSError:
+            return False
+
+    def stop_stale(self) -> None:
+        """Stop a redis-server left behind by a daemon that was killed (blocking, <= 10 s)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0 and pid != os.getpid():
+            self._terminate_stale(pid)
+        if self.socket_path.exists():
+            # Some other process still serving our socket would share the AOF directory.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(self.socket_path))
+            except OSError:
+                pass  # a leftover socket file; redis-server replaces it
+            else:
+                raise ManagedRedisError(
+                    f"a process not named in {self.pid_path} still listens on "
+                    f"{self.socket_path}; stop it before starting mailrelay"
+                )
+            finally:
+                probe.close()
+
+    def _terminate_stale(self, pid: int) -> None:
+        pidfd: int | None = None
+        try:
+            pidfd = os.pidfd_open(pid)  # pins the process: no pid reuse from here on
+        except ProcessLookupError:
+            return
+        except (AttributeError, OSError):
+            pidfd = None
+        try:
+            if not self.is_our_redis(pid):
+                return
+            self.log.warn(
+                "stopping a stale redis-server (pid {pid}) left in {directory} by a previous daemon",
+                pid=pid, directory=str(self.directory),
+            )
+
+            def send(sig: signal.Signals) -> None:
+                try:
+                    if pidfd is not None:
+                        signal.pidfd_send_signal(pidfd, sig)
+                    else:
+                        os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    raise ManagedRedisError(
+                        f"a stale redis-server (pid {pid}) serves {self.directory} but belongs "
+                        f"to another user; stop it and start mailrelay again"
+                    ) from None
+
+            alive = lambda: self.is_our_redis(pid)  # noqa: E731
+            send(signal.SIGTERM)
+            if _wait_for_exit(pidfd, alive, STALE_TIMEOUT):
+                return
+            self.log.warn("stale redis-server (pid {pid}) ignored SIGTERM for {t:g}s; killing it",
+                          pid=pid, t=STALE_TIMEOUT)
+            send(signal.SIGKILL)
+            if not _wait_for_exit(pidfd, alive, 5.0):
+                raise ManagedRedisError(
+                    f"a stale redis-server (pid {pid}) in {self.directory} does not exit, "
+                    f"even after SIGKILL; stop it and start mailrelay again"
+                )
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def open_log(self) -> TextIO:
+        """redis.log for appending, line-buffered (moved to redis.log.1 first when too big)."""
+        try:
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(self.log_path, self.log_path.with_name("redis.log.1"))
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
+
+
+class ManagedRedis(service.Service):
+    """A supervised redis-server reachable only through ``socket_path``."""
+
+    log = Logger()
+
+    def __init__(self, state_dir: Path, appendfsync: str = "always",
+                 executable: str | None = None, *, ready_timeout: float = READY_TIMEOUT) -> None:
+        self.appendfsync = p_appendfsync("redis.appendfsync", appendfsync)
+        self.ready_timeout = ready_timeout
+        self.files = RedisDirectory(state_dir, self.log)
+        self.state_dir = self.files.state_dir
+        self.directory = self.files.directory
+        self.socket_path = self.files.socket_path
+        self.pid_path = self.files.pid_path
+        self.log_path = self.files.log_path
         self.executable = find_redis_server(executable)
         self._proto: _RedisProcess | None = None
         self._process: Any = None  # IProcessTransport of the current child
@@ -249,21 +409,8 @@ class ManagedRedis(service.Service):
         self._kill_call: Any = None
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._log_file: TextIO | None = None
-        self._lock_fd: int | None = None
 
-    # -- paths and state ------------------------------------------------------
-
-    @property
-    def socket_path(self) -> Path:
-        return self.directory / "redis.sock"
-
-    @property
-    def pid_path(self) -> Path:
-        return self.directory / "redis.pid"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "redis.log"
+    # -- state ----------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
@@ -295,12 +442,12 @@ class ManagedRedis(service.Service):
 
     def startService(self) -> None:
         try:
-            self._prepare_directory()
+            self.files.lock()
             try:
-                self._stop_stale()
-                self._open_log()
+                self.files.stop_stale()
+                self._log_file = self.files.open_log()
             except BaseException:
-                self._release_lock()
+                self.files.unlock()
                 raise
             super().startService()
             self._stopping = False
@@ -337,132 +484,6 @@ class ManagedRedis(service.Service):
             self._signal("TERM")
             self._kill_call = reactor.callLater(STOP_TIMEOUT, self._kill)
         return d
-
-    # -- start-up -------------------------------------------------------------
-
-    def _prepare_directory(self) -> None:
-        try:
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
-            fd = os.open(self.directory / "redis.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise ConfigError(
-                f"server.state_dir: cannot use {str(self.directory)!r}: {e.strerror or e}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"server.state_dir: cannot lock {str(self.directory)!r}: {e.strerror}") from None
-            raise ConfigError(
-                f"server.state_dir: {str(self.directory)!r} is in use by another mailrelay "
-                f"daemon (pid {holder}); give each daemon its own state_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
-
-    def _is_our_redis(self, pid: int) -> bool:
-        """Whether ``pid`` is a live redis-server serving this directory."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
-        except OSError:
-            return False
-        if b"redis-server" not in cmdline:
-            return False
-        if os.fsencode(str(self.socket_path)) in cmdline:  # its process title
-            return True
-        try:
-            return os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(self.directory)
-        except OSError:
-            return False
-
-    def _stop_stale(self) -> None:
-        """Stop a redis-server left behind by a daemon that was killed (blocking, <= 10 s)."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
-            pid = 0
-        if pid > 0 and pid != os.getpid():
-            self._terminate_stale(pid)
-        if self.socket_path.exists():
-            # Some other process still serving our socket would share the AOF directory.
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            probe.settimeout(1.0)
-            try:
-                probe.connect(str(self.socket_path))
-            except OSError:
-                pass  # a leftover socket file; redis-server replaces it
-            else:
-                raise ManagedRedisError(
-                    f"a process not named in {self.pid_path} still listens on "
-                    f"{self.socket_path}; stop it before starting mailrelay"
-                )
-            finally:
-                probe.close()
-
-    def _terminate_stale(self, pid: int) -> None:
-        pidfd: int | None = None
-        try:
-            pidfd = os.pidfd_open(pid)  # pins the process: no pid reuse from here on
-        except ProcessLookupError:
-            return
-        except (AttributeError, OSError):
-            pidfd = None
-        try:
-            if not self._is_our_redis(pid):
-                return
-            self.log.warn(
-                "stopping a stale redis-server (pid {pid}) left in {directory} by a previous daemon",
-                pid=pid, directory=str(self.directory),
-            )
-
-            def send(sig: signal.Signals) -> None:
-                try:
-                    if pidfd is not None:
-                        signal.pidfd_send_signal(pidfd, sig)
-                    else:
-                        os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    raise ManagedRedisError(
-                        f"a stale redis-server (pid {pid}) serves {self.directory} but belongs "
-                        f"to another user; stop it and start mailrelay again"
-                    ) from None
-
-            alive = lambda: self._is_our_redis(pid)  # noqa: E731
-            send(signal.SIGTERM)
-            if _wait_for_exit(pidfd, alive, STALE_TIMEOUT):
-                return
-            self.log.warn("stale redis-server (pid {pid}) ignored SIGTERM for {t:g}s; killing it",
-                          pid=pid, t=STALE_TIMEOUT)
-            send(signal.SIGKILL)
-            if not _wait_for_exit(pidfd, alive, 5.0):
-                raise ManagedRedisError(
-                    f"a stale redis-server (pid {pid}) in {self.directory} does not exit, "
-                    f"even after SIGKILL; stop it and start mailrelay again"
-                )
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-
-    def _open_log(self) -> None:
-        try:
-            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
-                os.replace(self.log_path, self.log_path.with_name("redis.log.1"))
-        except FileNotFoundError:
-            pass
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._log_file = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
 
     # -- the child process ----------------------------------------------------
 
@@ -609,7 +630,7 @@ class ManagedRedis(service.Service):
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        self._release_lock()
+        self.files.unlock()
 
     # -- readiness waiters ----------------------------------------------------
 

@@ -31,7 +31,6 @@ BEING_SPLIT = {
 CLASSES_BEING_SPLIT = {
     "store/storage.py::Storage",
     "services/delivery.py::DeliveryService",
-    "redisproc.py::ManagedRedis",
 }
 
 
