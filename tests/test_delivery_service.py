@@ -31,10 +31,11 @@ from conftest import start_module_redis, stop_module_redis
 from dnsserver import LocalDNS
 from peers import wait_until
 from mailrelay.services import delivery as delivery_module
+from mailrelay.services import deliverypacing
 from mailrelay import tlsutil
 from mailrelay.config import parse_config
 from mailrelay.services.delivery import DeliveryService
-from mailrelay.store import NewMessage, Storage, connect_redis
+from mailrelay.store import Event, NewMessage, Storage, connect_redis
 from scriptedsmtp import ScriptedSMTPServer
 
 REDIS = None
@@ -559,7 +560,7 @@ class PacingTests(DeliveryTestCase):
         await self.idle()
         state = service.domains["example.test"]
         self.assertEqual(state.limit, 2)                 # concurrency lowered (from 4)
-        self.assertEqual(state.paused_until, t0 + delivery_module.THROTTLE_PAUSE)
+        self.assertEqual(state.paused_until, t0 + deliverypacing.THROTTLE_PAUSE)
         self.assertEqual(len(server.sessions), 1)
         self.assertEqual(await self.types(throttled), ["queued", "deferred"])
         # the other jobs went back to the queue, due now, untried
@@ -570,7 +571,7 @@ class PacingTests(DeliveryTestCase):
         self.assertEqual(await self.leases(), 0)
 
         # paused: no new connection although jobs are due
-        self.clock.advance(delivery_module.THROTTLE_PAUSE - 1)
+        self.clock.advance(deliverypacing.THROTTLE_PAUSE - 1)
         await self.scan()
         self.assertEqual(service.workers, set())
         self.assertEqual(len(server.sessions), 1)
@@ -838,8 +839,8 @@ class BatchTests(DeliveryTestCase):
         due = self.storage.now_ms() + 3_600_000
 
         def event(job, state):
-            return delivery_module.Event(type=state, at="2026-11-28T00:00:00Z", recipient=job.recipient,
-                                         rcpt=job.rcpt, detail=state)
+            return Event(type=state, at="2026-11-28T00:00:00Z", recipient=job.recipient,
+                         rcpt=job.rcpt, detail=state)
 
         outcomes = [(jobs[f"{first}.0"], "delivered", None), (jobs[f"{first}.1"], "deferred", due),
                     (jobs[f"{second}.0"], "bounced", None), (jobs[f"{third}.0"], "delivered", None)]
