@@ -6,11 +6,13 @@ JOB
     (delivered, bounced, deferred, expired, suppressed), the :class:`Route` it took,
     :class:`AttemptFailed` (the whole attempt failed before per-recipient replies: DNS,
     connection, TLS), one job's :class:`Outcome` as it is recorded and logged, and the
-    reading of a recipient's SMTP reply: its state (:func:`state_for`), its event detail
-    (:func:`describe`) and whether the destination asks us to slow down
-    (:func:`is_throttling`). Used by :mod:`mailrelay.services.delivery` and its parts
+    reading of a recipient's SMTP reply: its state (:func:`state_for`), its event
+    detail (:func:`describe`), its one-line form (:func:`reply_line`) and whether the
+    destination asks us to slow down (:func:`is_throttling`). Used by
+    :mod:`mailrelay.services.delivery` and its parts
     (:mod:`~mailrelay.services.deliveryroutes`,
     :mod:`~mailrelay.services.deliverytransactions`,
+    :mod:`~mailrelay.services.deliverypacing`,
     :mod:`~mailrelay.services.deliveryoutcomes`,
     :mod:`~mailrelay.services.deliverynotices`).
 
@@ -95,12 +97,17 @@ def state_for(reply: ReplyInfo) -> str:
     return DEFERRED
 
 
+def reply_line(reply: ReplyInfo) -> str:
+    """A reply as one line: code, enhanced code (when there is one) and text."""
+    return f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ")
+
+
 def describe(reply: ReplyInfo, route: Route) -> str:
     """The event detail of a recipient's reply."""
     if 200 <= reply.code < 300:
         return f"Delivered to {route.name}"
     verdict = "rejected" if reply.code >= 500 else "temporarily refused"
-    return f"{route.name} {verdict} the message: {reply.code} {reply.enhanced} {reply.text}".replace("  ", " ")
+    return f"{route.name} {verdict} the message: {reply_line(reply)}"
 
 
 def is_throttling(reply: ReplyInfo) -> bool:

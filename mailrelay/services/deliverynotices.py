@@ -43,7 +43,7 @@ from mailrelay.config import Config
 from mailrelay.mail import bounceclassify
 from mailrelay.mail.dsn import make_dsn
 from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob
-from mailrelay.services.deliveryattempt import EXPIRED, Route, log
+from mailrelay.services.deliveryattempt import EXPIRED, Route, log, reply_line
 from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.smtp.client import ReplyInfo
 from mailrelay.store import ClaimedJob, Storage
@@ -69,8 +69,7 @@ class RefusalNotices:
         """A refusal at delivery is a bounce too: classify it, record it, maybe suppress."""
         if reply is not None:
             report = bounceclassify.reply_report(job.recipient, reply.code, reply.enhanced or None,
-                                                 f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " "),
-                                                 route.name if route else None)
+                                                 reply_line(reply), route.name if route else None)
         else:  # no reply: DNS or connection failures
             report = bounceclassify.reply_report(job.recipient, None, None, detail, None)
         if state == EXPIRED and report.type in bounceclassify.SUPPRESSING_TYPES:

@@ -49,7 +49,7 @@ from twisted.internet import defer
 from mailrelay import metrics
 from mailrelay.config import DeliveryConfig
 from mailrelay.services.deliveryattempt import (BOUNCED, DEFERRED, DELIVERED, EXPIRED, STATUS_WORDS, AttemptFailed,
-                                                Outcome, Route, log)
+                                                Outcome, Route, log, reply_line)
 from mailrelay.services.deliverynotices import RefusalNotices
 from mailrelay.smtp.client import ReplyInfo
 from mailrelay.store import ClaimedJob, Event, Storage
@@ -125,7 +125,7 @@ class OutcomeRecorder:
             if result == "STOLEN":
                 log.warn("delivery: {job} was also claimed by another daemon after our lease expired", job=job.job)
             relay = f"{route.name}[{o.remote_ip}]:{route.port}" if route else "none"
-            reply_text = f"{reply.code} {reply.enhanced} {reply.text}".replace("  ", " ") if reply else o.detail
+            reply_text = reply_line(reply) if reply else o.detail
             log.info("{id}: to=<{to}>, relay={relay}, delay={delay:.1f}, attempts={attempts}, status={status} ({reply})",
                      id=job.message_id, to=job.recipient, relay=relay, delay=o.age, attempts=job.attempts + 1,
                      status=STATUS_WORDS[state], reply=reply_text)
