@@ -70,7 +70,8 @@ from mailrelay.config import Config
 from mailrelay.smtp.destinations import DestinationPolicy
 from mailrelay.smtp.mx import MXResolver, PermanentDNSError, TemporaryDNSError
 from mailrelay.smtp.client import OutboundMessage, ReplyInfo
-from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Event, Storage
+from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Event
+from mailrelay.store.interfaces import DeliveryStorage
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -136,7 +137,7 @@ class DeliveryService(service.Service):
 
     name = "delivery"
 
-    def __init__(self, config: Config, get_storage: Callable[[], Storage], *,
+    def __init__(self, config: Config, get_storage: Callable[[], DeliveryStorage], *,
                  clock: Any = None, reactor: Any = None, resolver: MXResolver | None = None,
                  get_injector: Callable[[], Injector] | None = None) -> None:
         from twisted.internet import reactor as default_reactor
@@ -146,7 +147,7 @@ class DeliveryService(service.Service):
         self.config = config
         self.settings = config.delivery
         self.get_storage = get_storage
-        self.storage: Storage | None = None
+        self.storage: DeliveryStorage | None = None
         self.resolver = resolver
         #: The door into the queue for notices (DSNs); without one, built at the first notice.
         self.get_injector = get_injector
