@@ -67,7 +67,7 @@ CONFIGURATION
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -83,6 +83,7 @@ from mailrelay.passwords import PasswordChecker
 from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
+from mailrelay.store.interfaces import BounceListenerStorage
 from mailrelay.services.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
 from mailrelay.web.server import WebService, smtp_listener_status
 from mailrelay.services.webhooks import WebhookService
@@ -301,7 +302,8 @@ class BounceListener(service.MultiService):
 
     name = "bounces"
 
-    def __init__(self, config: Config, limits: ServerLimits, get_storage: Any, tls_options: Any) -> None:
+    def __init__(self, config: Config, limits: ServerLimits, get_storage: Callable[[], BounceListenerStorage],
+                 tls_options: Any) -> None:
         super().__init__()
         self.config = config
         self.limits = limits

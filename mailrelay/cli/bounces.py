@@ -51,6 +51,7 @@ from typing import Any
 from mailrelay.cli.common import clean, plural, react_with_storage
 from mailrelay.mail.bounceparse import parse_bounce
 from mailrelay.services.bounces import reclassify_bounces
+from mailrelay.store.interfaces import BounceReclassifyStorage
 
 
 def cmd_bounce_classify(args: argparse.Namespace) -> int:
@@ -69,7 +70,7 @@ def cmd_bounce_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
-    async def run(storage: Any) -> None:
+    async def run(storage: BounceReclassifyStorage) -> None:
         changes = await reclassify_bounces(storage, apply=not args.dry_run)
         for change in changes:
             if change.reactivates:

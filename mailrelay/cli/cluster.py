@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mailrelay.cli.common import clean, react_with_storage
+from mailrelay.store import Storage
 from mailrelay.timefmt import format_age
 
 
@@ -50,7 +51,9 @@ def format_members(members: list[dict[str, Any]]) -> list[str]:
             for r in [header, *rows]]
 
 
-async def run_cluster(storage: Any) -> None:
+async def run_cluster(storage: Storage) -> None:
+    # The concrete Storage, not a protocol: the stored version is read (without setting it)
+    # through store internals until the cluster store offers that read.
     members = await storage.cluster_members()
     stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
     for line in format_members(members):
@@ -60,7 +63,7 @@ async def run_cluster(storage: Any) -> None:
           f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
 
 
-async def run_migrate(storage: Any, force: bool) -> None:
+async def run_migrate(storage: Storage, force: bool) -> None:
     before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
     if created:
         print(f"empty database: data format version {before} recorded")

@@ -33,7 +33,7 @@ import argparse
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer, task
 
@@ -107,7 +107,7 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-async def run_with_storage(config: Config, action: Any) -> None:
+async def run_with_storage(config: Config, action: Callable[[Storage], Awaitable[None]]) -> None:
     """Connect to the daemon's Redis, run ``await action(storage)``, disconnect.
 
     Failures become one-line SystemExit messages. Every admin subcommand that needs
@@ -137,8 +137,10 @@ async def run_with_storage(config: Config, action: Any) -> None:
             pass
 
 
-def react_with_storage(args: argparse.Namespace, action: Any) -> int:
-    """Run an admin action against Redis in a reactor; exits the process."""
-    config = load_or_exit(getattr(args, "config", None))
+def react_with_storage(args: argparse.Namespace, action: Callable[[Storage], Awaitable[None]],
+                       config: Config | None = None) -> int:
+    """Run an admin action against Redis in a reactor (with ``config``, or the one ``args``
+    names); exits the process."""
+    config = config or load_or_exit(getattr(args, "config", None))
     task.react(lambda reactor: run_with_storage(config, action))
     return 0  # not reached: react exits

@@ -37,12 +37,13 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from mailrelay.cli.common import add_config_option, clean, react_with_storage
+from mailrelay.cli.common import add_config_option, clean, load_or_exit, react_with_storage
 from mailrelay.config import Config, format_duration, parse_duration
 from mailrelay.services.domains import (KEY_TYPES, DomainError, SenderDomain, add_domain, all_domains,
                                check_summary, dns_records, find_domain, normalize_domain,
                                parse_time, remove_domain, rotate_domain, verify_domain)
 from mailrelay.smtp.mx import MXResolver
+from mailrelay.store.interfaces import DomainRegistry
 
 log = Logger()
 
@@ -81,7 +82,7 @@ def _print_domain(config: Config, domain: SenderDomain) -> None:
     _print_records(config, domain)
 
 
-async def _cmd_add(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_add(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     domain = await add_domain(config, storage, args.domain, args.selector, args.ed25519)
     keys = "; ".join(f"{k.algorithm} ({k.bits} bits), selector {k.selector}" for k in domain.keys)
     print(f"Added sender domain {domain.name}: {keys}.")
@@ -92,7 +93,7 @@ async def _cmd_add(config: Config, storage: Any, args: argparse.Namespace) -> in
     return 0
 
 
-async def _cmd_list(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_list(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     domains = await all_domains(config, storage)
     checks = await storage.dkim_checks()
     if not domains:
@@ -114,7 +115,7 @@ async def _cmd_list(config: Config, storage: Any, args: argparse.Namespace) -> i
     return 0
 
 
-async def _cmd_show(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_show(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     domain = await find_domain(config, storage, args.domain)
     if domain is None:
         raise DomainError(f"{normalize_domain(args.domain)} is not a sender domain")
@@ -122,7 +123,7 @@ async def _cmd_show(config: Config, storage: Any, args: argparse.Namespace) -> i
     return 0
 
 
-async def _cmd_remove(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_remove(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     domain = await remove_domain(config, storage, args.domain)
     print(f"Removed sender domain {domain.name} and its keys; its mail is no longer signed.")
     print("Messages already queued keep their signature: leave the DKIM records published "
@@ -133,7 +134,7 @@ async def _cmd_remove(config: Config, storage: Any, args: argparse.Namespace) ->
     return 0
 
 
-async def _cmd_rotate(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_rotate(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     overlap = None
     if args.overlap:
         try:
@@ -152,7 +153,7 @@ async def _cmd_rotate(config: Config, storage: Any, args: argparse.Namespace) ->
     return 0
 
 
-async def _cmd_verify(config: Config, storage: Any, args: argparse.Namespace) -> int:
+async def _cmd_verify(config: Config, storage: DomainRegistry, args: argparse.Namespace) -> int:
     from twisted.internet import reactor  # the resolver runs in the reactor react() started
 
     if args.domain:
@@ -199,16 +200,17 @@ DOMAIN_ACTIONS = {"add": _cmd_add, "list": _cmd_list, "show": _cmd_show, "remove
 
 def cmd_domains(args: argparse.Namespace) -> int:
     """Run one ``domains`` action against the daemon's Redis (mailrelay.cli's helper); exits."""
-    async def action(storage: Any) -> None:
+    async def action(storage: DomainRegistry) -> None:
         try:
-            status = await DOMAIN_ACTIONS[args.domains_command](storage.config, storage, args)
+            status = await DOMAIN_ACTIONS[args.domains_command](config, storage, args)
         except DomainError as e:
             raise SystemExit(f"mailrelay: {clean(str(e))}")
         sys.stdout.flush()
         if status:
             raise SystemExit(status)
 
-    return react_with_storage(args, action)
+    config = load_or_exit(getattr(args, "config", None))
+    return react_with_storage(args, action, config)
 
 
 def add_domains_parser(sub: Any) -> None:

@@ -46,6 +46,7 @@ from typing import Any
 
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, run_with_storage
 from mailrelay.config import Config
+from mailrelay.store.interfaces import AdminQueue
 from mailrelay.store.records import MessageRecord, decode_timeline
 from mailrelay.timefmt import format_age, rfc3339_ms as format_ms
 
@@ -147,11 +148,11 @@ def normalize_id(text: str) -> str:
     return text.strip().lower()
 
 
-async def queue_list(storage: Any, args: argparse.Namespace) -> None:
+async def queue_list(storage: AdminQueue, args: argparse.Namespace) -> None:
     print_queue_list(await storage.admin_queue_summary())
 
 
-async def queue_show(storage: Any, args: argparse.Namespace) -> None:
+async def queue_show(storage: AdminQueue, args: argparse.Namespace) -> None:
     message_id = normalize_id(args.message_id)
     info = await storage.admin_message(message_id)
     if info is None:
@@ -159,7 +160,7 @@ async def queue_show(storage: Any, args: argparse.Namespace) -> None:
     print_message(message_id, info)
 
 
-async def queue_retry(storage: Any, args: argparse.Namespace) -> None:
+async def queue_retry(storage: AdminQueue, args: argparse.Namespace) -> None:
     if args.all:
         total, moved = await storage.admin_retry_all()
         scope = "in all domains"
@@ -176,7 +177,7 @@ async def queue_retry(storage: Any, args: argparse.Namespace) -> None:
     print(f"{plural(total, 'job')} {scope} due now ({moved} rescheduled)")
 
 
-async def queue_delete(storage: Any, args: argparse.Namespace) -> None:
+async def queue_delete(storage: AdminQueue, args: argparse.Namespace) -> None:
     message_id = normalize_id(args.message_id)
     try:
         count = await storage.admin_delete(message_id, args.recipient)

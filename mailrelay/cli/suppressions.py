@@ -44,11 +44,12 @@ from typing import Any
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage
 from mailrelay.services.bounces import load_verp, unproven_suppressions
 from mailrelay.smtp.address import AddressError, validate_mailbox
+from mailrelay.store.interfaces import SuppressionAdminStorage
 from mailrelay.timefmt import rfc3339
 
 
 def cmd_suppressions(args: argparse.Namespace) -> int:
-    async def run(storage: Any) -> None:
+    async def run(storage: SuppressionAdminStorage) -> None:
         await storage.measure_clock()
         if args.suppressions_command == "list" and args.unproven:
             unproven = await unproven_suppressions(storage, await load_verp(config, storage))
@@ -79,7 +80,7 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
             print(f"{clean(args.address.lower())} reactivated")
 
     config = load_or_exit(getattr(args, "config", None))   # --unproven: the VERP secret
-    return react_with_storage(args, run)
+    return react_with_storage(args, run, config)
 
 
 def add_suppressions_parser(sub: Any) -> None:

@@ -68,7 +68,9 @@ from mailrelay.mail.verp import VERP
 from mailrelay.smtp import session as smtpsession
 from mailrelay.config import Config
 from mailrelay.smtp.session import Reply, Session, Transaction
-from mailrelay.store import Event, Storage, readmodel
+from mailrelay.store import Event, readmodel
+from mailrelay.store.interfaces import (BounceReader, BounceReclassifyStorage, BounceWriter, MessageReader,
+                                        SuppressionAudit, VerpKey)
 from mailrelay.store.records import MessageRecord
 from mailrelay.timefmt import rfc3339
 
@@ -82,7 +84,7 @@ NOT_A_BOUNCE_ADDRESS = Reply(550, "5.1.1", "No such mailbox here: this domain on
 BOUNCE_ACCEPTED = Reply(250, "2.0.0", "Ok: bounce received")
 
 
-async def load_verp(config: Config, storage: Storage) -> VERP | None:
+async def load_verp(config: Config, storage: VerpKey) -> VERP | None:
     """The VERP codec for this configuration, or None when no bounce domain is set."""
     if not config.bounces.domain:
         return None
@@ -115,7 +117,7 @@ class ProvenJob(NamedTuple):
 class BounceRecorder:
     """Turns a classified bounce into a record, a timeline event and maybe a suppression."""
 
-    def __init__(self, storage: Storage, max_stored: int, clock: Any, max_unmatched: int = 1000) -> None:
+    def __init__(self, storage: BounceWriter, max_stored: int, clock: Any, max_unmatched: int = 1000) -> None:
         self.storage = storage
         self.max_stored = max_stored
         self.clock = clock
@@ -191,7 +193,7 @@ class BounceRecorder:
 class BounceHandler:
     """The policy of the inbound bounce listener (an SMTPHandler)."""
 
-    def __init__(self, verp: VERP, storage: Storage, recorder: BounceRecorder) -> None:
+    def __init__(self, verp: VERP, storage: MessageReader, recorder: BounceRecorder) -> None:
         self.verp = verp
         self.storage = storage
         self.recorder = recorder
@@ -288,7 +290,7 @@ def pair_reports(reports: list[bounceclassify.BounceReport],
     return list(zip(reports, paired))
 
 
-async def unproven_suppressions(storage: Storage,
+async def unproven_suppressions(storage: SuppressionAudit,
                                 verp: VERP | None) -> list[tuple[str, dict[str, Any], str]]:
     """
     The suppressions made from received bounces that would be unmatched today: (address,
@@ -306,7 +308,7 @@ async def unproven_suppressions(storage: Storage,
     return found
 
 
-async def _why_unproven(storage: Storage, verp: VERP | None, address: str, entry: dict[str, Any]) -> str | None:
+async def _why_unproven(storage: SuppressionAudit, verp: VERP | None, address: str, entry: dict[str, Any]) -> str | None:
     if entry.get("proof") or not entry.get("bounce_id"):
         return None
     message_id = entry.get("message_id") or ""
@@ -349,7 +351,7 @@ class Reclassification(NamedTuple):
     applied: bool = False
 
 
-async def reclassify_bounces(storage: Storage, *, apply: bool) -> list[Reclassification]:
+async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool) -> list[Reclassification]:
     """
     Run the classifier again over every stored bounce: the raw message when one was stored,
     else (a refusal at delivery, source ``smtp``) the stored status and reply. Each bounce
@@ -389,7 +391,7 @@ async def reclassify_bounces(storage: Storage, *, apply: bool) -> list[Reclassif
     return changes
 
 
-async def _reclassified_report(storage: Storage, bounce_id: str,
+async def _reclassified_report(storage: BounceReader, bounce_id: str,
                                record: dict[str, str]) -> bounceclassify.BounceReport | None:
     """What the classifier says today about a stored bounce record (None: cannot tell)."""
     if record.get("type") in ("ManuallyDeactivated",):

@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__
 from mailrelay.store import new_owner
+from mailrelay.store.interfaces import ClusterMembership, ClusterStorage, UnsettledSweep
 from mailrelay.services.submission import describe_address
 
 log = Logger()
@@ -83,7 +84,7 @@ def listeners_of(top: Any) -> list[str]:
 VERSION_RETRY = 0.5
 
 
-async def check_data_version_at_start(storage: Any) -> bool:
+async def check_data_version_at_start(storage: ClusterMembership) -> bool:
     """
     The daemon's start (before delivery and the listeners): True once the data version is
     checked (set on an empty database); False when Redis does not answer (ClusterService
@@ -105,7 +106,7 @@ class ClusterService(service.Service):
 
     name = "cluster"
 
-    def __init__(self, config: Any, get_storage: Callable[[], Any], top: Any,
+    def __init__(self, config: Any, get_storage: Callable[[], ClusterStorage], top: Any,
                  delivery: Any = None, *, version_checked: Callable[[], bool] = lambda: True,
                  clock: Any = None) -> None:
         from twisted.internet import reactor
@@ -164,7 +165,7 @@ class ClusterService(service.Service):
     def beat(self) -> defer.Deferred:
         return defer.ensureDeferred(self._beat())
 
-    async def _sweep(self, storage: Any) -> None:
+    async def _sweep(self, storage: UnsettledSweep) -> None:
         """Confirm what dead daemons left unsettled (before our heartbeat: see the script)."""
         try:
             await storage.sweep_unsettled(HEARTBEAT_INTERVAL * HEARTBEAT_MISSES,

@@ -88,7 +88,8 @@ from mailrelay.services.deliveryroutes import Router
 from mailrelay.services.deliverytransactions import Transactions
 from mailrelay.services.inject import Injector
 from mailrelay.smtp.mx import MXResolver
-from mailrelay.store import ClaimedJob, Storage
+from mailrelay.store import ClaimedJob
+from mailrelay.store.interfaces import DeliveryStorage
 
 #: Jobs claimed at once for one connection.
 CLAIM_BATCH = 50
@@ -105,7 +106,7 @@ class DeliveryService(service.Service):
 
     name = "delivery"
 
-    def __init__(self, config: Config, get_storage: Callable[[], Storage], *,
+    def __init__(self, config: Config, get_storage: Callable[[], DeliveryStorage], *,
                  clock: Any = None, reactor: Any = None, resolver: MXResolver | None = None,
                  get_injector: Callable[[], Injector] | None = None) -> None:
         from twisted.internet import reactor as default_reactor
@@ -115,7 +116,7 @@ class DeliveryService(service.Service):
         self.config = config
         self.settings = config.delivery
         self.get_storage = get_storage
-        self.storage: Storage | None = None
+        self.storage: DeliveryStorage | None = None
         #: The door into the queue for notices (DSNs); without one, the notices build their own.
         self.get_injector = get_injector
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"

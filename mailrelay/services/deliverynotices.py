@@ -46,13 +46,14 @@ from mailrelay.services.bounces import PROOF_DELIVERY, BounceRecorder, ProvenJob
 from mailrelay.services.deliveryattempt import EXPIRED, Route, log, reply_line
 from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.smtp.client import ReplyInfo
-from mailrelay.store import ClaimedJob, Storage
+from mailrelay.store import ClaimedJob
+from mailrelay.store.interfaces import DeliveryStorage
 
 
 class RefusalNotices:
     """Records a refusal at delivery as a bounce and, with notify_sender, sends the sender a DSN."""
 
-    def __init__(self, config: Config, storage: Storage, clock: Any, *,
+    def __init__(self, config: Config, storage: DeliveryStorage, clock: Any, *,
                  get_injector: Callable[[], Injector] | None, on_queued: Callable[[], None]) -> None:
         self.config = config
         self.storage = storage

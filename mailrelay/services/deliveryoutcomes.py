@@ -52,7 +52,8 @@ from mailrelay.services.deliveryattempt import (BOUNCED, DEFERRED, DELIVERED, EX
                                                 Outcome, Route, log, reply_line)
 from mailrelay.services.deliverynotices import RefusalNotices
 from mailrelay.smtp.client import ReplyInfo
-from mailrelay.store import ClaimedJob, Event, Storage
+from mailrelay.store import ClaimedJob, Event
+from mailrelay.store.interfaces import DeliveryStorage
 from mailrelay.timefmt import rfc3339
 
 #: Outcomes of a connection's batch are recorded together (one Redis call): at the end of the
@@ -64,7 +65,7 @@ RECORD_DELAY = 0.5
 class OutcomeRecorder:
     """Decides each job's outcome (retry, expiry, event) and records outcomes in one call."""
 
-    def __init__(self, settings: DeliveryConfig, storage: Storage, clock: Any, owner: str,
+    def __init__(self, settings: DeliveryConfig, storage: DeliveryStorage, clock: Any, owner: str,
                  held: dict[str, ClaimedJob], notices: RefusalNotices) -> None:
         self.settings = settings
         self.storage = storage

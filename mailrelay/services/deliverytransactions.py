@@ -47,13 +47,14 @@ from mailrelay.services.deliveryoutcomes import OutcomeBatch, OutcomeRecorder
 from mailrelay.services.deliverypacing import DomainPacing, DomainState
 from mailrelay.smtp import client as smtpclient
 from mailrelay.smtp.client import OutboundMessage
-from mailrelay.store import NOT_LOOKED_UP, ClaimedJob, Storage
+from mailrelay.store import NOT_LOOKED_UP, ClaimedJob
+from mailrelay.store.interfaces import DeliveryStorage
 
 
 class Transactions:
     """Sends a connection's claimed jobs, one SMTP transaction per message (per recipient with VERP)."""
 
-    def __init__(self, settings: DeliveryConfig, storage: Storage, clock: Any, recorder: OutcomeRecorder,
+    def __init__(self, settings: DeliveryConfig, storage: DeliveryStorage, clock: Any, recorder: OutcomeRecorder,
                  pacing: DomainPacing, verp: Any, stopping: Callable[[], bool]) -> None:
         self.settings = settings
         self.storage = storage

@@ -94,6 +94,7 @@ from mailrelay.mail.dkim import (ED25519, KEY_TYPES, RSA, DomainError, KeyDecryp
                                 sign_message)
 from mailrelay.smtp.mx import DNSError, NXDomain, TemporaryDNSError
 from mailrelay.smtp.session import STORAGE_UNAVAILABLE, Reply
+from mailrelay.store.interfaces import DkimSigningKeys, DomainRegistry
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -231,7 +232,7 @@ def config_domains(config: Config) -> dict[str, SenderDomain]:
     return found
 
 
-async def all_domains(config: Config, storage: Any) -> list[SenderDomain]:
+async def all_domains(config: Config, storage: DomainRegistry) -> list[SenderDomain]:
     """Every sender domain, configuration and Redis, sorted by name."""
     stored = {name: SenderDomain.from_json(data) for name, data in (await storage.dkim_domains()).items()}
     merged = dict(stored)
@@ -241,7 +242,7 @@ async def all_domains(config: Config, storage: Any) -> list[SenderDomain]:
     return [merged[name] for name in sorted(merged)]
 
 
-async def find_domain(config: Config, storage: Any, name: str) -> SenderDomain | None:
+async def find_domain(config: Config, storage: DomainRegistry, name: str) -> SenderDomain | None:
     name = normalize_domain(name)
     data, _ = await storage.dkim_domain(name)
     from_config = config_domains(config).get(name)
@@ -282,7 +283,7 @@ def _not_in_config(config: Config, name: str, action: str) -> None:
                           f"{config.source or 'the configuration'}): {action} it there")
 
 
-async def add_domain(config: Config, storage: Any, name: str, selector: str | None = None,
+async def add_domain(config: Config, storage: DomainRegistry, name: str, selector: str | None = None,
                      ed25519: bool = False) -> SenderDomain:
     """Declare ``name``: generate its key(s), store them encrypted. Raises DomainError."""
     from twisted.internet import threads
@@ -311,7 +312,7 @@ def overlap_for(config: Config, requested: float | None) -> float:
     return max(DEFAULT_OVERLAP, minimum)
 
 
-async def rotate_domain(config: Config, storage: Any, name: str, selector: str | None = None,
+async def rotate_domain(config: Config, storage: DomainRegistry, name: str, selector: str | None = None,
                         overlap: float | None = None) -> SenderDomain:
     """
     New key(s) under a new selector for a Redis-stored domain; the previous active keys
@@ -352,7 +353,7 @@ async def rotate_domain(config: Config, storage: Any, name: str, selector: str |
     return domain
 
 
-async def remove_domain(config: Config, storage: Any, name: str) -> SenderDomain:
+async def remove_domain(config: Config, storage: DomainRegistry, name: str) -> SenderDomain:
     name = normalize_domain(name)
     _not_in_config(config, name, "remove")
     data, raw = await storage.dkim_domain(name)
@@ -522,7 +523,7 @@ def check_summary(checks: list[Check]) -> dict[str, Any]:
             "records": [c.to_json() for c in checks]}
 
 
-async def domain_states(config: Config, storage: Any) -> list[dict[str, Any]]:
+async def domain_states(config: Config, storage: DomainRegistry) -> list[dict[str, Any]]:
     """
     For the status page and the API: every sender domain with its keys, the records to
     publish, and the last DNS check (``mailrelay domains verify``)::
@@ -562,7 +563,7 @@ class SignResult:
 class SenderDomains:
     """The daemon's view of the sender domains: usable keys in memory, kept up to date."""
 
-    def __init__(self, config: Config, storage: Any, clock: Any = None) -> None:
+    def __init__(self, config: Config, storage: DkimSigningKeys | None, clock: Any = None) -> None:
         self.config = config
         self.storage = storage
         self.require_known = config.submission.require_known_domain

@@ -80,7 +80,8 @@ from mailrelay.mail import message as msg
 from mailrelay.services.domains import SenderDomains, SignResult
 from mailrelay.smtp import session as smtpsession
 from mailrelay.smtp.session import Reply
-from mailrelay.store import NewMessage, Storage, StorageUnavailable
+from mailrelay.store import NewMessage, StorageUnavailable
+from mailrelay.store.interfaces import InjectorStorage, SuppressionCheck
 from mailrelay.store.storage import new_message_id
 
 log = Logger()
@@ -177,7 +178,7 @@ class NotSuppressedCache:
     ENTRY_TTL = 60.0
     MAX_ENTRIES = 100_000
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: SuppressionCheck) -> None:
         self.storage = storage
         self._version: str | None = None
         self._read_at: dict[str, float] = {}   # lowercased address -> when Redis said so
@@ -208,7 +209,7 @@ class NotSuppressedCache:
 class Injector:
     """The one way into the queue; :meth:`inject` applies the policy of the draft's source."""
 
-    def __init__(self, config: Config, storage: Storage, clock: Any,
+    def __init__(self, config: Config, storage: InjectorStorage, clock: Any,
                  on_queued: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.settings = config.submission

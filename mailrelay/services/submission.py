@@ -73,7 +73,8 @@ from mailrelay.services.inject import Draft, Injector, Source
 from mailrelay.passwords import PasswordChecker, decoy_hash, hash_password
 from mailrelay.smtp.server import SMTPServerFactory
 from mailrelay.smtp.session import Reply, Session, Transaction
-from mailrelay.store import NewMessage, Storage, StorageFull, StorageUnavailable
+from mailrelay.store import NewMessage, StorageFull, StorageUnavailable
+from mailrelay.store.interfaces import InjectorStorage, SendingLimits
 
 log = Logger()
 
@@ -184,7 +185,7 @@ class AuthThrottle:
 
     MAX_REMEMBERED = 10_000
 
-    def __init__(self, rate: Rate, storage: Storage, clock: Any) -> None:
+    def __init__(self, rate: Rate, storage: SendingLimits, clock: Any) -> None:
         self.rate = rate
         self.storage = storage
         self.clock = clock
@@ -225,7 +226,7 @@ class AuthThrottle:
 class SubmissionHandler:
     """The submission policy: who may send; what they send goes through the injector."""
 
-    def __init__(self, config: Config, storage: Storage, users: Mapping[str, str],
+    def __init__(self, config: Config, storage: InjectorStorage, users: Mapping[str, str],
                  clock: Any, tls_available: bool, on_queued: Any = None,
                  password_checker: PasswordChecker | None = None, injector: Injector | None = None) -> None:
         self.config = config

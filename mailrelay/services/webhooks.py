@@ -58,7 +58,8 @@ from twisted.logger import Logger
 from mailrelay import __version__, metrics
 from mailrelay.config import Config, WebhookConfig
 from mailrelay.libcompat import quiet_http_connection_pool
-from mailrelay.store import Event, Storage
+from mailrelay.store import Event
+from mailrelay.store.interfaces import WebhookStorage
 from mailrelay.store.records import json_object
 from mailrelay.timefmt import rfc3339
 
@@ -217,7 +218,7 @@ class WebhookService(service.Service):
 
     name = "webhooks"
 
-    def __init__(self, config: Config, get_storage: Callable[[], Storage], *, clock: Any = None,
+    def __init__(self, config: Config, get_storage: Callable[[], WebhookStorage], *, clock: Any = None,
                  reactor: Any = None, retry_schedule: tuple[float, ...] = RETRY_SCHEDULE) -> None:
         from twisted.internet import reactor as default_reactor
 
@@ -226,7 +227,7 @@ class WebhookService(service.Service):
         self.config = config
         self.hooks: tuple[WebhookConfig, ...] = tuple(config.webhooks)
         self.get_storage = get_storage
-        self.storage: Storage | None = None
+        self.storage: WebhookStorage | None = None
         self.retry_schedule = tuple(retry_schedule)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.inflight: dict[str, defer.Deferred] = {}   # job id -> its send
@@ -272,7 +273,7 @@ class WebhookService(service.Service):
 
     async def _create_group(self) -> None:
         d = defer.ensureDeferred(self.storage.webhook_create_group())
-        if await d.addTimeout(self.storage.timeout, self.clock):
+        if await d.addTimeout(self.config.redis.timeout, self.clock):
             log.info("webhooks: created consumer group {group!r} on the event stream",
                      group=self.storage.WEBHOOK_GROUP)
         self.group_ready = True

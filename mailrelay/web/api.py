@@ -52,6 +52,7 @@ from mailrelay.config import Config
 from mailrelay.mail import bounceclassify
 from mailrelay.services.domains import domain_states
 from mailrelay.store import MESSAGE_STATUSES, readmodel
+from mailrelay.store.interfaces import ApiStorage
 from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, Suppression, TimelineEvent
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 from mailrelay.web.auth import TokenAuth, bearer_token, unauthorized
@@ -174,7 +175,7 @@ class ApiResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, storage: Any, config: Config, auth: TokenAuth) -> None:
+    def __init__(self, storage: ApiStorage, config: Config, auth: TokenAuth) -> None:
         super().__init__()
         self.storage = storage
         self.config = config

@@ -43,6 +43,7 @@ from twisted.web import resource, server
 
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
 from mailrelay.store import StorageError
+from mailrelay.store.interfaces import MetricsStorage, QueueSummary, TrackingSearch
 from mailrelay.web.jsonhttp import (ApiError, bounded, describe_error, finish, leaf_path_ok, not_found,
                                     request_method, send_error)
 
@@ -129,7 +130,7 @@ class Metrics:
         self._ticks = 0
         self._failing = False
 
-    async def refresh(self, storage: Any, timeout: float) -> None:
+    async def refresh(self, storage: MetricsStorage, timeout: float) -> None:
         """Read the cluster-wide figures from Redis (every QUEUE_METRICS_EVERY-th call)."""
         try:
             if self._ticks % QUEUE_METRICS_EVERY == 0:
@@ -149,7 +150,7 @@ class Metrics:
             self._failing = False
             log.info("web: metrics refresh from Redis works again")
 
-    async def _refresh_totals(self, storage: Any) -> None:
+    async def _refresh_totals(self, storage: TrackingSearch) -> None:
         hour = stats_window(await storage.counters("m", 60))
         self.accepted.set(hour["accepted"])
         self.recipients.set(hour["recipients"])
@@ -158,7 +159,7 @@ class Metrics:
         for kind in {*BOUNCE_LABELS, *hour["bounces"]}:
             self.bounces.labels(kind).set(hour["bounces"].get(kind, 0))
 
-    async def _refresh_queue(self, storage: Any) -> None:
+    async def _refresh_queue(self, storage: QueueSummary) -> None:
         totals = queue_totals(await storage.admin_queue_summary())
         for state in ("queued", "deferred", "delivering"):
             self.queue_jobs.labels(state).set(totals[state])

@@ -64,6 +64,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mailrelay.config import Config
+from mailrelay.store.interfaces import WebStorage
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.web.api import ADMIN_API_MAX_BODY, ApiResource
 from mailrelay.web.auth import TokenAuth, bearer_token_of, ensure_api_token, unauthorized
@@ -247,13 +248,13 @@ class WebService(service.Service):
 
     name = "web"
 
-    def __init__(self, config: Config, get_storage: Callable[[], Any],
+    def __init__(self, config: Config, get_storage: Callable[[], WebStorage],
                  listeners: Callable[[], dict[str, dict[str, Any]]]) -> None:
         self.config = config
         self.get_storage = get_storage
         self.listeners = listeners
         self.ports: list[Any] = []
-        self.storage: Any = None
+        self.storage: WebStorage | None = None
         self.auth: TokenAuth | None = None
         self.throttle = FailureThrottle(config.web.max_auth_failures, config.web.auth_failure_window)
         self.metrics = Metrics(lambda: {name: s["sessions"] for name, s in self.listeners().items()})

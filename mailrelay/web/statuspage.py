@@ -117,6 +117,7 @@ from twisted.web.template import Flattenable, tags
 
 from mailrelay.clientkey import client_key
 from mailrelay.libcompat import request_disconnected
+from mailrelay.store.interfaces import StatusPageStorage
 from mailrelay.timefmt import display_time
 from mailrelay.web.pagehtml import SECURITY_HEADERS, _card, _document, _logout_button
 from mailrelay.web.statusviews import MESSAGE_PATH_RE, StatusViews
@@ -197,7 +198,8 @@ class StatusPage(StatusViews, resource.Resource):
     #: The largest body each path reads (the web service refuses larger ones before reading them).
     BODY_LIMITS = {b"/login": MAX_FORM_SIZE, b"/logout": MAX_FORM_SIZE}
 
-    def __init__(self, storage: Any, config: Any, health: Callable[[], Awaitable[dict]], auth: Any, *,
+    def __init__(self, storage: StatusPageStorage | Callable[[], StatusPageStorage | None] | None,
+                 config: Any, health: Callable[[], Awaitable[dict]], auth: Any, *,
                  throttle: Any = None, clock: Any = None) -> None:
         super().__init__()
         from twisted.internet import reactor
@@ -218,7 +220,7 @@ class StatusPage(StatusViews, resource.Resource):
         return self
 
     @property
-    def storage(self) -> Any:
+    def storage(self) -> StatusPageStorage | None:
         storage = self._storage
         if storage is not None and not hasattr(storage, "search_messages") and callable(storage):
             storage = storage()

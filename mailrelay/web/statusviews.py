@@ -45,6 +45,7 @@ from twisted.web.template import Flattenable, Tag, tags
 
 from mailrelay.services.domains import domain_states
 from mailrelay.store import readmodel
+from mailrelay.store.interfaces import DomainRegistry, StatusPageStorage
 from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, TimelineEvent,
                                      decode_timeline)
 from mailrelay.timefmt import display_rfc3339, display_time_ms, format_age
@@ -73,7 +74,7 @@ class StatusViews:
     title, body)`` (the document around a page's body).
     """
 
-    storage: Any
+    storage: StatusPageStorage | None
     config: Any
     health: Any
     timeout: float
@@ -151,7 +152,7 @@ class StatusViews:
             return _card(title, _unavailable("Counters", value))
         return charts_section(title, value, resolution)
 
-    async def _domain_states(self, storage: Any) -> list[dict[str, Any]]:
+    async def _domain_states(self, storage: DomainRegistry) -> list[dict[str, Any]]:
         return await domain_states(self.config, storage)
 
     @staticmethod
@@ -219,7 +220,7 @@ class StatusViews:
         return [tags.table(_head_row("Domain", *numeric, numeric=numeric), tags.tbody(rows)), more]
 
     @staticmethod
-    async def _latest_messages(storage: Any) -> list[MessageSummary]:
+    async def _latest_messages(storage: StatusPageStorage) -> list[MessageSummary]:
         return await readmodel.latest_messages(storage, LATEST)
 
     @staticmethod
