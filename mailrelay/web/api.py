@@ -108,7 +108,7 @@ from mailrelay.services.domains import domain_states
 from mailrelay.web.limits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.libcompat import request_disconnected
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
-from mailrelay.store import MESSAGE_STATUSES, Event, StorageError
+from mailrelay.store import MESSAGE_STATUSES, Event, RedisFailed, StorageError
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 
@@ -691,11 +691,11 @@ def _run(request: Any, handler: Callable[[], Awaitable[Any]], timeout: float) ->
     def failed(failure: Any) -> None:
         if failure.check(ApiError):
             send_error(request, failure.value)
-        elif failure.check(defer.TimeoutError, StorageError):
-            send_error(request, ApiError(503, f"storage unavailable: {_describe(failure.value)}"))
-        elif type(failure.value).__module__.startswith("txredisapi"):  # connection lost, error reply
+        elif isinstance(failure.value, RedisFailed):  # connection lost, error reply
             log.warn("web: {uri}: Redis failed: {e}", uri=request.uri.decode("ascii", "replace"),
                      e=_describe(failure.value))
+            send_error(request, ApiError(503, f"storage unavailable: {_describe(failure.value)}"))
+        elif failure.check(defer.TimeoutError, StorageError):
             send_error(request, ApiError(503, f"storage unavailable: {_describe(failure.value)}"))
         elif failure.check(defer.CancelledError) and request_disconnected(request):
             pass  # the client went away
