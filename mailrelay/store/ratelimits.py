@@ -29,7 +29,7 @@ STANDARDS
 
 DIAGNOSTICS
     StorageUnavailable (``Redis did not answer in time``) when Redis does not answer
-    within ``[redis] timeout``: submission then answers 451/454.
+    within ``[redis] timeout``: submission then answers with a temporary failure.
 
 CONFIGURATION
     ``[submission]`` rate limits and ``auth_failures_per_ip`` (passed by submission);
