@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from conftest import start_redis
+from conftest import start_redis, wait_until
 from redisclient import RedisClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -412,6 +412,10 @@ def test_dedupe_with_min_replicas_waits_for_the_replica_too(start_daemon, daemon
         first = queued_id(submit(port, "<once@app.test>"))
         assert queued_id(submit(port, "<once@app.test>")) == first
         assert replica.client().command("EXISTS", f"r:msg:{first}") == 1
+        # until the first message is settled (20 ms after its 250), a duplicate is answered as
+        # the original was, whatever WAIT says: let that settlement happen before the replica goes
+        wait_until(lambda: primary.client().command("HEXISTS", f"r:msg:{first}", "unsettled") == 0,
+                   10, "the first message's settlement")
         replica.stop()
         assert submit(port, "<once@app.test>")[0] == 451   # WAIT could not confirm: no 250
         assert submit(port, "<new@app.test>")[0] == 451

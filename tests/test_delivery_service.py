@@ -37,6 +37,7 @@ from mailrelay.config import parse_config
 from mailrelay.services.delivery import DeliveryService
 from mailrelay.store import Event, NewMessage, Storage, connect_redis
 from scriptedsmtp import ScriptedSMTPServer
+from storeinspect import queued_jobs
 
 REDIS = None
 _TMP: str | None = None
@@ -241,7 +242,7 @@ class DeliveryTestCase(unittest.TestCase):
         return int(await self.redis("ZCARD", self.prefix + "queue:leases"))
 
     async def queued(self, domain: str) -> list[str]:
-        return await self.storage.queued_jobs(domain)
+        return await queued_jobs(self.storage, domain)
 
     def has_outcome(self, message_id: str, count: int = 1) -> Callable[[], Any]:
         """Predicate: the timeline has ``count`` events after the queued ones."""

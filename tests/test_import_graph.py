@@ -84,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_graph_sees_function_level_imports() -> None:
     """The graph is built from real imports, including those inside functions."""
     graph = import_graph()
-    assert "mailrelay.config" in graph["mailrelay.store.storage"]
+    assert "mailrelay.config" in graph["mailrelay.store.connection"]
     assert "mailrelay.cli.common" in graph["mailrelay.cli.main"]
 
 

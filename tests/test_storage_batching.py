@@ -1,8 +1,8 @@
 """
-The group commit of mailrelay.store.storage, in-process against a real redis-server: messages whose
+The group commit of mailrelay.store.queue, in-process against a real redis-server: messages whose
 enqueue is asked for in one reactor turn are stored by one ENQUEUE_BATCH_SCRIPT call, each with
 its own outcome, and RCPT suppression lookups of one turn share one call too. Also the RESP
-encoding of the commands (storage.encode_command, in place of txredisapi's).
+encoding of the commands (mailrelay.store.protocol.encode_command, in place of txredisapi's).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from uuid import uuid4
 
 from twisted.internet import defer
@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from conftest import start_module_redis, start_redis, stop_module_redis
 from mailrelay.config import parse_config
-from mailrelay.store.storage import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
+from mailrelay.store import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
 from mailrelay.store.scripts import Script
 
 REDIS = None
@@ -136,10 +136,10 @@ class BatchingTests(unittest.TestCase):
 
     @async_test
     async def test_a_reply_of_the_wrong_shape_fails_every_lookup_of_the_batch(self) -> None:
-        import mailrelay.store.storage as storage_module
+        import mailrelay.store.suppression as suppression_module
 
         # a script that answers the change counter only: no entry for either address
-        self.patch(storage_module, "SUPPRESSION_OF_SCRIPT", Script.from_source("test", "return {'7'}"))
+        self.patch(suppression_module, "SUPPRESSION_OF_SCRIPT", Script.from_source("test", "return {'7'}"))
         lookups = [self.storage.suppression_of(a) for a in ("one@example.org", "two@example.org")]
         results = await defer.DeferredList(lookups, consumeErrors=True)
         for ok, failure in results:

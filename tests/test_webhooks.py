@@ -40,6 +40,7 @@ from mailrelay.metrics import PROCESS
 from mailrelay.store import Event, NewMessage, Storage, connect_redis
 from mailrelay.services.webhooks import WebhookService, build_payload, matching_event, sign, verify
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, dsn, received_headers, timeline, wait_until
+from storeinspect import webhook_jobs
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -551,5 +552,5 @@ class WebhookServiceTests(unittest.TestCase):
         job = await self.job()
         self.assertEqual(job["attempts"], "0")
         self.assertNotIn("owner", job)
-        [(_, due)] = await self.storage.webhook_jobs()
+        [(_, due)] = await webhook_jobs(self.storage)
         self.assertLessEqual(due, self.storage.now_ms())

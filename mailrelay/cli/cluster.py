@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from twisted.internet import defer
-
 from mailrelay.cli.common import clean, react_with_storage
 from mailrelay.store import Storage
 from mailrelay.timefmt import format_age
@@ -52,19 +50,17 @@ def format_members(members: list[dict[str, Any]]) -> list[str]:
 
 
 async def run_cluster(storage: Storage) -> None:
-    # The concrete Storage, not a protocol: the stored version is read (without setting it)
-    # through store internals until the cluster store offers that read.
     members = await storage.cluster_members()
-    stored = await storage._admin(storage._call("GET", storage._version_key))  # read only
+    stored = await storage.stored_data_version()
     for line in format_members(members):
         print(line)
-    version = stored.decode() if stored is not None else "not recorded yet"
+    version = stored if stored is not None else "not recorded yet"
     print(f"{len(members)} live daemon{'' if len(members) == 1 else 's'}; "
           f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
 
 
 async def run_migrate(storage: Storage, force: bool) -> None:
-    before, created = await storage._admin(defer.ensureDeferred(storage.data_version()))
+    before, created = await storage.bounded(storage.data_version())
     if created:
         print(f"empty database: data format version {before} recorded")
         return

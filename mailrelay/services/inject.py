@@ -82,7 +82,7 @@ from mailrelay.smtp import session as smtpsession
 from mailrelay.smtp.session import Reply
 from mailrelay.store import NewMessage, StorageUnavailable
 from mailrelay.store.interfaces import InjectorStorage, SuppressionCheck
-from mailrelay.store.storage import new_message_id
+from mailrelay.store.queue import new_message_id
 
 log = Logger()
 

@@ -48,7 +48,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mailrelay.libcompat import request_disconnected
-from mailrelay.store import StorageError
+from mailrelay.store import RedisFailed, StorageError
 from mailrelay.web.limits import Refusal
 
 log = Logger()
@@ -266,11 +266,11 @@ def run_handler(request: Any, handler: Callable[[], Awaitable[Any]], timeout: fl
     def failed(failure: Any) -> None:
         if failure.check(ApiError):
             send_error(request, failure.value)
-        elif failure.check(defer.TimeoutError, StorageError):
-            send_error(request, ApiError(503, f"storage unavailable: {describe_error(failure.value)}"))
-        elif type(failure.value).__module__.startswith("txredisapi"):  # connection lost, error reply
+        elif failure.check(RedisFailed):  # connection lost, error reply
             log.warn("web: {uri}: Redis failed: {e}", uri=request.uri.decode("ascii", "replace"),
                      e=describe_error(failure.value))
+            send_error(request, ApiError(503, f"storage unavailable: {describe_error(failure.value)}"))
+        elif failure.check(defer.TimeoutError, StorageError):
             send_error(request, ApiError(503, f"storage unavailable: {describe_error(failure.value)}"))
         elif failure.check(defer.CancelledError) and request_disconnected(request):
             pass  # the client went away

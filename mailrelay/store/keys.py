@@ -1,0 +1,138 @@
+"""
+keys: the name of every Redis key mailrelay uses, under ``[redis] key_prefix``.
+
+JOB
+    :class:`Keys` is the only place a key name is built, for Python's commands and for
+    the Lua scripts (which get their keys as KEYS, and the prefixes of the keys they
+    derive from ids, e.g. ``P msg:``, as ARGV, from here). The stores' headers say which
+    store owns which key; docs/architecture.md has the same table.
+
+SECURITY
+    Addresses, tags and user names become parts of key names as they are (ASCII-lowercased
+    where noted); a Message-ID only as its SHA-256. Everything lives under one prefix, so
+    several installations can share a Redis database.
+
+STANDARDS
+    Redis key names are binary-safe strings; ``:`` separates the parts by convention.
+
+DIAGNOSTICS
+    None: building a name cannot fail.
+
+CONFIGURATION
+    ``[redis] key_prefix`` (written ``P`` in the stores' headers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def recipient_domain(address: str) -> str:
+    """The queue's domain key: ASCII-lowercased, as Lua's string.lower does it."""
+    return address.rpartition("@")[2].encode().lower().decode()
+
+
+class Keys:
+    """The names of every Redis key, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        # the delivery queue (mailrelay.store.queue, .settlement, .admin)
+        self.queue_domains = prefix + "queue:domains"
+        self.leases = prefix + "queue:leases"
+        self.unsettled = prefix + "queue:unsettled"
+        self.domain_queue_prefix = prefix + "queue:d:"
+        # messages and their tracking (mailrelay.store.queue writes, .tracking reads)
+        self.msg_prefix = prefix + "msg:"
+        self.body_prefix = prefix + "body:"
+        self.timeline_prefix = prefix + "timeline:"
+        self.index_prefix = prefix + "idx:"
+        self.events = prefix + "events"
+        # bounces and suppression (mailrelay.store.bounces, .suppression)
+        self.bounce_prefix = prefix + "bounce:"
+        self.bounces = prefix + "bounces"
+        self.bounces_unmatched = prefix + "bounces:unmatched"
+        self.verp_secret = prefix + "verp:secret"
+        self.suppressed = prefix + "suppressed"
+        self.suppressed_version = prefix + "suppressed:version"
+        # webhooks (mailrelay.store.webhooks)
+        self.webhook_queue = prefix + "webhook:queue"
+        self.webhook_job_prefix = prefix + "webhook:job:"
+        # sender domains (mailrelay.store.domains)
+        self.dkim_domains = prefix + "dkim:domains"
+        self.dkim_version = prefix + "dkim:version"
+        self.dkim_checks = prefix + "dkim:checks"
+        # cluster and data version (mailrelay.store.cluster)
+        self.cluster = prefix + "cluster"
+        self.cluster_member_prefix = prefix + "cluster:"
+        self.data_version = prefix + "meta:version"
+        self.migration_lock = prefix + "meta:migrating"
+
+    # -- messages -----------------------------------------------------------------------
+
+    def msg(self, message_id: str) -> str:
+        return self.msg_prefix + message_id
+
+    def body(self, message_id: str) -> str:
+        return self.body_prefix + message_id
+
+    def timeline(self, message_id: str) -> str:
+        return self.timeline_prefix + message_id
+
+    def domain_queue(self, domain: str) -> str:
+        return self.domain_queue_prefix + domain
+
+    # -- search indexes and counters -------------------------------------------------------
+
+    @property
+    def time_index(self) -> str:
+        return self.index_prefix + "time"
+
+    def recipient_index(self, address: str) -> str:
+        return f"{self.index_prefix}rcpt:{address.lower()}"
+
+    def tag_index(self, tag: str) -> str:
+        return f"{self.index_prefix}tag:{tag}"
+
+    def status_index(self, status: str) -> str:
+        return f"{self.index_prefix}status:{status}"
+
+    def counters(self, resolution: str, bucket: int) -> str:
+        """``P idx:stats:m:<minute>`` or ``P idx:stats:h:<hour>``."""
+        return f"{self.index_prefix}stats:{resolution}:{bucket}"
+
+    # -- bounces ------------------------------------------------------------------------------
+
+    def bounce(self, bounce_id: str) -> str:
+        return self.bounce_prefix + bounce_id
+
+    def bounce_raw(self, bounce_id: str) -> str:
+        return f"{self.bounce_prefix}raw:{bounce_id}"
+
+    # -- submission throttles ----------------------------------------------------------------
+
+    def user_rate(self, user: str, window: int) -> str:
+        return f"{self.prefix}rate:user:{user}:{window}"
+
+    def auth_failures(self, client: str) -> str:
+        return f"{self.prefix}auth:fail:{client}"
+
+    def dedupe(self, user: str | None, message_id_header: str) -> str:
+        """``P dedupe:<user>:<sha256 of the Message-ID>`` (no user: ``-``; the Message-ID with
+        its whitespace folded, case kept)."""
+        normalized = " ".join(message_id_header.split())
+        digest = hashlib.sha256(normalized.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{self.prefix}dedupe:{user or '-'}:{digest}"
+
+    # -- webhooks, cluster --------------------------------------------------------------------
+
+    def webhook_job(self, job_id: str) -> str:
+        return self.webhook_job_prefix + job_id
+
+    def cluster_member(self, owner: str) -> str:
+        return self.cluster_member_prefix + owner
+
+    def data_markers(self) -> list[str]:
+        """Keys whose existence means the database holds mailrelay data (for a missing version)."""
+        return [self.queue_domains, self.leases, self.time_index, self.events, self.suppressed,
+                self.bounces, self.verp_secret, self.bounces_unmatched]
