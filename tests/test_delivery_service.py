@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -226,10 +227,13 @@ class DeliveryTestCase(unittest.TestCase):
         return None if value is None else int(float(value))
 
     async def fields(self, message_id: str) -> dict[str, str]:
-        return await self.storage.get_message(message_id)
+        """The message's hash as stored."""
+        reply = await self.redis("HGETALL", f"{self.prefix}msg:{message_id}")
+        return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
 
     async def timeline(self, message_id: str) -> list[dict[str, Any]]:
-        return await self.storage.get_timeline(message_id)
+        """The message's timeline entries as stored (JSON objects)."""
+        return [json.loads(item) for item in await self.redis("LRANGE", f"{self.prefix}timeline:{message_id}", 0, -1)]
 
     async def types(self, message_id: str) -> list[str]:
         return [e["type"] for e in await self.timeline(message_id)]
@@ -818,7 +822,7 @@ class BatchTests(DeliveryTestCase):
         self.assertIsNone(by_job[f"{plain}.1"].body)
         self.assertEqual(self.storage.decompress_body(by_job[f"{utf8}.0"].body), content(utf8))
         self.assertIsNone(by_job[f"{plain}.0"].suppression)
-        self.assertEqual(by_job[f"{plain}.1"].suppression["type"], "HardBounce")
+        self.assertEqual(by_job[f"{plain}.1"].suppression.type, "HardBounce")
         self.assertIs(by_job[f"{utf8}.0"].suppression, NOT_LOOKED_UP)  # not ASCII: looked up by the caller
         await self.storage.release(jobs, "test")
         # a body budget too small: no bodies, the jobs are claimed all the same

@@ -81,5 +81,5 @@ class RetentionTests(unittest.TestCase):
         self.client.command("DEL", f"{self.prefix}msg:{gone}")
         for search in (dict(), dict(recipient="a@example.org"), dict(tag="welcome"), dict(status="queued")):
             rows, cursor = yield defer.ensureDeferred(self.storage.search_messages(limit=50, **search))
-            self.assertEqual([r["id"] for r in rows], [kept], search)
+            self.assertEqual([r.id for r in rows], [kept], search)
             self.assertIsNone(cursor)

@@ -480,6 +480,7 @@ def test_every_field_the_page_shows_is_escaped():
     from mailrelay.web.pagehtml import _document, _unavailable, render_html
     from mailrelay.web.statuscharts import charts_section
     from mailrelay.web.statuspage import StatusPage
+    from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, decode_timeline
 
     now_ms = 1_764_320_000_000
     message = {
@@ -498,19 +499,24 @@ def test_every_field_the_page_shows_is_escaped():
     stray = dict(event, rcpt=7, detail="stray " + HOSTILE_BOUNCE)
     page = StatusPage.__new__(StatusPage)
     sections = [
-        page._message_html("0123456789abcdef0123", message, [event, stray], None),
-        page._message_html("0123456789abcdef0123", {**message, "metadata": HOSTILE_BOUNCE + " raw"}, [],
+        # the records the store returns, decoded from hostile stored data
+        page._message_html("0123456789abcdef0123", MessageRecord.decode("0123456789abcdef0123", message),
+                           decode_timeline([event, stray]), None),
+        page._message_html("0123456789abcdef0123", MessageRecord.decode(
+                               "0123456789abcdef0123", {**message, "metadata": HOSTILE_BOUNCE + " raw"}), (),
                            RuntimeError(HOSTILE_BOUNCE + " timeline")),
-        page._messages_table(True, [{"id": "0123456789abcdef0123", "_score": now_ms, "from": HOSTILE_ADDRESS,
+        page._messages_table(True, [MessageSummary.decode(row) for row in (
+                                    {"id": "0123456789abcdef0123", "_score": now_ms, "from": HOSTILE_ADDRESS,
                                      "first_recipient": QUOTE_RECIPIENT, "rcpt_count": 3,
                                      "subject": XSS_SUBJECT, "status": HOSTILE_TAG},
                                     {"id": HOSTILE_ADDRESS, "_score": "x", "sender": HOSTILE_BOUNCE + " s",
                                      "first_recipient": HOSTILE_ADDRESS + " r", "subject": "",
-                                     "status": "queued"}]),
-        page._bounces_table(True, ([{"_score": None, "at": HOSTILE_BOUNCE + " when", "message_id": HOSTILE_TAG,
+                                     "status": "queued"})]),
+        page._bounces_table(True, ([BounceRecord.decode(
+                                    {"_score": None, "at": HOSTILE_BOUNCE + " when", "message_id": HOSTILE_TAG,
                                      "recipient": HOSTILE_ADDRESS + " b", "type": HOSTILE_TAG + " type",
                                      "status": XSS_SUBJECT + " st", "description": HOSTILE_DIAGNOSTIC + " d",
-                                     "details": HOSTILE_BOUNCE + " details"}], None)),
+                                     "details": HOSTILE_BOUNCE + " details"})], None)),
         StatusPage._queue(True, {"now_ms": now_ms, "domains": {
             HOSTILE_ADDRESS + " q": {"queued": 1, "deferred": 2, "delivering": 0, "oldest_ms": now_ms - 5000}}}),
         StatusPage._statuses(True, {HOSTILE_TAG + " status": 3}),

@@ -126,7 +126,7 @@ class BatchingTests(unittest.TestCase):
         self.assertEqual(self.script_calls() - before, 1)
         (ok0, gone), (ok1, fine), (ok2, broken), (ok3, gone_again) = results
         self.assertTrue(ok0 and ok1 and ok3)
-        self.assertEqual(gone["type"], "HardBounce")
+        self.assertEqual(gone.type, "HardBounce")
         self.assertIsNone(fine)
         self.assertEqual(gone_again, gone)
         self.assertFalse(ok2)  # a bad entry fails its own lookup only
@@ -154,7 +154,7 @@ class BatchingTests(unittest.TestCase):
         addresses = [f"r{n}@example.org" for n in range(8_100)] + ["gone@example.org"]
         results = await defer.gatherResults([self.storage.suppression_of(a) for a in addresses])
         self.assertEqual(results[:-1], [None] * 8_100)
-        self.assertEqual(results[-1]["type"], "HardBounce")
+        self.assertEqual(results[-1].type, "HardBounce")
 
     @async_test
     async def test_large_batches_are_split_over_several_calls(self) -> None:

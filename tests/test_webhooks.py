@@ -475,15 +475,15 @@ class WebhookServiceTests(unittest.TestCase):
         self.clock.advance(5.1)
         await self.wait_for(lambda: len(hook.received) == 3, "the third (last) attempt")
 
-        async def failed() -> list[dict[str, Any]]:
-            return [e for e in await self.storage.get_timeline(message_id) if e["type"] == "webhook_failed"]
+        async def failed() -> list[Any]:
+            return [e for e in await self.storage.get_timeline(message_id) if e.type == "webhook_failed"]
 
         [event] = await self.wait_for(failed, "the webhook_failed event")
-        self.assertEqual(event["recipient"], "a@example.test")
-        self.assertEqual(event["rcpt"], 0)
-        self.assertIn(url, event["detail"])
-        self.assertIn("after 3 attempts", event["detail"])
-        self.assertIn("HTTP 503 service unavailable", event["detail"])
+        self.assertEqual(event.recipient, "a@example.test")
+        self.assertEqual(event.rcpt, 0)
+        self.assertIn(url, event.detail)
+        self.assertIn("after 3 attempts", event.detail)
+        self.assertIn("HTTP 503 service unavailable", event.detail)
         self.assertEqual(await self.redis("ZCARD", self.prefix + "webhook:queue"), 0)
         self.assertEqual([h["x-mailrelay-attempt"] for h, _ in hook.received], ["1", "2", "3"])
         self.assertEqual(len({body for _, body in hook.received}), 1)

@@ -47,7 +47,7 @@ from typing import Any
 from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, run_with_storage
 from mailrelay.config import Config
 from mailrelay.store.interfaces import AdminQueue
-from mailrelay.store.records import MessageRecord, decode_timeline
+from mailrelay.store.records import AdminMessage
 from mailrelay.timefmt import format_age, rfc3339_ms as format_ms
 
 
@@ -80,9 +80,9 @@ def print_queue_list(summary: dict[str, Any]) -> None:
               "deliverable until their acknowledgement is confirmed)")
 
 
-def print_message(message_id: str, info: dict[str, Any]) -> None:
-    now = info["now_ms"]
-    msg = MessageRecord.decode(message_id, info["message"])
+def print_message(message_id: str, info: AdminMessage) -> None:
+    now = info.now_ms
+    msg = info.message
     print(f"Message {clean(message_id)}")
     fields = [("sender", f"<{clean(msg.sender)}>")]
     if msg.received_ms is not None:
@@ -101,26 +101,26 @@ def print_message(message_id: str, info: dict[str, Any]) -> None:
         print(f"  {name + ':':<12}{value}")
 
     print("Recipients:")
-    jobs = info["jobs"]
-    rw = max([len(clean(j["recipient"])) for j in jobs] + [0])
-    sw = max([len(clean(j["state"])) for j in jobs] + [0])
-    unsettled = info.get("unsettled")
+    jobs = info.jobs
+    rw = max([len(clean(j.recipient)) for j in jobs] + [0])
+    sw = max([len(clean(j.state)) for j in jobs] + [0])
+    unsettled = info.unsettled
     for job in jobs:
-        if unsettled and job["state"] == "queued":
+        if unsettled and job.state == "queued":
             when = f"unsettled: not deliverable until {clean(unsettled)} confirms its acknowledgement"
-        elif job["lease_until_ms"] is not None:
-            when = f"being delivered (lease until {format_ms(job['lease_until_ms'])})"
-        elif job["due_ms"] is not None:
-            due = job["due_ms"]
+        elif job.lease_until_ms is not None:
+            when = f"being delivered (lease until {format_ms(job.lease_until_ms)})"
+        elif job.due_ms is not None:
+            due = job.due_ms
             when = ("due now" if due <= now
                     else f"next attempt {format_ms(due)} (in {format_age((due - now) / 1000)})")
         else:
             when = ""
-        print(f"  {job['index']:>2}  {clean(job['recipient']):<{rw}}  {clean(job['state']):<{sw}}  "
-              f"{plural(job['attempts'], 'attempt')}  {when}".rstrip())
+        print(f"  {job.index:>2}  {clean(job.recipient):<{rw}}  {clean(job.state):<{sw}}  "
+              f"{plural(job.attempts, 'attempt')}  {when}".rstrip())
 
     print("Events:")
-    timeline = decode_timeline(info["timeline"])
+    timeline = info.timeline
     if not timeline:
         print("  (none)")
     for event in timeline:

@@ -53,16 +53,14 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
         await storage.measure_clock()
         if args.suppressions_command == "list" and args.unproven:
             unproven = await unproven_suppressions(storage, await load_verp(config, storage))
-            for address, entry, why in unproven:
-                print(f"{clean(address)}\t{clean(entry.get('since', '?'))}\t{clean(entry.get('type', '?'))}"
-                      f"\t{clean(why)}")
+            for entry, why in unproven:
+                print(f"{clean(entry.address)}\t{clean(entry.since or '?')}\t{clean(entry.type)}\t{clean(why)}")
             print(f"{plural(len(unproven), 'unproven suppression')} (reactivate with `mailrelay suppressions remove`)")
         elif args.suppressions_command == "list":
             entries = await storage.list_suppressions()
-            for address in sorted(entries):
-                entry = entries[address]
-                print(f"{clean(address)}\t{clean(entry.get('since', '?'))}\t{clean(entry.get('type', '?'))}"
-                      f"\t{clean(entry.get('reason', ''))[:100]}")
+            for entry in sorted(entries, key=lambda s: s.address):
+                print(f"{clean(entry.address)}\t{clean(entry.since or '?')}\t{clean(entry.type)}"
+                      f"\t{clean(entry.reason)[:100]}")
             print(f"{plural(len(entries), 'suppressed address')}")
         elif args.suppressions_command == "add":
             try:

@@ -71,7 +71,7 @@ from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import Event, readmodel
 from mailrelay.store.interfaces import (BounceReader, BounceReclassifyStorage, BounceWriter, MessageReader,
                                         SuppressionAudit, VerpKey)
-from mailrelay.store.records import MessageRecord
+from mailrelay.store.records import BounceRecord, MessageRecord, Suppression
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -291,37 +291,37 @@ def pair_reports(reports: list[bounceclassify.BounceReport],
 
 
 async def unproven_suppressions(storage: SuppressionAudit,
-                                verp: VERP | None) -> list[tuple[str, dict[str, Any], str]]:
+                                verp: VERP | None) -> list[tuple[Suppression, str]]:
     """
-    The suppressions made from received bounces that would be unmatched today: (address,
-    entry, why), by address. Entries made since reports must prove themselves carry their
+    The suppressions made from received bounces that would be unmatched today: (suppression,
+    why), by address. Entries made since reports must prove themselves carry their
     ``proof``; those made by an operator (CLI, API) name no bounce; in-band refusals have a
     bounce record whose source is ``smtp``. Any other entry counts as proven only when its
     stored raw bounce carries a token (VERP address or token header) of that message and
     address, as a bounce sent to the recipient's VERP address usually does (its To: field).
     """
     found = []
-    for address, entry in sorted((await storage.list_suppressions()).items()):
-        why = await _why_unproven(storage, verp, address, entry)
+    for entry in sorted(await storage.list_suppressions(), key=lambda s: s.address):
+        why = await _why_unproven(storage, verp, entry)
         if why:
-            found.append((address, entry, why))
+            found.append((entry, why))
     return found
 
 
-async def _why_unproven(storage: SuppressionAudit, verp: VERP | None, address: str, entry: dict[str, Any]) -> str | None:
-    if entry.get("proof") or not entry.get("bounce_id"):
+async def _why_unproven(storage: SuppressionAudit, verp: VERP | None, entry: Suppression) -> str | None:
+    if entry.proof or not entry.bounce_id:
         return None
-    message_id = entry.get("message_id") or ""
+    message_id = entry.message_id
     if not message_id:
         return "made from an unmatched report"
-    record = await storage.get_bounce(entry["bounce_id"])
+    record = await storage.get_bounce(entry.bounce_id)
     if record is None:
         return "its bounce record has expired: cannot be checked"
-    if record.get("source") == "smtp":
+    if record.source == "smtp":
         return None   # refused by the recipient's server while we delivered
     if verp is None:
         return "no [bounces] domain: tokens cannot be checked"
-    raw = await storage.get_bounce_raw(entry["bounce_id"]) or b""
+    raw = await storage.get_bounce_raw(entry.bounce_id) or b""
     tokens = bounceparse.parse_bounce(raw)[0].recipient_tokens if raw else ()
     message = None
     for token in tokens:
@@ -332,7 +332,7 @@ async def _why_unproven(storage: SuppressionAudit, verp: VERP | None, address: s
         if message is None:
             return "its message has expired: cannot be checked"
         recipient = message.recipient(job[1])
-        if recipient is not None and recipient.address.lower() == address:
+        if recipient is not None and recipient.address.lower() == entry.address:
             return None
     return "matched by X-Mailrelay-ID or by address only: the bounce carries no token of this recipient"
 
@@ -362,19 +362,19 @@ async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool) -
     suppression). With ``apply``, the record's type is rewritten (with ``rule``, ``reason``
     and the previous type in ``reclassified_from``) and the suppression removed, atomically.
     """
-    suppressions = await storage.list_suppressions()
+    suppressions = {s.address: s for s in await storage.list_suppressions()}
     changes: list[Reclassification] = []
     async for bounce_id in storage.bounce_ids():
         record = await storage.get_bounce(bounce_id)
-        if not record:
+        if record is None:
             continue   # expired meanwhile
-        old = record.get("type") or "Unknown"
+        old = record.type
         report = await _reclassified_report(storage, bounce_id, record)
         if report is None or report.type.name == old:
             continue
-        address = (record.get("recipient") or "").lower()
+        address = record.recipient.lower()
         entry = suppressions.get(address) if address else None
-        reactivates = bool(entry and entry.get("bounce_id") == bounce_id and not report.type.suppresses)
+        reactivates = bool(entry and entry.bounce_id == bounce_id and not report.type.suppresses)
         change = Reclassification(bounce_id, address, old, report.type.name, report.reason, reactivates)
         if apply:
             fields = {"type": report.type.name, "type_code": report.type.code,
@@ -392,21 +392,20 @@ async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool) -
 
 
 async def _reclassified_report(storage: BounceReader, bounce_id: str,
-                               record: dict[str, str]) -> bounceclassify.BounceReport | None:
+                               record: BounceRecord) -> bounceclassify.BounceReport | None:
     """What the classifier says today about a stored bounce record (None: cannot tell)."""
-    if record.get("type") in ("ManuallyDeactivated",):
+    if record.type in ("ManuallyDeactivated",):
         return None
     raw = await storage.get_bounce_raw(bounce_id)
-    if record.get("source") == "smtp" or not raw:
-        if record.get("source") != "smtp" or record.get("type") == bounceclassify.TRANSIENT.name:
+    if record.source == "smtp" or not raw:
+        if record.source != "smtp" or record.type == bounceclassify.TRANSIENT.name:
             # no raw message to read again; a Transient refusal may be an expired job's last
             # reply (the queue gave up): its state is not in the record, keep it
             return None
-        details = record.get("details") or ""
-        return bounceclassify.reply_report(record.get("recipient") or None, None, record.get("status") or None,
-                                           details)
+        return bounceclassify.reply_report(record.recipient or None, None, record.status or None,
+                                           record.details)
     reports = bounceparse.parse_bounce(raw)
-    recipient = (record.get("recipient") or "").lower()
+    recipient = record.recipient.lower()
     named = [r for r in reports if (r.recipient or "").lower() == recipient]
     # the report naming the record's recipient; else, as pair_reports does for a proven
     # recipient no report names, the first report

@@ -177,7 +177,7 @@ class Transactions:
                 kept.append(job)
             else:
                 ended.append(self.recorder.outcome(job, SUPPRESSED, f"Not sent: the address is suppressed since "
-                                                   f"{entry.get('since')} ({entry.get('type')})"))
+                                                   f"{entry.since or '?'} ({entry.type})"))
         if ended:
             outcomes.add(ended)
         return kept

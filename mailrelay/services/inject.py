@@ -83,6 +83,7 @@ from mailrelay.smtp.session import Reply
 from mailrelay.store import NewMessage, StorageUnavailable
 from mailrelay.store.interfaces import InjectorStorage, SuppressionCheck
 from mailrelay.store.queue import new_message_id
+from mailrelay.store.records import Suppression
 
 log = Logger()
 
@@ -156,10 +157,10 @@ class InjectResult(NamedTuple):
     size: int = 0
 
 
-def suppressed_reply(recipient: str, entry: dict) -> Reply:
+def suppressed_reply(recipient: str, entry: Suppression) -> Reply:
     """550 5.1.1 for an address on the suppression list, saying why and since when."""
-    return Reply(550, "5.1.1", f"<{recipient}> is suppressed since {entry.get('since', '?')} "
-                               f"({entry.get('type', 'ManuallyDeactivated')}); reactivate it to send to it again")
+    return Reply(550, "5.1.1", f"<{recipient}> is suppressed since {entry.since or '?'} "
+                               f"({entry.type}); reactivate it to send to it again")
 
 
 class NotSuppressedCache:

@@ -33,13 +33,13 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from mailrelay.store.base import StoreBase
 from mailrelay.store.events import EVENTS_MAXLEN, Event
 from mailrelay.store.keys import recipient_domain
+from mailrelay.store.records import AdminMessage, MessageRecord, QueuedJob
 from mailrelay.store.scripts import SCRIPTS
 from mailrelay.timefmt import rfc3339
 
@@ -114,38 +114,26 @@ class AdminStore(StoreBase):
         unsettled = int(await self.bounded(self._call("ZCARD", self.keys.unsettled)))
         return {"now_ms": now_ms, "domains": domains, "unsettled": unsettled}
 
-    async def admin_message(self, message_id: str) -> dict[str, Any] | None:
-        """
-        Everything about one message, or None if unknown: ``{"now_ms": Redis time,
-        "message": the msg hash (str -> str), "timeline": [event dicts, oldest first],
-        "jobs": [{"index", "recipient", "state", "attempts", "due_ms", "lease_until_ms"}],
-        "unsettled": the daemon that stored it while its acknowledgement is not settled (its
-        jobs are in no queue yet), else None}`` (due_ms: the job waits in its domain queue;
-        lease_until_ms: a daemon is delivering it).
-        """
+    async def admin_message(self, message_id: str) -> AdminMessage | None:
+        """Everything about one message (record, timeline, each job's state), or None if unknown."""
         reply = await self.bounded(self._call("HGETALL", self.keys.msg(message_id)))
         if not reply:
             return None
-        message = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
-        count = int(message.get("rcpt_count", "0") or 0)
-        recipients = [message.get(f"rcpt:{i}", "") for i in range(count)]
-        keys = [self.keys.leases] + [self.keys.domain_queue(recipient_domain(r)) for r in recipients]
+        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
+                  for i in range(0, len(reply), 2)}
+        message = MessageRecord.decode(message_id, stored)
+        recipients = message.recipients
+        keys = [self.keys.leases] + [self.keys.domain_queue(recipient_domain(r.address)) for r in recipients]
         status = await self.bounded(self._eval(ADMIN_JOBS_SCRIPT, keys, [message_id]))
-        timeline = await self.bounded(self._call("LRANGE", self.keys.timeline(message_id), 0, -1))
+        timeline = await self.bounded(self.get_timeline(message_id))
         jobs = []
-        for i, rcpt in enumerate(recipients):
-            due, lease = status[1 + 2 * i], status[2 + 2 * i]
-            jobs.append({
-                "index": i,
-                "recipient": rcpt,
-                "state": message.get(f"state:{i}", ""),
-                "attempts": int(message.get(f"attempts:{i}", "0") or 0),
-                "due_ms": int(float(due)) if due else None,
-                "lease_until_ms": int(float(lease)) if lease else None,
-            })
-        return {"now_ms": int(status[0]), "message": message,
-                "timeline": [json.loads(item) for item in timeline], "jobs": jobs,
-                "unsettled": message.get("unsettled")}
+        for r in recipients:
+            due, lease = status[1 + 2 * r.index], status[2 + 2 * r.index]
+            jobs.append(QueuedJob(index=r.index, recipient=r.address, state=r.state, attempts=r.attempts,
+                                  due_ms=int(float(due)) if due else None,
+                                  lease_until_ms=int(float(lease)) if lease else None))
+        return AdminMessage(now_ms=int(status[0]), message=message, timeline=timeline, jobs=tuple(jobs),
+                            unsettled=stored.get("unsettled") or None)
 
     async def admin_retry_message(self, message_id: str) -> tuple[int, int] | None:
         """

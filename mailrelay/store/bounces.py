@@ -45,6 +45,7 @@ import os
 from typing import Any
 
 from mailrelay.store.events import EVENTS_MAXLEN, Event
+from mailrelay.store.records import BounceRecord
 from mailrelay.store.scripts import SCRIPTS
 from mailrelay.store.suppression import SuppressionStore
 from mailrelay.store.tracking import TrackingStore
@@ -124,24 +125,30 @@ class BounceStore(SuppressionStore, TrackingStore):
                 return
             start += batch
 
-    async def get_bounce(self, bounce_id: str) -> dict[str, str] | None:
+    async def get_bounce(self, bounce_id: str) -> BounceRecord | None:
+        """Stored bounce ``bounce_id``, or None when unknown (or expired)."""
         reply = await self._call("HGETALL", self.keys.bounce(bounce_id))
         if not reply:
             return None
-        return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
+                  for i in range(0, len(reply), 2)}
+        return BounceRecord.decode(stored, bounce_id)
 
     async def get_bounce_raw(self, bounce_id: str) -> bytes | None:
         return await self._call("GET", self.keys.bounce_raw(bounce_id))
 
     async def search_bounces(self, *, type: str | None = None, recipient: str | None = None,
                              since_ms: int | None = None, limit: int = 50,
-                             cursor: tuple[int, str] | None = None) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+                             cursor: tuple[int, str] | None = None) -> tuple[list[BounceRecord], tuple[int, str] | None]:
+        """Bounces newest first (filtered by type and recipient), and the next page's cursor."""
         fields = ["id", "message_id", "recipient", "type", "type_code", "description", "details",
                   "at", "inactive", "status", "remote_mta", "proof"]
 
         def keep(row: dict[str, str]) -> bool:
             return (not type or row["type"] == type) and (not recipient or row["recipient"] == recipient.lower())
 
-        return await self._search(self.keys.bounces, self.keys.bounce_prefix, fields,
-                                  since_ms=since_ms, until_ms=None, limit=limit, cursor=cursor, keep=keep)
+        rows, next_cursor = await self._search(self.keys.bounces, self.keys.bounce_prefix, fields,
+                                               since_ms=since_ms, until_ms=None, limit=limit, cursor=cursor,
+                                               keep=keep)
+        return [BounceRecord.decode(row) for row in rows], next_cursor
 

@@ -67,6 +67,7 @@ from mailrelay.store.errors import NotSent, StorageError, StorageFull, StorageUn
 from mailrelay.store.events import COMPACT_JSON, EVENTS_MAXLEN, Event
 from mailrelay.store.scripts import ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV, SCRIPTS, ordered, position
 from mailrelay.store.settlement import SettlementStore
+from mailrelay.store.records import Suppression
 from mailrelay.store.suppression import SuppressionStore
 from mailrelay.timefmt import rfc3339
 
@@ -115,7 +116,7 @@ class ClaimedJob:
     attempts: int
     received_at_ms: int
     domain: str
-    #: Filled by Storage.claim: the recipient's suppression entry (None: not suppressed;
+    #: Filled by Storage.claim: the recipient's Suppression (None: not suppressed;
     #: NOT_LOOKED_UP: unknown), and the message's stored (compressed) body, or None (not read).
     suppression: Any = field(default=NOT_LOOKED_UP, compare=False, repr=False)
     body: bytes | None = field(default=None, compare=False, repr=False)
@@ -396,7 +397,7 @@ class QueueStore(SettlementStore, SuppressionStore):
             claimed = ClaimedJob(job, message_id, int(index), sender, rcpt, int(attempts),
                                  int(received), domain)
             if suppression is not None:
-                claimed.suppression = json.loads(suppression) if suppression else None
+                claimed.suppression = Suppression.decode(rcpt.lower(), json.loads(suppression)) if suppression else None
             if body is not None:
                 claimed.body = body
             jobs.append(claimed)

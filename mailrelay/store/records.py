@@ -438,3 +438,34 @@ def decode_suppressions(entries: Mapping[str, Any]) -> list[Suppression]:
     """``list_suppressions`` / ``suppressions`` as records, newest first (then by address)."""
     found = [Suppression.decode(address, entry) for address, entry in entries.items()]
     return sorted(found, key=lambda s: (s.since, s.address), reverse=True)
+
+
+# -- the queue, as the administrator sees it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One recipient's delivery job as ``mailrelay queue show`` shows it."""
+
+    index: int
+    recipient: str
+    state: str
+    attempts: int
+    #: When the job waits in its domain queue: its due time (ms); else None.
+    due_ms: int | None = None
+    #: When a daemon is delivering it: the end of its lease (ms); else None.
+    lease_until_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class AdminMessage:
+    """Everything about one message for ``mailrelay queue show``."""
+
+    #: Redis's clock when read (ms).
+    now_ms: int
+    message: MessageRecord
+    timeline: tuple[TimelineEvent, ...]
+    jobs: tuple[QueuedJob, ...]
+    #: The daemon that stored it while its acknowledgement is not settled (its jobs are in no
+    #: queue yet), else None.
+    unsettled: str | None = None

@@ -43,6 +43,7 @@ from twisted.internet import defer
 
 from mailrelay.store.base import StoreBase
 from mailrelay.store.errors import StorageUnavailable
+from mailrelay.store.records import Suppression, decode_suppressions
 from mailrelay.store.scripts import SCRIPTS
 
 CHANGE_SUPPRESSION_SCRIPT = SCRIPTS["change_suppression"]
@@ -61,7 +62,7 @@ class SuppressionStore(StoreBase):
 
     def suppression_of(self, address: str) -> defer.Deferred:
         """
-        The suppression entry of one address, or None (a plain Deferred: the RCPT hot path).
+        The :class:`Suppression` of one address, or None (a plain Deferred: the RCPT hot path).
         The lookups asked for in one reactor turn share one Redis call (as enqueue does), and
         the suppression list's change counter comes with it (:attr:`suppressions_version`).
         Fails with ``defer.TimeoutError`` when Redis does not answer within ``[redis] timeout``.
@@ -87,9 +88,9 @@ class SuppressionStore(StoreBase):
             if not isinstance(reply, list) or len(reply) != len(batch) + 1:
                 return failed(StorageUnavailable(f"unexpected reply {reply!r:.200}"))
             self._saw_suppressions_version(reply[0], changes_when_sent)
-            for (_, waiter), entry in zip(batch, reply[1:]):
+            for (address, waiter), entry in zip(batch, reply[1:]):
                 try:
-                    value = None if entry is None else json.loads(entry)
+                    value = None if entry is None else Suppression.decode(address, json.loads(entry))
                 except ValueError as e:  # a bad entry fails this lookup only
                     waiter.errback(e)
                 else:
@@ -117,13 +118,13 @@ class SuppressionStore(StoreBase):
         self._suppression_changes += 1
         self.suppressions_version = (None, self.clock.seconds())
 
-    async def suppressions(self, addresses: list[str]) -> dict[str, dict[str, Any]]:
-        """The suppression entries of those addresses that are suppressed."""
+    async def suppressions(self, addresses: list[str]) -> dict[str, Suppression]:
+        """The suppressions of those addresses that are suppressed, by lowercased address."""
         if not addresses:
             return {}
         lowered = [a.lower() for a in addresses]
         reply = await self._call("HMGET", self.keys.suppressed, *lowered)
-        return {addr: json.loads(v) for addr, v in zip(lowered, reply) if v is not None}
+        return {addr: Suppression.decode(addr, _json_value(v)) for addr, v in zip(lowered, reply) if v is not None}
 
     async def add_suppression(self, address: str, entry: dict[str, Any]) -> bool:
         return await self._change_suppression("add", address, json.dumps(entry))
@@ -138,7 +139,17 @@ class SuppressionStore(StoreBase):
         self.suppressions_changed()
         return int(changed) == 1
 
-    async def list_suppressions(self) -> dict[str, dict[str, Any]]:
+    async def list_suppressions(self) -> list[Suppression]:
+        """Every suppressed address, newest first (then by address)."""
         reply = await self._call("HGETALL", self.keys.suppressed)
-        return {reply[i].decode(): json.loads(reply[i + 1]) for i in range(0, len(reply), 2)}
+        return decode_suppressions({reply[i].decode(errors="replace"): _json_value(reply[i + 1])
+                                    for i in range(0, len(reply), 2)})
+
+
+def _json_value(text: bytes) -> Any:
+    """A stored JSON entry decoded; one that does not decode is None (a record of defaults)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 

@@ -44,6 +44,7 @@ import zlib
 from typing import Any
 
 from mailrelay.store.base import StoreBase
+from mailrelay.store.records import MessageRecord, MessageSummary, TimelineEvent, decode_timeline
 from mailrelay.store.scripts import SCRIPTS
 
 SEARCH_SCRIPT = SCRIPTS["search"]
@@ -100,8 +101,9 @@ class TrackingStore(StoreBase):
     async def search_messages(self, *, recipient: str | None = None, tag: str | None = None,
                               status: str | None = None, since_ms: int | None = None,
                               until_ms: int | None = None, limit: int = 50,
-                              cursor: tuple[int, str] | None = None) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
-        """Messages newest first through the most selective index; the other filters check fields."""
+                              cursor: tuple[int, str] | None = None) -> tuple[list[MessageSummary], tuple[int, str] | None]:
+        """Messages newest first through the most selective index (the other filters check
+        fields), as summaries, and the next page's cursor."""
         if recipient:
             index = self.keys.recipient_index(recipient)
         elif tag:
@@ -115,8 +117,9 @@ class TrackingStore(StoreBase):
         def keep(row: dict[str, str]) -> bool:
             return (not tag or row["tag"] == tag) and (not status or row["status"] == status)
 
-        return await self._search(index, self.keys.msg_prefix, fields, since_ms=since_ms,
-                                  until_ms=until_ms, limit=limit, cursor=cursor, keep=keep)
+        rows, next_cursor = await self._search(index, self.keys.msg_prefix, fields, since_ms=since_ms,
+                                               until_ms=until_ms, limit=limit, cursor=cursor, keep=keep)
+        return [MessageSummary.decode(row) for row in rows], next_cursor
 
 
     async def status_counts(self, since_ms: int | None = None) -> dict[str, int]:
@@ -143,19 +146,32 @@ class TrackingStore(StoreBase):
 
     # -- reading ------------------------------------------------------------------------
 
-    async def get_message(self, message_id: str) -> dict[str, str] | None:
-        """The stored envelope and summary of a message, or None."""
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """The stored envelope, summary and recipients of a message (no timeline), or None."""
         reply = await self._call("HGETALL", self.keys.msg(message_id))
         if not reply:
             return None
-        return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
+                  for i in range(0, len(reply), 2)}
+        return MessageRecord.decode(message_id, stored)
 
     async def get_body(self, message_id: str) -> bytes | None:
         """The message as it will be delivered (bodies are stored zlib-compressed)."""
         stored = await self._call("GET", self.keys.body(message_id))
         return None if stored is None else zlib.decompress(stored)
 
-    async def get_timeline(self, message_id: str) -> list[dict[str, Any]]:
-        """The message's events, oldest first."""
+    async def get_timeline(self, message_id: str) -> tuple[TimelineEvent, ...]:
+        """The message's events, oldest first (an entry that is not a JSON object is left out)."""
         reply = await self._call("LRANGE", self.keys.timeline(message_id), 0, -1)
-        return [json.loads(item) for item in reply]
+        return decode_timeline(_json_values(reply))
+
+
+def _json_values(items: list[bytes]) -> list[Any]:
+    """Each stored JSON text decoded; one that does not decode is None (dropped by the records)."""
+    values = []
+    for item in items:
+        try:
+            values.append(json.loads(item))
+        except (ValueError, RecursionError):
+            values.append(None)
+    return values

@@ -244,8 +244,8 @@ class ApiResource(resource.Resource):
         until = parse_time("until", q["until"]) if "until" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await readmodel.message_summaries(
-            self.storage, recipient=q.get("recipient"), tag=q.get("tag"), status=status, since_ms=since,
+        rows, _ = await self.storage.search_messages(
+            recipient=q.get("recipient"), tag=q.get("tag"), status=status, since_ms=since,
             until_ms=None if until is None else until - 1,  # until is exclusive
             limit=limit + 1, cursor=cursor)
         send_json(request, 200, {"messages": [message_summary(r) for r in rows[:limit]],
@@ -287,14 +287,14 @@ class ApiResource(resource.Resource):
         since = parse_time("since", q["since"]) if "since" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await readmodel.bounce_summaries(self.storage, type=kind, recipient=q.get("recipient"),
-                                                   since_ms=since, limit=limit + 1, cursor=cursor)
+        rows, _ = await self.storage.search_bounces(type=kind, recipient=q.get("recipient"),
+                                                  since_ms=since, limit=limit + 1, cursor=cursor)
         send_json(request, 200, {"bounces": [bounce_summary(r) for r in rows[:limit]],
                                  "next_cursor": self._next([(r.score or 0, r.id) for r in rows], limit)})
 
     async def get_bounce(self, request: Any, bounce_id: str) -> None:
         query(request, ())
-        record = await readmodel.bounce(self.storage, bounce_id) if BOUNCE_ID_RE.match(bounce_id) else None
+        record = await self.storage.get_bounce(bounce_id) if BOUNCE_ID_RE.match(bounce_id) else None
         if record is None:
             raise not_found(f"no bounce {bounce_id}")
         raw = await self.storage.get_bounce_raw(bounce_id)
@@ -318,7 +318,7 @@ class ApiResource(resource.Resource):
 
     async def list_suppressions(self, request: Any) -> None:
         query(request, ())
-        items = [suppression_json(s) for s in await readmodel.suppressions(self.storage)]
+        items = [suppression_json(s) for s in await self.storage.list_suppressions()]
         send_json(request, 200, {"suppressions": items})
 
     async def add_suppression(self, request: Any) -> None:

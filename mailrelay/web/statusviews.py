@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.web import server
@@ -46,8 +46,7 @@ from twisted.web.template import Flattenable, Tag, tags
 from mailrelay.services.domains import domain_states
 from mailrelay.store import readmodel
 from mailrelay.store.interfaces import DomainRegistry, StatusPageStorage
-from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, TimelineEvent,
-                                     decode_timeline)
+from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, TimelineEvent
 from mailrelay.timefmt import display_rfc3339, display_time_ms, format_age
 from mailrelay.web.pagehtml import _badge, _card, _head_row, _muted, _text, _unavailable
 from mailrelay.web.statuscharts import charts_section
@@ -230,14 +229,14 @@ class StatusViews:
         return content
 
     def _messages_table(self, ok: bool, value: Any) -> Tag:
-        """The latest messages: summaries (or ``search_messages`` rows, decoded here)."""
+        """The latest messages (summaries joined with their first recipient)."""
         if not ok:
             return _unavailable("Messages", value)
         if not value:
             return tags.p("No messages yet.", class_="muted")
         rows = []
         for row in value:
-            summary = row if isinstance(row, MessageSummary) else MessageSummary.decode(row)
+            summary: MessageSummary = row
             recipient: list[Flattenable] = [summary.first_recipient]
             if summary.recipient_count > 1:
                 recipient += [" ", _muted(f"+{summary.recipient_count - 1}")]
@@ -258,7 +257,7 @@ class StatusViews:
             return tags.p("No bounces.", class_="muted")
         rows = []
         for row in rows_data:
-            bounce = row if isinstance(row, BounceRecord) else BounceRecord.decode(row)
+            bounce: BounceRecord = row
             when = display_time_ms(bounce.score) or display_rfc3339(bounce.at)
             message_id = bounce.message_id
             rows.append(tags.tr(
@@ -277,7 +276,7 @@ class StatusViews:
         storage = self.storage
         message_r, timeline_r = await defer.gatherResults([
             self._read(lambda: readmodel.message(storage, message_id, timeline=False)),
-            self._read(lambda: readmodel.message_timeline(storage, message_id)),
+            self._read(lambda: storage.get_timeline(message_id)),
         ])
         title = f"Message {message_id}"
         if not message_r[0]:
@@ -291,15 +290,13 @@ class StatusViews:
         return 200, self._page(request, title, self._message_html(message_id, record, events,
                                                                   None if timeline_r[0] else timeline_r[1]))
 
-    def _message_html(self, message_id: str, message: MessageRecord | Mapping[str, str],
-                      events: Iterable[Any] | None, timeline_error: BaseException | None) -> list[Flattenable]:
+    def _message_html(self, message_id: str, message: MessageRecord, events: Iterable[TimelineEvent] | None,
+                      timeline_error: BaseException | None) -> list[Flattenable]:
         """
-        One message's page: ``message`` a record (or ``get_message``'s hash, decoded here),
-        ``events`` its timeline (records or ``get_timeline``'s entries); a field that did not
-        decode shows its stored text.
+        One message's page: ``message`` its record, ``events`` its timeline (None: could not be
+        read); a field that did not decode shows its stored text.
         """
-        record = message if isinstance(message, MessageRecord) else MessageRecord.decode(message_id, message)
-        record = record.with_timeline(decode_timeline(events))
+        record = message.with_timeline(events or ())
         stored = record.undecoded
 
         def item(label: str, value: Flattenable) -> list[Tag]:
