@@ -3,10 +3,8 @@ No module of the mailrelay package over MAX_MODULE_LINES lines, no class over MA
 (issue 17, "Done when": no module over about 800 lines, no class over about 400 lines).
 
 A module's size is its number of lines; a class's is ``end_lineno - lineno`` of its
-``ClassDef`` (nested classes count on their own too, named ``Outer.Inner``). The modules and
-classes still being split are allowed over the limit by name in BEING_SPLIT and
-CLASSES_BEING_SPLIT; an entry that no longer exists or is already within the limit fails
-too, so the lists cannot go stale and shrink to nothing as the splits merge.
+``ClassDef`` (nested classes count on their own too, named ``Outer.Inner``). There is no
+exception: a module or class that grows over its limit is split.
 """
 
 from __future__ import annotations
@@ -19,17 +17,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailrelay"
 
 MAX_MODULE_LINES = 800
 MAX_CLASS_LINES = 400
-
-# Modules over MAX_MODULE_LINES that other helpers of issue 17 are splitting right now
-# (paths relative to mailrelay/). The lead empties it when the splits merge.
-BEING_SPLIT = {
-}
-
-# Classes over MAX_CLASS_LINES today, as "path::Class" (path relative to mailrelay/).
-# The lead empties it when the splits merge.
-CLASSES_BEING_SPLIT = {
-}
-
 
 def modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
@@ -70,29 +57,14 @@ def class_lines() -> dict[str, int]:
 
 def test_no_module_over_the_limit() -> None:
     too_long = {path: n for path, n in module_lines().items()
-                if n > MAX_MODULE_LINES and path not in BEING_SPLIT}
+                if n > MAX_MODULE_LINES}
     assert not too_long, (f"modules over {MAX_MODULE_LINES} lines (split them): "
                           + ", ".join(f"mailrelay/{p} ({n})" for p, n in sorted(too_long.items())))
 
 
-def test_modules_being_split_are_still_over_the_limit() -> None:
-    """BEING_SPLIT cannot go stale: each entry exists and is still over the limit."""
-    sizes = module_lines()
-    stale = sorted(f"mailrelay/{p} ({'gone' if p not in sizes else f'{sizes[p]} lines'})"
-                   for p in BEING_SPLIT if sizes.get(p, 0) <= MAX_MODULE_LINES)
-    assert not stale, "remove from BEING_SPLIT: " + ", ".join(stale)
-
-
 def test_no_class_over_the_limit() -> None:
     too_long = {name: n for name, n in class_lines().items()
-                if n > MAX_CLASS_LINES and name not in CLASSES_BEING_SPLIT}
+                if n > MAX_CLASS_LINES}
     assert not too_long, (f"classes over {MAX_CLASS_LINES} lines (split them): "
                           + ", ".join(f"mailrelay/{c} ({n})" for c, n in sorted(too_long.items())))
 
-
-def test_classes_being_split_are_still_over_the_limit() -> None:
-    """CLASSES_BEING_SPLIT cannot go stale: each entry exists and is still over the limit."""
-    spans = class_lines()
-    stale = sorted(f"mailrelay/{c} ({'gone' if c not in spans else f'{spans[c]} lines'})"
-                   for c in CLASSES_BEING_SPLIT if spans.get(c, 0) <= MAX_CLASS_LINES)
-    assert not stale, "remove from CLASSES_BEING_SPLIT: " + ", ".join(stale)
