@@ -116,11 +116,9 @@ class AdminStore(StoreBase):
 
     async def admin_message(self, message_id: str) -> AdminMessage | None:
         """Everything about one message (record, timeline, each job's state), or None if unknown."""
-        reply = await self.bounded(self._call("HGETALL", self.keys.msg(message_id)))
-        if not reply:
+        stored = await self.bounded(self._text_hash(self.keys.msg(message_id)))
+        if stored is None:
             return None
-        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
-                  for i in range(0, len(reply), 2)}
         message = MessageRecord.decode(message_id, stored)
         recipients = message.recipients
         keys = [self.keys.leases] + [self.keys.domain_queue(recipient_domain(r.address)) for r in recipients]

@@ -184,6 +184,14 @@ class StoreBase:
             _reraise(e)
         return d.addErrback(translate_failure)
 
+    async def _text_hash(self, key: str) -> dict[str, str] | None:
+        """A hash's fields as text (bytes that are not UTF-8 replaced), or None when it does not exist."""
+        reply = await self._call("HGETALL", key)
+        if not reply:
+            return None
+        return {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
+                for i in range(0, len(reply), 2)}
+
     def _eval(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred:
         """Run a script (EVALSHA; EVAL on NOSCRIPT: see mailrelay.store.scripts)."""
         try:

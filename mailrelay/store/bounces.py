@@ -127,12 +127,8 @@ class BounceStore(SuppressionStore, TrackingStore):
 
     async def get_bounce(self, bounce_id: str) -> BounceRecord | None:
         """Stored bounce ``bounce_id``, or None when unknown (or expired)."""
-        reply = await self._call("HGETALL", self.keys.bounce(bounce_id))
-        if not reply:
-            return None
-        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
-                  for i in range(0, len(reply), 2)}
-        return BounceRecord.decode(stored, bounce_id)
+        stored = await self._text_hash(self.keys.bounce(bounce_id))
+        return None if stored is None else BounceRecord.decode(stored, bounce_id)
 
     async def get_bounce_raw(self, bounce_id: str) -> bytes | None:
         return await self._call("GET", self.keys.bounce_raw(bounce_id))

@@ -148,12 +148,8 @@ class TrackingStore(StoreBase):
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """The stored envelope, summary and recipients of a message (no timeline), or None."""
-        reply = await self._call("HGETALL", self.keys.msg(message_id))
-        if not reply:
-            return None
-        stored = {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
-                  for i in range(0, len(reply), 2)}
-        return MessageRecord.decode(message_id, stored)
+        stored = await self._text_hash(self.keys.msg(message_id))
+        return None if stored is None else MessageRecord.decode(message_id, stored)
 
     async def get_body(self, message_id: str) -> bytes | None:
         """The message as it will be delivered (bodies are stored zlib-compressed)."""

@@ -256,6 +256,18 @@ def leaf_path_ok(request: Any) -> bool:
     return request.postpath in ([], [b""])
 
 
+def refused_unless_get(request: Any) -> bool:
+    """For a GET-only leaf resource: answer 404 (a longer path) or 405 (another method) and
+    return True; return False when the request is a GET (or HEAD) of the resource itself."""
+    if not leaf_path_ok(request):
+        send_error(request, not_found())
+    elif request_method(request) != "GET":
+        send_error(request, ApiError(405, "method not allowed", headers={b"allow": b"GET, HEAD"}))
+    else:
+        return False
+    return True
+
+
 def run_handler(request: Any, handler: Callable[[], Awaitable[Any]], timeout: float) -> Any:
     """Run an async handler for ``request``; its result (or error) becomes the response."""
     from twisted.internet import reactor

@@ -44,8 +44,7 @@ from twisted.web import resource, server
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
 from mailrelay.store import StorageError
 from mailrelay.store.interfaces import MetricsStorage, QueueSummary, TrackingSearch
-from mailrelay.web.jsonhttp import (ApiError, bounded, describe_error, finish, leaf_path_ok, not_found,
-                                    request_method, send_error)
+from mailrelay.web.jsonhttp import bounded, describe_error, finish, refused_unless_get
 
 log = Logger()
 
@@ -181,10 +180,6 @@ class MetricsResource(resource.Resource):
         self.metrics = metrics
 
     def render(self, request: Any) -> Any:
-        if not leaf_path_ok(request):
-            send_error(request, not_found())
-        elif request_method(request) != "GET":
-            send_error(request, ApiError(405, "method not allowed", headers={b"allow": b"GET, HEAD"}))
-        else:
+        if not refused_unless_get(request):
             finish(request, 200, self.metrics.render(), PROMETHEUS_TEXT)
         return server.NOT_DONE_YET

@@ -68,8 +68,8 @@ from mailrelay.store.interfaces import WebStorage
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.web.api import ADMIN_API_MAX_BODY, ApiResource
 from mailrelay.web.auth import TokenAuth, bearer_token_of, ensure_api_token, unauthorized
-from mailrelay.web.jsonhttp import (ApiError, JsonNotFound, bounded, finish, leaf_path_ok, not_found,
-                                    request_method, run_handler, send_error, send_json)
+from mailrelay.web.jsonhttp import (ApiError, JsonNotFound, bounded, finish, not_found, refused_unless_get,
+                                    run_handler, send_error, send_json)
 from mailrelay.web.limits import FailureThrottle, GuardedSite, Refusal, RequestHead
 from mailrelay.web.metrics import METRICS_INTERVAL, Metrics, MetricsResource
 
@@ -115,11 +115,7 @@ class HealthResource(resource.Resource):
     isLeaf = True
 
     def render(self, request: Any) -> Any:
-        if not leaf_path_ok(request):
-            send_error(request, not_found())
-        elif request_method(request) != "GET":
-            send_error(request, ApiError(405, "method not allowed", headers={b"allow": b"GET, HEAD"}))
-        else:
+        if not refused_unless_get(request):
             finish(request, 200, b"ok\n", b"text/plain; charset=utf-8")
         return server.NOT_DONE_YET
 
@@ -135,11 +131,7 @@ class ReadyResource(resource.Resource):
         self.timeout = timeout
 
     def render(self, request: Any) -> Any:
-        if not leaf_path_ok(request):
-            send_error(request, not_found())
-            return server.NOT_DONE_YET
-        if request_method(request) != "GET":
-            send_error(request, ApiError(405, "method not allowed", headers={b"allow": b"GET, HEAD"}))
+        if refused_unless_get(request):
             return server.NOT_DONE_YET
 
         async def handle() -> None:
