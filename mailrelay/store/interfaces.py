@@ -377,4 +377,4 @@ class ApiStorage(Health, TrackingSearch, MessageReader, BounceReader, QueueSumma
 
 
 class WebStorage(ApiStorage, StatusPageStorage, MetricsStorage, Protocol):
-    """mailrelay.web.api.WebService: the API, the status page and /metrics."""
+    """mailrelay.web.server.WebService: the API, the status page and /metrics."""

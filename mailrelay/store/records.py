@@ -331,7 +331,7 @@ class MessageSummary:
     """
     One ``search_messages`` row (a message's summary fields, its id and index score); the
     read model fills in ``first_recipient`` and ``recipient_count`` from the message's record
-    when it joins them (:func:`mailrelay.web.readmodel.latest_messages`).
+    when it joins them (:func:`mailrelay.store.readmodel.latest_messages`).
     """
 
     id: str
