@@ -46,7 +46,7 @@ from typing import Any
 
 from mailrelay.store.events import EVENTS_MAXLEN, Event
 from mailrelay.store.records import BounceRecord
-from mailrelay.store.scripts import SCRIPTS
+from mailrelay.store.scripts import RECORD_BOUNCE_TAIL, SCRIPTS, ordered
 from mailrelay.store.suppression import SuppressionStore
 from mailrelay.store.tracking import TrackingStore
 
@@ -84,12 +84,17 @@ class BounceStore(SuppressionStore, TrackingStore):
         flat: list[Any] = []
         for name, value in record.items():
             flat += [name, "" if value is None else (value if isinstance(value, (str, int)) else json.dumps(value))]
-        args = [bounce_id, at_ms, raw, len(record), *flat,
-                "1" if matched else "", rcpt if rcpt is not None else "", state or "",
-                event.to_json() if event else "",
-                suppress["address"] if suppress else "", json.dumps(suppress) if suppress else "",
-                EVENTS_MAXLEN, message_id or "", event.type if event else "", self.keys.index_prefix,
-                int(self.retention), int(max_unmatched), self.keys.bounce_prefix, int(max_per_recipient)]
+        names = self.keys
+        args = [bounce_id, at_ms, raw, len(record), *flat, *ordered(
+            RECORD_BOUNCE_TAIL, matched="1" if matched else "", rcpt=rcpt if rcpt is not None else "",
+            state=state or "", event=event.to_json() if event else "",
+            suppress_address=suppress["address"] if suppress else "",
+            suppression=json.dumps(suppress) if suppress else "", events_maxlen=EVENTS_MAXLEN,
+            message_id=message_id or "", event_type=event.type if event else "",
+            status_index_prefix=names.status_index_prefix, stats_minute_prefix=names.stats_minute_prefix,
+            stats_hour_prefix=names.stats_hour_prefix, retention_s=int(self.retention),
+            max_unmatched=int(max_unmatched), bounce_prefix=names.bounce_prefix,
+            bounce_raw_prefix=names.bounce_raw_prefix, max_per_recipient=int(max_per_recipient))]
         reply = await self._eval(RECORD_BOUNCE_SCRIPT, keys, args)
         if reply in (b"skipped", "skipped"):
             return None

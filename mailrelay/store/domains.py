@@ -98,6 +98,7 @@ class SenderDomainStore(StoreBase):
         events = [Event(type="unsigned", at=at, recipient=rcpt, rcpt=i, detail=detail).to_json()
                   for i, rcpt in enumerate(recipients)]
         keys = [self.keys.msg(message_id), self.keys.timeline(message_id), self.keys.events]
-        args = [message_id, EVENTS_MAXLEN, self.now_ms(), self.keys.index_prefix, *events]
+        args = [message_id, EVENTS_MAXLEN, self.now_ms(), self.keys.stats_minute_prefix, self.keys.stats_hour_prefix,
+                *events]
         return int(await self.bounded(self._eval(RECORD_UNSIGNED_SCRIPT, keys, args))) == 1
 

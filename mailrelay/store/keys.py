@@ -3,9 +3,11 @@ keys: the name of every Redis key mailrelay uses, under ``[redis] key_prefix``.
 
 JOB
     :class:`Keys` is the only place a key name is built, for Python's commands and for
-    the Lua scripts (which get their keys as KEYS, and the prefixes of the keys they
-    derive from ids, e.g. ``P msg:``, as ARGV, from here). The stores' headers say which
-    store owns which key; docs/architecture.md has the same table.
+    the Lua scripts: they get their fixed keys as KEYS, and the prefixes of the keys they
+    derive from ids or values (``P msg:``, ``P idx:rcpt:``, ``P idx:stats:m:``, ...) as
+    ARGV, from here; no script adds a fragment of its own to a key name
+    (tests/test_lua_scripts.py checks this). The stores' headers say which store owns
+    which key; docs/architecture.md has the same table.
 
 SECURITY
     Addresses, tags and user names become parts of key names as they are (ASCII-lowercased
@@ -46,10 +48,18 @@ class Keys:
         self.msg_prefix = prefix + "msg:"
         self.body_prefix = prefix + "body:"
         self.timeline_prefix = prefix + "timeline:"
-        self.index_prefix = prefix + "idx:"
         self.events = prefix + "events"
+        # search indexes and counters (written by the queue's scripts, read by .tracking)
+        self.index_prefix = prefix + "idx:"
+        self.time_index = self.index_prefix + "time"
+        self.rcpt_index_prefix = self.index_prefix + "rcpt:"
+        self.tag_index_prefix = self.index_prefix + "tag:"
+        self.status_index_prefix = self.index_prefix + "status:"
+        self.stats_minute_prefix = self.index_prefix + "stats:m:"
+        self.stats_hour_prefix = self.index_prefix + "stats:h:"
         # bounces and suppression (mailrelay.store.bounces, .suppression)
         self.bounce_prefix = prefix + "bounce:"
+        self.bounce_raw_prefix = self.bounce_prefix + "raw:"
         self.bounces = prefix + "bounces"
         self.bounces_unmatched = prefix + "bounces:unmatched"
         self.verp_secret = prefix + "verp:secret"
@@ -84,22 +94,18 @@ class Keys:
 
     # -- search indexes and counters -------------------------------------------------------
 
-    @property
-    def time_index(self) -> str:
-        return self.index_prefix + "time"
-
     def recipient_index(self, address: str) -> str:
-        return f"{self.index_prefix}rcpt:{address.lower()}"
+        return self.rcpt_index_prefix + address.lower()
 
     def tag_index(self, tag: str) -> str:
-        return f"{self.index_prefix}tag:{tag}"
+        return self.tag_index_prefix + tag
 
     def status_index(self, status: str) -> str:
-        return f"{self.index_prefix}status:{status}"
+        return self.status_index_prefix + status
 
     def counters(self, resolution: str, bucket: int) -> str:
-        """``P idx:stats:m:<minute>`` or ``P idx:stats:h:<hour>``."""
-        return f"{self.index_prefix}stats:{resolution}:{bucket}"
+        """``P idx:stats:m:<minute>`` (resolution "m") or ``P idx:stats:h:<hour>`` ("h")."""
+        return {"m": self.stats_minute_prefix, "h": self.stats_hour_prefix}[resolution] + str(bucket)
 
     # -- bounces ------------------------------------------------------------------------------
 
@@ -107,7 +113,7 @@ class Keys:
         return self.bounce_prefix + bounce_id
 
     def bounce_raw(self, bounce_id: str) -> str:
-        return f"{self.bounce_prefix}raw:{bounce_id}"
+        return self.bounce_raw_prefix + bounce_id
 
     # -- submission throttles ----------------------------------------------------------------
 
@@ -131,6 +137,11 @@ class Keys:
 
     def cluster_member(self, owner: str) -> str:
         return self.cluster_member_prefix + owner
+
+    def names(self, layout: tuple[str, ...]) -> dict[str, str]:
+        """The fixed keys or key prefixes a script's layout names (mailrelay.store.scripts:
+        each name a Keys attribute), by name, in the layout's order."""
+        return {name: getattr(self, name) for name in layout}
 
     def data_markers(self) -> list[str]:
         """Keys whose existence means the database holds mailrelay data (for a missing version)."""

@@ -65,7 +65,8 @@ from twisted.internet import defer
 
 from mailrelay.store.errors import NotSent, StorageError, StorageFull, StorageUnavailable
 from mailrelay.store.events import COMPACT_JSON, EVENTS_MAXLEN, Event
-from mailrelay.store.scripts import ENQUEUE_ARGV, ENQUEUE_SHARED_ARGV, SCRIPTS, ordered, position
+from mailrelay.store.scripts import (ENQUEUE_ARGV, ENQUEUE_KEYS, ENQUEUE_SHARED_ARGV, RECORD_ARGV, RECORD_PREFIXES,
+                                     SCRIPTS, SETTLE_ARGV, ordered, position)
 from mailrelay.store.settlement import SettlementStore
 from mailrelay.store.records import Suppression
 from mailrelay.store.suppression import SuppressionStore
@@ -185,8 +186,10 @@ class QueueStore(SettlementStore, SuppressionStore):
         """
         message_id = message.id
         keys = self.keys
-        script_keys = [keys.msg(message_id), keys.body(message_id), keys.unsettled, keys.events,
-                       keys.timeline(message_id), keys.suppressed_version]
+        script_keys = ordered(ENQUEUE_KEYS, msg=keys.msg(message_id), body=keys.body(message_id),
+                              unsettled=keys.unsettled, events=keys.events,
+                              timeline=keys.timeline(message_id), suppressed_version=keys.suppressed_version,
+                              time_index=keys.time_index, queued_status_index=keys.status_index("queued"))
         rcpt_args: list[Any] = []
         at = rfc3339(time.time())
         detail = "Accepted for delivery" + (f" from user {message.user}" if message.user else "")
@@ -208,8 +211,7 @@ class QueueStore(SettlementStore, SuppressionStore):
                 fields[name] = "[]" if value == [] else COMPACT_JSON.encode(value)
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
         args = ordered(ENQUEUE_ARGV, id=message_id, deadline_ms=str(int(deadline)), owner=self.owner,
-                       events_maxlen=EVENTS_MAXLEN, key_prefix=keys.prefix,
-                       index_prefix=keys.index_prefix, retention_s=int(self.retention),
+                       events_maxlen=EVENTS_MAXLEN, **keys.names(SETTLE_ARGV), retention_s=int(self.retention),
                        body_ttl_s=int(self.body_ttl), tag=message.tag, fields=COMPACT_JSON.encode(fields),
                        body=compress_body(message.content))
         args += rcpt_args
@@ -307,7 +309,7 @@ class QueueStore(SettlementStore, SuppressionStore):
         The settlements waiting to be sent (:meth:`confirm`, :meth:`cancel`) ride on it.
         """
         settlements = self._take_settlements()
-        all_keys: list[str] = []
+        all_keys: list[str] = self._settle_keys()  # see the script
         all_args: list[Any] = [str(value) for value in batch[0][1][_SHARED_ARGS]]  # see the script
         all_args.append(str(2 * len(settlements)))
         for message_id, action in settlements:
@@ -360,7 +362,7 @@ class QueueStore(SettlementStore, SuppressionStore):
         """The enqueue script's keys and arguments extended for DEDUPE_ENQUEUE_SCRIPT."""
         user, message_id_header, window = dedupe
         return ([*keys, self.dedupe_key(user, message_id_header)],
-                [*args, self.keys.msg_prefix, max(1, int(window * 1000))])
+                [*args, max(1, int(window * 1000))])
 
     @staticmethod
     def _duplicate_of(result: Any) -> str | None:
@@ -418,8 +420,8 @@ class QueueStore(SettlementStore, SuppressionStore):
         if not outcomes:
             return []
         keys = self.keys
-        args: list[Any] = [owner, EVENTS_MAXLEN, self.now_ms(), keys.index_prefix, keys.msg_prefix,
-                           keys.timeline_prefix, keys.domain_queue_prefix]
+        args: list[Any] = ordered(RECORD_ARGV, owner=owner, events_maxlen=EVENTS_MAXLEN, now_ms=self.now_ms(),
+                                  **keys.names(RECORD_PREFIXES))
         encode = COMPACT_JSON.encode  # Event.to_json without a method call per event
         for job, state, event, due_ms in outcomes:
             args += [job.job, job.rcpt, state, encode(event.__dict__), "" if due_ms is None else due_ms,

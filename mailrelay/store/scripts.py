@@ -22,10 +22,12 @@ INCLUDES
     only way scripts share Lua; nothing is concatenated in Python.
 
 ARGUMENT POSITIONS
-    Where Python and Lua must agree on argument positions (the enqueue scripts), the one
-    definition is an ordered tuple of names here (:data:`ENQUEUE_ARGV`, ...), registered
-    in :data:`LAYOUTS`. Python builds those ARGV with :func:`ordered` and indexes them
-    with :func:`position`; in Lua the loader replaces ``${<layout>.<name>}`` by the
+    Where Python and Lua must agree on argument positions (the enqueue, settle and
+    record scripts), the one definition is an ordered tuple of names here
+    (:data:`ENQUEUE_ARGV`, :data:`SETTLE_KEYS`, ...), registered in :data:`LAYOUTS`.
+    A name that is a :class:`mailrelay.store.keys.Keys` attribute stands for that key
+    or key prefix (:meth:`Keys.names` gives their values). Python builds those ARGV with
+    :func:`ordered` and indexes them with :func:`position`; in Lua the loader replaces ``${<layout>.<name>}`` by the
     name's 1-based position, ``${<layout>.#}`` by the number of names, and ``${NAME}``
     by :data:`CONSTANTS`\\ ``[NAME]``. An unknown name is an error at import. Scripts
     whose ARGV only Python reads by position keep plain ``ARGV[n]``, described in
@@ -55,20 +57,57 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+#: The fixed keys settle() of _settle.lua uses: the first KEYS of every script that settles
+#: (settle, sweep_unsettled, enqueue_batch). Each name is the Keys attribute giving the key.
+SETTLE_KEYS = ("unsettled", "queue_domains", "time_index", "events")
+#: The key prefixes settle() uses, a contiguous block of the ARGV of every script that
+#: settles (and of enqueue.lua, which uses some of them). Each name is a Keys attribute.
+SETTLE_ARGV = ("msg_prefix", "body_prefix", "timeline_prefix", "domain_queue_prefix",
+               "rcpt_index_prefix", "tag_index_prefix", "status_index_prefix",
+               "stats_minute_prefix", "stats_hour_prefix")
+#: settle.lua's ARGV head; then pairs of action and message id.
+SETTLE_SCRIPT_ARGV = SETTLE_ARGV + ("owner", "events_maxlen")
+#: sweep_unsettled.lua's KEYS and ARGV.
+SWEEP_UNSETTLED_KEYS = SETTLE_KEYS + ("cluster",)
+SWEEP_UNSETTLED_ARGV = SETTLE_ARGV + ("events_maxlen", "owner", "min_age_ms", "max_age_ms",
+                                      "heartbeat_ttl_ms", "limit")
+
+#: enqueue.lua's KEYS (Keys attributes, or the message's own keys: msg, body, timeline).
+ENQUEUE_KEYS = ("msg", "body", "unsettled", "events", "timeline", "suppressed_version",
+                "time_index", "queued_status_index")
 #: enqueue.lua's ARGV, in order; then per recipient: address, queued event (JSON).
-ENQUEUE_ARGV = ("id", "deadline_ms", "owner", "events_maxlen", "key_prefix", "index_prefix",
+ENQUEUE_ARGV = ("id", "deadline_ms", "owner", "events_maxlen", *SETTLE_ARGV,
                 "retention_s", "body_ttl_s", "tag", "fields", "body")
 #: The enqueue.lua arguments every message of a Storage shares: sent once per
 #: enqueue_batch.lua call. They are contiguous in ENQUEUE_ARGV, in this order.
-ENQUEUE_SHARED_ARGV = ("owner", "events_maxlen", "key_prefix", "index_prefix", "retention_s",
-                       "body_ttl_s")
+ENQUEUE_SHARED_ARGV = ("owner", "events_maxlen", *SETTLE_ARGV, "retention_s", "body_ttl_s")
 #: enqueue_batch.lua's ARGV head; then the settlement values and the messages.
 ENQUEUE_BATCH_ARGV = ENQUEUE_SHARED_ARGV + ("settlements",)
 
+#: The key prefixes record.lua uses (Keys attributes), and its ARGV head; then 6 values
+#: per job.
+RECORD_PREFIXES = ("msg_prefix", "timeline_prefix", "domain_queue_prefix", "status_index_prefix",
+                   "stats_minute_prefix", "stats_hour_prefix")
+RECORD_ARGV = ("owner", "events_maxlen", "now_ms", *RECORD_PREFIXES)
+#: record_bounce.lua's ARGV after the bounce id, at_ms, raw message and the record's fields.
+RECORD_BOUNCE_TAIL = ("matched", "rcpt", "state", "event", "suppress_address", "suppression",
+                      "events_maxlen", "message_id", "event_type", "status_index_prefix",
+                      "stats_minute_prefix", "stats_hour_prefix", "retention_s",
+                      "max_unmatched", "bounce_prefix", "bounce_raw_prefix",
+                      "max_per_recipient")
+
 LAYOUTS: dict[str, tuple[str, ...]] = {
+    "settle_keys": SETTLE_KEYS,
+    "settle_argv": SETTLE_ARGV,
+    "settle": SETTLE_SCRIPT_ARGV,
+    "sweep_unsettled_keys": SWEEP_UNSETTLED_KEYS,
+    "sweep_unsettled": SWEEP_UNSETTLED_ARGV,
+    "enqueue_keys": ENQUEUE_KEYS,
     "enqueue": ENQUEUE_ARGV,
     "enqueue_shared": ENQUEUE_SHARED_ARGV,
     "enqueue_batch": ENQUEUE_BATCH_ARGV,
+    "record": RECORD_ARGV,
+    "record_bounce": RECORD_BOUNCE_TAIL,
 }
 
 

@@ -53,7 +53,8 @@ from twisted.logger import Logger
 from mailrelay.store.base import StoreBase
 from mailrelay.store.errors import StorageUnavailable
 from mailrelay.store.events import EVENTS_MAXLEN
-from mailrelay.store.scripts import SCRIPTS
+from mailrelay.store.scripts import (SCRIPTS, SETTLE_ARGV, SETTLE_KEYS, SETTLE_SCRIPT_ARGV, SWEEP_UNSETTLED_ARGV,
+                                     SWEEP_UNSETTLED_KEYS, ordered)
 
 log = Logger()
 
@@ -152,7 +153,8 @@ class SettlementStore(StoreBase):
         taken = self._take_settlements()
         if not taken:
             return
-        flat: list[Any] = [self.keys.prefix, self.owner, EVENTS_MAXLEN]
+        flat: list[Any] = ordered(SETTLE_SCRIPT_ARGV, **self.keys.names(SETTLE_ARGV), owner=self.owner,
+                                  events_maxlen=EVENTS_MAXLEN)
         for message_id, action in taken:
             flat += [action, message_id]
         try:
@@ -160,7 +162,7 @@ class SettlementStore(StoreBase):
                 d = self._timed(defer.ensureDeferred(self._settle_and_wait(flat)),
                                 self.timeout + self.replica_timeout_ms / 1000)
             else:
-                d = self._timed(self._eval(SETTLE_SCRIPT, [self.keys.unsettled], flat), self.timeout)
+                d = self._timed(self._eval(SETTLE_SCRIPT, self._settle_keys(), flat), self.timeout)
         except Exception as e:  # e.g. "Not connected"
             d = defer.fail(e)
 
@@ -173,10 +175,14 @@ class SettlementStore(StoreBase):
         d.addCallbacks(replied, lambda failure: self._settle_failed(taken, failure))
         self._track_settle_call(d)
 
+    def _settle_keys(self) -> list[str]:
+        """The first KEYS of every script that settles (SETTLE_KEYS)."""
+        return list(self.keys.names(SETTLE_KEYS).values())
+
     async def _settle_and_wait(self, args: list[Any]) -> Any:
         """SETTLE_SCRIPT and WAIT min_replicas on one connection; fails when fewer confirm
         (the settlement is then sent again: it is idempotent)."""
-        results, replicas = await self._eval_and_wait([self.keys.unsettled], args, SETTLE_SCRIPT)
+        results, replicas = await self._eval_and_wait(self._settle_keys(), args, SETTLE_SCRIPT)
         if int(replicas or 0) < self.min_replicas:
             raise StorageUnavailable(f"only {replicas} of {self.min_replicas} replicas confirmed "
                                      "the settlement")
@@ -254,10 +260,11 @@ class SettlementStore(StoreBase):
         (UNSETTLED_MAX_AGE). Returns [(message id, daemon)].
         """
         reply = await self._timed(self._eval(
-            SWEEP_UNSETTLED_SCRIPT, [self.keys.unsettled, self.keys.cluster],
-            [self.keys.prefix, EVENTS_MAXLEN, self.owner, int(min_age * 1000),
-             int((UNSETTLED_MAX_AGE if max_age is None else max_age) * 1000),
-             int(heartbeat_ttl * 1000), SWEEP_LIMIT]), self.timeout)
+            SWEEP_UNSETTLED_SCRIPT, list(self.keys.names(SWEEP_UNSETTLED_KEYS).values()),
+            ordered(SWEEP_UNSETTLED_ARGV, **self.keys.names(SETTLE_ARGV), events_maxlen=EVENTS_MAXLEN,
+                    owner=self.owner, min_age_ms=int(min_age * 1000),
+                    max_age_ms=int((UNSETTLED_MAX_AGE if max_age is None else max_age) * 1000),
+                    heartbeat_ttl_ms=int(heartbeat_ttl * 1000), limit=SWEEP_LIMIT)), self.timeout)
         confirmed = [(reply[k].decode(), reply[k + 1].decode()) for k in range(0, len(reply), 2)]
         if confirmed:
             owners = sorted({owner for _, owner in confirmed})

@@ -5,11 +5,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[${enqueue.deadline_ms}]) then
   return 'LATE'
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local mkey = KEYS[${enqueue_keys.msg}]
+if redis.call('EXISTS', mkey) == 1 then
   return 'EXISTS'
 end
 local id = ARGV[${enqueue.id}]
-local idx = ARGV[${enqueue.index_prefix}]
+local minute_prefix = ARGV[${enqueue.stats_minute_prefix}]
+local hour_prefix = ARGV[${enqueue.stats_hour_prefix}]
+local rcpt_index_prefix = ARGV[${enqueue.rcpt_index_prefix}]
+local timeline = KEYS[${enqueue_keys.timeline}]
+local time_index = KEYS[${enqueue_keys.time_index}]
 local retention = tonumber(ARGV[${enqueue.retention_s}])
 local horizon = now - retention * 1000
 local hash = {}
@@ -26,8 +31,8 @@ while pos <= #ARGV do
   hash[#hash + 1] = ARGV[pos]
   hash[#hash + 1] = 'state:' .. i
   hash[#hash + 1] = 'queued'
-  redis.call('RPUSH', KEYS[5], ARGV[pos + 1])
-  local rkey = idx .. 'rcpt:' .. string.lower(ARGV[pos])
+  redis.call('RPUSH', timeline, ARGV[pos + 1])
+  local rkey = rcpt_index_prefix .. string.lower(ARGV[pos])
   if not seen[rkey] then
     seen[rkey] = true
     redis.call('ZADD', rkey, now, id)
@@ -45,21 +50,21 @@ hash[#hash + 1] = 'status'
 hash[#hash + 1] = 'queued'
 hash[#hash + 1] = 'unsettled'
 hash[#hash + 1] = ARGV[${enqueue.owner}]
-redis.call('HSET', KEYS[1], unpack(hash))
-redis.call('EXPIRE', KEYS[1], retention)
-redis.call('SET', KEYS[2], body, 'EX', tonumber(ARGV[${enqueue.body_ttl_s}]))
-redis.call('EXPIRE', KEYS[5], retention)
-redis.call('ZADD', KEYS[3], now, id)
-redis.call('ZADD', idx .. 'time', now, id)
-redis.call('ZREMRANGEBYSCORE', idx .. 'time', '-inf', horizon)
-redis.call('ZADD', idx .. 'status:queued', now, id)
+redis.call('HSET', mkey, unpack(hash))
+redis.call('EXPIRE', mkey, retention)
+redis.call('SET', KEYS[${enqueue_keys.body}], body, 'EX', tonumber(ARGV[${enqueue.body_ttl_s}]))
+redis.call('EXPIRE', timeline, retention)
+redis.call('ZADD', KEYS[${enqueue_keys.unsettled}], now, id)
+redis.call('ZADD', time_index, now, id)
+redis.call('ZREMRANGEBYSCORE', time_index, '-inf', horizon)
+redis.call('ZADD', KEYS[${enqueue_keys.queued_status_index}], now, id)
 if ARGV[${enqueue.tag}] ~= '' then
-  local tkey = idx .. 'tag:' .. ARGV[${enqueue.tag}]
+  local tkey = ARGV[${enqueue.tag_index_prefix}] .. ARGV[${enqueue.tag}]
   redis.call('ZADD', tkey, now, id)
   redis.call('ZREMRANGEBYSCORE', tkey, '-inf', horizon)
   redis.call('EXPIRE', tkey, retention)
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[${enqueue.events_maxlen}], '*', 'type', 'queued', 'msg', id, 'at', now)
-count(idx .. 'stats:', now, 'accepted', 1)
-count(idx .. 'stats:', now, 'recipients', i)
-return 'OK ' .. (redis.call('GET', KEYS[6]) or '0')
+redis.call('XADD', KEYS[${enqueue_keys.events}], 'MAXLEN', '~', ARGV[${enqueue.events_maxlen}], '*', 'type', 'queued', 'msg', id, 'at', now)
+count(minute_prefix, hour_prefix, now, 'accepted', 1)
+count(minute_prefix, hour_prefix, now, 'recipients', i)
+return 'OK ' .. (redis.call('GET', KEYS[${enqueue_keys.suppressed_version}]) or '0')

@@ -1,15 +1,37 @@
 -- KEYS: none of its own (a shared piece: scripts --#include it)
--- ARGV: none of its own; defines settle(P, owner, action, id, now, maxlen); needs _count
+-- ARGV: none of its own; defines settle_names(keys, argv, a) and settle(names, owner, action,
+--       id, now, maxlen); needs _count
 -- Shared Lua: settling a message stored "unsettled" by the enqueue script. 'confirm' (its 250
--- was sent, or its daemon is gone: see SWEEP_UNSETTLED_SCRIPT) puts its jobs in their domain
+-- was sent, or its daemon is gone: see sweep_unsettled.lua) puts its jobs in their domain
 -- queues, due now; 'cancel' (its client got 451) deletes it, its body, timeline and index
 -- entries, takes it out of the counters and adds a 'cancelled' event. Only the daemon that
 -- stored it (owner) may cancel it; owner '' confirms anyone's. Returns CONFIRMED, CANCELLED,
 -- SETTLED (settled before: a cancel came too late, the message is delivered), GONE (no such
 -- message: never stored, e.g. refused as late) or OTHER (stored by another daemon).
-local function settle(P, owner, action, id, now, maxlen)
-  local mkey = P .. 'msg:' .. id
-  local ukey = P .. 'queue:unsettled'
+-- The key names settle() uses come from the including script: its first KEYS are
+-- mailrelay.store.scripts.SETTLE_KEYS, and its ARGV from position a on SETTLE_ARGV;
+-- settle_names() gathers them once per call of the script.
+local function settle_names(keys, argv, a)
+  a = a - 1
+  return {
+    unsettled = keys[${settle_keys.unsettled}],
+    queue_domains = keys[${settle_keys.queue_domains}],
+    time_index = keys[${settle_keys.time_index}],
+    events = keys[${settle_keys.events}],
+    msg = argv[a + ${settle_argv.msg_prefix}],
+    body = argv[a + ${settle_argv.body_prefix}],
+    timeline = argv[a + ${settle_argv.timeline_prefix}],
+    domain_queue = argv[a + ${settle_argv.domain_queue_prefix}],
+    rcpt_index = argv[a + ${settle_argv.rcpt_index_prefix}],
+    tag_index = argv[a + ${settle_argv.tag_index_prefix}],
+    status_index = argv[a + ${settle_argv.status_index_prefix}],
+    stats_minute = argv[a + ${settle_argv.stats_minute_prefix}],
+    stats_hour = argv[a + ${settle_argv.stats_hour_prefix}],
+  }
+end
+local function settle(K, owner, action, id, now, maxlen)
+  local mkey = K.msg .. id
+  local ukey = K.unsettled
   local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
   local holder = head[1]
   if not holder then
@@ -27,29 +49,28 @@ local function settle(P, owner, action, id, now, maxlen)
       local row = redis.call('HMGET', mkey, 'rcpt:' .. i, 'state:' .. i)
       if row[1] and row[2] == 'queued' then
         local domain = domain_of(row[1])
-        redis.call('ZADD', P .. 'queue:d:' .. domain, now, id .. '.' .. i)
+        redis.call('ZADD', K.domain_queue .. domain, now, id .. '.' .. i)
         domains[domain] = true
       end
     end
     for domain in pairs(domains) do
-      redis.call('ZADD', P .. 'queue:domains', 'LT', now, domain)
+      redis.call('ZADD', K.queue_domains, 'LT', now, domain)
     end
     return 'CONFIRMED'
   end
-  local idx = P .. 'idx:'
   local row = redis.call('HMGET', mkey, 'tag', 'status', 'received_at')
   for i = 0, n - 1 do
     local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
-    if rcpt then redis.call('ZREM', idx .. 'rcpt:' .. string.lower(rcpt), id) end
+    if rcpt then redis.call('ZREM', K.rcpt_index .. string.lower(rcpt), id) end
   end
-  redis.call('ZREM', idx .. 'time', id)
-  if row[2] then redis.call('ZREM', idx .. 'status:' .. row[2], id) end
-  if row[1] and row[1] ~= '' then redis.call('ZREM', idx .. 'tag:' .. row[1], id) end
-  redis.call('DEL', mkey, P .. 'body:' .. id, P .. 'timeline:' .. id)
+  redis.call('ZREM', K.time_index, id)
+  if row[2] then redis.call('ZREM', K.status_index .. row[2], id) end
+  if row[1] and row[1] ~= '' then redis.call('ZREM', K.tag_index .. row[1], id) end
+  redis.call('DEL', mkey, K.body .. id, K.timeline .. id)
   local received = tonumber(row[3]) or now
-  count(idx .. 'stats:', received, 'accepted', -1)
-  count(idx .. 'stats:', received, 'recipients', -n)
-  count(idx .. 'stats:', now, 'cancelled', 1)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
+  count(K.stats_minute, K.stats_hour, received, 'accepted', -1)
+  count(K.stats_minute, K.stats_hour, received, 'recipients', -n)
+  count(K.stats_minute, K.stats_hour, now, 'cancelled', 1)
+  redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
   return 'CANCELLED'
 end

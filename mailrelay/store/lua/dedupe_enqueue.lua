@@ -1,5 +1,5 @@
--- KEYS: those of ENQUEUE_SCRIPT, then P dedupe:<user>:<sha256 of the Message-ID>
--- ARGV: those of ENQUEUE_SCRIPT, then the msg key prefix, the window in ms
+-- KEYS: those of enqueue.lua, then P dedupe:<user>:<sha256 of the Message-ID>
+-- ARGV: those of enqueue.lua, then the window in ms
 -- [submission] dedupe_window: when the dedupe key names a message that still exists,
 -- nothing is stored and the reply is 'DUP:<that id>' (the key is rewritten, TTL kept: a
 -- write, so that a WAIT after this script also covers the earlier message). Otherwise it is
@@ -14,8 +14,7 @@ local dedupe_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
 local window = ARGV[#ARGV]
 ARGV[#ARGV] = nil
-local msg_prefix = ARGV[#ARGV]
-ARGV[#ARGV] = nil
+local msg_prefix = ARGV[${enqueue.msg_prefix}]
 local original = redis.call('GET', dedupe_key)
 if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
   if redis.call('HEXISTS', msg_prefix .. original, 'unsettled') == 1 then
@@ -30,6 +29,6 @@ local function enqueue()
 end
 local result = enqueue()
 if string.sub(result, 1, 3) == 'OK ' then
-  redis.call('SET', dedupe_key, ARGV[1], 'PX', tonumber(window))
+  redis.call('SET', dedupe_key, ARGV[${enqueue.id}], 'PX', tonumber(window))
 end
 return result

@@ -1,7 +1,9 @@
--- KEYS: every message's enqueue.lua keys, one message after the other
+-- KEYS: (mailrelay.store.scripts.SETTLE_KEYS) queue:unsettled, queue:domains, idx:time,
+--       events (for the settlements), then every message's enqueue.lua keys, one message
+--       after the other
 -- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_BATCH_ARGV) the enqueue.lua arguments
---       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, events maxlen, key
---       prefix, index prefix, retention, body TTL), then the number of settlement values
+--       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, events maxlen, the key
+--       prefixes of SETTLE_ARGV, retention, body TTL), then the number of settlement values
 --       ('settlements') and those values (pairs of action and message id, run first with
 --       _settle: the acknowledgements settled since the last call ride on this one), then per
 --       message the number of its keys, the number of its own arguments, then its enqueue.lua
@@ -21,15 +23,16 @@ end
 local settled = {}
 local s = tonumber(ARGV[${enqueue_batch.settlements}])
 if s > 0 then
+  local names = settle_names(KEYS, ARGV, ${enqueue_batch.msg_prefix})
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   for k = ${enqueue_batch.#} + 1, ${enqueue_batch.#} + s, 2 do
-    settled[#settled + 1] = settle(ARGV[${enqueue_batch.key_prefix}], ARGV[${enqueue_batch.owner}],
-                                   ARGV[k], ARGV[k + 1], now, ARGV[${enqueue_batch.events_maxlen}])
+    settled[#settled + 1] = settle(names, ARGV[${enqueue_batch.owner}], ARGV[k], ARGV[k + 1], now,
+                                   ARGV[${enqueue_batch.events_maxlen}])
   end
 end
 local results = {}
-local k, a = 1, ${enqueue_batch.#} + 1 + s
+local k, a = ${settle_keys.#} + 1, ${enqueue_batch.#} + 1 + s
 while a <= #ARGV do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local message_keys = {}

@@ -1,7 +1,8 @@
 -- KEYS: queue:domains, leases, events
--- ARGV: owner, events_maxlen, now_ms, index key prefix, msg key prefix, timeline key prefix,
---       domain queue prefix, then per job 6 values: job, rcpt index, new state, event JSON,
---       due_ms ("" if final), domain
+-- ARGV: (positions from mailrelay.store.scripts.RECORD_ARGV) owner, events_maxlen, now_ms,
+--       msg key prefix, timeline key prefix, domain queue prefix, status index prefix, minute
+--       and hour counter prefixes, then per job 6 values: job, rcpt index, new state, event
+--       JSON, due_ms ("" if final), domain
 -- States: deferred (rescheduled at due_ms), delivered, bounced, expired, suppressed (final).
 -- Returns one result per job, in order: OK, STOLEN (another daemon held the lease; recorded
 -- anyway) or GONE (the message was deleted; nothing recorded).
@@ -9,13 +10,15 @@
 --#include _status
 --#include _count
 
-local owner_arg, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
-local idx, msg_prefix, timeline_prefix, queue_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local owner_arg, maxlen, now = ARGV[${record.owner}], ARGV[${record.events_maxlen}], ARGV[${record.now_ms}]
+local msg_prefix, timeline_prefix = ARGV[${record.msg_prefix}], ARGV[${record.timeline_prefix}]
+local queue_prefix, status_prefix = ARGV[${record.domain_queue_prefix}], ARGV[${record.status_index_prefix}]
+local minute_prefix, hour_prefix = ARGV[${record.stats_minute_prefix}], ARGV[${record.stats_hour_prefix}]
 local results = {}
 local touched, touched_order = {}, {}
 local counts, count_order = {}, {}
 local requeued, requeued_order = {}, {}
-for pos = 8, #ARGV, 6 do
+for pos = ${record.#} + 1, #ARGV, 6 do
   local job, i, state, event, due, domain = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
   local dot = string.find(job, '.', 1, true)
   local id = string.sub(job, 1, dot - 1)
@@ -55,10 +58,10 @@ for pos = 8, #ARGV, 6 do
   end
 end
 for _, id in ipairs(touched_order) do
-  update_status(msg_prefix .. id, id, idx)
+  update_status(msg_prefix .. id, id, status_prefix)
 end
 for _, state in ipairs(count_order) do
-  count(idx .. 'stats:', tonumber(now), state, counts[state])
+  count(minute_prefix, hour_prefix, tonumber(now), state, counts[state])
 end
 for _, domain in ipairs(requeued_order) do
   update_domain(KEYS[1], queue_prefix .. domain, domain)
