@@ -28,7 +28,11 @@ CONFIGURATION
 
 from __future__ import annotations
 
+import time
+from typing import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from mailrelay.mail.bounceclassify import BOUNCE_TYPES
 
@@ -42,20 +46,49 @@ UNMATCHED = "Unmatched"
 #: Every label value of mailrelay_bounces_total (and of the cluster gauge by type).
 BOUNCE_LABELS = (*sorted(BOUNCE_TYPES), UNMATCHED)
 
-MESSAGES_ACCEPTED = Counter(
+class ReactorCounter:
+    """
+    A counter of work done on the reactor thread, counted per message or recipient: a plain
+    number per label value, exported through a collector. (prometheus_client's Counter takes
+    a lock on every ``inc``, a few microseconds on the submission and delivery hot paths;
+    only the reactor thread counts these, so no lock is needed.) ``name`` is without
+    ``_total``, as for Counter; the exported series are ``<name>_total``.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (), *,
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
+        self.created = time.time()   # exported as <name>_created, as Counter does
+        registry.register(self)
+
+    def inc(self, amount: float = 1, *labels: str) -> None:
+        """Count ``amount`` more (for the label values ``labels``, one per label name)."""
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in sorted(self.values.items()):
+            family.add_metric(list(labels), value, created=self.created)
+        yield family
+
+
+MESSAGES_ACCEPTED = ReactorCounter(
     "mailrelay_messages_accepted",
     "Messages this process queued for delivery (submitted, and its own non-delivery notices)",
     registry=PROCESS)
 
-RECIPIENTS_ACCEPTED = Counter(
+RECIPIENTS_ACCEPTED = ReactorCounter(
     "mailrelay_recipients_accepted",
     "Recipients of the messages this process queued",
     registry=PROCESS)
 
-DELIVERIES = Counter(
+DELIVERIES = ReactorCounter(
     "mailrelay_deliveries",
     "Delivery attempt outcomes per recipient recorded by this process",
-    ["status"], registry=PROCESS)
+    ("status",), registry=PROCESS)
 
 BOUNCES = Counter(
     "mailrelay_bounces",
@@ -90,7 +123,7 @@ WEBHOOK_ATTEMPTS = Counter(
 for _result in WEBHOOK_RESULTS:
     WEBHOOK_ATTEMPTS.labels(_result)
 for _status in DELIVERY_OUTCOMES:
-    DELIVERIES.labels(_status)
+    DELIVERIES.inc(0, _status)
 for _type in BOUNCE_LABELS:
     BOUNCES.labels(_type)
 

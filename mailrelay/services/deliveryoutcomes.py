@@ -118,7 +118,7 @@ class OutcomeRecorder:
         for o, result in zip(outcomes, results):
             job, state, reply, route = o.job, o.state, o.reply, o.route
             if result != "GONE":
-                metrics.DELIVERIES.labels(state).inc()
+                metrics.DELIVERIES.inc(1, state)
             if state == DELIVERED:
                 metrics.DELIVERY_LATENCY.observe(max(o.age, 0.0))
             elif state in (BOUNCED, EXPIRED) and result != "GONE":

@@ -39,6 +39,7 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self._names: dict[tuple[str, ...], dict[str, str]] = {}
         # the delivery queue (mailrelay.store.queue, .settlement, .admin)
         self.queue_domains = prefix + "queue:domains"
         self.leases = prefix + "queue:leases"
@@ -140,8 +141,12 @@ class Keys:
 
     def names(self, layout: tuple[str, ...]) -> dict[str, str]:
         """The fixed keys or key prefixes a script's layout names (mailrelay.store.scripts:
-        each name a Keys attribute), by name, in the layout's order."""
-        return {name: getattr(self, name) for name in layout}
+        each name a Keys attribute), by name, in the layout's order. Built once per layout
+        (the names do not change): callers must not modify it."""
+        found = self._names.get(layout)
+        if found is None:
+            found = self._names[layout] = {name: getattr(self, name) for name in layout}
+        return found
 
     def data_markers(self) -> list[str]:
         """Keys whose existence means the database holds mailrelay data (for a missing version)."""
