@@ -15,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 import tomllib
 import zlib

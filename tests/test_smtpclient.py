@@ -43,7 +43,7 @@ from mailrelay.smtp.client import (
     parse_queue_id,
 )
 from mailrelay.smtp.clientprotocol import CHUNK_SIZE, DotStuffer, dot_stuff
-from tests.scriptedsmtp import DEFAULT_EXTENSIONS, ScriptedSMTPServer
+from tests.scriptedsmtp import ScriptedSMTPServer
 
 BODY = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: test\r\n\r\nHello.\r\n"
 
@@ -649,7 +649,7 @@ class ExtensionTests(ClientTestCase):
     @async_test
     async def test_auth_login(self):
         server = self.start_server(auth={"user": "pw"}, auth_mechanisms="LOGIN")
-        session = await self.open(server, auth=("user", "pw"))
+        await self.open(server, auth=("user", "pw"))
         self.assertEqual(server.sessions[0].user, "user")
         self.assertEqual(server.commands[1], "AUTH LOGIN")
 
