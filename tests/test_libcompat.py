@@ -69,12 +69,20 @@ class TxredisapiInternalsTests(unittest.TestCase):
         self.addCleanup(lambda: pool.disconnect().addErrback(lambda f: None))
         return pool
 
+    @staticmethod
+    async def all_connected(pool: Any) -> None:
+        """Wait until every connection of the lazy pool is up (its factory's deferred fires
+        then; a first command alone waits for one connection only)."""
+        if pool._factory.deferred is not None:
+            await pool._factory.deferred
+
     @async_test
     async def test_idle_connections_are_the_pools_free_connected_ones(self) -> None:
         warnings = WarningCapture(self)
         pool = self.pool()
         idle = libcompat.idle_redis_connections(pool)
         self.assertIs(idle, pool._factory.connectionQueue.pending)  # the live list, not a copy
+        await self.all_connected(pool)
         await pool.execute_command("PING")
         self.assertEqual(len(idle), 4)   # poolsize, all connected and free
         self.assertTrue(all(c.connected for c in idle))
@@ -89,6 +97,7 @@ class TxredisapiInternalsTests(unittest.TestCase):
     @async_test
     async def test_pool_connections_are_every_slots_connection(self) -> None:
         pool = self.pool()
+        await self.all_connected(pool)
         await pool.execute_command("PING")
         connections = libcompat.redis_pool_connections(pool)
         # a slot's protocol is ClientService's proxy of the connection: both are closed
