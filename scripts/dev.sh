@@ -11,7 +11,9 @@
 #
 # Set-up, written for Debian 12 with Python 3.11; idempotent and silent when nothing is missing:
 #   * apt-get installs what is missing (apt-get update first, only then; sudo when not root):
-#       redis-server; for `test` also swaks, libnet-ssleay-perl (swaks' TLS), chromium (the
+#       redis-server; postgresql (Debian's package: the server binaries in
+#       /usr/lib/postgresql/<major>/bin, which mailrelay/pgproc.py finds; the system cluster the
+#       package creates and starts is stopped and disabled, as mailrelay runs its own); for `test` also swaks, libnet-ssleay-perl (swaks' TLS), chromium (the
 #       status page test runs it headless) and postfix (for smtp-sink; the postfix install is
 #       preseeded to "No configuration" and a postfix it started is stopped and disabled, so
 #       nothing is left listening on port 25);
@@ -80,13 +82,31 @@ apt_install() {
         || die "apt-get install $* failed (if it wanted to remove packages, e.g. another MTA in the way of postfix, install them yourself)"
 }
 
+# PostgreSQL's server binaries: on PATH, or where Debian puts them (not on PATH).
+have_postgres_server() {
+    local dir
+    have initdb && have postgres && return 0
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ] && return 0
+    done
+    return 1
+}
+
+postgresql_installed() {
+    dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q 'install ok installed'
+}
+
 postfix_installed() {
     dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'install ok installed'
 }
 
 ensure_system_packages() {
-    local verb=$1 missing=() fresh_postfix=
+    local verb=$1 missing=() fresh_postfix= fresh_postgresql=
     have redis-server || missing+=(redis-server)
+    if ! have_postgres_server; then
+        missing+=(postgresql)
+        postgresql_installed || fresh_postgresql=1
+    fi
     if [ "$verb" = test ]; then
         have swaks || missing+=(swaks)
         # swaks does STARTTLS/implicit TLS through Net::SSLeay, only a Recommends of swaks.
@@ -117,6 +137,20 @@ ensure_system_packages() {
             as_root postfix stop >/dev/null 2>&1 || true
         fi
     fi
+    if [ -n "$fresh_postgresql" ]; then
+        # The package creates and starts a system cluster (e.g. 15/main on port 5432); mailrelay
+        # runs its own PostgreSQL, so stop and disable that one.
+        if [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now postgresql.service >/dev/null 2>&1 || true
+        fi
+        if have pg_lsclusters; then
+            local version name rest
+            while read -r version name rest; do
+                as_root pg_ctlcluster "$version" "$name" stop >/dev/null 2>&1 || true
+            done < <(pg_lsclusters --no-header 2>/dev/null)
+        fi
+    fi
+    have_postgres_server || die "PostgreSQL's initdb and postgres are still missing after installing postgresql"
     if [ "$verb" = test ] && ! have smtp-sink; then
         die "smtp-sink is still missing after installing postfix"
     fi
