@@ -27,7 +27,9 @@ JOB
     Two classes share the work: :class:`RedisDirectory` owns ``state_dir/redis/``
     (its paths, the lock, the stale redis-server, opening ``redis.log``);
     :class:`ManagedRedis` is the Twisted service that spawns, probes, restarts
-    and stops the child, logging for both.
+    and stops the child, logging for both.  The machinery it shares with
+    :mod:`mailrelay.pgproc` (directory, lock, log file, spawn, readiness
+    waiters, restart backoff, stop signals) is in :mod:`mailrelay.childproc`.
 
 SECURITY
     No TCP port (``--port 0``).  Redis is reachable only through the unix
@@ -65,9 +67,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import collections
-import errno
-import fcntl
 import os
 import select
 import shutil
@@ -75,27 +74,20 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
-from twisted.application import service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailrelay.childproc import (
+    KILL_TIMEOUT, READY_TIMEOUT, STALE_TIMEOUT, STOP_TIMEOUT, ChildDirectory, SupervisedChild,
+)
 from mailrelay.configvalues import ConfigError, p_appendfsync
 
 INSTALL_HINT = "install it with `apt-get install redis-server`, or set redis.url to an external Redis"
-MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
-READY_TIMEOUT = 30.0
 PROBE_INTERVAL = 0.05
 PROBE_TIMEOUT = 1.0
-STALE_TIMEOUT = 10.0
-STOP_TIMEOUT = 15.0
-BACKOFF_START = 0.5
-BACKOFF_MAX = 10.0
-STABLE_AFTER = 30.0  # a process ready this long resets the backoff
-TAIL_LINES = 10
-LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 # Daemons often run with a short PATH; look in the usual places too.
 _SEARCH_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
@@ -123,18 +115,6 @@ def find_redis_server(executable: str | None = None) -> str:
             f"redis.url: managed mode needs redis-server, which is not installed; {INSTALL_HINT}"
         )
     return os.path.abspath(found)
-
-
-def _describe_exit(reason: Failure) -> str:
-    value = reason.value
-    sig = getattr(value, "signal", None)
-    if sig:
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"was killed by signal {sig} ({name})"
-    return f"exited with status {getattr(value, 'exitCode', None) or 0}"
 
 
 def _wait_for_exit(pidfd: int | None, is_alive: Callable[[], bool], timeout: float) -> bool:
@@ -196,50 +176,14 @@ def _ping(path: str, timeout: float) -> defer.Deferred[None]:
     return d
 
 
-class _RedisProcess(protocol.ProcessProtocol):
-    """One redis-server child: forwards its output lines and its end to the owner."""
-
-    def __init__(self, owner: ManagedRedis) -> None:
-        self.owner = owner
-        self.pid: int | None = None
-        self.ready = False
-        self.ready_at = 0.0
-        self.exited = False
-        self._partial: dict[int, bytes] = {}
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, rest = (self._partial.get(childFD, b"") + data).split(b"\n")
-        self._partial[childFD] = rest
-        for line in lines:
-            self.owner._output(line.rstrip(b"\r").decode("utf-8", "replace"))
-
-    def processEnded(self, reason: Failure) -> None:
-        for rest in self._partial.values():
-            if rest:
-                self.owner._output(rest.decode("utf-8", "replace"))
-        self._partial.clear()
-        self.exited = True
-        self.owner._ended(self, reason)
-
-
-class RedisDirectory:
+class RedisDirectory(ChildDirectory):
     """``state_dir/redis/``: its files, its lock, and a redis-server a killed daemon left in it.
 
     Logs through its owner's logger (``log``), so its lines keep the owner's namespace.
     """
 
-    def __init__(self, state_dir: Path, log: Logger) -> None:
-        self.state_dir = Path(state_dir).absolute()
-        self.directory = self.state_dir / "redis"
-        self.log = log
-        self._lock_fd: int | None = None
-        size = len(os.fsencode(str(self.socket_path)))
-        if size > MAX_SOCKET_PATH:
-            raise ConfigError(
-                f"server.state_dir: {str(self.state_dir)!r} is too long for Redis's unix socket "
-                f"{str(self.socket_path)!r} ({size} bytes, at most {MAX_SOCKET_PATH}); "
-                f"use a shorter path"
-            )
+    name = "redis"
+    product = "Redis"
 
     @property
     def socket_path(self) -> Path:
@@ -248,41 +192,6 @@ class RedisDirectory:
     @property
     def pid_path(self) -> Path:
         return self.directory / "redis.pid"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "redis.log"
-
-    def lock(self) -> None:
-        """Create the directory (mode 0700) and hold its lock, else ConfigError."""
-        try:
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
-            fd = os.open(self.directory / "redis.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise ConfigError(
-                f"server.state_dir: cannot use {str(self.directory)!r}: {e.strerror or e}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"server.state_dir: cannot lock {str(self.directory)!r}: {e.strerror}") from None
-            raise ConfigError(
-                f"server.state_dir: {str(self.directory)!r} is in use by another mailrelay "
-                f"daemon (pid {holder}); give each daemon its own state_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
 
     def is_our_redis(self, pid: int) -> bool:
         """Whether ``pid`` is a live redis-server serving this directory."""
@@ -360,7 +269,7 @@ class RedisDirectory:
             self.log.warn("stale redis-server (pid {pid}) ignored SIGTERM for {t:g}s; killing it",
                           pid=pid, t=STALE_TIMEOUT)
             send(signal.SIGKILL)
-            if not _wait_for_exit(pidfd, alive, 5.0):
+            if not _wait_for_exit(pidfd, alive, KILL_TIMEOUT):
                 raise ManagedRedisError(
                     f"a stale redis-server (pid {pid}) in {self.directory} does not exit, "
                     f"even after SIGKILL; stop it and start mailrelay again"
@@ -369,48 +278,27 @@ class RedisDirectory:
             if pidfd is not None:
                 os.close(pidfd)
 
-    def open_log(self) -> TextIO:
-        """redis.log for appending, line-buffered (moved to redis.log.1 first when too big)."""
-        try:
-            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
-                os.replace(self.log_path, self.log_path.with_name("redis.log.1"))
-        except FileNotFoundError:
-            pass
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
 
-
-class ManagedRedis(service.Service):
+class ManagedRedis(SupervisedChild):
     """A supervised redis-server reachable only through ``socket_path``."""
 
     log = Logger()
+    error_class = ManagedRedisError
+    product = "Redis"
+    server = writer = "redis-server"
+    not_ready = "did not answer PING"
+    probe_interval = PROBE_INTERVAL
+    stop_signals = ("TERM", "KILL")
+    stop_waits = (STOP_TIMEOUT,)
 
     def __init__(self, state_dir: Path, appendfsync: str = "always",
                  executable: str | None = None, *, ready_timeout: float = READY_TIMEOUT) -> None:
         self.appendfsync = p_appendfsync("redis.appendfsync", appendfsync)
-        self.ready_timeout = ready_timeout
-        self.files = RedisDirectory(state_dir, self.log)
+        super().__init__(RedisDirectory(state_dir, self.log), ready_timeout)
         self.state_dir = self.files.state_dir
-        self.directory = self.files.directory
-        self.socket_path = self.files.socket_path
         self.pid_path = self.files.pid_path
-        self.log_path = self.files.log_path
         self.executable = find_redis_server(executable)
-        self._proto: _RedisProcess | None = None
-        self._process: Any = None  # IProcessTransport of the current child
-        self._stopping = False
-        self._ever_ready = False
-        self._delay = BACKOFF_START
-        self._waiters: dict[defer.Deferred[str], Any] = {}
-        self._stop_waiters: list[defer.Deferred[None]] = []
         self._observers: list[Callable[[str], object]] = []
-        self._probe_call: Any = None
-        self._restart_call: Any = None
-        self._kill_call: Any = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._log_file: TextIO | None = None
-
-    # -- state ----------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
@@ -423,73 +311,16 @@ class ManagedRedis(service.Service):
         Errbacks with ManagedRedisError after ``ready_timeout`` seconds, when the
         first process exits before it was ever ready, or when the service stops.
         """
-        if self._proto is not None and self._proto.ready and not self._proto.exited:
-            return defer.succeed(str(self.socket_path))
-        if self._stopping:
-            return defer.fail(ManagedRedisError("the managed Redis is stopped"))
-        from twisted.internet import reactor
-
-        d: defer.Deferred[str] = defer.Deferred(self._forget_waiter)
-        self._waiters[d] = reactor.callLater(self.ready_timeout, self._waiter_timed_out, d)
-        return d
+        return super().whenReady()
 
     def addReadyObserver(self, observer: Callable[[str], object]) -> None:
         """Call ``observer(socket_path)`` each time a (re)started redis-server is ready,
         e.g. to load Lua scripts again after a restart."""
         self._observers.append(observer)
 
-    # -- service --------------------------------------------------------------
+    # -- SupervisedChild's hooks -------------------------------------------------
 
-    def startService(self) -> None:
-        try:
-            self.files.lock()
-            try:
-                self.files.stop_stale()
-                self._log_file = self.files.open_log()
-            except BaseException:
-                self.files.unlock()
-                raise
-            super().startService()
-            self._stopping = False
-            self._ever_ready = False
-            self._delay = BACKOFF_START
-            try:
-                self._spawn()
-            except OSError as e:
-                self.running = 0
-                self._cleanup()
-                raise ManagedRedisError(f"cannot start {self.executable}: {e.strerror or e}") from e
-        except Exception as e:
-            self._fail_waiters(e)  # whenReady() callers from before the start
-            raise
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        self._stopping = True
-        for name in ("_probe_call", "_restart_call"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
-        self._fail_waiters(ManagedRedisError("the managed Redis is stopping"))
-        if self._proto is None or self._proto.exited:
-            self._cleanup()
-            return defer.succeed(None)
-        from twisted.internet import reactor
-
-        d: defer.Deferred[None] = defer.Deferred()
-        self._stop_waiters.append(d)
-        if self._kill_call is None:
-            self.log.info("stopping redis-server (pid {pid})", pid=self._proto.pid)
-            self._signal("TERM")
-            self._kill_call = reactor.callLater(STOP_TIMEOUT, self._kill)
-        return d
-
-    # -- the child process ----------------------------------------------------
-
-    def _spawn(self) -> None:
-        from twisted.internet import reactor
-
+    def _spawn_next(self) -> None:
         args = [
             self.executable,
             "--port", "0",
@@ -504,151 +335,31 @@ class ManagedRedis(service.Service):
             "--daemonize", "no",
             "--logfile", "",  # stdout, captured into redis.log and the tail
         ]
-        proto = _RedisProcess(self)
-        self._proto = proto
-        self._process = reactor.spawnProcess(
-            proto, self.executable, args, env={}, path=str(self.directory)
-        )
-        proto.pid = self._process.pid
-        self.log.info("started redis-server (pid {pid}) on {socket}",
-                      pid=proto.pid, socket=str(self.socket_path))
-        self._probe(proto)
+        self._started(self._spawn("redis-server", self.executable, args, env={}))
 
-    def _probe(self, proto: _RedisProcess) -> None:
-        from twisted.internet import reactor
+    def _ready_value(self) -> str:
+        return str(self.socket_path)
 
-        self._probe_call = None
-        if proto is not self._proto or proto.exited or self._stopping:
-            return
-
-        def ready(_: None) -> None:
-            if proto is self._proto and not proto.exited and not self._stopping:
-                self._became_ready(proto)
-
-        def retry(_: Failure) -> None:
-            if proto is self._proto and not proto.exited and not self._stopping:
-                self._probe_call = reactor.callLater(PROBE_INTERVAL, self._probe, proto)
-
+    def _check_ready(self) -> defer.Deferred[bool]:
         d = _ping(str(self.socket_path), PROBE_TIMEOUT)
-        d.addCallbacks(ready, retry)
-        d.addErrback(lambda f: self.log.failure("managed Redis readiness check failed", f))
+        return d.addCallbacks(lambda _: True, lambda _: False)
 
-    def _became_ready(self, proto: _RedisProcess) -> None:
-        from twisted.internet import reactor
-
-        proto.ready = True
-        proto.ready_at = reactor.seconds()
-        self._ever_ready = True
-        path = str(self.socket_path)
-        self.log.info("redis-server (pid {pid}) is ready on {socket}", pid=proto.pid, socket=path)
-        waiters, self._waiters = self._waiters, {}
-        for d, call in waiters.items():
-            call.cancel()
-            d.callback(path)
+    def _announce_ready(self, value: str) -> None:
         for observer in list(self._observers):
             try:
-                observer(path)
+                observer(value)
             except Exception:
                 self.log.failure("managed Redis ready observer {observer!r} failed", observer=observer)
 
-    def _output(self, line: str) -> None:
-        self._tail.append(line)
-        if self._log_file is not None:
-            try:
-                self._log_file.write(line + "\n")
-            except OSError:
-                pass
-        if " # " in line:  # Redis's warning level
-            self.log.info("redis-server: {line}", line=line)
-        else:
-            self.log.debug("redis-server: {line}", line=line)
+    def _is_notable(self, line: str) -> bool:
+        return " # " in line  # Redis's warning level
 
-    def _tail_text(self) -> str:
-        if not self._tail:
-            return f"; redis-server wrote nothing (see {self.log_path})"
-        return f"; last lines of {self.log_path}:\n    " + "\n    ".join(self._tail)
+    def _start_error(self, e: OSError) -> str:
+        return f"cannot start {self.executable}: {e.strerror or e}"
 
-    def _ended(self, proto: _RedisProcess, reason: Failure) -> None:
-        if proto is not self._proto:
-            return
-        from twisted.internet import reactor
+    def _spawn_error(self) -> str:
+        return self.executable
 
-        self._process = None
-        status = _describe_exit(reason)
-        if self._stopping:
-            self.log.info("redis-server (pid {pid}) {status}", pid=proto.pid, status=status)
-            self._cleanup()
-            waiters, self._stop_waiters = self._stop_waiters, []
-            for d in waiters:
-                d.callback(None)
-            return
-        if proto.ready and reactor.seconds() - proto.ready_at >= STABLE_AFTER:
-            self._delay = BACKOFF_START
-        delay, self._delay = self._delay, min(self._delay * 2, BACKOFF_MAX)
-        tail = self._tail_text()
-        self.log.error(
-            "redis-server (pid {pid}) {status}; restarting it in {delay:g}s{tail}",
-            pid=proto.pid, status=status, delay=delay, tail=tail,
-        )
-        self._restart_call = reactor.callLater(delay, self._restart)
-        if not self._ever_ready:  # last: the waiters' callbacks may stop the service
-            self._fail_waiters(ManagedRedisError(f"redis-server {status} before it was ready{tail}"))
-
-    def _restart(self) -> None:
-        from twisted.internet import reactor
-
-        self._restart_call = None
-        if self._stopping or not self.running:
-            return
-        try:
-            self._spawn()
-        except OSError as e:
-            delay, self._delay = self._delay, min(self._delay * 2, BACKOFF_MAX)
-            self.log.error("cannot start {exe}: {err}; trying again in {delay:g}s",
-                           exe=self.executable, err=e.strerror or e, delay=delay)
-            self._restart_call = reactor.callLater(delay, self._restart)
-
-    # -- stopping -------------------------------------------------------------
-
-    def _signal(self, name: str) -> None:
-        try:
-            if self._process is not None:
-                self._process.signalProcess(name)
-        except (error.ProcessExitedAlready, OSError):
-            pass
-
-    def _kill(self) -> None:
-        self._kill_call = None
+    def _log_escalation(self, sig: str) -> None:
         self.log.warn("redis-server (pid {pid}) did not exit {t:g}s after SIGTERM; sending SIGKILL",
                       pid=self.pid, t=STOP_TIMEOUT)
-        self._signal("KILL")
-
-    def _cleanup(self) -> None:
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        self._kill_call = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        self.files.unlock()
-
-    # -- readiness waiters ----------------------------------------------------
-
-    def _forget_waiter(self, d: defer.Deferred[str]) -> None:
-        call = self._waiters.pop(d, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _waiter_timed_out(self, d: defer.Deferred[str]) -> None:
-        if self._waiters.pop(d, None) is not None:
-            d.errback(ManagedRedisError(
-                f"redis-server did not answer PING on {self.socket_path} within "
-                f"{self.ready_timeout:g}s{self._tail_text()}"
-            ))
-
-    def _fail_waiters(self, exc: Exception) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for d, call in waiters.items():
-            if call.active():
-                call.cancel()
-            d.errback(exc)

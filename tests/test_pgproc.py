@@ -12,8 +12,9 @@ import pytest
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
+from mailrelay.childproc import MAX_SOCKET_PATH
 from mailrelay.configvalues import ConfigError
-from mailrelay.pgproc import MAX_SOCKET_PATH, ManagedPostgres, find_pg_bindir
+from mailrelay.pgproc import ManagedPostgres, find_pg_bindir
 
 WAIT = 30.0
 
