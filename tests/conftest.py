@@ -37,6 +37,8 @@ DaemonError, RedisServer, render_toml, make_daemon_config``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import queue
 import re
@@ -180,6 +182,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
+
+def async_test(f: Callable) -> Callable:
+    """Run an ``async def`` test method as a Deferred-returning trial test."""
+
+    @functools.wraps(f)
+    def wrapper(self: Any) -> Any:
+        from twisted.internet import defer
+        return defer.ensureDeferred(f(self))
+    return wrapper
+
+
 def start_module_redis(prefix: str) -> tuple[RedisServer, str]:
     """A private redis-server for a unittest-style module (its ``setUpModule``), in a new
     temporary directory: the server and the directory."""
@@ -293,9 +306,16 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="module")
 def pg_database(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database for this test module: its conninfo."""
+    with new_database(postgres_server) as conninfo:
+        yield conninfo
+
+
+@contextlib.contextmanager
+def new_database(postgres_server: PostgresServer, prefix: str = "t") -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL (its conninfo), dropped afterwards."""
     import psycopg
 
-    name = f"t{uuid4().hex[:12]}"
+    name = f"{prefix}{uuid4().hex[:12]}"
     with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import threading
 from typing import Iterator
-from uuid import uuid4
 
 import psycopg
 import pytest
@@ -15,6 +14,7 @@ from psycopg import errors
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from conftest import new_database
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
 
@@ -23,14 +23,8 @@ TABLES = ("messages", "recipients", "events", "bounces", "bodies")
 
 @pytest.fixture
 def fresh_db(postgres_server) -> Iterator[str]:
-    name = f"m{uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield postgres_server.conninfo(name)
-    finally:
-        with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with new_database(postgres_server, "m") as conninfo:
+        yield conninfo
 
 
 def utc_today() -> datetime.date:

@@ -28,7 +28,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
-from conftest import start_module_redis, stop_module_redis
+from conftest import async_test, start_module_redis, stop_module_redis
 from dnsserver import LocalDNS
 from peers import wait_until
 from mailrelay.services import delivery as delivery_module
@@ -70,16 +70,6 @@ def self_signed_options(hostname: str = "mx1.example.test") -> Any:
         _SELF_SIGNED[hostname] = tlsutil.server_tls_options(
             *tlsutil.ensure_self_signed(directory, hostname), "1.2")
     return _SELF_SIGNED[hostname]
-
-
-def async_test(f: Callable) -> Callable:
-    """Run an ``async def`` test method as a Deferred-returning trial test."""
-
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-
-    return wrapper
 
 
 def first_then(first: str, then: str | None = None) -> Callable[..., str | None]:

@@ -6,8 +6,7 @@ and each fallback works on an object without the internal.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionDone
@@ -17,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import client, http, server
 
-from conftest import start_module_redis, stop_module_redis
+from conftest import async_test, start_module_redis, stop_module_redis
 from mailrelay import libcompat
 from mailrelay.config import parse_config
 from mailrelay.store import connect_redis, encode_command
@@ -33,13 +32,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     stop_module_redis(REDIS, _TMP)
-
-
-def async_test(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    return wrapper
 
 
 class WarningCapture:

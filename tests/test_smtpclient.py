@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import functools
 import os
 import random
 import shutil
@@ -27,6 +26,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
+from conftest import async_test
 from mailrelay import tlsutil
 from mailrelay.smtp import client as smtpclient, clientprotocol
 from mailrelay.smtp.client import (
@@ -46,16 +46,6 @@ from mailrelay.smtp.clientprotocol import CHUNK_SIZE, DotStuffer, dot_stuff
 from tests.scriptedsmtp import ScriptedSMTPServer
 
 BODY = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: test\r\n\r\nHello.\r\n"
-
-
-def async_test(f):
-    """Run an ``async def`` test method as a Deferred-returning trial test."""
-
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-
-    return wrapper
 
 
 # -- certificates ------------------------------------------------------------------------------

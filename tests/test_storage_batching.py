@@ -7,19 +7,17 @@ encoding of the commands (mailrelay.store.protocol.encode_command, in place of t
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable
 from uuid import uuid4
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from conftest import start_module_redis, start_redis, stop_module_redis
+from conftest import async_test, start_module_redis, start_redis, stop_module_redis
 from mailrelay.config import parse_config
 from mailrelay.store import NewMessage, Storage, StorageUnavailable, connect_redis, encode_command
 from mailrelay.store.scripts import Script
@@ -35,13 +33,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     stop_module_redis(REDIS, _TMP)
-
-
-def async_test(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    return wrapper
 
 
 def message(n: int, *recipients: str) -> NewMessage:

@@ -7,14 +7,12 @@ is StorageUnavailable; no txredisapi exception leaves the store.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
 from uuid import uuid4
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from conftest import start_module_redis, stop_module_redis
+from conftest import async_test, start_module_redis, stop_module_redis
 from mailrelay.config import parse_config
 from mailrelay.store import RedisFailed, Storage, StorageError, StorageFull, StorageUnavailable, connect_redis
 from peers import wait_until
@@ -31,13 +29,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     stop_module_redis(REDIS, _TMP)
-
-
-def async_test(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    return wrapper
 
 
 class StoreErrorTests(unittest.TestCase):

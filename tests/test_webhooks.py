@@ -14,7 +14,6 @@ requests at the receiver, daemon log lines or state in Redis.
 from __future__ import annotations
 
 import calendar
-import functools
 import hashlib
 import hmac
 import json
@@ -30,10 +29,11 @@ from typing import Any, Callable
 from uuid import uuid4
 
 import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 from twisted.web import resource, server
 
+from conftest import async_test
 from mailrelay.services import webhooks
 from mailrelay.config import parse_config
 from mailrelay.metrics import PROCESS
@@ -351,13 +351,6 @@ def test_payload_takes_the_matching_timeline_entry():
 
 
 # -- in process: the service on a task.Clock ----------------------------------------------------
-
-
-def async_test(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(self):
-        return defer.ensureDeferred(f(self))
-    return wrapper
 
 
 class Hook(resource.Resource):
