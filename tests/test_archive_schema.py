@@ -114,7 +114,7 @@ def test_partitions_are_made_once_per_day_and_table(archive: str) -> None:
         index_count = conn.execute(
             "SELECT count(*) FROM pg_indexes WHERE tablename = %s", (f"messages_p{today:%Y%m%d}",)
         ).fetchone()[0]
-        assert index_count == 3
+        assert index_count == 4  # natural key, newest, by tag, by status
 
 
 def test_rows_go_to_their_day_and_a_day_without_partition_is_refused(archive: str) -> None:
@@ -123,36 +123,37 @@ def test_rows_go_to_their_day_and_a_day_without_partition_is_refused(archive: st
     with psycopg.connect(archive) as conn:
         migrations.create_partitions(conn, today, 2)
         where = conn.execute(
-            "INSERT INTO messages (id, received_at, tag, metadata, size) VALUES (%s, %s, 'news',"
-            " '{\"k\": \"v\"}', 2048) RETURNING tableoid::regclass::text", ("m1", now)
+            "INSERT INTO messages (id, received_at, tag, metadata, size, status) VALUES (%s, %s,"
+            " 'news', '{\"k\": \"v\"}', 2048, 'delivered') RETURNING tableoid::regclass::text", ("m1", now)
         ).fetchone()[0]
         assert where == f"messages_p{today:%Y%m%d}"
         where = conn.execute(
-            "INSERT INTO recipients (message_id, received_at, recipient, status, updated_at)"
-            " VALUES ('m1', %s, 'a@example.org', 'delivered', %s) RETURNING tableoid::regclass::text",
-            (now, now),
+            "INSERT INTO recipients (message_id, received_at, rcpt, recipient, state)"
+            " VALUES ('m1', %s, 0, 'a@example.org', 'delivered') RETURNING tableoid::regclass::text",
+            (now,),
         ).fetchone()[0]
         assert where == f"recipients_p{today:%Y%m%d}"
         conn.commit()
         with pytest.raises(errors.CheckViolation, match="no partition"):
-            conn.execute("INSERT INTO messages (id, received_at) VALUES ('old', %s)",
+            conn.execute("INSERT INTO messages (id, received_at, status) VALUES ('old', %s, 'queued')",
                          (now - datetime.timedelta(days=40),))
         conn.rollback()
 
 
-def test_an_event_is_stored_once_under_its_stream_id(archive: str) -> None:
+def test_an_event_is_stored_once_under_its_timeline_position(archive: str) -> None:
     today = utc_today()
-    at = datetime.datetime.now(datetime.timezone.utc)
-    row = ("1700000000000-0", at, "m1", "a@example.org", "delivered")
-    insert = "INSERT INTO events (stream_id, at, message_id, recipient, event) VALUES (%s, %s, %s, %s, %s)"
+    received = datetime.datetime.now(datetime.timezone.utc)
+    row = ("m1", received, 2, "delivered", 0, "a@example.org")
+    insert = ("INSERT INTO events (message_id, received_at, seq, type, rcpt, recipient)"
+              " VALUES (%s, %s, %s, %s, %s, %s)")
     with psycopg.connect(archive) as conn:
         migrations.create_partitions(conn, today, 1)
         conn.execute(insert, row)
         conn.commit()
         conn.execute(insert + " ON CONFLICT DO NOTHING", row)  # a replay
         conn.commit()
-        assert conn.execute("SELECT count(*) FROM events WHERE stream_id = %s",
-                            (row[0],)).fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM events WHERE message_id = %s AND seq = %s",
+                            (row[0], row[2])).fetchone() == (1,)
         with pytest.raises(errors.UniqueViolation):
             conn.execute(insert, row)
         conn.rollback()

@@ -6,76 +6,98 @@
 -- There is no DEFAULT partition: a row for a day with no partition is refused (check_violation,
 -- SQLSTATE 23514) rather than piling up in a partition that slows every search.
 -- A unique key on a partitioned table must include the partition column, so each natural key
--- is (key, time): a replayed event must carry its original time (the stream id gives it).
+-- is (key, time): messages, recipients, events and bodies all take their message's received
+-- time, so a message and everything about it share one day's partitions and leave together.
 
 CREATE TABLE messages (
     id              text        NOT NULL,               -- mailrelay's message id
-    received_at     timestamptz NOT NULL,               -- the 250, partition key
+    received_at     timestamptz NOT NULL,               -- the 250 (Redis's clock), partition key
     sender          text        NOT NULL DEFAULT '',    -- envelope MAIL FROM
-    from_header     text,
-    to_header       text,
-    cc_header       text,
-    subject         text,
-    tag             text,
+    from_header     text        NOT NULL DEFAULT '',
+    to_header       text        NOT NULL DEFAULT '',    -- as stored in Redis: JSON list text
+    cc_header       text        NOT NULL DEFAULT '',    -- idem
+    subject         text        NOT NULL DEFAULT '',
+    message_id_header text      NOT NULL DEFAULT '',
+    tag             text        NOT NULL DEFAULT '',
     metadata        jsonb       NOT NULL DEFAULT '{}',
     size            integer     NOT NULL DEFAULT 0 CHECK (size >= 0),
-    username        text,                               -- the authenticated submitter
-    client          text,                               -- the client's address
-    server          text,                               -- room for later: the daemon that took it
+    username        text        NOT NULL DEFAULT '',    -- the authenticated submitter
+    client          text        NOT NULL DEFAULT '',    -- the client's address
+    status          text        NOT NULL,               -- queued, delivered, bounced, partial, ...
+    rcpt_count      integer     NOT NULL DEFAULT 0,
+    server          text,                               -- room for later: the API server
     stream          text,                               -- room for later: the message stream
     PRIMARY KEY (id, received_at)
 ) PARTITION BY RANGE (received_at);
 CREATE INDEX messages_newest ON messages (received_at DESC, id DESC);
-CREATE INDEX messages_by_tag ON messages (tag, received_at DESC, id DESC) WHERE tag IS NOT NULL;
+CREATE INDEX messages_by_tag ON messages (tag, received_at DESC, id DESC) WHERE tag <> '';
+CREATE INDEX messages_by_status ON messages (status, received_at DESC, id DESC);
 
 -- A recipient lives in its message's partition (received_at is the message's), so retention
--- drops a message and its recipients together.
+-- drops a message and its recipients together. rcpt is its index in the message (the
+-- delivery job is "<id>.<rcpt>").
 CREATE TABLE recipients (
     message_id      text        NOT NULL,
     received_at     timestamptz NOT NULL,
+    rcpt            smallint    NOT NULL,
     recipient       text        NOT NULL,
-    status          text        NOT NULL,               -- queued, deferred, delivered, bounced, ...
-    updated_at      timestamptz NOT NULL,
+    state           text        NOT NULL,               -- queued, deferred, delivered, bounced, ...
     attempts        integer     NOT NULL DEFAULT 0,
-    last_response   text,
-    PRIMARY KEY (message_id, recipient, received_at)
+    PRIMARY KEY (message_id, received_at, rcpt)
 ) PARTITION BY RANGE (received_at);
-CREATE INDEX recipients_by_recipient ON recipients (recipient, received_at DESC, message_id DESC);
-CREATE INDEX recipients_by_status ON recipients (status, received_at DESC, message_id DESC);
+CREATE INDEX recipients_by_address ON recipients (lower(recipient), received_at DESC, message_id DESC);
 
--- The timeline: one row per entry of the Redis stream `P events`; its id is the natural key.
+-- The timeline, in its message's partition. seq is the entry's position in the Redis list
+-- P timeline:<id> (append-only, so (message_id, seq) is a natural key and a replayed batch
+-- stores nothing twice); an event archived after the message's Redis keys were gone (a late
+-- bounce) takes the number of its stream entry, <ms> * 1000 + <seq>, beyond every position.
+-- The columns are mailrelay.store.events.Event's; fields it does not know go to extra.
 CREATE TABLE events (
-    stream_id       text        NOT NULL,               -- "<ms>-<seq>" of the stream entry
-    at              timestamptz NOT NULL,               -- partition key
     message_id      text        NOT NULL,
+    received_at     timestamptz NOT NULL,               -- the message's, partition key
+    seq             bigint      NOT NULL,
+    type            text        NOT NULL,
+    at              text        NOT NULL DEFAULT '',    -- RFC 3339 as stored (shown as is)
+    rcpt            smallint,
     recipient       text,
-    event           text        NOT NULL,
-    detail          jsonb       NOT NULL DEFAULT '{}',
-    PRIMARY KEY (stream_id, at)
-) PARTITION BY RANGE (at);
-CREATE INDEX events_by_message ON events (message_id, at);
-CREATE INDEX events_newest ON events (at DESC);
+    detail          text        NOT NULL DEFAULT '',
+    remote_host     text,
+    remote_ip       text,
+    smtp_code       smallint,
+    enhanced_code   text,
+    response        text,
+    remote_queue_id text,
+    extra           jsonb,
+    PRIMARY KEY (message_id, received_at, seq)
+) PARTITION BY RANGE (received_at);
 
+-- Bounce records (mailrelay.store.records.BounceRecord), by the time they were received.
 CREATE TABLE bounces (
-    stream_id       text        NOT NULL,               -- natural key, as for events
-    at              timestamptz NOT NULL,               -- partition key
-    message_id      text,                               -- NULL: the report matched no message
-    recipient       text,
-    kind            text        NOT NULL,               -- dsn, complaint, ...
-    classification  text,
-    diagnostic      text,
+    id              text        NOT NULL,               -- the bounce's id
+    received_at     timestamptz NOT NULL,               -- partition key
+    message_id      text        NOT NULL DEFAULT '',    -- '': the report matched no message
+    recipient       text        NOT NULL DEFAULT '',
+    type            text        NOT NULL,
+    type_code       integer     NOT NULL DEFAULT 0,
+    description     text        NOT NULL DEFAULT '',
+    details         text        NOT NULL DEFAULT '',
+    at              text        NOT NULL DEFAULT '',    -- RFC 3339 as stored
+    inactive        boolean     NOT NULL DEFAULT false,
+    fields          jsonb       NOT NULL DEFAULT '{}',  -- proof, status, remote_mta, source, rule, ...
     raw             bytea,                              -- the report as received
-    PRIMARY KEY (stream_id, at)
-) PARTITION BY RANGE (at);
-CREATE INDEX bounces_by_message ON bounces (message_id, at) WHERE message_id IS NOT NULL;
-CREATE INDEX bounces_newest ON bounces (at DESC);
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+CREATE INDEX bounces_newest ON bounces (received_at DESC, id DESC);
+CREATE INDEX bounces_by_message ON bounces (message_id) WHERE message_id <> '';
+CREATE INDEX bounces_by_type ON bounces (type, received_at DESC, id DESC);
+CREATE INDEX bounces_by_address ON bounces (lower(recipient), received_at DESC, id DESC);
 
 -- Bodies apart from messages: dropped after content_retention, and big rows would bloat the
--- message heap that every search reads.
+-- message heap that every search reads. body is the stored form (mailrelay.store.queue's
+-- compress_body: zlib).
 CREATE TABLE bodies (
     message_id      text        NOT NULL,
     received_at     timestamptz NOT NULL,               -- the message's, partition key
-    compression     text        NOT NULL DEFAULT 'zlib',
     body            bytea       NOT NULL,
     PRIMARY KEY (message_id, received_at)
 ) PARTITION BY RANGE (received_at);
