@@ -164,8 +164,8 @@ class BounceWriter(Protocol):
                             max_per_recipient: int = 10) -> bool | None: ...
 
 
-class BounceReader(Protocol):
-    """Stored bounce records and their raw copies."""
+class BounceRecords(Protocol):
+    """Stored bounce records and their raw copies, by id and searched."""
 
     async def get_bounce(self, bounce_id: str) -> BounceRecord | None: ...
 
@@ -175,6 +175,10 @@ class BounceReader(Protocol):
                              since_ms: int | None = None, limit: int = 50,
                              cursor: tuple[int, str] | None = None
                              ) -> tuple[list[BounceRecord], tuple[int, str] | None]: ...
+
+
+class BounceReader(BounceRecords, Protocol):
+    """Stored bounce records, their raw copies, and every bounce id (reclassification)."""
 
     def bounce_ids(self, batch: int = 1000) -> AsyncIterator[str]: ...
 
@@ -199,8 +203,8 @@ class MessageReader(Protocol):
     async def get_body(self, message_id: str) -> bytes | None: ...
 
 
-class TrackingSearch(Protocol):
-    """Message search and the event counters (API, status page, /metrics)."""
+class MessageSearch(Protocol):
+    """Message search newest first with cursors, and messages per status."""
 
     async def search_messages(self, *, recipient: str | None = None, tag: str | None = None,
                               status: str | None = None, since_ms: int | None = None,
@@ -209,6 +213,15 @@ class TrackingSearch(Protocol):
                               ) -> tuple[list[MessageSummary], tuple[int, str] | None]: ...
 
     async def status_counts(self, since_ms: int | None = None) -> dict[str, int]: ...
+
+
+class ArchiveReads(MessageReader, MessageSearch, BounceRecords, Protocol):
+    """The archive's reads, answered alike by the Redis stores and by PostgreSQL
+    (mailrelay.store.archiveread.ArchiveReader): same signatures, same records, same cursors."""
+
+
+class TrackingSearch(MessageSearch, Protocol):
+    """Message search and the event counters (API, status page, /metrics)."""
 
     async def counters(self, resolution: str, buckets: int) -> list[tuple[int, dict[str, int]]]: ...
 

@@ -8,9 +8,12 @@
 -- A unique key on a partitioned table must include the partition column, so each natural key
 -- is (key, time): messages, recipients, events and bodies all take their message's received
 -- time, so a message and everything about it share one day's partitions and leave together.
+-- Ids are COLLATE "C": searches page with the cursor (received ms, id) newest first, ties in
+-- byte order as Redis's sorted sets give them, whatever the database's default collation
+-- (mailrelay/store/archiveread.py). received_at holds whole milliseconds (Redis's clock).
 
 CREATE TABLE messages (
-    id              text        NOT NULL,               -- mailrelay's message id
+    id              text        COLLATE "C" NOT NULL,   -- mailrelay's message id (byte order)
     received_at     timestamptz NOT NULL,               -- the 250 (Redis's clock), partition key
     sender          text        NOT NULL DEFAULT '',    -- envelope MAIL FROM
     from_header     text        NOT NULL DEFAULT '',
@@ -37,7 +40,7 @@ CREATE INDEX messages_by_status ON messages (status, received_at DESC, id DESC);
 -- drops a message and its recipients together. rcpt is its index in the message (the
 -- delivery job is "<id>.<rcpt>").
 CREATE TABLE recipients (
-    message_id      text        NOT NULL,
+    message_id      text        COLLATE "C" NOT NULL,
     received_at     timestamptz NOT NULL,
     rcpt            smallint    NOT NULL,
     recipient       text        NOT NULL,
@@ -53,7 +56,7 @@ CREATE INDEX recipients_by_address ON recipients (lower(recipient), received_at 
 -- bounce) takes the number of its stream entry, <ms> * 1000 + <seq>, beyond every position.
 -- The columns are mailrelay.store.events.Event's; fields it does not know go to extra.
 CREATE TABLE events (
-    message_id      text        NOT NULL,
+    message_id      text        COLLATE "C" NOT NULL,
     received_at     timestamptz NOT NULL,               -- the message's, partition key
     seq             bigint      NOT NULL,
     type            text        NOT NULL,
@@ -73,7 +76,7 @@ CREATE TABLE events (
 
 -- Bounce records (mailrelay.store.records.BounceRecord), by the time they were received.
 CREATE TABLE bounces (
-    id              text        NOT NULL,               -- the bounce's id
+    id              text        COLLATE "C" NOT NULL,   -- the bounce's id (byte order)
     received_at     timestamptz NOT NULL,               -- partition key
     message_id      text        NOT NULL DEFAULT '',    -- '': the report matched no message
     recipient       text        NOT NULL DEFAULT '',
@@ -96,7 +99,7 @@ CREATE INDEX bounces_by_address ON bounces (lower(recipient), received_at DESC, 
 -- message heap that every search reads. body is the stored form (mailrelay.store.queue's
 -- compress_body: zlib).
 CREATE TABLE bodies (
-    message_id      text        NOT NULL,
+    message_id      text        COLLATE "C" NOT NULL,
     received_at     timestamptz NOT NULL,               -- the message's, partition key
     body            bytea       NOT NULL,
     PRIMARY KEY (message_id, received_at)
