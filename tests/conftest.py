@@ -57,6 +57,7 @@ from uuid import uuid4
 
 import pytest
 
+from pgserver import PostgresServer, start_postgres
 from redisclient import RedisClient, RedisError
 
 # -- redis-server ------------------------------------------------------------------------
@@ -217,80 +218,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
-
-
-@dataclass
-class PostgresServer:
-    """A running PostgreSQL started by :func:`start_postgres`."""
-
-    process: subprocess.Popen
-    root: Path  # the temporary directory holding everything
-    socket_dir: Path
-    log_path: Path
-    role: str = "mailrelay"
-
-    def conninfo(self, dbname: str = "postgres") -> str:
-        return f"host={self.socket_dir} port=5432 user={self.role} dbname={dbname}"
-
-    def status(self) -> str:
-        """Line 8 of postmaster.pid: ``ready`` once it accepts connections."""
-        try:
-            lines = (self.socket_dir / "data" / "postmaster.pid").read_text().split("\n")
-        except OSError:
-            return ""
-        return lines[7].strip() if len(lines) > 7 else ""
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT (fast shutdown), then SIGKILL after ``timeout`` seconds."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_postgres(timeout: float = 30.0) -> PostgresServer:
-    """initdb and start a PostgreSQL in a new short directory under /tmp (socket only)."""
-    from mailrelay.pgproc import cluster_user, find_pg_bindir
-
-    bindir = find_pg_bindir()
-    user = cluster_user()  # postgres when we are root: PostgreSQL refuses root
-    root = Path(tempfile.mkdtemp(prefix="mrpg", dir="/tmp"))
-    directory = root / "pg"
-    directory.mkdir(mode=0o700)
-    ids: dict[str, Any] = {}
-    if user is not None:
-        os.chmod(root, 0o701)  # searchable, not readable, by the cluster user
-        os.chown(directory, user.pw_uid, user.pw_gid)
-        ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    log_path = root / "postgresql.log"
-    with open(log_path, "ab") as log:
-        subprocess.run(
-            [str(bindir / "initdb"), "-D", str(directory / "data"), "-E", "UTF8", "--no-locale",
-             "-U", "mailrelay", "--auth=trust", "-N", "--no-instructions"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True,
-            env={"LC_ALL": "C"}, **ids,
-        )
-        process = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(directory / "data"), "-c", "listen_addresses=",
-             "-c", f"unix_socket_directories={directory}", "-c", "fsync=off",
-             "-c", "max_connections=40"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env={"LC_ALL": "C"}, **ids,
-        )
-    server = PostgresServer(process=process, root=root, socket_dir=directory, log_path=log_path)
-    try:
-        wait_until(lambda: server.status() == "ready" or process.poll() is not None, timeout,
-                   "PostgreSQL to accept connections")
-    except AssertionError:
-        server.stop()
-        raise
-    if process.poll() is not None:
-        raise RuntimeError(f"postgres exited with {process.returncode}:\n{log_path.read_text()}")
-    return server
 
 
 @pytest.fixture(scope="session")
