@@ -30,6 +30,7 @@ from mailrelay.store.errors import ArchiveUnavailable
 from mailrelay.store.queue import compress_body
 from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, RecipientState,
                                      TimelineEvent)
+from mailrelay.store.timelinepack import pack_timeline
 from mailrelay.store.tracking import MESSAGE_STATUSES
 
 UTC = datetime.timezone.utc
@@ -98,20 +99,11 @@ class Archive:
                         copy.write_row((m.id, time_of(m.ms), i, address, state, attempts))
 
     def events(self, message: Message, entries: list[dict[str, Any]]) -> None:
-        """Timeline entries (Event JSON objects) at their list positions; unknown fields to extra."""
-        known = ("type", "at", "rcpt", "recipient", "detail", "remote_host", "remote_ip", "smtp_code",
-                 "enhanced_code", "response", "remote_queue_id")
-        rows = []
-        for seq, entry in enumerate(entries):
-            extra = {k: v for k, v in entry.items() if k not in known}
-            rows.append((message.id, time_of(message.ms), seq, entry["type"], entry.get("at") or "",
-                         entry.get("rcpt"), entry.get("recipient"), entry.get("detail") or "",
-                         entry.get("remote_host"), entry.get("remote_ip"), entry.get("smtp_code"),
-                         entry.get("enhanced_code"), entry.get("response"), entry.get("remote_queue_id"),
-                         json.dumps(extra) if extra else None))
-        self.conn.cursor().executemany(
-            f"INSERT INTO events (message_id, received_at, seq, {', '.join(known[:])}, extra)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+        """Timeline entries (Event JSON objects) packed into the message's row, as the archiver does."""
+        packed = pack_timeline(json.dumps(entry, separators=(",", ":")).encode() for entry in entries)
+        self.conn.execute("UPDATE messages SET timeline = %s, timeline_length = %s"
+                          " WHERE id = %s AND received_at = %s",
+                          (packed, len(entries), message.id, time_of(message.ms)))
 
     def body(self, message: Message, content: bytes) -> None:
         self.conn.execute("INSERT INTO bodies (message_id, received_at, body) VALUES (%s, %s, %s)",

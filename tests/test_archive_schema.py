@@ -18,7 +18,7 @@ from conftest import new_database
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
 
-TABLES = ("messages", "recipients", "events", "bounces", "bodies")
+TABLES = ("messages", "recipients", "bounces", "bodies")
 
 
 @pytest.fixture
@@ -137,25 +137,6 @@ def test_rows_go_to_their_day_and_a_day_without_partition_is_refused(archive: st
         with pytest.raises(errors.CheckViolation, match="no partition"):
             conn.execute("INSERT INTO messages (id, received_at, status) VALUES ('old', %s, 'queued')",
                          (now - datetime.timedelta(days=40),))
-        conn.rollback()
-
-
-def test_an_event_is_stored_once_under_its_timeline_position(archive: str) -> None:
-    today = utc_today()
-    received = datetime.datetime.now(datetime.timezone.utc)
-    row = ("m1", received, 2, "delivered", 0, "a@example.org")
-    insert = ("INSERT INTO events (message_id, received_at, seq, type, rcpt, recipient)"
-              " VALUES (%s, %s, %s, %s, %s, %s)")
-    with psycopg.connect(archive) as conn:
-        migrations.create_partitions(conn, today, 1)
-        conn.execute(insert, row)
-        conn.commit()
-        conn.execute(insert + " ON CONFLICT DO NOTHING", row)  # a replay
-        conn.commit()
-        assert conn.execute("SELECT count(*) FROM events WHERE message_id = %s AND seq = %s",
-                            (row[0], row[2])).fetchone() == (1,)
-        with pytest.raises(errors.UniqueViolation):
-            conn.execute(insert, row)
         conn.rollback()
 
 

@@ -66,7 +66,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.errors import ArchiveUnavailable, translate
-from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, TimelineEvent)
+from mailrelay.store.records import (BounceRecord, MessageRecord, MessageSummary, TimelineEvent,
+                                     decode_timeline)
+from mailrelay.store.timelinepack import json_entries, unpack_timeline
 from mailrelay.store.tracking import MESSAGE_STATUSES
 
 T = TypeVar("T")
@@ -128,9 +130,6 @@ _MESSAGE_COLUMNS = ("m.sender, m.username, m.client, m.received_at, m.size, m.ta
 _SUMMARY_FIELDS = ("id", "received_at", "from", "to", "subject", "tag", "status", "sender")
 _SUMMARY_COLUMNS = "m.id, m.received_at, m.from_header, m.to_header, m.subject, m.tag, m.status, m.sender"
 
-_EVENT_COLUMNS = ("type", "at", "rcpt", "recipient", "detail", "remote_host", "remote_ip", "smtp_code",
-                  "enhanced_code", "response", "remote_queue_id")
-
 #: The fields of a search_bounces row (those mailrelay.store.bounces reads from each hash).
 _BOUNCE_SEARCH_FIELDS = ("id", "received_at", "message_id", "recipient", "type", "type_code", "description",
                          "details", "at", "inactive")
@@ -153,8 +152,8 @@ def message_statement(message_id: str, low: datetime.datetime,
 
 def timeline_statement(message_id: str, low: datetime.datetime,
                        high: datetime.datetime) -> tuple[str, list[Any]]:
-    return (f"SELECT {', '.join(_EVENT_COLUMNS)}, extra FROM events"
-            " WHERE message_id = %s AND received_at BETWEEN %s AND %s ORDER BY seq",
+    """The message's packed timeline (mailrelay.store.timelinepack)."""
+    return ("SELECT timeline FROM messages WHERE id = %s AND received_at BETWEEN %s AND %s",
             [message_id, low, high])
 
 
@@ -276,14 +275,6 @@ def message_fields(row: tuple[Any, ...]) -> dict[str, str]:
     return stored
 
 
-def timeline_entry(row: tuple[Any, ...]) -> dict[str, Any]:
-    """An events row as the timeline entry's JSON object (the columns, then ``extra``'s fields)."""
-    *columns, extra = row
-    entry = dict(extra) if isinstance(extra, dict) else {}
-    entry.update(zip(_EVENT_COLUMNS, columns))
-    return entry
-
-
 def summary_fields(row: tuple[Any, ...]) -> dict[str, Any]:
     """A search row as MessageSummary.decode's row (``_score``: the received time in ms)."""
     fields = dict(zip(_SUMMARY_FIELDS, row))
@@ -360,7 +351,8 @@ class ArchiveReader:
         if window is None:
             return ()
         rows = await self._run(self._fetch, timeline_statement(message_id, *window))
-        return tuple(TimelineEvent.decode(timeline_entry(row)) for row in rows)  # type: ignore[misc]
+        packed = bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+        return decode_timeline(json_entries(unpack_timeline(packed)))
 
     async def search_messages(self, *, recipient: str | None = None, tag: str | None = None,
                               status: str | None = None, since_ms: int | None = None,
