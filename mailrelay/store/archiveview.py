@@ -16,6 +16,12 @@ JOB
       ``search_bounces``): from PostgreSQL only, so they cover what is
       archived (the archiver's lag says how far behind that is).
 
+    Until the Redis data is migrated to format version 2 (``mailrelay
+    migrate``: the archive lives in PostgreSQL, see docs/operations.md,
+    "Upgrades"), ``in_postgres()`` is false and every read goes to Redis,
+    which still holds the whole archive then (old and new daemons share it
+    during a rolling upgrade).
+
     It holds no state and names no key or table: the Redis stores and
     :class:`mailrelay.store.archiveread.ArchiveReader` do.
 
@@ -36,6 +42,8 @@ CONFIGURATION
 
 from __future__ import annotations
 
+from typing import Callable
+
 from mailrelay.store.interfaces import ArchiveReads
 from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, TimelineEvent
 
@@ -44,9 +52,17 @@ class ArchiveView:
     """Reads of one message or bounce from ``hot`` (Redis) then ``archive`` (PostgreSQL);
     searches from ``archive``."""
 
-    def __init__(self, hot: ArchiveReads, archive: ArchiveReads) -> None:
+    def __init__(self, hot: ArchiveReads, archive: ArchiveReads,
+                 in_postgres: Callable[[], bool] = lambda: True) -> None:
         self.hot = hot
-        self.archive = archive
+        self._archive = archive
+        self.in_postgres = in_postgres
+
+    @property
+    def archive(self) -> ArchiveReads:
+        """Where searches go and what one-item reads fall back to: PostgreSQL once the data is
+        at version 2, else Redis."""
+        return self._archive if self.in_postgres() else self.hot
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         record = await self.hot.get_message(message_id)
