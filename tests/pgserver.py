@@ -21,13 +21,14 @@ from typing import Any
 
 @dataclass
 class PostgresServer:
-    """A running PostgreSQL started by :func:`start_postgres`."""
+    """A PostgreSQL made by :func:`start_postgres`: its cluster in ``socket_dir/data``."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     root: Path  # the temporary directory holding everything
     socket_dir: Path
     log_path: Path
     role: str = "mailrelay"
+    run_as: dict[str, Any] | None = None  # subprocess user/group when the cluster user is not us
 
     def conninfo(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port=5432 user={self.role} dbname={dbname}"
@@ -40,8 +41,32 @@ class PostgresServer:
             return ""
         return lines[7].strip() if len(lines) > 7 else ""
 
+    def start(self, timeout: float = 30.0) -> None:
+        """Start postgres on the cluster (again, after :meth:`stop`) and wait until it is ready."""
+        from mailrelay.pgproc import find_pg_bindir
+
+        assert self.process is None or self.process.poll() is not None, "already running"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(find_pg_bindir() / "postgres"), "-D", str(self.socket_dir / "data"),
+                 "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
+                 "-c", "fsync=off", "-c", "max_connections=40"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={"LC_ALL": "C"}, **(self.run_as or {}),
+            )
+        deadline = time.monotonic() + timeout
+        # postmaster.pid's status line is the readiness signal (what pg_ctl -w polls): no event to wait on
+        while self.status() != "ready" and self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"PostgreSQL not ready after {timeout:g}s:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"postgres exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGINT (fast shutdown), then SIGKILL after ``timeout`` seconds."""
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -56,7 +81,6 @@ def start_postgres(timeout: float = 30.0) -> PostgresServer:
     """initdb and start a PostgreSQL in a new short directory under /tmp (socket only)."""
     from mailrelay.pgproc import cluster_user, find_pg_bindir
 
-    bindir = find_pg_bindir()
     user = cluster_user()  # postgres when we are root: PostgreSQL refuses root
     root = Path(tempfile.mkdtemp(prefix="mrpg", dir="/tmp"))
     directory = root / "pg"
@@ -66,29 +90,14 @@ def start_postgres(timeout: float = 30.0) -> PostgresServer:
         os.chmod(root, 0o701)  # searchable, not readable, by the cluster user
         os.chown(directory, user.pw_uid, user.pw_gid)
         ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    log_path = root / "postgresql.log"
-    with open(log_path, "ab") as log:
+    server = PostgresServer(process=None, root=root, socket_dir=directory, log_path=root / "postgresql.log",
+                            run_as=ids)
+    with open(server.log_path, "ab") as log:
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(directory / "data"), "-E", "UTF8", "--no-locale",
+            [str(find_pg_bindir() / "initdb"), "-D", str(directory / "data"), "-E", "UTF8", "--no-locale",
              "-U", "mailrelay", "--auth=trust", "-N", "--no-instructions"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True,
             env={"LC_ALL": "C"}, **ids,
         )
-        process = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(directory / "data"), "-c", "listen_addresses=",
-             "-c", f"unix_socket_directories={directory}", "-c", "fsync=off",
-             "-c", "max_connections=40"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env={"LC_ALL": "C"}, **ids,
-        )
-    server = PostgresServer(process=process, root=root, socket_dir=directory, log_path=log_path)
-    deadline = time.monotonic() + timeout
-    # postmaster.pid's status line is the readiness signal (what pg_ctl -w polls): no event to wait on
-    while server.status() != "ready" and process.poll() is None:
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"PostgreSQL not ready after {timeout:g}s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    if process.poll() is not None:
-        raise RuntimeError(f"postgres exited with {process.returncode}:\n{log_path.read_text()}")
+    server.start(timeout)
     return server
