@@ -80,6 +80,8 @@ from mailrelay.config import Config, config_warnings, parse_redis_url
 from mailrelay.services.delivery import DeliveryService
 from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
+from mailrelay.pgproc import ManagedPostgres
+from mailrelay.services.archive import ArchiveService
 from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
@@ -208,6 +210,16 @@ def make_service(config: Config) -> MailrelayService:
         managed.setServiceParent(top)
     storage_service = StorageService(config, managed)
     storage_service.setServiceParent(top)
+
+    # The archive (PostgreSQL): nothing waits for it to start; it stops after everything that
+    # uses it (reverse order), and closes its pools before the managed PostgreSQL stops.
+    managed_postgres = None
+    if not config.archive.url:
+        managed_postgres = ManagedPostgres(state_dir)
+        managed_postgres.setName("postgresql")
+        managed_postgres.setServiceParent(top)
+    archive = ArchiveService(config, managed_postgres)
+    archive.setServiceParent(top)
 
     if config.tls.cert:
         cert, key = config.tls.cert, config.tls.key
