@@ -40,7 +40,9 @@ DIAGNOSTICS
     managed PostgreSQL``; ONE warning while the database cannot be reached or
     prepared, ``archive database at <where>: <error>; the archive waits, mail
     is accepted and delivered; retrying`` (again only if the kind of error
-    changes); and once ready ``archive database at <where>: schema version
+    changes; each further failure is a debug line ``archive database at
+    <where> still not ready: <error>; next try in <n>s``); and once ready
+    ``archive database at <where>: schema version
     <n> ready (applied <versions> | up to date), <k> partitions made``.
 
 CONFIGURATION
@@ -182,6 +184,10 @@ class ArchiveService(service.Service):
                     log.warn("archive database at {where}: {error}; the archive waits, mail is "
                              "accepted and delivered; retrying", where=self.describe(),
                              error=one_line_error(e, self.url))
+                else:
+                    log.debug("archive database at {where} still not ready: {error}; next try in "
+                              "{delay:g}s", where=self.describe(), error=one_line_error(e, self.url),
+                              delay=delay)
                 try:
                     await self._interrupt_on_stop(task.deferLater(reactor, delay, lambda: None))
                 except defer.CancelledError:
