@@ -4,8 +4,13 @@ temporary directory and stopped (and reaped) by the benchmark.
 
 - :class:`Redis`: ``redis-server`` as the daemon's managed Redis runs it (AOF only,
   ``appendfsync always`` or ``everysec``), on a unix socket.
+- :class:`Postgres`: a private PostgreSQL for the archive, run as mailrelay's managed one runs
+  it (its settings, a unix socket only, ``postgres`` as the user when we are root), database
+  ``mailrelay`` made; ``.url`` is the daemons' ``[archive] url``.
 - :class:`Mailrelay`: the daemon under ``twistd -n`` of this interpreter (as
   ``tests/conftest.py`` starts it), optionally under ``py-spy record`` or twistd's cProfile.
+  Its archive is the :class:`Postgres` given (shared by the daemons of one run), else one it
+  starts for itself and stops after the daemon.
 - :class:`Postfix`: a private Postfix instance (``postfix -c DIR``) with its own queue,
   smtpd on a spare port, relayhost = a smtp-sink; ``hold`` puts every message on hold.
 - :class:`Sink`: Postfix's ``smtp-sink`` (``-M N``: exit after N messages).
@@ -226,6 +231,85 @@ class Redis:
         return f"<Redis pid {self.pid} appendfsync {self.appendfsync}>"
 
 
+# -- PostgreSQL (the archive) ---------------------------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL as mailrelay's managed one runs (mailrelay/pgproc.py's settings), in a new
+    short directory under /tmp (the socket path limit; reachable by ``postgres`` when we are
+    root), with the database ``mailrelay``; ``.url`` is an ``[archive] url``."""
+
+    def __init__(self, timeout: float = 30) -> None:
+        import tempfile
+
+        from mailrelay.pgproc import ROLE, SERVER_SETTINGS, cluster_user, find_pg_bindir
+
+        bindir = find_pg_bindir()
+        user = cluster_user()  # PostgreSQL refuses root
+        self.root = Path(tempfile.mkdtemp(prefix="mrbpg", dir="/tmp"))
+        self.dir = self.root / "pg"
+        self.dir.mkdir(mode=0o700)
+        ids: dict[str, Any] = {}
+        if user is not None:
+            os.chmod(self.root, 0o701)
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        self.role = ROLE
+        self.log_path = self.root / "postgresql.log"
+        data = self.dir / "data"
+        with open(self.log_path, "ab") as log:
+            subprocess.run([bindir / "initdb", "-D", data, "-E", "UTF8", "--no-locale", "-U", ROLE,
+                            "--auth=trust", "--no-instructions"],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True,
+                           env={"LC_ALL": "C"}, **ids)
+            settings = [*SERVER_SETTINGS, ("unix_socket_directories", str(self.dir))]
+            args: list[Any] = [bindir / "postgres", "-D", data]
+            for key, value in settings:
+                args += ["-c", f"{key}={value}"]
+            self.process = popen(args, stdout=log, stderr=subprocess.STDOUT, env={"LC_ALL": "C"}, **ids)
+        RUNNING.append(self)
+        deadline = time.monotonic() + timeout
+        while self._status() != "ready":
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("postgres did not start: " + self.log_path.read_text()[-2000:])
+            time.sleep(0.02)
+        import psycopg
+
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE mailrelay")
+
+    def _status(self) -> str:
+        try:
+            lines = (self.dir / "data" / "postmaster.pid").read_text().split("\n")
+        except OSError:
+            return ""
+        return lines[7].strip() if len(lines) > 7 else ""
+
+    def conninfo(self, dbname: str = "mailrelay") -> str:
+        return f"host={self.dir} port=5432 user={self.role} dbname={dbname}"
+
+    @property
+    def url(self) -> str:
+        return self.conninfo()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def group(self, name: str = "postgresql") -> ProcGroup:
+        return ProcGroup(name, [self.pid], tree=True)  # the postmaster and its backends
+
+    def stop(self) -> None:
+        stop_process(self.process, sig=signal.SIGINT)  # fast shutdown
+        if self in RUNNING:
+            RUNNING.remove(self)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"<Postgres pid {self.pid} {self.dir}>"
+
+
 # -- the mailrelay daemon --------------------------------------------------------------------
 
 #: twistd of this interpreter, as tests/conftest.py runs it (not ``python -m twisted``).
@@ -283,14 +367,18 @@ class Mailrelay:
                  users: Mapping[str, str], delivery: Mapping[str, Any] | None = None,
                  submission: Mapping[str, Any] | None = None, name: str = "mailrelay",
                  py_spy: tuple[str, Path] | None = None, cprofile: Path | None = None,
-                 timeout: float = 60) -> None:
+                 archive: Postgres | None = None, timeout: float = 60) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.redis = redis
+        # the archive: the run's shared PostgreSQL, else one of our own (stopped after us)
+        self.own_postgres = Postgres() if archive is None else None
+        self.postgres = archive or self.own_postgres
         config = {
             "server": {"hostname": "bench-mailrelay.invalid", "state_dir": str(self.dir / "state")},
             "redis": {"url": redis.url},
+            "archive": {"url": self.postgres.url},
             "tls": {"cert": str(cert), "key": str(key)},
             "submission": {
                 "listen": ["tcp:0:interface=127.0.0.1"],
@@ -364,6 +452,8 @@ class Mailrelay:
         self.log.close()
         if self in RUNNING:
             RUNNING.remove(self)
+        if self.own_postgres is not None:
+            self.own_postgres.stop()
         reap_orphans()
 
     def __repr__(self) -> str:

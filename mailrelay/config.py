@@ -21,14 +21,15 @@ SECURITY
     number), endpoints go through Twisted's endpoint parser, file paths
     (``tls.cert``/``tls.key``, ``[[domains]] key_file``) must exist and DKIM
     keys must load, and ``[submission] users`` must hold password hashes,
-    never passwords. Secrets (``redis.url``'s password, ``submission.users``,
+    never passwords. Secrets (``redis.url``'s password, the password in
+    ``archive.url`` and ``archive.read_url``, ``submission.users``,
     ``delivery.smarthost_password``, ``bounces.verp_secret``,
     ``web.api_tokens``, ``webhooks[].secret``, ``dkim.key_encryption_key``)
     are masked in :func:`render_config`.
 
 STANDARDS
     TOML 1.0 (through :mod:`tomllib`); Redis URLs (``redis://``,
-    ``unix://``); RFC 5321 4.5.3.1.8 (the recipient minimum warned about).
+    ``unix://``); libpq connection strings (``postgresql://`` URLs, ``key=value``); RFC 5321 4.5.3.1.8 (the recipient minimum warned about).
 
 DIAGNOSTICS
     Logs nothing. An unknown key, a wrong type, an unparsable endpoint or a
@@ -49,7 +50,7 @@ DIAGNOSTICS
 CONFIGURATION
     Defines every key: sections ``[server]``, ``[redis]``, ``[tls]``,
     ``[submission]``, ``[delivery]``, ``[bounces]``, ``[tracking]``,
-    ``[web]``, ``[dkim]`` and the arrays ``[[webhooks]]`` and
+    ``[archive]``, ``[web]``, ``[dkim]`` and the arrays ``[[webhooks]]`` and
     ``[[domains]]``. Reads the TOML file given with ``-c`` (and the DKIM key
     files, to check them); owns no Redis data.
 """
@@ -72,6 +73,7 @@ from mailrelay.configvalues import (
     RedisAddress,
     expect,
     format_duration,
+    mask_conninfo,
     p_appendfsync,
     p_bool,
     p_count,
@@ -89,6 +91,7 @@ from mailrelay.configvalues import (
     p_networks,
     p_optional_duration,
     p_optional_rate,
+    p_pg_url,
     p_positive,
     p_prefix,
     p_rate,
@@ -111,7 +114,7 @@ from mailrelay.mail.dkim import load_key_file
 #: ConfigError``): they live in mailrelay.configvalues, one place each.
 __all__ = [
     "SECTIONS", "Config", "ServerConfig", "RedisConfig", "TLSConfig", "SubmissionConfig",
-    "DeliveryConfig", "BouncesConfig", "TrackingConfig", "WebConfig", "WebhookConfig",
+    "DeliveryConfig", "BouncesConfig", "TrackingConfig", "ArchiveConfig", "WebConfig", "WebhookConfig",
     "DkimConfig", "DomainConfig", "RFC5321_MIN_RECIPIENTS",
     "setting", "parse_config", "load_config", "config_warnings", "iter_settings", "render_config",
     # re-exported from mailrelay.configvalues
@@ -229,6 +232,16 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """``[archive]``: the PostgreSQL database of the archive (issue 18; mailrelay/services/archive.py)."""
+
+    url: str = setting("", p_pg_url, '"" = a PostgreSQL managed by the daemon in state_dir; else "postgresql://user:password@host:port/db" or "host=... dbname=..."', secret=True)
+    read_url: str = setting("", p_pg_url, 'a read replica for the API, the status page and the CLI; "" = url', secret=True)
+    statement_timeout: float = setting("5s", p_duration, "longest an archive query may run before it is cancelled (the API answers 503)")
+    connect_timeout: float = setting("3s", p_duration, "time allowed to connect to the archive database (rounded up to whole seconds; libpq waits at least 2s)")
+
+
+@dataclass(frozen=True)
 class WebConfig:
     listen: tuple = setting(["tcp:8025:interface=127.0.0.1"], p_endpoints, "endpoints of the JSON API, /metrics, health checks and the status page")
     api_tokens: tuple = setting([], p_tokens, "Bearer tokens accepted by /api and the status page; empty = one generated token in state_dir/api-token", secret=True)
@@ -270,6 +283,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliveryConfig,
     "bounces": BouncesConfig,
     "tracking": TrackingConfig,
+    "archive": ArchiveConfig,
     "web": WebConfig,
     "dkim": DkimConfig,
 }
@@ -286,6 +300,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     web: WebConfig = field(default_factory=WebConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     webhooks: tuple = ()  # of WebhookConfig, from [[webhooks]]
@@ -447,6 +462,13 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _mask_setting(value: Any, f: dataclasses.Field) -> Any:
+    """A secret setting's value as check-config shows it."""
+    if f.metadata["parse"] is p_pg_url:
+        return mask_conninfo(value)  # host, port, db and user stay visible
+    return _mask(value)
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple("********" for _ in value)
@@ -475,13 +497,13 @@ def render_config(config: Config) -> str:
             lines.append(f"[{section}]")
             current = section
         if f.metadata["secret"]:
-            value = _mask(value)
+            value = _mask_setting(value, f)
         lines.append(f"{key} = {_render(value, f)}")
     for hook in config.webhooks:
         lines += ["", "[[webhooks]]"]
         for f in dataclasses.fields(hook):
             value = getattr(hook, f.name)
-            lines.append(f"{f.name} = {_render(_mask(value) if f.metadata['secret'] else value, f)}")
+            lines.append(f"{f.name} = {_render(_mask_setting(value, f) if f.metadata['secret'] else value, f)}")
     for domain in config.domains:
         lines += ["", "[[domains]]"]
         for f in dataclasses.fields(domain):

@@ -11,8 +11,9 @@ JOB
     declares every key with one of them. Also the value types and their
     text forms shared by the rest of the package: :func:`parse_duration` /
     :func:`format_duration`, :class:`Rate` / :func:`parse_rate`,
-    :class:`RedisAddress` / :func:`parse_redis_url`, and
-    :data:`WEBHOOK_EVENTS`. :mod:`mailrelay.config` re-exports the names its
+    :class:`RedisAddress` / :func:`parse_redis_url`, PostgreSQL connection
+    strings (:func:`p_pg_url`, :func:`parse_conninfo`, :func:`mask_conninfo`),
+    and :data:`WEBHOOK_EVENTS`. :mod:`mailrelay.config` re-exports the names its
     callers use, so ``from mailrelay.config import ConfigError`` keeps working.
 
 SECURITY
@@ -26,7 +27,9 @@ SECURITY
 
 STANDARDS
     Redis URLs (``redis://[[user]:password@]host:port/db``,
-    ``unix:///path?db=N&password=...``); Twisted endpoint strings
+    ``unix:///path?db=N&password=...``); libpq connection strings
+    (``postgresql://`` URLs and ``key=value`` conninfo, parsed by libpq
+    through psycopg); Twisted endpoint strings
     (``systemd:`` ones checked for syntax only); RFC 1035 domain names and
     RFC 6376 DKIM selectors (DNS labels); IP networks in CIDR notation.
 
@@ -37,8 +40,10 @@ DIAGNOSTICS
     ``<key>[<i>]: '<endpoint>' is not a usable endpoint (<reason>)``,
     ``<key>: file '<path>' does not exist``, ``<key>.<user>: not a password
     hash; make one with `mailrelay hash-password```, and the like.
-    :func:`parse_duration`, :func:`parse_rate` and :func:`parse_redis_url`
-    raise :class:`ValueError` (their callers add the key).
+    :func:`parse_duration`, :func:`parse_rate`, :func:`parse_redis_url` and
+    :func:`parse_conninfo` raise :class:`ValueError` (their callers add the
+    key); a PostgreSQL connection string's password never appears in a
+    message (``********``).
 
 CONFIGURATION
     Reads no key itself: the keys are declared in :mod:`mailrelay.config`,
@@ -424,4 +429,74 @@ def p_selector(key: str, value: Any) -> str:
     value = value.strip().lower()
     if not _SELECTOR_RE.match(value):
         raise ConfigError(f"{key}: {value!r} is not a DKIM selector (letters, digits, hyphens, dots)")
+    return value
+
+
+# -- PostgreSQL connection strings ([archive] url, read_url) -------------------------------
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']\S*)")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
+MASK = "********"
+
+
+def mask_conninfo(text: str) -> str:
+    """A PostgreSQL URL or key=value conninfo with its password (if any) replaced by ``********``."""
+    if "://" in text:
+        parts = urlsplit(text)
+        try:
+            password = parts.password
+        except ValueError:
+            password = None
+        if password:
+            text = text.replace(":" + password + "@", ":" + MASK + "@", 1)
+        return _QUERY_PASSWORD.sub(r"\g<1>" + MASK, text)
+    return _KV_PASSWORD.sub(r"\g<1>" + MASK, text)
+
+
+def parse_conninfo(text: str) -> dict[str, str]:
+    """libpq's reading of a ``postgresql://`` URL or ``key=value`` conninfo (through psycopg):
+    ``{keyword: value}``. ValueError with one line that never shows the password."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in text.partition("=")[0] and not text.startswith(_URL_SCHEMES):
+        raise ValueError(f"{mask_conninfo(text)!r}: scheme must be postgresql:// "
+                         "(or a conninfo like \"host=... dbname=...\")")
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(text).items()}
+    except psycopg.Error as e:
+        message = " ".join(str(e).split())
+        masked = mask_conninfo(text)
+        if masked != text:  # a password is in there: show the masked text, and nothing of it
+            message = message.replace(text, masked)
+            for secret in _passwords_in(text):
+                message = message.replace(secret, MASK)
+        raise ValueError(f"not a PostgreSQL URL or conninfo: {message}") from None
+    for port in params.get("port", "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{mask_conninfo(text)!r}: port {port!r} is not a number from 1 to 65535")
+    return params
+
+
+def _passwords_in(text: str) -> list[str]:
+    found = [m.group(2).strip("'") for m in _KV_PASSWORD.finditer(text)]
+    found += [m.group(0).partition("=")[2] for m in _QUERY_PASSWORD.finditer(text)]
+    if "://" in text:
+        try:
+            found.append(urlsplit(text).password or "")
+        except ValueError:
+            pass
+    return [p for p in found if p]
+
+
+def p_pg_url(key: str, value: Any) -> str:
+    """``""`` or a PostgreSQL URL / conninfo libpq accepts."""
+    expect(key, value, str, 'a PostgreSQL URL ("postgresql://user@host/db") or conninfo '
+                            '("host=... dbname=..."), or ""')
+    if value:
+        try:
+            parse_conninfo(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     return value

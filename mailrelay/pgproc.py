@@ -2,9 +2,10 @@
 pgproc: the PostgreSQL server run and supervised by the daemon (for the archive).
 
 JOB
-    For an archive with no ``[archive] url`` (issue 18, not wired into
-    :mod:`mailrelay.service` yet) the daemon runs its own PostgreSQL as a
-    child process, like :mod:`mailrelay.redisproc` runs Redis::
+    For an archive with no ``[archive] url`` (issue 18) the daemon runs its
+    own PostgreSQL as a child process (:mod:`mailrelay.service`, service
+    ``postgresql``; :mod:`mailrelay.services.archive` makes its database
+    ``mailrelay``), like :mod:`mailrelay.redisproc` runs Redis::
 
         pg = ManagedPostgres(config.state_dir)
         pg.setServiceParent(application)

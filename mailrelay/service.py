@@ -4,7 +4,11 @@ service: assembles the daemon's services from the configuration.
 JOB
     :func:`make_service` builds the service tree that ``twistd -n mailrelay``
     runs: the managed Redis (when neither ``redis.url`` nor
-    ``redis.sentinels`` is set), the storage (connection to Redis), delivery
+    ``redis.sentinels`` is set), the storage (connection to Redis), the
+    managed PostgreSQL (service ``postgresql``, when ``archive.url`` is
+    empty), the archive (:class:`mailrelay.services.archive.ArchiveService`:
+    the archive database's pools; it prepares the schema in the background,
+    so no start step waits for PostgreSQL), delivery
     (when enabled), webhooks (when any is configured), the password checker,
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
@@ -15,8 +19,9 @@ JOB
     each child that has a ``when_ready`` awaited before the next starts;
     stop order is the reverse, each step finishing before the next:
     listeners close first, sessions finish their transaction or get 421,
-    acknowledgements decided by the ended sessions are settled, then Redis
-    is released.
+    acknowledgements decided by the ended sessions are settled, the archive's
+    pools are closed before the managed PostgreSQL stops, then Redis is
+    released.
 
 SECURITY
     Trusts the configuration, already validated by :mod:`mailrelay.config`;
@@ -42,7 +47,12 @@ DIAGNOSTICS
     unix:<socket> (appendfsync <policy>)``, ``Redis via Sentinel <host:port,
     ...> (master <name>)`` or ``external Redis at <host:port | unix:path>
     db <n>``; a warning ``Redis is not answering yet (<error>); submission
-    answers 451 until it does``; ``mailrelay <version> ready``; ``stopping
+    answers 451 until it does``; the archive's lines (``archive: writes to
+    <where>, reads from <where>``, one warning ``archive database at <where>:
+    <error>; the archive waits, mail is accepted and delivered; retrying``,
+    ``archive database at <where>: schema version <n> ready ...``, see
+    :mod:`mailrelay.services.archive`) and the managed PostgreSQL's
+    (:mod:`mailrelay.pgproc`); ``mailrelay <version> ready``; ``stopping
     <service> failed`` with the traceback; ``mailrelay stopped``. A failed
     start logs ``mailrelay could not start: <error>`` (critical), stops the
     reactor and exits with status 1. A :class:`mailrelay.config.ConfigError`
@@ -50,7 +60,9 @@ DIAGNOSTICS
     twistd plugin, which prints ``mailrelay: <error>`` and exits non-zero.
 
 CONFIGURATION
-    ``[server]`` hostname, state_dir (created if missing); ``[redis]`` url,
+    ``[server]`` hostname, state_dir (created if missing); ``[archive]`` url
+    (empty: the managed PostgreSQL; the archive service reads the rest);
+    ``[redis]`` url,
     sentinels, master_name, appendfsync, key_prefix (logged), timeout (to
     settle acknowledgements at stop); ``[tls]`` cert, key, min_version;
     ``[submission]`` users, listen, listen_tls, max_message_size,
@@ -61,7 +73,7 @@ CONFIGURATION
     max_message_size, max_connections, max_stored_bounce_size,
     max_unmatched_bounces. The services read their own keys. Owns no Redis
     data; files in ``state_dir`` are made through :mod:`mailrelay.redisproc`,
-    :mod:`mailrelay.tlsutil` and :mod:`mailrelay.services.submission`.
+    :mod:`mailrelay.pgproc`, :mod:`mailrelay.tlsutil` and :mod:`mailrelay.services.submission`.
 """
 
 from __future__ import annotations
@@ -80,6 +92,8 @@ from mailrelay.config import Config, config_warnings, parse_redis_url
 from mailrelay.services.delivery import DeliveryService
 from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
+from mailrelay.pgproc import ManagedPostgres
+from mailrelay.services.archive import ArchiveService
 from mailrelay.redisproc import ManagedRedis, find_redis_server
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
@@ -208,6 +222,16 @@ def make_service(config: Config) -> MailrelayService:
         managed.setServiceParent(top)
     storage_service = StorageService(config, managed)
     storage_service.setServiceParent(top)
+
+    # The archive (PostgreSQL): nothing waits for it to start; it stops after everything that
+    # uses it (reverse order), and closes its pools before the managed PostgreSQL stops.
+    managed_postgres = None
+    if not config.archive.url:
+        managed_postgres = ManagedPostgres(state_dir)
+        managed_postgres.setName("postgresql")
+        managed_postgres.setServiceParent(top)
+    archive = ArchiveService(config, managed_postgres)
+    archive.setServiceParent(top)
 
     if config.tls.cert:
         cert, key = config.tls.cert, config.tls.key

@@ -19,8 +19,10 @@ Fixtures
     for failed tests under "Captured stdout teardown").
 ``daemon_config``
     Factory: ``daemon_config(redis_server, prefix, **sections) -> str``, a TOML configuration
-    for the daemon using that Redis and prefix, state in ``<tmp_path>/state`` and submission
-    listeners on port 0 of 127.0.0.1, with per-section overrides.
+    for the daemon using that Redis and prefix, state in ``<tmp_path>/state``, submission
+    listeners on port 0 of 127.0.0.1, and ``[archive] url`` = this test's copy of the archive
+    template for that prefix (``archive_databases(prefix)``), with per-section overrides
+    (``archive={"url": None}`` for the daemon-managed PostgreSQL).
 
 ``postgres_server`` (session)
     A private PostgreSQL (initdb in a new short /tmp directory, a unix socket only, run as
@@ -30,6 +32,15 @@ Fixtures
 ``pg_database`` (module)
     A fresh, empty database on ``postgres_server`` for one test module: its conninfo string.
     Dropped at the end of the module.
+``archive_template`` (session)
+    The name of a database on ``postgres_server`` with the archive's schema migrated and the
+    partitions of today and the next two days made, once per session: the template of
+    ``archive_databases``.
+``archive_databases``
+    Factory: ``archive_databases(key="") -> conninfo``, a copy of ``archive_template`` (``CREATE
+    DATABASE .. TEMPLATE``, fast: no initdb, no migration) for this test, one per ``key`` (the
+    same key gives the same database); dropped after the test's daemons have stopped.
+    ``daemon_config`` gives daemons of one key prefix one such archive.
 
 The helpers are importable too (``tests/`` is on sys.path): ``from conftest import Daemon,
 DaemonError, RedisServer, render_toml, make_daemon_config``.
@@ -38,6 +49,7 @@ DaemonError, RedisServer, render_toml, make_daemon_config``.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import queue
@@ -250,6 +262,53 @@ def new_database(postgres_server: PostgresServer, prefix: str = "t") -> Iterator
     finally:
         with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def today_utc() -> datetime.date:
+    """Today in UTC: the archive's partitions are UTC days."""
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+@pytest.fixture(scope="session")
+def archive_template(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database with the archive's schema and the next days' partitions: its name."""
+    import psycopg
+
+    from mailrelay.store import migrations
+
+    name = f"tmpl{uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(postgres_server.conninfo(name)) as conn:  # closed: a template has no sessions
+        migrations.apply_migrations(conn)
+        migrations.create_partitions(conn, today_utc(), 3)
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def archive_databases(postgres_server: PostgresServer, archive_template: str) -> Iterator[Callable[..., str]]:
+    """Factory: ``archive_databases(key="") -> conninfo`` of this test's copy of the template for
+    ``key``; every copy is dropped at the end of the test (after ``start_daemon``'s daemons)."""
+    import psycopg
+
+    made: dict[str, str] = {}
+
+    def database(key: str = "") -> str:
+        if key not in made:
+            made[key] = f"a{uuid4().hex[:12]}"
+            with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {made[key]} TEMPLATE {archive_template}")
+        return postgres_server.conninfo(made[key])
+
+    yield database
+    if made:
+        with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
+            for name in made.values():
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -495,14 +554,15 @@ def daemon_command(config_path: Path | str, *extra_args: str) -> list[str]:
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def start_daemon(tmp_path: Path, archive_databases: Callable[..., str]) -> Iterator[Callable[..., Daemon]]:
     """Factory: ``start_daemon(config_text, tmp_path=<this test's tmp_path>, *, extra_args=(),
     env=None, wait_ready=True, timeout=20) -> Daemon``.
 
     Writes ``config_text`` to ``<tmp_path>/mailrelay.toml``, starts the daemon with cwd
     ``tmp_path`` and, unless ``wait_ready`` is false, waits for the ready line and records
     ``daemon.ports``. ``extra_args`` go after ``-c path`` (plugin options); ``env`` adds
-    variables to the inherited environment.
+    variables to the inherited environment. (It depends on ``archive_databases`` so that the
+    test's archive databases are dropped after its daemons stopped.)
     """
     started: list[Daemon] = []
     default_dir = tmp_path
@@ -592,11 +652,14 @@ EPHEMERAL = "tcp:0:interface=127.0.0.1"
 
 
 def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | None,
-                       state_dir: Path | str, **sections: Mapping[str, Any]) -> str:
+                       state_dir: Path | str, *, archive_url: str | None = None,
+                       **sections: Mapping[str, Any]) -> str:
     """TOML for a test daemon; ``sections`` override or add keys per section.
 
     Base: ``[server] state_dir``, ``[redis] url`` (a RedisServer's ``.url``, a URL string, or
-    None for the daemon-managed Redis) and ``key_prefix`` (None: the default), ``[submission]
+    None for the daemon-managed Redis) and ``key_prefix`` (None: the default), ``[archive]
+    url`` = ``archive_url`` (None: the daemon-managed PostgreSQL under state_dir, which a root
+    test run's ``postgres`` user must be able to reach: not under pytest's tmp_path), ``[submission]
     listen`` and ``listen_tls`` and ``[web] listen`` = ``["tcp:0:interface=127.0.0.1"]``,
     ``[delivery] allow_private_destinations = true`` (the test DNS server's MX hosts are on
     127.0.0.x: without it direct delivery refuses them). An override value of None
@@ -616,6 +679,8 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
                                   else redis_server.url)
     if prefix is not None:
         config["redis"]["key_prefix"] = prefix
+    if archive_url is not None:
+        config["archive"] = {"url": archive_url}
     for name, overrides in sections.items():
         table = config.setdefault(name, {})
         for key, value in overrides.items():
@@ -627,13 +692,18 @@ def make_daemon_config(redis_server: RedisServer | str | None, prefix: str | Non
 
 
 @pytest.fixture
-def daemon_config(tmp_path: Path) -> Callable[..., str]:
+def daemon_config(tmp_path: Path, archive_databases: Callable[..., str]) -> Callable[..., str]:
     """Factory: ``daemon_config(redis_server, prefix, **sections) -> str`` with
-    ``state_dir = <tmp_path>/state`` (override with ``server={"state_dir": ...}``)."""
+    ``state_dir = <tmp_path>/state`` (override with ``server={"state_dir": ...}``) and ``[archive]
+    url`` = ``archive_databases(prefix)``: daemons sharing a key prefix share an archive
+    (``archive={"url": None}``: the managed PostgreSQL)."""
 
     def build(redis_server: RedisServer | str | None, prefix: str | None,
               **sections: Mapping[str, Any]) -> str:
-        return make_daemon_config(redis_server, prefix, tmp_path / "state", **sections)
+        archive = sections.get("archive", {})
+        archive_url = None if "url" in archive else archive_databases(prefix or "")
+        return make_daemon_config(redis_server, prefix, tmp_path / "state", archive_url=archive_url,
+                                  **sections)
 
     return build
 

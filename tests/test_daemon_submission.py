@@ -292,9 +292,11 @@ def test_redis_full_gives_452(start_daemon, daemon_config, tmp_path, unique_pref
         redis.stop()
 
 
-def test_managed_defaults_credentials_and_clean_stop(start_daemon, tmp_path):
+def test_managed_defaults_credentials_and_clean_stop(start_daemon, tmp_path, archive_databases):
+    # the managed Redis (the managed PostgreSQL: tests/test_archive_wiring.py)
     state = tmp_path / "st"
     config = (f'[server]\nstate_dir = "{state}"\n[delivery]\nenabled = false\n'
+              f'[archive]\nurl = "{archive_databases()}"\n'
               '[submission]\nlisten = ["tcp:0:interface=127.0.0.1"]\nlisten_tls = ["tcp:0:interface=127.0.0.1"]\n'
               '[web]\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
     d = start_daemon(config)

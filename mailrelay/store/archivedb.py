@@ -13,6 +13,11 @@ JOB
         rows = yield db.run(lambda conn: conn.execute("SELECT 1").fetchall())
         db.close()
 
+    :func:`ensure_database` creates a database (the managed PostgreSQL's
+    ``mailrelay``) when missing; :func:`describe_conninfo` says where a
+    conninfo leads (host or socket, port, database, user) for log lines;
+    :func:`with_dbname` names another database in a conninfo.
+
     Each connection carries a ``statement_timeout`` (so a slow query raises
     ``psycopg.errors.QueryCanceled`` instead of holding a thread forever) and a
     ``connect_timeout``; ``run`` commits when the function returns and rolls
@@ -20,7 +25,8 @@ JOB
     PostgreSQL (its fast shutdown would otherwise cut the connections).
 
 SECURITY
-    The conninfo may hold a password: it is never logged.  Queries take their
+    The conninfo may hold a password: it is never logged
+    (:func:`describe_conninfo` leaves it out).  Queries take their
     values as parameters, never formatted into SQL.
 
 STANDARDS
@@ -35,7 +41,8 @@ DIAGNOSTICS
     (``cp_reconnect``); callers retry.
 
 CONFIGURATION
-    None yet (``[archive] url`` and its timeouts come with the archiver).
+    None read here: :mod:`mailrelay.services.archive` passes ``[archive]``
+    url / read_url and the timeouts.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from typing import Any, Callable, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 
+from mailrelay.configvalues import parse_conninfo
 from mailrelay.store import migrations
 
 T = TypeVar("T")
@@ -84,3 +92,53 @@ class ArchiveDatabase:
     def close(self) -> None:
         """Close every connection and stop the threads (waits for running calls)."""
         self._pool.close()
+
+
+def with_dbname(conninfo: str, dbname: str) -> str:
+    """``conninfo`` (URL or key=value) naming database ``dbname`` instead (key=value form)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(conninfo, dbname=dbname)
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """Where a conninfo leads, for logs: ``10.0.0.7:5432 db mailrelay user mr`` or
+    ``unix:/dir db mailrelay user mr``; never the password."""
+    params = parse_conninfo(conninfo)
+    hosts = (params.get("host") or params.get("hostaddr") or "").split(",")
+    ports = (params.get("port") or "").split(",")
+    places = []
+    for i, host in enumerate(hosts):
+        port = (ports[i] if i < len(ports) else ports[-1]) or "5432"
+        if not host:
+            places.append("the default socket")
+        elif host.startswith(("/", "@")):
+            places.append(f"unix:{host}" + ("" if port == "5432" else f" port {port}"))
+        else:
+            places.append(f"{host}:{port}")
+    user = params.get("user") or "(login name)"
+    dbname = params.get("dbname") or params.get("user") or "(login name)"
+    return f"{','.join(places)} db {dbname} user {user}"
+
+
+def ensure_database(conninfo: str, dbname: str, *,
+                    connect_timeout: int = CONNECT_TIMEOUT) -> defer.Deferred[bool]:
+    """Create database ``dbname`` on the server of ``conninfo`` (whose own database must exist,
+    e.g. ``postgres``) unless it exists; True when it was created. In a thread, off the reactor."""
+    from twisted.internet import threads
+
+    return threads.deferToThread(_ensure_database, conninfo, dbname, max(2, int(connect_timeout)))
+
+
+def _ensure_database(conninfo: str, dbname: str, connect_timeout: int) -> bool:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # made by someone else meanwhile
+    return True

@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--end-to-end", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mailrelay-capacity-"))
+    # each daemon runs its managed PostgreSQL (the archive) in its state_dir below: a root run's
+    # "postgres" user must be able to reach it
+    tmp.chmod(0o701)
     aof = ("--appendonly", "no") if args.fsync == "no" else ("--appendonly", "yes", "--appendfsync", args.fsync)
     redis = RedisProcess(tmp / "redis", *aof)
     try:

@@ -48,7 +48,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from conftest import (Daemon, RedisServer, _free_port, _wait_for_pong, daemon_command,  # noqa: E402
-                      render_toml)
+                      render_toml, toml_value)
 from peers import Sink  # noqa: E402
 from redisclient import RedisClient, RedisError  # noqa: E402
 
@@ -184,13 +184,27 @@ def daemon_toml(*, redis: dict[str, Any], port: int, state_dir: Path, sink_port:
     return render_toml(sections)
 
 
+def with_archive(config_text: Callable[[int, Path], str], url: str) -> Callable[[int, Path], str]:
+    """``config_text`` with ``[archive] url = url`` added, unless it has an ``[archive]`` table."""
+
+    def text(port: int, state_dir: Path) -> str:
+        base = config_text(port, state_dir)
+        if re.search(r"^\[archive\]", base, re.M):
+            return base
+        return base + f"\n[archive]\nurl = {toml_value(url)}\n"
+    return text
+
+
 @pytest.fixture
-def slots(request, tmp_path) -> Any:
+def slots(request, tmp_path, archive_databases) -> Any:
     """Factory: ``slots(n, config_text(port, state_dir) -> str) -> [Slot]`` (not started).
+    The test's daemons share one archive database (``archive_databases()``, a copy of the
+    migrated template) unless their configuration has an ``[archive]`` table.
     Every process is stopped at the end; on failure the tails of their logs are printed."""
     made: list[Slot] = []
 
     def make(n: int, config_text: Callable[[int, Path], str]) -> list[Slot]:
+        config_text = with_archive(config_text, archive_databases())
         new = [Slot(chr(ord("a") + len(made) + i), tmp_path / f"daemon-{chr(ord('a') + len(made) + i)}",
                     config_text) for i in range(n)]
         made.extend(new)
