@@ -39,12 +39,12 @@ from typing import Protocol
 
 from twisted.internet import defer
 
-from mailrelay.store.interfaces import MessageReader, TrackingSearch
+from mailrelay.store.interfaces import MessageReader, MessageSearch
 from mailrelay.store.records import MessageRecord, MessageSummary
 
 
-class ArchiveReader(MessageReader, TrackingSearch, Protocol):
-    """What the joined reads need of the store."""
+class MessageArchive(MessageReader, MessageSearch, Protocol):
+    """What the joined reads need of the archive (Redis, PostgreSQL, or the view over both)."""
 
 
 async def message(storage: MessageReader, message_id: str, *, timeline: bool = True) -> MessageRecord | None:
@@ -57,7 +57,7 @@ async def message(storage: MessageReader, message_id: str, *, timeline: bool = T
     return record.with_timeline(await storage.get_timeline(message_id))
 
 
-async def latest_messages(storage: ArchiveReader, limit: int) -> list[MessageSummary]:
+async def latest_messages(storage: MessageArchive, limit: int) -> list[MessageSummary]:
     """The newest ``limit`` messages, each with its first recipient and recipient count."""
     summaries, _ = await storage.search_messages(limit=limit)
     records = await defer.gatherResults(

@@ -52,7 +52,7 @@ from mailrelay.config import Config
 from mailrelay.mail import bounceclassify
 from mailrelay.services.domains import domain_states
 from mailrelay.store import MESSAGE_STATUSES, readmodel
-from mailrelay.store.interfaces import ApiStorage
+from mailrelay.store.interfaces import ApiStorage, ArchiveReads
 from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, Suppression, TimelineEvent
 from mailrelay.timefmt import rfc3339, rfc3339_ms as format_ms
 from mailrelay.web.auth import TokenAuth, bearer_token, unauthorized
@@ -175,9 +175,12 @@ class ApiResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, storage: ApiStorage, config: Config, auth: TokenAuth) -> None:
+    def __init__(self, storage: ApiStorage, config: Config, auth: TokenAuth,
+                 archive: ArchiveReads | None = None) -> None:
         super().__init__()
         self.storage = storage
+        # the sent-mail archive's reads (mailrelay.store.archiveview); the Redis store without one
+        self.archive: ArchiveReads = archive if archive is not None else storage
         self.config = config
         self.auth = auth
         self.timeout = config.redis.timeout * 3
@@ -244,7 +247,7 @@ class ApiResource(resource.Resource):
         until = parse_time("until", q["until"]) if "until" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await self.storage.search_messages(
+        rows, _ = await self.archive.search_messages(
             recipient=q.get("recipient"), tag=q.get("tag"), status=status, since_ms=since,
             until_ms=None if until is None else until - 1,  # until is exclusive
             limit=limit + 1, cursor=cursor)
@@ -262,16 +265,16 @@ class ApiResource(resource.Resource):
 
     async def get_message(self, request: Any, message_id: str) -> None:
         query(request, ())
-        record = await readmodel.message(self.storage, message_id) if _MESSAGE_ID.match(message_id) else None
+        record = await readmodel.message(self.archive, message_id) if _MESSAGE_ID.match(message_id) else None
         if record is None:
             raise not_found(f"no message {message_id}")
         send_json(request, 200, message_detail(record))
 
     async def get_raw(self, request: Any, message_id: str) -> None:
         query(request, ())
-        if not _MESSAGE_ID.match(message_id) or not await self.storage.get_message(message_id):
+        if not _MESSAGE_ID.match(message_id) or not await self.archive.get_message(message_id):
             raise not_found(f"no message {message_id}")
-        body = await self.storage.get_body(message_id)
+        body = await self.archive.get_body(message_id)
         if body is None:
             raise not_found(f"the content of message {message_id} is no longer kept ([tracking] content_retention)")
         finish(request, 200, body, b"message/rfc822",
@@ -287,17 +290,17 @@ class ApiResource(resource.Resource):
         since = parse_time("since", q["since"]) if "since" in q else None
         limit = parse_limit(q.get("limit"))
         cursor = decode_cursor(q["cursor"]) if "cursor" in q else None
-        rows, _ = await self.storage.search_bounces(type=kind, recipient=q.get("recipient"),
+        rows, _ = await self.archive.search_bounces(type=kind, recipient=q.get("recipient"),
                                                   since_ms=since, limit=limit + 1, cursor=cursor)
         send_json(request, 200, {"bounces": [bounce_summary(r) for r in rows[:limit]],
                                  "next_cursor": self._next([(r.score or 0, r.id) for r in rows], limit)})
 
     async def get_bounce(self, request: Any, bounce_id: str) -> None:
         query(request, ())
-        record = await self.storage.get_bounce(bounce_id) if BOUNCE_ID_RE.match(bounce_id) else None
+        record = await self.archive.get_bounce(bounce_id) if BOUNCE_ID_RE.match(bounce_id) else None
         if record is None:
             raise not_found(f"no bounce {bounce_id}")
-        raw = await self.storage.get_bounce_raw(bounce_id)
+        raw = await self.archive.get_bounce_raw(bounce_id)
         body = bounce_summary(record)
         body.update({
             "status": record.status or None,
@@ -355,7 +358,7 @@ class ApiResource(resource.Resource):
     async def stats(self, request: Any) -> None:
         q = query(request, ("since",))
         since = parse_time("since", q["since"]) if "since" in q else None
-        counts = await self.storage.status_counts(since)
+        counts = await self.archive.status_counts(since)
         hour = await self.storage.counters("m", 60)
         day = await self.storage.counters("h", 24)
         queue = queue_totals(await self.storage.admin_queue_summary())

@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mailrelay.config import Config
-from mailrelay.store.interfaces import WebStorage
+from mailrelay.store.interfaces import ArchiveReads, WebStorage
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.web.api import ADMIN_API_MAX_BODY, ApiResource
 from mailrelay.web.auth import TokenAuth, bearer_token_of, ensure_api_token, unauthorized
@@ -241,9 +241,12 @@ class WebService(service.Service):
     name = "web"
 
     def __init__(self, config: Config, get_storage: Callable[[], WebStorage],
-                 listeners: Callable[[], dict[str, dict[str, Any]]]) -> None:
+                 listeners: Callable[[], dict[str, dict[str, Any]]],
+                 get_archive: Callable[[], ArchiveReads | None] | None = None) -> None:
         self.config = config
         self.get_storage = get_storage
+        self.get_archive = get_archive
+        self.archive: ArchiveReads | None = None
         self.listeners = listeners
         self.ports: list[Any] = []
         self.storage: WebStorage | None = None
@@ -262,6 +265,7 @@ class WebService(service.Service):
         if not settings.listen:
             return
         self.storage = self.get_storage()
+        self.archive = self.get_archive() if self.get_archive is not None else None
         tokens = list(settings.api_tokens)
         if not tokens:
             token, path = ensure_api_token(self.config.state_dir)
@@ -287,10 +291,11 @@ class WebService(service.Service):
     def build_root(self) -> RootResource:
         assert self.auth is not None
         page_class = load_status_page()
-        page = (page_class(self.storage, self.config, self.service_health, self.auth, throttle=self.throttle)
+        page = (page_class(self.storage, self.config, self.service_health, self.auth, throttle=self.throttle,
+                           archive=self.archive)
                 if page_class else None)
         root = RootResource(page)
-        root.putChild(b"api", ApiResource(self.storage, self.config, self.auth))
+        root.putChild(b"api", ApiResource(self.storage, self.config, self.auth, self.archive))
         root.putChild(b"healthz", HealthResource())
         root.putChild(b"readyz", ReadyResource(self.health, self.config.redis.timeout * 2))
         root.putChild(b"metrics", MetricsResource(self.metrics))

@@ -117,7 +117,7 @@ from twisted.web.template import Flattenable, tags
 
 from mailrelay.clientkey import client_key
 from mailrelay.libcompat import request_disconnected
-from mailrelay.store.interfaces import StatusPageStorage
+from mailrelay.store.interfaces import ArchiveReads, StatusPageStorage
 from mailrelay.timefmt import display_time
 from mailrelay.web.pagehtml import SECURITY_HEADERS, _card, _document, _logout_button
 from mailrelay.web.statusviews import MESSAGE_PATH_RE, StatusViews
@@ -200,11 +200,12 @@ class StatusPage(StatusViews, resource.Resource):
 
     def __init__(self, storage: StatusPageStorage | Callable[[], StatusPageStorage | None] | None,
                  config: Any, health: Callable[[], Awaitable[dict]], auth: Any, *,
-                 throttle: Any = None, clock: Any = None) -> None:
+                 throttle: Any = None, clock: Any = None, archive: ArchiveReads | None = None) -> None:
         super().__init__()
         from twisted.internet import reactor
 
         self._storage = storage
+        self._archive = archive
         self.config = config
         self.health = health
         self.auth = auth
@@ -225,6 +226,11 @@ class StatusPage(StatusViews, resource.Resource):
         if storage is not None and not hasattr(storage, "search_messages") and callable(storage):
             storage = storage()
         return storage
+
+    @property
+    def archive(self) -> ArchiveReads | None:
+        """The sent-mail archive's reads (mailrelay.store.archiveview); the Redis store without one."""
+        return self._archive if self._archive is not None else self.storage
 
     # -- dispatch -----------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from twisted.web.template import Flattenable, Tag, tags
 
 from mailrelay.services.domains import domain_states
 from mailrelay.store import readmodel
-from mailrelay.store.interfaces import DomainRegistry, StatusPageStorage
+from mailrelay.store.interfaces import ArchiveReads, DomainRegistry, StatusPageStorage
 from mailrelay.store.records import BounceRecord, MessageRecord, MessageSummary, TimelineEvent
 from mailrelay.timefmt import display_rfc3339, display_time_ms, format_age
 from mailrelay.web.pagehtml import _badge, _card, _head_row, _muted, _text, _unavailable
@@ -74,6 +74,7 @@ class StatusViews:
     """
 
     storage: StatusPageStorage | None
+    archive: ArchiveReads | None
     config: Any
     health: Any
     timeout: float
@@ -89,16 +90,16 @@ class StatusViews:
     # -- the overview -------------------------------------------------------------------
 
     async def _overview(self, request: server.Request) -> bytes:
-        storage = self.storage
+        storage, archive = self.storage, self.archive
         now_ms = int(self.clock.seconds() * 1000)
         health_d = defer.ensureDeferred(self._health())
         reads = {
             "queue": self._read(lambda: storage.admin_queue_summary()),
             "hour": self._read(lambda: storage.counters("m", 60)),
             "day": self._read(lambda: storage.counters("h", 24)),
-            "statuses": self._read(lambda: storage.status_counts(now_ms - 86_400_000)),
-            "messages": self._read(lambda: self._latest_messages(storage)),
-            "bounces": self._read(lambda: storage.search_bounces(limit=LATEST)),
+            "statuses": self._read(lambda: archive.status_counts(now_ms - 86_400_000)),
+            "messages": self._read(lambda: self._latest_messages(archive)),
+            "bounces": self._read(lambda: archive.search_bounces(limit=LATEST)),
             "domains": self._read(lambda: self._domain_states(storage)),
         }
         results = dict(zip(reads, await defer.gatherResults(list(reads.values()))))
@@ -219,8 +220,8 @@ class StatusViews:
         return [tags.table(_head_row("Domain", *numeric, numeric=numeric), tags.tbody(rows)), more]
 
     @staticmethod
-    async def _latest_messages(storage: StatusPageStorage) -> list[MessageSummary]:
-        return await readmodel.latest_messages(storage, LATEST)
+    async def _latest_messages(archive: ArchiveReads) -> list[MessageSummary]:
+        return await readmodel.latest_messages(archive, LATEST)
 
     @staticmethod
     def _message_link(message_id: str, content: Flattenable) -> Flattenable:
@@ -273,10 +274,10 @@ class StatusViews:
     # -- one message --------------------------------------------------------------------
 
     async def _message_page(self, request: server.Request, message_id: str) -> tuple[int, bytes]:
-        storage = self.storage
+        archive = self.archive
         message_r, timeline_r = await defer.gatherResults([
-            self._read(lambda: readmodel.message(storage, message_id, timeline=False)),
-            self._read(lambda: storage.get_timeline(message_id)),
+            self._read(lambda: readmodel.message(archive, message_id, timeline=False)),
+            self._read(lambda: archive.get_timeline(message_id)),
         ])
         title = f"Message {message_id}"
         if not message_r[0]:
