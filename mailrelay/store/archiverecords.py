@@ -1,0 +1,123 @@
+"""
+archiverecords: what the archiver carries from Redis to PostgreSQL, as typed records (issue 18).
+
+JOB
+    The shared language of the archive's write path:
+
+    :class:`MessageSnapshot`    one message as Redis holds it at one moment: its
+                                row's fields, each recipient's state, its whole
+                                timeline (the raw entries of ``timeline:<id>``)
+                                and, when it is to be written, its stored body;
+    :class:`ArchivedRecipient`  one recipient of a snapshot;
+    :class:`BounceSnapshot`     one stored bounce (the ``bounce:<id>`` hash's fields)
+                                with its raw report;
+    :class:`ArchiveBatch`       what one archiver transaction writes: snapshots,
+                                bounces, and the messages whose acceptance was
+                                cancelled (to delete from the archive too).
+
+    Produced by the Redis side (:mod:`mailrelay.store.archivefeed`, and
+    ``mailrelay migrate`` from a release-1 Redis archive), consumed by the
+    PostgreSQL side (:mod:`mailrelay.store.archivewrite`). Pure data: no I/O.
+
+SECURITY
+    Every text here came from mail, a client or a remote server (untrusted). It
+    may hold NUL characters or lone surrogates that PostgreSQL refuses; the writer
+    replaces them (docs/archive.md), the records keep them as read.
+
+STANDARDS
+    None.
+
+DIAGNOSTICS
+    None.
+
+CONFIGURATION
+    None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ArchivedRecipient:
+    """One recipient of a message: its index (the job is ``<id>.<rcpt>``), address, state, attempts."""
+
+    rcpt: int
+    recipient: str
+    state: str
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class MessageSnapshot:
+    """One message as read from Redis, in the archive's columns.
+
+    ``to_header``/``cc_header`` and ``metadata`` are the stored JSON texts of the
+    ``msg:<id>`` hash (a list of addresses, an object), kept as stored; ``timeline``
+    is the whole timeline, oldest first, each entry the JSON text Redis holds
+    (mailrelay.store.timelinepack packs them); ``body`` is the stored (zlib) body,
+    None when this snapshot does not carry it (already archived, or gone).
+    """
+
+    id: str
+    received_ms: int
+    status: str
+    sender: str = ""
+    from_header: str = ""
+    to_header: str = ""
+    cc_header: str = ""
+    subject: str = ""
+    message_id_header: str = ""
+    tag: str = ""
+    metadata: str = ""
+    size: int = 0
+    username: str = ""
+    client: str = ""
+    rcpt_count: int = 0
+    recipients: tuple[ArchivedRecipient, ...] = ()
+    timeline: tuple[bytes, ...] = ()
+    body: bytes | None = None
+
+    @property
+    def timeline_length(self) -> int:
+        return len(self.timeline)
+
+
+@dataclass(frozen=True)
+class BounceSnapshot:
+    """One stored bounce: the ``bounce:<id>`` hash as stored (text fields) and the raw report.
+
+    ``received_ms`` is the bounce's time in its index (its score). The fields the
+    ``bounces`` table has columns for (message_id, recipient, type, type_code,
+    description, details, at, inactive) go there; the others (proof, status,
+    remote_mta, source, rule, reason, claimed_message_id, ...) into its ``fields``.
+    """
+
+    id: str
+    received_ms: int
+    stored: Mapping[str, str]
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True)
+class CancelledMessage:
+    """A message whose acceptance was cancelled (its 250 was never sent: the ``cancelled``
+    stream entry of mailrelay.store.settlement); Redis deleted it, its archived rows go too."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class ArchiveBatch:
+    """What one archiver transaction writes."""
+
+    messages: tuple[MessageSnapshot, ...] = ()
+    bounces: tuple[BounceSnapshot, ...] = ()
+    cancelled: tuple[CancelledMessage, ...] = ()
+    #: Why each id in the batch had no snapshot (its keys were gone): id -> reason, for the log.
+    missing: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.bounces or self.cancelled)
