@@ -343,7 +343,8 @@ class MigrationMechanism(unittest.TestCase):
         from twisted.application import service
 
         from mailrelay.config import parse_config
-        from mailrelay.services.cluster import ARCHIVE_IN_POSTGRES_VERSION, ClusterService
+        from mailrelay.services.cluster import ClusterService
+        from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
         from mailrelay.store import Storage
 
         storage = self.storage(Storage)

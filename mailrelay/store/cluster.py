@@ -63,6 +63,11 @@ log = Logger()
 
 CLUSTER_MEMBERS_SCRIPT = SCRIPTS["cluster_members"]
 DATA_VERSION_SCRIPT = SCRIPTS["data_version"]
+
+#: The data format version from which the archive lives in PostgreSQL (issue 18): on older data
+#: (a rolling upgrade) every archive read goes to Redis, which still holds it whole, and no
+#: message's keys are released (mailrelay.store.archiverelease).
+ARCHIVE_IN_POSTGRES_VERSION = 2
 HEARTBEAT_SCRIPT = SCRIPTS["heartbeat"]
 LEAVE_CLUSTER_SCRIPT = SCRIPTS["leave_cluster"]
 RELEASE_LOCK_SCRIPT = SCRIPTS["release_lock"]
