@@ -53,6 +53,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
+from psycopg.types.json import Jsonb
+
 from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, MessageSnapshot
 from mailrelay.store.archiveread import ID_WINDOW, id_window, time_of_ms
 from mailrelay.store.records import whole_number
@@ -64,16 +66,24 @@ _REFUSED = re.compile("[\x00\ud800-\udfff]")
 #: Indexed text is cut to this many UTF-8 bytes: a btree entry must fit in a third of a page.
 INDEXED_TEXT_BYTES = 2000
 INT4_MAX = 2**31 - 1
+INT2_MAX = 2**15 - 1
 
-MESSAGE_COLUMNS = ("id", "received_at", "sender", "from_header", "to_header", "cc_header", "subject",
-                   "message_id_header", "tag", "metadata", "size", "username", "client", "status",
-                   "rcpt_count", "timeline_length", "timeline")
-RECIPIENT_COLUMNS = ("message_id", "received_at", "rcpt", "recipient", "state", "attempts")
-BODY_COLUMNS = ("message_id", "received_at", "body")
-BOUNCE_COLUMNS = ("id", "received_at", "message_id", "recipient", "type", "type_code", "description",
-                  "details", "at", "inactive", "fields", "raw")
+#: The columns written (the staging tables' COPY, in binary) and their types.
+MESSAGE_COLUMNS: dict[str, str] = {
+    "id": "text", "received_at": "timestamptz", "sender": "text", "from_header": "text",
+    "to_header": "text", "cc_header": "text", "subject": "text", "message_id_header": "text", "tag": "text",
+    "metadata": "jsonb", "size": "int4", "username": "text", "client": "text", "status": "text",
+    "rcpt_count": "int4", "timeline_length": "int4", "timeline": "bytea"}
+RECIPIENT_COLUMNS: dict[str, str] = {
+    "message_id": "text", "received_at": "timestamptz", "rcpt": "int2", "recipient": "text", "state": "text",
+    "attempts": "int4"}
+BODY_COLUMNS: dict[str, str] = {"message_id": "text", "received_at": "timestamptz", "body": "bytea"}
+BOUNCE_COLUMNS: dict[str, str] = {
+    "id": "text", "received_at": "timestamptz", "message_id": "text", "recipient": "text", "type": "text",
+    "type_code": "int4", "description": "text", "details": "text", "at": "text", "inactive": "bool",
+    "fields": "jsonb", "raw": "bytea"}
 #: The bounce hash's fields stored in a column of their own; the others go into ``fields``.
-BOUNCE_FIELD_COLUMNS = frozenset(BOUNCE_COLUMNS[2:10])
+BOUNCE_FIELD_COLUMNS = frozenset(list(BOUNCE_COLUMNS)[2:10])
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name}: not JSON")
 
 
+#: Python's JSON as jsonb takes it: no NaN, no infinities (a number too large for a float).
+_METADATA_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def _clean_json(value: Any) -> Any:
     if isinstance(value, str):
         return clean_text(value)
@@ -184,6 +198,15 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
+def jsonb(text: str) -> Jsonb:
+    """JSON text for a jsonb column of a binary COPY (as it is: already JSON)."""
+    return Jsonb(text, dumps=_as_is)
+
+
 def metadata_json(text: Any) -> str:
     """The jsonb text of a message's stored metadata: the JSON object it holds (its strings made
     storable), ``{}`` for none, and ``{"_raw": text}`` for anything else (not JSON, not an object,
@@ -192,7 +215,7 @@ def metadata_json(text: Any) -> str:
         return "{}"
     text = text if isinstance(text, str) else str(text)
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = _METADATA_DECODER.decode(text)
     except (ValueError, RecursionError):
         value = None
     if isinstance(value, dict):
@@ -215,6 +238,14 @@ def _count(value: Any) -> int:
     return min(max(int(value), 0), INT4_MAX)
 
 
+def _recipient_index(value: Any) -> int:
+    """A recipient's index for the smallint ``rcpt`` (binary COPY would wrap a larger one around)."""
+    index = int(value)
+    if not 0 <= index <= INT2_MAX:
+        raise ValueError(f"recipient index {index} out of range")
+    return index
+
+
 # -- rows ----------------------------------------------------------------------------------------
 
 
@@ -234,11 +265,11 @@ def prepare_message(snapshot: MessageSnapshot, body: bytes | None) -> PreparedMe
     entries = timeline_entries(snapshot.timeline)
     row = (message_id, received_at, clean_text(snapshot.sender), clean_text(snapshot.from_header),
            clean_text(snapshot.to_header), clean_text(snapshot.cc_header), clean_text(snapshot.subject),
-           clean_text(snapshot.message_id_header), indexed_text(snapshot.tag), metadata_json(snapshot.metadata),
+           clean_text(snapshot.message_id_header), indexed_text(snapshot.tag), jsonb(metadata_json(snapshot.metadata)),
            _count(snapshot.size), clean_text(snapshot.username), clean_text(snapshot.client),
            indexed_text(snapshot.status), _count(snapshot.rcpt_count), len(entries),
            pack_timeline(entries) if entries else None)
-    recipients = {r.rcpt: (message_id, received_at, int(r.rcpt), indexed_text(r.recipient),
+    recipients = {r.rcpt: (message_id, received_at, _recipient_index(r.rcpt), indexed_text(r.recipient),
                            clean_text(r.state), _count(r.attempts)) for r in snapshot.recipients}
     return PreparedMessage(message_id, received_at, row, tuple(recipients[i] for i in sorted(recipients)),
                            body)
@@ -254,7 +285,7 @@ def prepare_bounce(snapshot: BounceSnapshot) -> PreparedBounce:
     row = (bounce_id, received_at, indexed_text(stored.get("message_id")), indexed_text(stored.get("recipient")),
            indexed_text(stored.get("type")), type_code if -INT4_MAX <= type_code <= INT4_MAX else 0,
            clean_text(stored.get("description")), clean_text(stored.get("details")), clean_text(stored.get("at")),
-           stored.get("inactive") == "1", json.dumps(fields, ensure_ascii=False), snapshot.raw)
+           stored.get("inactive") == "1", jsonb(json.dumps(fields, ensure_ascii=False)), snapshot.raw)
     return PreparedBounce(bounce_id, received_at, row)
 
 

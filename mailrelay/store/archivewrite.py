@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg
 from twisted.logger import Logger
@@ -134,9 +134,12 @@ def _no_partition(error: BaseException) -> bool:
             and (error.diag.constraint_name is None or "no partition" in str(error)))
 
 
-def _data_error(error: BaseException) -> bool:
-    """An error of the data written (worth splitting the batch), not of the server or the code."""
-    return isinstance(error, (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded))
+#: Errors of the data written (worth splitting the batch), not of the server or of the code:
+#: PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity constraint violation) and
+#: 54 (program limit exceeded: an index entry too large), and what psycopg raises in the
+#: client for a value it cannot send (text that is not Unicode, a number out of range).
+_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+                ValueError, TypeError, OverflowError)
 
 
 def _error_text(error: BaseException) -> str:
@@ -153,8 +156,12 @@ _CREATE_STAGING = "".join(
 _CLEAR_STAGING = f"TRUNCATE {', '.join(STAGE.values())}"
 
 
-def _copy_statement(table: str, columns: Sequence[str]) -> str:
-    return f"COPY {STAGE[table]} ({', '.join(columns)}) FROM STDIN"
+def _copy(cursor: Any, table: str, columns: Mapping[str, str], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY ``rows`` into ``table``'s staging table (binary: no text escaping either side)."""
+    with cursor.copy(f"COPY {STAGE[table]} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(columns.values()))
+        for row in rows:
+            copy.write_row(row)
 
 
 def _assignments(columns: Iterable[str]) -> str:
@@ -277,11 +284,9 @@ class ArchiveWriter:
                 if not whole:
                     conn.execute(_CLEAR_STAGING)  # what an earlier part left
                 part = self._merge(conn, units)
-        except psycopg.Error as error:
+        except _DATA_ERRORS as error:
             if retry_partitions and _no_partition(error):
                 raise _MissingPartition() from error
-            if not _data_error(error):
-                raise
             if len(units) == 1:
                 unit = units[0]
                 counts.skipped.append(SkippedEntry(unit.kind, unit.id, _error_text(error)))
@@ -300,27 +305,18 @@ class ArchiveWriter:
         counts = _Counts()
         with conn.cursor() as cursor:
             if messages:
-                with cursor.copy(_copy_statement("messages", MESSAGE_COLUMNS)) as copy:
-                    for message in messages:
-                        copy.write_row(message.row)
-                with cursor.copy(_copy_statement("recipients", RECIPIENT_COLUMNS)) as copy:
-                    for message in messages:
-                        for recipient in message.recipients:
-                            copy.write_row(recipient)
+                _copy(cursor, "messages", MESSAGE_COLUMNS, (m.row for m in messages))
+                _copy(cursor, "recipients", RECIPIENT_COLUMNS, (r for m in messages for r in m.recipients))
                 bodies = [m for m in messages if m.body is not None]
                 if bodies:
-                    with cursor.copy(_copy_statement("bodies", BODY_COLUMNS)) as copy:
-                        for message in bodies:
-                            copy.write_row((message.id, message.received_at, message.body))
+                    _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
                 written, recipients = cursor.execute(_MERGE_MESSAGES).fetchone()
                 counts.messages, counts.recipients = written, recipients
                 counts.stale = len(messages) - written
                 if bodies:
                     counts.bodies = cursor.execute(_MERGE_BODIES).rowcount
             if bounces:
-                with cursor.copy(_copy_statement("bounces", BOUNCE_COLUMNS)) as copy:
-                    for bounce in bounces:
-                        copy.write_row(bounce.row)
+                _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
                 counts.bounces = cursor.execute(_MERGE_BOUNCES).rowcount
         return counts
 
