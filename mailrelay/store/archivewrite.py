@@ -63,7 +63,7 @@ CONFIGURATION
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg
@@ -104,27 +104,12 @@ class WriteResult:
     partitions: int = 0  # partitions made for the batch's days
     skipped: tuple[SkippedEntry, ...] = ()
 
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
 
 class _MissingPartition(Exception):
     """A row had no partition: make the partitions again and write the batch again."""
-
-
-@dataclass
-class _Counts:
-    messages: int = 0
-    stale: int = 0
-    recipients: int = 0
-    bodies: int = 0
-    bounces: int = 0
-    skipped: list[SkippedEntry] = field(default_factory=list)
-
-    def add(self, other: _Counts) -> None:
-        self.messages += other.messages
-        self.stale += other.stale
-        self.recipients += other.recipients
-        self.bodies += other.bodies
-        self.bounces += other.bounces
-        self.skipped += other.skipped
 
 
 def _no_partition(error: BaseException) -> bool:
@@ -244,27 +229,22 @@ class ArchiveWriter:
         if not prepared:
             prepared.append(prepare_batch(batch))
         rows = prepared[0]
-        skipped = list(rows.skipped)
         units: list[PreparedMessage | PreparedBounce] = [*rows.messages, *rows.bounces]
-        made = 0
+        placed = WriteResult(skipped=rows.skipped)
         for round_ in range(1, PARTITION_ROUNDS + 1):
             if round_ > 1:
                 self._partitions.clear()
-            units, created, expired = self._place(conn, units)
-            made += created
-            skipped += expired
-            counts = _Counts()
+            units, place = self._place(conn, units)
+            placed += place
+            parts: list[WriteResult] = []
             try:
                 with conn.transaction():
                     self._begin(conn)
-                    self._write_units(conn, units, counts, whole=True,
-                                      retry_partitions=round_ < PARTITION_ROUNDS)
+                    self._write_units(conn, units, parts, whole=True, retry_partitions=round_ < PARTITION_ROUNDS)
                     deleted = self._delete_cancelled(conn, rows.cancelled)
             except _MissingPartition:
                 continue
-            return WriteResult(messages=counts.messages, stale=counts.stale, recipients=counts.recipients,
-                               bodies=counts.bodies, bounces=counts.bounces, deleted=deleted, partitions=made,
-                               skipped=tuple(skipped + counts.skipped))
+            return sum(parts, placed + WriteResult(deleted=deleted))
         raise AssertionError("unreachable: the last round takes a missing partition as bad data")
 
     @staticmethod
@@ -274,7 +254,7 @@ class ArchiveWriter:
         if not ready:
             conn.execute(_CREATE_STAGING)
 
-    def _write_units(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce], counts: _Counts,
+    def _write_units(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce], parts: list[WriteResult],
                      *, whole: bool, retry_partitions: bool) -> None:
         """Merge ``units`` in a savepoint; on bad data, each half again, down to one unit (skipped)."""
         if not units:
@@ -289,20 +269,20 @@ class ArchiveWriter:
                 raise _MissingPartition() from error
             if len(units) == 1:
                 unit = units[0]
-                counts.skipped.append(SkippedEntry(unit.kind, unit.id, _error_text(error)))
+                parts.append(WriteResult(skipped=(SkippedEntry(unit.kind, unit.id, _error_text(error)),)))
                 return
             half = len(units) // 2
             for piece in (units[:half], units[half:]):
-                self._write_units(conn, piece, counts, whole=False, retry_partitions=retry_partitions)
+                self._write_units(conn, piece, parts, whole=False, retry_partitions=retry_partitions)
             return
-        counts.add(part)
+        parts.append(part)
 
     @staticmethod
-    def _merge(conn: Any, units: Sequence[PreparedMessage | PreparedBounce]) -> _Counts:
+    def _merge(conn: Any, units: Sequence[PreparedMessage | PreparedBounce]) -> WriteResult:
         """COPY the units' rows into the staging tables, then into the archive's (a few statements)."""
         messages = [u for u in units if isinstance(u, PreparedMessage)]
         bounces = [u for u in units if isinstance(u, PreparedBounce)]
-        counts = _Counts()
+        written = recipients = bodies_written = bounces_written = 0
         with conn.cursor() as cursor:
             if messages:
                 _copy(cursor, "messages", MESSAGE_COLUMNS, (m.row for m in messages))
@@ -311,14 +291,13 @@ class ArchiveWriter:
                 if bodies:
                     _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
                 written, recipients = cursor.execute(_MERGE_MESSAGES).fetchone()
-                counts.messages, counts.recipients = written, recipients
-                counts.stale = len(messages) - written
                 if bodies:
-                    counts.bodies = cursor.execute(_MERGE_BODIES).rowcount
+                    bodies_written = cursor.execute(_MERGE_BODIES).rowcount
             if bounces:
                 _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
-                counts.bounces = cursor.execute(_MERGE_BOUNCES).rowcount
-        return counts
+                bounces_written = cursor.execute(_MERGE_BOUNCES).rowcount
+        return WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
+                           bodies=bodies_written, bounces=bounces_written)
 
     @staticmethod
     def _delete_cancelled(conn: Any, cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]]) -> int:
@@ -333,12 +312,12 @@ class ArchiveWriter:
         return deleted
 
     def _place(self, conn: Any, units: list[PreparedMessage | PreparedBounce]) -> tuple[
-            list[PreparedMessage | PreparedBounce], int, list[SkippedEntry]]:
-        """Make the partitions the units need; drop what belongs to days past retention.
-        (units kept, partitions made, entries skipped)."""
+            list[PreparedMessage | PreparedBounce], WriteResult]:
+        """Make the partitions the units need; leave out what belongs to days past retention.
+        (units kept, partitions made and entries skipped)."""
         needed = {need for unit in units for need in unit.partitions()} - self._partitions
         if not needed:
-            return units, 0, []
+            return units, WriteResult()
         tables, days = zip(*sorted(needed))
         with conn.transaction():
             states = conn.execute(_PARTITION_STATE, (list(tables), list(days))).fetchall()
@@ -355,8 +334,6 @@ class ArchiveWriter:
         for day in sorted(missing):
             made += migrations.create_partitions(conn, day, 1)
             self._partitions.update((table, day) for table in TABLES)
-        if not expired:
-            return units, made, []
         kept: list[PreparedMessage | PreparedBounce] = []
         skipped: list[SkippedEntry] = []
         for unit in units:
@@ -368,4 +345,4 @@ class ArchiveWriter:
             else:
                 skipped.append(SkippedEntry(unit.kind, unit.id, f"its day ({unit.day}) is past retention"
                                             " (its partition was dropped)", expired=True))
-        return kept, made, skipped
+        return kept, WriteResult(partitions=made, skipped=tuple(skipped))
