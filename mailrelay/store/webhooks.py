@@ -192,9 +192,10 @@ class WebhookStore(StoreBase):
         retained). Returns "OK", "GONE" or "STOLEN" (another daemon leased it since).
         """
         keys = [self.keys.webhook_queue, self.keys.webhook_job(job["id"]),
-                self.keys.timeline(job["message_id"])]
+                self.keys.timeline(job["message_id"]), self.keys.events]
         args = [job["id"], owner, outcome, "" if due_ms is None else due_ms, attempts, error,
-                event.to_json() if event is not None else ""]
+                event.to_json() if event is not None else "", job["message_id"], job["rcpt"],
+                self.now_ms()]
         result = await self._eval(WEBHOOK_FINISH_SCRIPT, keys, args)
         return result.decode() if isinstance(result, bytes) else str(result)
 
