@@ -95,6 +95,11 @@ RECORD_BOUNCE_TAIL = ("matched", "rcpt", "state", "event", "suppress_address", "
                       "max_unmatched", "bounce_prefix", "bounce_raw_prefix",
                       "max_per_recipient")
 
+#: archive_snapshot.lua's ARGV head (Keys attributes: key prefixes); then the number of
+#: message ids, the message ids, and the bounce ids.
+ARCHIVE_SNAPSHOT_ARGV = ("msg_prefix", "timeline_prefix", "body_prefix", "bounce_prefix",
+                         "bounce_raw_prefix")
+
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "settle_keys": SETTLE_KEYS,
     "settle_argv": SETTLE_ARGV,
@@ -107,6 +112,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "enqueue_batch": ENQUEUE_BATCH_ARGV,
     "record": RECORD_ARGV,
     "record_bounce": RECORD_BOUNCE_TAIL,
+    "archive_snapshot": ARCHIVE_SNAPSHOT_ARGV,
 }
 
 
