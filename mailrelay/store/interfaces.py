@@ -405,6 +405,11 @@ class WebhookStorage(WebhookQueue, RedisClock, Protocol):
 class ArchiverStorage(ArchiveFeed, Protocol):
     """mailrelay.services.archiver.ArchiverService."""
 
+    #: This daemon's identity: the archiver's consumer name.
+    owner: str
+    #: The webhook service's consumer group (it counts when trimming, when webhooks run).
+    WEBHOOK_GROUP: str
+
 
 class ClusterStorage(ClusterMembership, UnsettledSweep, RedisClock, Protocol):
     """mailrelay.services.cluster.ClusterService."""
