@@ -158,7 +158,8 @@ def test_every_key_name_a_script_is_given_comes_from_keys():
     the prefix, and each prefix is that of a documented key."""
     k = Keys("P ")
     documented = documented_keys()
-    layouts = (scripts.SETTLE_KEYS, scripts.SETTLE_ARGV, scripts.SWEEP_UNSETTLED_KEYS, scripts.RECORD_PREFIXES)
+    layouts = (scripts.SETTLE_KEYS, scripts.SETTLE_ARGV, scripts.SWEEP_UNSETTLED_KEYS, scripts.RECORD_PREFIXES,
+               scripts.ARCHIVE_SNAPSHOT_ARGV)
     for layout in layouts:
         for name, value in k.names(layout).items():
             assert value.startswith("P "), name

@@ -4,8 +4,9 @@ datastore: the one storage object the services receive, composed of one store pe
 JOB
     :class:`Storage` is built from the data-area stores (as Synapse's ``DataStore``):
     mailrelay.store.queue (messages and delivery jobs, with .settlement and
-    .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks,
-    .domains, .cluster and .archiverelease, all on mailrelay.store.base. A change to one data area
+    .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks and
+    .archivefeed (consumer groups on the event stream, through .streams), .domains
+    .cluster and .archiverelease, all on mailrelay.store.base. A change to one data area
     is a change to its store; this class only lists them. Each store's header names
     the Redis keys it owns and the Lua scripts it runs; mailrelay.store.keys builds
     every key name.
@@ -28,6 +29,7 @@ CONFIGURATION
 from __future__ import annotations
 
 from mailrelay.store.admin import AdminStore
+from mailrelay.store.archivefeed import ArchiveFeedStore
 from mailrelay.store.archiverelease import ArchiveReleaseStore
 from mailrelay.store.bounces import BounceStore
 from mailrelay.store.cluster import ClusterStore
@@ -37,6 +39,6 @@ from mailrelay.store.ratelimits import RateLimitStore
 from mailrelay.store.webhooks import WebhookStore
 
 
-class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, SenderDomainStore,
-              ClusterStore, ArchiveReleaseStore):
+class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, ArchiveFeedStore,
+              SenderDomainStore, ClusterStore, ArchiveReleaseStore):
     """The storage layer: the connection to Redis plus every store's operations."""

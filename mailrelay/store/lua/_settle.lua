@@ -1,6 +1,6 @@
 -- KEYS: none of its own (a shared piece: scripts --#include it)
 -- ARGV: none of its own; defines settle_names(keys, argv, a) and settle(names, owner, action,
---       id, now, maxlen); needs _count
+--       id, now); needs _count
 -- Shared Lua: settling a message stored "unsettled" by the enqueue script. 'confirm' (its 250
 -- was sent, or its daemon is gone: see sweep_unsettled.lua) puts its jobs in their domain
 -- queues, due now; 'cancel' (its client got 451) deletes it, its body, timeline and index
@@ -30,7 +30,7 @@ local function settle_names(keys, argv, a)
     stats_hour = argv[a + ${settle_argv.stats_hour_prefix}],
   }
 end
-local function settle(K, owner, action, id, now, maxlen)
+local function settle(K, owner, action, id, now)
   local mkey = K.msg .. id
   local ukey = K.unsettled
   local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
@@ -65,6 +65,6 @@ local function settle(K, owner, action, id, now, maxlen)
   count(K.stats_minute, K.stats_hour, received, 'accepted', -1)
   count(K.stats_minute, K.stats_hour, received, 'recipients', -n)
   count(K.stats_minute, K.stats_hour, now, 'cancelled', 1)
-  redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
+  redis.call('XADD', K.events, '*', 'type', 'cancelled', 'msg', id, 'at', now)
   return 'CANCELLED'
 end
