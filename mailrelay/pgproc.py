@@ -116,6 +116,12 @@ SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
 _SEARCH_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
 
 
+def managed_conninfo(directory: Path) -> str:
+    """The libpq connection string of the ``postgres`` database of the managed PostgreSQL whose
+    directory (``state_dir/postgresql``, :attr:`PostgresDirectory.directory`) is ``directory``."""
+    return f"host={directory} port={PORT} user={ROLE} dbname=postgres"
+
+
 class ManagedPostgresError(Exception):
     """The managed PostgreSQL could not be made ready (the message says why)."""
 
@@ -270,7 +276,7 @@ class ManagedPostgres(SupervisedChild):
     @property
     def conninfo(self) -> str:
         """libpq connection string of the ``postgres`` database (``dbname`` may be appended)."""
-        return f"host={self.directory} port={PORT} user={ROLE} dbname=postgres"
+        return managed_conninfo(self.directory)
 
     @property
     def pid(self) -> int | None:

@@ -19,6 +19,13 @@ JOB
     When Redis does not answer at start, the check runs at the first heartbeat that
     reaches it, and the daemon stops there if the data is unusable.
 
+    Each heartbeat also reads the stored version, so the daemon learns within one
+    interval that ``mailrelay migrate`` ran: :meth:`ClusterService.archive_in_postgres`
+    is true once the data is at ``Storage.ARCHIVE_IN_POSTGRES_VERSION`` (2: the archive
+    was copied into PostgreSQL, reads go there), false before (data version 1, shared
+    with daemons of release 1 in a rolling upgrade: the archive is read from Redis, and
+    no Redis key of it is released) and until the first heartbeat answered.
+
 SECURITY
     Heartbeats name host names, process ids and listening addresses: whoever can read
     the Redis can read them (as everything else there).
@@ -122,6 +129,15 @@ class ClusterService(service.Service):
         self._loop: task.LoopingCall | None = None
         self._version_loop: task.LoopingCall | None = None
         self._failing = False
+        #: The data format version Redis holds, as the last heartbeat (or check) read it.
+        self.stored_version: int | None = None
+
+    def archive_in_postgres(self) -> bool:
+        """Whether the archive lives in PostgreSQL (the stored data version is at least
+        ARCHIVE_IN_POSTGRES_VERSION): read it there, and release its Redis keys once
+        archived. False while the version is not known yet."""
+        version = self.stored_version
+        return version is not None and version >= self.get_storage().ARCHIVE_IN_POSTGRES_VERSION
 
     async def when_ready(self) -> None:
         storage = self.get_storage()
@@ -138,7 +154,7 @@ class ClusterService(service.Service):
     async def _check_version(self) -> None:
         storage = self.get_storage()
         try:
-            await storage.check_data_version()
+            self.stored_version = await storage.check_data_version()
         except storage.DataVersionError as e:
             self._fatal(str(e))
         except Exception:
@@ -181,6 +197,8 @@ class ClusterService(service.Service):
         try:
             _, version = await storage.heartbeat(self.owner, info,
                                                  HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
+            if version is not None:
+                self.stored_version = version
             if version is not None and version > storage.DATA_VERSION:
                 log.error("the Redis data now has format version {v}, newer than this mailrelay "
                           "understands ({mine}): upgrade this daemon", v=version,

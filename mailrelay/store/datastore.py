@@ -5,7 +5,8 @@ JOB
     :class:`Storage` is built from the data-area stores (as Synapse's ``DataStore``):
     mailrelay.store.queue (messages and delivery jobs, with .settlement and
     .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks,
-    .domains and .cluster, all on mailrelay.store.base. A change to one data area
+    .domains, .cluster and .archiveexport (the Redis archive read out for the
+    migration to PostgreSQL), all on mailrelay.store.base. A change to one data area
     is a change to its store; this class only lists them. Each store's header names
     the Redis keys it owns and the Lua scripts it runs; mailrelay.store.keys builds
     every key name.
@@ -28,6 +29,7 @@ CONFIGURATION
 from __future__ import annotations
 
 from mailrelay.store.admin import AdminStore
+from mailrelay.store.archiveexport import ArchiveExportStore
 from mailrelay.store.bounces import BounceStore
 from mailrelay.store.cluster import ClusterStore
 from mailrelay.store.domains import SenderDomainStore
@@ -37,5 +39,5 @@ from mailrelay.store.webhooks import WebhookStore
 
 
 class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, SenderDomainStore,
-              ClusterStore):
+              ClusterStore, ArchiveExportStore):
     """The storage layer: the connection to Redis plus every store's operations."""
