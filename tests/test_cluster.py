@@ -339,6 +339,25 @@ class MigrationMechanism(unittest.TestCase):
                 with self.assertRaises(Storage.DataVersionError):
                     yield defer.ensureDeferred(storage.check_data_version())
 
+    @defer.inlineCallbacks
+    def test_the_heartbeat_says_whether_the_archive_is_read_from_postgresql(self):
+        from twisted.application import service
+
+        from mailrelay.config import parse_config
+        from mailrelay.services.cluster import ARCHIVE_IN_POSTGRES_VERSION, ClusterService
+        from mailrelay.store import Storage
+
+        storage = self.storage(Storage)
+        cluster = ClusterService(parse_config({}), lambda: storage, service.MultiService())
+        self.assertFalse(cluster.archive_in_postgres())   # before the first heartbeat: Redis
+        key = storage.keys.prefix + "meta:version"
+        for stored, in_postgres in ((ARCHIVE_IN_POSTGRES_VERSION - 1, False),
+                                    (ARCHIVE_IN_POSTGRES_VERSION, True)):
+            yield storage._call("SET", key, stored)
+            yield cluster.beat()
+            self.assertEqual(cluster.stored_data_version, stored)
+            self.assertEqual(cluster.archive_in_postgres(), in_postgres)
+
 
 # -- [submission] dedupe_window ---------------------------------------------------------------
 

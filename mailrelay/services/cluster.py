@@ -19,13 +19,6 @@ JOB
     When Redis does not answer at start, the check runs at the first heartbeat that
     reaches it, and the daemon stops there if the data is unusable.
 
-    Each heartbeat also reads the stored version, so the daemon learns within one
-    interval that ``mailrelay migrate`` ran: :meth:`ClusterService.archive_in_postgres`
-    is true once the data is at ``Storage.ARCHIVE_IN_POSTGRES_VERSION`` (2: the archive
-    was copied into PostgreSQL, reads go there), false before (data version 1, shared
-    with daemons of release 1 in a rolling upgrade: the archive is read from Redis, and
-    no Redis key of it is released) and until the first heartbeat answered.
-
 SECURITY
     Heartbeats name host names, process ids and listening addresses: whoever can read
     the Redis can read them (as everything else there).
@@ -57,6 +50,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__
 from mailrelay.store import new_owner
+from mailrelay.store.cluster import ClusterStore
 from mailrelay.store.interfaces import ClusterMembership, ClusterStorage, UnsettledSweep
 from mailrelay.services.submission import describe_address
 
@@ -86,6 +80,11 @@ def listeners_of(top: Any) -> list[str]:
     walk(top)
     return found
 
+
+#: The Redis data format version from which the archive lives in PostgreSQL (issue 18): on older
+#: data (a rolling upgrade) every archive read goes to Redis, which still holds it whole. The
+#: store's fact (its migration step 1 -> 2 copies the archive there).
+ARCHIVE_IN_POSTGRES_VERSION = ClusterStore.ARCHIVE_IN_POSTGRES_VERSION
 
 #: Seconds between attempts to check the data version when Redis did not answer at start.
 VERSION_RETRY = 0.5
@@ -126,18 +125,11 @@ class ClusterService(service.Service):
         self.owner = delivery.owner if delivery is not None else new_owner()
         self.started_ms: int | None = None
         self.version_checked = version_checked
+        #: The Redis data format version as the last heartbeat read it (None before the first).
+        self.stored_data_version: int | None = None
         self._loop: task.LoopingCall | None = None
         self._version_loop: task.LoopingCall | None = None
         self._failing = False
-        #: The data format version Redis holds, as the last heartbeat (or check) read it.
-        self.stored_version: int | None = None
-
-    def archive_in_postgres(self) -> bool:
-        """Whether the archive lives in PostgreSQL (the stored data version is at least
-        ARCHIVE_IN_POSTGRES_VERSION): read it there, and release its Redis keys once
-        archived. False while the version is not known yet."""
-        version = self.stored_version
-        return version is not None and version >= self.get_storage().ARCHIVE_IN_POSTGRES_VERSION
 
     async def when_ready(self) -> None:
         storage = self.get_storage()
@@ -154,7 +146,7 @@ class ClusterService(service.Service):
     async def _check_version(self) -> None:
         storage = self.get_storage()
         try:
-            self.stored_version = await storage.check_data_version()
+            await storage.check_data_version()
         except storage.DataVersionError as e:
             self._fatal(str(e))
         except Exception:
@@ -197,8 +189,7 @@ class ClusterService(service.Service):
         try:
             _, version = await storage.heartbeat(self.owner, info,
                                                  HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
-            if version is not None:
-                self.stored_version = version
+            self.stored_data_version = version
             if version is not None and version > storage.DATA_VERSION:
                 log.error("the Redis data now has format version {v}, newer than this mailrelay "
                           "understands ({mine}): upgrade this daemon", v=version,
@@ -212,6 +203,12 @@ class ClusterService(service.Service):
             log.info("heartbeat recorded again")
             self._failing = False
         log.debug("heartbeat recorded: {held} job(s) held", held=info["held"])
+
+    def archive_in_postgres(self) -> bool:
+        """Whether the archive's reads go to PostgreSQL: the Redis data is at the format
+        version that moved the archive there (ARCHIVE_IN_POSTGRES_VERSION, after `mailrelay
+        migrate`). Before the first heartbeat, and on older data, the archive is read from Redis."""
+        return self.stored_data_version is not None and self.stored_data_version >= ARCHIVE_IN_POSTGRES_VERSION
 
     def _fatal(self, message: str) -> None:
         from twisted.internet import reactor

@@ -318,8 +318,6 @@ class ClusterMembership(Protocol):
 
     #: The Redis data format version this code reads and writes.
     DATA_VERSION: int
-    #: The data version from which the archive lives in PostgreSQL.
-    ARCHIVE_IN_POSTGRES_VERSION: int
 
     @property
     def DataVersionError(self) -> type[StorageError]:
