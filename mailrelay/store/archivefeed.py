@@ -57,7 +57,9 @@ DIAGNOSTICS
     raises one whose text holds ``NOGROUP`` (mailrelay.store.streams.is_nogroup).
 
 CONFIGURATION
-    None read here (the service passes its batch sizes, idle times and groups).
+    ``[archive] release_after`` (the grace period archive_mark gives archived messages and
+    bounces before their Redis keys go); the service passes its batch sizes, idle times and
+    groups.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from typing import Any, Sequence
 
 from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, CancelledMessage, MessageSnapshot
 from mailrelay.store.base import text_fields
+from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
 from mailrelay.store.records import whole_number
 from mailrelay.store.scripts import ARCHIVE_SNAPSHOT_ARGV, SCRIPTS, ordered
 from mailrelay.store.streams import StreamEntry, StreamGroupStore
@@ -202,14 +205,20 @@ class ArchiveFeedStore(StreamGroupStore):
 
     async def archive_mark(self, batch: ArchiveBatch, entry_ids: Sequence[str]) -> int:
         """After the archive committed ``batch``: record each message's archived timeline length
-        in its hash (only raising it, only while the hash exists) and acknowledge ``entry_ids``,
+        in its hash (only raising it, only while the hash exists), schedule the release of the
+        Redis keys of each message now final and wholly archived and of each bounce
+        (mailrelay.store.archiverelease: at data version 2 only) and acknowledge ``entry_ids``,
         in one script call. Returns the number of entries acknowledged (fewer when some were
         acknowledged already, e.g. by a consumer that took them over)."""
-        args: list[Any] = [self.ARCHIVE_GROUP, self.keys.msg_prefix, len(batch.messages)]
+        keys = self.keys
+        args: list[Any] = [self.ARCHIVE_GROUP, keys.msg_prefix, keys.timeline_prefix,
+                           int(self.config.archive.release_after * 1000), ARCHIVE_IN_POSTGRES_VERSION,
+                           len(batch.messages)]
         for message in batch.messages:
             args += [message.id, message.timeline_length]
-        args += list(entry_ids)
-        return int(await self._eval(ARCHIVE_MARK_SCRIPT, [self.keys.events], args))
+        args += [len(batch.bounces), *(bounce.id for bounce in batch.bounces), *entry_ids]
+        return int(await self._eval(ARCHIVE_MARK_SCRIPT, [keys.events, keys.data_version, keys.archive_release],
+                                    args))
 
     async def archive_trim(self, groups: Sequence[str]) -> int | None:
         """Remove the stream entries every group of ``groups`` is done with (below the oldest
