@@ -11,7 +11,8 @@ JOB
     declares every key with one of them. Also the value types and their
     text forms shared by the rest of the package: :func:`parse_duration` /
     :func:`format_duration`, :class:`Rate` / :func:`parse_rate`,
-    :class:`RedisAddress` / :func:`parse_redis_url`, PostgreSQL connection
+    :class:`RedisAddress` / :func:`parse_redis_url`, :class:`MemoryLimit` /
+    :func:`parse_memory_limit` (and :func:`format_bytes`), PostgreSQL connection
     strings (:func:`p_pg_url`, :func:`parse_conninfo`, :func:`mask_conninfo`),
     and :data:`WEBHOOK_EVENTS`. :mod:`mailrelay.config` re-exports the names its
     callers use, so ``from mailrelay.config import ConfigError`` keeps working.
@@ -110,6 +111,49 @@ def parse_rate(text: str) -> Rate:
     if not sep or not count.strip().isdigit() or int(count) <= 0:
         raise ValueError(f"{text!r} is not a rate like \"1000/1m\"")
     return Rate(int(count), parse_duration(period))
+
+
+_BYTE_UNITS = {"": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}  # Redis's meaning of kb, mb, gb
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|kb|mb|gb|)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A memory limit as written: a share of the machine's memory (``"25%"``), a size (``"4gb"``,
+    ``"512mb"``, a number of bytes), or none (``"0"``)."""
+
+    text: str
+    percent: float = 0.0  # of the machine's memory, when the text ends with %
+    size: int = 0  # bytes, otherwise (0: no limit)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def bytes_of(self, machine_memory: int) -> int:
+        """The limit in bytes on a machine with ``machine_memory`` bytes (0: none)."""
+        return int(machine_memory * self.percent / 100) if self.percent else self.size
+
+
+def parse_memory_limit(text: str) -> MemoryLimit:
+    """``"25%"``, ``"4gb"`` (kb, mb, gb: 1024-based, as Redis counts), ``"1048576"``, ``"0"``."""
+    match = _MEMORY_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a memory size like \"25%\", \"4gb\", \"512mb\" or \"0\"")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(f"{text!r}: a share of the machine's memory is above 0% and at most 100%")
+        return MemoryLimit(text.strip(), percent=number)
+    return MemoryLimit(text.strip(), size=int(number * _BYTE_UNITS[unit]))
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``, ``4294967296`` -> ``"4.0 GiB"``, ``512`` -> ``"512 B"``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        scale = 1024 ** ("KMGT".index(unit[0]) + 1)
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"
 
 
 def expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
@@ -250,6 +294,16 @@ def p_users(key: str, value: Any) -> Mapping[str, str]:
                 f"{key}.{user}: not a password hash; make one with `mailrelay hash-password`"
             )
     return MappingProxyType(dict(value))
+
+
+def p_memory_limit(key: str, value: Any) -> MemoryLimit:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return parse_memory_limit(str(value))  # a number of bytes
+    expect(key, value, str, 'a memory size like "25%", "4gb" or "0"')
+    try:
+        return parse_memory_limit(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def p_redis_url(key: str, value: Any) -> str:

@@ -11,6 +11,9 @@ JOB
         pg.setServiceParent(application)
         conninfo = yield pg.whenReady()     # "host=<dir> port=5432 user=mailrelay dbname=postgres"
 
+    :func:`managed_conninfo` gives that conninfo from ``state_dir`` alone (for
+    ``mailrelay archive status``, which reaches the daemon's server).
+
     On the first start ``initdb`` creates the cluster in
     ``state_dir/postgresql/data`` (UTF8, locale C, trust authentication on the
     unix socket only, superuser role ``mailrelay``); then ``postgres`` runs as a
@@ -249,6 +252,13 @@ class PostgresDirectory(ChildDirectory):
         return lines[7].strip() if len(lines) > 7 else ""
 
 
+def managed_conninfo(state_dir: Path | str) -> str:
+    """libpq connection string of the ``postgres`` database of the managed PostgreSQL under
+    ``state_dir`` (relative: from the current directory), whether it runs or not."""
+    directory = Path(state_dir).absolute() / PostgresDirectory.name
+    return f"host={directory} port={PORT} user={ROLE} dbname=postgres"
+
+
 class ManagedPostgres(SupervisedChild):
     """A supervised PostgreSQL reachable only through the unix socket in ``directory``."""
 
@@ -270,7 +280,7 @@ class ManagedPostgres(SupervisedChild):
     @property
     def conninfo(self) -> str:
         """libpq connection string of the ``postgres`` database (``dbname`` may be appended)."""
-        return f"host={self.directory} port={PORT} user={ROLE} dbname=postgres"
+        return managed_conninfo(self.files.state_dir)
 
     @property
     def pid(self) -> int | None:

@@ -8,7 +8,9 @@ JOB
     managed PostgreSQL (service ``postgresql``, when ``archive.url`` is
     empty), the archive (:class:`mailrelay.services.archive.ArchiveService`:
     the archive database's pools; it prepares the schema in the background,
-    so no start step waits for PostgreSQL), delivery
+    so no start step waits for PostgreSQL), the archive's partition
+    maintenance (:class:`mailrelay.services.archivemaint.ArchiveMaintenance`,
+    from the schema's readiness on, every hour), delivery
     (when enabled), webhooks (when any is configured), the password checker,
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
@@ -19,7 +21,8 @@ JOB
     each child that has a ``when_ready`` awaited before the next starts;
     stop order is the reverse, each step finishing before the next:
     listeners close first, sessions finish their transaction or get 421,
-    acknowledgements decided by the ended sessions are settled, the archive's
+    acknowledgements decided by the ended sessions are settled, the
+    partition maintenance stops (a run in progress ends), the archive's
     pools are closed before the managed PostgreSQL stops, then Redis is
     released.
 
@@ -52,7 +55,8 @@ DIAGNOSTICS
     <error>; the archive waits, mail is accepted and delivered; retrying``,
     ``archive database at <where>: schema version <n> ready ...``, see
     :mod:`mailrelay.services.archive`) and the managed PostgreSQL's
-    (:mod:`mailrelay.pgproc`); ``mailrelay <version> ready``; ``stopping
+    (:mod:`mailrelay.pgproc`); the partition maintenance's
+    (:mod:`mailrelay.services.archivemaint`); ``mailrelay <version> ready``; ``stopping
     <service> failed`` with the traceback; ``mailrelay stopped``. A failed
     start logs ``mailrelay could not start: <error>`` (critical), stops the
     reactor and exits with status 1. A :class:`mailrelay.config.ConfigError`
@@ -62,6 +66,7 @@ DIAGNOSTICS
 CONFIGURATION
     ``[server]`` hostname, state_dir (created if missing); ``[archive]`` url
     (empty: the managed PostgreSQL; the archive service reads the rest);
+    ``[tracking]`` retention, content_retention (the partition maintenance);
     ``[redis]`` url,
     sentinels, master_name, appendfsync, key_prefix (logged), timeout (to
     settle acknowledgements at stop); ``[tls]`` cert, key, min_version;
@@ -94,6 +99,7 @@ from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
 from mailrelay.pgproc import ManagedPostgres
 from mailrelay.services.archive import ArchiveService
+from mailrelay.services.archivemaint import ArchiveMaintenance
 from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiveview import ArchiveView
 from mailrelay.redisproc import ManagedRedis, find_redis_server
@@ -234,6 +240,11 @@ def make_service(config: Config) -> MailrelayService:
         managed_postgres.setServiceParent(top)
     archive = ArchiveService(config, managed_postgres)
     archive.setServiceParent(top)
+    # after the archive, so it stops before the archive closes its pools
+    from twisted.internet import reactor  # here: the twistd plugin chose the reactor by now
+
+    ArchiveMaintenance(archive.write, config.tracking.retention, config.tracking.content_retention,
+                       reactor, schema_ready=archive.whenSchemaReady).setServiceParent(top)
 
     if config.tls.cert:
         cert, key = config.tls.cert, config.tls.key

@@ -22,8 +22,8 @@ from twisted.trial import unittest
 from conftest import async_test
 from mailrelay.config import parse_config
 from mailrelay.store import Event, NewMessage, Storage, connect_redis
-from mailrelay.store.archivefeed import (BOUNCE_GONE, MESSAGE_GONE, ArchiveLag, FeedEntry, message_snapshot)
-from mailrelay.store.archiverecords import ArchiveBatch, ArchivedRecipient, CancelledMessage
+from mailrelay.store.archivefeed import BOUNCE_GONE, MESSAGE_GONE, ArchiveLag, FeedEntry
+from mailrelay.store.archiverecords import ArchiveBatch, ArchivedRecipient, CancelledMessage, MessageSnapshot
 from mailrelay.timefmt import rfc3339
 
 CONTENT = b"From: app@example.com\r\nSubject: Hello\r\n\r\nHello there\r\n"
@@ -245,13 +245,50 @@ class ArchiveFeedTests(unittest.TestCase):
         self.assertEqual([r.state for r in batch.messages[0].recipients], ["queued", "deleted"])
 
     def test_a_hash_without_a_time_is_no_message(self) -> None:
-        self.assertIsNone(message_snapshot("x", {"sender": "a@b"}, (), None))
-        odd = message_snapshot("x", {"received_at": "1700000000000", "size": "big", "rcpt:0": "a@b",
+        self.assertIsNone(MessageSnapshot.decode("x", {"sender": "a@b"}, (), None))
+        odd = MessageSnapshot.decode("x", {"received_at": "1700000000000", "size": "big", "rcpt:0": "a@b",
                                      "attempts:0": "-3", "rcpt:1": "c@d", "state:1": "bounced"}, (b"{}",), None)
         assert odd is not None
         self.assertEqual((odd.size, odd.rcpt_count, odd.status), (0, 2, "queued"))
-        self.assertEqual(odd.recipients, (ArchivedRecipient(0, "a@b", "queued", 0),
+        # as MessageRecord reads the hash (what the API shows from Redis): one decoding
+        self.assertEqual(odd.recipients, (ArchivedRecipient(0, "a@b", "queued", -3),
                                           ArchivedRecipient(1, "c@d", "bounced", 0)))
+
+    # -- scheduling the release of archived keys ---------------------------------------------
+
+    def release_schedule(self) -> dict[str, float]:
+        flat = self.client.command("ZRANGE", self.prefix + "archive:release", 0, -1, "WITHSCORES")
+        return {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    @async_test
+    async def test_mark_schedules_final_archived_messages_and_bounces_for_release(self) -> None:
+        from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
+
+        self.client.command("SET", self.prefix + "meta:version", ARCHIVE_IN_POSTGRES_VERSION)
+        done = await self.accepted()
+        pending = await self.accepted(("b@elsewhere.test",))
+        await self.delivered(done)
+        bounce_id = await self.bounce(None, None)
+        entries = await self.all_entries()
+        batch = await self.storage.archive_snapshot(entries)
+        before = self.storage.now_ms()
+        await self.storage.archive_mark(batch, [e.id for e in entries])
+        schedule = self.release_schedule()
+        # the delivered message and the bounce, after release_after (1m by default); the
+        # message still queued stays until a later batch archives it final
+        self.assertEqual(set(schedule), {f"m:{done}", f"b:{bounce_id}"})
+        self.assertNotIn(f"m:{pending}", schedule)
+        for due in schedule.values():
+            self.assertGreaterEqual(due, before + 60_000 - 1_000)
+
+    @async_test
+    async def test_mark_schedules_nothing_before_the_archive_moved_to_postgresql(self) -> None:
+        message_id = await self.accepted()
+        await self.delivered(message_id)
+        await self.bounce(message_id, 0)
+        entries = await self.all_entries()
+        await self.storage.archive_mark(await self.storage.archive_snapshot(entries), [e.id for e in entries])
+        self.assertEqual(self.release_schedule(), {})
 
     # -- replays and take-overs ------------------------------------------------------------
 

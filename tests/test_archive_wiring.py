@@ -120,8 +120,10 @@ def test_daemon_migrates_an_empty_database_and_makes_partitions(start_daemon, da
         line = d.wait_for_matches(READY)[0]  # may come before or after "mailrelay ready"
         assert "(applied 1)" in line.string and "12 partitions made" in line.string  # 4 tables x 3 days
         assert schema_version(conninfo) == 1
+        # then the partition maintenance (services/archivemaint.py) makes the 4th day ahead
+        d.wait_for_line(r"archive maintenance: dropped 0 partitions past retention \(none\), made 4$")
         today = today_utc()
-        days = [today.fromordinal(today.toordinal() + i).strftime("%Y%m%d") for i in range(3)]
+        days = [today.fromordinal(today.toordinal() + i).strftime("%Y%m%d") for i in range(4)]
         assert partitions(conninfo) == {f"messages_p{day}" for day in days}
         assert d.stop() in CLEAN_EXIT
 

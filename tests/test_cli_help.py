@@ -2,7 +2,7 @@
 ``mailrelay --help`` lists every subcommand, and each subcommand's help its actions.
 
 The subcommands are registered on the parser by separate modules (mailrelay.cli.queue,
-.suppressions, .bounces, .cluster, .domains; issue 17): one left out of
+.suppressions, .bounces, .cluster, .domains; issue 17; .archive, issue 18): one left out of
 :func:`mailrelay.cli.main.build_parser`, or an action left out of its module's parser, fails
 here. The top-level help runs as the operator runs it (``python -m mailrelay.cli``).
 """
@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, list[str]] = {
     "bounce": ["classify", "reclassify"],
     "suppressions": ["list", "add", "remove"],
     "domains": ["add", "list", "show", "remove", "rotate", "verify"],
+    "archive": ["status"],
 }
 
 

@@ -258,18 +258,19 @@ class MigrationMechanism(unittest.TestCase):
 
         class Fake(Storage):
             DATA_VERSION = 3
+            ARCHIVE_STEPS = frozenset()  # the fake steps write no archive
             MIGRATIONS = {**Storage.MIGRATIONS,
                           1: ("rename the widgets", "_step_1"),
                           2: ("count the widgets", "_step_2")}
             ran: list[int] = []
 
-            async def _step_1(self) -> None:
+            async def _step_1(self, context) -> None:
                 self.ran.append(1)
                 if fail_at == 1:
                     raise RuntimeError("step 1 failed")
                 await self._call("SET", self.keys.prefix + "widgets", "renamed")
 
-            async def _step_2(self) -> None:
+            async def _step_2(self, context) -> None:
                 self.ran.append(2)
                 await self._call("SET", self.keys.prefix + "widgets:count", 1)
 
@@ -343,7 +344,8 @@ class MigrationMechanism(unittest.TestCase):
         from twisted.application import service
 
         from mailrelay.config import parse_config
-        from mailrelay.services.cluster import ARCHIVE_IN_POSTGRES_VERSION, ClusterService
+        from mailrelay.services.cluster import ClusterService
+        from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
         from mailrelay.store import Storage
 
         storage = self.storage(Storage)

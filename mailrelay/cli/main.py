@@ -23,12 +23,16 @@ JOB
                                            encrypted), DNS records to publish printed
         mailrelay domains list|show|remove|rotate|verify [DOMAIN] [-c FILE]
                                            sender domains, their keys and DNS records (mailrelay.services.domains)
+        mailrelay archive status [--json] [-c FILE]
+                                           the archive in PostgreSQL: database, schema version, partitions
+                                           per table, sizes (mailrelay.cli.archive)
 
     ``check-config``, ``hash-password`` and ``version`` live here. Each other subcommand's
     parser and actions live in its own module, which registers them on the parser built by
     :func:`build_parser`: :mod:`mailrelay.cli.queue`, :mod:`mailrelay.cli.suppressions`,
     :mod:`mailrelay.cli.bounces`, :mod:`mailrelay.cli.cluster` (``cluster`` and
-    ``migrate``) and :mod:`mailrelay.cli.domains`. Those that talk to the daemon's Redis
+    ``migrate``), :mod:`mailrelay.cli.domains` and :mod:`mailrelay.cli.archive` (which reads
+    the archive's PostgreSQL, not Redis). Those that talk to the daemon's Redis
     do it through :func:`mailrelay.cli.common.run_with_storage`: the managed one through
     ``state_dir/redis/redis.sock`` (a relative state_dir is taken from the current
     directory, so run them where the daemon runs, or use an absolute state_dir), else
@@ -70,6 +74,7 @@ import getpass
 import sys
 
 from mailrelay import __version__
+from mailrelay.cli.archive import add_archive_parser
 from mailrelay.cli.bounces import add_bounce_parser
 from mailrelay.cli.cluster import add_cluster_parsers
 from mailrelay.cli.common import load_or_exit
@@ -129,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bounce_parser(sub)
     add_suppressions_parser(sub)
     add_domains_parser(sub)
+    add_archive_parser(sub)
     return parser
 
 

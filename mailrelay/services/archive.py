@@ -8,7 +8,8 @@ JOB
     partition maintenance) and ``.read`` on ``read_url`` (or ``url``: the
     API, the status page). With no ``url`` both lead to the database
     ``mailrelay`` of the managed PostgreSQL (:mod:`mailrelay.pgproc`), made
-    here when missing.
+    here when missing; :func:`archive_conninfos` says which (``mailrelay
+    archive status`` uses it too).
 
     Starting it never waits for PostgreSQL: in the background it waits for
     the managed server (if any), creates the database, applies the schema
@@ -63,6 +64,7 @@ from twisted.logger import Logger
 
 from mailrelay.config import Config
 from mailrelay.configvalues import MASK, parse_conninfo
+from mailrelay import pgproc
 from mailrelay.pgproc import ManagedPostgres
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database, with_dbname
@@ -73,6 +75,17 @@ MANAGED_DATABASE = "mailrelay"  # the archive's database in the managed PostgreS
 PARTITION_DAYS = 3  # today and the next days, made at start (maintenance keeps them ahead)
 RETRY_START = 2.0  # seconds before the first retry, doubling
 RETRY_MAX = 30.0
+
+
+def archive_conninfos(config: Config, managed_conninfo: str | None = None) -> tuple[str, str]:
+    """The archive's (write, read) conninfos: ``[archive] url`` and ``read_url`` (else url); with
+    no url, the database ``mailrelay`` of the managed PostgreSQL (``managed_conninfo``, else the
+    one under ``state_dir``, running or not)."""
+    settings = config.archive
+    if managed_conninfo is None and settings.url:
+        return settings.url, settings.read_url or settings.url
+    managed = with_dbname(managed_conninfo or pgproc.managed_conninfo(config.state_dir), MANAGED_DATABASE)
+    return managed, managed
 
 
 def one_line_error(error: BaseException, conninfo: str) -> str:
@@ -91,11 +104,7 @@ class ArchiveService(service.Service):
                  retry_start: float = RETRY_START, retry_max: float = RETRY_MAX) -> None:
         settings = config.archive
         self.managed = managed
-        if managed is not None:
-            self.url = self.read_url = with_dbname(managed.conninfo, MANAGED_DATABASE)
-        else:
-            self.url = settings.url
-            self.read_url = settings.read_url or settings.url
+        self.url, self.read_url = archive_conninfos(config, managed.conninfo if managed else None)
         self.connect_timeout = max(2, math.ceil(settings.connect_timeout))
         timeouts: dict[str, Any] = {"statement_timeout": settings.statement_timeout,
                                     "connect_timeout": self.connect_timeout}

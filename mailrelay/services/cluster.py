@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__
 from mailrelay.store import new_owner
+from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
 from mailrelay.store.interfaces import ClusterMembership, ClusterStorage, UnsettledSweep
 from mailrelay.services.submission import describe_address
 
@@ -79,10 +80,6 @@ def listeners_of(top: Any) -> list[str]:
     walk(top)
     return found
 
-
-#: The Redis data format version from which the archive lives in PostgreSQL (issue 18): on older
-#: data (a rolling upgrade) every archive read goes to Redis, which still holds it whole.
-ARCHIVE_IN_POSTGRES_VERSION = 2
 
 #: Seconds between attempts to check the data version when Redis did not answer at start.
 VERSION_RETRY = 0.5

@@ -11,6 +11,7 @@ JOB
         applied = yield db.migrate()                     # [1] the first time, then []
         yield db.create_partitions(datetime.date.today(), 3)
         rows = yield db.run(lambda conn: conn.execute("SELECT 1").fetchall())
+        yield db.run_autocommit(work)     # on a connection of its own, no transaction
         db.close()
 
     :func:`ensure_database` creates a database (the managed PostgreSQL's
@@ -21,8 +22,13 @@ JOB
     Each connection carries a ``statement_timeout`` (so a slow query raises
     ``psycopg.errors.QueryCanceled`` instead of holding a thread forever) and a
     ``connect_timeout``; ``run`` commits when the function returns and rolls
-    back when it raises.  Close the pool before stopping a managed
-    PostgreSQL (its fast shutdown would otherwise cut the connections).
+    back when it raises.  ``run_autocommit`` is for the statements that
+    refuse a transaction block (``DETACH PARTITION ... CONCURRENTLY``): it
+    opens a connection of its own in autocommit mode, in a pool thread, and
+    closes it afterwards, so what such work leaves in its session (a session
+    advisory lock, a ``SET``) never reaches the pooled connections.  Close the
+    pool before stopping a managed PostgreSQL (its fast shutdown would
+    otherwise cut the connections).
 
 SECURITY
     The conninfo may hold a password: it is never logged
@@ -70,16 +76,36 @@ class ArchiveDatabase:
     def __init__(self, conninfo: str, *, statement_timeout: float = STATEMENT_TIMEOUT,
                  connect_timeout: int = CONNECT_TIMEOUT, pool_max: int = POOL_MAX) -> None:
         self.statement_timeout = statement_timeout
+        self.conninfo = conninfo
+        self._connect_timeout = max(2, int(connect_timeout))
         self._pool = adbapi.ConnectionPool(
             "psycopg", conninfo,
-            options=f"-c statement_timeout={int(statement_timeout * 1000)}",
-            connect_timeout=max(2, int(connect_timeout)),
+            options=_timeout_option(statement_timeout),
+            connect_timeout=self._connect_timeout,
             cp_min=POOL_MIN, cp_max=pool_max, cp_reconnect=True, cp_noisy=False,
         )
 
     def run(self, work: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """``work(connection, *args)`` in a pool thread, in a transaction (commit, or rollback)."""
         return self._pool.runWithConnection(work, *args)
+
+    def run_autocommit(self, work: Callable[..., T], *args: Any,
+                       statement_timeout: float | None = None) -> defer.Deferred[T]:
+        """``work(connection, *args)`` in a pool thread on a new connection in autocommit mode
+        (each statement its own transaction), closed when ``work`` ends; its statement timeout
+        is ``statement_timeout`` when given, else the pool's."""
+        from twisted.internet import reactor, threads
+
+        timeout = self.statement_timeout if statement_timeout is None else statement_timeout
+        return threads.deferToThreadPool(reactor, self._pool.threadpool, self._autocommit,
+                                         timeout, work, *args)
+
+    def _autocommit(self, statement_timeout: float, work: Callable[..., T], *args: Any) -> T:
+        import psycopg
+
+        with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self._connect_timeout,
+                             options=_timeout_option(statement_timeout)) as conn:
+            return work(conn, *args)
 
     def migrate(self) -> defer.Deferred[list[int]]:
         """Apply the schema deltas not applied yet (under the advisory lock); the versions applied."""
@@ -92,6 +118,11 @@ class ArchiveDatabase:
     def close(self) -> None:
         """Close every connection and stop the threads (waits for running calls)."""
         self._pool.close()
+
+
+def _timeout_option(statement_timeout: float) -> str:
+    """libpq ``options`` setting the session's statement timeout (seconds; 0 = none)."""
+    return f"-c statement_timeout={int(statement_timeout * 1000)}"
 
 
 def with_dbname(conninfo: str, dbname: str) -> str:

@@ -26,8 +26,8 @@ JOB
     still needs): nothing the archiver has not acknowledged is ever removed, and the
     stream has no fixed length (a PostgreSQL outage makes it grow).
     :meth:`ArchiveFeedStore.archive_lag` says how far the archiver is behind
-    (:class:`ArchiveLag`). The decoders (:func:`message_snapshot`,
-    :func:`bounce_snapshot`) are pure and also serve ``mailrelay migrate``.
+    (:class:`ArchiveLag`). A message's hash is decoded by :meth:`MessageSnapshot.decode`,
+    as ``mailrelay migrate`` decodes it.
 
 DATA (under ``[redis] key_prefix``, written ``P``)
     ``P events``             STREAM this store owns its consumer group ARCHIVE_GROUP
@@ -57,17 +57,20 @@ DIAGNOSTICS
     raises one whose text holds ``NOGROUP`` (mailrelay.store.streams.is_nogroup).
 
 CONFIGURATION
-    None read here (the service passes its batch sizes, idle times and groups).
+    ``[archive] release_after`` (the grace period archive_mark gives archived messages and
+    bounces before their Redis keys go); the service passes its batch sizes, idle times and
+    groups.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
-from mailrelay.store.archiverecords import (ArchiveBatch, ArchivedRecipient, BounceSnapshot, CancelledMessage,
-                                            MessageSnapshot)
-from mailrelay.store.records import DEFAULT_STATE, whole_number
+from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, CancelledMessage, MessageSnapshot
+from mailrelay.store.base import text_fields
+from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
+from mailrelay.store.records import whole_number
 from mailrelay.store.scripts import ARCHIVE_SNAPSHOT_ARGV, SCRIPTS, ordered
 from mailrelay.store.streams import StreamEntry, StreamGroupStore
 
@@ -120,56 +123,8 @@ class ArchiveLag:
 # -- decoding (pure) ------------------------------------------------------------------------
 
 
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("utf-8", "surrogateescape")
-
-
-def flat_hash(flat: Sequence[bytes]) -> dict[str, str]:
-    """An HGETALL reply (flat field, value list) as text."""
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _count(text: str | None) -> int:
-    value = whole_number(text)
-    return value if value is not None and value >= 0 else 0
-
-
-def message_snapshot(message_id: str, stored: Mapping[str, str], timeline: Iterable[bytes],
-                     body: bytes | None) -> MessageSnapshot | None:
-    """The ``msg:<id>`` hash (as text), its timeline's raw entries and its stored body (None:
-    not carried) as a MessageSnapshot; None when the hash has no receiving time (the archive's
-    partition key: such a hash is not a stored message)."""
-    received = whole_number(stored.get("received_at"))
-    if received is None:
-        return None
-    declared = whole_number(stored.get("rcpt_count"))
-    if declared is None or declared < 0:
-        declared = 0
-        while f"rcpt:{declared}" in stored:
-            declared += 1
-    recipients = tuple(
-        ArchivedRecipient(rcpt=i, recipient=stored[f"rcpt:{i}"],
-                          state=stored.get(f"state:{i}") or DEFAULT_STATE,
-                          attempts=_count(stored.get(f"attempts:{i}")))
-        for i in range(declared) if f"rcpt:{i}" in stored)
-    return MessageSnapshot(
-        id=message_id, received_ms=received, status=stored.get("status") or DEFAULT_STATE,
-        sender=stored.get("sender", ""), from_header=stored.get("from", ""), to_header=stored.get("to", ""),
-        cc_header=stored.get("cc", ""), subject=stored.get("subject", ""),
-        message_id_header=stored.get("message_id", ""), tag=stored.get("tag", ""),
-        metadata=stored.get("metadata", ""), size=_count(stored.get("size")),
-        username=stored.get("user", ""), client=stored.get("client", ""), rcpt_count=declared,
-        recipients=recipients, timeline=tuple(timeline), body=body)
-
-
-def bounce_snapshot(bounce_id: str, stored: Mapping[str, str], received_ms: int,
-                    raw: bytes | None) -> BounceSnapshot:
-    """A ``bounce:<id>`` hash (as text), its time (ms) and raw report as a BounceSnapshot."""
-    return BounceSnapshot(id=bounce_id, received_ms=received_ms, stored=dict(stored), raw=raw)
-
-
 def _score_ms(score: Any) -> int | None:
-    return None if score is None else whole_number(_text(score))
+    return None if score is None else whole_number(score.decode(errors="replace"))
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -230,7 +185,7 @@ class ArchiveFeedStore(StreamGroupStore):
             if not flat:
                 missing[message_id] = MESSAGE_GONE
                 continue
-            snapshot = message_snapshot(message_id, flat_hash(flat), timeline or (), body)
+            snapshot = MessageSnapshot.decode(message_id, text_fields(flat), timeline or (), body)
             if snapshot is None:
                 missing[message_id] = NO_RECEIVED_TIME
             else:
@@ -244,20 +199,26 @@ class ArchiveFeedStore(StreamGroupStore):
             if not received:
                 missing[bounce_id] = NO_BOUNCE_TIME
                 continue
-            bounces.append(bounce_snapshot(bounce_id, flat_hash(flat), received, raw))
+            bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw))
         return ArchiveBatch(messages=tuple(messages), bounces=tuple(bounces),
                             cancelled=tuple(CancelledMessage(i) for i in cancelled), missing=missing)
 
     async def archive_mark(self, batch: ArchiveBatch, entry_ids: Sequence[str]) -> int:
         """After the archive committed ``batch``: record each message's archived timeline length
-        in its hash (only raising it, only while the hash exists) and acknowledge ``entry_ids``,
+        in its hash (only raising it, only while the hash exists), schedule the release of the
+        Redis keys of each message now final and wholly archived and of each bounce
+        (mailrelay.store.archiverelease: at data version 2 only) and acknowledge ``entry_ids``,
         in one script call. Returns the number of entries acknowledged (fewer when some were
         acknowledged already, e.g. by a consumer that took them over)."""
-        args: list[Any] = [self.ARCHIVE_GROUP, self.keys.msg_prefix, len(batch.messages)]
+        keys = self.keys
+        args: list[Any] = [self.ARCHIVE_GROUP, keys.msg_prefix, keys.timeline_prefix,
+                           int(self.config.archive.release_after * 1000), ARCHIVE_IN_POSTGRES_VERSION,
+                           len(batch.messages)]
         for message in batch.messages:
             args += [message.id, message.timeline_length]
-        args += list(entry_ids)
-        return int(await self._eval(ARCHIVE_MARK_SCRIPT, [self.keys.events], args))
+        args += [len(batch.bounces), *(bounce.id for bounce in batch.bounces), *entry_ids]
+        return int(await self._eval(ARCHIVE_MARK_SCRIPT, [keys.events, keys.data_version, keys.archive_release],
+                                    args))
 
     async def archive_trim(self, groups: Sequence[str]) -> int | None:
         """Remove the stream entries every group of ``groups`` is done with (below the oldest
@@ -278,5 +239,5 @@ class ArchiveFeedStore(StreamGroupStore):
         entries = int(pending) + int(lag) if int(lag) >= 0 else max(int(pending), int(length))
         age = 0.0
         if oldest is not None:
-            age = max(0, int(now_ms) - StreamEntry(_text(oldest)).ms) / 1000
+            age = max(0, int(now_ms) - StreamEntry(oldest.decode()).ms) / 1000
         return ArchiveLag(entries=entries, oldest_age_seconds=age)

@@ -6,7 +6,8 @@ JOB
     mailrelay.store.queue (messages and delivery jobs, with .settlement and
     .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks and
     .archivefeed (consumer groups on the event stream, through .streams), .domains
-    and .cluster, all on mailrelay.store.base. A change to one data area
+    .cluster, .archiverelease and .archiveexport (the Redis archive read out for the
+    migration to PostgreSQL), all on mailrelay.store.base. A change to one data area
     is a change to its store; this class only lists them. Each store's header names
     the Redis keys it owns and the Lua scripts it runs; mailrelay.store.keys builds
     every key name.
@@ -29,7 +30,9 @@ CONFIGURATION
 from __future__ import annotations
 
 from mailrelay.store.admin import AdminStore
+from mailrelay.store.archiveexport import ArchiveExportStore
 from mailrelay.store.archivefeed import ArchiveFeedStore
+from mailrelay.store.archiverelease import ArchiveReleaseStore
 from mailrelay.store.bounces import BounceStore
 from mailrelay.store.cluster import ClusterStore
 from mailrelay.store.domains import SenderDomainStore
@@ -39,5 +42,5 @@ from mailrelay.store.webhooks import WebhookStore
 
 
 class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, ArchiveFeedStore,
-              SenderDomainStore, ClusterStore):
+              SenderDomainStore, ClusterStore, ArchiveReleaseStore, ArchiveExportStore):
     """The storage layer: the connection to Redis plus every store's operations."""

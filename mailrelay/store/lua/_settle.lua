@@ -11,6 +11,7 @@
 -- The key names settle() uses come from the including script: its first KEYS are
 -- mailrelay.store.scripts.SETTLE_KEYS, and its ARGV from position a on SETTLE_ARGV;
 -- settle_names() gathers them once per call of the script.
+--#include _unindex
 local function settle_names(keys, argv, a)
   a = a - 1
   return {
@@ -58,16 +59,9 @@ local function settle(K, owner, action, id, now)
     end
     return 'CONFIRMED'
   end
-  local row = redis.call('HMGET', mkey, 'tag', 'status', 'received_at')
-  for i = 0, n - 1 do
-    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
-    if rcpt then redis.call('ZREM', K.rcpt_index .. string.lower(rcpt), id) end
-  end
-  redis.call('ZREM', K.time_index, id)
-  if row[2] then redis.call('ZREM', K.status_index .. row[2], id) end
-  if row[1] and row[1] ~= '' then redis.call('ZREM', K.tag_index .. row[1], id) end
+  local received = tonumber(redis.call('HGET', mkey, 'received_at')) or now
+  unindex_message(mkey, id, K.time_index, K.rcpt_index, K.tag_index, K.status_index)
   redis.call('DEL', mkey, K.body .. id, K.timeline .. id)
-  local received = tonumber(row[3]) or now
   count(K.stats_minute, K.stats_hour, received, 'accepted', -1)
   count(K.stats_minute, K.stats_hour, received, 'recipients', -n)
   count(K.stats_minute, K.stats_hour, now, 'cancelled', 1)
