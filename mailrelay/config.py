@@ -242,6 +242,7 @@ class ArchiveConfig:
     read_url: str = setting("", p_pg_url, 'a read replica for the API, the status page and the CLI; "" = url', secret=True)
     statement_timeout: float = setting("5s", p_duration, "longest an archive query may run before it is cancelled (the API answers 503)")
     connect_timeout: float = setting("3s", p_duration, "time allowed to connect to the archive database (rounded up to whole seconds; libpq waits at least 2s)")
+    release_after: float = setting("1m", p_duration, "how long a message's Redis keys stay after it is final and archived (the archive at data version 2; reads then go to PostgreSQL)")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ JOB
     Holds the per-process series of ``/metrics`` in the registry :data:`PROCESS`:
     counters incremented where the work happens (messages this daemon queued, its
     delivery outcomes, the bounces it recorded, its refusals at the end of DATA, its
-    scrypt password checks, its webhook requests) and the latency of its deliveries. Each daemon counts only
+    scrypt password checks, its webhook requests, the stream entries its archiver archived)
+    and the latency of its deliveries. Each daemon counts only
     what it did itself, from 0 at its start, so that Prometheus' ``sum()`` over the
     daemons of a cluster is the cluster's figure. The cluster-wide figures read from
     Redis (the queue, the last hour's totals) are gauges named ``mailrelay_cluster_*``,
@@ -119,6 +120,11 @@ WEBHOOK_ATTEMPTS = Counter(
     "Webhook requests this process sent, by result (ok: 2xx; retry: failed, due again; "
     "failed: the last attempt failed, the job is given up)",
     ["result"], registry=PROCESS)
+
+ARCHIVED_ENTRIES = ReactorCounter(
+    "mailrelay_archived_entries",
+    "Event stream entries this process's archiver wrote into the archive and acknowledged",
+    registry=PROCESS)
 
 for _result in WEBHOOK_RESULTS:
     WEBHOOK_ATTEMPTS.labels(_result)

@@ -101,6 +101,8 @@ from mailrelay.passwords import PasswordChecker
 from mailrelay.pgproc import ManagedPostgres
 from mailrelay.services.archive import ArchiveService
 from mailrelay.services.archivemaint import ArchiveMaintenance
+from mailrelay.store.archiveread import ArchiveReader
+from mailrelay.store.archiveview import ArchiveView
 from mailrelay.redisproc import ManagedRedis, find_redis_server, machine_memory
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
@@ -324,9 +326,16 @@ def make_service(config: Config) -> MailrelayService:
         )
         BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
 
+    def get_archive() -> ArchiveView:
+        # one message from Redis while its keys exist, else PostgreSQL; searches from
+        # PostgreSQL once the data is at the version that moved the archive there
+        assert storage_service.storage is not None
+        return ArchiveView(storage_service.storage, ArchiveReader(archive.read),
+                           in_postgres=lambda: cluster.archive_in_postgres())
+
     # after the listeners: /readyz reports them, and the API needs the storage ready
     WebService(config, lambda: storage_service.storage,
-               lambda: smtp_listener_status(top, config)).setServiceParent(top)
+               lambda: smtp_listener_status(top, config), get_archive=get_archive).setServiceParent(top)
 
     # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
     cluster = ClusterService(config, lambda: storage_service.storage, top, delivery,

@@ -258,18 +258,19 @@ class MigrationMechanism(unittest.TestCase):
 
         class Fake(Storage):
             DATA_VERSION = 3
+            ARCHIVE_STEPS = frozenset()  # the fake steps write no archive
             MIGRATIONS = {**Storage.MIGRATIONS,
                           1: ("rename the widgets", "_step_1"),
                           2: ("count the widgets", "_step_2")}
             ran: list[int] = []
 
-            async def _step_1(self) -> None:
+            async def _step_1(self, context) -> None:
                 self.ran.append(1)
                 if fail_at == 1:
                     raise RuntimeError("step 1 failed")
                 await self._call("SET", self.keys.prefix + "widgets", "renamed")
 
-            async def _step_2(self) -> None:
+            async def _step_2(self, context) -> None:
                 self.ran.append(2)
                 await self._call("SET", self.keys.prefix + "widgets:count", 1)
 
@@ -337,6 +338,26 @@ class MigrationMechanism(unittest.TestCase):
             else:
                 with self.assertRaises(Storage.DataVersionError):
                     yield defer.ensureDeferred(storage.check_data_version())
+
+    @defer.inlineCallbacks
+    def test_the_heartbeat_says_whether_the_archive_is_read_from_postgresql(self):
+        from twisted.application import service
+
+        from mailrelay.config import parse_config
+        from mailrelay.services.cluster import ClusterService
+        from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
+        from mailrelay.store import Storage
+
+        storage = self.storage(Storage)
+        cluster = ClusterService(parse_config({}), lambda: storage, service.MultiService())
+        self.assertFalse(cluster.archive_in_postgres())   # before the first heartbeat: Redis
+        key = storage.keys.prefix + "meta:version"
+        for stored, in_postgres in ((ARCHIVE_IN_POSTGRES_VERSION - 1, False),
+                                    (ARCHIVE_IN_POSTGRES_VERSION, True)):
+            yield storage._call("SET", key, stored)
+            yield cluster.beat()
+            self.assertEqual(cluster.stored_data_version, stored)
+            self.assertEqual(cluster.archive_in_postgres(), in_postgres)
 
 
 # -- [submission] dedupe_window ---------------------------------------------------------------

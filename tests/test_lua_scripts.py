@@ -70,7 +70,9 @@ def test_enqueue_positions_come_from_the_python_definition():
 #: (``'rcpt:' .. i`` in P msg:<id>, ``'bounce:' .. type`` in the counter hashes), replies, and
 #: the exclusive score bound ``'(' .. now``.
 FIELD_AND_REPLY_FRAGMENTS = {"rcpt:", "state:", "attempts:", "owner:", "last:", "reports:", "bounce:",
-                             "OK ", "ERR ", "DUP:", "PENDING:", "("}
+                             "OK ", "ERR ", "DUP:", "PENDING:", "(",
+                             # values: a released message's dedupe key, archive:release members
+                             "released:", "m:", "b:"}
 #: Literals a script may append to a value: the job member separator (``<id>.<i>``).
 APPENDED_FRAGMENTS = {"."}
 _LITERAL = r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\""""
@@ -141,6 +143,7 @@ def test_keys_builds_each_name_as_the_store_headers_document_it():
         k.suppressed, k.suppressed_version, k.webhook_queue, k.webhook_job("<id>"),
         k.dkim_domains, k.dkim_version, k.dkim_checks, k.cluster, k.cluster_member("<owner>"),
         k.data_version, k.migration_lock, k.user_rate("<user>", "<window>"), k.auth_failures("<client>"),
+        k.archive_release,
     }
     documented = documented_keys()
     assert built - documented == set(), "built by Keys but documented otherwise (or not at all)"
@@ -155,7 +158,8 @@ def test_every_key_name_a_script_is_given_comes_from_keys():
     the prefix, and each prefix is that of a documented key."""
     k = Keys("P ")
     documented = documented_keys()
-    layouts = (scripts.SETTLE_KEYS, scripts.SETTLE_ARGV, scripts.SWEEP_UNSETTLED_KEYS, scripts.RECORD_PREFIXES)
+    layouts = (scripts.SETTLE_KEYS, scripts.SETTLE_ARGV, scripts.SWEEP_UNSETTLED_KEYS, scripts.RECORD_PREFIXES,
+               scripts.ARCHIVE_SNAPSHOT_ARGV)
     for layout in layouts:
         for name, value in k.names(layout).items():
             assert value.startswith("P "), name

@@ -521,6 +521,28 @@ class WebhookServiceTests(unittest.TestCase):
         self.assertEqual(pending[0], 0)
 
     @async_test
+    async def test_entry_types_without_a_webhook_event_are_acknowledged(self) -> None:
+        hook = Hook([])
+        storage = self.make_storage(self.listen(hook), events=["delivered", "bounced"])
+        service = await self.start()
+        # an unmatched bounce reaches the stream as 'bounce_stored' (for the archiver) and a
+        # reclassification as 'bounce_changed': no webhook event is made of either
+        record = {"id": "b0001", "message_id": "", "recipient": "x@example.test", "type": "HardBounce",
+                  "at": "2030-01-01T00:00:00Z"}
+        self.assertIs(await storage.record_bounce(record, b"raw", message_id=None, rcpt=None, state=None,
+                                                  event=None, suppress=None), False)
+        await storage.reclassify_bounce("b0001", {"type": "SoftBounce"})
+        types = [e[1][1] for e in await self.redis("XRANGE", self.prefix + "events", "-", "+")]
+        self.assertEqual(types, [b"bounce_stored", b"bounce_changed"])
+        service.consume()
+        await self.wait_for(lambda: service._consuming is None, "the events to be read")
+        [group] = await self.redis("XINFO", "GROUPS", self.prefix + "events")
+        info = dict(zip(group[::2], group[1::2]))
+        self.assertEqual((info[b"pending"], info[b"lag"]), (0, 0))  # both read and acknowledged
+        self.assertEqual(await self.job(), {})
+        self.assertEqual(hook.received, [])
+
+    @async_test
     async def test_stop_waits_briefly_then_hands_the_job_back(self) -> None:
         class Silent(resource.Resource):
             isLeaf = True

@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__
 from mailrelay.store import new_owner
+from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
 from mailrelay.store.interfaces import ClusterMembership, ClusterStorage, UnsettledSweep
 from mailrelay.services.submission import describe_address
 
@@ -119,6 +120,8 @@ class ClusterService(service.Service):
         self.owner = delivery.owner if delivery is not None else new_owner()
         self.started_ms: int | None = None
         self.version_checked = version_checked
+        #: The Redis data format version as the last heartbeat read it (None before the first).
+        self.stored_data_version: int | None = None
         self._loop: task.LoopingCall | None = None
         self._version_loop: task.LoopingCall | None = None
         self._failing = False
@@ -181,6 +184,7 @@ class ClusterService(service.Service):
         try:
             _, version = await storage.heartbeat(self.owner, info,
                                                  HEARTBEAT_INTERVAL * HEARTBEAT_MISSES)
+            self.stored_data_version = version
             if version is not None and version > storage.DATA_VERSION:
                 log.error("the Redis data now has format version {v}, newer than this mailrelay "
                           "understands ({mine}): upgrade this daemon", v=version,
@@ -194,6 +198,12 @@ class ClusterService(service.Service):
             log.info("heartbeat recorded again")
             self._failing = False
         log.debug("heartbeat recorded: {held} job(s) held", held=info["held"])
+
+    def archive_in_postgres(self) -> bool:
+        """Whether the archive's reads go to PostgreSQL: the Redis data is at the format
+        version that moved the archive there (ARCHIVE_IN_POSTGRES_VERSION, after `mailrelay
+        migrate`). Before the first heartbeat, and on older data, the archive is read from Redis."""
+        return self.stored_data_version is not None and self.stored_data_version >= ARCHIVE_IN_POSTGRES_VERSION
 
     def _fatal(self, message: str) -> None:
         from twisted.internet import reactor

@@ -61,6 +61,7 @@ from mailrelay.libcompat import quiet_http_connection_pool
 from mailrelay.store import Event
 from mailrelay.store.interfaces import WebhookStorage
 from mailrelay.store.records import json_object
+from mailrelay.store.streams import StreamEntry
 from mailrelay.timefmt import rfc3339
 
 log = Logger()
@@ -340,7 +341,7 @@ class WebhookService(service.Service):
             await self._create_group()
         if self.held:
             held, self.held = self.held, {}
-            await self._handle(list(held.items()))
+            await self._handle([StreamEntry(entry_id, fields) for entry_id, fields in held.items()])
         if self.clock.seconds() >= self._next_reclaim:
             self._next_reclaim = self.clock.seconds() + RECLAIM_INTERVAL
             await self._reclaim()
@@ -365,10 +366,12 @@ class WebhookService(service.Service):
         if removed:
             log.info("webhooks: forgot {n} idle consumer(s) of past processes", n=removed)
 
-    async def _handle(self, entries: list[tuple[str, dict[str, str] | None]]) -> None:
+    async def _handle(self, entries: list[StreamEntry]) -> None:
         ack: list[str] = []
         work = []
-        for entry_id, fields in entries:
+        for entry in entries:
+            entry_id, fields = entry.id, (dict(entry.fields) if entry.fields is not None else None)
+            # entry types with no webhook event (queued, bounce_stored, ...) are acknowledged
             event = EVENT_NAMES.get((fields or {}).get("type", ""))
             hooks = [i for i, hook in enumerate(self.hooks) if event in hook.events]
             if fields is None or not hooks or not fields.get("msg"):

@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from mailrelay.store.base import StoreBase
-from mailrelay.store.events import EVENTS_MAXLEN, Event
+from mailrelay.store.events import Event
 from mailrelay.store.keys import recipient_domain
 from mailrelay.store.records import AdminMessage, MessageRecord, QueuedJob
 from mailrelay.store.scripts import SCRIPTS
@@ -186,7 +186,7 @@ class AdminStore(StoreBase):
         at = rfc3339(time.time())
         keys = [self.keys.queue_domains, self.keys.leases, self.keys.msg(message_id),
                 self.keys.timeline(message_id), self.keys.events]
-        args: list[Any] = [message_id, EVENTS_MAXLEN]
+        args: list[Any] = [message_id]
         for i in chosen:
             domain = recipient_domain(recipients[i])
             keys.append(self.keys.domain_queue(domain))

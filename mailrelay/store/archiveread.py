@@ -298,6 +298,23 @@ def _connection_lost(error: BaseException) -> bool:
     return isinstance(error, ArchiveUnavailable) and not error.timed_out
 
 
+async def run_translated(database: ArchiveDatabase, work: Callable[..., T], *args: Any) -> T:
+    """``work(connection, *args)`` in a pool thread (``database.run``); psycopg's failures as store
+    errors (:func:`mailrelay.store.errors.translate`). One more try when the pooled connection
+    turns out to be dead (e.g. after a restart): ``work`` must be safe to run twice."""
+    for attempt in (1, 2):
+        try:
+            return await database.run(work, *args)
+        except Exception as e:
+            translated = translate(e)
+            if attempt == 1 and _connection_lost(translated):
+                continue
+            if translated is e:
+                raise
+            raise translated from e
+    raise AssertionError("unreachable")
+
+
 class ArchiveReader:
     """The archive's reads (TrackingStore's and BounceStore's signatures) from PostgreSQL."""
 
@@ -305,19 +322,7 @@ class ArchiveReader:
         self.database = database
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
-        """``work(connection, *args)`` in a pool thread; psycopg's failures as store errors. One
-        more try when the pooled connection turns out to be dead (e.g. after a restart)."""
-        for attempt in (1, 2):
-            try:
-                return await self.database.run(work, *args)
-            except Exception as e:
-                translated = translate(e)
-                if attempt == 1 and _connection_lost(translated):
-                    continue
-                if translated is e:
-                    raise
-                raise translated from e
-        raise AssertionError("unreachable")
+        return await run_translated(self.database, work, *args)
 
     @staticmethod
     def _fetch(connection: Any, statement: tuple[str, list[Any]]) -> list[tuple[Any, ...]]:

@@ -37,7 +37,9 @@ CONFIGURATION
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
+
+from mailrelay.store.records import MessageRecord
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,32 @@ class MessageSnapshot:
     @property
     def timeline_length(self) -> int:
         return len(self.timeline)
+
+    @classmethod
+    def decode(cls, message_id: str, stored: Mapping[str, str], timeline: Sequence[bytes] = (),
+               body: bytes | None = None, *, received_ms: int | None = None) -> MessageSnapshot | None:
+        """
+        A snapshot of message ``message_id`` from its ``msg:<id>`` hash (field -> text, as
+        ``TrackingStore.get_message`` reads it: :func:`mailrelay.store.base.text_fields`),
+        its timeline's raw entries and its stored body (None: not carried). Each field
+        means what :class:`mailrelay.store.records.MessageRecord` reads in it (the same
+        decoding: status, numbers, recipients); the JSON texts (to, cc, metadata) are kept
+        as stored. ``received_ms`` is the time to use when the hash's ``received_at`` does
+        not parse (e.g. the message's score in the time index); None when neither gives one.
+        """
+        record = MessageRecord.decode(message_id, stored)
+        received = record.received_ms if record.received_ms is not None else received_ms
+        if received is None:
+            return None
+        return cls(
+            id=message_id, received_ms=received, status=record.status, sender=record.sender,
+            from_header=record.header_from, to_header=stored.get("to", ""), cc_header=stored.get("cc", ""),
+            subject=record.subject, message_id_header=record.message_id_header, tag=record.tag,
+            metadata=stored.get("metadata", ""), size=record.size, username=record.user, client=record.client,
+            rcpt_count=len(record.recipients),
+            recipients=tuple(ArchivedRecipient(rcpt=r.index, recipient=r.address, state=r.state,
+                                               attempts=r.attempts) for r in record.recipients),
+            timeline=tuple(timeline), body=body)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+def text_fields(reply: list[bytes]) -> dict[str, str]:
+    """An HGETALL reply as the hash's fields as text (bytes that are not UTF-8 replaced)."""
+    return {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
+            for i in range(0, len(reply), 2)}
+
+
 def _reraise(error: Exception) -> None:
     """Raise ``error`` as :func:`translate` makes it (a sending that failed at once)."""
     translated = translate(error)
@@ -187,10 +193,7 @@ class StoreBase:
     async def _text_hash(self, key: str) -> dict[str, str] | None:
         """A hash's fields as text (bytes that are not UTF-8 replaced), or None when it does not exist."""
         reply = await self._call("HGETALL", key)
-        if not reply:
-            return None
-        return {reply[i].decode(errors="replace"): reply[i + 1].decode(errors="replace")
-                for i in range(0, len(reply), 2)}
+        return text_fields(reply) if reply else None
 
     def _eval(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred:
         """Run a script (EVALSHA; EVAL on NOSCRIPT: see mailrelay.store.scripts)."""

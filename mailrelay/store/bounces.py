@@ -44,7 +44,7 @@ import json
 import os
 from typing import Any
 
-from mailrelay.store.events import EVENTS_MAXLEN, Event
+from mailrelay.store.events import Event
 from mailrelay.store.records import BounceRecord
 from mailrelay.store.scripts import RECORD_BOUNCE_TAIL, SCRIPTS, ordered
 from mailrelay.store.suppression import SuppressionStore
@@ -89,7 +89,7 @@ class BounceStore(SuppressionStore, TrackingStore):
             RECORD_BOUNCE_TAIL, matched="1" if matched else "", rcpt=rcpt if rcpt is not None else "",
             state=state or "", event=event.to_json() if event else "",
             suppress_address=suppress["address"] if suppress else "",
-            suppression=json.dumps(suppress) if suppress else "", events_maxlen=EVENTS_MAXLEN,
+            suppression=json.dumps(suppress) if suppress else "",
             message_id=message_id or "", event_type=event.type if event else "",
             status_index_prefix=names.status_index_prefix, stats_minute_prefix=names.stats_minute_prefix,
             stats_hour_prefix=names.stats_hour_prefix, retention_s=int(self.retention),
@@ -113,8 +113,9 @@ class BounceStore(SuppressionStore, TrackingStore):
         flat = [str(v) for pair in fields.items() for v in pair]
         updated, removed = await self._eval(
             RECLASSIFY_BOUNCE_SCRIPT,
-            [self.keys.bounce(bounce_id), self.keys.suppressed, self.keys.suppressed_version],
-            [bounce_id, (reactivate or "").lower(), len(fields), *flat])
+            [self.keys.bounce(bounce_id), self.keys.suppressed, self.keys.suppressed_version,
+             self.keys.events],
+            [bounce_id, (reactivate or "").lower(), len(fields), *flat, self.now_ms()])
         if int(removed):
             self.suppressions_changed()
         return bool(int(updated)), bool(int(removed))

@@ -19,11 +19,12 @@ DATA (under ``[redis] key_prefix``, written ``P``)
                                     domains (JSON {domain: jobs}), listeners (JSON list);
                                     expires after three missed heartbeats.
     ``P meta:version``       STRING the data format version (an integer, DATA_VERSION).
-    ``P meta:migrating``     STRING lock held by ``mailrelay migrate`` while it runs.
+    ``P meta:migrating``     STRING lock held by ``mailrelay migrate`` while it runs
+                                    (an hour, renewed by long steps as they go).
     An empty database is told from one written before versions existed by the existence
     of the other stores' keys (Keys.data_markers).
-    Scripts: data_version.lua, set_version.lua, release_lock.lua, heartbeat.lua,
-    leave_cluster.lua, cluster_members.lua.
+    Scripts: data_version.lua, set_version.lua, release_lock.lua, renew_lock.lua,
+    heartbeat.lua, leave_cluster.lua, cluster_members.lua.
 
 SECURITY
     A heartbeat names the daemon's host, pid and listeners: whoever reads Redis learns
@@ -49,11 +50,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.base import StoreBase
 from mailrelay.store.errors import DataVersionError, StorageError
 from mailrelay.store.events import COMPACT_JSON
@@ -63,10 +66,37 @@ log = Logger()
 
 CLUSTER_MEMBERS_SCRIPT = SCRIPTS["cluster_members"]
 DATA_VERSION_SCRIPT = SCRIPTS["data_version"]
+
+#: The data format version from which the archive lives in PostgreSQL (issue 18): on older data
+#: (a rolling upgrade) every archive read goes to Redis, which still holds it whole, and no
+#: message's keys are released (mailrelay.store.archiverelease).
+ARCHIVE_IN_POSTGRES_VERSION = 2
 HEARTBEAT_SCRIPT = SCRIPTS["heartbeat"]
 LEAVE_CLUSTER_SCRIPT = SCRIPTS["leave_cluster"]
 RELEASE_LOCK_SCRIPT = SCRIPTS["release_lock"]
+RENEW_LOCK_SCRIPT = SCRIPTS["renew_lock"]
 SET_VERSION_SCRIPT = SCRIPTS["set_version"]
+
+#: Seconds the migration lock lives unless renewed (a step renews it as it goes).
+MIGRATION_LOCK_TTL = 3600
+
+
+class ArchiveSink(Protocol):
+    """Where a migration step writes archive records (the PostgreSQL archive's writer)."""
+
+    async def write(self, batch: ArchiveBatch) -> Any: ...
+
+
+@dataclass(frozen=True)
+class MigrationContext:
+    """What a migration step gets: ``report(text)`` for progress lines, ``keep_lock()`` to
+    call at least every half hour in a long step (DataVersionError when the lock was
+    lost), and ``archive()``, the archive database's writer, opened on first use (None
+    when ``mailrelay migrate`` was given none)."""
+
+    report: Callable[[str], None]
+    keep_lock: Callable[[], Awaitable[None]]
+    archive: Callable[[], Awaitable[ArchiveSink]] | None = None
 
 
 class ClusterStore(StoreBase):
@@ -78,14 +108,22 @@ class ClusterStore(StoreBase):
     #: data, and refuses older data until `mailrelay migrate` has run.
     DATA_VERSION = 1
 
+    #: From this data version on the archive (messages, timelines, bodies, bounces) lives in
+    #: PostgreSQL; before it, in Redis (mailrelay.store.archiveexport copies it over).
+    ARCHIVE_IN_POSTGRES_VERSION = ARCHIVE_IN_POSTGRES_VERSION
+
     #: Migration steps, by the version they migrate from: (description, method name). A
-    #: step must be idempotent (it is run again if `mailrelay migrate` was interrupted
-    #: before the version was bumped) and must keep the data usable by running daemons of
-    #: the previous release. Version 0 is data written before the format had a version.
+    #: step is ``async def step(self, context: MigrationContext) -> None``. It must be
+    #: idempotent (it is run again if `mailrelay migrate` was interrupted before the
+    #: version was bumped) and must keep the data usable by running daemons of the
+    #: previous release. Version 0 is data written before the format had a version.
     MIGRATIONS: dict[int, tuple[str, str]] = {
         0: ("record the data version (data written before data versions existed has the "
             "layout of version 1)", "_migrate_0_to_1"),
     }
+
+    #: The steps that write the PostgreSQL archive (they need ``archive``).
+    ARCHIVE_STEPS: frozenset[int] = frozenset()
 
 
     DataVersionError = DataVersionError
@@ -135,18 +173,35 @@ class ClusterStore(StoreBase):
                      v=version, current=self.DATA_VERSION)
         return version
 
-    async def migrate(self, *, force: bool = False, report: Any = None) -> list[tuple[int, int, str]]:
+    def archive_needed(self, version: int) -> bool:
+        """Whether migrating data of ``version`` to DATA_VERSION writes the PostgreSQL archive."""
+        return any(step in self.ARCHIVE_STEPS for step in range(version, self.DATA_VERSION))
+
+    async def migrate(self, *, force: bool = False, report: Callable[[str], None] | None = None,
+                      archive: Callable[[], Awaitable[ArchiveSink]] | None = None
+                      ) -> list[tuple[int, int, str]]:
         """
         Bring the data to DATA_VERSION one registered step at a time; returns the steps
-        run as (from, to, description); ``report(text)`` is called before each. Refuses
+        run as (from, to, description); ``report(text)`` is called before each (and by
+        the steps, with their progress). ``archive()`` opens the PostgreSQL archive's
+        writer for the steps that write it (ARCHIVE_STEPS), only when one runs. Refuses
         (DataVersionError) when the data is newer, when a step is missing, when another
-        migration runs, or, unless ``force``, when a live daemon (heartbeat) does not
-        understand DATA_VERSION yet.
+        migration runs, when a step needs ``archive`` and there is none, or, unless
+        ``force``, when a live daemon (heartbeat) does not understand DATA_VERSION yet.
         """
         token = os.urandom(8).hex()
         lock = self.keys.migration_lock
-        if not await self.bounded(self._call("SET", lock, token, "NX", "EX", 3600)):
+        if not await self.bounded(self._call("SET", lock, token, "NX", "EX", MIGRATION_LOCK_TTL)):
             raise self.DataVersionError(f"another `mailrelay migrate` is running ({lock} is set)")
+
+        async def keep_lock() -> None:
+            renewed = await self.bounded(self._eval(RENEW_LOCK_SCRIPT, [lock], [token, MIGRATION_LOCK_TTL]))
+            if int(renewed) != 1:
+                raise self.DataVersionError(f"the migration lost its lock ({lock}): another "
+                                            "`mailrelay migrate` may be running; run it again later")
+
+        context = MigrationContext(report=report or (lambda text: None), keep_lock=keep_lock,
+                                   archive=archive)
         try:
             version, created = await self.bounded(defer.ensureDeferred(self.data_version()))
             if created or version == self.DATA_VERSION:
@@ -164,14 +219,18 @@ class ClusterStore(StoreBase):
                     raise self.DataVersionError(
                         f"live daemons do not understand data version {self.DATA_VERSION} "
                         f"yet: {names}; upgrade them first (or use --force)")
+            missing = [v for v in range(version, self.DATA_VERSION) if v not in self.MIGRATIONS]
+            if missing:
+                raise self.DataVersionError(f"no migration step from data version {missing[0]}")
+            if archive is None and self.archive_needed(version):
+                raise self.DataVersionError(
+                    f"migrating data version {version} to {self.DATA_VERSION} writes the archive's "
+                    "PostgreSQL database, and none was given")
             done = []
             while version < self.DATA_VERSION:
-                if version not in self.MIGRATIONS:
-                    raise self.DataVersionError(f"no migration step from data version {version}")
                 description, method = self.MIGRATIONS[version]
-                if report is not None:
-                    report(f"data version {version} -> {version + 1}: {description}")
-                await getattr(self, method)()
+                context.report(f"data version {version} -> {version + 1}: {description}")
+                await getattr(self, method)(context)
                 swapped = await self.bounded(self._eval(
                     SET_VERSION_SCRIPT, [self.keys.data_version], [version, version + 1]))
                 if int(swapped) != 1:
@@ -186,7 +245,7 @@ class ClusterStore(StoreBase):
             except StorageError:
                 pass  # the lock expires by itself
 
-    async def _migrate_0_to_1(self) -> None:
+    async def _migrate_0_to_1(self, context: MigrationContext) -> None:
         """Version 0 has the layout of version 1: nothing to change."""
 
     # -- heartbeats --

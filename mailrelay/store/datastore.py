@@ -4,8 +4,10 @@ datastore: the one storage object the services receive, composed of one store pe
 JOB
     :class:`Storage` is built from the data-area stores (as Synapse's ``DataStore``):
     mailrelay.store.queue (messages and delivery jobs, with .settlement and
-    .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks,
-    .domains and .cluster, all on mailrelay.store.base. A change to one data area
+    .suppression), .bounces (with .tracking), .ratelimits, .admin, .webhooks and
+    .archivefeed (consumer groups on the event stream, through .streams), .domains
+    .cluster, .archiverelease and .archiveexport (the Redis archive read out for the
+    migration to PostgreSQL), all on mailrelay.store.base. A change to one data area
     is a change to its store; this class only lists them. Each store's header names
     the Redis keys it owns and the Lua scripts it runs; mailrelay.store.keys builds
     every key name.
@@ -28,6 +30,9 @@ CONFIGURATION
 from __future__ import annotations
 
 from mailrelay.store.admin import AdminStore
+from mailrelay.store.archiveexport import ArchiveExportStore
+from mailrelay.store.archivefeed import ArchiveFeedStore
+from mailrelay.store.archiverelease import ArchiveReleaseStore
 from mailrelay.store.bounces import BounceStore
 from mailrelay.store.cluster import ClusterStore
 from mailrelay.store.domains import SenderDomainStore
@@ -36,6 +41,6 @@ from mailrelay.store.ratelimits import RateLimitStore
 from mailrelay.store.webhooks import WebhookStore
 
 
-class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, SenderDomainStore,
-              ClusterStore):
+class Storage(QueueStore, BounceStore, RateLimitStore, AdminStore, WebhookStore, ArchiveFeedStore,
+              SenderDomainStore, ClusterStore, ArchiveReleaseStore, ArchiveExportStore):
     """The storage layer: the connection to Redis plus every store's operations."""

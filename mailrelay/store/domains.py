@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from mailrelay.store.base import StoreBase
-from mailrelay.store.events import EVENTS_MAXLEN, Event
+from mailrelay.store.events import Event
 from mailrelay.store.scripts import SCRIPTS
 from mailrelay.timefmt import rfc3339
 
@@ -98,7 +98,7 @@ class SenderDomainStore(StoreBase):
         events = [Event(type="unsigned", at=at, recipient=rcpt, rcpt=i, detail=detail).to_json()
                   for i, rcpt in enumerate(recipients)]
         keys = [self.keys.msg(message_id), self.keys.timeline(message_id), self.keys.events]
-        args = [message_id, EVENTS_MAXLEN, self.now_ms(), self.keys.stats_minute_prefix, self.keys.stats_hour_prefix,
+        args = [message_id, self.now_ms(), self.keys.stats_minute_prefix, self.keys.stats_hour_prefix,
                 *events]
         return int(await self.bounded(self._eval(RECORD_UNSIGNED_SCRIPT, keys, args))) == 1
 

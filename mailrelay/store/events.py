@@ -4,9 +4,11 @@ events: one entry of a recipient's timeline and of the event stream, as the stor
 JOB
     :class:`Event` is the shape every service and the API use for what happened to a
     recipient (queued, delivered, deferred, bounced, ...). The stores append it as JSON
-    (:data:`COMPACT_JSON`) to ``P timeline:<id>`` and, through their Lua scripts, to the
-    stream ``P events`` (trimmed to about :data:`EVENTS_MAXLEN` entries), which the
-    webhook service reads (mailrelay.store.webhooks).
+    (:data:`COMPACT_JSON`) to ``P timeline:<id>`` and, through their Lua scripts, add an
+    entry to the stream ``P events``, which the archiver (mailrelay.store.archivefeed)
+    and the webhook service (mailrelay.store.webhooks) read. The stream is trimmed only
+    below what their consumer groups still need (ArchiveFeedStore.archive_trim), never to
+    a fixed length: a PostgreSQL outage makes it grow instead of losing events.
 
 SECURITY
     Event details carry remote servers' replies (untrusted text): they are stored as JSON
@@ -26,9 +28,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-
-#: Events kept in the stream (approximate trimming).
-EVENTS_MAXLEN = 1_000_000
 
 #: The JSON encoder of what is stored (compact, UTF-8 text kept as is), made once:
 #: ``json.dumps`` with options builds a new encoder per call.

@@ -4,8 +4,8 @@ interfaces: the narrow, typed views of the store that services, the web and the 
 JOB
     Names, as :class:`typing.Protocol` classes, the store methods each consumer calls, one
     protocol per data area and role (the queue's entrance, the delivery queue, the
-    suppression list, bounces, tracking reads, the admin queue, webhooks, DKIM keys, the
-    cluster registry, ...), and composes them into one protocol per consumer (bottom of the
+    suppression list, bounces, tracking reads, the admin queue, webhooks, the archiver's
+    feed, DKIM keys, the cluster registry, ...), and composes them into one protocol per consumer (bottom of the
     module: ``InjectorStorage``, ``DeliveryStorage``, ``WebStorage``, ...). A consumer
     annotates its ``storage`` parameter with its protocol, never with ``Any`` nor the whole
     :class:`mailrelay.store.Storage`: what it may call is written down, and a reader sees
@@ -37,12 +37,15 @@ CONFIGURATION
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, Sequence
 
 if TYPE_CHECKING:
     from twisted.internet import defer
 
     from mailrelay.store import AuthClaim, ClaimedJob, Event, NewMessage, StorageError
+    from mailrelay.store.archivefeed import ArchiveLag, FeedEntry
+    from mailrelay.store.archiverecords import ArchiveBatch
+    from mailrelay.store.streams import StreamEntry
     from mailrelay.store.records import (AdminMessage, BounceRecord, MessageRecord, MessageSummary, Suppression,
                                          TimelineEvent)
 
@@ -261,10 +264,10 @@ class WebhookQueue(Protocol):
 
     async def webhook_create_group(self) -> bool: ...
 
-    async def webhook_read_events(self, consumer: str, count: int) -> list[tuple[str, dict[str, str] | None]]: ...
+    async def webhook_read_events(self, consumer: str, count: int) -> list[StreamEntry]: ...
 
     async def webhook_reclaim_events(self, consumer: str, min_idle_seconds: float,
-                                     count: int) -> list[tuple[str, dict[str, str] | None]]: ...
+                                     count: int) -> list[StreamEntry]: ...
 
     async def webhook_ack_events(self, entry_ids: list[str]) -> int: ...
 
@@ -281,6 +284,34 @@ class WebhookQueue(Protocol):
     async def webhook_finish(self, job: dict[str, Any], owner: str, outcome: str, *,
                              due_ms: int | None = None, attempts: int = 0, error: str = "",
                              event: Event | None = None) -> str: ...
+
+
+# -- the archiver ------------------------------------------------------------------------
+
+
+class ArchiveFeed(Protocol):
+    """The archiver's consumer group on the event stream: batches, snapshots, marks, trims, lag."""
+
+    #: The consumer group's name (for the log, and the groups that count when trimming).
+    ARCHIVE_GROUP: str
+
+    async def archive_create_group(self) -> bool: ...
+
+    async def archive_read(self, consumer: str, count: int) -> list[FeedEntry]: ...
+
+    async def archive_take_over(self, consumer: str, min_idle_seconds: float, count: int) -> list[FeedEntry]: ...
+
+    async def archive_keep(self, consumer: str, entry_ids: list[str]) -> int: ...
+
+    async def archive_prune_consumers(self, keep: str, idle_seconds: float) -> int: ...
+
+    async def archive_snapshot(self, entries: Sequence[FeedEntry]) -> ArchiveBatch: ...
+
+    async def archive_mark(self, batch: ArchiveBatch, entry_ids: Sequence[str]) -> int: ...
+
+    async def archive_trim(self, groups: Sequence[str]) -> int | None: ...
+
+    async def archive_lag(self) -> ArchiveLag | None: ...
 
 
 # -- sender domains and their DKIM keys --------------------------------------------------
@@ -369,6 +400,15 @@ class SuppressionAdminStorage(RedisClock, VerpKey, SuppressionAudit, Protocol):
 
 class WebhookStorage(WebhookQueue, RedisClock, Protocol):
     """mailrelay.services.webhooks.WebhookService."""
+
+
+class ArchiverStorage(ArchiveFeed, Protocol):
+    """mailrelay.services.archiver.ArchiverService."""
+
+    #: This daemon's identity: the archiver's consumer name.
+    owner: str
+    #: The webhook service's consumer group (it counts when trimming, when webhooks run).
+    WEBHOOK_GROUP: str
 
 
 class ClusterStorage(ClusterMembership, UnsettledSweep, RedisClock, Protocol):

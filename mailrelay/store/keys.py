@@ -78,6 +78,8 @@ class Keys:
         self.cluster_member_prefix = prefix + "cluster:"
         self.data_version = prefix + "meta:version"
         self.migration_lock = prefix + "meta:migrating"
+        # the archive's release of archived messages' keys (mailrelay.store.archiverelease)
+        self.archive_release = prefix + "archive:release"
 
     # -- messages -----------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mailrelay.store.errors import NotSent, StorageError, StorageFull, StorageUnavailable
-from mailrelay.store.events import COMPACT_JSON, EVENTS_MAXLEN, Event
+from mailrelay.store.events import COMPACT_JSON, Event
 from mailrelay.store.scripts import (ENQUEUE_ARGV, ENQUEUE_KEYS, ENQUEUE_SHARED_ARGV, RECORD_ARGV, RECORD_PREFIXES,
                                      SCRIPTS, SETTLE_ARGV, ordered, position)
 from mailrelay.store.settlement import SettlementStore
@@ -211,7 +211,7 @@ class QueueStore(SettlementStore, SuppressionStore):
                 fields[name] = "[]" if value == [] else COMPACT_JSON.encode(value)
         deadline = time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000 * DEADLINE_SHARE
         args = ordered(ENQUEUE_ARGV, id=message_id, deadline_ms=str(int(deadline)), owner=self.owner,
-                       events_maxlen=EVENTS_MAXLEN, **keys.names(SETTLE_ARGV), retention_s=int(self.retention),
+                       **keys.names(SETTLE_ARGV), retention_s=int(self.retention),
                        body_ttl_s=int(self.body_ttl), tag=message.tag, fields=COMPACT_JSON.encode(fields),
                        body=compress_body(message.content))
         args += rcpt_args
@@ -420,7 +420,7 @@ class QueueStore(SettlementStore, SuppressionStore):
         if not outcomes:
             return []
         keys = self.keys
-        args: list[Any] = ordered(RECORD_ARGV, owner=owner, events_maxlen=EVENTS_MAXLEN, now_ms=self.now_ms(),
+        args: list[Any] = ordered(RECORD_ARGV, owner=owner, now_ms=self.now_ms(),
                                   **keys.names(RECORD_PREFIXES))
         encode = COMPACT_JSON.encode  # Event.to_json without a method call per event
         for job, state, event, due_ms in outcomes:

@@ -66,21 +66,20 @@ SETTLE_ARGV = ("msg_prefix", "body_prefix", "timeline_prefix", "domain_queue_pre
                "rcpt_index_prefix", "tag_index_prefix", "status_index_prefix",
                "stats_minute_prefix", "stats_hour_prefix")
 #: settle.lua's ARGV head; then pairs of action and message id.
-SETTLE_SCRIPT_ARGV = SETTLE_ARGV + ("owner", "events_maxlen")
+SETTLE_SCRIPT_ARGV = SETTLE_ARGV + ("owner",)
 #: sweep_unsettled.lua's KEYS and ARGV.
 SWEEP_UNSETTLED_KEYS = SETTLE_KEYS + ("cluster",)
-SWEEP_UNSETTLED_ARGV = SETTLE_ARGV + ("events_maxlen", "owner", "min_age_ms", "max_age_ms",
-                                      "heartbeat_ttl_ms", "limit")
+SWEEP_UNSETTLED_ARGV = SETTLE_ARGV + ("owner", "min_age_ms", "max_age_ms", "heartbeat_ttl_ms", "limit")
 
 #: enqueue.lua's KEYS (Keys attributes, or the message's own keys: msg, body, timeline).
 ENQUEUE_KEYS = ("msg", "body", "unsettled", "events", "timeline", "suppressed_version",
                 "time_index", "queued_status_index")
 #: enqueue.lua's ARGV, in order; then per recipient: address, queued event (JSON).
-ENQUEUE_ARGV = ("id", "deadline_ms", "owner", "events_maxlen", *SETTLE_ARGV,
+ENQUEUE_ARGV = ("id", "deadline_ms", "owner", *SETTLE_ARGV,
                 "retention_s", "body_ttl_s", "tag", "fields", "body")
 #: The enqueue.lua arguments every message of a Storage shares: sent once per
 #: enqueue_batch.lua call. They are contiguous in ENQUEUE_ARGV, in this order.
-ENQUEUE_SHARED_ARGV = ("owner", "events_maxlen", *SETTLE_ARGV, "retention_s", "body_ttl_s")
+ENQUEUE_SHARED_ARGV = ("owner", *SETTLE_ARGV, "retention_s", "body_ttl_s")
 #: enqueue_batch.lua's ARGV head; then the settlement values and the messages.
 ENQUEUE_BATCH_ARGV = ENQUEUE_SHARED_ARGV + ("settlements",)
 
@@ -88,13 +87,18 @@ ENQUEUE_BATCH_ARGV = ENQUEUE_SHARED_ARGV + ("settlements",)
 #: per job.
 RECORD_PREFIXES = ("msg_prefix", "timeline_prefix", "domain_queue_prefix", "status_index_prefix",
                    "stats_minute_prefix", "stats_hour_prefix")
-RECORD_ARGV = ("owner", "events_maxlen", "now_ms", *RECORD_PREFIXES)
+RECORD_ARGV = ("owner", "now_ms", *RECORD_PREFIXES)
 #: record_bounce.lua's ARGV after the bounce id, at_ms, raw message and the record's fields.
 RECORD_BOUNCE_TAIL = ("matched", "rcpt", "state", "event", "suppress_address", "suppression",
-                      "events_maxlen", "message_id", "event_type", "status_index_prefix",
+                      "message_id", "event_type", "status_index_prefix",
                       "stats_minute_prefix", "stats_hour_prefix", "retention_s",
                       "max_unmatched", "bounce_prefix", "bounce_raw_prefix",
                       "max_per_recipient")
+
+#: archive_snapshot.lua's ARGV head (Keys attributes: key prefixes); then the number of
+#: message ids, the message ids, and the bounce ids.
+ARCHIVE_SNAPSHOT_ARGV = ("msg_prefix", "timeline_prefix", "body_prefix", "bounce_prefix",
+                         "bounce_raw_prefix")
 
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "settle_keys": SETTLE_KEYS,
@@ -108,6 +112,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "enqueue_batch": ENQUEUE_BATCH_ARGV,
     "record": RECORD_ARGV,
     "record_bounce": RECORD_BOUNCE_TAIL,
+    "archive_snapshot": ARCHIVE_SNAPSHOT_ARGV,
 }
 
 

@@ -52,7 +52,6 @@ from twisted.logger import Logger
 
 from mailrelay.store.base import StoreBase
 from mailrelay.store.errors import StorageUnavailable
-from mailrelay.store.events import EVENTS_MAXLEN
 from mailrelay.store.scripts import (SCRIPTS, SETTLE_ARGV, SETTLE_KEYS, SETTLE_SCRIPT_ARGV, SWEEP_UNSETTLED_ARGV,
                                      SWEEP_UNSETTLED_KEYS, ordered)
 
@@ -153,8 +152,7 @@ class SettlementStore(StoreBase):
         taken = self._take_settlements()
         if not taken:
             return
-        flat: list[Any] = ordered(SETTLE_SCRIPT_ARGV, **self.keys.names(SETTLE_ARGV), owner=self.owner,
-                                  events_maxlen=EVENTS_MAXLEN)
+        flat: list[Any] = ordered(SETTLE_SCRIPT_ARGV, **self.keys.names(SETTLE_ARGV), owner=self.owner)
         for message_id, action in taken:
             flat += [action, message_id]
         try:
@@ -261,8 +259,7 @@ class SettlementStore(StoreBase):
         """
         reply = await self._timed(self._eval(
             SWEEP_UNSETTLED_SCRIPT, list(self.keys.names(SWEEP_UNSETTLED_KEYS).values()),
-            ordered(SWEEP_UNSETTLED_ARGV, **self.keys.names(SETTLE_ARGV), events_maxlen=EVENTS_MAXLEN,
-                    owner=self.owner, min_age_ms=int(min_age * 1000),
+            ordered(SWEEP_UNSETTLED_ARGV, **self.keys.names(SETTLE_ARGV), owner=self.owner, min_age_ms=int(min_age * 1000),
                     max_age_ms=int((UNSETTLED_MAX_AGE if max_age is None else max_age) * 1000),
                     heartbeat_ttl_ms=int(heartbeat_ttl * 1000), limit=SWEEP_LIMIT)), self.timeout)
         confirmed = [(reply[k].decode(), reply[k + 1].decode()) for k in range(0, len(reply), 2)]

@@ -3,8 +3,10 @@ webhooks: the webhook service's data: its consumer group on the event stream, an
 
 JOB
     Used by mailrelay.services.webhooks. Each daemon process is one consumer of the group
-    WEBHOOK_GROUP on ``P events``: it reads new events, takes over those a dead daemon
-    left pending, and acknowledges the events that need no webhook. An event that does
+    WEBHOOK_GROUP on ``P events`` (through mailrelay.store.streams, as the archiver's
+    group): it reads new events, takes over those a dead daemon left pending, and
+    acknowledges the events that need no webhook (entry types it has no webhook event
+    for, such as ``bounce_stored``, included). An event that does
     becomes jobs (one per matching hook) in the same script that acknowledges it
     (:meth:`WebhookStore.webhook_enqueue`: exactly once across daemons); jobs are leased
     (:meth:`WebhookStore.webhook_claim`) and finished (done, retry, release, failed) like
@@ -47,9 +49,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mailrelay.store.base import StoreBase
 from mailrelay.store.events import Event
 from mailrelay.store.scripts import SCRIPTS
+from mailrelay.store.streams import StreamEntry, StreamGroupStore
 
 WEBHOOK_CLAIM_SCRIPT = SCRIPTS["webhook_claim"]
 WEBHOOK_ENQUEUE_SCRIPT = SCRIPTS["webhook_enqueue"]
@@ -57,7 +59,7 @@ WEBHOOK_FINISH_SCRIPT = SCRIPTS["webhook_finish"]
 WEBHOOK_SOURCE_SCRIPT = SCRIPTS["webhook_source"]
 
 
-class WebhookStore(StoreBase):
+class WebhookStore(StreamGroupStore):
     """The webhook consumer group on the event stream, and the webhook job queue."""
 
     #: The consumer group of the webhook service on the event stream.
@@ -68,65 +70,25 @@ class WebhookStore(StoreBase):
     async def webhook_create_group(self) -> bool:
         """Create the consumer group at the end of the stream (history is not replayed);
         False when it existed already."""
-        try:
-            await self._call("XGROUP", "CREATE", self.keys.events, self.WEBHOOK_GROUP, "$", "MKSTREAM")
-        except Exception as e:
-            if "BUSYGROUP" in str(e):
-                return False
-            raise
-        return True
+        return await self._group_create(self.WEBHOOK_GROUP, "$")
 
-    @staticmethod
-    def _stream_entries(entries: Any) -> list[tuple[str, dict[str, str] | None]]:
-        out = []
-        for entry in entries or []:
-            entry_id, flat = entry[0].decode(), entry[1]
-            if flat is None:  # trimmed from the stream while pending (Redis < 7)
-                out.append((entry_id, None))
-                continue
-            out.append((entry_id, {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}))
-        return out
-
-    async def webhook_read_events(self, consumer: str, count: int) -> list[tuple[str, dict[str, str] | None]]:
-        """Up to ``count`` new events for this consumer (non-blocking): [(entry id, fields)]."""
-        reply = await self._call("XREADGROUP", "GROUP", self.WEBHOOK_GROUP, consumer, "COUNT", count,
-                                 "STREAMS", self.keys.events, ">")
-        if not reply:
-            return []
-        return self._stream_entries(reply[0][1])
+    async def webhook_read_events(self, consumer: str, count: int) -> list[StreamEntry]:
+        """Up to ``count`` new events for this consumer (non-blocking)."""
+        return await self._group_read(self.WEBHOOK_GROUP, consumer, count)
 
     async def webhook_reclaim_events(self, consumer: str, min_idle_seconds: float,
-                                     count: int) -> list[tuple[str, dict[str, str] | None]]:
+                                     count: int) -> list[StreamEntry]:
         """Take over events other consumers (dead daemons) left unacknowledged for longer
-        than ``min_idle_seconds``: [(entry id, fields or None when trimmed meanwhile)]."""
-        found: list[tuple[str, dict[str, str] | None]] = []
-        cursor = "0-0"
-        for _ in range(10):  # bounded work per call
-            reply = await self._call("XAUTOCLAIM", self.keys.events, self.WEBHOOK_GROUP, consumer,
-                                     int(min_idle_seconds * 1000), cursor, "COUNT", count)
-            cursor = reply[0].decode()
-            found += self._stream_entries(reply[1])
-            if cursor == "0-0" or len(found) >= count:
-                break
-        return found
+        than ``min_idle_seconds``."""
+        return await self._group_take_over(self.WEBHOOK_GROUP, consumer, min_idle_seconds, count)
 
     async def webhook_ack_events(self, entry_ids: list[str]) -> int:
         """Acknowledge events that need no webhook."""
-        if not entry_ids:
-            return 0
-        return int(await self._call("XACK", self.keys.events, self.WEBHOOK_GROUP, *entry_ids))
+        return await self._group_ack(self.WEBHOOK_GROUP, entry_ids)
 
     async def webhook_prune_consumers(self, keep: str, idle_seconds: float) -> int:
         """Forget consumers (past daemon processes) with nothing pending, idle that long."""
-        reply = await self._call("XINFO", "CONSUMERS", self.keys.events, self.WEBHOOK_GROUP)
-        removed = 0
-        for row in reply:
-            info = {row[i].decode(): row[i + 1] for i in range(0, len(row), 2)}
-            name = info["name"].decode()
-            if name != keep and int(info["pending"]) == 0 and int(info["idle"]) > idle_seconds * 1000:
-                await self._call("XGROUP", "DELCONSUMER", self.keys.events, self.WEBHOOK_GROUP, name)
-                removed += 1
-        return removed
+        return await self._group_prune_consumers(self.WEBHOOK_GROUP, keep, idle_seconds)
 
     async def webhook_event_source(self, message_id: str, rcpt: int, bounce_id: str, *,
                                    find_bounce: bool = False, at_ms: int = 0,
@@ -192,9 +154,10 @@ class WebhookStore(StoreBase):
         retained). Returns "OK", "GONE" or "STOLEN" (another daemon leased it since).
         """
         keys = [self.keys.webhook_queue, self.keys.webhook_job(job["id"]),
-                self.keys.timeline(job["message_id"])]
+                self.keys.timeline(job["message_id"]), self.keys.events]
         args = [job["id"], owner, outcome, "" if due_ms is None else due_ms, attempts, error,
-                event.to_json() if event is not None else ""]
+                event.to_json() if event is not None else "", job["message_id"], job["rcpt"],
+                self.now_ms()]
         result = await self._eval(WEBHOOK_FINISH_SCRIPT, keys, args)
         return result.decode() if isinstance(result, bytes) else str(result)
 

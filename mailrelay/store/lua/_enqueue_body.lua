@@ -64,7 +64,7 @@ if ARGV[${enqueue.tag}] ~= '' then
   redis.call('ZREMRANGEBYSCORE', tkey, '-inf', horizon)
   redis.call('EXPIRE', tkey, retention)
 end
-redis.call('XADD', KEYS[${enqueue_keys.events}], 'MAXLEN', '~', ARGV[${enqueue.events_maxlen}], '*', 'type', 'queued', 'msg', id, 'at', now)
+redis.call('XADD', KEYS[${enqueue_keys.events}], '*', 'type', 'queued', 'msg', id, 'at', now)
 count(minute_prefix, hour_prefix, now, 'accepted', 1)
 count(minute_prefix, hour_prefix, now, 'recipients', i)
 return 'OK ' .. (redis.call('GET', KEYS[${enqueue_keys.suppressed_version}]) or '0')

@@ -1,6 +1,6 @@
 -- KEYS: none of its own (a shared piece: scripts --#include it)
 -- ARGV: none of its own; defines settle_names(keys, argv, a) and settle(names, owner, action,
---       id, now, maxlen); needs _count
+--       id, now); needs _count
 -- Shared Lua: settling a message stored "unsettled" by the enqueue script. 'confirm' (its 250
 -- was sent, or its daemon is gone: see sweep_unsettled.lua) puts its jobs in their domain
 -- queues, due now; 'cancel' (its client got 451) deletes it, its body, timeline and index
@@ -11,6 +11,7 @@
 -- The key names settle() uses come from the including script: its first KEYS are
 -- mailrelay.store.scripts.SETTLE_KEYS, and its ARGV from position a on SETTLE_ARGV;
 -- settle_names() gathers them once per call of the script.
+--#include _unindex
 local function settle_names(keys, argv, a)
   a = a - 1
   return {
@@ -29,7 +30,7 @@ local function settle_names(keys, argv, a)
     stats_hour = argv[a + ${settle_argv.stats_hour_prefix}],
   }
 end
-local function settle(K, owner, action, id, now, maxlen)
+local function settle(K, owner, action, id, now)
   local mkey = K.msg .. id
   local ukey = K.unsettled
   local head = redis.call('HMGET', mkey, 'unsettled', 'rcpt_count')
@@ -58,19 +59,12 @@ local function settle(K, owner, action, id, now, maxlen)
     end
     return 'CONFIRMED'
   end
-  local row = redis.call('HMGET', mkey, 'tag', 'status', 'received_at')
-  for i = 0, n - 1 do
-    local rcpt = redis.call('HGET', mkey, 'rcpt:' .. i)
-    if rcpt then redis.call('ZREM', K.rcpt_index .. string.lower(rcpt), id) end
-  end
-  redis.call('ZREM', K.time_index, id)
-  if row[2] then redis.call('ZREM', K.status_index .. row[2], id) end
-  if row[1] and row[1] ~= '' then redis.call('ZREM', K.tag_index .. row[1], id) end
+  local received = tonumber(redis.call('HGET', mkey, 'received_at')) or now
+  unindex_message(mkey, id, K.time_index, K.rcpt_index, K.tag_index, K.status_index)
   redis.call('DEL', mkey, K.body .. id, K.timeline .. id)
-  local received = tonumber(row[3]) or now
   count(K.stats_minute, K.stats_hour, received, 'accepted', -1)
   count(K.stats_minute, K.stats_hour, received, 'recipients', -n)
   count(K.stats_minute, K.stats_hour, now, 'cancelled', 1)
-  redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*', 'type', 'cancelled', 'msg', id, 'at', now)
+  redis.call('XADD', K.events, '*', 'type', 'cancelled', 'msg', id, 'at', now)
   return 'CANCELLED'
 end

@@ -1,5 +1,5 @@
 -- KEYS: queue:domains, leases, msg, timeline, events, then queue:d:<domain> per chosen recipient
--- ARGV: id, events_maxlen, then per chosen recipient: index, domain, deleted event (JSON)
+-- ARGV: id, then per chosen recipient: index, domain, deleted event (JSON)
 -- Returns the number of jobs dropped, or -1 when the message does not exist. The jobs of an
 -- unsettled message (in no queue yet) are dropped too: its confirmation skips them.
 --#include _domain_min
@@ -12,7 +12,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
 local k = 6
-for p = 3, #ARGV, 3 do
+for p = 2, #ARGV, 3 do
   local i, domain, event = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local dkey = KEYS[k]
   k = k + 1
@@ -26,7 +26,7 @@ for p = 3, #ARGV, 3 do
     redis.call('HDEL', KEYS[3], 'owner:' .. i)
     redis.call('HSET', KEYS[3], 'state:' .. i, 'deleted')
     redis.call('RPUSH', KEYS[4], event)
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'type', 'deleted', 'msg', ARGV[1],
+    redis.call('XADD', KEYS[5], '*', 'type', 'deleted', 'msg', ARGV[1],
                'rcpt', i, 'at', now)
     n = n + 1
   end

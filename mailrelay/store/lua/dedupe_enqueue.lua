@@ -9,13 +9,20 @@
 -- message it names is unsettled (its 250 or 451 not settled yet), nothing is stored and the
 -- reply is 'PENDING:<that id>': the daemon that sent that message's 250 answers with its id
 -- (a duplicate); otherwise the client gets 451 and retries: by then that message is confirmed
--- (a duplicate) or cancelled (and this one is queued).
+-- (a duplicate) or cancelled (and this one is queued). A message archived and released from
+-- Redis leaves its key naming it as 'released:<id>': still a duplicate. The message's hash
+-- names its dedupe key (field 'dedupe').
 local dedupe_key = KEYS[#KEYS]
 KEYS[#KEYS] = nil
 local window = ARGV[#ARGV]
 ARGV[#ARGV] = nil
 local msg_prefix = ARGV[${enqueue.msg_prefix}]
 local original = redis.call('GET', dedupe_key)
+if original and string.sub(original, 1, 9) == 'released:' then
+  -- archived and released from Redis (release_archived.lua): still a duplicate
+  redis.call('SET', dedupe_key, original, 'KEEPTTL')
+  return 'DUP:' .. string.sub(original, 10)
+end
 if original and redis.call('EXISTS', msg_prefix .. original) == 1 then
   if redis.call('HEXISTS', msg_prefix .. original, 'unsettled') == 1 then
     return 'PENDING:' .. original
@@ -30,5 +37,7 @@ end
 local result = enqueue()
 if string.sub(result, 1, 3) == 'OK ' then
   redis.call('SET', dedupe_key, ARGV[${enqueue.id}], 'PX', tonumber(window))
+  -- so that releasing the message's keys (release_archived.lua) keeps it a duplicate
+  redis.call('HSET', msg_prefix .. ARGV[${enqueue.id}], 'dedupe', dedupe_key)
 end
 return result

@@ -1,7 +1,7 @@
 -- KEYS: (positions from mailrelay.store.scripts.ENQUEUE_KEYS) msg, body, queue:unsettled,
 --       events, timeline, suppressed:version, idx:time, idx:status:queued
 -- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_ARGV) id, deadline_ms, owner (this
---       daemon), events_maxlen, the key prefixes of SETTLE_ARGV (msg, body, timeline, domain
+--       daemon), the key prefixes of SETTLE_ARGV (msg, body, timeline, domain
 --       queue, recipient, tag and status index, minute and hour counters: this script uses
 --       the recipient and tag index and counter ones; enqueue_batch.lua settles with all),
 --       retention_s, body_ttl_s, tag, the message fields (a JSON object of strings), body,

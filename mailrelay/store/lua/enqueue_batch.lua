@@ -2,7 +2,7 @@
 --       events (for the settlements), then every message's enqueue.lua keys, one message
 --       after the other
 -- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_BATCH_ARGV) the enqueue.lua arguments
---       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, events maxlen, the key
+--       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, the key
 --       prefixes of SETTLE_ARGV, retention, body TTL), then the number of settlement values
 --       ('settlements') and those values (pairs of action and message id, run with _settle
 --       after the messages: the acknowledgements settled since the last call ride on this one), then per
@@ -57,8 +57,7 @@ if s > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   for k = ${enqueue_batch.#} + 1, ${enqueue_batch.#} + s, 2 do
-    results[#results + 1] = settle(names, ARGV[${enqueue_batch.owner}], ARGV[k], ARGV[k + 1], now,
-                                   ARGV[${enqueue_batch.events_maxlen}])
+    results[#results + 1] = settle(names, ARGV[${enqueue_batch.owner}], ARGV[k], ARGV[k + 1], now)
   end
 end
 return results

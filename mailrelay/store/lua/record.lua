@@ -1,5 +1,5 @@
 -- KEYS: queue:domains, leases, events
--- ARGV: (positions from mailrelay.store.scripts.RECORD_ARGV) owner, events_maxlen, now_ms,
+-- ARGV: (positions from mailrelay.store.scripts.RECORD_ARGV) owner, now_ms,
 --       msg key prefix, timeline key prefix, domain queue prefix, status index prefix, minute
 --       and hour counter prefixes, then per job 6 values: job, rcpt index, new state, event
 --       JSON, due_ms ("" if final), domain
@@ -10,7 +10,7 @@
 --#include _status
 --#include _count
 
-local owner_arg, maxlen, now = ARGV[${record.owner}], ARGV[${record.events_maxlen}], ARGV[${record.now_ms}]
+local owner_arg, now = ARGV[${record.owner}], ARGV[${record.now_ms}]
 local msg_prefix, timeline_prefix = ARGV[${record.msg_prefix}], ARGV[${record.timeline_prefix}]
 local queue_prefix, status_prefix = ARGV[${record.domain_queue_prefix}], ARGV[${record.status_index_prefix}]
 local minute_prefix, hour_prefix = ARGV[${record.stats_minute_prefix}], ARGV[${record.stats_hour_prefix}]
@@ -32,7 +32,7 @@ for pos = ${record.#} + 1, #ARGV, 6 do
     redis.call('HSET', mkey, 'state:' .. i, state, 'last:' .. i, now)
     redis.call('HINCRBY', mkey, 'attempts:' .. i, 1)
     redis.call('RPUSH', timeline_prefix .. id, event)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', state, 'msg', id, 'rcpt', i, 'at', now)
+    redis.call('XADD', KEYS[3], '*', 'type', state, 'msg', id, 'rcpt', i, 'at', now)
     if not touched[id] then
       touched[id] = true
       touched_order[#touched_order + 1] = id

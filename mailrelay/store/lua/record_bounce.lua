@@ -3,7 +3,7 @@
 -- ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then (positions from
 --       mailrelay.store.scripts.RECORD_BOUNCE_TAIL, counted from there):
 --       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
---       suppress address ("" = none), suppression JSON, events_maxlen, message id, event type,
+--       suppress address ("" = none), suppression JSON, message id, event type,
 --       status index prefix, minute and hour counter prefixes, retention (s), unmatched
 --       reports kept at most, bounce key prefix ("P bounce:") and raw bounce key prefix
 --       ("P bounce:raw:") (the evicted unmatched records and raw messages are deleted),
@@ -83,8 +83,15 @@ else
     redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
   end
 end
+-- every stored bounce reaches the stream, which the archiver reads: as the recipient's event
+-- when there is one, else as 'bounce_stored' (no webhook event: the webhook service skips it)
 if event ~= '' then
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[tail + ${record_bounce.events_maxlen}], '*',
-             'type', ARGV[tail + ${record_bounce.event_type}], 'msg', message_id, 'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2])
+  redis.call('XADD', KEYS[8], '*', 'type', ARGV[tail + ${record_bounce.event_type}], 'msg', message_id,
+             'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2])
+elseif matched == '1' then
+  redis.call('XADD', KEYS[8], '*', 'type', 'bounce_stored', 'msg', message_id, 'rcpt', i,
+             'bounce', ARGV[1], 'at', ARGV[2])
+else
+  redis.call('XADD', KEYS[8], '*', 'type', 'bounce_stored', 'bounce', ARGV[1], 'at', ARGV[2])
 end
 return inactive

@@ -2,7 +2,7 @@
 --       queue:domains, idx:time, events), cluster
 -- ARGV: (positions from SWEEP_UNSETTLED_ARGV) the key prefixes of SETTLE_ARGV (msg, body,
 --       timeline, domain queue, recipient, tag and status index, minute and hour counters),
---       events_maxlen, sweeper's owner, min_age_ms, max_age_ms, heartbeat_ttl_ms, limit
+--       sweeper's owner, min_age_ms, max_age_ms, heartbeat_ttl_ms, limit
 -- The sweeper (every daemon, before its heartbeat): confirms the messages left unsettled for
 -- at least min_age_ms whose daemon has no live heartbeat (it died between storing a message
 -- and settling it: the client may have had its 250), or unsettled for max_age_ms whatever
@@ -33,7 +33,7 @@ for k = 1, #rows, 2 do
   else
     local beat = redis.call('ZSCORE', cluster, owner)
     if not beat or tonumber(beat) < now - ttl or at < now - max_age then
-      settle(names, '', 'confirm', id, now, ARGV[${sweep_unsettled.events_maxlen}])
+      settle(names, '', 'confirm', id, now)
       out[#out + 1] = id
       out[#out + 1] = owner
     end

@@ -1,0 +1,348 @@
+"""
+archivewrite: the archiver's writes into the PostgreSQL archive, one transaction per batch (issue 18).
+
+JOB
+    :class:`ArchiveWriter` stores an :class:`~mailrelay.store.archiverecords.ArchiveBatch`
+    (what the archiver read from Redis for a batch of ``P events`` entries, or what
+    ``mailrelay migrate`` read from a release-1 Redis archive) in the tables of
+    ``store/sql/0001_archive.sql``::
+
+        writer = ArchiveWriter(ArchiveDatabase(conninfo))
+        result = await writer.write(batch)        # WriteResult: rows written, entries skipped
+
+    In a pool thread (:meth:`~mailrelay.store.archivedb.ArchiveDatabase.run`), never on
+    the reactor, :meth:`ArchiveWriter.write`
+
+    1. prepares the rows (:mod:`mailrelay.store.archiverows`): one snapshot per message
+       (the longest timeline of those in the batch), its timeline packed whole
+       (:func:`mailrelay.store.timelinepack.pack_timeline`), text made storable;
+    2. makes sure each row's day has its partitions: a missing day is made
+       (``archive_create_partitions`` under the migrations' advisory lock), a day older
+       than the table's oldest partition was dropped by retention and its rows are skipped
+       (a late bounce, a late snapshot of an expired message; a body past
+       ``content_retention`` is left out of a snapshot still written);
+    3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): ``COPY`` into
+       temporary staging tables (made once per connection, emptied at each commit), then
+       one ``INSERT ... SELECT ... ON CONFLICT`` per table: a message's row is replaced only
+       by a snapshot with a timeline at least as long (``timeline_length <=``), its
+       recipients with it (the messages written are the recipients' join), bodies and
+       bounces are inserted once; then the cancelled messages' rows are deleted (within
+       the time window of their id, :func:`mailrelay.store.archiveread.id_window`).
+
+    Every row has its natural key, so writing the same batch again stores nothing twice,
+    and a replayed older snapshot never overwrites a newer one.
+
+SECURITY
+    All stored text is untrusted (mail, clients, remote servers): values are bound or
+    COPY data, never SQL text. What PostgreSQL refuses is made storable rather than
+    letting one entry block the stream (docs/archive.md, "Bad input"): NUL characters and
+    lone surrogates become U+FFFD, metadata that is not a JSON object is stored as
+    ``{"_raw": text}``, indexed text (tag, addresses) is cut to what an index entry holds.
+
+STANDARDS
+    PostgreSQL 15 (COPY, INSERT ... ON CONFLICT, declarative partitioning, savepoints).
+
+DIAGNOSTICS
+    :class:`mailrelay.store.errors.ArchiveUnavailable` when PostgreSQL does not answer
+    (unreachable, restarted: tried once more on a fresh connection; a statement past
+    the timeout; a deadlock): nothing of the batch was committed, the caller writes the
+    whole batch again later. Any other error of the data (SQLSTATE classes 22 and 23, 54:
+    a value out of range, a refused check): the batch is split in halves and each half
+    written again (in savepoints of the same transaction), down to the single entry,
+    which is skipped and logged once with its id ("archive: skipped message <id>: ...");
+    :attr:`WriteResult.skipped` lists it. Entries skipped because their day's partition
+    was dropped by retention are logged at info level. Other errors (a schema out of
+    step: a bug) pass unchanged and nothing is committed.
+
+CONFIGURATION
+    None of its own: the database (``[archive] url``) and its statement timeout are the
+    :class:`~mailrelay.store.archivedb.ArchiveDatabase`'s; retention is whatever
+    partitions the maintenance left.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping, Sequence
+
+import psycopg
+from twisted.logger import Logger
+
+from mailrelay.store import migrations
+from mailrelay.store.archivedb import ArchiveDatabase
+from mailrelay.store.archiverecords import ArchiveBatch
+from mailrelay.store.archiveread import run_translated
+from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS,
+                                         PreparedBatch, PreparedBounce, PreparedMessage, SkippedEntry,
+                                         prepare_batch)
+
+log = Logger()
+
+__all__ = ["ArchiveWriter", "SkippedEntry", "WriteResult"]
+
+#: The archive's partitioned tables and their staging tables (temporary, per connection).
+TABLES = ("messages", "recipients", "bodies", "bounces")
+STAGE = {table: f"archive_stage_{table}" for table in TABLES}
+#: Rounds of "make the missing partitions, write again" before a missing partition counts as
+#: bad data (it keeps disappearing: retention dropping it meanwhile).
+PARTITION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What :meth:`ArchiveWriter.write` stored."""
+
+    #: Message rows inserted or replaced (by a snapshot with a timeline at least as long).
+    messages: int = 0
+    #: Snapshots not written: the archive holds the message with a longer timeline.
+    stale: int = 0
+    recipients: int = 0  # recipient rows inserted or replaced
+    bodies: int = 0  # bodies inserted (a body already stored is never written again)
+    bounces: int = 0  # bounces inserted
+    deleted: int = 0  # message rows deleted (cancelled acceptances)
+    partitions: int = 0  # partitions made for the batch's days
+    skipped: tuple[SkippedEntry, ...] = ()
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+class _MissingPartition(Exception):
+    """A row had no partition: make the partitions again and write the batch again."""
+
+
+def _no_partition(error: BaseException) -> bool:
+    """A row for a day with no partition (check_violation raised by the partition routing,
+    which names no constraint, unlike a CHECK constraint's)."""
+    return (isinstance(error, psycopg.errors.CheckViolation)
+            and (error.diag.constraint_name is None or "no partition" in str(error)))
+
+
+#: Errors of the data written (worth splitting the batch), not of the server or of the code:
+#: PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity constraint violation) and
+#: 54 (program limit exceeded: an index entry too large), and what psycopg raises in the
+#: client for a value it cannot send (text that is not Unicode, a number out of range).
+_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+                ValueError, TypeError, OverflowError)
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+# -- statements ---------------------------------------------------------------------------------
+
+_STAGING_READY = ("SELECT set_config('synchronous_commit', 'on', true),"
+                  f" to_regclass('pg_temp.{STAGE['messages']}') IS NOT NULL")
+_CREATE_STAGING = "".join(
+    f"CREATE TEMPORARY TABLE {STAGE[table]} (LIKE {table}) ON COMMIT DELETE ROWS;" for table in TABLES)
+_CLEAR_STAGING = f"TRUNCATE {', '.join(STAGE.values())}"
+
+
+def _copy(cursor: Any, table: str, columns: Mapping[str, str], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY ``rows`` into ``table``'s staging table (binary: no text escaping either side)."""
+    with cursor.copy(f"COPY {STAGE[table]} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(columns.values()))
+        for row in rows:
+            copy.write_row(row)
+
+
+def _assignments(columns: Iterable[str]) -> str:
+    return ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+
+
+_MESSAGE_KEY = ("id", "received_at")
+_RECIPIENT_KEY = ("message_id", "received_at", "rcpt")
+# The messages, each replacing the stored row only when its timeline is at least as long; the
+# recipients of the messages written (inserted or replaced) with them. Rows are taken in key
+# order, so two writers of overlapping batches lock them in the same order.
+_MERGE_MESSAGES = f"""
+WITH written AS (
+    INSERT INTO messages AS m ({', '.join(MESSAGE_COLUMNS)})
+    SELECT {', '.join(MESSAGE_COLUMNS)} FROM {STAGE['messages']} ORDER BY id, received_at
+    ON CONFLICT (id, received_at) DO UPDATE
+       SET {_assignments(c for c in MESSAGE_COLUMNS if c not in _MESSAGE_KEY)}
+     WHERE m.timeline_length <= EXCLUDED.timeline_length
+    RETURNING m.id, m.received_at
+), recipients_written AS (
+    INSERT INTO recipients AS r ({', '.join(RECIPIENT_COLUMNS)})
+    SELECT {', '.join('s.' + c for c in RECIPIENT_COLUMNS)}
+      FROM {STAGE['recipients']} s JOIN written w ON w.id = s.message_id AND w.received_at = s.received_at
+     ORDER BY s.message_id, s.received_at, s.rcpt
+    ON CONFLICT (message_id, received_at, rcpt) DO UPDATE
+       SET {_assignments(c for c in RECIPIENT_COLUMNS if c not in _RECIPIENT_KEY)}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM recipients_written)
+"""
+_MERGE_BODIES = (f"INSERT INTO bodies ({', '.join(BODY_COLUMNS)}) SELECT {', '.join(BODY_COLUMNS)}"
+                 f" FROM {STAGE['bodies']} ORDER BY message_id, received_at ON CONFLICT DO NOTHING")
+_MERGE_BOUNCES = (f"INSERT INTO bounces ({', '.join(BOUNCE_COLUMNS)}) SELECT {', '.join(BOUNCE_COLUMNS)}"
+                  f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING")
+# A cancelled message's rows, each id within its time window (runtime partition pruning).
+_DELETE_CANCELLED = {
+    table: (f"DELETE FROM {table} t USING unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
+            f" AS c(id, low, high) WHERE t.{column} = c.id AND t.received_at BETWEEN c.low AND c.high")
+    for table, column in (("recipients", "message_id"), ("bodies", "message_id"), ("messages", "id"))}
+# For each (table, day): whether the day's partition is attached, and whether the day is older
+# than the table's oldest partition (dropped by retention). Partitions are named
+# <table>_pYYYYMMDD (archive_create_partitions), so names sort by day.
+_PARTITION_STATE = """
+SELECT t.tab, t.day,
+       EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = t.tab::regclass AND NOT i.inhdetachpending
+                  AND c.relname = t.tab || '_p' || to_char(t.day, 'YYYYMMDD')),
+       COALESCE((t.tab || '_p' || to_char(t.day, 'YYYYMMDD')) COLLATE "C"
+                < (SELECT min(c.relname::text COLLATE "C") FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = t.tab::regclass AND NOT i.inhdetachpending), false)
+  FROM unnest(%s::text[], %s::date[]) AS t(tab, day)
+"""
+
+
+class ArchiveWriter:
+    """Writes archiver batches into the PostgreSQL archive (one transaction per batch)."""
+
+    def __init__(self, database: ArchiveDatabase) -> None:
+        self.database = database
+        #: (table, day) whose partition was seen attached: no need to ask again.
+        self._partitions: set[tuple[str, datetime.date]] = set()
+
+    async def write(self, batch: ArchiveBatch) -> WriteResult:
+        """Store ``batch`` (see the module's JOB); raises ArchiveUnavailable when PostgreSQL does not
+        answer (nothing committed: write it again later)."""
+        prepared: list[PreparedBatch] = []  # made once, in the thread, even if tried twice
+        result = await run_translated(self.database, self._write, batch, prepared)
+        for entry in result.skipped:
+            if entry.expired:
+                log.info("archive: skipped {kind} {id}: {reason}", kind=entry.kind, id=entry.id,
+                         reason=entry.reason)
+            else:
+                log.warn("archive: skipped {kind} {id}: {reason}", kind=entry.kind, id=entry.id,
+                         reason=entry.reason)
+        return result
+
+    # -- in the pool thread ------------------------------------------------------------------------
+
+    def _write(self, conn: Any, batch: ArchiveBatch, prepared: list[PreparedBatch]) -> WriteResult:
+        if not prepared:
+            prepared.append(prepare_batch(batch))
+        rows = prepared[0]
+        units: list[PreparedMessage | PreparedBounce] = [*rows.messages, *rows.bounces]
+        placed = WriteResult(skipped=rows.skipped)
+        for round_ in range(1, PARTITION_ROUNDS + 1):
+            if round_ > 1:
+                self._partitions.clear()
+            units, place = self._place(conn, units)
+            placed += place
+            parts: list[WriteResult] = []
+            try:
+                with conn.transaction():
+                    self._begin(conn)
+                    self._write_units(conn, units, parts, whole=True, retry_partitions=round_ < PARTITION_ROUNDS)
+                    deleted = self._delete_cancelled(conn, rows.cancelled)
+            except _MissingPartition:
+                continue
+            return sum(parts, placed + WriteResult(deleted=deleted))
+        raise AssertionError("unreachable: the last round takes a missing partition as bad data")
+
+    @staticmethod
+    def _begin(conn: Any) -> None:
+        """``synchronous_commit`` on for this transaction; the staging tables made if missing."""
+        ready = conn.execute(_STAGING_READY).fetchone()[1]
+        if not ready:
+            conn.execute(_CREATE_STAGING)
+
+    def _write_units(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce], parts: list[WriteResult],
+                     *, whole: bool, retry_partitions: bool) -> None:
+        """Merge ``units`` in a savepoint; on bad data, each half again, down to one unit (skipped)."""
+        if not units:
+            return
+        try:
+            with conn.transaction():
+                if not whole:
+                    conn.execute(_CLEAR_STAGING)  # what an earlier part left
+                part = self._merge(conn, units)
+        except _DATA_ERRORS as error:
+            if retry_partitions and _no_partition(error):
+                raise _MissingPartition() from error
+            if len(units) == 1:
+                unit = units[0]
+                parts.append(WriteResult(skipped=(SkippedEntry(unit.kind, unit.id, _error_text(error)),)))
+                return
+            half = len(units) // 2
+            for piece in (units[:half], units[half:]):
+                self._write_units(conn, piece, parts, whole=False, retry_partitions=retry_partitions)
+            return
+        parts.append(part)
+
+    @staticmethod
+    def _merge(conn: Any, units: Sequence[PreparedMessage | PreparedBounce]) -> WriteResult:
+        """COPY the units' rows into the staging tables, then into the archive's (a few statements)."""
+        messages = [u for u in units if isinstance(u, PreparedMessage)]
+        bounces = [u for u in units if isinstance(u, PreparedBounce)]
+        written = recipients = bodies_written = bounces_written = 0
+        with conn.cursor() as cursor:
+            if messages:
+                _copy(cursor, "messages", MESSAGE_COLUMNS, (m.row for m in messages))
+                _copy(cursor, "recipients", RECIPIENT_COLUMNS, (r for m in messages for r in m.recipients))
+                bodies = [m for m in messages if m.body is not None]
+                if bodies:
+                    _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
+                written, recipients = cursor.execute(_MERGE_MESSAGES).fetchone()
+                if bodies:
+                    bodies_written = cursor.execute(_MERGE_BODIES).rowcount
+            if bounces:
+                _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
+                bounces_written = cursor.execute(_MERGE_BOUNCES).rowcount
+        return WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
+                           bodies=bodies_written, bounces=bounces_written)
+
+    @staticmethod
+    def _delete_cancelled(conn: Any, cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]]) -> int:
+        """Delete the cancelled messages' rows; how many message rows went."""
+        if not cancelled:
+            return 0
+        ids, lows, highs = (list(column) for column in zip(*cancelled))
+        deleted = 0
+        for table, statement in _DELETE_CANCELLED.items():
+            count = conn.execute(statement, (ids, lows, highs)).rowcount
+            deleted = count if table == "messages" else deleted
+        return deleted
+
+    def _place(self, conn: Any, units: list[PreparedMessage | PreparedBounce]) -> tuple[
+            list[PreparedMessage | PreparedBounce], WriteResult]:
+        """Make the partitions the units need; leave out what belongs to days past retention.
+        (units kept, partitions made and entries skipped)."""
+        needed = {need for unit in units for need in unit.partitions()} - self._partitions
+        if not needed:
+            return units, WriteResult()
+        tables, days = zip(*sorted(needed))
+        with conn.transaction():
+            states = conn.execute(_PARTITION_STATE, (list(tables), list(days))).fetchall()
+        expired: set[tuple[str, datetime.date]] = set()
+        missing: set[datetime.date] = set()
+        for table, day, attached, dropped in states:
+            if attached:
+                self._partitions.add((table, day))
+            elif dropped:
+                expired.add((table, day))
+            else:
+                missing.add(day)
+        made = 0
+        for day in sorted(missing):
+            made += migrations.create_partitions(conn, day, 1)
+            self._partitions.update((table, day) for table in TABLES)
+        kept: list[PreparedMessage | PreparedBounce] = []
+        skipped: list[SkippedEntry] = []
+        for unit in units:
+            gone = [table for table, day in unit.partitions() if (table, day) in expired]
+            if not gone:
+                kept.append(unit)
+            elif gone == ["bodies"] and isinstance(unit, PreparedMessage):
+                kept.append(unit.without_body())  # past content_retention: the row without it
+            else:
+                skipped.append(SkippedEntry(unit.kind, unit.id, f"its day ({unit.day}) is past retention"
+                                            " (its partition was dropped)", expired=True))
+        return kept, WriteResult(partitions=made, skipped=tuple(skipped))

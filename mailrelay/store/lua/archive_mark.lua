@@ -1,0 +1,47 @@
+-- KEYS: events, meta:version, archive:release
+-- ARGV: consumer group, msg key prefix, timeline key prefix, release_after (ms), the data
+--       version from which keys are released, the number of messages n, then n pairs of
+--       message id and archived timeline length, the number of bounces b, then b bounce ids,
+--       then the stream entry ids to acknowledge
+-- Once the archive committed a batch: each message's hash records how much of its timeline is
+-- archived ('archived': only ever raised, and only in a hash that still exists, so an expired
+-- or deleted message is not brought back as a stray hash); a message now final and wholly
+-- archived, and each archived bounce, is scheduled in archive:release to lose its Redis keys
+-- after release_after (only at the data version that moved the archive to PostgreSQL: see
+-- _release.lua and release_archived.lua); and the batch's entries are acknowledged in the
+-- group. Returns the number of entries acknowledged.
+--#include _release
+local msg_prefix, timeline_prefix = ARGV[2], ARGV[3]
+local release_after, min_version = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + release_after
+local last_pair = 6 + 2 * tonumber(ARGV[6])  -- the last pair's last value
+for k = 7, last_pair, 2 do
+  local id = ARGV[k]
+  local mkey = msg_prefix .. id
+  if redis.call('EXISTS', mkey) == 1 then
+    local length = tonumber(ARGV[k + 1])
+    local archived = tonumber(redis.call('HGET', mkey, 'archived') or '-1')
+    if length > archived then
+      redis.call('HSET', mkey, 'archived', length)
+    end
+    if releasable(mkey, timeline_prefix .. id, KEYS[2], min_version) then
+      schedule_release(KEYS[3], 'm:' .. id, due)
+    end
+  end
+end
+local last_bounce = last_pair + 1 + tonumber(ARGV[last_pair + 1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= min_version then
+  for k = last_pair + 2, last_bounce do
+    schedule_release(KEYS[3], 'b:' .. ARGV[k], due)
+  end
+end
+local acked = 0
+local k = last_bounce + 1
+while k <= #ARGV do  -- in slices: unpack() of thousands of values overflows Lua's C stack
+  local ids = {}
+  for j = k, math.min(k + 999, #ARGV) do ids[#ids + 1] = ARGV[j] end
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  k = k + 1000
+end
+return acked

@@ -1,0 +1,45 @@
+-- KEYS: archive:release, meta:version, idx:time, bounces, bounces:unmatched
+-- ARGV: now (ms), the most members to look at, the data version from which keys go, then the
+--       prefixes msg_prefix, timeline_prefix, body_prefix, rcpt_index_prefix,
+--       tag_index_prefix, status_index_prefix, bounce_prefix, bounce_raw_prefix
+-- Deletes the Redis keys of archived messages and bounces whose grace period is over
+-- (members of archive:release due by now): a message's hash, timeline and body and its entries
+-- in the search indexes, only if it is still releasable (a late event makes its timeline longer
+-- than what is archived: it waits for the archiver to schedule it again; its dedupe key, if it
+-- still names it, names it as 'released:<id>', see dedupe_enqueue.lua); a bounce's record and
+-- raw report and its index entries. Returns {messages released, bounces released, kept}.
+--#include _release
+--#include _unindex
+
+local now, limit, min_version = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local msg_p, timeline_p, body_p = ARGV[4], ARGV[5], ARGV[6]
+local rcpt_p, tag_p, status_p = ARGV[7], ARGV[8], ARGV[9]
+local bounce_p, bounce_raw_p = ARGV[10], ARGV[11]
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local messages, bounces, kept = 0, 0, 0
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  local kind, id = string.sub(member, 1, 2), string.sub(member, 3)
+  if kind == 'm:' then
+    local mkey, tkey = msg_p .. id, timeline_p .. id
+    if releasable(mkey, tkey, KEYS[2], min_version) then
+      unindex_message(mkey, id, KEYS[3], rcpt_p, tag_p, status_p)
+      local dedupe = redis.call('HGET', mkey, 'dedupe')
+      if dedupe and redis.call('GET', dedupe) == id then
+        redis.call('SET', dedupe, 'released:' .. id, 'KEEPTTL')
+      end
+      redis.call('DEL', mkey, tkey, body_p .. id)
+      messages = messages + 1
+    else
+      kept = kept + 1
+    end
+  elseif kind == 'b:' and tonumber(redis.call('GET', KEYS[2]) or '0') >= min_version then
+    redis.call('DEL', bounce_p .. id, bounce_raw_p .. id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[5], id)
+    bounces = bounces + 1
+  else
+    kept = kept + 1
+  end
+end
+return {messages, bounces, kept}
