@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from conftest import today_utc
 from mailrelay.store import migrations
