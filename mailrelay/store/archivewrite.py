@@ -125,10 +125,11 @@ def _no_partition(error: BaseException) -> bool:
 
 #: Errors of the data written (worth splitting the batch), not of the server or of the code:
 #: PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity constraint violation) and
-#: 54 (program limit exceeded: an index entry too large), and what psycopg raises in the
-#: client for a value it cannot send (text that is not Unicode, a number out of range).
+#: 54 (program limit exceeded: an index entry too large), and text psycopg cannot encode.
+#: (A bug raising anything else fails the batch, which is then not acknowledged: never a
+#: batch of entries skipped for it.)
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
-                ValueError, TypeError, OverflowError)
+                UnicodeEncodeError)
 
 
 def _error_text(error: BaseException) -> str:
