@@ -86,6 +86,8 @@ __all__ = ["ArchiveWriter", "SkippedEntry", "WriteResult"]
 #: The archive's partitioned tables and their staging tables (temporary, per connection).
 TABLES = ("messages", "recipients", "bodies", "bounces")
 STAGE = {table: f"archive_stage_{table}" for table in TABLES}
+#: The tables an entry of each kind may write to.
+_TABLES_OF = {"message": ("messages", "recipients", "bodies"), "bounce": ("bounces",)}
 #: Rounds of "make the missing partitions, write again" before a missing partition counts as
 #: bad data (it keeps disappearing: retention dropping it meanwhile).
 PARTITION_ROUNDS = 3
@@ -376,7 +378,8 @@ class ArchiveWriter:
             list[PreparedMessage | PreparedBounce], WriteResult]:
         """Make the partitions the units need; leave out what belongs to days past retention.
         (units kept, partitions made and entries skipped)."""
-        needed = {need for unit in units for need in unit.partitions()} - self._partitions
+        kinds_and_days = {(unit.kind, unit.day) for unit in units}
+        needed = {(table, day) for kind, day in kinds_and_days for table in _TABLES_OF[kind]} - self._partitions
         if not needed:
             return units, WriteResult()
         tables, days = zip(*sorted(needed))
