@@ -13,6 +13,7 @@ import json
 import os
 import random
 import zlib
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from conftest import async_test, today_utc
+from conftest import async_test, today_utc, wait_until
 from pgserver import start_postgres
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
@@ -123,14 +124,16 @@ def count_rows(conninfo: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def archive(request, archive_databases) -> None:
+def archive(request, archive_databases, postgres_server) -> None:
     request.instance.conninfo = archive_databases()
+    request.instance.server_log = postgres_server.log_path
 
 
 @pytest.mark.usefixtures("archive")
 class ArchiveWriterTests(unittest.TestCase):
     timeout = 60
     conninfo: str
+    server_log: Path
 
     def setUp(self) -> None:
         self.database = ArchiveDatabase(self.conninfo)
@@ -360,6 +363,37 @@ class ArchiveWriterTests(unittest.TestCase):
         self.assertIsNone(await self.reader.get_body(message.id))
 
     # -- the transaction
+
+    @async_test
+    async def test_two_writers_of_overlapping_batches_both_commit(self):
+        """A claimed batch written again by another daemon while the first still writes it: rows
+        are taken in key order, so neither waits for the other in a cycle (a deadlock would be
+        ArchiveUnavailable). Both are held at their INSERT by a lock until both are there."""
+        from twisted.internet import defer, threads
+
+        other_database = ArchiveDatabase(self.conninfo)
+        self.addCleanup(other_database.close)
+        other = ArchiveWriter(other_database)
+        messages = [snapshot() for _ in range(1500)]
+        log_size = self.server_log.stat().st_size
+        with psycopg.connect(self.conninfo) as blocker:
+            blocker.execute("LOCK TABLE messages IN SHARE MODE")  # INSERT waits (ROW EXCLUSIVE)
+            writes = [defer.ensureDeferred(self.writer.write(ArchiveBatch(messages=tuple(messages)))),
+                      defer.ensureDeferred(other.write(ArchiveBatch(messages=tuple(reversed(messages)))))]
+
+            def both_waiting() -> bool:
+                with psycopg.connect(self.conninfo) as conn:
+                    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                        " AND wait_event_type = 'Lock'").fetchone()[0] >= 2
+            await threads.deferToThread(wait_until, both_waiting, 20, "both writers at their INSERT")
+            blocker.rollback()
+        results = await defer.gatherResults(writes)
+        self.assertEqual([r.messages for r in results], [1500, 1500])
+        with open(self.server_log, "rb") as log:  # a deadlock would have been tried again: not seen
+            log.seek(log_size)
+            self.assertFalse(b"deadlock detected" in log.read(), "the writers deadlocked (see the server log)")
+        self.assertEqual(count_rows(self.conninfo), {"messages": 1500, "recipients": 3000, "bodies": 1500,
+                                                     "bounces": 0})
 
     def test_the_transaction_commits_synchronously(self):
         with psycopg.connect(self.conninfo) as conn:
