@@ -351,6 +351,27 @@ class ArchiveWriterTests(unittest.TestCase):
         self.assertTrue(any(late.id in line and "past retention" in line for line in self.logged))
 
     @async_test
+    async def test_given_the_retentions_days_within_them_are_made_and_older_ones_skipped(self):
+        """In a new archive (partitions from today on): with the retentions, older days within them
+        are written (a migration), older ones skipped; without, every day before today is taken
+        for one retention dropped."""
+        today = today_utc()
+        yesterday = snapshot(day_start_ms(today - datetime.timedelta(days=1)))
+        result = await self.write(yesterday)  # the default rule: older than the oldest partition
+        self.assertEqual([(s.id, s.expired) for s in result.skipped], [(yesterday.id, True)])
+        writer = ArchiveWriter(self.database, retention=3 * 86400, content_retention=86400 / 2)
+        two_days_ago = day_start_ms(today - datetime.timedelta(days=2)) + 1000
+        kept, report = snapshot(two_days_ago), bounce(two_days_ago)
+        too_old = snapshot(day_start_ms(today - datetime.timedelta(days=5)))
+        result = await writer.write(ArchiveBatch(messages=(kept, too_old), bounces=(report,)))
+        self.assertEqual((result.messages, result.bodies, result.bounces, result.partitions), (1, 0, 1, 4))
+        self.assertEqual([(s.id, s.expired) for s in result.skipped], [(too_old.id, True)])
+        self.assertIsNotNone(await self.reader.get_message(kept.id))
+        self.assertIsNone(await self.reader.get_body(kept.id))  # past content_retention
+        self.assertIsNotNone(await self.reader.get_bounce(report.id))
+        self.assertEqual((await writer.write(ArchiveBatch(messages=(yesterday,)))).messages, 1)
+
+    @async_test
     async def test_a_body_past_content_retention_is_left_out_of_a_message_still_written(self):
         yesterday = today_utc() - datetime.timedelta(days=1)
         with psycopg.connect(self.conninfo, autocommit=True) as conn:

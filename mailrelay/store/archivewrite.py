@@ -17,10 +17,13 @@ JOB
        (the longest timeline of those in the batch), its timeline packed whole
        (:func:`mailrelay.store.timelinepack.pack_timeline`), text made storable;
     2. makes sure each row's day has its partitions: a missing day is made
-       (``archive_create_partitions`` under the migrations' advisory lock), a day older
-       than the table's oldest partition was dropped by retention and its rows are skipped
-       (a late bounce, a late snapshot of an expired message; a body past
-       ``content_retention`` is left out of a snapshot still written);
+       (``archive_create_partitions`` under the migrations' advisory lock) unless it is past
+       retention, and then its rows are skipped (a late bounce, a late snapshot of an
+       expired message; a body past ``content_retention`` is left out of a snapshot still
+       written). Past retention: older than ``retention`` (``content_retention`` for bodies)
+       when the writer was given them, else older than the table's oldest partition (what
+       retention dropped; in a new archive that is every day before its first one: give
+       the retentions to write older days, e.g. when moving a release-1 archive);
     3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): ``COPY`` into
        temporary staging tables (made once per connection, emptied by DELETE before the
        commit and vacuumed after it: truncating them at each commit costs far more), then
@@ -57,9 +60,9 @@ DIAGNOSTICS
     step: a bug) pass unchanged and nothing is committed.
 
 CONFIGURATION
-    None of its own: the database (``[archive] url``) and its statement timeout are the
-    :class:`~mailrelay.store.archivedb.ArchiveDatabase`'s; retention is whatever
-    partitions the maintenance left.
+    None read here: the database (``[archive] url``) and its statement timeout are the
+    :class:`~mailrelay.store.archivedb.ArchiveDatabase`'s; the caller passes ``[tracking]
+    retention`` and ``content_retention`` (optional, see 2.).
 """
 
 from __future__ import annotations
@@ -219,8 +222,15 @@ SELECT t.tab, t.day,
 class ArchiveWriter:
     """Writes archiver batches into the PostgreSQL archive (one transaction per batch)."""
 
-    def __init__(self, database: ArchiveDatabase) -> None:
+    def __init__(self, database: ArchiveDatabase, *, retention: float | None = None,
+                 content_retention: float | None = None) -> None:
+        """``retention`` and ``content_retention`` (seconds: ``[tracking] retention`` and
+        ``content_retention``), when given, say which missing days are past retention (their rows
+        skipped) and which are to be made; else a day older than the table's oldest partition is
+        past retention (right once retention has dropped a day, not for a new archive)."""
         self.database = database
+        self.retention = retention
+        self.content_retention = content_retention
         #: (table, day) whose partition was seen attached: no need to ask again.
         self._partitions: set[tuple[str, datetime.date]] = set()
         #: Entries staged on each connection (by server process id) since its last VACUUM_STAGING.
@@ -374,6 +384,14 @@ class ArchiveWriter:
             deleted = count if table == "messages" else deleted
         return deleted
 
+    def _past_retention(self, table: str, day: datetime.date, before_oldest: bool) -> bool:
+        """Whether a day with no partition is past retention (its rows are skipped)."""
+        keep = self.content_retention if table == "bodies" else self.retention
+        if keep is None:
+            return before_oldest
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return day < (now - datetime.timedelta(seconds=keep)).date()
+
     def _place(self, conn: Any, units: list[PreparedMessage | PreparedBounce]) -> tuple[
             list[PreparedMessage | PreparedBounce], WriteResult]:
         """Make the partitions the units need; leave out what belongs to days past retention.
@@ -387,10 +405,10 @@ class ArchiveWriter:
             states = conn.execute(_PARTITION_STATE, (list(tables), list(days))).fetchall()
         expired: set[tuple[str, datetime.date]] = set()
         missing: set[datetime.date] = set()
-        for table, day, attached, dropped in states:
+        for table, day, attached, before_oldest in states:
             if attached:
                 self._partitions.add((table, day))
-            elif dropped:
+            elif self._past_retention(table, day, before_oldest):
                 expired.add((table, day))
             else:
                 missing.add(day)
