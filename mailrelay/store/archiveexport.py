@@ -67,6 +67,11 @@ PAGE_SIZE = 500
 REPORT_EVERY = 10_000
 
 
+def _amount(count: int, word: str) -> str:
+    """``1 message``, ``12,345 messages``: a count for a progress line."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class ExportPage(Generic[T]):
     """One page of an index: the records read, and how many entries had no record (expired)."""
@@ -148,7 +153,8 @@ class ArchiveExportStore(StoreBase):
         assert context.archive is not None  # ClusterStore.migrate refuses to run without it
         archive = await context.archive()
         messages, bounces = await self.archive_sizes()
-        context.report(f"copying {messages:,} messages and {bounces:,} bounces from Redis into PostgreSQL")
+        context.report(f"copying {_amount(messages, 'message')} and {_amount(bounces, 'bounce')} from Redis "
+                       "into PostgreSQL")
         copied = gone = 0
         async for page in self.archived_messages():
             await self._write(context, archive.write, ArchiveBatch(messages=page.records))
@@ -159,8 +165,8 @@ class ArchiveExportStore(StoreBase):
         async for bounce_page in self.archived_bounces():
             await self._write(context, archive.write, ArchiveBatch(bounces=bounce_page.records))
             copied_bounces += len(bounce_page.records)
-        context.report(f"copied {copied:,} messages ({gone:,} already expired in Redis) and "
-                       f"{copied_bounces:,} bounces")
+        context.report(f"copied {_amount(copied, 'message')} ({gone:,} already expired in Redis) and "
+                       f"{_amount(copied_bounces, 'bounce')}")
 
     @staticmethod
     async def _write(context: MigrationContext, write: Callable[[ArchiveBatch], Awaitable[Any]],
