@@ -424,3 +424,50 @@ class MigrateCommand(unittest.TestCase):
             "upgrade them first (or use --force)"), result.stderr)
         self.assertEqual(self.version(), b"1")
         self.assertEqual(table_counts(self.conninfo)["messages"], 0)
+
+
+class ReadAhead(unittest.TestCase):
+    """The migration reads the next page while it writes one (archiveexport.read_ahead)."""
+
+    @async_test
+    async def test_pages_in_order_each_next_one_asked_before_the_current_is_used(self):
+        from contextlib import aclosing
+
+        from mailrelay.store.archiveexport import read_ahead
+
+        asked: list[int] = []
+
+        async def pages() -> Any:
+            for n in range(4):
+                asked.append(n)
+                yield n
+
+        seen = []
+        async with aclosing(read_ahead(pages())) as ahead:
+            async for page in ahead:
+                seen.append((page, list(asked)))
+        self.assertEqual(seen, [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2, 3]), (3, [0, 1, 2, 3])])
+
+    @async_test
+    async def test_a_caller_that_stops_drops_the_failed_read_ahead(self):
+        from contextlib import aclosing
+
+        import gc
+
+        from twisted.internet import defer
+
+        from mailrelay.store.archiveexport import read_ahead
+
+        second: defer.Deferred[int] = defer.Deferred()
+
+        async def pages() -> Any:
+            yield 1
+            yield await second  # still being read when the caller stops
+
+        with self.assertRaisesRegex(RuntimeError, "the write failed"):
+            async with aclosing(read_ahead(pages())) as ahead:
+                async for _ in ahead:
+                    raise RuntimeError("the write failed")
+        second.errback(ConnectionError("Redis went away"))  # nobody takes it: no unhandled error
+        gc.collect()  # an unhandled failure is logged when its Deferred is collected
+        self.assertEqual(self.flushLoggedErrors(ConnectionError), [])
