@@ -226,11 +226,12 @@ def table_counts(conninfo: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def migration_setup(request: Any, archive_databases: Callable[..., str]) -> Iterator[None]:
+def migration_setup(request: Any, archive_databases: Callable[..., str], postgres_server: Any) -> Iterator[None]:
     """Each test: release 1's data in a redis-server of its own, and an archive database of its own."""
     with release_1_redis() as server:
         request.instance.redis = server
         request.instance.conninfo = archive_databases("release-1")
+        request.instance.postgres = postgres_server
         yield
 
 
@@ -364,6 +365,7 @@ class MigrateCommand(unittest.TestCase):
     timeout = 120
     redis: RedisServer
     conninfo: str
+    postgres: Any
 
     def config(self, **sections: Any) -> Path:
         directory = Path(tempfile.mkdtemp(prefix="mr-migrate-"))
@@ -390,6 +392,29 @@ class MigrateCommand(unittest.TestCase):
         self.assertEqual(table_counts(self.conninfo)["messages"], MESSAGES)
         again = cli(config, "migrate")
         self.assertEqual((again.returncode, again.stdout), (0, "data format version 2: nothing to migrate\n"))
+
+    def test_the_managed_postgresql_gets_its_database_and_the_copy(self):
+        """No [archive] url: the daemon's managed PostgreSQL under state_dir (here the test server,
+        whose socket directory is state_dir/postgresql), its database `mailrelay` made."""
+        import psycopg
+
+        config = self.config()
+        (config.parent / "state").mkdir()
+        (config.parent / "state" / "postgresql").symlink_to(self.postgres.socket_dir)
+        self.addCleanup(self.drop_managed_database)
+        result = cli(config, "migrate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.splitlines()[-1], "migrated from data format version 1 to 2")
+        self.assertEqual(table_counts(self.postgres.conninfo("mailrelay")),
+                         {"messages": MESSAGES, "recipients": MESSAGES + 1, "bodies": MESSAGES, "bounces": BOUNCES})
+        with psycopg.connect(self.postgres.conninfo("mailrelay")) as conn:
+            self.assertTrue(conn.execute("SELECT version FROM schema_version").fetchone())
+
+    def drop_managed_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.postgres.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS mailrelay WITH (FORCE)")
 
     def test_the_managed_postgresql_not_running_is_one_line(self):
         config = self.config()  # no [archive] url: the managed PostgreSQL under state_dir
