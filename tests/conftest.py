@@ -196,6 +196,26 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def wait_archived(web_port: int, token: str, timeout: float = 20) -> None:
+    """Until a daemon's archive (which searches read at data version 2) holds every event so far:
+    the archive lag of its ``/api/v1/stats``, measured at each request, is 0. A bounded poll: the
+    archiver's batches are announced nowhere a test can wait on."""
+    import http.client
+    import json
+
+    def caught_up() -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=10)
+        try:
+            connection.request("GET", "/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200, (response.status, body)
+        return json.loads(body)["archive"]["lag_entries"] == 0
+    wait_until(caught_up, timeout, "the archive to catch up", interval=0.1)
+
+
 def async_test(f: Callable) -> Callable:
     """Run an ``async def`` test method as a Deferred-returning trial test."""
 

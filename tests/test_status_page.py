@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from conftest import EPHEMERAL
+from conftest import EPHEMERAL, wait_archived
 from peers import BOUNCE_DOMAIN, QUEUED, dsn, received_headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +124,7 @@ def fill(d, sink) -> dict[str, str]:
                                  original=received_headers(sink, "bounce-me@example.test")))
     assert code == 250, text
     wait_for_all(d, [rf"bounce \w+: message {plain} to <bounce-me@example\.test>: HardBounce"])
+    wait_archived(d.ports["web"], TOKEN)  # the lists read the archive
     return {"hostile": hostile, "plain": plain, "waiting": waiting}
 
 

@@ -29,7 +29,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import start_redis
+from conftest import start_redis, wait_archived
 from mailrelay.store import Storage
 from mailrelay.web.api import ADMIN_API_MAX_BODY
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn, received_headers
@@ -160,6 +160,9 @@ class Api:
         assert response.status == 200, (path, params, response.status, response.body)
         return response.json
 
+    def wait_archived(self) -> None:
+        wait_archived(self.port, self.token)
+
     def ids(self, **params: Any) -> list[str]:
         return [m["id"] for m in self.ok("/api/v1/messages", **params)["messages"]]
 
@@ -287,6 +290,7 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     m4 = submit(smtp, ["x@nxdomain.test"], subject="four")
     for message_id, outcome in ((m1, "sent"), (m2, "sent"), (m3, "deferred"), (m4, "bounced")):
         wait_logged(d, rf"{message_id}: to=<[^>]+>.*status={outcome}")
+    api.wait_archived()
     # The boundary comes from the stored data: the second after the last "before" message was
     # received (the API shows and filters whole seconds).
     last_before = max(m["received_at"] for m in api.ok("/api/v1/messages")["messages"])
@@ -303,6 +307,7 @@ def test_search_detail_raw_stats_and_metrics(start_daemon, daemon_config, redis_
     m7 = submit(smtp, ["d@example.test"], tag="bulk", subject="seven")
     for message_id, count in ((m5, 2), (m6, 1), (m7, 1)):
         wait_logged(d, rf"{message_id}: to=<[^>]+>.*status=sent", count)
+    api.wait_archived()
     newest_first = [m7, m6, m5, m4, m3, m2, m1]
 
     # everything, newest first; pages of 3 with the cursor: no duplicates, no gaps
@@ -470,6 +475,7 @@ def test_bounces(start_daemon, daemon_config, redis_server, unique_prefix, dns, 
                                                 original=received_headers(sink, "reader@example.test")))
     assert code == 250, text
     wait_logged(d, rf"bounce \w+: message {second} to <reader@example\.test>: SpamComplaint")
+    api.wait_archived()
 
     listing = api.ok("/api/v1/bounces")
     assert [b["message_id"] for b in listing["bounces"]] == [second, first] and listing["next_cursor"] is None
@@ -519,6 +525,7 @@ def test_in_band_bounce(start_daemon, daemon_config, redis_server, unique_prefix
         api = Api(d.ports["web"])
         message_id = submit(d.ports["submission"], ["gone@example.test"], tag="welcome")
         wait_logged(d, rf"bounce \w+: message {message_id} to <gone@example\.test>: HardBounce")
+        api.wait_archived()
         [bounce] = api.ok("/api/v1/bounces")["bounces"]
         assert (bounce["message_id"], bounce["recipient"], bounce["type"], bounce["type_code"], bounce["inactive"]) == \
             (message_id, "gone@example.test", "HardBounce", 1, True)
@@ -592,7 +599,10 @@ def test_readyz_503_when_redis_stops(start_daemon, daemon_config, tmp_path, uniq
             assert r.status == 503 and r.json["ready"] is False and r.json["redis"]["ok"] is False
             assert "Redis did not answer PING within 1s" in r.json["reason"]
             assert time.monotonic() - started < 4
-            r = api.get("/api/v1/messages")
+            # searches read the archive in PostgreSQL: they still answer; a message by id is
+            # read from Redis first (it may not be archived yet): 503
+            assert api.ok("/api/v1/messages")["messages"] == []
+            r = api.get("/api/v1/messages/0123456789abcdef0123")
             assert r.status == 503 and r.json["code"] == 503
             assert api.get("/api/v1/domains").status == 503
             assert api.call("GET", "/healthz", token=None).status == 200

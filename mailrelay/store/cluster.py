@@ -108,7 +108,7 @@ class ClusterStore(StoreBase):
     #: data, and refuses older data until `mailrelay migrate` has run.
     #: Issue 18: becomes 2 (the archive in PostgreSQL, ARCHIVE_IN_POSTGRES_VERSION) once the
     #: archiver is wired into the daemon; the step 1 -> 2 is registered and ready below.
-    DATA_VERSION = 1
+    DATA_VERSION = 2
 
     #: From this data version on the archive (messages, timelines, bodies, bounces) lives in
     #: PostgreSQL; before it, in Redis (mailrelay.store.archiveexport copies it over).

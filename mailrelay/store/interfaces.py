@@ -367,6 +367,12 @@ class ClusterView(Protocol):
     async def cluster_members(self) -> list[dict[str, Any]]: ...
 
 
+class ArchiveLagView(Protocol):
+    """How far the archiver is behind the event stream (stats API)."""
+
+    async def archive_lag(self) -> ArchiveLag | None: ...
+
+
 # -- what each consumer uses -------------------------------------------------------------
 
 
@@ -425,7 +431,7 @@ class StatusPageStorage(Health, TrackingSearch, MessageReader, BounceReader, Que
 
 
 class ApiStorage(Health, TrackingSearch, MessageReader, BounceReader, QueueSummary, SuppressionList,
-                 ClusterView, DomainRegistry, Protocol):
+                 ClusterView, ArchiveLagView, DomainRegistry, Protocol):
     """mailrelay.web.api.ApiResource (the JSON API and the stats)."""
 
 

@@ -363,6 +363,7 @@ class ApiResource(resource.Resource):
         day = await self.storage.counters("h", 24)
         queue = queue_totals(await self.storage.admin_queue_summary())
         members = await self.storage.cluster_members()
+        lag = await self.storage.archive_lag()
         send_json(request, 200, {
             "since": format_ms(since) if since is not None else None,
             "messages": {**counts, "total": sum(counts.values())},
@@ -370,4 +371,7 @@ class ApiResource(resource.Resource):
             "last_day": stats_window(day),
             "queue": queue,
             "cluster": {"members": [cluster_member(m) for m in members]},
+            # what searches do not cover yet (measured now; None: no archiver has run)
+            "archive": {"lag_entries": lag.entries if lag is not None else None,
+                        "lag_seconds": lag.oldest_age_seconds if lag is not None else None},
         })
