@@ -50,7 +50,8 @@ DIAGNOSTICS
     entries behind)``; likewise ``archiver: Redis does not answer (<error>);
     retrying`` and ``archiver: Redis answers again``. ``archiver: took over <n>
     entries left pending by stopped daemons``; ``archiver: forgot <n> consumer(s) of
-    past processes``. Entries whose keys were gone (expired, deleted, cancelled) are
+    past processes``; ``archiver: the event stream or its consumer group 'archiver' was
+    deleted; created the group again``. Entries whose keys were gone (expired, deleted, cancelled) are
     debug lines; entries the writer skips are logged by it. ``/metrics``:
     ``mailrelay_archived_entries_total`` (this process),
     ``mailrelay_cluster_archive_lag_entries`` and ``..._lag_seconds``.
@@ -76,7 +77,7 @@ from mailrelay.services.archive import ArchiveService, one_line_error
 from mailrelay.store.archivefeed import ArchiveLag, FeedEntry
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archivewrite import ArchiveWriter
-from mailrelay.store.errors import ArchiveUnavailable
+from mailrelay.store.errors import ArchiveUnavailable, StorageError
 from mailrelay.store.interfaces import ArchiverStorage
 from mailrelay.store.streams import is_nogroup
 
@@ -246,9 +247,22 @@ class ArchiverService(service.Service):
         now = self.clock.seconds()
         self._next_take_over = self._next_trim = now
         self._next_prune = now + PRUNE_INTERVAL
+        delay = self.retry_start
         while not self._stopping:
             try:
-                full = await self._cycle(writer)
+                try:
+                    full = await self._cycle(writer)
+                except (defer.CancelledError, _Stopping):
+                    raise
+                except Exception as e:  # a bug: logged once, tried again (the batch is taken over later)
+                    if self._failing.get("cycle") is not type(e):
+                        log.failure("archiver: a batch failed; trying again", error=e)
+                    self._failing["cycle"] = type(e)
+                    await self._pause(delay)
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                self._failing.pop("cycle", None)
+                delay = self.retry_start
                 if not full:
                     await self._pause(POLL_INTERVAL)
             except (defer.CancelledError, _Stopping):
@@ -368,12 +382,12 @@ class ArchiverService(service.Service):
         while True:
             try:
                 result = await self._bounded(method(*args))
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                if is_nogroup(e):
-                    self._group_ready = False  # the stream or the group was deleted: made again
-                    await self._bounded(self._storage().archive_create_group())
+            except (StorageError, defer.TimeoutError) as e:  # what Redis's failures become
+                if is_nogroup(e):  # the stream or the group was deleted: made again
+                    storage = self._storage()
+                    if await self._bounded(storage.archive_create_group()):
+                        log.warn("archiver: the event stream or its consumer group {group!r} was deleted; "
+                                 "created the group again", group=storage.ARCHIVE_GROUP)
                     continue
                 if self._failing.get("redis") is None:
                     error = "no answer in time" if isinstance(e, defer.TimeoutError) else str(e) or type(e).__name__
