@@ -321,6 +321,19 @@ class ArchiverTests(unittest.TestCase):
         self.assertEqual(len([line for line in self.lines if "created the group again" in line]), 1)
 
     @async_test
+    async def test_an_unstorable_message_is_skipped_never_blocks_and_is_not_marked(self) -> None:
+        ids = [await self.accepted() for _ in range(3)]
+        bad = await self.accepted()
+        # what no write path makes: a recipient index past the archive's smallint
+        self.client.command("HSET", f"{self.prefix}msg:{bad}", "rcpt_count", "40000", "rcpt:39999", "z@example.test")
+        self.start()
+        await wait_until(lambda: self.caught_up(ids), "the others to be archived")
+        await wait_until(lambda: self.pending() == 0, "every entry to be acknowledged")
+        self.assertNotIn(bad, await self.archived_lengths())
+        self.assertIsNone(self.client.command("HGET", f"{self.prefix}msg:{bad}", "archived"))  # never released
+        await self.check_archive(ids, [])
+
+    @async_test
     async def test_stop_waits_for_the_batch_in_flight(self) -> None:
         writer = GatedWriter(ArchiveWriter(self.archive.write))
         service = self.start(writer)

@@ -16,8 +16,8 @@ JOB
     3. write it into PostgreSQL in one transaction (a :class:`BatchWriter`:
        mailrelay.store.archivewrite.ArchiveWriter), committed with
        ``synchronous_commit`` on;
-    4. record in Redis what is archived and acknowledge the entries, in one script
-       call;
+    4. record in Redis what is archived (not what the writer skipped as unstorable)
+       and acknowledge the entries, in one script call;
 
     and every TRIM_INTERVAL removes the entries every consumer group that counts
     (``archiver``, and ``webhooks`` when this daemon sends webhooks) is done with.
@@ -64,6 +64,7 @@ CONFIGURATION
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
@@ -76,7 +77,7 @@ from mailrelay.config import Config
 from mailrelay.services.archive import ArchiveService, one_line_error
 from mailrelay.store.archivefeed import ArchiveLag, FeedEntry
 from mailrelay.store.archiverecords import ArchiveBatch
-from mailrelay.store.archivewrite import ArchiveWriter
+from mailrelay.store.archivewrite import ArchiveWriter, WriteResult
 from mailrelay.store.errors import ArchiveUnavailable, StorageError
 from mailrelay.store.interfaces import ArchiverStorage
 from mailrelay.store.streams import is_nogroup
@@ -113,10 +114,11 @@ STOP_GRACE = 10.0
 
 class BatchWriter(Protocol):
     """What the archiver writes a batch with (mailrelay.store.archivewrite.ArchiveWriter):
-    everything of the batch committed, or an exception and nothing committed
-    (:class:`~mailrelay.store.errors.ArchiveUnavailable` when PostgreSQL does not answer)."""
+    everything of the batch committed but the entries it skipped (``WriteResult.skipped``), or
+    an exception and nothing committed (:class:`~mailrelay.store.errors.ArchiveUnavailable`
+    when PostgreSQL does not answer)."""
 
-    def write(self, batch: ArchiveBatch) -> Awaitable[Any]: ...
+    def write(self, batch: ArchiveBatch) -> Awaitable[WriteResult]: ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,19 @@ class ArchiverState:
     writing: bool
     #: Why it does not, in a few words (None when it does).
     problem: str | None = None
+
+
+def written_part(batch: ArchiveBatch, result: WriteResult) -> ArchiveBatch:
+    """``batch`` without the messages and bounces the writer skipped for their data (logged by
+    it): they are not marked archived, so their Redis keys are never released for an archive
+    that does not hold them, and expire as before. (Those skipped as past retention count as
+    written: they are gone from the archive by design.)"""
+    refused = {(entry.kind, entry.id) for entry in result.skipped if not entry.expired}
+    if not refused:
+        return batch
+    return dataclasses.replace(
+        batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
+        bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _Stopping(Exception):
@@ -307,16 +322,17 @@ class ArchiverService(service.Service):
             log.debug("archiver: nothing to archive for {id}: {reason}", id=missing_id, reason=reason)
         ids = [entry.id for entry in entries]
         if batch:
-            await self._write(writer, batch, ids)
+            result = await self._write(writer, batch, ids)
+            batch = written_part(batch, result)
         await self._redis(storage.archive_mark, batch, ids)
         metrics.ARCHIVED_ENTRIES.inc(len(ids))
 
-    async def _write(self, writer: BatchWriter, batch: ArchiveBatch, ids: list[str]) -> None:
+    async def _write(self, writer: BatchWriter, batch: ArchiveBatch, ids: list[str]) -> WriteResult:
         """Write ``batch``, again and again until it is committed (or the service stops)."""
         delay = self.retry_start
         while True:
             try:
-                await writer.write(batch)
+                result = await writer.write(batch)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -333,7 +349,7 @@ class ArchiverService(service.Service):
                 log.info("archiver: the archive database answers again; catching up ({n} entries behind)",
                          n=self.lag.entries if self.lag is not None else "?")
             self.writing, self.problem = True, None
-            return
+            return result
 
     def _write_failed(self, error: Exception) -> None:
         self.writing = False
