@@ -42,6 +42,7 @@ from mailrelay.store.archivewrite import ArchiveWriter
 from mailrelay.store.records import decode_timeline
 from mailrelay.timefmt import rfc3339
 from peers import send, wait_until
+from redisproxy import StallingProxy
 
 GROUP = "archiver"
 DOWN = r"archiver: the archive database at .* does not answer"
@@ -285,6 +286,52 @@ class ArchiverTests(unittest.TestCase):
         self.assertEqual(len([line for line in self.lines if "does not answer" in line]), 1)
         # adbapi's "Rollback failed" on the sessions the outage ended
         self.flushLoggedErrors(psycopg.OperationalError, adbapi.ConnectionLost)
+
+    @async_test
+    async def test_redis_stalled_one_warning_then_it_goes_on(self) -> None:
+        proxy = StallingProxy(self.redis_server.host, self.redis_server.port)
+        self.addCleanup(proxy.close)
+        config = parse_config({"redis": {"url": proxy.url, "key_prefix": self.prefix, "timeout": "0.5s"},
+                               "archive": {"url": self.conninfo}})
+        redis = connect_redis(config, None)
+        self.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
+        through_proxy = Storage(config, redis, owner="daemon-b")
+        self.config = config
+        self.start(storage=through_proxy)
+        ids = [await self.accepted()]  # written straight to Redis, as the other daemons do
+        await wait_until(lambda: self.caught_up(ids), "the first message to be archived")
+        proxy.arm(b"XREADGROUP")  # Redis stops answering the archiver right after its next read
+        await wait_until(lambda: proxy.holding, "the archiver's connection to stall")
+        ids += [await self.accepted() for _ in range(3)]
+        await wait_until(lambda: any("Redis does not answer" in line for line in self.lines), "the warning")
+        proxy.release()
+        await wait_until(lambda: self.caught_up(ids), "the archive to catch up")
+        await wait_until(lambda: any("archiver: Redis answers again" in line for line in self.lines), "the line")
+        self.assertEqual(len([line for line in self.lines if "Redis does not answer" in line]), 1)
+        await self.check_archive(ids, [])
+
+    @async_test
+    async def test_a_deleted_stream_gets_its_group_again(self) -> None:
+        self.start()
+        first = await self.accepted()
+        await wait_until(lambda: self.caught_up([first]), "the first message to be archived")
+        self.client.command("DEL", f"{self.prefix}events")  # e.g. an operator's mistake
+        second = await self.accepted()
+        await wait_until(lambda: self.caught_up([first, second]), "the next message to be archived")
+        self.assertEqual(len([line for line in self.lines if "created the group again" in line]), 1)
+
+    @async_test
+    async def test_an_unstorable_message_is_skipped_never_blocks_and_is_not_marked(self) -> None:
+        ids = [await self.accepted() for _ in range(3)]
+        bad = await self.accepted()
+        # what no write path makes: a recipient index past the archive's smallint
+        self.client.command("HSET", f"{self.prefix}msg:{bad}", "rcpt_count", "40000", "rcpt:39999", "z@example.test")
+        self.start()
+        await wait_until(lambda: self.caught_up(ids), "the others to be archived")
+        await wait_until(lambda: self.pending() == 0, "every entry to be acknowledged")
+        self.assertNotIn(bad, await self.archived_lengths())
+        self.assertIsNone(self.client.command("HGET", f"{self.prefix}msg:{bad}", "archived"))  # never released
+        await self.check_archive(ids, [])
 
     @async_test
     async def test_stop_waits_for_the_batch_in_flight(self) -> None:

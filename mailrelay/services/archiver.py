@@ -16,8 +16,8 @@ JOB
     3. write it into PostgreSQL in one transaction (a :class:`BatchWriter`:
        mailrelay.store.archivewrite.ArchiveWriter), committed with
        ``synchronous_commit`` on;
-    4. record in Redis what is archived and acknowledge the entries, in one script
-       call;
+    4. record in Redis what is archived (not what the writer skipped as unstorable)
+       and acknowledge the entries, in one script call;
 
     and every TRIM_INTERVAL removes the entries every consumer group that counts
     (``archiver``, and ``webhooks`` when this daemon sends webhooks) is done with.
@@ -50,7 +50,8 @@ DIAGNOSTICS
     entries behind)``; likewise ``archiver: Redis does not answer (<error>);
     retrying`` and ``archiver: Redis answers again``. ``archiver: took over <n>
     entries left pending by stopped daemons``; ``archiver: forgot <n> consumer(s) of
-    past processes``. Entries whose keys were gone (expired, deleted, cancelled) are
+    past processes``; ``archiver: the event stream or its consumer group 'archiver' was
+    deleted; created the group again``. Entries whose keys were gone (expired, deleted, cancelled) are
     debug lines; entries the writer skips are logged by it. ``/metrics``:
     ``mailrelay_archived_entries_total`` (this process),
     ``mailrelay_cluster_archive_lag_entries`` and ``..._lag_seconds``.
@@ -63,6 +64,7 @@ CONFIGURATION
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
@@ -75,8 +77,8 @@ from mailrelay.config import Config
 from mailrelay.services.archive import ArchiveService, one_line_error
 from mailrelay.store.archivefeed import ArchiveLag, FeedEntry
 from mailrelay.store.archiverecords import ArchiveBatch
-from mailrelay.store.archivewrite import ArchiveWriter
-from mailrelay.store.errors import ArchiveUnavailable
+from mailrelay.store.archivewrite import ArchiveWriter, WriteResult
+from mailrelay.store.errors import ArchiveUnavailable, StorageError
 from mailrelay.store.interfaces import ArchiverStorage
 from mailrelay.store.streams import is_nogroup
 
@@ -112,10 +114,11 @@ STOP_GRACE = 10.0
 
 class BatchWriter(Protocol):
     """What the archiver writes a batch with (mailrelay.store.archivewrite.ArchiveWriter):
-    everything of the batch committed, or an exception and nothing committed
-    (:class:`~mailrelay.store.errors.ArchiveUnavailable` when PostgreSQL does not answer)."""
+    everything of the batch committed but the entries it skipped (``WriteResult.skipped``), or
+    an exception and nothing committed (:class:`~mailrelay.store.errors.ArchiveUnavailable`
+    when PostgreSQL does not answer)."""
 
-    def write(self, batch: ArchiveBatch) -> Awaitable[Any]: ...
+    def write(self, batch: ArchiveBatch) -> Awaitable[WriteResult]: ...
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,19 @@ class ArchiverState:
     writing: bool
     #: Why it does not, in a few words (None when it does).
     problem: str | None = None
+
+
+def written_part(batch: ArchiveBatch, result: WriteResult) -> ArchiveBatch:
+    """``batch`` without the messages and bounces the writer skipped for their data (logged by
+    it): they are not marked archived, so their Redis keys are never released for an archive
+    that does not hold them, and expire as before. (Those skipped as past retention count as
+    written: they are gone from the archive by design.)"""
+    refused = {(entry.kind, entry.id) for entry in result.skipped if not entry.expired}
+    if not refused:
+        return batch
+    return dataclasses.replace(
+        batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
+        bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _Stopping(Exception):
@@ -246,9 +262,22 @@ class ArchiverService(service.Service):
         now = self.clock.seconds()
         self._next_take_over = self._next_trim = now
         self._next_prune = now + PRUNE_INTERVAL
+        delay = self.retry_start
         while not self._stopping:
             try:
-                full = await self._cycle(writer)
+                try:
+                    full = await self._cycle(writer)
+                except (defer.CancelledError, _Stopping):
+                    raise
+                except Exception as e:  # a bug: logged once, tried again (the batch is taken over later)
+                    if self._failing.get("cycle") is not type(e):
+                        log.failure("archiver: a batch failed; trying again", error=e)
+                    self._failing["cycle"] = type(e)
+                    await self._pause(delay)
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                self._failing.pop("cycle", None)
+                delay = self.retry_start
                 if not full:
                     await self._pause(POLL_INTERVAL)
             except (defer.CancelledError, _Stopping):
@@ -293,16 +322,17 @@ class ArchiverService(service.Service):
             log.debug("archiver: nothing to archive for {id}: {reason}", id=missing_id, reason=reason)
         ids = [entry.id for entry in entries]
         if batch:
-            await self._write(writer, batch, ids)
+            result = await self._write(writer, batch, ids)
+            batch = written_part(batch, result)
         await self._redis(storage.archive_mark, batch, ids)
         metrics.ARCHIVED_ENTRIES.inc(len(ids))
 
-    async def _write(self, writer: BatchWriter, batch: ArchiveBatch, ids: list[str]) -> None:
+    async def _write(self, writer: BatchWriter, batch: ArchiveBatch, ids: list[str]) -> WriteResult:
         """Write ``batch``, again and again until it is committed (or the service stops)."""
         delay = self.retry_start
         while True:
             try:
-                await writer.write(batch)
+                result = await writer.write(batch)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -319,7 +349,7 @@ class ArchiverService(service.Service):
                 log.info("archiver: the archive database answers again; catching up ({n} entries behind)",
                          n=self.lag.entries if self.lag is not None else "?")
             self.writing, self.problem = True, None
-            return
+            return result
 
     def _write_failed(self, error: Exception) -> None:
         self.writing = False
@@ -368,12 +398,12 @@ class ArchiverService(service.Service):
         while True:
             try:
                 result = await self._bounded(method(*args))
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                if is_nogroup(e):
-                    self._group_ready = False  # the stream or the group was deleted: made again
-                    await self._bounded(self._storage().archive_create_group())
+            except (StorageError, defer.TimeoutError) as e:  # what Redis's failures become
+                if is_nogroup(e):  # the stream or the group was deleted: made again
+                    storage = self._storage()
+                    if await self._bounded(storage.archive_create_group()):
+                        log.warn("archiver: the event stream or its consumer group {group!r} was deleted; "
+                                 "created the group again", group=storage.ARCHIVE_GROUP)
                     continue
                 if self._failing.get("redis") is None:
                     error = "no answer in time" if isinstance(e, defer.TimeoutError) else str(e) or type(e).__name__
