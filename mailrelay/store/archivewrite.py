@@ -24,15 +24,16 @@ JOB
        when the writer was given them, else older than the table's oldest partition (what
        retention dropped; in a new archive that is every day before its first one: give
        the retentions to write older days, e.g. when moving a release-1 archive);
-    3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): ``COPY`` into
-       temporary staging tables (made once per connection, emptied by DELETE before the
-       commit and vacuumed after it: truncating them at each commit costs far more), then
-       one ``INSERT ... SELECT ... ON CONFLICT`` per table, sent together (one round trip):
-       a message's row is replaced only
-       by a snapshot with a timeline at least as long (``timeline_length <=``), its
-       recipients with it (the messages written are the recipients' join), bodies and
-       bounces are inserted once; then the cancelled messages' rows are deleted (within
-       the time window of their id, :func:`mailrelay.store.archiveread.id_window`).
+    3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): binary ``COPY``
+       into temporary staging tables (made once per connection, emptied by DELETE before
+       the commit and vacuumed every :data:`VACUUM_STAGING_AFTER` entries: truncating them
+       at each commit costs far more), then one ``INSERT ... SELECT ... ON CONFLICT`` per
+       table, sent together (one round trip): a message's row is replaced only by a
+       snapshot with a timeline at least as long (``timeline_length <=``), its recipients
+       only when that snapshot's is now the stored length, bodies and bounces are inserted
+       once; then the cancelled messages' rows are deleted (within the time window of
+       their id, :func:`mailrelay.store.archiveread.id_window`). A batch that fails on its
+       data is written again in a new transaction, split (DIAGNOSTICS).
 
     Every row has its natural key, so writing the same batch again stores nothing twice,
     and a replayed older snapshot never overwrites a newer one.
@@ -52,8 +53,9 @@ DIAGNOSTICS
     (unreachable, restarted: tried once more on a fresh connection; a statement past
     the timeout; a deadlock): nothing of the batch was committed, the caller writes the
     whole batch again later. Any other error of the data (SQLSTATE classes 22 and 23, 54:
-    a value out of range, a refused check): the batch is split in halves and each half
-    written again (in savepoints of the same transaction), down to the single entry,
+    a value out of range, a refused check, a key too large for its index): the batch is
+    written again, split in halves, each in a savepoint of one transaction, and each half
+    that fails split again, down to the single entry,
     which is skipped and logged once with its id ("archive: skipped message <id>: ...");
     :attr:`WriteResult.skipped` lists it. Entries skipped because their day's partition
     was dropped by retention are logged at info level. Other errors (a schema out of
