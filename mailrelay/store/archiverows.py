@@ -12,7 +12,7 @@ JOB
       batch;
     * a message's row in the columns of ``messages`` (:data:`MESSAGE_COLUMNS`), its whole
       timeline packed (:func:`mailrelay.store.timelinepack.pack_timeline`) with its length;
-      its recipients (:data:`RECIPIENT_COLUMNS`, one per index, the last one given); the
+      its recipients (:data:`STAGED_RECIPIENT_COLUMNS`, one per index, the last one given); the
       received time from ``received_ms`` in whole ms, UTC, or the time in its id when
       ``received_ms`` is outside the id's window (:func:`mailrelay.store.archiveread.id_window`:
       the reads by id look only there);
@@ -77,6 +77,8 @@ MESSAGE_COLUMNS: dict[str, str] = {
 RECIPIENT_COLUMNS: dict[str, str] = {
     "message_id": "text", "received_at": "timestamptz", "rcpt": "int2", "recipient": "text", "state": "text",
     "attempts": "int4"}
+#: A recipient's staged row: its columns, and its message snapshot's timeline length (the update rule).
+STAGED_RECIPIENT_COLUMNS: dict[str, str] = {**RECIPIENT_COLUMNS, "timeline_length": "int4"}
 BODY_COLUMNS: dict[str, str] = {"message_id": "text", "received_at": "timestamptz", "body": "bytea"}
 BOUNCE_COLUMNS: dict[str, str] = {
     "id": "text", "received_at": "timestamptz", "message_id": "text", "recipient": "text", "type": "text",
@@ -105,7 +107,7 @@ class PreparedMessage:
     id: str
     received_at: datetime.datetime
     row: tuple[Any, ...]  # MESSAGE_COLUMNS
-    recipients: tuple[tuple[Any, ...], ...]  # RECIPIENT_COLUMNS
+    recipients: tuple[tuple[Any, ...], ...]  # STAGED_RECIPIENT_COLUMNS
     body: bytes | None
 
     @property
@@ -270,7 +272,7 @@ def prepare_message(snapshot: MessageSnapshot, body: bytes | None) -> PreparedMe
            indexed_text(snapshot.status), _count(snapshot.rcpt_count), len(entries),
            pack_timeline(entries) if entries else None)
     recipients = {r.rcpt: (message_id, received_at, _recipient_index(r.rcpt), indexed_text(r.recipient),
-                           clean_text(r.state), _count(r.attempts)) for r in snapshot.recipients}
+                           clean_text(r.state), _count(r.attempts), len(entries)) for r in snapshot.recipients}
     return PreparedMessage(message_id, received_at, row, tuple(recipients[i] for i in sorted(recipients)),
                            body)
 

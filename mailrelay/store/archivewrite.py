@@ -24,15 +24,16 @@ JOB
        when the writer was given them, else older than the table's oldest partition (what
        retention dropped; in a new archive that is every day before its first one: give
        the retentions to write older days, e.g. when moving a release-1 archive);
-    3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): ``COPY`` into
-       temporary staging tables (made once per connection, emptied by DELETE before the
-       commit and vacuumed after it: truncating them at each commit costs far more), then
-       one ``INSERT ... SELECT ... ON CONFLICT`` per table, sent together (one round trip):
-       a message's row is replaced only
-       by a snapshot with a timeline at least as long (``timeline_length <=``), its
-       recipients with it (the messages written are the recipients' join), bodies and
-       bounces are inserted once; then the cancelled messages' rows are deleted (within
-       the time window of their id, :func:`mailrelay.store.archiveread.id_window`).
+    3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): binary ``COPY``
+       into temporary staging tables (made once per connection, emptied by DELETE before
+       the commit and vacuumed every :data:`VACUUM_STAGING_AFTER` entries: truncating them
+       at each commit costs far more), then one ``INSERT ... SELECT ... ON CONFLICT`` per
+       table, sent together (one round trip): a message's row is replaced only by a
+       snapshot with a timeline at least as long (``timeline_length <=``), its recipients
+       only when that snapshot's is now the stored length, bodies and bounces are inserted
+       once; then the cancelled messages' rows are deleted (within the time window of
+       their id, :func:`mailrelay.store.archiveread.id_window`). A batch that fails on its
+       data is written again in a new transaction, split (DIAGNOSTICS).
 
     Every row has its natural key, so writing the same batch again stores nothing twice,
     and a replayed older snapshot never overwrites a newer one.
@@ -52,8 +53,9 @@ DIAGNOSTICS
     (unreachable, restarted: tried once more on a fresh connection; a statement past
     the timeout; a deadlock): nothing of the batch was committed, the caller writes the
     whole batch again later. Any other error of the data (SQLSTATE classes 22 and 23, 54:
-    a value out of range, a refused check): the batch is split in halves and each half
-    written again (in savepoints of the same transaction), down to the single entry,
+    a value out of range, a refused check, a key too large for its index): the batch is
+    written again, split in halves, each in a savepoint of one transaction, and each half
+    that fails split again, down to the single entry,
     which is skipped and logged once with its id ("archive: skipped message <id>: ...");
     :attr:`WriteResult.skipped` lists it. Entries skipped because their day's partition
     was dropped by retention are logged at info level. Other errors (a schema out of
@@ -79,6 +81,7 @@ from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import run_translated
 from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS,
+                                         STAGED_RECIPIENT_COLUMNS,
                                          PreparedBatch, PreparedBounce, PreparedMessage, SkippedEntry,
                                          prepare_batch)
 
@@ -144,6 +147,8 @@ def _error_text(error: BaseException) -> str:
 
 # -- statements ---------------------------------------------------------------------------------
 
+#: Staging columns beyond the table's own (a recipient's message snapshot's timeline length).
+_STAGED_EXTRA = {"recipients": ", timeline_length integer"}
 # The transaction's first statements: commit synchronously, and the staging tables (made once
 # per connection; gone with a transaction that rolled back, so asked for each time, quietly).
 # They keep their files: emptied by DELETE at the end of each part written (ON COMMIT DELETE
@@ -153,8 +158,8 @@ def _error_text(error: BaseException) -> str:
 # files stay the size of a batch).
 _BEGIN = "".join([
     "SET LOCAL synchronous_commit = on;", "SET LOCAL client_min_messages = warning;",
-    *(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE[table]} (LIKE {table}) ON COMMIT PRESERVE ROWS;"
-      for table in TABLES)])
+    *(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE[table]} (LIKE {table}{_STAGED_EXTRA.get(table, '')})"
+      " ON COMMIT PRESERVE ROWS;" for table in TABLES)])
 _CLEAR_STAGING = ";".join(f"DELETE FROM {STAGE[table]}" for table in TABLES)
 _VACUUM_STAGING = f"VACUUM (TRUNCATE false) {', '.join(STAGE.values())}"
 
@@ -173,27 +178,25 @@ def _assignments(columns: Iterable[str]) -> str:
 
 _MESSAGE_KEY = ("id", "received_at")
 _RECIPIENT_KEY = ("message_id", "received_at", "rcpt")
-# The messages, each replacing the stored row only when its timeline is at least as long; the
-# recipients of the messages written (inserted or replaced) with them. Rows are taken in key
-# order, so two writers of overlapping batches lock them in the same order.
+# The messages, each replacing the stored row only when its timeline is at least as long; then
+# the recipients of the snapshots that are now the stored ones (the stored timeline is the
+# snapshot's length: it was written, or is the same). A second statement, which sees what the
+# first one wrote; a lookup per recipient, not a join: the staging tables' statistics (those of
+# an empty table after each VACUUM) would make the planner loop over a join. Rows are taken in
+# key order, so two writers of overlapping batches lock them in the same order.
 _MERGE_MESSAGES = f"""
-WITH written AS (
-    INSERT INTO messages AS m ({', '.join(MESSAGE_COLUMNS)})
-    SELECT {', '.join(MESSAGE_COLUMNS)} FROM {STAGE['messages']} ORDER BY id, received_at
-    ON CONFLICT (id, received_at) DO UPDATE
-       SET {_assignments(c for c in MESSAGE_COLUMNS if c not in _MESSAGE_KEY)}
-     WHERE m.timeline_length <= EXCLUDED.timeline_length
-    RETURNING m.id, m.received_at
-), recipients_written AS (
-    INSERT INTO recipients AS r ({', '.join(RECIPIENT_COLUMNS)})
-    SELECT {', '.join('s.' + c for c in RECIPIENT_COLUMNS)}
-      FROM {STAGE['recipients']} s JOIN written w ON w.id = s.message_id AND w.received_at = s.received_at
-     ORDER BY s.message_id, s.received_at, s.rcpt
-    ON CONFLICT (message_id, received_at, rcpt) DO UPDATE
-       SET {_assignments(c for c in RECIPIENT_COLUMNS if c not in _RECIPIENT_KEY)}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM recipients_written)
+INSERT INTO messages AS m ({', '.join(MESSAGE_COLUMNS)})
+SELECT {', '.join(MESSAGE_COLUMNS)} FROM {STAGE['messages']} ORDER BY id, received_at
+ON CONFLICT (id, received_at) DO UPDATE
+   SET {_assignments(c for c in MESSAGE_COLUMNS if c not in _MESSAGE_KEY)}
+ WHERE m.timeline_length <= EXCLUDED.timeline_length;
+INSERT INTO recipients AS r ({', '.join(RECIPIENT_COLUMNS)})
+SELECT {', '.join('s.' + c for c in RECIPIENT_COLUMNS)} FROM {STAGE['recipients']} s
+ WHERE s.timeline_length >= (SELECT m.timeline_length FROM messages m
+                              WHERE m.id = s.message_id AND m.received_at = s.received_at)
+ ORDER BY s.message_id, s.received_at, s.rcpt
+ON CONFLICT (message_id, received_at, rcpt) DO UPDATE
+   SET {_assignments(c for c in RECIPIENT_COLUMNS if c not in _RECIPIENT_KEY)}
 """
 _MERGE_BODIES = (f"INSERT INTO bodies ({', '.join(BODY_COLUMNS)}) SELECT {', '.join(BODY_COLUMNS)}"
                  f" FROM {STAGE['bodies']} ORDER BY message_id, received_at ON CONFLICT DO NOTHING")
@@ -352,7 +355,7 @@ class ArchiveWriter:
         with conn.cursor() as cursor:
             if messages:
                 _copy(cursor, "messages", MESSAGE_COLUMNS, (m.row for m in messages))
-                _copy(cursor, "recipients", RECIPIENT_COLUMNS, (r for m in messages for r in m.recipients))
+                _copy(cursor, "recipients", STAGED_RECIPIENT_COLUMNS, (r for m in messages for r in m.recipients))
                 statements.append(_MERGE_MESSAGES)
             if bodies:
                 _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
@@ -363,7 +366,9 @@ class ArchiveWriter:
             cursor.execute(";".join([*statements, _CLEAR_STAGING]))  # no parameters: one round trip
             written = recipients = 0
             if messages:
-                written, recipients = cursor.fetchone()
+                written = cursor.rowcount
+                cursor.nextset()
+                recipients = cursor.rowcount
                 cursor.nextset()
             bodies_written = cursor.rowcount if bodies else 0
             if bodies:
