@@ -6,7 +6,8 @@ JOB
     Loads the configuration or exits with its one-line reason (:func:`load_or_exit`),
     connects to the daemon's Redis (the managed one through its Unix socket, else
     ``[redis] url`` or the Sentinels) and runs one admin action against a ``Storage``
-    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); :func:`clean`
+    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); finds the
+    archive's database as the daemon does (:func:`archive_conninfo_or_exit`); :func:`clean`
     makes stored text safe to print on a terminal.
 
 SECURITY
@@ -20,11 +21,12 @@ STANDARDS
 DIAGNOSTICS
     ``mailrelay: configuration error: ...``; ``mailrelay: the daemon's managed Redis is not
     running (no socket at PATH)``; ``mailrelay: cannot connect to <Redis>: ...``;
-    ``mailrelay: <Redis>: <storage error>``; each one line, exit status 1.
+    ``mailrelay: <Redis>: <storage error>``; ``mailrelay: the daemon's managed PostgreSQL
+    is not running (no socket in DIR)``; each one line, exit status 1.
 
 CONFIGURATION
-    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[server] state_dir`` (the managed
-    Redis's socket).
+    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[archive] url``, ``[server]
+    state_dir`` (the managed Redis's and PostgreSQL's sockets).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer, task
 
 from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
+from mailrelay.configvalues import parse_conninfo
+from mailrelay.services.archive import archive_conninfos
 from mailrelay.store import Storage, StorageError, connect_redis
 
 
@@ -60,6 +64,19 @@ def managed_socket_path(config: Config) -> Path | None:
     if config.redis.url or config.redis.sentinels:
         return None
     return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
+
+
+def archive_conninfo_or_exit(config: Config) -> str:
+    """The archive's (write) database as the daemon finds it
+    (:func:`mailrelay.services.archive.archive_conninfos`); with no ``[archive] url`` the
+    managed PostgreSQL's, or SystemExit with one line when that is not running."""
+    url, _ = archive_conninfos(config)
+    if not config.archive.url:
+        socket_dir = Path(parse_conninfo(url)["host"])
+        if not any(socket_dir.glob(".s.PGSQL.*")):
+            raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
+                             f"(no socket in {socket_dir})")
+    return url
 
 
 def describe_redis(config: Config) -> str:
