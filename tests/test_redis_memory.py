@@ -7,6 +7,8 @@ refuses writes; a group commit call that carries the settlement of an earlier me
 case under load) is refused whole, and the settlement still completes. (Redis refuses a script's
 first write that needs memory, but lets everything through once the script has written: the
 settlements, which start with a ZREM, therefore run after the messages in enqueue_batch.lua.)
+The archiver still marks, acknowledges and trims on a full Redis (archive_mark.lua acknowledges
+first), so memory comes back once PostgreSQL does.
 The daemon: its managed Redis gets ``[redis] maxmemory`` (and 25% of the machine's memory by
 default), and an SMTP client sees 452 4.3.1 while it is full and 250 after."""
 
