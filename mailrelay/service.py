@@ -47,7 +47,7 @@ DIAGNOSTICS
     :func:`mailrelay.config.config_warnings` line; ``no [submission] users
     configured: user '<name>', password in <path> (mode 0600)``; ``using
     <redis>, key prefix '<prefix>'`` where <redis> is ``managed Redis at
-    unix:<socket> (appendfsync <policy>)``, ``Redis via Sentinel <host:port,
+    unix:<socket> (appendfsync <policy>, maxmemory <size> | none)``, ``Redis via Sentinel <host:port,
     ...> (master <name>)`` or ``external Redis at <host:port | unix:path>
     db <n>``; a warning ``Redis is not answering yet (<error>); submission
     answers 451 until it does``; the archive's lines (``archive: writes to
@@ -68,7 +68,7 @@ CONFIGURATION
     (empty: the managed PostgreSQL; the archive service reads the rest);
     ``[tracking]`` retention, content_retention (the partition maintenance);
     ``[redis]`` url,
-    sentinels, master_name, appendfsync, key_prefix (logged), timeout (to
+    sentinels, master_name, appendfsync, maxmemory (the managed Redis's), key_prefix (logged), timeout (to
     settle acknowledgements at stop); ``[tls]`` cert, key, min_version;
     ``[submission]`` users, listen, listen_tls, max_message_size,
     max_header_size, max_recipients, idle_timeout, data_timeout,
@@ -94,6 +94,7 @@ from mailrelay import __version__, tlsutil
 from mailrelay.services.bounces import BounceHandler, BounceRecorder, load_verp
 from mailrelay.services.cluster import ClusterService, check_data_version_at_start
 from mailrelay.config import Config, config_warnings, parse_redis_url
+from mailrelay.configvalues import format_bytes
 from mailrelay.services.delivery import DeliveryService
 from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
@@ -102,7 +103,7 @@ from mailrelay.services.archive import ArchiveService
 from mailrelay.services.archivemaint import ArchiveMaintenance
 from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiveview import ArchiveView
-from mailrelay.redisproc import ManagedRedis, find_redis_server
+from mailrelay.redisproc import ManagedRedis, find_redis_server, machine_memory
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
 from mailrelay.store.interfaces import BounceListenerStorage
@@ -128,7 +129,9 @@ class StorageService(service.Service):
 
     def describe(self) -> str:
         if self.managed is not None:
-            return f"managed Redis at unix:{self.managed.socket_path} (appendfsync {self.config.redis.appendfsync})"
+            limit = format_bytes(self.managed.maxmemory) if self.managed.maxmemory else "none"
+            return (f"managed Redis at unix:{self.managed.socket_path} (appendfsync "
+                    f"{self.config.redis.appendfsync}, maxmemory {limit})")
         if self.config.redis.sentinels:
             sentinels = ", ".join(f"{h}:{p}" for h, p in self.config.redis.sentinels)
             return f"Redis via Sentinel {sentinels} (master {self.config.redis.master_name})"
@@ -225,7 +228,8 @@ def make_service(config: Config) -> MailrelayService:
     managed = None
     if not config.redis.url and not config.redis.sentinels:
         executable = find_redis_server()
-        managed = ManagedRedis(state_dir, config.redis.appendfsync, executable)
+        managed = ManagedRedis(state_dir, config.redis.appendfsync, executable,
+                               maxmemory=config.redis.maxmemory.bytes_of(machine_memory()))
         managed.setName("redis")
         managed.setServiceParent(top)
     storage_service = StorageService(config, managed)

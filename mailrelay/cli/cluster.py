@@ -45,10 +45,10 @@ import datetime
 import math
 from typing import Any, Awaitable, Callable
 
-from mailrelay.cli.common import archive_conninfo_or_exit, clean, load_or_exit, react_with_storage
+from mailrelay.cli.common import clean, load_or_exit, react_with_storage, require_managed_postgres
 from mailrelay.config import Config
 from mailrelay.pgproc import managed_conninfo
-from mailrelay.services.archive import MANAGED_DATABASE, one_line_error
+from mailrelay.services.archive import MANAGED_DATABASE, archive_conninfos, one_line_error
 from mailrelay.store import Storage
 from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database
 from mailrelay.store.archiverecords import ArchiveBatch
@@ -105,7 +105,8 @@ class MigrationArchive:
         """The archive's database made ready (the managed one's database created, the schema
         migrated), or SystemExit with one line saying why not."""
         connect_timeout = max(2, math.ceil(config.archive.connect_timeout))
-        conninfo = archive_conninfo_or_exit(config)
+        conninfo = archive_conninfos(config)[0]
+        require_managed_postgres(config, conninfo)
         managed = None if config.archive.url else managed_conninfo(config.state_dir)
         database = ArchiveDatabase(conninfo, connect_timeout=connect_timeout,
                                    statement_timeout=max(config.archive.statement_timeout,
