@@ -451,6 +451,62 @@ class MigrateCommand(unittest.TestCase):
         self.assertEqual(table_counts(self.conninfo)["messages"], 0)
 
 
+class LargeBodies(unittest.TestCase):
+    """A page whose bodies are large is read and written in parts (bounded memory)."""
+
+    timeout = 60
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.directory = tempfile.mkdtemp(prefix="mr-export-")
+        cls.redis = start_redis(Path(cls.directory))
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis.stop()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    @async_test
+    async def test_a_page_of_large_bodies_is_split_by_their_stored_size(self):
+        from uuid import uuid4
+
+        storage = storage_for(self.redis, f"t{uuid4().hex[:8]}:", self)
+        keys = storage.keys
+        sizes = [300, 300, 500, 100, 100, 100, 0, 250]  # stored bytes; 0: the body expired
+        ids = [f"{n + 1:012x}{n:08x}" for n in range(len(sizes))]
+        for n, (message_id, size) in enumerate(zip(ids, sizes)):
+            await storage._call("ZADD", keys.time_index, n + 1, message_id)
+            await storage._call("HSET", keys.msg(message_id), "received_at", n + 1, "status", "delivered")
+            if size:
+                await storage._call("SET", keys.body(message_id), bytes([n]) * size)
+        await storage._call("ZADD", keys.time_index, 100, "00000000006400000000")  # its hash is gone
+        pages = [page async for page in storage.archived_messages(size=50, body_bytes=600)]
+        self.assertEqual([[s.id for s in page.records] for page in pages],
+                         [ids[0:2], ids[2:4], ids[4:8]])  # 600, 600, 350 bytes: at most 600 each
+        self.assertEqual([page.gone for page in pages], [1, 0, 0])  # counted once per index page
+        bodies = [s.body for page in pages for s in page.records]
+        self.assertEqual(bodies, [bytes([n]) * size if size else None for n, size in enumerate(sizes)])
+
+        only_gone = [page async for page in storage.archived_messages(size=1, body_bytes=600)]
+        self.assertEqual(only_gone[-1].records, ())
+        self.assertEqual(sum(page.gone for page in only_gone), 1)
+
+    @async_test
+    async def test_bounces_split_by_their_raw_reports(self):
+        from uuid import uuid4
+
+        storage = storage_for(self.redis, f"t{uuid4().hex[:8]}:", self)
+        keys = storage.keys
+        for n, size in enumerate([400, 400, 100]):
+            bounce_id = f"b{n}"
+            await storage._call("ZADD", keys.bounces, n, bounce_id)
+            await storage._call("HSET", keys.bounce(bounce_id), "id", bounce_id, "type", "HardBounce")
+            await storage._call("SET", keys.bounce_raw(bounce_id), b"r" * size)
+        pages = [page async for page in storage.archived_bounces(size=50, raw_bytes=500)]
+        self.assertEqual([[b.id for b in page.records] for page in pages], [["b0"], ["b1", "b2"]])
+        self.assertEqual([len(b.raw) for page in pages for b in page.records], [400, 400, 100])
+
+
 class ReadAhead(unittest.TestCase):
     """The migration reads the next page while it writes one (archiveexport.read_ahead)."""
 
