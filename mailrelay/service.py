@@ -10,7 +10,9 @@ JOB
     the archive database's pools; it prepares the schema in the background,
     so no start step waits for PostgreSQL), the archive's partition
     maintenance (:class:`mailrelay.services.archivemaint.ArchiveMaintenance`,
-    from the schema's readiness on, every hour), delivery
+    from the schema's readiness on, every hour), the archiver
+    (:class:`mailrelay.services.archiver.ArchiverService`: the event stream
+    into the archive, once the schema is ready), delivery
     (when enabled), webhooks (when any is configured), the password checker,
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
@@ -21,10 +23,10 @@ JOB
     each child that has a ``when_ready`` awaited before the next starts;
     stop order is the reverse, each step finishing before the next:
     listeners close first, sessions finish their transaction or get 421,
-    acknowledgements decided by the ended sessions are settled, the
-    partition maintenance stops (a run in progress ends), the archive's
-    pools are closed before the managed PostgreSQL stops, then Redis is
-    released.
+    acknowledgements decided by the ended sessions are settled, the archiver
+    finishes its batch in flight, the partition maintenance stops (a run in
+    progress ends), the archive's pools are closed before the managed
+    PostgreSQL stops, then Redis is released.
 
 SECURITY
     Trusts the configuration, already validated by :mod:`mailrelay.config`;
@@ -56,7 +58,10 @@ DIAGNOSTICS
     ``archive database at <where>: schema version <n> ready ...``, see
     :mod:`mailrelay.services.archive`) and the managed PostgreSQL's
     (:mod:`mailrelay.pgproc`); the partition maintenance's
-    (:mod:`mailrelay.services.archivemaint`); ``mailrelay <version> ready``; ``stopping
+    (:mod:`mailrelay.services.archivemaint`); the archiver's (``archiver:
+    consumer <owner> of group archiver, started``, one warning while the
+    archive database does not answer: :mod:`mailrelay.services.archiver`);
+    ``mailrelay <version> ready``; ``stopping
     <service> failed`` with the traceback; ``mailrelay stopped``. A failed
     start logs ``mailrelay could not start: <error>`` (critical), stops the
     reactor and exits with status 1. A :class:`mailrelay.config.ConfigError`
@@ -101,6 +106,7 @@ from mailrelay.passwords import PasswordChecker
 from mailrelay.pgproc import ManagedPostgres
 from mailrelay.services.archive import ArchiveService
 from mailrelay.services.archivemaint import ArchiveMaintenance
+from mailrelay.services.archiver import ArchiverService
 from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiveview import ArchiveView
 from mailrelay.redisproc import ManagedRedis, find_redis_server, machine_memory
@@ -249,6 +255,9 @@ def make_service(config: Config) -> MailrelayService:
 
     ArchiveMaintenance(archive.write, config.tracking.retention, config.tracking.content_retention,
                        reactor, schema_ready=archive.whenSchemaReady).setServiceParent(top)
+    # drains the event stream into the archive once its schema is ready; stops before the pools
+    archiver = ArchiverService(config, lambda: storage_service.storage, archive)
+    archiver.setServiceParent(top)
 
     if config.tls.cert:
         cert, key = config.tls.cert, config.tls.key
@@ -335,7 +344,8 @@ def make_service(config: Config) -> MailrelayService:
 
     # after the listeners: /readyz reports them, and the API needs the storage ready
     WebService(config, lambda: storage_service.storage,
-               lambda: smtp_listener_status(top, config), get_archive=get_archive).setServiceParent(top)
+               lambda: smtp_listener_status(top, config), get_archive=get_archive,
+               archiver=lambda: archiver.state).setServiceParent(top)
 
     # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
     cluster = ClusterService(config, lambda: storage_service.storage, top, delivery,

@@ -25,7 +25,7 @@ from twisted.trial import unittest
 from conftest import async_test, start_redis, wait_until
 from mailrelay.config import parse_config
 from mailrelay.redisproc import machine_memory
-from mailrelay.store import NewMessage, Storage, StorageFull, connect_redis
+from mailrelay.store import Event, NewMessage, Storage, StorageFull, connect_redis
 from redisclient import RedisClient, RedisError
 
 MAXMEMORY = 8 * 1024 * 1024
@@ -135,6 +135,34 @@ class FullRedisStoreTests(unittest.TestCase):
         with self.assertRaises(StorageFull):
             await storage.enqueue(refused)
         self.assertEqual(traces(self.client, self.prefix, refused.id), [])
+
+    @async_test
+    async def test_the_archiver_still_acknowledges_and_trims_on_a_full_redis(self):
+        # After a long PostgreSQL outage Redis is full; when PostgreSQL returns, the archiver
+        # must be able to mark and acknowledge what it archived and trim the stream, or
+        # nothing would ever free the memory.
+        storage = await self.start_storage()
+        await storage.archive_create_group()
+        ids = [await storage.enqueue(message(n)) for n in range(20)]
+        await defer.gatherResults([storage.confirm(message_id) for message_id in ids])
+        jobs = await storage.claim("dest.example", 100, "me", 60)
+        delivered = Event(type="delivered", at="2026-01-01T00:00:00Z", recipient="r@dest.example", rcpt=0)
+        self.assertEqual(await storage.record_many([(job, "delivered", delivered, None) for job in jobs], "me"),
+                         ["OK"] * 20)
+        entries = await storage.archive_read("me", 1000)
+        self.assertEqual(len(entries), 40)  # queued and delivered, each message
+        batch = await storage.archive_snapshot(entries)
+        fill(self.client)
+        with self.assertRaises(StorageFull):  # full indeed
+            await storage.enqueue(message(99))
+
+        acked = await storage.archive_mark(batch, [entry.id for entry in entries])  # PostgreSQL has them
+
+        self.assertEqual(acked, 40)
+        self.assertEqual(await storage.archive_trim([storage.ARCHIVE_GROUP]), 40)
+        self.assertEqual(self.client.command("XLEN", f"{self.prefix}events"), 0)
+        archived = self.client.command("HGET", f"{self.prefix}msg:{ids[0]}", "archived")
+        self.assertEqual(archived, b"2")  # the marks went through too
 
 
 # -- the daemon and its managed Redis ---------------------------------------------------------

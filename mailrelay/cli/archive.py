@@ -73,7 +73,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from mailrelay.cli.common import add_config_option, load_or_exit, require_managed_postgres, run_with_storage
+from mailrelay.cli.common import add_config_option, archive_conninfo_or_exit, load_or_exit, run_with_storage
 from mailrelay.config import Config
 from mailrelay.configvalues import format_bytes, format_duration
 from mailrelay.services.archive import archive_conninfos, one_line_error
@@ -157,10 +157,10 @@ def _read(conn: Any) -> tuple[int, list[Partition]]:
     return migrations.current_version(conn), list_partitions(conn)
 
 
-async def read_database(config: Config, url: str) -> DatabaseStatus:
+async def read_database(config: Config) -> DatabaseStatus:
     """The schema version and partitions of the archive's (write) database; SystemExit with the
     one-line reason when it cannot be read."""
-    require_managed_postgres(config, url)
+    url = archive_conninfo_or_exit(config)
     database = ArchiveDatabase(url, statement_timeout=config.archive.statement_timeout,
                                connect_timeout=math.ceil(config.archive.connect_timeout), pool_max=1)
     try:
@@ -198,7 +198,7 @@ async def read_status(config: Config) -> ArchiveStatus:
     """The archive's status: its database (url) and its lag (Redis), read at once."""
     url, read_url = archive_conninfos(config)
     (contents, database_error), (lag, lag_error) = await defer.gatherResults([
-        defer.ensureDeferred(_part(read_database(config, url))),
+        defer.ensureDeferred(_part(read_database(config))),
         defer.ensureDeferred(_part(read_lag(config)))])
     return ArchiveStatus(describe_conninfo(url), describe_conninfo(read_url), not config.archive.url,
                          migrations.latest_version(), config.tracking.retention,

@@ -45,14 +45,15 @@ import datetime
 import math
 from typing import Any, Awaitable, Callable
 
-from mailrelay.cli.common import clean, load_or_exit, react_with_storage, require_managed_postgres
+from mailrelay.cli.common import archive_conninfo_or_exit, clean, load_or_exit, react_with_storage
 from mailrelay.config import Config
 from mailrelay.pgproc import managed_conninfo
-from mailrelay.services.archive import MANAGED_DATABASE, archive_conninfos, one_line_error
+from mailrelay.services.archive import MANAGED_DATABASE, one_line_error
 from mailrelay.store import Storage
 from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import time_of_ms
+from mailrelay.store.archiverows import received_time
 from mailrelay.store.archivewrite import ArchiveWriter, SkippedEntry
 from mailrelay.timefmt import format_age
 
@@ -105,8 +106,7 @@ class MigrationArchive:
         """The archive's database made ready (the managed one's database created, the schema
         migrated), or SystemExit with one line saying why not."""
         connect_timeout = max(2, math.ceil(config.archive.connect_timeout))
-        conninfo = archive_conninfos(config)[0]
-        require_managed_postgres(config, conninfo)
+        conninfo = archive_conninfo_or_exit(config)
         managed = None if config.archive.url else managed_conninfo(config.state_dir)
         database = ArchiveDatabase(conninfo, connect_timeout=connect_timeout,
                                    statement_timeout=max(config.archive.statement_timeout,
@@ -133,7 +133,7 @@ class MigrationArchive:
                              f"{one_line_error(e, self.conninfo)}; run `mailrelay migrate` again") from e
 
     async def write(self, batch: ArchiveBatch) -> Any:
-        days = {time_of_ms(m.received_ms).date() for m in batch.messages}
+        days = {received_time(m).date() for m in batch.messages}  # the day the writer files it under
         days |= {time_of_ms(b.received_ms).date() for b in batch.bounces}
         for day in sorted(days - self.days):
             await self.guarded(self.database.create_partitions(day, 1))

@@ -6,8 +6,8 @@ JOB
     Loads the configuration or exits with its one-line reason (:func:`load_or_exit`),
     connects to the daemon's Redis (the managed one through its Unix socket, else
     ``[redis] url`` or the Sentinels) and runs one admin action against a ``Storage``
-    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); checks that the
-    daemon's managed PostgreSQL runs (:func:`require_managed_postgres`); :func:`clean`
+    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); finds the
+    archive's database as the daemon does (:func:`archive_conninfo_or_exit`); :func:`clean`
     makes stored text safe to print on a terminal.
 
 SECURITY
@@ -41,6 +41,7 @@ from twisted.internet import defer, task
 
 from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
 from mailrelay.configvalues import parse_conninfo
+from mailrelay.services.archive import archive_conninfos
 from mailrelay.store import Storage, StorageError, connect_redis
 
 
@@ -65,14 +66,17 @@ def managed_socket_path(config: Config) -> Path | None:
     return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
 
 
-def require_managed_postgres(config: Config, url: str) -> None:
-    """When ``url`` is the daemon's managed PostgreSQL (no ``[archive] url``), SystemExit with
-    one line unless it is running (its socket is there)."""
+def archive_conninfo_or_exit(config: Config) -> str:
+    """The archive's (write) database as the daemon finds it
+    (:func:`mailrelay.services.archive.archive_conninfos`); with no ``[archive] url`` the
+    managed PostgreSQL's, or SystemExit with one line when that is not running."""
+    url, _ = archive_conninfos(config)
     if not config.archive.url:
         socket_dir = Path(parse_conninfo(url)["host"])
         if not any(socket_dir.glob(".s.PGSQL.*")):
             raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
                              f"(no socket in {socket_dir})")
+    return url
 
 
 def describe_redis(config: Config) -> str:

@@ -69,6 +69,9 @@ RECIPIENT_STATES = ("queued", "deferred", "delivered", "bounced", "expired", "su
 #: The state of a recipient, and the status of a message, when none is stored.
 DEFAULT_STATE = "queued"
 
+#: The recipient states that end a recipient's delivery (lua/_status.lua's FINAL).
+FINAL_STATES = frozenset({"delivered", "bounced", "expired", "suppressed", "deleted"})
+
 #: The bounce type of a record that names none.
 UNKNOWN_BOUNCE_TYPE = "Unknown"
 
@@ -194,6 +197,24 @@ def decode_timeline(entries: Iterable[Any] | None) -> tuple[TimelineEvent, ...]:
 
 
 # -- messages ---------------------------------------------------------------------------------
+
+
+def message_status(states: Iterable[str | None]) -> str | None:
+    """
+    A message's status from its recipients' states (each recipient's, in index order; None:
+    none stored), as lua/_status.lua's ``update_status`` decides it for Redis: ``queued``
+    while any recipient is not final; then the final state they all share (``deleted``
+    counts as ``suppressed``), else ``partial``. None for a message without recipients
+    (its stored status stays as it is). The archive applies a late event with it
+    (mailrelay.store.archiverows); tests/test_message_status.py checks it against the Lua.
+    """
+    status = None
+    for state in states:
+        if state is None or state not in FINAL_STATES:
+            return DEFAULT_STATE
+        state = "suppressed" if state == "deleted" else state
+        status = state if status in (None, state) else "partial"
+    return status
 
 
 @dataclass(frozen=True)
