@@ -333,27 +333,35 @@ class CopyingTheReleaseArchive(unittest.TestCase):
         self.assertEqual(await self.storage.stored_data_version(), "1")
 
     @async_test
-    async def test_days_older_than_the_archives_partitions_are_made(self):
-        """Release 1 kept 45 days in Redis; the archive's partitions begin today: the copy makes
-        the days it needs (else the writer would take them for days dropped by retention)."""
+    async def test_older_days_are_made_and_what_is_past_retention_left_out(self):
+        """Release 1 kept up to `retention` (45 days) in Redis, a new archive has partitions from
+        today: the copy makes the older days' partitions, leaves out what is past retention
+        (here a message of 50 days) and the bodies past content_retention (7 days)."""
         import datetime
 
         from mailrelay.store.queue import compress_body
 
         storage, keys = self.storage, self.storage.keys
         now_ms = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
-        old = [(now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}") for days in (40, 12)]
-        for ms, message_id in old:
+        old = {days: (now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}")
+               for days in (50, 40, 3)}
+        body = b"Subject: old\r\n\r\nold\r\n"
+        for ms, message_id in old.values():
             await storage._call("ZADD", keys.time_index, ms, message_id)
             await storage._call("HSET", keys.msg(message_id), "received_at", ms, "status", "delivered",
                                 "rcpt:0", "old@example.org", "state:0", "delivered", "rcpt_count", 1)
             await storage._call("RPUSH", keys.timeline(message_id), b'{"type":"delivered","rcpt":0}')
-            await storage._call("SET", keys.body(message_id), compress_body(b"Subject: old\r\n\r\nold\r\n"))
+            await storage._call("SET", keys.body(message_id), compress_body(body))
         await self.migrate()
-        self.assertEqual(self.opened[0].skipped, [])
-        for _, message_id in old:
+        self.assertEqual([(e.kind, e.id, e.expired) for e in self.opened[0].skipped],
+                         [("message", old[50][1], True)])
+        self.assertIsNone(await self.reader.get_message(old[50][1]))
+        for days in (40, 3):
+            message_id = old[days][1]
             self.assertEqual(await self.reader.get_message(message_id), await storage.get_message(message_id))
-            self.assertEqual(await self.reader.get_body(message_id), b"Subject: old\r\n\r\nold\r\n")
+            self.assertEqual(await self.reader.get_timeline(message_id), await storage.get_timeline(message_id))
+        self.assertIsNone(await self.reader.get_body(old[40][1]))  # past content_retention
+        self.assertEqual(await self.reader.get_body(old[3][1]), body)
         self.assertEqual(table_counts(self.conninfo)["messages"], MESSAGES + 2)
 
 
