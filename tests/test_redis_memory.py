@@ -34,13 +34,19 @@ BODY = b"From: app@example.com\r\nSubject: memory\r\n\r\n" + (b"x" * 76 + b"\r\n
 
 
 def fill(client: RedisClient, value_size: int = 512) -> int:
-    """Small keys until Redis refuses one with OOM (used memory just past maxmemory): how many."""
+    """Small keys until Redis refuses one with OOM: how many. Then maxmemory is lowered to 1 MB
+    below the memory used, so that Redis stays full while the test runs (used memory just past
+    maxmemory could fall below it again when a client's buffers are freed)."""
     n = 0
     while True:
         replies = client.pipeline([("SET", f"{FILLER}{n + i}", "v" * value_size) for i in range(200)])
         for reply in replies:
             if isinstance(reply, RedisError):
                 assert str(reply).startswith("OOM"), reply
+                info = client.command("INFO", "memory").decode()
+                used = int(next(line.split(":")[1] for line in info.split("\r\n")
+                                if line.startswith("used_memory:")))
+                client.command("CONFIG", "SET", "maxmemory", used - 1024 * 1024)
                 return n
             n += 1
 
