@@ -333,27 +333,35 @@ class CopyingTheReleaseArchive(unittest.TestCase):
         self.assertEqual(await self.storage.stored_data_version(), "1")
 
     @async_test
-    async def test_days_older_than_the_archives_partitions_are_made(self):
-        """Release 1 kept 45 days in Redis; the archive's partitions begin today: the copy makes
-        the days it needs (else the writer would take them for days dropped by retention)."""
+    async def test_older_days_are_made_and_what_is_past_retention_left_out(self):
+        """Release 1 kept up to `retention` (45 days) in Redis, a new archive has partitions from
+        today: the copy makes the older days' partitions, leaves out what is past retention
+        (here a message of 50 days) and the bodies past content_retention (7 days)."""
         import datetime
 
         from mailrelay.store.queue import compress_body
 
         storage, keys = self.storage, self.storage.keys
         now_ms = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
-        old = [(now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}") for days in (40, 12)]
-        for ms, message_id in old:
+        old = {days: (now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}")
+               for days in (50, 40, 3)}
+        body = b"Subject: old\r\n\r\nold\r\n"
+        for ms, message_id in old.values():
             await storage._call("ZADD", keys.time_index, ms, message_id)
             await storage._call("HSET", keys.msg(message_id), "received_at", ms, "status", "delivered",
                                 "rcpt:0", "old@example.org", "state:0", "delivered", "rcpt_count", 1)
             await storage._call("RPUSH", keys.timeline(message_id), b'{"type":"delivered","rcpt":0}')
-            await storage._call("SET", keys.body(message_id), compress_body(b"Subject: old\r\n\r\nold\r\n"))
+            await storage._call("SET", keys.body(message_id), compress_body(body))
         await self.migrate()
-        self.assertEqual(self.opened[0].skipped, [])
-        for _, message_id in old:
+        self.assertEqual([(e.kind, e.id, e.expired) for e in self.opened[0].skipped],
+                         [("message", old[50][1], True)])
+        self.assertIsNone(await self.reader.get_message(old[50][1]))
+        for days in (40, 3):
+            message_id = old[days][1]
             self.assertEqual(await self.reader.get_message(message_id), await storage.get_message(message_id))
-            self.assertEqual(await self.reader.get_body(message_id), b"Subject: old\r\n\r\nold\r\n")
+            self.assertEqual(await self.reader.get_timeline(message_id), await storage.get_timeline(message_id))
+        self.assertIsNone(await self.reader.get_body(old[40][1]))  # past content_retention
+        self.assertEqual(await self.reader.get_body(old[3][1]), body)
         self.assertEqual(table_counts(self.conninfo)["messages"], MESSAGES + 2)
 
 
@@ -449,6 +457,62 @@ class MigrateCommand(unittest.TestCase):
             "upgrade them first (or use --force)"), result.stderr)
         self.assertEqual(self.version(), b"1")
         self.assertEqual(table_counts(self.conninfo)["messages"], 0)
+
+
+class LargeBodies(unittest.TestCase):
+    """A page whose bodies are large is read and written in parts (bounded memory)."""
+
+    timeout = 60
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.directory = tempfile.mkdtemp(prefix="mr-export-")
+        cls.redis = start_redis(Path(cls.directory))
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis.stop()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    @async_test
+    async def test_a_page_of_large_bodies_is_split_by_their_stored_size(self):
+        from uuid import uuid4
+
+        storage = storage_for(self.redis, f"t{uuid4().hex[:8]}:", self)
+        keys = storage.keys
+        sizes = [300, 300, 500, 100, 100, 100, 0, 250]  # stored bytes; 0: the body expired
+        ids = [f"{n + 1:012x}{n:08x}" for n in range(len(sizes))]
+        for n, (message_id, size) in enumerate(zip(ids, sizes)):
+            await storage._call("ZADD", keys.time_index, n + 1, message_id)
+            await storage._call("HSET", keys.msg(message_id), "received_at", n + 1, "status", "delivered")
+            if size:
+                await storage._call("SET", keys.body(message_id), bytes([n]) * size)
+        await storage._call("ZADD", keys.time_index, 100, "00000000006400000000")  # its hash is gone
+        pages = [page async for page in storage.archived_messages(size=50, body_bytes=600)]
+        self.assertEqual([[s.id for s in page.records] for page in pages],
+                         [ids[0:2], ids[2:4], ids[4:8]])  # 600, 600, 350 bytes: at most 600 each
+        self.assertEqual([page.gone for page in pages], [1, 0, 0])  # counted once per index page
+        bodies = [s.body for page in pages for s in page.records]
+        self.assertEqual(bodies, [bytes([n]) * size if size else None for n, size in enumerate(sizes)])
+
+        only_gone = [page async for page in storage.archived_messages(size=1, body_bytes=600)]
+        self.assertEqual(only_gone[-1].records, ())
+        self.assertEqual(sum(page.gone for page in only_gone), 1)
+
+    @async_test
+    async def test_bounces_split_by_their_raw_reports(self):
+        from uuid import uuid4
+
+        storage = storage_for(self.redis, f"t{uuid4().hex[:8]}:", self)
+        keys = storage.keys
+        for n, size in enumerate([400, 400, 100]):
+            bounce_id = f"b{n}"
+            await storage._call("ZADD", keys.bounces, n, bounce_id)
+            await storage._call("HSET", keys.bounce(bounce_id), "id", bounce_id, "type", "HardBounce")
+            await storage._call("SET", keys.bounce_raw(bounce_id), b"r" * size)
+        pages = [page async for page in storage.archived_bounces(size=50, raw_bytes=500)]
+        self.assertEqual([[b.id for b in page.records] for page in pages], [["b0"], ["b1", "b2"]])
+        self.assertEqual([len(b.raw) for page in pages for b in page.records], [400, 400, 100])
 
 
 class ReadAhead(unittest.TestCase):

@@ -13,8 +13,9 @@ JOB
     daemon finds it: ``[archive] url``, or with none the daemon's managed PostgreSQL
     through its socket in ``state_dir/postgresql/`` (its database ``mailrelay`` made if
     missing), which a daemon of this release must be running; it applies the schema
-    migrations, makes the partitions of each day the copy holds (older days than the
-    daemons make), and writes through mailrelay.store.archivewrite's ArchiveWriter.
+    migrations, and writes through mailrelay.store.archivewrite's ArchiveWriter given
+    ``[tracking] retention`` and ``content_retention``: it makes the partitions of the
+    older days the copy holds and leaves out what is past them.
 
 SECURITY
     Prints host names, process ids and listening addresses read from Redis, each through
@@ -29,19 +30,19 @@ DIAGNOSTICS
     ``mailrelay: the daemon's managed PostgreSQL is not running (no socket in DIR)``;
     ``mailrelay: archive database at <where>: <error>; run `mailrelay migrate` again``
     (the copy so far is kept; copying again stores nothing twice). Entries the writer
-    skipped (data PostgreSQL refused even made storable, or a day past retention) are
-    listed at the end: ``skipped message <id>: <reason>``.
+    skipped because PostgreSQL refused them even made storable are listed at the end
+    (``skipped message <id>: <reason>``), those past retention counted (``not copied: N
+    past [tracking] retention``).
 
 CONFIGURATION
     ``[redis]`` through :mod:`mailrelay.cli.common`; ``[archive]`` url, connect_timeout,
-    statement_timeout (at least :data:`MIGRATION_STATEMENT_TIMEOUT`); ``[server]``
-    state_dir (the managed PostgreSQL's socket).
+    statement_timeout (at least :data:`MIGRATION_STATEMENT_TIMEOUT`); ``[tracking]``
+    retention, content_retention; ``[server] state_dir`` (the managed PostgreSQL's socket).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 from typing import Any, Awaitable, Callable
 
@@ -52,7 +53,6 @@ from mailrelay.services.archive import MANAGED_DATABASE, one_line_error
 from mailrelay.store import Storage
 from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database
 from mailrelay.store.archiverecords import ArchiveBatch
-from mailrelay.store.archiveread import time_of_ms
 from mailrelay.store.archivewrite import ArchiveWriter, SkippedEntry
 from mailrelay.timefmt import format_age
 
@@ -89,15 +89,16 @@ async def run_cluster(storage: Storage) -> None:
 
 class MigrationArchive:
     """The PostgreSQL archive as ``mailrelay migrate`` writes it (a MigrationContext's archive):
-    each batch's days get their partitions, then ArchiveWriter writes it. Failures become one
-    line (SystemExit)."""
+    ArchiveWriter given the retentions, so the days of the copy that a new archive has no
+    partition for are made, and those past retention left out. Failures become one line
+    (SystemExit)."""
 
-    def __init__(self, database: ArchiveDatabase, where: str, conninfo: str) -> None:
+    def __init__(self, database: ArchiveDatabase, where: str, conninfo: str, config: Config) -> None:
         self.database = database
         self.where = where
         self.conninfo = conninfo
-        self.writer = ArchiveWriter(database)
-        self.days: set[datetime.date] = set()
+        self.writer = ArchiveWriter(database, retention=config.tracking.retention,
+                                    content_retention=config.tracking.content_retention)
         self.skipped: list[SkippedEntry] = []
 
     @classmethod
@@ -110,7 +111,7 @@ class MigrationArchive:
         database = ArchiveDatabase(conninfo, connect_timeout=connect_timeout,
                                    statement_timeout=max(config.archive.statement_timeout,
                                                          MIGRATION_STATEMENT_TIMEOUT))
-        archive = cls(database, describe_conninfo(conninfo), conninfo)
+        archive = cls(database, describe_conninfo(conninfo), conninfo, config)
         try:
             await archive.guarded(archive._prepare(managed, connect_timeout))
         except SystemExit:
@@ -132,11 +133,6 @@ class MigrationArchive:
                              f"{one_line_error(e, self.conninfo)}; run `mailrelay migrate` again") from e
 
     async def write(self, batch: ArchiveBatch) -> Any:
-        days = {time_of_ms(m.received_ms).date() for m in batch.messages}
-        days |= {time_of_ms(b.received_ms).date() for b in batch.bounces}
-        for day in sorted(days - self.days):
-            await self.guarded(self.database.create_partitions(day, 1))
-            self.days.add(day)
         result = await self.guarded(self.writer.write(batch))
         self.skipped += result.skipped
         return result
@@ -165,8 +161,12 @@ async def run_migrate(storage: Storage, force: bool,
         for each in opened:
             each.close()
     for each in opened:
+        expired = [entry for entry in each.skipped if entry.expired]
         for entry in each.skipped:
-            print(f"skipped {entry.kind} {clean(entry.id)}: {clean(entry.reason)}")
+            if not entry.expired:
+                print(f"skipped {entry.kind} {clean(entry.id)}: {clean(entry.reason)}")
+        if expired:
+            print(f"not copied: {len(expired):,} past [tracking] retention")
     if steps:
         print(f"migrated from data format version {before} to {steps[-1][1]}")
     else:

@@ -17,8 +17,9 @@ JOB
       stored) and its raw report (a :class:`BounceSnapshot`).
 
     A page is one index read and one command per key, pipelined (no long script: the
-    daemons sharing Redis meanwhile are not held up); the next page is read while one
-    is written (:func:`read_ahead`). The index is walked by (score,
+    daemons sharing Redis meanwhile are not held up), then the bodies (or raw reports)
+    by MGET, a page's split in parts of at most :data:`BODY_BYTES` stored bytes; the
+    next page is read while one is written (:func:`read_ahead`). The index is walked by (score,
     member) from the last one read, so entries that come or go meanwhile never make it
     skip one. An index entry whose hash is gone (expired) is counted and left out.
     Nothing is written to Redis and nothing deleted: the Redis archive expires as
@@ -32,7 +33,8 @@ DATA (under ``[redis] key_prefix``, written ``P``; read only, owned by mailrelay
 
 SECURITY
     Copies stored text as it is (mail, clients, remote servers: untrusted); the writer
-    makes what PostgreSQL refuses storable. Memory is bounded by one page.
+    makes what PostgreSQL refuses storable. Memory is bounded by two pages (500
+    messages, at most BODY_BYTES of bodies, or one message larger than that).
 
 STANDARDS
     None beyond Redis's commands.
@@ -53,7 +55,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, TypeVar
 
 from twisted.internet import defer
 
@@ -68,6 +70,24 @@ T = TypeVar("T")
 PAGE_SIZE = 500
 #: A progress line every this many messages.
 REPORT_EVERY = 10_000
+#: Stored bytes of bodies (or raw reports) in one page at most: a page of large messages is
+#: split (the page read ahead and the one being written are in memory at once).
+BODY_BYTES = 32 * 1024 * 1024
+
+
+def _parts(items: list[T], size_of: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """``items`` in order, in consecutive parts of at most ``limit`` by ``size_of`` (an item
+    larger than that alone); at least one part, empty when there are no items."""
+    part: list[T] = []
+    total = 0
+    for item in items:
+        size = size_of(item)
+        if part and total + size > limit:
+            yield part
+            part, total = [], 0
+        part.append(item)
+        total += size
+    yield part
 
 
 def _amount(count: int, word: str) -> str:
@@ -153,34 +173,50 @@ class ArchiveExportStore(StoreBase):
 
         return await self.bounded(pipelined())
 
-    async def archived_messages(self, size: int = PAGE_SIZE) -> AsyncIterator[ExportPage[MessageSnapshot]]:
+    async def _bodies(self, keys: list[str]) -> list[bytes | None]:
+        """The values of string keys (None: gone), in one MGET (none for no keys)."""
+        return await self.bounded(self._call("MGET", *keys)) if keys else []
+
+    async def archived_messages(self, size: int = PAGE_SIZE,
+                                body_bytes: int = BODY_BYTES) -> AsyncIterator[ExportPage[MessageSnapshot]]:
         """Every message of the time index, oldest first, each with its whole timeline and its
-        stored body (None when it expired: ``content_retention``), a page at a time."""
+        stored body (None when it expired: ``content_retention``), a page at a time (a page whose
+        bodies hold more than ``body_bytes`` split in as many as needed)."""
         async for entries in self._index_pages(self.keys.time_index, size):
             ids = [member for member, _ in entries]
+            n = len(ids)
             replies = await self._read_all([*(("HGETALL", self.keys.msg(i)) for i in ids),
                                             *(("LRANGE", self.keys.timeline(i), 0, -1) for i in ids),
-                                            ("MGET", *[self.keys.body(i) for i in ids])])
-            hashes, timelines, bodies = replies[:len(ids)], replies[len(ids):-1], replies[-1]
-            found = []
-            for (message_id, score), stored, timeline, body in zip(entries, hashes, timelines, bodies):
-                snapshot = MessageSnapshot.decode(message_id, text_fields(stored), timeline, body,
-                                                  received_ms=score) if stored else None
-                if snapshot is not None:
-                    found.append(snapshot)
-            yield ExportPage(tuple(found), len(entries) - len(found))
+                                            *(("STRLEN", self.keys.body(i)) for i in ids)])
+            found = [(entry, text_fields(stored), timeline, int(length)) for entry, stored, timeline, length
+                     in zip(entries, replies[:n], replies[n:2 * n], replies[2 * n:]) if stored]
+            gone = n - len(found)
+            for part in _parts(found, lambda item: item[3], body_bytes):
+                bodies = await self._bodies([self.keys.body(entry[0]) for entry, *_ in part])
+                snapshots = (MessageSnapshot.decode(message_id, stored, timeline, body, received_ms=score)
+                             for ((message_id, score), stored, timeline, _), body in zip(part, bodies))
+                records = tuple(snapshot for snapshot in snapshots if snapshot is not None)
+                yield ExportPage(records, gone + len(part) - len(records))
+                gone = 0
 
-    async def archived_bounces(self, size: int = PAGE_SIZE) -> AsyncIterator[ExportPage[BounceSnapshot]]:
+    async def archived_bounces(self, size: int = PAGE_SIZE,
+                               raw_bytes: int = BODY_BYTES) -> AsyncIterator[ExportPage[BounceSnapshot]]:
         """Every stored bounce, oldest first (its score in the index is its time), with its raw
-        report, a page at a time."""
+        report, a page at a time (split as pages of messages are, by ``raw_bytes``)."""
         async for entries in self._index_pages(self.keys.bounces, size):
             ids = [member for member, _ in entries]
+            n = len(ids)
             replies = await self._read_all([*(("HGETALL", self.keys.bounce(i)) for i in ids),
-                                            ("MGET", *[self.keys.bounce_raw(i) for i in ids])])
-            hashes, raws = replies[:-1], replies[-1]
-            found = tuple(BounceSnapshot(id=bounce_id, received_ms=score, stored=text_fields(stored), raw=raw)
-                          for (bounce_id, score), stored, raw in zip(entries, hashes, raws) if stored)
-            yield ExportPage(found, len(entries) - len(found))
+                                            *(("STRLEN", self.keys.bounce_raw(i)) for i in ids)])
+            found = [(entry, text_fields(stored), int(length))
+                     for entry, stored, length in zip(entries, replies[:n], replies[n:]) if stored]
+            gone = n - len(found)
+            for part in _parts(found, lambda item: item[2], raw_bytes):
+                raws = await self._bodies([self.keys.bounce_raw(entry[0]) for entry, *_ in part])
+                records = tuple(BounceSnapshot(id=bounce_id, received_ms=score, stored=stored, raw=raw)
+                                for ((bounce_id, score), stored, _), raw in zip(part, raws))
+                yield ExportPage(records, gone)
+                gone = 0
 
     async def _migrate_1_to_2(self, context: MigrationContext) -> None:
         """Copy the Redis archive into PostgreSQL (see the module's JOB)."""
