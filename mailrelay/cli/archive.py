@@ -54,19 +54,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
 
-from mailrelay.cli.common import add_config_option, load_or_exit
+from mailrelay.cli.common import add_config_option, load_or_exit, open_archive_database
 from mailrelay.config import Config
-from mailrelay.configvalues import format_bytes, format_duration, parse_conninfo
+from mailrelay.configvalues import format_bytes, format_duration
 from mailrelay.services.archive import archive_conninfos, one_line_error
 from mailrelay.store import migrations
-from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo
+from mailrelay.store.archivedb import describe_conninfo
 from mailrelay.store.archivemaint import (CONTENT_TABLES, Partition, TableSummary, first_kept_day,
                                           list_partitions, summarize)
 
@@ -122,13 +120,7 @@ async def read_status(config: Config) -> ArchiveStatus:
     """The archive's status, read from its (write) database; SystemExit with one line if it cannot."""
     url, read_url = archive_conninfos(config)
     managed = not config.archive.url
-    if managed:
-        socket_dir = Path(parse_conninfo(url)["host"])
-        if not any(socket_dir.glob(".s.PGSQL.*")):
-            raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
-                             f"(no socket in {socket_dir})")
-    database = ArchiveDatabase(url, statement_timeout=config.archive.statement_timeout,
-                               connect_timeout=math.ceil(config.archive.connect_timeout), pool_max=1)
+    database = open_archive_database(config, write=True)
     try:
         version, partitions = await database.run(_read)
     except Exception as e:

@@ -27,7 +27,15 @@ JOB
        by a snapshot with a timeline at least as long (``timeline_length <=``), its
        recipients with it (the messages written are the recipients' join), bodies and
        bounces are inserted once; then the cancelled messages' rows are deleted (within
-       the time window of their id, :func:`mailrelay.store.archiveread.id_window`).
+       the time window of their id, :func:`mailrelay.store.archiveread.id_window`);
+    4. in the same transaction, the late events (about messages whose Redis keys were
+       released: :class:`~mailrelay.store.archiverecords.LateEvent`): their messages'
+       rows are locked (``FOR UPDATE``, in key order), each event appended to its
+       message's packed timeline unless an identical entry is there already, the
+       recipient's state set, the message's status recomputed
+       (:func:`mailrelay.store.archiverows.apply_late_events`), in one ``UPDATE`` per
+       table. A late event whose message is not in the archive (its day dropped by
+       retention, or never archived) is skipped, never tried again.
 
     Every row has its natural key, so writing the same batch again stores nothing twice,
     and a replayed older snapshot never overwrites a newer one.
@@ -51,8 +59,10 @@ DIAGNOSTICS
     written again (in savepoints of the same transaction), down to the single entry,
     which is skipped and logged once with its id ("archive: skipped message <id>: ...");
     :attr:`WriteResult.skipped` lists it. Entries skipped because their day's partition
-    was dropped by retention are logged at info level. Other errors (a schema out of
-    step: a bug) pass unchanged and nothing is committed.
+    was dropped by retention are logged at info level, late events whose message is not
+    in the archive in one line per batch ("archive: skipped <n> late event(s) of messages
+    not in the archive (past retention, or never archived): <ids>"). Other errors (a
+    schema out of step: a bug) pass unchanged and nothing is committed.
 
 CONFIGURATION
     None of its own: the database (``[archive] url``) and its statement timeout are the
@@ -74,8 +84,8 @@ from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import run_translated
 from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS,
-                                         PreparedBatch, PreparedBounce, PreparedMessage, SkippedEntry,
-                                         prepare_batch)
+                                         PreparedBatch, PreparedBounce, PreparedLateEvent, PreparedMessage,
+                                         SkippedEntry, apply_late_events, prepare_batch)
 
 log = Logger()
 
@@ -87,6 +97,13 @@ STAGE = {table: f"archive_stage_{table}" for table in TABLES}
 #: Rounds of "make the missing partitions, write again" before a missing partition counts as
 #: bad data (it keeps disappearing: retention dropping it meanwhile).
 PARTITION_ROUNDS = 3
+#: Why a late event was skipped when its message is not in the archive.
+LATE_EVENT_NO_MESSAGE = "its message is not in the archive (past retention, or never archived)"
+#: Ids named in the one log line of a batch's skipped late events, at most.
+LOGGED_IDS = 10
+
+#: A unit of a batch's writing: rows of one message, one bounce, or one late event.
+Unit = PreparedMessage | PreparedBounce | PreparedLateEvent
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class WriteResult:
     recipients: int = 0  # recipient rows inserted or replaced
     bodies: int = 0  # bodies inserted (a body already stored is never written again)
     bounces: int = 0  # bounces inserted
+    late_events: int = 0  # late events added to archived timelines (not those there already)
     deleted: int = 0  # message rows deleted (cancelled acceptances)
     partitions: int = 0  # partitions made for the batch's days
     skipped: tuple[SkippedEntry, ...] = ()
@@ -186,6 +204,31 @@ _DELETE_CANCELLED = {
     table: (f"DELETE FROM {table} t USING unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
             f" AS c(id, low, high) WHERE t.{column} = c.id AND t.received_at BETWEEN c.low AND c.high")
     for table, column in (("recipients", "message_id"), ("bodies", "message_id"), ("messages", "id"))}
+# Late events: their messages' rows locked in key order (as the merge takes them), then the
+# recipients' states (read after the lock: what a writer that held it committed), then one update
+# per table.
+_LOCK_LATE_MESSAGES = """
+SELECT m.id, m.received_at, m.timeline, m.rcpt_count, m.status
+  FROM messages m JOIN unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS w(id, low, high)
+    ON m.id = w.id AND m.received_at BETWEEN w.low AND w.high
+ ORDER BY m.id, m.received_at FOR UPDATE OF m
+"""
+_LATE_RECIPIENT_STATES = """
+SELECT r.message_id, r.rcpt, r.state
+  FROM recipients r JOIN unnest(%s::text[], %s::timestamptz[]) AS w(id, received_at)
+    ON r.message_id = w.id AND r.received_at = w.received_at
+"""
+_UPDATE_LATE_MESSAGES = """
+UPDATE messages m SET timeline = u.timeline, timeline_length = u.timeline_length, status = u.status
+  FROM unnest(%s::text[], %s::timestamptz[], %s::bytea[], %s::int4[], %s::text[])
+       AS u(id, received_at, timeline, timeline_length, status)
+ WHERE m.id = u.id AND m.received_at = u.received_at
+"""
+_UPDATE_LATE_RECIPIENTS = """
+UPDATE recipients r SET state = u.state
+  FROM unnest(%s::text[], %s::timestamptz[], %s::int2[], %s::text[]) AS u(message_id, received_at, rcpt, state)
+ WHERE r.message_id = u.message_id AND r.received_at = u.received_at AND r.rcpt = u.rcpt
+"""
 # For each (table, day): whether the day's partition is attached, and whether the day is older
 # than the table's oldest partition (dropped by retention). Partitions are named
 # <table>_pYYYYMMDD (archive_create_partitions), so names sort by day.
@@ -201,6 +244,40 @@ SELECT t.tab, t.day,
 """
 
 
+def _apply_late(cursor: Any, events: Sequence[PreparedLateEvent]) -> WriteResult:
+    """Apply late events to their archived messages (see the module's JOB, step 4)."""
+    by_message: dict[str, list[PreparedLateEvent]] = {}
+    for event in events:
+        by_message.setdefault(event.id, []).append(event)
+    windows = [(message_id, mine[0].low, mine[0].high) for message_id, mine in by_message.items()]
+    ids, lows, highs = (list(column) for column in zip(*windows))
+    found = cursor.execute(_LOCK_LATE_MESSAGES, (ids, lows, highs)).fetchall()
+    states: dict[str, dict[int, str]] = {}
+    if found:
+        rows = cursor.execute(_LATE_RECIPIENT_STATES, ([row[0] for row in found], [row[1] for row in found]))
+        for message_id, rcpt, state in rows.fetchall():
+            states.setdefault(message_id, {})[rcpt] = state
+    messages: list[tuple[Any, ...]] = []
+    recipients: list[tuple[Any, ...]] = []
+    appended = 0
+    for message_id, received_at, timeline, rcpt_count, status in found:
+        update = apply_late_events(None if timeline is None else bytes(timeline), rcpt_count,
+                                   states.get(message_id, {}), status, by_message[message_id])
+        if update is None:
+            continue  # every entry was there already: a replay
+        appended += update.appended
+        messages.append((message_id, received_at, update.timeline, update.timeline_length, update.status))
+        recipients += [(message_id, received_at, rcpt, state) for rcpt, state in update.states.items()]
+    if messages:
+        cursor.execute(_UPDATE_LATE_MESSAGES, [list(column) for column in zip(*messages)])
+    if recipients:
+        cursor.execute(_UPDATE_LATE_RECIPIENTS, [list(column) for column in zip(*recipients)])
+    archived = {row[0] for row in found}
+    skipped = tuple(SkippedEntry(PreparedLateEvent.kind, event.id, LATE_EVENT_NO_MESSAGE, expired=True)
+                    for event in events if event.id not in archived)
+    return WriteResult(late_events=appended, skipped=skipped)
+
+
 class ArchiveWriter:
     """Writes archiver batches into the PostgreSQL archive (one transaction per batch)."""
 
@@ -214,7 +291,14 @@ class ArchiveWriter:
         answer (nothing committed: write it again later)."""
         prepared: list[PreparedBatch] = []  # made once, in the thread, even if tried twice
         result = await run_translated(self.database, self._write, batch, prepared)
+        late = [entry.id for entry in result.skipped if entry.reason == LATE_EVENT_NO_MESSAGE]
+        if late:
+            log.info("archive: skipped {n} late event(s) of messages not in the archive (past retention, or "
+                     "never archived): {ids}", n=len(late),
+                     ids=" ".join(late[:LOGGED_IDS]) + (" ..." if len(late) > LOGGED_IDS else ""))
         for entry in result.skipped:
+            if entry.reason == LATE_EVENT_NO_MESSAGE:
+                continue
             if entry.expired:
                 log.info("archive: skipped {kind} {id}: {reason}", kind=entry.kind, id=entry.id,
                          reason=entry.reason)
@@ -229,7 +313,7 @@ class ArchiveWriter:
         if not prepared:
             prepared.append(prepare_batch(batch))
         rows = prepared[0]
-        units: list[PreparedMessage | PreparedBounce] = [*rows.messages, *rows.bounces]
+        units: list[Unit] = [*rows.messages, *rows.bounces, *rows.late_events]
         placed = WriteResult(skipped=rows.skipped)
         for round_ in range(1, PARTITION_ROUNDS + 1):
             if round_ > 1:
@@ -254,7 +338,7 @@ class ArchiveWriter:
         if not ready:
             conn.execute(_CREATE_STAGING)
 
-    def _write_units(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce], parts: list[WriteResult],
+    def _write_units(self, conn: Any, units: Sequence[Unit], parts: list[WriteResult],
                      *, whole: bool, retry_partitions: bool) -> None:
         """Merge ``units`` in a savepoint; on bad data, each half again, down to one unit (skipped)."""
         if not units:
@@ -278,10 +362,12 @@ class ArchiveWriter:
         parts.append(part)
 
     @staticmethod
-    def _merge(conn: Any, units: Sequence[PreparedMessage | PreparedBounce]) -> WriteResult:
-        """COPY the units' rows into the staging tables, then into the archive's (a few statements)."""
+    def _merge(conn: Any, units: Sequence[Unit]) -> WriteResult:
+        """COPY the units' rows into the staging tables, then into the archive's (a few statements);
+        then the late events."""
         messages = [u for u in units if isinstance(u, PreparedMessage)]
         bounces = [u for u in units if isinstance(u, PreparedBounce)]
+        late_events = [u for u in units if isinstance(u, PreparedLateEvent)]
         written = recipients = bodies_written = bounces_written = 0
         with conn.cursor() as cursor:
             if messages:
@@ -296,8 +382,9 @@ class ArchiveWriter:
             if bounces:
                 _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
                 bounces_written = cursor.execute(_MERGE_BOUNCES).rowcount
-        return WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
-                           bodies=bodies_written, bounces=bounces_written)
+            late = _apply_late(cursor, late_events) if late_events else WriteResult()
+        return late + WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
+                                  bodies=bodies_written, bounces=bounces_written)
 
     @staticmethod
     def _delete_cancelled(conn: Any, cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]]) -> int:
@@ -311,8 +398,7 @@ class ArchiveWriter:
             deleted = count if table == "messages" else deleted
         return deleted
 
-    def _place(self, conn: Any, units: list[PreparedMessage | PreparedBounce]) -> tuple[
-            list[PreparedMessage | PreparedBounce], WriteResult]:
+    def _place(self, conn: Any, units: list[Unit]) -> tuple[list[Unit], WriteResult]:
         """Make the partitions the units need; leave out what belongs to days past retention.
         (units kept, partitions made and entries skipped)."""
         needed = {need for unit in units for need in unit.partitions()} - self._partitions
@@ -334,7 +420,7 @@ class ArchiveWriter:
         for day in sorted(missing):
             made += migrations.create_partitions(conn, day, 1)
             self._partitions.update((table, day) for table in TABLES)
-        kept: list[PreparedMessage | PreparedBounce] = []
+        kept: list[Unit] = []
         skipped: list[SkippedEntry] = []
         for unit in units:
             gone = [table for table, day in unit.partitions() if (table, day) in expired]
