@@ -121,9 +121,9 @@ class FeedEntry:
 
     def late_event(self) -> LateEvent | None:
         """The event a ``late`` entry carries for the archive (None: not late, or incomplete)."""
-        if not (self.late and self.message_id and self.rcpt is not None and self.event):
+        if not (self.late and self.message_id and self.rcpt is not None and self.bounce_id and self.event):
             return None
-        return LateEvent(self.message_id, self.rcpt, self.event.encode(), self.state)
+        return LateEvent(self.message_id, self.rcpt, self.bounce_id, self.event.encode(), self.state)
 
 
 @dataclass(frozen=True)

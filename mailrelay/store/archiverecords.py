@@ -145,13 +145,16 @@ class CancelledMessage:
 @dataclass(frozen=True)
 class LateEvent:
     """An event about recipient ``rcpt`` of a message whose Redis keys were released (the
-    ``late`` stream entry of record_bounce.lua): ``event`` is the timeline entry (the
-    event's JSON, as the Redis timeline would have held it), ``state`` the recipient's new
-    state ("" leaves it). The archive appends the entry to the message's timeline unless
-    an identical one is there already, and recomputes the message's status."""
+    ``late`` stream entry of record_bounce.lua), made by bounce ``bounce_id``: ``event`` is
+    the timeline entry (the event's JSON, as the Redis timeline would have held it),
+    ``state`` the recipient's new state ("" leaves it). The archive appends the entry to
+    the message's timeline, sets the state and recomputes the message's status in the
+    transaction that stores the bounce's row, and only when that row is new: a replay
+    changes nothing, and two reports alike are two events, as in Redis."""
 
     message_id: str
     rcpt: int
+    bounce_id: str
     event: bytes
     state: str = ""
 

@@ -22,10 +22,12 @@ JOB
       has no window and nothing to delete;
     * a late event (:class:`~mailrelay.store.archiverecords.LateEvent`) as a
       :class:`PreparedLateEvent` (its message's id window, its entry as the timeline holds
-      it); :func:`apply_late_events` adds such events to an archived message's timeline
-      (each unless an identical entry is there: replays change nothing), sets the
-      recipients' new states and recomputes the message's status with
-      :func:`mailrelay.store.records.message_status` (the rule of lua/_status.lua).
+      it), carried by the prepared row of the bounce that made it (the writer applies it
+      when that row is new: once); one whose bounce is not in the batch (its record gone
+      from Redis) is skipped. :func:`apply_late_events` adds such events to an archived
+      message's timeline, sets the recipients' new states and recomputes the message's
+      status with :func:`mailrelay.store.records.message_status` (the rule of
+      lua/_status.lua).
 
     Text is made storable here (docs/archive.md, "Bad input"): :func:`clean_text` (NUL
     and lone surrogates, which PostgreSQL's text and jsonb refuse, become U+FFFD),
@@ -131,13 +133,31 @@ class PreparedMessage:
 
 
 @dataclass(frozen=True)
+class PreparedLateEvent:
+    """A late event as the writer applies it: to the message ``id`` received within [low, high]
+    (its id's window), ``entry`` the timeline entry, ``state`` the recipient's new state ("": as
+    is); made by bounce ``bounce_id``."""
+
+    kind: ClassVar[str] = "late event"
+    id: str
+    low: datetime.datetime
+    high: datetime.datetime
+    rcpt: int
+    bounce_id: str
+    entry: bytes
+    state: str
+
+
+@dataclass(frozen=True)
 class PreparedBounce:
-    """A bounce snapshot as its ``bounces`` row."""
+    """A bounce snapshot as its ``bounces`` row, with the late event it made (if any): applied
+    when the row is inserted."""
 
     kind: ClassVar[str] = "bounce"
     id: str
     received_at: datetime.datetime
     row: tuple[Any, ...]  # BOUNCE_COLUMNS
+    late_event: PreparedLateEvent | None = None
 
     @property
     def day(self) -> datetime.date:
@@ -145,24 +165,6 @@ class PreparedBounce:
 
     def partitions(self) -> Iterator[tuple[str, datetime.date]]:
         yield "bounces", self.day
-
-
-@dataclass(frozen=True)
-class PreparedLateEvent:
-    """A late event as the writer applies it: to the message ``id`` received within [low, high]
-    (its id's window), ``entry`` the timeline entry, ``state`` the recipient's new state ("": as is)."""
-
-    kind: ClassVar[str] = "late event"
-    id: str
-    low: datetime.datetime
-    high: datetime.datetime
-    rcpt: int
-    entry: bytes
-    state: str
-
-    def partitions(self) -> Iterator[tuple[str, datetime.date]]:
-        """None: it changes rows already there (its message's day gone, there is nothing to change)."""
-        return iter(())
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class LateUpdate:
     timeline_length: int
     status: str
     states: Mapping[int, str]
-    #: Entries appended (the others were there already).
+    #: Entries appended.
     appended: int
 
 
@@ -183,8 +185,7 @@ class PreparedBatch:
     """A batch as rows: what to write, what to delete, what could not be made into rows."""
 
     messages: tuple[PreparedMessage, ...] = ()
-    bounces: tuple[PreparedBounce, ...] = ()
-    late_events: tuple[PreparedLateEvent, ...] = ()
+    bounces: tuple[PreparedBounce, ...] = ()  # with the late events they made
     #: (message id, low, high): delete its rows received within [low, high].
     cancelled: tuple[tuple[str, datetime.datetime, datetime.datetime], ...] = ()
     skipped: tuple[SkippedEntry, ...] = ()
@@ -357,36 +358,32 @@ def prepare_late_event(event: LateEvent) -> PreparedLateEvent | None:
     if window is None:
         return None
     [entry] = timeline_entries([event.event])
-    return PreparedLateEvent(event.message_id, *window, _recipient_index(event.rcpt), entry,
-                             clean_text(event.state))
+    return PreparedLateEvent(event.message_id, *window, _recipient_index(event.rcpt), clean_text(event.bounce_id),
+                             entry, clean_text(event.state))
 
 
 def apply_late_events(timeline: bytes | None, rcpt_count: int, states: Mapping[int, str], status: str,
-                      events: Sequence[PreparedLateEvent]) -> LateUpdate | None:
+                      events: Sequence[PreparedLateEvent]) -> LateUpdate:
     """
     An archived message (its packed timeline, recipient count, recipients' states by index and
-    status) with ``events`` (its own, oldest first) applied: each entry appended unless an
-    identical one is there already, then the state of its recipient set (a recipient the
-    archive has); the status recomputed when a state was set. None when every entry was there
-    (a replay: nothing to change).
+    status) with ``events`` (its own, oldest first) applied: each entry appended, then the state
+    of its recipient set (a recipient the archive has); the status recomputed when a state was
+    set.
     """
     entries = unpack_timeline(timeline)
     current = dict(states)
     changed: dict[int, str] = {}
-    appended = 0
     for event in events:
-        if event.entry in entries:
-            continue
         entries.append(event.entry)
-        appended += 1
         if event.state and event.rcpt in current:
             current[event.rcpt] = changed[event.rcpt] = event.state
-    if not appended:
-        return None
     if changed:
         status = message_status(current.get(k) for k in range(rcpt_count)) or status
-    return LateUpdate(pack_timeline(entries), len(entries), status, changed, appended)
+    return LateUpdate(pack_timeline(entries), len(entries), status, changed, len(events))
 
+
+#: Why a late event is skipped when the bounce that made it is not in its batch.
+LATE_EVENT_NO_BOUNCE = "the record of the bounce that made it is gone from Redis (expired or evicted)"
 
 #: What a snapshot that cannot be made into rows raises (a field of the wrong type or value).
 _UNREADABLE = (ValueError, TypeError, OverflowError, RecursionError)
@@ -413,13 +410,7 @@ def prepare_batch(batch: ArchiveBatch) -> PreparedBatch:
                                             else bodies.get(snapshot.id)))
         except _UNREADABLE as e:
             skipped.append(SkippedEntry("message", clean_text(snapshot.id), f"unreadable: {e!r}"))
-    bounces: list[PreparedBounce] = []
-    for bounce in batch.bounces:
-        try:
-            bounces.append(prepare_bounce(bounce))
-        except _UNREADABLE as e:
-            skipped.append(SkippedEntry("bounce", clean_text(bounce.id), f"unreadable: {e!r}"))
-    late_events: list[PreparedLateEvent] = []
+    late_events: dict[str, PreparedLateEvent] = {}  # by the id of the bounce that made it
     for event in batch.late_events:
         try:
             prepared = prepare_late_event(event)
@@ -429,10 +420,20 @@ def prepare_batch(batch: ArchiveBatch) -> PreparedBatch:
         if prepared is None:
             skipped.append(SkippedEntry(PreparedLateEvent.kind, clean_text(event.message_id), "not a message id"))
         else:
-            late_events.append(prepared)
+            late_events.setdefault(prepared.bounce_id, prepared)
+    bounces: list[PreparedBounce] = []
+    for bounce in batch.bounces:
+        try:
+            prepared_bounce = prepare_bounce(bounce)
+        except _UNREADABLE as e:
+            skipped.append(SkippedEntry("bounce", clean_text(bounce.id), f"unreadable: {e!r}"))
+            continue
+        bounces.append(replace(prepared_bounce, late_event=late_events.pop(prepared_bounce.id, None)))
+    for event in late_events.values():  # its bounce is not in the batch: nothing to store it with
+        skipped.append(SkippedEntry(PreparedLateEvent.kind, event.id, LATE_EVENT_NO_BOUNCE))
     cancelled = []
     for message_id in dict.fromkeys(c.id for c in batch.cancelled):
         window = id_window(message_id)
         if window is not None:
             cancelled.append((message_id, *window))
-    return PreparedBatch(tuple(messages), tuple(bounces), tuple(late_events), tuple(cancelled), tuple(skipped))
+    return PreparedBatch(tuple(messages), tuple(bounces), tuple(cancelled), tuple(skipped))

@@ -28,11 +28,12 @@ JOB
        recipients with it (the messages written are the recipients' join), bodies and
        bounces are inserted once; then the cancelled messages' rows are deleted (within
        the time window of their id, :func:`mailrelay.store.archiveread.id_window`);
-    4. in the same transaction, the late events (about messages whose Redis keys were
-       released: :class:`~mailrelay.store.archiverecords.LateEvent`): their messages'
-       rows are locked (``FOR UPDATE``, in key order), each event appended to its
-       message's packed timeline unless an identical entry is there already, the
-       recipient's state set, the message's status recomputed
+    4. in the same transaction, the late events (about messages whose Redis keys
+       were released: :class:`~mailrelay.store.archiverecords.LateEvent`) of the bounces
+       just inserted (each is applied with its bounce's row, when that row is new: a
+       replay finds the bounce stored and changes nothing): their messages' rows are
+       locked (``FOR UPDATE``, in key order), each event appended to its message's
+       packed timeline, the recipient's state set, the message's status recomputed
        (:func:`mailrelay.store.archiverows.apply_late_events`), in one ``UPDATE`` per
        table. A late event whose message is not in the archive (its day dropped by
        retention, or never archived) is skipped, never tried again.
@@ -102,8 +103,8 @@ LATE_EVENT_NO_MESSAGE = "its message is not in the archive (past retention, or n
 #: Ids named in the one log line of a batch's skipped late events, at most.
 LOGGED_IDS = 10
 
-#: A unit of a batch's writing: rows of one message, one bounce, or one late event.
-Unit = PreparedMessage | PreparedBounce | PreparedLateEvent
+#: A unit of a batch's writing: rows of one message, or one bounce (with its late event).
+Unit = PreparedMessage | PreparedBounce
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class WriteResult:
     recipients: int = 0  # recipient rows inserted or replaced
     bodies: int = 0  # bodies inserted (a body already stored is never written again)
     bounces: int = 0  # bounces inserted
-    late_events: int = 0  # late events added to archived timelines (not those there already)
+    late_events: int = 0  # late events added to archived timelines
     deleted: int = 0  # message rows deleted (cancelled acceptances)
     partitions: int = 0  # partitions made for the batch's days
     skipped: tuple[SkippedEntry, ...] = ()
@@ -198,7 +199,7 @@ SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM recipients_written)
 _MERGE_BODIES = (f"INSERT INTO bodies ({', '.join(BODY_COLUMNS)}) SELECT {', '.join(BODY_COLUMNS)}"
                  f" FROM {STAGE['bodies']} ORDER BY message_id, received_at ON CONFLICT DO NOTHING")
 _MERGE_BOUNCES = (f"INSERT INTO bounces ({', '.join(BOUNCE_COLUMNS)}) SELECT {', '.join(BOUNCE_COLUMNS)}"
-                  f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING")
+                  f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING RETURNING id")
 # A cancelled message's rows, each id within its time window (runtime partition pruning).
 _DELETE_CANCELLED = {
     table: (f"DELETE FROM {table} t USING unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
@@ -263,8 +264,6 @@ def _apply_late(cursor: Any, events: Sequence[PreparedLateEvent]) -> WriteResult
     for message_id, received_at, timeline, rcpt_count, status in found:
         update = apply_late_events(None if timeline is None else bytes(timeline), rcpt_count,
                                    states.get(message_id, {}), status, by_message[message_id])
-        if update is None:
-            continue  # every entry was there already: a replay
         appended += update.appended
         messages.append((message_id, received_at, update.timeline, update.timeline_length, update.status))
         recipients += [(message_id, received_at, rcpt, state) for rcpt, state in update.states.items()]
@@ -313,7 +312,7 @@ class ArchiveWriter:
         if not prepared:
             prepared.append(prepare_batch(batch))
         rows = prepared[0]
-        units: list[Unit] = [*rows.messages, *rows.bounces, *rows.late_events]
+        units: list[Unit] = [*rows.messages, *rows.bounces]
         placed = WriteResult(skipped=rows.skipped)
         for round_ in range(1, PARTITION_ROUNDS + 1):
             if round_ > 1:
@@ -364,10 +363,10 @@ class ArchiveWriter:
     @staticmethod
     def _merge(conn: Any, units: Sequence[Unit]) -> WriteResult:
         """COPY the units' rows into the staging tables, then into the archive's (a few statements);
-        then the late events."""
+        then the late events of the bounces inserted."""
         messages = [u for u in units if isinstance(u, PreparedMessage)]
         bounces = [u for u in units if isinstance(u, PreparedBounce)]
-        late_events = [u for u in units if isinstance(u, PreparedLateEvent)]
+        late = WriteResult()
         written = recipients = bodies_written = bounces_written = 0
         with conn.cursor() as cursor:
             if messages:
@@ -381,8 +380,11 @@ class ArchiveWriter:
                     bodies_written = cursor.execute(_MERGE_BODIES).rowcount
             if bounces:
                 _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
-                bounces_written = cursor.execute(_MERGE_BOUNCES).rowcount
-            late = _apply_late(cursor, late_events) if late_events else WriteResult()
+                inserted = {row[0] for row in cursor.execute(_MERGE_BOUNCES).fetchall()}
+                bounces_written = len(inserted)
+                late_events = [b.late_event for b in bounces if b.late_event is not None and b.id in inserted]
+                if late_events:
+                    late = _apply_late(cursor, late_events)
         return late + WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
                                   bodies=bodies_written, bounces=bounces_written)
 
