@@ -59,12 +59,49 @@ async def used_memory(redis) -> int:
     return int(next(line.split(b":")[1] for line in info.split(b"\r\n") if line.startswith(b"used_memory:")))
 
 
+def measured_message(n: int, rcpt: str, tag: str, body: bytes):
+    """The measured message number ``n`` to ``rcpt`` (a NewMessage, as submission makes it)."""
+    from mailrelay.store import NewMessage
+
+    return NewMessage(sender="app@example.com", recipients=[rcpt],
+                      content=body.replace(b"{rcpt}", rcpt.encode()).replace(b"{n}", str(n).encode()),
+                      tag=tag, metadata={"order": str(n), "plan": "pro"},
+                      summary={"from": "app@example.com", "to": [rcpt], "cc": [],
+                               "subject": f"Your receipt #{n}", "message_id": f"<{n}@example.com>"})
+
+
+def measured_outcomes(rcpt: str):
+    """The measured message's two delivery attempts: (deferred Event, delivered Event)."""
+    from mailrelay.store import Event
+    from mailrelay.timefmt import rfc3339
+
+    deferral = Event(type="deferred", at=rfc3339(time.time()), recipient=rcpt, rcpt=0,
+                     detail="Greylisted, try again later", remote_host="mx.test", smtp_code=451,
+                     response="4.7.1 Greylisted")
+    delivery = Event(type="delivered", at=rfc3339(time.time()), recipient=rcpt, rcpt=0,
+                     detail="Delivered to mx.test", remote_host="mx.test", smtp_code=250,
+                     response="2.0.0 Ok: queued as ABC")
+    return deferral, delivery
+
+
+async def send_measured_message(storage, n: int, rcpt: str, tag: str, body: bytes) -> None:
+    """The measured message through mailrelay's own store: enqueued (record, compressed body,
+    timeline, indexes), then its recipient deferred once and delivered (``Storage.record``)."""
+    from mailrelay.store import ClaimedJob
+
+    message_id = await storage.enqueue(measured_message(n, rcpt, tag, body))
+    job = ClaimedJob(f"{message_id}.0", message_id, 0, "app@example.com", rcpt, 0,
+                     storage.now_ms(), rcpt.rpartition("@")[2])
+    deferral, delivery = measured_outcomes(rcpt)
+    await storage.record(job, "bench", "deferred", deferral, due_ms=storage.now_ms())
+    await storage.record(job, "bench", "delivered", delivery)
+
+
 async def run_redis(reactor, args) -> dict:
     from twisted.internet import defer, task
 
     from mailrelay.config import parse_config
-    from mailrelay.store import ClaimedJob, Event, NewMessage, Storage, connect_redis
-    from mailrelay.timefmt import rfc3339
+    from mailrelay.store import Storage, connect_redis
 
     directory = Path(tempfile.mkdtemp(prefix="mr-archive-", dir="/tmp"))
     process, sock = start_redis(directory)
@@ -87,28 +124,10 @@ async def run_redis(reactor, args) -> dict:
         started = time.monotonic()
         done = 0
 
-        async def one(n: int) -> None:
-            rcpt = rng.choice(recipients)
-            message = NewMessage(sender="app@example.com", recipients=[rcpt],
-                                 content=body.replace(b"{rcpt}", rcpt.encode()).replace(b"{n}", str(n).encode()),
-                                 tag=rng.choice(tags), metadata={"order": str(n), "plan": "pro"},
-                                 summary={"from": "app@example.com", "to": [rcpt], "cc": [],
-                                          "subject": f"Your receipt #{n}", "message_id": f"<{n}@example.com>"})
-            message_id = await storage.enqueue(message)
-            job = ClaimedJob(f"{message_id}.0", message_id, 0, "app@example.com", rcpt, 0,
-                             storage.now_ms(), rcpt.rpartition("@")[2])
-            deferral = Event(type="deferred", at=rfc3339(time.time()), recipient=rcpt, rcpt=0,
-                             detail="Greylisted, try again later", remote_host="mx.test", smtp_code=451,
-                             response="4.7.1 Greylisted")
-            await storage.record(job, "bench", "deferred", deferral, due_ms=storage.now_ms())
-            event = Event(type="delivered", at=rfc3339(time.time()), recipient=rcpt, rcpt=0,
-                          detail="Delivered to mx.test", remote_host="mx.test", smtp_code=250,
-                          response="2.0.0 Ok: queued as ABC")
-            await storage.record(job, "bench", "delivered", event)
-
         pending: set = set()
         for n in range(args.messages):
-            d = defer.ensureDeferred(one(n))
+            d = defer.ensureDeferred(send_measured_message(storage, n, rng.choice(recipients),
+                                                           rng.choice(tags), body))
             pending.add(d)
             d.addBoth(lambda r, d=d: pending.discard(d))
             if len(pending) >= args.concurrency:

@@ -2,7 +2,8 @@
 The archiver's write path into PostgreSQL: how many snapshots (and events) per second
 mailrelay.store.archivewrite.ArchiveWriter stores, for a few batch sizes.
 
-    python bench/archive_ingest.py [--snapshots 60000] [--batches 100,1000,5000] [--fsync-off]
+    python bench/archive_ingest.py [--snapshots 60000] [--batches 100,1000,5000] [--in-flight 1]
+                                   [--fsync-off]
 
 Each snapshot is the measured message (bench/archive.py): one recipient, three events (queued,
 deferred, delivered: the whole timeline, packed), a tag, two metadata keys, a 2 KB body (about
@@ -10,7 +11,10 @@ deferred, delivered: the whole timeline, packed), a tag, two metadata keys, a 2 
 before the clock starts (the Redis side, mailrelay.store.archivefeed, builds them in the daemon);
 the clock covers ``ArchiveWriter.write`` only, as the archiver calls it: one batch at a time,
 from the reactor, each batch one transaction committed with synchronous_commit on. Then the
-same batches are written again (a replay after a crash: every row is found and replaced).
+same batches are written again (a replay after a crash, or a message's later snapshot: every
+row is found and replaced). ``--in-flight 2`` writes two batches at once (two transactions on
+two pooled connections), which overlaps preparing one batch's rows with the database's work
+on the other.
 
 PostgreSQL: a private one run as mailrelay's managed PostgreSQL runs (bench/servers.py's
 Postgres: its settings, fsync on), or with ``--fsync-off`` the tests' one (tests/pgserver.py),
@@ -61,11 +65,14 @@ def snapshots(count: int, rng: random.Random, bodies: list[bytes]) -> list:
     return made
 
 
-async def measure(writer, batches: list, postgres: ProcGroup) -> tuple[float, float, float]:
-    """(seconds, writer CPU s, PostgreSQL CPU s) to write ``batches`` one after the other."""
+async def measure(writer, batches: list, postgres: ProcGroup, in_flight: int) -> tuple[float, float, float]:
+    """(seconds, writer CPU s, PostgreSQL CPU s) to write ``batches``, ``in_flight`` at a time."""
+    from twisted.internet import defer
+
     cpu0, pg0, t0 = own_seconds(), postgres.cpu(), time.perf_counter()
-    for batch in batches:
-        await writer.write(batch)
+    semaphore = defer.DeferredSemaphore(in_flight)
+    await defer.gatherResults([semaphore.run(lambda b=batch: defer.ensureDeferred(writer.write(b)))
+                               for batch in batches], consumeErrors=True)
     return time.perf_counter() - t0, own_seconds() - cpu0, postgres.cpu() - pg0
 
 
@@ -97,15 +104,15 @@ async def run(reactor, args) -> None:
         bodies = [compress_body(measured_body(rng)) for _ in range(64)]
         postgres = ProcGroup("postgresql", [pid], tree=True)
         await writer.write(ArchiveBatch(messages=tuple(snapshots(100, rng, bodies))))  # warm up
-        print(f"{args.snapshots:,} snapshots per batch size (the measured message: 3 events each);"
-              f" PostgreSQL {'fsync off' if args.fsync_off else 'as managed (fsync on)'}\n")
+        print(f"{args.snapshots:,} snapshots per batch size (the measured message: 3 events each), {args.in_flight}"
+              f" batch(es) in flight; PostgreSQL {'fsync off' if args.fsync_off else 'as managed (fsync on)'}\n")
         print("| batch | write | snapshots/s | events/s | writer CPU s / 1k | PostgreSQL CPU s / 1k |")
         print("|---:|---|---:|---:|---:|---:|")
         for size in (int(s) for s in args.batches.split(",")):
             made = snapshots(args.snapshots, rng, bodies)
             batches = [ArchiveBatch(messages=tuple(made[i:i + size])) for i in range(0, len(made), size)]
             for kind in ("new", "replay"):
-                seconds, cpu, pg = await measure(writer, batches, postgres)
+                seconds, cpu, pg = await measure(writer, batches, postgres, args.in_flight)
                 rate = len(made) / seconds
                 print(f"| {size:,} | {kind} | {rate:,.0f} | {rate * EVENTS_PER_SNAPSHOT:,.0f} |"
                       f" {cpu / len(made) * 1000:.3f} | {pg / len(made) * 1000:.3f} |", flush=True)
@@ -119,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--snapshots", type=int, default=60_000, help="snapshots written per batch size")
     parser.add_argument("--batches", default="100,1000,5000", help="batch sizes (comma-separated)")
+    parser.add_argument("--in-flight", type=int, default=1,
+                        help="batches written at once (1: one after the other, as the archiver writes)")
     parser.add_argument("--fsync-off", action="store_true", help="the tests' PostgreSQL (fsync off)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

@@ -69,6 +69,7 @@ from urllib.parse import urlsplit
 from mailrelay.configvalues import (
     WEBHOOK_EVENTS,
     ConfigError,
+    MemoryLimit,
     Rate,
     RedisAddress,
     expect,
@@ -88,6 +89,7 @@ from mailrelay.configvalues import (
     p_host_ports,
     p_ip_or_empty,
     p_key_encryption_key,
+    p_memory_limit,
     p_networks,
     p_optional_duration,
     p_optional_rate,
@@ -118,7 +120,7 @@ __all__ = [
     "DkimConfig", "DomainConfig", "RFC5321_MIN_RECIPIENTS",
     "setting", "parse_config", "load_config", "config_warnings", "iter_settings", "render_config",
     # re-exported from mailrelay.configvalues
-    "ConfigError", "Rate", "RedisAddress", "WEBHOOK_EVENTS", "format_duration", "parse_duration",
+    "ConfigError", "MemoryLimit", "Rate", "RedisAddress", "WEBHOOK_EVENTS", "format_duration", "parse_duration",
     "parse_redis_url", "p_appendfsync", "p_selector",
 ]
 
@@ -155,6 +157,7 @@ class RedisConfig:
     master_name: str = setting("mymaster", p_str, "the Sentinel master name")
     key_prefix: str = setting("mailrelay:", p_prefix, "prefix of every Redis key mailrelay uses")
     appendfsync: str = setting("always", p_appendfsync, 'managed Redis: AOF fsync policy, "always" (every 250 is on disk) or "everysec"')
+    maxmemory: MemoryLimit = setting("25%", p_memory_limit, 'managed Redis: its memory limit, a share of the machine\'s memory ("25%"), a size ("4gb", "512mb") or "0" for none; when it is reached, submission answers 452 4.3.1')
     min_replicas: int = setting(0, p_count, "replicas that must have a message (WAIT) before it is acknowledged")
     min_replicas_timeout: float = setting("1s", p_duration, "how long to WAIT for min_replicas before answering 451")
     timeout: float = setting("5s", p_duration, "how long Redis may take to store a message before the client gets 451")
@@ -444,6 +447,8 @@ def _render(value: Any, f: dataclasses.Field) -> str:
         return f'"{value[0]}:{value[1]}"' if value else '""'
     if parse in (p_rate, p_optional_rate):
         return f'"{value or ""}"'
+    if parse is p_memory_limit:
+        return _quote(str(value))
     if parse is p_networks:
         value = [str(n) for n in value]
     if parse is p_host_ports:

@@ -6,10 +6,15 @@ JOB
     own ``redis-server`` as a child process (started with
     ``reactor.spawnProcess``, no shell): persistence by append-only file only
     (``appendonly yes``, ``appendfsync`` as configured, ``save ""``),
-    ``maxmemory-policy noeviction`` (a full Redis refuses writes rather than
-    dropping queued mail), ``daemonize no``::
+    ``maxmemory`` as given (bytes; 0: none) with ``maxmemory-policy
+    noeviction`` (a full Redis refuses writes rather than dropping queued
+    mail: submission answers ``452 4.3.1``), ``daemonize no``.
+    :func:`machine_memory` is what ``[redis] maxmemory = "25%"`` is a share
+    of::
 
-        redis = ManagedRedis(config.state_dir, appendfsync=config.redis.appendfsync)
+        maxmemory = config.redis.maxmemory.bytes_of(machine_memory())
+        redis = ManagedRedis(config.state_dir, appendfsync=config.redis.appendfsync,
+                             maxmemory=maxmemory)
         redis.setServiceParent(application)
         socket_path = yield redis.whenReady()
 
@@ -53,7 +58,7 @@ DIAGNOSTICS
     ``redis-server: <line>``.
 
 CONFIGURATION
-    ``[redis]`` appendfsync; ``[server]`` state_dir (the caller,
+    ``[redis]`` appendfsync, maxmemory; ``[server]`` state_dir (the caller,
     :mod:`mailrelay.service`, starts it when ``[redis]`` url and sentinels
     are empty). Everything under ``state_dir/redis/`` belongs to this
     module:
@@ -115,6 +120,27 @@ def find_redis_server(executable: str | None = None) -> str:
             f"redis.url: managed mode needs redis-server, which is not installed; {INSTALL_HINT}"
         )
     return os.path.abspath(found)
+
+
+def machine_memory() -> int:
+    """The memory this process may use, in bytes: the machine's physical memory, or the memory
+    limit of its cgroup (a container's, or a systemd unit's ``MemoryMax=``) when lower."""
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    try:
+        groups = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().split())
+    except (OSError, ValueError):
+        groups = {}
+    candidates = [f"/sys/fs/cgroup{groups.get('', '/')}/memory.max", "/sys/fs/cgroup/memory.max",  # v2
+                  f"/sys/fs/cgroup/memory{groups.get('memory', '/')}/memory.limit_in_bytes",  # v1
+                  "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for path in candidates:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max": no limit
+            limits.append(int(text))
+    return min(limits)
 
 
 def _wait_for_exit(pidfd: int | None, is_alive: Callable[[], bool], timeout: float) -> bool:
@@ -292,8 +318,10 @@ class ManagedRedis(SupervisedChild):
     stop_waits = (STOP_TIMEOUT,)
 
     def __init__(self, state_dir: Path, appendfsync: str = "always",
-                 executable: str | None = None, *, ready_timeout: float = READY_TIMEOUT) -> None:
+                 executable: str | None = None, *, maxmemory: int = 0,
+                 ready_timeout: float = READY_TIMEOUT) -> None:
         self.appendfsync = p_appendfsync("redis.appendfsync", appendfsync)
+        self.maxmemory = maxmemory  # bytes; 0: no limit
         super().__init__(RedisDirectory(state_dir, self.log), ready_timeout)
         self.state_dir = self.files.state_dir
         self.pid_path = self.files.pid_path
@@ -331,6 +359,7 @@ class ManagedRedis(SupervisedChild):
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--save", "",
+            "--maxmemory", str(self.maxmemory),
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", "",  # stdout, captured into redis.log and the tail

@@ -10,7 +10,9 @@ JOB
     the archive database's pools; it prepares the schema in the background,
     so no start step waits for PostgreSQL), the archive's partition
     maintenance (:class:`mailrelay.services.archivemaint.ArchiveMaintenance`,
-    from the schema's readiness on, every hour), delivery
+    from the schema's readiness on, every hour), the archiver
+    (:class:`mailrelay.services.archiver.ArchiverService`: the event stream
+    into the archive, once the schema is ready), delivery
     (when enabled), webhooks (when any is configured), the password checker,
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
@@ -23,10 +25,10 @@ JOB
     each child that has a ``when_ready`` awaited before the next starts;
     stop order is the reverse, each step finishing before the next:
     listeners close first, sessions finish their transaction or get 421,
-    acknowledgements decided by the ended sessions are settled, the
-    partition maintenance stops (a run in progress ends), the archive's
-    pools are closed before the managed PostgreSQL stops, then Redis is
-    released.
+    acknowledgements decided by the ended sessions are settled, the archiver
+    finishes its batch in flight, the partition maintenance stops (a run in
+    progress ends), the archive's pools are closed before the managed
+    PostgreSQL stops, then Redis is released.
 
 SECURITY
     Trusts the configuration, already validated by :mod:`mailrelay.config`;
@@ -49,7 +51,7 @@ DIAGNOSTICS
     :func:`mailrelay.config.config_warnings` line; ``no [submission] users
     configured: user '<name>', password in <path> (mode 0600)``; ``using
     <redis>, key prefix '<prefix>'`` where <redis> is ``managed Redis at
-    unix:<socket> (appendfsync <policy>)``, ``Redis via Sentinel <host:port,
+    unix:<socket> (appendfsync <policy>, maxmemory <size> | none)``, ``Redis via Sentinel <host:port,
     ...> (master <name>)`` or ``external Redis at <host:port | unix:path>
     db <n>``; a warning ``Redis is not answering yet (<error>); submission
     answers 451 until it does``; the archive's lines (``archive: writes to
@@ -58,7 +60,10 @@ DIAGNOSTICS
     ``archive database at <where>: schema version <n> ready ...``, see
     :mod:`mailrelay.services.archive`) and the managed PostgreSQL's
     (:mod:`mailrelay.pgproc`); the partition maintenance's
-    (:mod:`mailrelay.services.archivemaint`); ``mailrelay <version> ready``; ``stopping
+    (:mod:`mailrelay.services.archivemaint`); the archiver's (``archiver:
+    consumer <owner> of group archiver, started``, one warning while the
+    archive database does not answer: :mod:`mailrelay.services.archiver`);
+    ``mailrelay <version> ready``; ``stopping
     <service> failed`` with the traceback; ``mailrelay stopped``. A failed
     start logs ``mailrelay could not start: <error>`` (critical), stops the
     reactor and exits with status 1. A :class:`mailrelay.config.ConfigError`
@@ -70,7 +75,7 @@ CONFIGURATION
     (empty: the managed PostgreSQL; the archive service reads the rest);
     ``[tracking]`` retention, content_retention (the partition maintenance);
     ``[redis]`` url,
-    sentinels, master_name, appendfsync, key_prefix (logged), timeout (to
+    sentinels, master_name, appendfsync, maxmemory (the managed Redis's), key_prefix (logged), timeout (to
     settle acknowledgements at stop); ``[tls]`` cert, key, min_version;
     ``[submission]`` users, listen, listen_tls, max_message_size,
     max_header_size, max_recipients, idle_timeout, data_timeout,
@@ -96,15 +101,17 @@ from mailrelay import __version__, tlsutil
 from mailrelay.services.bounces import BounceHandler, BounceRecorder, load_verp
 from mailrelay.services.cluster import ClusterService, check_data_version_at_start
 from mailrelay.config import Config, config_warnings, parse_redis_url
+from mailrelay.configvalues import format_bytes
 from mailrelay.services.delivery import DeliveryService
 from mailrelay.services.inject import Injector
 from mailrelay.passwords import PasswordChecker
 from mailrelay.pgproc import ManagedPostgres
 from mailrelay.services.archive import ArchiveService
 from mailrelay.services.archivemaint import ArchiveMaintenance
+from mailrelay.services.archiver import ArchiverService
 from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiveview import ArchiveView
-from mailrelay.redisproc import ManagedRedis, find_redis_server
+from mailrelay.redisproc import ManagedRedis, find_redis_server, machine_memory
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
 from mailrelay.store.interfaces import ArchiveReads, BounceListenerStorage
@@ -130,7 +137,9 @@ class StorageService(service.Service):
 
     def describe(self) -> str:
         if self.managed is not None:
-            return f"managed Redis at unix:{self.managed.socket_path} (appendfsync {self.config.redis.appendfsync})"
+            limit = format_bytes(self.managed.maxmemory) if self.managed.maxmemory else "none"
+            return (f"managed Redis at unix:{self.managed.socket_path} (appendfsync "
+                    f"{self.config.redis.appendfsync}, maxmemory {limit})")
         if self.config.redis.sentinels:
             sentinels = ", ".join(f"{h}:{p}" for h, p in self.config.redis.sentinels)
             return f"Redis via Sentinel {sentinels} (master {self.config.redis.master_name})"
@@ -227,7 +236,8 @@ def make_service(config: Config) -> MailrelayService:
     managed = None
     if not config.redis.url and not config.redis.sentinels:
         executable = find_redis_server()
-        managed = ManagedRedis(state_dir, config.redis.appendfsync, executable)
+        managed = ManagedRedis(state_dir, config.redis.appendfsync, executable,
+                               maxmemory=config.redis.maxmemory.bytes_of(machine_memory()))
         managed.setName("redis")
         managed.setServiceParent(top)
     storage_service = StorageService(config, managed)
@@ -247,6 +257,9 @@ def make_service(config: Config) -> MailrelayService:
 
     ArchiveMaintenance(archive.write, config.tracking.retention, config.tracking.content_retention,
                        reactor, schema_ready=archive.whenSchemaReady).setServiceParent(top)
+    # drains the event stream into the archive once its schema is ready; stops before the pools
+    archiver = ArchiverService(config, lambda: storage_service.storage, archive)
+    archiver.setServiceParent(top)
 
     if config.tls.cert:
         cert, key = config.tls.cert, config.tls.key
@@ -337,7 +350,8 @@ def make_service(config: Config) -> MailrelayService:
 
     # after the listeners: /readyz reports them, and the API needs the storage ready
     WebService(config, lambda: storage_service.storage,
-               lambda: smtp_listener_status(top, config), get_archive=get_archive).setServiceParent(top)
+               lambda: smtp_listener_status(top, config), get_archive=get_archive,
+               archiver=lambda: archiver.state).setServiceParent(top)
 
     # last: its first heartbeat lists the listeners, and at stop it leaves the cluster first
     cluster = ClusterService(config, lambda: storage_service.storage, top, delivery,

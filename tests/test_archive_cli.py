@@ -1,20 +1,23 @@
 """``mailrelay archive status`` (issue 18, "Running it"): the archive's database (never its password),
-schema version, and per table the days kept, oldest and newest day, size and estimated rows, in text
-and ``--json``; the daemon's managed PostgreSQL found under ``state_dir``; one line when the
-database cannot be reached. Run as the operator runs it (``python -m mailrelay.cli``) against the
-session's PostgreSQL, on a copy of the migrated template database (conftest's ``archive_databases``)."""
+the archiver's lag (entries and age, from Redis), schema version, and per table the days kept,
+oldest and newest day, size and estimated rows, in text and ``--json``; the daemon's managed
+PostgreSQL found under ``state_dir``; one line per part that cannot be read, the other part still
+shown. Run as the operator runs it (``python -m mailrelay.cli``) against the session's PostgreSQL,
+on a copy of the migrated template database (conftest's ``archive_databases``), and the session's
+Redis under a key prefix of the test's own."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from conftest import today_utc
 from mailrelay.store import migrations
@@ -47,20 +50,40 @@ def fill(conninfo: str, old_day: datetime.date) -> None:
         conn.execute("ANALYZE")
 
 
+def redis_section(redis_server, prefix: str) -> str:
+    return f'[redis]\nurl = "{redis_server.url}"\nkey_prefix = "{prefix}"\n'
+
+
+def archiver_behind(redis_server, prefix: str, entries: int, oldest_age: float) -> None:
+    """The event stream with ``entries`` entries, the oldest ``oldest_age`` seconds old, and the
+    archiver's consumer group (mailrelay.store.archivefeed's) that has read none of them."""
+    client = redis_server.client()
+    try:
+        first_ms = int((time.time() - oldest_age) * 1000)
+        for n in range(entries):
+            client.command("XADD", f"{prefix}events", f"{first_ms + n}-0", "type", "queued", "msg", f"m{n}")
+        client.command("XGROUP", "CREATE", f"{prefix}events", "archiver", "0")
+    finally:
+        client.close()
+
+
 def with_password(conninfo: str, password: str) -> str:
     """The conninfo as a URL with a password (the test server trusts the socket: it is ignored)."""
     params = dict(item.split("=", 1) for item in conninfo.split())
     return f"postgresql://{params['user']}:{password}@/{params['dbname']}?host={params['host']}"
 
 
-def test_status_shows_the_database_schema_and_partitions(tmp_path, archive_databases):
+def test_status_shows_the_database_lag_schema_and_partitions(tmp_path, archive_databases, redis_server,
+                                                            unique_prefix):
     conninfo = archive_databases()
     today = today_utc()
     old_day = today - datetime.timedelta(days=60)
     fill(conninfo, old_day)
+    archiver_behind(redis_server, unique_prefix, 1204, 90)
     config = tmp_path / "mailrelay.toml"
     config.write_text(f'[archive]\nurl = "{with_password(conninfo, "s3cretpw")}"\n'
-                      '[tracking]\nretention = "45d"\ncontent_retention = "7d"\n')
+                      '[tracking]\nretention = "45d"\ncontent_retention = "7d"\n'
+                      + redis_section(redis_server, unique_prefix))
 
     result = archive_status(config)
 
@@ -69,6 +92,8 @@ def test_status_shows_the_database_schema_and_partitions(tmp_path, archive_datab
     lines = result.stdout.splitlines()
     dbname = conninfo.rpartition("dbname=")[2]
     assert lines[0].startswith("database ") and lines[0].endswith(f" db {dbname} user mailrelay")
+    assert re.fullmatch(r"archive lag +1,204 events not archived yet, the oldest 1m3[0-9]s old", lines[1]), lines[1]
+    lines.pop(1)
     assert lines[1].split() == ["schema", "version", "1", "(this", "mailrelay:", "1)"]
     assert lines[2].split() == ["retention", "45d,", "bodies", "7d"]
     assert lines[3].split() == ["TABLE", "DAYS", "OLDEST", "NEWEST", "SIZE", "ROWS"]
@@ -83,13 +108,15 @@ def test_status_shows_the_database_schema_and_partitions(tmp_path, archive_datab
                         f"{old_day + datetime.timedelta(days=1)} (a running daemon's hourly maintenance drops them)")
 
 
-def test_status_as_json(tmp_path, archive_databases):
+def test_status_as_json(tmp_path, archive_databases, redis_server, unique_prefix):
     conninfo = archive_databases()
     today = today_utc()
     old_day = today - datetime.timedelta(days=60)
     fill(conninfo, old_day)
+    archiver_behind(redis_server, unique_prefix, 3, 10)
     config = tmp_path / "mailrelay.toml"
-    config.write_text(f'[archive]\nurl = "{with_password(conninfo, "s3cretpw")}"\n')
+    config.write_text(f'[archive]\nurl = "{with_password(conninfo, "s3cretpw")}"\n'
+                      + redis_section(redis_server, unique_prefix))
 
     result = archive_status(config, "--json")
 
@@ -99,6 +126,8 @@ def test_status_as_json(tmp_path, archive_databases):
     assert (status["schema_version"], status["latest_schema_version"], status["managed"]) == (1, 1, False)
     assert status["database"] == status["read_database"]
     assert (status["retention_s"], status["content_retention_s"]) == (45 * 86400, 7 * 86400)
+    assert status["lag"]["entries"] == 3 and 10 <= status["lag"]["oldest_age_s"] < 40
+    assert (status["database_error"], status["lag_error"]) == (None, None)
     tables = {t["table"]: t for t in status["tables"]}
     assert list(tables) == ["messages", "recipients", "bounces", "bodies"]
     assert tables["messages"]["days"] == 5
@@ -115,7 +144,8 @@ def test_status_as_json(tmp_path, archive_databases):
                                                       for d in (old_day, old_day + datetime.timedelta(days=1)))
 
 
-def test_status_of_the_managed_postgresql_under_state_dir(tmp_path, postgres_server, archive_template):
+def test_status_of_the_managed_postgresql_under_state_dir(tmp_path, postgres_server, archive_template,
+                                                          redis_server, unique_prefix):
     # the daemon's managed PostgreSQL: its socket in state_dir/postgresql/, its database mailrelay
     # (here the session server's socket, linked there, and a copy of the template named mailrelay)
     state_dir = tmp_path / "state"
@@ -125,7 +155,7 @@ def test_status_of_the_managed_postgresql_under_state_dir(tmp_path, postgres_ser
         conn.execute(f"CREATE DATABASE mailrelay TEMPLATE {archive_template}")
     try:
         config = tmp_path / "mailrelay.toml"
-        config.write_text(f'[server]\nstate_dir = "{state_dir}"\n')
+        config.write_text(f'[server]\nstate_dir = "{state_dir}"\n' + redis_section(redis_server, unique_prefix))
         result = archive_status(config, "--json")
     finally:
         with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
@@ -135,20 +165,55 @@ def test_status_of_the_managed_postgresql_under_state_dir(tmp_path, postgres_ser
     assert status["managed"] is True
     assert status["database"] == f"unix:{state_dir / 'postgresql'} db mailrelay user mailrelay"
     assert [t["days"] for t in status["tables"]] == [3, 3, 3, 3]
+    assert status["lag"] is None and status["lag_error"] is None  # no archiver group on this prefix
 
 
-@pytest.mark.parametrize("case", ["managed not running", "no such database"])
-def test_unreachable_archive_is_one_line(tmp_path, postgres_server, case):
+def test_database_unreachable_the_lag_is_still_shown(tmp_path, postgres_server, redis_server, unique_prefix):
+    archiver_behind(redis_server, unique_prefix, 5, 30)
+    url = f"postgresql://mailrelay:s3cretpw@/nosuchdb?host={postgres_server.socket_dir}"
     config = tmp_path / "mailrelay.toml"
-    if case == "managed not running":
-        config.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
-        expected = f"mailrelay: the daemon's managed PostgreSQL is not running (no socket in {tmp_path}/state/postgresql)"
-    else:
-        url = f"postgresql://mailrelay:s3cretpw@/nosuchdb?host={postgres_server.socket_dir}"
-        config.write_text(f'[archive]\nurl = "{url}"\nconnect_timeout = "2s"\n')
-        expected = (f"mailrelay: archive database at unix:{postgres_server.socket_dir} db nosuchdb user "
-                    f"mailrelay: connection failed: ")
+    config.write_text(f'[archive]\nurl = "{url}"\nconnect_timeout = "2s"\n' + redis_section(redis_server, unique_prefix))
+
     result = archive_status(config)
-    assert result.returncode == 1 and result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(expected), result.stderr
-    assert "s3cretpw" not in result.stderr
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == f"database        unix:{postgres_server.socket_dir} db nosuchdb user mailrelay"
+    assert result.stdout.splitlines()[1].startswith("archive lag     5 events not archived yet, the oldest 3")
+    assert len(result.stdout.splitlines()) == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"mailrelay: archive database at unix:{postgres_server.socket_dir} db nosuchdb "
+                                    "user mailrelay: connection failed: ")
+    assert "s3cretpw" not in result.stdout + result.stderr
+
+    as_json = json.loads(archive_status(config, "--json").stdout)
+    assert as_json["lag"]["entries"] == 5 and as_json["database_error"].startswith("mailrelay: archive database at ")
+    assert "tables" not in as_json
+
+
+def test_redis_unreachable_the_database_is_still_shown(tmp_path, archive_databases):
+    conninfo = archive_databases()
+    config = tmp_path / "mailrelay.toml"
+    config.write_text(f'[archive]\nurl = "{conninfo}"\n[redis]\nurl = "redis://127.0.0.1:1/0"\ntimeout = "2s"\n')
+
+    result = archive_status(config)
+
+    assert result.returncode == 1
+    assert "archive lag" not in result.stdout
+    assert [line.split()[0] for line in result.stdout.splitlines()[3:8]] == [
+        "TABLE", "messages", "recipients", "bounces", "bodies"]
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("mailrelay: Redis at 127.0.0.1:1 db 0"), \
+        result.stderr
+
+
+def test_neither_managed_server_running_is_one_line_each(tmp_path):
+    state = tmp_path / "state"
+    config = tmp_path / "mailrelay.toml"
+    config.write_text(f'[server]\nstate_dir = "{state}"\n')
+
+    result = archive_status(config)
+
+    assert result.returncode == 1
+    assert result.stdout == f"database        unix:{state}/postgresql db mailrelay user mailrelay (managed)\n"
+    assert sorted(result.stderr.splitlines()) == [
+        f"mailrelay: the daemon's managed PostgreSQL is not running (no socket in {state}/postgresql)",
+        f"mailrelay: the daemon's managed Redis is not running (no socket at {state}/redis/redis.sock)"]

@@ -373,6 +373,18 @@ class ArchiveFeedTests(unittest.TestCase):
         await self.accepted()
         self.assertIsNone(await self.storage.archive_trim([GROUP, "absent"]))
 
+    @async_test
+    async def test_trimming_keeps_a_recent_tail(self) -> None:
+        await self.storage.archive_create_group()
+        now_ms = int(self.client.command("TIME")[0]) * 1000
+        for age in (120_000, 30_000):  # entries with chosen times (ids)
+            self.client.command("XADD", self.events, f"{now_ms - age}-0", "type", "queued", "msg", "x")
+        await self.accepted()
+        entries = await self.storage.archive_read("c1", 10)
+        await self.storage.archive_mark(await self.storage.archive_snapshot([]), [e.id for e in entries])
+        self.assertEqual(await self.storage.archive_trim([GROUP], keep_seconds=60), 1)  # done and old
+        self.assertEqual(self.stream_ids(), [e.id for e in entries[1:]])
+
     # -- lag ------------------------------------------------------------------------------
 
     @async_test

@@ -99,7 +99,7 @@ def test_check_config_shows_the_archive_masked(tmp_path):
     assert "s3cret" not in result.stdout + result.stderr
     section = result.stdout.split("[archive]\n", 1)[1].split("\n\n", 1)[0]
     assert section.splitlines() == ['url = "postgresql://mr:********@db.example/mailrelay"', 'read_url = ""',
-                                    'statement_timeout = "5s"', 'connect_timeout = "4s"']
+                                    'statement_timeout = "5s"', 'connect_timeout = "4s"', 'release_after = "1m"']
 
 
 def test_describe_conninfo_names_the_place_never_the_password():

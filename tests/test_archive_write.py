@@ -13,6 +13,7 @@ import json
 import os
 import random
 import zlib
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from conftest import async_test, today_utc
+from conftest import async_test, today_utc, wait_until
 from pgserver import start_postgres
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
@@ -123,14 +124,16 @@ def count_rows(conninfo: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def archive(request, archive_databases) -> None:
+def archive(request, archive_databases, postgres_server) -> None:
     request.instance.conninfo = archive_databases()
+    request.instance.server_log = postgres_server.log_path
 
 
 @pytest.mark.usefixtures("archive")
 class ArchiveWriterTests(unittest.TestCase):
     timeout = 60
     conninfo: str
+    server_log: Path
 
     def setUp(self) -> None:
         self.database = ArchiveDatabase(self.conninfo)
@@ -438,6 +441,27 @@ class ArchiveWriterTests(unittest.TestCase):
         self.assertTrue(any(late.id in line and "past retention" in line for line in self.logged))
 
     @async_test
+    async def test_given_the_retentions_days_within_them_are_made_and_older_ones_skipped(self):
+        """In a new archive (partitions from today on): with the retentions, older days within them
+        are written (a migration), older ones skipped; without, every day before today is taken
+        for one retention dropped."""
+        today = today_utc()
+        yesterday = snapshot(day_start_ms(today - datetime.timedelta(days=1)))
+        result = await self.write(yesterday)  # the default rule: older than the oldest partition
+        self.assertEqual([(s.id, s.expired) for s in result.skipped], [(yesterday.id, True)])
+        writer = ArchiveWriter(self.database, retention=3 * 86400, content_retention=86400 / 2)
+        two_days_ago = day_start_ms(today - datetime.timedelta(days=2)) + 1000
+        kept, report = snapshot(two_days_ago), bounce(two_days_ago)
+        too_old = snapshot(day_start_ms(today - datetime.timedelta(days=5)))
+        result = await writer.write(ArchiveBatch(messages=(kept, too_old), bounces=(report,)))
+        self.assertEqual((result.messages, result.bodies, result.bounces, result.partitions), (1, 0, 1, 4))
+        self.assertEqual([(s.id, s.expired) for s in result.skipped], [(too_old.id, True)])
+        self.assertIsNotNone(await self.reader.get_message(kept.id))
+        self.assertIsNone(await self.reader.get_body(kept.id))  # past content_retention
+        self.assertIsNotNone(await self.reader.get_bounce(report.id))
+        self.assertEqual((await writer.write(ArchiveBatch(messages=(yesterday,)))).messages, 1)
+
+    @async_test
     async def test_a_body_past_content_retention_is_left_out_of_a_message_still_written(self):
         yesterday = today_utc() - datetime.timedelta(days=1)
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -450,6 +474,37 @@ class ArchiveWriterTests(unittest.TestCase):
         self.assertIsNone(await self.reader.get_body(message.id))
 
     # -- the transaction
+
+    @async_test
+    async def test_two_writers_of_overlapping_batches_both_commit(self):
+        """A claimed batch written again by another daemon while the first still writes it: rows
+        are taken in key order, so neither waits for the other in a cycle (a deadlock would be
+        ArchiveUnavailable). Both are held at their INSERT by a lock until both are there."""
+        from twisted.internet import defer, threads
+
+        other_database = ArchiveDatabase(self.conninfo)
+        self.addCleanup(other_database.close)
+        other = ArchiveWriter(other_database)
+        messages = [snapshot() for _ in range(1500)]
+        log_size = self.server_log.stat().st_size
+        with psycopg.connect(self.conninfo) as blocker:
+            blocker.execute("LOCK TABLE messages IN SHARE MODE")  # INSERT waits (ROW EXCLUSIVE)
+            writes = [defer.ensureDeferred(self.writer.write(ArchiveBatch(messages=tuple(messages)))),
+                      defer.ensureDeferred(other.write(ArchiveBatch(messages=tuple(reversed(messages)))))]
+
+            def both_waiting() -> bool:
+                with psycopg.connect(self.conninfo) as conn:
+                    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                        " AND wait_event_type = 'Lock'").fetchone()[0] >= 2
+            await threads.deferToThread(wait_until, both_waiting, 20, "both writers at their INSERT")
+            blocker.rollback()
+        results = await defer.gatherResults(writes)
+        self.assertEqual([r.messages for r in results], [1500, 1500])
+        with open(self.server_log, "rb") as log:  # a deadlock would have been tried again: not seen
+            log.seek(log_size)
+            self.assertFalse(b"deadlock detected" in log.read(), "the writers deadlocked (see the server log)")
+        self.assertEqual(count_rows(self.conninfo), {"messages": 1500, "recipients": 3000, "bodies": 1500,
+                                                     "bounces": 0})
 
     def test_the_transaction_commits_synchronously(self):
         with psycopg.connect(self.conninfo) as conn:

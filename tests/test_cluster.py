@@ -24,10 +24,14 @@ from twisted.trial import unittest
 from conftest import start_redis, wait_until
 from redisclient import RedisClient
 
+from mailrelay.store import Storage
+
 ROOT = Path(__file__).resolve().parent.parent
 QUEUED = re.compile(r"^2\.0\.0 Ok: queued as ([0-9a-f]{20})")
 TRUSTED = {"trusted_networks": ["127.0.0.0/8"]}
 NO_WEB = {"listen": []}
+#: The data format version of this code (the tests hold for 1 and 2: issue 18 moves it to 2).
+VERSION = Storage.DATA_VERSION
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -73,7 +77,7 @@ def test_cluster_lists_live_daemons(start_daemon, daemon_config, redis_server, u
     assert len(owners) == 2
     for owner in owners:
         fields = dict(zip(*[iter(x.decode() for x in client.command("HGETALL", f"{unique_prefix}cluster:{owner}"))] * 2))
-        assert fields["version"] and fields["data_version"] == "1" and int(fields["pid"]) in (a.pid, b.pid)
+        assert fields["version"] and fields["data_version"] == str(VERSION) and int(fields["pid"]) in (a.pid, b.pid)
         assert json.loads(fields["listeners"])[0].startswith("submission 127.0.0.1:")
         assert 0 < client.command("PTTL", f"{unique_prefix}cluster:{owner}") <= 15_000
 
@@ -83,9 +87,9 @@ def test_cluster_lists_live_daemons(start_daemon, daemon_config, redis_server, u
     assert lines[0].split() == ["DAEMON", "VERSION", "UP", "BEAT", "DELIVERING", "LISTENERS"]
     for d in (a, b):
         row = next(line for line in lines if f":{d.pid}:" in line)
-        assert re.search(r"0\.\d+\.\d+/data 1 .* \d+\.\ds ago +0 jobs +submission 127\.0\.0\.1:"
+        assert re.search(rf"0\.\d+\.\d+/data {VERSION} .* \d+\.\ds ago +0 jobs +submission 127\.0\.0\.1:"
                          f"{d.ports['submission']}", row), row
-    assert lines[-1] == "2 live daemons; data format version 1 (this mailrelay: 1)"
+    assert lines[-1] == f"2 live daemons; data format version {VERSION} (this mailrelay: {VERSION})"
 
     # a clean stop leaves the cluster at once
     b.stop()
@@ -124,7 +128,7 @@ def test_cluster_command_writes_nothing(daemon_config, redis_server, unique_pref
     result = cli(config, "cluster")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == ("0 live daemons; data format version not recorded yet "
-                                              "(this mailrelay: 1)")
+                                              f"(this mailrelay: {VERSION})")
     assert redis_server.client().command("KEYS", f"{unique_prefix}*") == []
 
 
@@ -140,18 +144,18 @@ def test_cluster_without_redis_is_one_line(tmp_path):
 
 def test_daemon_sets_version_on_empty_data(start_daemon, daemon_config, redis_server, unique_prefix):
     d = start_daemon(daemon_config(redis_server, unique_prefix, web=NO_WEB))
-    assert redis_server.client().command("GET", f"{unique_prefix}meta:version") == b"1"
-    assert d.find_lines(r"is new: data format version 1")
+    assert redis_server.client().command("GET", f"{unique_prefix}meta:version") == str(VERSION).encode()
+    assert d.find_lines(rf"is new: data format version {VERSION}")
 
 
 def test_daemon_refuses_newer_data(start_daemon, daemon_config, redis_server, unique_prefix):
-    redis_server.client().command("SET", f"{unique_prefix}meta:version", 2)
+    redis_server.client().command("SET", f"{unique_prefix}meta:version", VERSION + 1)
     d = start_daemon(daemon_config(redis_server, unique_prefix, web=NO_WEB), wait_ready=False)
     assert d.wait(30) == 1
     lines = d.find_lines(r"could not start: .*")
     assert len(lines) == 1
-    assert re.search(r"has data format version 2, newer than this mailrelay understands \(1\): "
-                     r"upgrade mailrelay$", lines[0].group(0))
+    assert re.search(rf"has data format version {VERSION + 1}, newer than this mailrelay understands "
+                     rf"\({VERSION}\): upgrade mailrelay$", lines[0].group(0))
     assert not d.find_lines(r"listening on|Traceback")
 
 
@@ -188,41 +192,73 @@ def test_daemon_refuses_newer_data_found_after_redis_comes_back(start_daemon, da
         server.stop()
 
 
-def test_unversioned_data_runs_and_migrate_records_the_version(start_daemon, daemon_config, redis_server,
-                                                                unique_prefix):
+def test_data_of_the_version_before_runs_and_migrate_moves_it(start_daemon, daemon_config, redis_server,
+                                                                 unique_prefix):
+    """Data of the version before (a rolling upgrade): the daemon runs on it, and `mailrelay
+    migrate` (refused while a daemon of the previous release lives) runs the step. From data
+    version 1 to 2 the step copies the archive into PostgreSQL: tests/test_migrate_archive.py
+    has the copy itself, on data release 1 wrote."""
+    before = VERSION - 1
     client = redis_server.client()
-    client.command("ZADD", f"{unique_prefix}idx:time", 1, "00000000000000000000")  # data, no version
+    if before:
+        client.command("SET", f"{unique_prefix}meta:version", before)
+    client.command("ZADD", f"{unique_prefix}idx:time", 1, "00000000000000000000")  # data (its hash gone)
     d = start_daemon(daemon_config(redis_server, unique_prefix, web=NO_WEB))
-    assert d.find_lines(r"has data format version 0 \(this mailrelay writes 1\): run `mailrelay migrate`")
-    assert client.command("GET", f"{unique_prefix}meta:version") is None
+    assert d.find_lines(rf"has data format version {before} \(this mailrelay writes {VERSION}\): run "
+                        r"`mailrelay migrate`")
 
-    # a live daemon that understands only version 0 blocks the migration (without --force)
-    client.command("HSET", f"{unique_prefix}cluster:old:1:x", "version", "0.0.9", "data_version", 0,
+    # a live daemon that understands only the version before blocks the migration (without --force)
+    client.command("HSET", f"{unique_prefix}cluster:old:1:x", "version", "0.0.9", "data_version", before,
                    "beat", int(time.time() * 1000), "started", 1)
     client.command("ZADD", f"{unique_prefix}cluster", int(time.time() * 1000), "old:1:x")
     blocked = cli(d.config_path, "migrate")
     assert blocked.returncode == 1
-    assert blocked.stderr.strip().endswith("live daemons do not understand data version 1 yet: old:1:x "
-                                           "(mailrelay 0.0.9, data version 0); upgrade them first (or use --force)")
+    assert blocked.stderr.strip().endswith(f"live daemons do not understand data version {VERSION} yet: "
+                                           f"old:1:x (mailrelay 0.0.9, data version {before}); upgrade them "
+                                           "first (or use --force)")
+    assert client.command("GET", f"{unique_prefix}meta:version") == (str(before).encode() if before else None)
     client.command("DEL", f"{unique_prefix}cluster:old:1:x")
 
     result = cli(d.config_path, "migrate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "data version 0 -> 1: record the data version (data written before data versions existed "
-        "has the layout of version 1)",
-        "migrated from data format version 0 to 1"]
-    assert client.command("GET", f"{unique_prefix}meta:version") == b"1"
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"data version {before} -> {VERSION}: {Storage.MIGRATIONS[before][0]}"
+    assert lines[-1] == f"migrated from data format version {before} to {VERSION}"
+    if VERSION == 2:
+        assert lines[1:-1] == ["copying 1 message and 0 bounces from Redis into PostgreSQL",
+                               "copied 0 messages (1 already expired in Redis) and 0 bounces"]
+    assert client.command("GET", f"{unique_prefix}meta:version") == str(VERSION).encode()
     assert client.command("EXISTS", f"{unique_prefix}meta:migrating") == 0
-    assert cli(d.config_path, "migrate").stdout == "data format version 1: nothing to migrate\n"
+    assert cli(d.config_path, "migrate").stdout == f"data format version {VERSION}: nothing to migrate\n"
+
+
+@pytest.mark.skipif(VERSION < 2, reason="data without a version is the version before version 1")
+def test_unversioned_data_is_refused_until_migrated(start_daemon, daemon_config, redis_server, unique_prefix):
+    """Data written before versions existed (version 0) is two steps behind: the daemon refuses it,
+    and `mailrelay migrate` runs both steps."""
+    client = redis_server.client()
+    client.command("ZADD", f"{unique_prefix}idx:time", 1, "00000000000000000000")  # data, no version
+    config = daemon_config(redis_server, unique_prefix, web=NO_WEB)
+    d = start_daemon(config, wait_ready=False)
+    assert d.wait(30) == 1
+    assert d.find_lines(rf"has data format version 0, too old for this mailrelay \({VERSION}\): run "
+                        r"`mailrelay migrate -c FILE` first")
+    assert client.command("GET", f"{unique_prefix}meta:version") is None
+
+    result = cli(d.config_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
+        "data version 0 -> 1", "data version 1 -> 2", "copying 1 message and 0 bounces from Redis into PostgreSQL",
+        "copied 0 messages (1 already expired in Redis) and 0 bounces", "migrated from data format version 0 to 2"]
+    assert client.command("GET", f"{unique_prefix}meta:version") == b"2"
 
 
 def test_migrate_refuses_newer_data(daemon_config, redis_server, unique_prefix, tmp_path):
-    redis_server.client().command("SET", f"{unique_prefix}meta:version", 2)
+    redis_server.client().command("SET", f"{unique_prefix}meta:version", VERSION + 1)
     config = write_config(tmp_path / "m.toml", daemon_config(redis_server, unique_prefix))
     result = cli(config, "migrate")
     assert result.returncode == 1
-    assert result.stderr.strip().endswith("newer than this mailrelay understands (1): upgrade mailrelay")
+    assert result.stderr.strip().endswith(f"newer than this mailrelay understands ({VERSION}): upgrade mailrelay")
 
 
 class MigrationMechanism(unittest.TestCase):
@@ -310,6 +346,34 @@ class MigrationMechanism(unittest.TestCase):
         self.assertEqual(lock, 0)
 
     @defer.inlineCallbacks
+    def test_a_long_step_keeps_the_lock_and_stops_when_it_was_lost(self):
+        from mailrelay.store import Storage
+
+        class Long(Storage):
+            DATA_VERSION = 2
+            ARCHIVE_STEPS = frozenset()
+            MIGRATIONS = {1: ("a long step", "_long")}
+            ttls: list[int] = []
+
+            async def _long(self, context) -> None:
+                lock = self.keys.migration_lock
+                await self._call("EXPIRE", lock, 5)
+                await context.keep_lock()  # renewed to the full hour
+                self.ttls.append(await self._call("TTL", lock))
+                await self._call("SET", lock, "another migrate")  # taken over (ours had expired)
+                await context.keep_lock()
+
+        storage = self.storage(Long)
+        yield storage._call("SET", storage.keys.prefix + "meta:version", 1)
+        with self.assertRaisesRegex(Storage.DataVersionError, "the migration lost its lock"):
+            yield defer.ensureDeferred(storage.migrate())
+        self.assertGreater(storage.ttls[0], 3500)
+        version = yield storage._call("GET", storage.keys.prefix + "meta:version")
+        self.assertEqual(version, b"1")
+        holder = yield storage._call("GET", storage.keys.migration_lock)
+        self.assertEqual(holder, b"another migrate")  # not ours: left alone
+
+    @defer.inlineCallbacks
     def test_a_missing_step_and_a_concurrent_migration_are_refused(self):
         from mailrelay.store import Storage
 
@@ -318,7 +382,7 @@ class MigrationMechanism(unittest.TestCase):
 
         storage = self.storage(Gap)
         yield storage._call("SET", storage.keys.prefix + "meta:version", 1)
-        with self.assertRaisesRegex(Storage.DataVersionError, "no migration step from data version 1"):
+        with self.assertRaisesRegex(Storage.DataVersionError, "no migration step from data version 2"):
             yield defer.ensureDeferred(storage.migrate())
         yield storage._call("SET", storage.keys.prefix + "meta:migrating", "someone")
         with self.assertRaisesRegex(Storage.DataVersionError, "another `mailrelay migrate` is running"):

@@ -1,31 +1,46 @@
 """`mailrelay migrate` from data version 1 to 2: the Redis archive written by release 1 is read out
 whole (mailrelay.store.archiveexport) as the archive's write records (MessageSnapshot,
-BounceSnapshot).
+BounceSnapshot) and written into PostgreSQL (mailrelay.store.archivewrite), after which every
+read of the archive from PostgreSQL (mailrelay.store.archiveread) returns what the Redis store
+returns: every message, timeline, body and bounce, and every search. Twice stores nothing
+twice; `mailrelay migrate` itself (the CLI: version recorded, progress, the managed PostgreSQL
+not running, an old daemon still running).
 
 The data is tests/migration/release-1.rdb (written by release 1's own code, see
 make_release_data.py), loaded into a real redis-server as of now (tests/rdbfile.py moves each
-key's expiry by the time since the file was saved, so the test does not change with the date).
+key's expiry by the time since the file was saved, so the test does not change with the date);
+the archive is a real PostgreSQL database (a copy of conftest's migrated template).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from twisted.trial import unittest
 
-from conftest import RedisServer, async_test, start_redis
+from conftest import RedisServer, async_test, make_daemon_config, start_redis
 from rdbfile import as_of_now
 
+from mailrelay.cli.cluster import MigrationArchive
 from mailrelay.config import parse_config
 from mailrelay.store import Storage, connect_redis
+from mailrelay.store.archivedb import ArchiveDatabase
+from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiverecords import ArchivedRecipient, BounceSnapshot, MessageSnapshot
 from mailrelay.store.records import MessageRecord, decode_timeline
+from mailrelay.store.tracking import MESSAGE_STATUSES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RELEASE_1 = Path(__file__).resolve().parent / "migration" / "release-1.rdb"
 PREFIX = "mailrelay:"  # make_release_data.py's
@@ -33,9 +48,9 @@ MESSAGES = 8  # in release-1.rdb
 BOUNCES = 3
 
 
-@pytest.fixture(scope="module")
-def release_redis() -> Iterator[RedisServer]:
-    """A redis-server holding release 1's data (its dump.rdb, expiries moved to now)."""
+@contextlib.contextmanager
+def release_1_redis() -> Iterator[RedisServer]:
+    """A new redis-server holding release 1's data (its dump.rdb, expiries moved to now)."""
     directory = Path(tempfile.mkdtemp(prefix="mr-release1-"))
     (directory / "dump.rdb").write_bytes(as_of_now(RELEASE_1.read_bytes()))
     server = start_redis(directory)
@@ -46,16 +61,35 @@ def release_redis() -> Iterator[RedisServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def release_redis() -> Iterator[RedisServer]:
+    """Release 1's data for the module's reading tests (never migrated: read only)."""
+    with release_1_redis() as server:
+        yield server
+
+
 @pytest.fixture
 def release_setup(request: Any, release_redis: RedisServer) -> None:
     request.cls.release_redis = release_redis
 
 
-def storage_for(server: RedisServer, prefix: str, case: unittest.TestCase) -> Storage:
-    config = parse_config({"redis": {"url": server.url, "key_prefix": prefix}})
+class Version2(Storage):
+    """The store at data version 2, until Storage.DATA_VERSION is 2 (see mailrelay.store.cluster)."""
+
+    DATA_VERSION = 2
+
+
+#: Data version 2 is this code's (the `mailrelay migrate` process tests need it).
+AT_VERSION_2 = pytest.mark.skipif(Storage.DATA_VERSION < 2, reason="Storage.DATA_VERSION is not 2 yet "
+                                  "(it becomes 2 once the archiver is wired); the copy is tested in-process")
+
+
+def storage_for(server: RedisServer, prefix: str, case: unittest.TestCase, archive_url: str = "",
+                cls: type[Storage] = Storage) -> Storage:
+    config = parse_config({"redis": {"url": server.url, "key_prefix": prefix}, "archive": {"url": archive_url}})
     redis = connect_redis(config, None)
     case.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
-    return Storage(config, redis)
+    return cls(config, redis)
 
 
 async def collect(pages: Any) -> tuple[list[Any], int]:
@@ -173,3 +207,292 @@ class IndexWalk(unittest.TestCase):
             self.assertEqual(snapshots[0], MessageSnapshot(
                 id=ids[0], received_ms=1000, status="delivered", rcpt_count=1,
                 recipients=(ArchivedRecipient(0, "r0@example.org", "queued", 0),)))
+
+
+# -- the copy into PostgreSQL -----------------------------------------------------------------
+
+
+def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailrelay.cli", *args, "-c", str(config_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def table_counts(conninfo: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(conninfo) as conn:
+        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("messages", "recipients", "bodies", "bounces")}
+
+
+@pytest.fixture
+def migration_setup(request: Any, archive_databases: Callable[..., str], postgres_server: Any) -> Iterator[None]:
+    """Each test: release 1's data in a redis-server of its own, and an archive database of its own."""
+    with release_1_redis() as server:
+        request.instance.redis = server
+        request.instance.conninfo = archive_databases("release-1")
+        request.instance.postgres = postgres_server
+        yield
+
+
+@pytest.mark.usefixtures("migration_setup")
+class CopyingTheReleaseArchive(unittest.TestCase):
+    """The step 1 -> 2 on release 1's data: then PostgreSQL answers every read as Redis does."""
+
+    timeout = 120
+    redis: RedisServer
+    conninfo: str
+
+    def setUp(self) -> None:
+        self.storage = storage_for(self.redis, PREFIX, self, archive_url=self.conninfo, cls=Version2)
+        self.database = ArchiveDatabase(self.conninfo)
+        self.addCleanup(self.database.close)
+        self.reader = ArchiveReader(self.database)
+        self.reports: list[str] = []
+        self.opened: list[MigrationArchive] = []
+
+    async def migrate(self) -> list[tuple[int, int, str]]:
+        async def archive() -> MigrationArchive:
+            opened = await MigrationArchive.open(self.storage.config)
+            self.opened.append(opened)
+            self.addCleanup(opened.close)
+            return opened
+
+        return await self.storage.migrate(report=self.reports.append, archive=archive)
+
+    async def assert_same_reads(self) -> None:
+        """Every read of the archive: PostgreSQL's answer is Redis's."""
+        redis, archive = self.storage, self.reader
+        ids = [m.decode() for m in await redis._call("ZRANGE", redis.keys.time_index, 0, -1)]
+        self.assertEqual(len(ids), MESSAGES)
+        recipients, tags = set(), set()
+        for message_id in ids:
+            record = await redis.get_message(message_id)
+            self.assertIsNotNone(record)
+            self.assertEqual(await archive.get_message(message_id), record, message_id)
+            timeline = await redis.get_timeline(message_id)
+            self.assertTrue(timeline)
+            self.assertEqual(await archive.get_timeline(message_id), timeline, message_id)
+            body = await redis.get_body(message_id)
+            self.assertIsNotNone(body)
+            self.assertEqual(await archive.get_body(message_id), body, message_id)
+            recipients |= {r.address for r in record.recipients}
+            tags |= {record.tag} - {""}
+        bounce_ids = [b.decode() for b in await redis._call("ZRANGE", redis.keys.bounces, 0, -1)]
+        self.assertEqual(len(bounce_ids), BOUNCES)
+        for bounce_id in bounce_ids:
+            record = await redis.get_bounce(bounce_id)
+            self.assertIsNotNone(record)
+            self.assertEqual(await archive.get_bounce(bounce_id), record, bounce_id)
+            self.assertEqual(await archive.get_bounce_raw(bounce_id), await redis.get_bounce_raw(bounce_id))
+        searches: list[dict[str, Any]] = [{}, *({"recipient": r} for r in sorted(recipients)),
+                                          *({"tag": t} for t in sorted(tags)),
+                                          *({"status": s} for s in MESSAGE_STATUSES)]
+        self.assertEqual(len(tags), 5)
+        for filters in searches:
+            for limit in (50, 2):
+                self.assertEqual(await archive.search_messages(limit=limit, **filters),
+                                 await redis.search_messages(limit=limit, **filters), filters)
+        self.assertEqual(await archive.status_counts(), await redis.status_counts())
+        for filters in ({}, {"type": "HardBounce"}, {"recipient": "erin@example.com"}):
+            self.assertEqual(await archive.search_bounces(limit=50, **filters),
+                             await redis.search_bounces(limit=50, **filters), filters)
+
+    @async_test
+    async def test_after_the_copy_postgresql_answers_every_read_as_redis(self):
+        steps = await self.migrate()
+        self.assertEqual([(a, b) for a, b, _ in steps], [(1, 2)])
+        self.assertEqual(await self.storage.stored_data_version(), "2")
+        self.assertEqual(self.reports, [
+            "data version 1 -> 2: copy the archive (messages, timelines, bodies, bounces) from Redis "
+            "into PostgreSQL",
+            f"copying {MESSAGES} messages and {BOUNCES} bounces from Redis into PostgreSQL",
+            f"copied {MESSAGES} messages (0 already expired in Redis) and {BOUNCES} bounces"])
+        self.assertEqual(self.opened[0].skipped, [])
+        await self.assert_same_reads()
+        self.assertEqual(table_counts(self.conninfo),
+                         {"messages": MESSAGES, "recipients": MESSAGES + 1, "bodies": MESSAGES,
+                          "bounces": BOUNCES})
+        # the Redis archive is left as it was (it expires as before)
+        self.assertEqual(await self.storage.archive_sizes(), (MESSAGES, BOUNCES))
+
+    @async_test
+    async def test_copying_again_stores_nothing_twice(self):
+        await self.migrate()
+        first = table_counts(self.conninfo)
+        await self.storage._call("SET", self.storage.keys.data_version, 1)  # as if interrupted
+        steps = await self.migrate()
+        self.assertEqual([(a, b) for a, b, _ in steps], [(1, 2)])
+        self.assertEqual(table_counts(self.conninfo), first)
+        await self.assert_same_reads()
+
+    @async_test
+    async def test_the_step_needs_the_archive_database(self):
+        with self.assertRaisesRegex(Storage.DataVersionError, "writes the archive's PostgreSQL database"):
+            await self.storage.migrate()
+        self.assertEqual(await self.storage.stored_data_version(), "1")
+
+    @async_test
+    async def test_days_older_than_the_archives_partitions_are_made(self):
+        """Release 1 kept 45 days in Redis; the archive's partitions begin today: the copy makes
+        the days it needs (else the writer would take them for days dropped by retention)."""
+        import datetime
+
+        from mailrelay.store.queue import compress_body
+
+        storage, keys = self.storage, self.storage.keys
+        now_ms = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
+        old = [(now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}") for days in (40, 12)]
+        for ms, message_id in old:
+            await storage._call("ZADD", keys.time_index, ms, message_id)
+            await storage._call("HSET", keys.msg(message_id), "received_at", ms, "status", "delivered",
+                                "rcpt:0", "old@example.org", "state:0", "delivered", "rcpt_count", 1)
+            await storage._call("RPUSH", keys.timeline(message_id), b'{"type":"delivered","rcpt":0}')
+            await storage._call("SET", keys.body(message_id), compress_body(b"Subject: old\r\n\r\nold\r\n"))
+        await self.migrate()
+        self.assertEqual(self.opened[0].skipped, [])
+        for _, message_id in old:
+            self.assertEqual(await self.reader.get_message(message_id), await storage.get_message(message_id))
+            self.assertEqual(await self.reader.get_body(message_id), b"Subject: old\r\n\r\nold\r\n")
+        self.assertEqual(table_counts(self.conninfo)["messages"], MESSAGES + 2)
+
+
+@AT_VERSION_2
+@pytest.mark.usefixtures("migration_setup")
+class MigrateCommand(unittest.TestCase):
+    """`mailrelay migrate` (a process) on release 1's data."""
+
+    timeout = 120
+    redis: RedisServer
+    conninfo: str
+    postgres: Any
+
+    def config(self, **sections: Any) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix="mr-migrate-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = directory / "mailrelay.toml"
+        path.write_text(make_daemon_config(self.redis, PREFIX, directory / "state", **sections))
+        return path
+
+    def version(self) -> bytes | None:
+        with self.redis.client() as client:
+            return client.command("GET", f"{PREFIX}meta:version")
+
+    def test_migrate_copies_the_archive_and_records_version_2(self):
+        config = self.config(archive={"url": self.conninfo})
+        result = cli(config, "migrate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.splitlines(), [
+            "data version 1 -> 2: copy the archive (messages, timelines, bodies, bounces) from Redis "
+            "into PostgreSQL",
+            f"copying {MESSAGES} messages and {BOUNCES} bounces from Redis into PostgreSQL",
+            f"copied {MESSAGES} messages (0 already expired in Redis) and {BOUNCES} bounces",
+            "migrated from data format version 1 to 2"])
+        self.assertEqual(self.version(), b"2")
+        self.assertEqual(table_counts(self.conninfo)["messages"], MESSAGES)
+        again = cli(config, "migrate")
+        self.assertEqual((again.returncode, again.stdout), (0, "data format version 2: nothing to migrate\n"))
+
+    def test_the_managed_postgresql_gets_its_database_and_the_copy(self):
+        """No [archive] url: the daemon's managed PostgreSQL under state_dir (here the test server,
+        whose socket directory is state_dir/postgresql), its database `mailrelay` made."""
+        import psycopg
+
+        config = self.config()
+        (config.parent / "state").mkdir()
+        (config.parent / "state" / "postgresql").symlink_to(self.postgres.socket_dir)
+        self.addCleanup(self.drop_managed_database)
+        result = cli(config, "migrate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.splitlines()[-1], "migrated from data format version 1 to 2")
+        self.assertEqual(table_counts(self.postgres.conninfo("mailrelay")),
+                         {"messages": MESSAGES, "recipients": MESSAGES + 1, "bodies": MESSAGES, "bounces": BOUNCES})
+        with psycopg.connect(self.postgres.conninfo("mailrelay")) as conn:
+            self.assertTrue(conn.execute("SELECT version FROM schema_version").fetchone())
+
+    def drop_managed_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.postgres.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS mailrelay WITH (FORCE)")
+
+    def test_the_managed_postgresql_not_running_is_one_line(self):
+        config = self.config()  # no [archive] url: the managed PostgreSQL under state_dir
+        result = cli(config, "migrate")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr, "mailrelay: the daemon's managed PostgreSQL is not running (no socket "
+                                        f"in {config.parent}/state/postgresql)\n")
+        self.assertEqual(self.version(), b"1")
+        with self.redis.client() as client:
+            self.assertEqual(client.command("EXISTS", f"{PREFIX}meta:migrating"), 0)
+
+    def test_an_unreachable_archive_database_is_one_line(self):
+        config = self.config(archive={"url": "postgresql://nobody@127.0.0.1:1/none", "connect_timeout": "2s"})
+        result = cli(config, "migrate")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertTrue(re.match(r"mailrelay: archive database at 127\.0\.0\.1:1 db none user nobody: .*; "
+                                 r"run `mailrelay migrate` again$", result.stderr), result.stderr)
+        self.assertEqual(self.version(), b"1")
+
+    def test_a_live_daemon_of_release_1_blocks_the_copy(self):
+        import time
+
+        with self.redis.client() as client:
+            client.command("HSET", f"{PREFIX}cluster:old:1:x", "version", "1.0", "data_version", 1,
+                           "beat", int(time.time() * 1000), "started", 1)
+            client.command("ZADD", f"{PREFIX}cluster", int(time.time() * 1000), "old:1:x")
+        result = cli(self.config(archive={"url": self.conninfo}), "migrate")
+        self.assertEqual(result.returncode, 1)
+        self.assertTrue(result.stderr.strip().endswith(
+            "live daemons do not understand data version 2 yet: old:1:x (mailrelay 1.0, data version 1); "
+            "upgrade them first (or use --force)"), result.stderr)
+        self.assertEqual(self.version(), b"1")
+        self.assertEqual(table_counts(self.conninfo)["messages"], 0)
+
+
+class ReadAhead(unittest.TestCase):
+    """The migration reads the next page while it writes one (archiveexport.read_ahead)."""
+
+    @async_test
+    async def test_pages_in_order_each_next_one_asked_before_the_current_is_used(self):
+        from contextlib import aclosing
+
+        from mailrelay.store.archiveexport import read_ahead
+
+        asked: list[int] = []
+
+        async def pages() -> Any:
+            for n in range(4):
+                asked.append(n)
+                yield n
+
+        seen = []
+        async with aclosing(read_ahead(pages())) as ahead:
+            async for page in ahead:
+                seen.append((page, list(asked)))
+        self.assertEqual(seen, [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2, 3]), (3, [0, 1, 2, 3])])
+
+    @async_test
+    async def test_a_caller_that_stops_drops_the_failed_read_ahead(self):
+        from contextlib import aclosing
+
+        import gc
+
+        from twisted.internet import defer
+
+        from mailrelay.store.archiveexport import read_ahead
+
+        second: defer.Deferred[int] = defer.Deferred()
+
+        async def pages() -> Any:
+            yield 1
+            yield await second  # still being read when the caller stops
+
+        with self.assertRaisesRegex(RuntimeError, "the write failed"):
+            async with aclosing(read_ahead(pages())) as ahead:
+                async for _ in ahead:
+                    raise RuntimeError("the write failed")
+        second.errback(ConnectionError("Redis went away"))  # nobody takes it: no unhandled error
+        gc.collect()  # an unhandled failure is logged when its Deferred is collected
+        self.assertEqual(self.flushLoggedErrors(ConnectionError), [])

@@ -30,6 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import start_redis
+from mailrelay.store import Storage
 from mailrelay.web.api import ADMIN_API_MAX_BODY
 from peers import BOUNCE_DOMAIN, QUEUED, Sink, arf, deliver_to_bounce_listener, dsn, received_headers
 
@@ -655,7 +656,7 @@ def test_stats_list_the_cluster(start_daemon, daemon_config, redis_server, uniqu
             m = members[d.pid]
             assert re.fullmatch(rf".+:{d.pid}:[0-9a-f]+", m["name"]), m
             assert m["hostname"] and m["name"].startswith(m["hostname"] + ":")
-            assert (m["version"], m["data_version"]) == (__version__, 1)
+            assert (m["version"], m["data_version"]) == (__version__, Storage.DATA_VERSION)
             assert TIME_RE.match(m["started_at"]) and TIME_RE.match(m["last_heartbeat_at"])
             assert m["started_at"] <= m["last_heartbeat_at"]
             assert m["heartbeat_interval_seconds"] == HEARTBEAT_INTERVAL

@@ -8,6 +8,14 @@ JOB
     format version. ``mailrelay migrate [--force]`` runs the registered migration steps
     (``Storage.migrate``), or records the version on an empty database.
 
+    The step 1 -> 2 copies the Redis archive into PostgreSQL: for it (and only then)
+    ``mailrelay migrate`` opens the archive's database (:class:`MigrationArchive`) as the
+    daemon finds it: ``[archive] url``, or with none the daemon's managed PostgreSQL
+    through its socket in ``state_dir/postgresql/`` (its database ``mailrelay`` made if
+    missing), which a daemon of this release must be running; it applies the schema
+    migrations, makes the partitions of each day the copy holds (older days than the
+    daemons make), and writes through mailrelay.store.archivewrite's ArchiveWriter.
+
 SECURITY
     Prints host names, process ids and listening addresses read from Redis, each through
     :func:`mailrelay.cli.common.clean` (no control characters reach the terminal).
@@ -17,20 +25,40 @@ STANDARDS
 
 DIAGNOSTICS
     Storage errors and refusals (``migrate`` while live daemons do not understand the new
-    format, without ``--force``) as one line on stderr, exit status 1.
+    format, without ``--force``) as one line on stderr, exit status 1. The archive's:
+    ``mailrelay: the daemon's managed PostgreSQL is not running (no socket in DIR)``;
+    ``mailrelay: archive database at <where>: <error>; run `mailrelay migrate` again``
+    (the copy so far is kept; copying again stores nothing twice). Entries the writer
+    skipped (data PostgreSQL refused even made storable, or a day past retention) are
+    listed at the end: ``skipped message <id>: <reason>``.
 
 CONFIGURATION
-    ``[redis]`` through :mod:`mailrelay.cli.common`.
+    ``[redis]`` through :mod:`mailrelay.cli.common`; ``[archive]`` url, connect_timeout,
+    statement_timeout (at least :data:`MIGRATION_STATEMENT_TIMEOUT`); ``[server]``
+    state_dir (the managed PostgreSQL's socket).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import datetime
+import math
+from typing import Any, Awaitable, Callable
 
-from mailrelay.cli.common import clean, react_with_storage
+from mailrelay.cli.common import archive_conninfo_or_exit, clean, load_or_exit, react_with_storage
+from mailrelay.config import Config
+from mailrelay.pgproc import managed_conninfo
+from mailrelay.services.archive import MANAGED_DATABASE, one_line_error
 from mailrelay.store import Storage
+from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database
+from mailrelay.store.archiverecords import ArchiveBatch
+from mailrelay.store.archiveread import time_of_ms
+from mailrelay.store.archivewrite import ArchiveWriter, SkippedEntry
 from mailrelay.timefmt import format_age
+
+#: The statement timeout of the migration's writes (seconds), when ``[archive]
+#: statement_timeout`` is shorter: a batch of 500 messages with their bodies is one COPY.
+MIGRATION_STATEMENT_TIMEOUT = 60.0
 
 
 def format_members(members: list[dict[str, Any]]) -> list[str]:
@@ -59,12 +87,86 @@ async def run_cluster(storage: Storage) -> None:
           f"data format version {version} (this mailrelay: {storage.DATA_VERSION})")
 
 
-async def run_migrate(storage: Storage, force: bool) -> None:
+class MigrationArchive:
+    """The PostgreSQL archive as ``mailrelay migrate`` writes it (a MigrationContext's archive):
+    each batch's days get their partitions, then ArchiveWriter writes it. Failures become one
+    line (SystemExit)."""
+
+    def __init__(self, database: ArchiveDatabase, where: str, conninfo: str) -> None:
+        self.database = database
+        self.where = where
+        self.conninfo = conninfo
+        self.writer = ArchiveWriter(database)
+        self.days: set[datetime.date] = set()
+        self.skipped: list[SkippedEntry] = []
+
+    @classmethod
+    async def open(cls, config: Config) -> MigrationArchive:
+        """The archive's database made ready (the managed one's database created, the schema
+        migrated), or SystemExit with one line saying why not."""
+        connect_timeout = max(2, math.ceil(config.archive.connect_timeout))
+        conninfo = archive_conninfo_or_exit(config)
+        managed = None if config.archive.url else managed_conninfo(config.state_dir)
+        database = ArchiveDatabase(conninfo, connect_timeout=connect_timeout,
+                                   statement_timeout=max(config.archive.statement_timeout,
+                                                         MIGRATION_STATEMENT_TIMEOUT))
+        archive = cls(database, describe_conninfo(conninfo), conninfo)
+        try:
+            await archive.guarded(archive._prepare(managed, connect_timeout))
+        except SystemExit:
+            database.close()
+            raise
+        return archive
+
+    async def _prepare(self, managed: str | None, connect_timeout: int) -> None:
+        if managed is not None:
+            await ensure_database(managed, MANAGED_DATABASE, connect_timeout=connect_timeout)
+        await self.database.migrate()
+
+    async def guarded(self, call: Awaitable[Any]) -> Any:
+        """``await call``; any failure as one line naming the archive's database (SystemExit)."""
+        try:
+            return await call
+        except Exception as e:
+            raise SystemExit(f"mailrelay: archive database at {self.where}: "
+                             f"{one_line_error(e, self.conninfo)}; run `mailrelay migrate` again") from e
+
+    async def write(self, batch: ArchiveBatch) -> Any:
+        days = {time_of_ms(m.received_ms).date() for m in batch.messages}
+        days |= {time_of_ms(b.received_ms).date() for b in batch.bounces}
+        for day in sorted(days - self.days):
+            await self.guarded(self.database.create_partitions(day, 1))
+            self.days.add(day)
+        result = await self.guarded(self.writer.write(batch))
+        self.skipped += result.skipped
+        return result
+
+    def close(self) -> None:
+        self.database.close()
+
+
+async def run_migrate(storage: Storage, force: bool,
+                      open_archive: Callable[[], Awaitable[MigrationArchive]]) -> None:
     before, created = await storage.bounded(storage.data_version())
     if created:
         print(f"empty database: data format version {before} recorded")
         return
-    steps = await storage.migrate(force=force, report=lambda text: print(text, flush=True))
+    opened: list[MigrationArchive] = []
+
+    async def archive() -> MigrationArchive:
+        if not opened:
+            opened.append(await open_archive())
+        return opened[0]
+
+    try:
+        steps = await storage.migrate(force=force, report=lambda text: print(text, flush=True),
+                                      archive=archive)
+    finally:
+        for each in opened:
+            each.close()
+    for each in opened:
+        for entry in each.skipped:
+            print(f"skipped {entry.kind} {clean(entry.id)}: {clean(entry.reason)}")
     if steps:
         print(f"migrated from data format version {before} to {steps[-1][1]}")
     else:
@@ -76,7 +178,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    return react_with_storage(args, lambda storage: run_migrate(storage, args.force))
+    config = load_or_exit(getattr(args, "config", None))
+    return react_with_storage(args, lambda storage: run_migrate(storage, args.force,
+                                                                lambda: MigrationArchive.open(config)),
+                              config)
 
 
 def add_cluster_parsers(sub: Any) -> None:

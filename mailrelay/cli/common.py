@@ -6,10 +6,11 @@ JOB
     Loads the configuration or exits with its one-line reason (:func:`load_or_exit`),
     connects to the daemon's Redis (the managed one through its Unix socket, else
     ``[redis] url`` or the Sentinels) and runs one admin action against a ``Storage``
-    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); opens the
-    PostgreSQL archive's database for the commands that read or rewrite archived data
-    (:func:`open_archive_database`; :func:`with_archive`: only once the Redis data is at
-    the version that moved the archive there, data version 2); :func:`clean`
+    in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); finds the
+    archive's database as the daemon does (:func:`archive_conninfo_or_exit`) and opens it
+    for the commands that read or rewrite archived data (:func:`open_archive_database`;
+    :func:`with_archive`: only once the Redis data is at the version that moved the
+    archive there, data version 2); :func:`clean`
     makes stored text safe to print on a terminal.
 
 SECURITY
@@ -23,14 +24,14 @@ STANDARDS
 DIAGNOSTICS
     ``mailrelay: configuration error: ...``; ``mailrelay: the daemon's managed Redis is not
     running (no socket at PATH)``; ``mailrelay: cannot connect to <Redis>: ...``;
-    ``mailrelay: <Redis>: <storage error>``; ``mailrelay: the daemon's managed PostgreSQL is
-    not running (no socket in DIR)``; ``mailrelay: archive database at <where>: <error>``;
-    each one line, exit status 1.
+    ``mailrelay: <Redis>: <storage error>``; ``mailrelay: the daemon's managed PostgreSQL
+    is not running (no socket in DIR)``; ``mailrelay: archive database at <where>:
+    <error>``; each one line, exit status 1.
 
 CONFIGURATION
-    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[server] state_dir`` (the managed
-    Redis's and PostgreSQL's sockets), ``[archive]`` (url, read_url, statement_timeout,
-    connect_timeout: :func:`open_archive_database`).
+    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[archive]`` (url, read_url,
+    statement_timeout, connect_timeout), ``[server] state_dir`` (the managed Redis's and
+    PostgreSQL's sockets).
 """
 
 from __future__ import annotations
@@ -77,6 +78,47 @@ def managed_socket_path(config: Config) -> Path | None:
     return Path(config.server.state_dir).absolute() / "redis" / "redis.sock"
 
 
+def archive_conninfo_or_exit(config: Config) -> str:
+    """The archive's (write) database as the daemon finds it
+    (:func:`mailrelay.services.archive.archive_conninfos`); with no ``[archive] url`` the
+    managed PostgreSQL's, or SystemExit with one line when that is not running."""
+    url, _ = archive_conninfos(config)
+    if not config.archive.url:
+        socket_dir = Path(parse_conninfo(url)["host"])
+        if not any(socket_dir.glob(".s.PGSQL.*")):
+            raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
+                             f"(no socket in {socket_dir})")
+    return url
+
+
+def open_archive_database(config: Config, *, write: bool = False) -> ArchiveDatabase:
+    """The PostgreSQL archive's database for one admin command (:func:`archive_conninfo_or_exit`;
+    ``[archive] read_url``, when set, unless ``write``): one connection, ``[archive]``'s
+    timeouts. Close it when done."""
+    url = archive_conninfo_or_exit(config)
+    if not write:
+        url = archive_conninfos(config)[1]
+    return ArchiveDatabase(url, statement_timeout=config.archive.statement_timeout,
+                           connect_timeout=math.ceil(config.archive.connect_timeout), pool_max=1)
+
+
+async def with_archive(config: Config, storage: DataVersionView,
+                       action: Callable[[ArchiveDatabase | None], Awaitable[T]], *, write: bool = False) -> T:
+    """``await action(database)`` with the PostgreSQL archive's database once the Redis data is at
+    the version that moved the archive there (else None: Redis holds the whole archive); the
+    archive's failures as one line (SystemExit)."""
+    if not archive_in_postgres(await storage.stored_data_version()):
+        return await action(None)
+    database = open_archive_database(config, write=write)
+    try:
+        return await action(database)
+    except ArchiveUnavailable as e:
+        raise SystemExit(f"mailrelay: archive database at {describe_conninfo(database.conninfo)}: "
+                         f"{one_line_error(e, database.conninfo)}")
+    finally:
+        database.close()
+
+
 def describe_redis(config: Config) -> str:
     path = managed_socket_path(config)
     if path is not None:
@@ -108,37 +150,6 @@ def connect_admin_redis(config: Config) -> Any:
     finally:
         probe.close()
     return connect_redis(config, str(path))
-
-
-def open_archive_database(config: Config, *, write: bool = False) -> ArchiveDatabase:
-    """The PostgreSQL archive's database for one admin command: ``[archive] url`` (``read_url``,
-    when set, unless ``write``), with no url the daemon's managed PostgreSQL (SystemExit with one
-    line when it is not running); one connection, ``[archive]``'s timeouts. Close it when done."""
-    url, read_url = archive_conninfos(config)
-    if not config.archive.url:
-        socket_dir = Path(parse_conninfo(url)["host"])
-        if not any(socket_dir.glob(".s.PGSQL.*")):
-            raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
-                             f"(no socket in {socket_dir})")
-    return ArchiveDatabase(url if write else read_url, statement_timeout=config.archive.statement_timeout,
-                           connect_timeout=math.ceil(config.archive.connect_timeout), pool_max=1)
-
-
-async def with_archive(config: Config, storage: DataVersionView,
-                       action: Callable[[ArchiveDatabase | None], Awaitable[T]], *, write: bool = False) -> T:
-    """``await action(database)`` with the PostgreSQL archive's database once the Redis data is at
-    the version that moved the archive there (else None: Redis holds the whole archive); the
-    archive's failures as one line (SystemExit)."""
-    if not archive_in_postgres(await storage.stored_data_version()):
-        return await action(None)
-    database = open_archive_database(config, write=write)
-    try:
-        return await action(database)
-    except ArchiveUnavailable as e:
-        raise SystemExit(f"mailrelay: archive database at {describe_conninfo(database.conninfo)}: "
-                         f"{one_line_error(e, database.conninfo)}")
-    finally:
-        database.close()
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -17,7 +17,8 @@ JOB
       stored) and its raw report (a :class:`BounceSnapshot`).
 
     A page is one index read and one command per key, pipelined (no long script: the
-    daemons sharing Redis meanwhile are not held up). The index is walked by (score,
+    daemons sharing Redis meanwhile are not held up); the next page is read while one
+    is written (:func:`read_ahead`). The index is walked by (score,
     member) from the last one read, so entries that come or go meanwhile never make it
     skip one. An index entry whose hash is gone (expired) is counted and left out.
     Nothing is written to Redis and nothing deleted: the Redis archive expires as
@@ -50,6 +51,7 @@ CONFIGURATION
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
@@ -58,6 +60,7 @@ from twisted.internet import defer
 from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, MessageSnapshot
 from mailrelay.store.base import StoreBase, text_fields
 from mailrelay.store.cluster import MigrationContext
+from mailrelay.store.errors import translate
 
 T = TypeVar("T")
 
@@ -65,6 +68,33 @@ T = TypeVar("T")
 PAGE_SIZE = 500
 #: A progress line every this many messages.
 REPORT_EVERY = 10_000
+
+
+def _amount(count: int, word: str) -> str:
+    """``1 message``, ``12,345 messages``: a count for a progress line."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+async def read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``pages`` in order, the next one read while the caller works on the current one (the
+    migration writes a page into PostgreSQL meanwhile). Use it in ``contextlib.aclosing``: a
+    caller that stops early then drops the page read ahead (its failure too) at once."""
+    iterator = pages.__aiter__()
+
+    async def take() -> T:
+        return await iterator.__anext__()
+
+    pending: defer.Deferred[T] = defer.ensureDeferred(take())
+    try:
+        while True:
+            try:
+                page = await pending
+            except StopAsyncIteration:
+                return
+            pending = defer.ensureDeferred(take())
+            yield page
+    finally:
+        pending.addErrback(lambda failure: None)  # read ahead for a caller that stopped: dropped
 
 
 @dataclass(frozen=True)
@@ -107,20 +137,30 @@ class ArchiveExportStore(StoreBase):
             if not full:
                 return
 
-    async def _read_all(self, calls: list[Callable[[], Any]]) -> list[Any]:
-        """Run each call (a Redis command), all pipelined at once, bounded by ``[redis] timeout``."""
-        return await self.bounded(defer.gatherResults([defer.maybeDeferred(call) for call in calls],
-                                                      consumeErrors=True))
+    async def _read_all(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write (a pipeline), bounded by ``[redis] timeout``."""
+        async def pipelined() -> list[Any]:
+            try:
+                pipe = await self.redis.pipeline()
+                for command in commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute_pipeline()
+            except Exception as e:
+                translated = translate(e)
+                if translated is e:
+                    raise
+                raise translated from e
+
+        return await self.bounded(pipelined())
 
     async def archived_messages(self, size: int = PAGE_SIZE) -> AsyncIterator[ExportPage[MessageSnapshot]]:
         """Every message of the time index, oldest first, each with its whole timeline and its
         stored body (None when it expired: ``content_retention``), a page at a time."""
         async for entries in self._index_pages(self.keys.time_index, size):
             ids = [member for member, _ in entries]
-            replies = await self._read_all(
-                [*(lambda i=i: self._call("HGETALL", self.keys.msg(i)) for i in ids),
-                 *(lambda i=i: self._call("LRANGE", self.keys.timeline(i), 0, -1) for i in ids),
-                 lambda: self._call("MGET", *[self.keys.body(i) for i in ids])])
+            replies = await self._read_all([*(("HGETALL", self.keys.msg(i)) for i in ids),
+                                            *(("LRANGE", self.keys.timeline(i), 0, -1) for i in ids),
+                                            ("MGET", *[self.keys.body(i) for i in ids])])
             hashes, timelines, bodies = replies[:len(ids)], replies[len(ids):-1], replies[-1]
             found = []
             for (message_id, score), stored, timeline, body in zip(entries, hashes, timelines, bodies):
@@ -135,9 +175,8 @@ class ArchiveExportStore(StoreBase):
         report, a page at a time."""
         async for entries in self._index_pages(self.keys.bounces, size):
             ids = [member for member, _ in entries]
-            replies = await self._read_all(
-                [*(lambda i=i: self._call("HGETALL", self.keys.bounce(i)) for i in ids),
-                 lambda: self._call("MGET", *[self.keys.bounce_raw(i) for i in ids])])
+            replies = await self._read_all([*(("HGETALL", self.keys.bounce(i)) for i in ids),
+                                            ("MGET", *[self.keys.bounce_raw(i) for i in ids])])
             hashes, raws = replies[:-1], replies[-1]
             found = tuple(BounceSnapshot(id=bounce_id, received_ms=score, stored=text_fields(stored), raw=raw)
                           for (bounce_id, score), stored, raw in zip(entries, hashes, raws) if stored)
@@ -148,19 +187,22 @@ class ArchiveExportStore(StoreBase):
         assert context.archive is not None  # ClusterStore.migrate refuses to run without it
         archive = await context.archive()
         messages, bounces = await self.archive_sizes()
-        context.report(f"copying {messages:,} messages and {bounces:,} bounces from Redis into PostgreSQL")
+        context.report(f"copying {_amount(messages, 'message')} and {_amount(bounces, 'bounce')} from Redis "
+                       "into PostgreSQL")
         copied = gone = 0
-        async for page in self.archived_messages():
-            await self._write(context, archive.write, ArchiveBatch(messages=page.records))
-            before, copied, gone = copied, copied + len(page.records), gone + page.gone
-            if copied // REPORT_EVERY > before // REPORT_EVERY:
-                context.report(f"copied {copied:,} of about {messages:,} messages")
+        async with aclosing(read_ahead(self.archived_messages())) as pages:
+            async for page in pages:
+                await self._write(context, archive.write, ArchiveBatch(messages=page.records))
+                before, copied, gone = copied, copied + len(page.records), gone + page.gone
+                if copied // REPORT_EVERY > before // REPORT_EVERY:
+                    context.report(f"copied {copied:,} of about {messages:,} messages")
         copied_bounces = 0
-        async for bounce_page in self.archived_bounces():
-            await self._write(context, archive.write, ArchiveBatch(bounces=bounce_page.records))
-            copied_bounces += len(bounce_page.records)
-        context.report(f"copied {copied:,} messages ({gone:,} already expired in Redis) and "
-                       f"{copied_bounces:,} bounces")
+        async with aclosing(read_ahead(self.archived_bounces())) as bounce_pages:
+            async for bounce_page in bounce_pages:
+                await self._write(context, archive.write, ArchiveBatch(bounces=bounce_page.records))
+                copied_bounces += len(bounce_page.records)
+        context.report(f"copied {_amount(copied, 'message')} ({gone:,} already expired in Redis) and "
+                       f"{_amount(copied_bounces, 'bounce')}")
 
     @staticmethod
     async def _write(context: MigrationContext, write: Callable[[ArchiveBatch], Awaitable[Any]],

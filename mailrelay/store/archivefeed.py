@@ -26,7 +26,8 @@ JOB
 
     :meth:`ArchiveFeedStore.archive_trim` removes the entries every counted
     consumer group is done with (XTRIM MINID below the oldest entry one of them
-    still needs): nothing the archiver has not acknowledged is ever removed, and the
+    still needs), keeping a short tail of recent entries (for whoever looks at what
+    just happened): nothing the archiver has not acknowledged is ever removed, and the
     stream has no fixed length (a PostgreSQL outage makes it grow).
     :meth:`ArchiveFeedStore.archive_lag` says how far the archiver is behind
     (:class:`ArchiveLag`). A message's hash is decoded by :meth:`MessageSnapshot.decode`,
@@ -242,12 +243,13 @@ class ArchiveFeedStore(StreamGroupStore):
         return int(await self._eval(ARCHIVE_MARK_SCRIPT, [keys.events, keys.data_version, keys.archive_release],
                                     args))
 
-    async def archive_trim(self, groups: Sequence[str]) -> int | None:
+    async def archive_trim(self, groups: Sequence[str], keep_seconds: float = 0.0) -> int | None:
         """Remove the stream entries every group of ``groups`` is done with (below the oldest
-        entry one of them still needs); the number removed, None when one of the groups does not
-        exist (then nothing is removed). Only the groups named count: a group left by an old
-        configuration holds nothing back."""
-        removed = int(await self._eval(ARCHIVE_TRIM_SCRIPT, [self.keys.events], list(groups)))
+        entry one of them still needs) and older than ``keep_seconds``; the number removed, None
+        when one of the groups does not exist (then nothing is removed). Only the groups named
+        count: a group left by an old configuration holds nothing back."""
+        removed = int(await self._eval(ARCHIVE_TRIM_SCRIPT, [self.keys.events],
+                                       [int(keep_seconds * 1000), *groups]))
         return None if removed < 0 else removed
 
     async def archive_lag(self) -> ArchiveLag | None:

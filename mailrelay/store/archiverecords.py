@@ -21,8 +21,11 @@ JOB
                                 archive too).
 
     Produced by the Redis side (:mod:`mailrelay.store.archivefeed`, and
-    ``mailrelay migrate`` from a release-1 Redis archive), consumed by the
-    PostgreSQL side (:mod:`mailrelay.store.archivewrite`). Pure data: no I/O.
+    ``mailrelay migrate`` from a release-1 Redis archive:
+    :mod:`mailrelay.store.archiveexport`), both through
+    :meth:`MessageSnapshot.decode` (the one reading of a ``msg:<id>`` hash);
+    consumed by the PostgreSQL side (:mod:`mailrelay.store.archivewrite`).
+    Pure data: no I/O.
 
 SECURITY
     Every text here came from mail, a client or a remote server (untrusted). It

@@ -17,13 +17,18 @@ JOB
        (the longest timeline of those in the batch), its timeline packed whole
        (:func:`mailrelay.store.timelinepack.pack_timeline`), text made storable;
     2. makes sure each row's day has its partitions: a missing day is made
-       (``archive_create_partitions`` under the migrations' advisory lock), a day older
-       than the table's oldest partition was dropped by retention and its rows are skipped
-       (a late bounce, a late snapshot of an expired message; a body past
-       ``content_retention`` is left out of a snapshot still written);
+       (``archive_create_partitions`` under the migrations' advisory lock) unless it is past
+       retention, and then its rows are skipped (a late bounce, a late snapshot of an
+       expired message; a body past ``content_retention`` is left out of a snapshot still
+       written). Past retention: older than ``retention`` (``content_retention`` for bodies)
+       when the writer was given them, else older than the table's oldest partition (what
+       retention dropped; in a new archive that is every day before its first one: give
+       the retentions to write older days, e.g. when moving a release-1 archive);
     3. in ONE transaction with ``synchronous_commit`` on (``SET LOCAL``): ``COPY`` into
-       temporary staging tables (made once per connection, emptied at each commit), then
-       one ``INSERT ... SELECT ... ON CONFLICT`` per table: a message's row is replaced only
+       temporary staging tables (made once per connection, emptied by DELETE before the
+       commit and vacuumed after it: truncating them at each commit costs far more), then
+       one ``INSERT ... SELECT ... ON CONFLICT`` per table, sent together (one round trip):
+       a message's row is replaced only
        by a snapshot with a timeline at least as long (``timeline_length <=``), its
        recipients with it (the messages written are the recipients' join), bodies and
        bounces are inserted once; then the cancelled messages' rows are deleted (within
@@ -66,9 +71,9 @@ DIAGNOSTICS
     schema out of step: a bug) pass unchanged and nothing is committed.
 
 CONFIGURATION
-    None of its own: the database (``[archive] url``) and its statement timeout are the
-    :class:`~mailrelay.store.archivedb.ArchiveDatabase`'s; retention is whatever
-    partitions the maintenance left.
+    None read here: the database (``[archive] url``) and its statement timeout are the
+    :class:`~mailrelay.store.archivedb.ArchiveDatabase`'s; the caller passes ``[tracking]
+    retention`` and ``content_retention`` (optional, see 2.).
 """
 
 from __future__ import annotations
@@ -95,9 +100,13 @@ __all__ = ["ArchiveWriter", "SkippedEntry", "WriteResult"]
 #: The archive's partitioned tables and their staging tables (temporary, per connection).
 TABLES = ("messages", "recipients", "bodies", "bounces")
 STAGE = {table: f"archive_stage_{table}" for table in TABLES}
+#: The tables an entry of each kind may write to.
+_TABLES_OF = {"message": ("messages", "recipients", "bodies"), "bounce": ("bounces",)}
 #: Rounds of "make the missing partitions, write again" before a missing partition counts as
 #: bad data (it keeps disappearing: retention dropping it meanwhile).
 PARTITION_ROUNDS = 3
+#: The staging tables are vacuumed after this many entries went through them on a connection.
+VACUUM_STAGING_AFTER = 1000
 #: Why a late event was skipped when its message is not in the archive.
 LATE_EVENT_NO_MESSAGE = "its message is not in the archive (past retention, or never archived)"
 #: Ids named in the one log line of a batch's skipped late events, at most.
@@ -140,10 +149,11 @@ def _no_partition(error: BaseException) -> bool:
 
 #: Errors of the data written (worth splitting the batch), not of the server or of the code:
 #: PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity constraint violation) and
-#: 54 (program limit exceeded: an index entry too large), and what psycopg raises in the
-#: client for a value it cannot send (text that is not Unicode, a number out of range).
+#: 54 (program limit exceeded: an index entry too large), and text psycopg cannot encode.
+#: (A bug raising anything else fails the batch, which is then not acknowledged: never a
+#: batch of entries skipped for it.)
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
-                ValueError, TypeError, OverflowError)
+                UnicodeEncodeError)
 
 
 def _error_text(error: BaseException) -> str:
@@ -153,11 +163,19 @@ def _error_text(error: BaseException) -> str:
 
 # -- statements ---------------------------------------------------------------------------------
 
-_STAGING_READY = ("SELECT set_config('synchronous_commit', 'on', true),"
-                  f" to_regclass('pg_temp.{STAGE['messages']}') IS NOT NULL")
-_CREATE_STAGING = "".join(
-    f"CREATE TEMPORARY TABLE {STAGE[table]} (LIKE {table}) ON COMMIT DELETE ROWS;" for table in TABLES)
-_CLEAR_STAGING = f"TRUNCATE {', '.join(STAGE.values())}"
+# The transaction's first statements: commit synchronously, and the staging tables (made once
+# per connection; gone with a transaction that rolled back, so asked for each time, quietly).
+# They keep their files: emptied by DELETE at the end of each part written (ON COMMIT DELETE
+# ROWS or TRUNCATE truncate the files, a dozen with the TOAST tables and their indexes: ~12 ms
+# per commit measured here, as ext4 writes back a file truncated then written when it is
+# closed), their space made reusable by VACUUM after the commit (no truncation either: the
+# files stay the size of a batch).
+_BEGIN = "".join([
+    "SET LOCAL synchronous_commit = on;", "SET LOCAL client_min_messages = warning;",
+    *(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE[table]} (LIKE {table}) ON COMMIT PRESERVE ROWS;"
+      for table in TABLES)])
+_CLEAR_STAGING = ";".join(f"DELETE FROM {STAGE[table]}" for table in TABLES)
+_VACUUM_STAGING = f"VACUUM (TRUNCATE false) {', '.join(STAGE.values())}"
 
 
 def _copy(cursor: Any, table: str, columns: Mapping[str, str], rows: Iterable[Sequence[Any]]) -> None:
@@ -280,14 +298,25 @@ def _apply_late(cursor: Any, events: Sequence[PreparedLateEvent]) -> WriteResult
 class ArchiveWriter:
     """Writes archiver batches into the PostgreSQL archive (one transaction per batch)."""
 
-    def __init__(self, database: ArchiveDatabase) -> None:
+    def __init__(self, database: ArchiveDatabase, *, retention: float | None = None,
+                 content_retention: float | None = None) -> None:
+        """``retention`` and ``content_retention`` (seconds: ``[tracking] retention`` and
+        ``content_retention``), when given, say which missing days are past retention (their rows
+        skipped) and which are to be made; else a day older than the table's oldest partition is
+        past retention (right once retention has dropped a day, not for a new archive)."""
         self.database = database
+        self.retention = retention
+        self.content_retention = content_retention
         #: (table, day) whose partition was seen attached: no need to ask again.
         self._partitions: set[tuple[str, datetime.date]] = set()
+        #: Entries staged on each connection (by server process id) since its last VACUUM_STAGING.
+        self._staged: dict[int, int] = {}
 
     async def write(self, batch: ArchiveBatch) -> WriteResult:
         """Store ``batch`` (see the module's JOB); raises ArchiveUnavailable when PostgreSQL does not
         answer (nothing committed: write it again later)."""
+        if not batch:
+            return WriteResult()
         prepared: list[PreparedBatch] = []  # made once, in the thread, even if tried twice
         result = await run_translated(self.database, self._write, batch, prepared)
         late = [entry.id for entry in result.skipped if entry.reason == LATE_EVENT_NO_MESSAGE]
@@ -314,38 +343,73 @@ class ArchiveWriter:
         rows = prepared[0]
         units: list[Unit] = [*rows.messages, *rows.bounces]
         placed = WriteResult(skipped=rows.skipped)
-        for round_ in range(1, PARTITION_ROUNDS + 1):
-            if round_ > 1:
-                self._partitions.clear()
+        round_, split = 1, False
+        while True:
             units, place = self._place(conn, units)
             placed += place
-            parts: list[WriteResult] = []
             try:
-                with conn.transaction():
-                    self._begin(conn)
-                    self._write_units(conn, units, parts, whole=True, retry_partitions=round_ < PARTITION_ROUNDS)
-                    deleted = self._delete_cancelled(conn, rows.cancelled)
+                written = self._transaction(conn, units, rows.cancelled, split=split,
+                                            retry_partitions=round_ < PARTITION_ROUNDS)
             except _MissingPartition:
+                round_ += 1  # the last round takes a missing partition as bad data: this ends
+                self._partitions.clear()
                 continue
-            return sum(parts, placed + WriteResult(deleted=deleted))
-        raise AssertionError("unreachable: the last round takes a missing partition as bad data")
+            except _DATA_ERRORS:
+                if split:
+                    raise  # not from the units' rows (split mode takes those)
+                split = True  # again, each half in a savepoint, down to the bad entries
+                continue
+            self._vacuum_staging(conn, len(units))
+            return placed + written
+
+    def _transaction(self, conn: Any, units: Sequence[Unit],
+                     cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]], *, split: bool,
+                     retry_partitions: bool) -> WriteResult:
+        """The batch's transaction: the units merged (whole, or split in savepoints), the cancelled
+        messages deleted; committed synchronously."""
+        parts: list[WriteResult] = []
+        with conn.transaction():
+            self._begin(conn)
+            if split:
+                self._write_units(conn, units, parts, retry_partitions=retry_partitions)
+            elif units:
+                try:
+                    parts.append(self._merge(conn, units))
+                except _DATA_ERRORS as error:
+                    if retry_partitions and _no_partition(error):
+                        raise _MissingPartition() from error
+                    raise
+            deleted = self._delete_cancelled(conn, cancelled)
+        return sum(parts, WriteResult(deleted=deleted))
 
     @staticmethod
     def _begin(conn: Any) -> None:
         """``synchronous_commit`` on for this transaction; the staging tables made if missing."""
-        ready = conn.execute(_STAGING_READY).fetchone()[1]
-        if not ready:
-            conn.execute(_CREATE_STAGING)
+        conn.execute(_BEGIN)
+
+    def _vacuum_staging(self, conn: Any, staged: int) -> None:
+        """Make the staging tables' space reusable once VACUUM_STAGING_AFTER entries went through
+        them on this connection (VACUUM costs a few ms; until then each batch adds to the files)."""
+        pid = conn.info.backend_pid  # the connection's server process: where its staging tables live
+        staged += self._staged.get(pid, 0)
+        if staged >= VACUUM_STAGING_AFTER:
+            conn.set_autocommit(True)  # VACUUM runs outside a transaction
+            try:
+                conn.execute(_VACUUM_STAGING)
+            finally:
+                conn.set_autocommit(False)
+            staged = 0
+        if len(self._staged) > 64:  # connections come and go (reconnections): forget the old ones
+            self._staged.clear()
+        self._staged[pid] = staged
 
     def _write_units(self, conn: Any, units: Sequence[Unit], parts: list[WriteResult],
-                     *, whole: bool, retry_partitions: bool) -> None:
+                     *, retry_partitions: bool) -> None:
         """Merge ``units`` in a savepoint; on bad data, each half again, down to one unit (skipped)."""
         if not units:
             return
         try:
             with conn.transaction():
-                if not whole:
-                    conn.execute(_CLEAR_STAGING)  # what an earlier part left
                 part = self._merge(conn, units)
         except _DATA_ERRORS as error:
             if retry_partitions and _no_partition(error):
@@ -356,32 +420,41 @@ class ArchiveWriter:
                 return
             half = len(units) // 2
             for piece in (units[:half], units[half:]):
-                self._write_units(conn, piece, parts, whole=False, retry_partitions=retry_partitions)
+                self._write_units(conn, piece, parts, retry_partitions=retry_partitions)
             return
         parts.append(part)
 
     @staticmethod
     def _merge(conn: Any, units: Sequence[Unit]) -> WriteResult:
-        """COPY the units' rows into the staging tables, then into the archive's (a few statements);
-        then the late events of the bounces inserted."""
+        """COPY the units' rows into the staging tables, then into the archive's in one round trip
+        (which empties the staging tables after); then the late events of the bounces inserted."""
         messages = [u for u in units if isinstance(u, PreparedMessage)]
+        bodies = [m for m in messages if m.body is not None]
         bounces = [u for u in units if isinstance(u, PreparedBounce)]
-        late = WriteResult()
-        written = recipients = bodies_written = bounces_written = 0
+        statements = []
         with conn.cursor() as cursor:
             if messages:
                 _copy(cursor, "messages", MESSAGE_COLUMNS, (m.row for m in messages))
                 _copy(cursor, "recipients", RECIPIENT_COLUMNS, (r for m in messages for r in m.recipients))
-                bodies = [m for m in messages if m.body is not None]
-                if bodies:
-                    _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
-                written, recipients = cursor.execute(_MERGE_MESSAGES).fetchone()
-                if bodies:
-                    bodies_written = cursor.execute(_MERGE_BODIES).rowcount
+                statements.append(_MERGE_MESSAGES)
+            if bodies:
+                _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
+                statements.append(_MERGE_BODIES)
             if bounces:
                 _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
-                inserted = {row[0] for row in cursor.execute(_MERGE_BOUNCES).fetchall()}
-                bounces_written = len(inserted)
+                statements.append(_MERGE_BOUNCES)
+            cursor.execute(";".join([*statements, _CLEAR_STAGING]))  # no parameters: one round trip
+            written = recipients = 0
+            if messages:
+                written, recipients = cursor.fetchone()
+                cursor.nextset()
+            bodies_written = cursor.rowcount if bodies else 0
+            if bodies:
+                cursor.nextset()
+            bounces_written = cursor.rowcount if bounces else 0
+            late = WriteResult()
+            if any(b.late_event is not None for b in bounces):
+                inserted = {row[0] for row in cursor.fetchall()}  # the bounces' RETURNING
                 late_events = [b.late_event for b in bounces if b.late_event is not None and b.id in inserted]
                 if late_events:
                     late = _apply_late(cursor, late_events)
@@ -400,10 +473,19 @@ class ArchiveWriter:
             deleted = count if table == "messages" else deleted
         return deleted
 
+    def _past_retention(self, table: str, day: datetime.date, before_oldest: bool) -> bool:
+        """Whether a day with no partition is past retention (its rows are skipped)."""
+        keep = self.content_retention if table == "bodies" else self.retention
+        if keep is None:
+            return before_oldest
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return day < (now - datetime.timedelta(seconds=keep)).date()
+
     def _place(self, conn: Any, units: list[Unit]) -> tuple[list[Unit], WriteResult]:
         """Make the partitions the units need; leave out what belongs to days past retention.
         (units kept, partitions made and entries skipped)."""
-        needed = {need for unit in units for need in unit.partitions()} - self._partitions
+        kinds_and_days = {(unit.kind, unit.day) for unit in units}
+        needed = {(table, day) for kind, day in kinds_and_days for table in _TABLES_OF[kind]} - self._partitions
         if not needed:
             return units, WriteResult()
         tables, days = zip(*sorted(needed))
@@ -411,10 +493,10 @@ class ArchiveWriter:
             states = conn.execute(_PARTITION_STATE, (list(tables), list(days))).fetchall()
         expired: set[tuple[str, datetime.date]] = set()
         missing: set[datetime.date] = set()
-        for table, day, attached, dropped in states:
+        for table, day, attached, before_oldest in states:
             if attached:
                 self._partitions.add((table, day))
-            elif dropped:
+            elif self._past_retention(table, day, before_oldest):
                 expired.add((table, day))
             else:
                 missing.add(day)

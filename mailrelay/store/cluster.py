@@ -116,6 +116,8 @@ class ClusterStore(StoreBase):
     #: one before it (a rolling upgrade across one version step: code of version N must
     #: read and write data of version N-1 as long as it is not migrated), refuses newer
     #: data, and refuses older data until `mailrelay migrate` has run.
+    #: Issue 18: becomes 2 (the archive in PostgreSQL, ARCHIVE_IN_POSTGRES_VERSION) once the
+    #: archiver is wired into the daemon; the step 1 -> 2 is registered and ready below.
     DATA_VERSION = 1
 
     #: From this data version on the archive (messages, timelines, bodies, bounces) lives in
@@ -130,11 +132,12 @@ class ClusterStore(StoreBase):
     MIGRATIONS: dict[int, tuple[str, str]] = {
         0: ("record the data version (data written before data versions existed has the "
             "layout of version 1)", "_migrate_0_to_1"),
+        1: ("copy the archive (messages, timelines, bodies, bounces) from Redis into PostgreSQL",
+            "_migrate_1_to_2"),
     }
 
     #: The steps that write the PostgreSQL archive (they need ``archive``).
-    ARCHIVE_STEPS: frozenset[int] = frozenset()
-
+    ARCHIVE_STEPS: frozenset[int] = frozenset({1})
 
     DataVersionError = DataVersionError
 

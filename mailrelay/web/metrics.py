@@ -8,7 +8,10 @@ JOB
     counters (Prometheus' ``sum()`` over the daemons is the cluster's figure);
     the cluster-wide figures read from Redis (the queue and the last hour's
     totals) as ``mailrelay_cluster_*`` gauges, the same on every daemon
-    (aggregate with ``max()``); docs/api.md lists them. A LoopingCall of the web
+    (aggregate with ``max()``); docs/api.md lists them. The archiver's lag
+    (``mailrelay_cluster_archive_lag_*``, cluster-wide too) and whether this
+    process's archiver writes (``mailrelay_archive_up``) come from the archiver's
+    own measures, in memory. A LoopingCall of the web
     service calls :meth:`Metrics.refresh` every METRICS_INTERVAL seconds (a PING
     for ``mailrelay_redis_up``; the queue summary and the totals every
     QUEUE_METRICS_EVERY-th time), so that a scrape only reads memory.
@@ -34,6 +37,7 @@ CONFIGURATION
 
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
 from typing import Any, Callable
 
@@ -42,6 +46,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mailrelay.metrics import BOUNCE_LABELS, DELIVERY_OUTCOMES, PROCESS
+from mailrelay.services.archiver import ArchiverState
 from mailrelay.store import StorageError
 from mailrelay.store.interfaces import MetricsStorage, QueueSummary, TrackingSearch
 from mailrelay.web.jsonhttp import bounded, describe_error, finish, refused_unless_get
@@ -97,8 +102,10 @@ class Metrics:
     process's own.
     """
 
-    def __init__(self, sessions: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, sessions: Callable[[], dict[str, int]],
+                 archiver: Callable[[], ArchiverState | None] = lambda: None) -> None:
         self.sessions = sessions
+        self.archiver = archiver
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         same = "; cluster-wide, the same on every daemon: use max(), not sum()"
@@ -118,6 +125,15 @@ class Metrics:
                                   registry=r)
         self.smtp_sessions = Gauge("mailrelay_smtp_sessions", "Open SMTP sessions of this process by listener",
                                    ["service"], registry=r)
+        self.archive_lag_entries = Gauge(
+            "mailrelay_cluster_archive_lag_entries",
+            "Event stream entries the archiver has not archived yet (NaN until measured)" + same, registry=r)
+        self.archive_lag_seconds = Gauge(
+            "mailrelay_cluster_archive_lag_seconds",
+            "Age of the oldest event stream entry not archived yet (0 when none; NaN until measured)" + same,
+            registry=r)
+        self.archive_up = Gauge("mailrelay_archive_up",
+                                "1 while this process's archiver writes into the archive database", registry=r)
         self.redis_up = Gauge("mailrelay_redis_up",
                               "1 when this process's last metrics refresh from Redis succeeded", registry=r)
         for status in DELIVERY_OUTCOMES:
@@ -167,6 +183,11 @@ class Metrics:
     def render(self) -> bytes:
         for name, count in self.sessions().items():
             self.smtp_sessions.labels(name).set(count)
+        archiver = self.archiver()
+        lag = archiver.lag if archiver is not None else None
+        self.archive_lag_entries.set(lag.entries if lag is not None else math.nan)
+        self.archive_lag_seconds.set(lag.oldest_age_seconds if lag is not None else math.nan)
+        self.archive_up.set(1 if archiver is not None and archiver.writing else 0)
         return generate_latest(self.registry) + generate_latest(PROCESS)
 
 

@@ -9,7 +9,10 @@ JOB
     ``/healthz``      200 ``ok`` while the process runs;
     ``/readyz``       200 when Redis answers PING within ``[redis] timeout``
                       and every configured SMTP listener is listening; 503
-                      with a JSON reason otherwise;
+                      with a JSON reason otherwise; either way it reports
+                      how far the archiver is behind (``archive_lag_entries``,
+                      ``archive_lag_seconds``), which never makes it unready:
+                      mail is accepted and delivered while the archive lags;
     ``/metrics``      the Prometheus text format (:mod:`mailrelay.web.metrics`,
                       refreshed from Redis by a LoopingCall);
     anything else     the status page (:mod:`mailrelay.web.statuspage`, when
@@ -65,6 +68,7 @@ from twisted.web import resource, server
 
 from mailrelay.config import Config
 from mailrelay.store.interfaces import ArchiveReads, WebStorage
+from mailrelay.services.archiver import ArchiverState
 from mailrelay.services.submission import SMTPListenerService, describe_address
 from mailrelay.web.api import ADMIN_API_MAX_BODY, ApiResource
 from mailrelay.web.auth import TokenAuth, bearer_token_of, ensure_api_token, unauthorized
@@ -107,6 +111,18 @@ def smtp_listener_status(root: Any, config: Config) -> dict[str, dict[str, Any]]
             "addresses": [describe_address(p.getHost()) for p in ports],
         }
     return status
+
+
+def archiver_detail(state: ArchiverState) -> str:
+    """The archiver's state in a few words, for the status page."""
+    lag = state.lag
+    if lag is None:
+        behind = "lag not measured yet"
+    elif lag.entries == 0:
+        behind = "up to date"
+    else:
+        behind = f"{lag.entries} event(s) behind, the oldest {lag.oldest_age_seconds:.0f}s old"
+    return behind if state.problem is None else f"{state.problem}; {behind}"
 
 
 class HealthResource(resource.Resource):
@@ -242,17 +258,21 @@ class WebService(service.Service):
 
     def __init__(self, config: Config, get_storage: Callable[[], WebStorage],
                  listeners: Callable[[], dict[str, dict[str, Any]]],
-                 get_archive: Callable[[], ArchiveReads | None] | None = None) -> None:
+                 get_archive: Callable[[], ArchiveReads | None] | None = None,
+                 archiver: Callable[[], ArchiverState | None] | None = None) -> None:
         self.config = config
         self.get_storage = get_storage
         self.get_archive = get_archive
+        #: The archiver's state (lag, whether it writes), read from memory; None: no archiver.
+        self.archiver = archiver or (lambda: None)
         self.archive: ArchiveReads | None = None
         self.listeners = listeners
         self.ports: list[Any] = []
         self.storage: WebStorage | None = None
         self.auth: TokenAuth | None = None
         self.throttle = FailureThrottle(config.web.max_auth_failures, config.web.auth_failure_window)
-        self.metrics = Metrics(lambda: {name: s["sessions"] for name, s in self.listeners().items()})
+        self.metrics = Metrics(lambda: {name: s["sessions"] for name, s in self.listeners().items()},
+                               self.archiver)
         self._loop: task.LoopingCall | None = None
 
     def startService(self) -> None:
@@ -319,8 +339,9 @@ class WebService(service.Service):
         """
         The daemon's health, for /readyz and the status page: ``{"ready": bool, "reason":
         str | None, "redis": {"ok": bool, "latency_ms": float | None}, "listeners": {name:
-        {"listening": bool, "sessions": n, "addresses": [...]}}}``. Never raises; waits at
-        most ``[redis] timeout``.
+        {"listening": bool, "sessions": n, "addresses": [...]}}, "archive_lag_entries": n |
+        None, "archive_lag_seconds": s | None}`` (the archive's lag: None until measured; it
+        never makes the daemon unready). Never raises; waits at most ``[redis] timeout``.
         """
         timeout = self.config.redis.timeout
         started = time.monotonic()
@@ -334,8 +355,12 @@ class WebService(service.Service):
         if not redis_ok:
             reasons.append(f"Redis did not answer PING within {timeout:g}s")
         reasons += [f"the {name} listener is not listening" for name, s in listeners.items() if not s["listening"]]
+        archiver = self.archiver()
+        lag = archiver.lag if archiver is not None else None
         return {"ready": not reasons, "reason": "; ".join(reasons) or None,
-                "redis": {"ok": redis_ok, "latency_ms": latency}, "listeners": listeners}
+                "redis": {"ok": redis_ok, "latency_ms": latency}, "listeners": listeners,
+                "archive_lag_entries": lag.entries if lag is not None else None,
+                "archive_lag_seconds": lag.oldest_age_seconds if lag is not None else None}
 
     async def service_health(self) -> dict[str, dict[str, Any]]:
         """The same, per service, for the status page: ``{name: {"ok": bool, "detail": str}}``."""
@@ -350,6 +375,9 @@ class WebService(service.Service):
             services[name] = {"ok": listener["listening"], "detail": detail}
         services["web"] = {"ok": bool(self.ports), "detail": "listening on " + ", ".join(
             describe_address(p.getHost()) for p in self.ports)}
+        archiver = self.archiver()
+        if archiver is not None:
+            services["archiver"] = {"ok": archiver.writing, "detail": archiver_detail(archiver)}
         return services
 
     def stopService(self) -> defer.Deferred:

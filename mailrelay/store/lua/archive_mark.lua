@@ -9,13 +9,26 @@
 -- archived, and each archived bounce, is scheduled in archive:release to lose its Redis keys
 -- after release_after (only at the data version that moved the archive to PostgreSQL: see
 -- _release.lua and release_archived.lua); and the batch's entries are acknowledged in the
--- group. Returns the number of entries acknowledged.
+-- group (first: see below). Returns the number of entries acknowledged.
 --#include _release
 local msg_prefix, timeline_prefix = ARGV[2], ARGV[3]
 local release_after, min_version = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
 local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + release_after
 local last_pair = 6 + 2 * tonumber(ARGV[6])  -- the last pair's last value
+local last_bounce = last_pair + 1 + tonumber(ARGV[last_pair + 1])
+-- The acknowledgements first: on a full Redis (maxmemory, noeviction) a script's first write
+-- that needs memory (HSET, ZADD) is refused, but XACK needs none and, once it has written, the
+-- rest goes through; so the archiver still makes progress on a full Redis, and its trims and
+-- releases free the memory (otherwise Redis would stay full after a long PostgreSQL outage).
+local acked = 0
+local k = last_bounce + 1
+while k <= #ARGV do  -- in slices: unpack() of thousands of values overflows Lua's C stack
+  local ids = {}
+  for j = k, math.min(k + 999, #ARGV) do ids[#ids + 1] = ARGV[j] end
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  k = k + 1000
+end
 for k = 7, last_pair, 2 do
   local id = ARGV[k]
   local mkey = msg_prefix .. id
@@ -30,18 +43,9 @@ for k = 7, last_pair, 2 do
     end
   end
 end
-local last_bounce = last_pair + 1 + tonumber(ARGV[last_pair + 1])
 if tonumber(redis.call('GET', KEYS[2]) or '0') >= min_version then
   for k = last_pair + 2, last_bounce do
     schedule_release(KEYS[3], 'b:' .. ARGV[k], due)
   end
-end
-local acked = 0
-local k = last_bounce + 1
-while k <= #ARGV do  -- in slices: unpack() of thousands of values overflows Lua's C stack
-  local ids = {}
-  for j = k, math.min(k + 999, #ARGV) do ids[#ids + 1] = ARGV[j] end
-  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-  k = k + 1000
 end
 return acked

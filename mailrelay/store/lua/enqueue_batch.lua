@@ -4,12 +4,15 @@
 -- ARGV: (positions from mailrelay.store.scripts.ENQUEUE_BATCH_ARGV) the enqueue.lua arguments
 --       every message of a Storage shares (ENQUEUE_SHARED_ARGV: owner, the key
 --       prefixes of SETTLE_ARGV, retention, body TTL), then the number of settlement values
---       ('settlements') and those values (pairs of action and message id, run first with
---       _settle: the acknowledgements settled since the last call ride on this one), then per
+--       ('settlements') and those values (pairs of action and message id, run with _settle
+--       after the messages: the acknowledgements settled since the last call ride on this one), then per
 --       message the number of its keys, the number of its own arguments, then its enqueue.lua
 --       arguments without the shared ones.
 -- Several messages queued in one call (see Storage._enqueue_batched): enqueue.lua for each,
--- in order; one failing (e.g. OOM) does not stop the others.
+-- in order; one failing (e.g. OOM) does not stop the others. On a full Redis (maxmemory,
+-- noeviction) every message of the call is refused with OOM and nothing of it is written: a
+-- message's first write (RPUSH of its timeline) is its first command that needs memory, and
+-- nothing runs before the messages (see below).
 -- Returns one reply per message (what enqueue.lua returns, or 'ERR <error>'), then _settle's
 -- result per settlement.
 --#include _count
@@ -20,16 +23,7 @@ local function enqueue(KEYS, ARGV)
 --#include _enqueue_body
 
 end
-local settled = {}
 local s = tonumber(ARGV[${enqueue_batch.settlements}])
-if s > 0 then
-  local names = settle_names(KEYS, ARGV, ${enqueue_batch.msg_prefix})
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for k = ${enqueue_batch.#} + 1, ${enqueue_batch.#} + s, 2 do
-    settled[#settled + 1] = settle(names, ARGV[${enqueue_batch.owner}], ARGV[k], ARGV[k + 1], now)
-  end
-end
 local results = {}
 local k, a = ${settle_keys.#} + 1, ${enqueue_batch.#} + 1 + s
 while a <= #ARGV do
@@ -54,5 +48,16 @@ while a <= #ARGV do
   k = k + nk
   a = a + 2 + na
 end
-for _, result in ipairs(settled) do results[#results + 1] = result end
+-- the settlements after the messages: a full Redis (maxmemory) refuses a script's first write
+-- that needs memory, but once the script has written anything it lets the rest through; the
+-- settlements begin with a write that needs none (ZREM), so run first they would let every
+-- message of the call in past maxmemory. Run after, they still complete on a full Redis.
+if s > 0 then
+  local names = settle_names(KEYS, ARGV, ${enqueue_batch.msg_prefix})
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for k = ${enqueue_batch.#} + 1, ${enqueue_batch.#} + s, 2 do
+    results[#results + 1] = settle(names, ARGV[${enqueue_batch.owner}], ARGV[k], ARGV[k + 1], now)
+  end
+end
 return results
