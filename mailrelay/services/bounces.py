@@ -10,11 +10,18 @@ JOB
     bounces and complaints sent back, classifies them
     (:mod:`mailrelay.mail.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
-    The same recorder handles in-band refusals (5xx at delivery).
+    The same recorder handles in-band refusals (5xx at delivery). The
+    message a report names is read through the archive's reads (an
+    ArchiveView: Redis while its keys exist, else the PostgreSQL archive at
+    data version 2), so that a report that comes after the message's keys
+    were released is matched too; its event then reaches the archived
+    message through the archiver (docs/archive.md, "Bounces after the keys
+    are gone").
     ``mailrelay suppressions list --unproven`` finds the suppressions made
     before reports had to prove themselves (:func:`unproven_suppressions`);
     ``mailrelay bounce reclassify`` runs the classifier again over the stored
-    bounces and reactivates the addresses whose suppression no longer holds
+    bounces, in Redis and (data version 2) in the PostgreSQL archive, and
+    reactivates the addresses whose suppression no longer holds
     (:func:`reclassify_bounces`).
 
 SECURITY
@@ -43,7 +50,11 @@ STANDARDS
 
 DIAGNOSTICS
     One log line per bounce: message id (``unmatched`` for an unproven
-    report), recipient, type, whether the address became inactive. Bounce
+    report), recipient, type, whether the address became inactive. A
+    report that could not be matched or stored (Redis, or the PostgreSQL
+    archive a released message is read from, not answering) gets ``451
+    4.3.0`` (``452 4.3.1`` when Redis is full) and ``bounces: could not
+    store a bounce from <client>`` is logged with the failure. Bounce
     records and suppression entries store their ``proof`` (``verp``,
     ``token``, ``delivery``; empty: unmatched).
 
@@ -51,7 +62,9 @@ CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_connections, max_message_size,
     max_stored_bounce_size, max_unmatched_bounces, notify_sender. Redis data (through
     :mod:`mailrelay.store`): ``bounce:<id>``, ``bounce:raw:<id>``,
-    ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``.
+    ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``,
+    ``reports:<id>.<rcpt>``; the PostgreSQL archive through
+    :mod:`mailrelay.store.archiveview` and :mod:`mailrelay.store.archivebounces`.
 """
 
 from __future__ import annotations
