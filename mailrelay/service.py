@@ -16,7 +16,9 @@ JOB
     (when enabled), webhooks (when any is configured), the password checker,
     the submission listeners (STARTTLS and implicit TLS, one connection
     count for both), the bounce listener (when the bounce domain and its
-    listen endpoints are set), the web service and last the cluster
+    listen endpoints are set; it matches reports through the archive's
+    reads, like the web: Redis, then PostgreSQL at data version 2), the
+    web service and last the cluster
     heartbeat. Submission and delivery's notices (DSNs) share one
     :class:`mailrelay.services.inject.Injector`, the one door into the
     queue, made once the storage is ready. Start order is that order,
@@ -112,7 +114,7 @@ from mailrelay.store.archiveview import ArchiveView
 from mailrelay.redisproc import ManagedRedis, find_redis_server, machine_memory
 from mailrelay.smtp.server import ConnectionLimiter, ServerLimits, SMTPServerFactory
 from mailrelay.store import Storage, connect_redis
-from mailrelay.store.interfaces import BounceListenerStorage
+from mailrelay.store.interfaces import ArchiveReads, BounceListenerStorage
 from mailrelay.services.submission import SMTPListenerService, SubmissionHandler, ensure_first_user
 from mailrelay.web.server import WebService, smtp_listener_status
 from mailrelay.services.webhooks import WebhookService
@@ -321,6 +323,14 @@ def make_service(config: Config) -> MailrelayService:
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)
 
+    def get_archive() -> ArchiveView:
+        # one message from Redis while its keys exist, else PostgreSQL; searches from
+        # PostgreSQL once the data is at the version that moved the archive there (the cluster
+        # service, made last, is bound by the time anything calls this)
+        assert storage_service.storage is not None
+        return ArchiveView(storage_service.storage, ArchiveReader(archive.read),
+                           in_postgres=lambda: cluster.archive_in_postgres())
+
     if config.bounces.domain and config.bounces.listen:
         bounce_limits = ServerLimits(
             hostname=config.hostname,
@@ -333,14 +343,10 @@ def make_service(config: Config) -> MailrelayService:
             max_connections=config.bounces.max_connections,
             service_name="bounces",
         )
-        BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options).setServiceParent(top)
-
-    def get_archive() -> ArchiveView:
-        # one message from Redis while its keys exist, else PostgreSQL; searches from
-        # PostgreSQL once the data is at the version that moved the archive there
-        assert storage_service.storage is not None
-        return ArchiveView(storage_service.storage, ArchiveReader(archive.read),
-                           in_postgres=lambda: cluster.archive_in_postgres())
+        # matches reports through the archive's reads: a message whose keys were released
+        # (data version 2) is read from PostgreSQL
+        BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options,
+                       get_archive=get_archive).setServiceParent(top)
 
     # after the listeners: /readyz reports them, and the API needs the storage ready
     WebService(config, lambda: storage_service.storage,
@@ -361,11 +367,12 @@ class BounceListener(service.MultiService):
     name = "bounces"
 
     def __init__(self, config: Config, limits: ServerLimits, get_storage: Callable[[], BounceListenerStorage],
-                 tls_options: Any) -> None:
+                 tls_options: Any, *, get_archive: Callable[[], ArchiveReads]) -> None:
         super().__init__()
         self.config = config
         self.limits = limits
         self.get_storage = get_storage
+        self.get_archive = get_archive
         self.tls_options = tls_options
 
     def startService(self) -> None:
@@ -378,7 +385,8 @@ class BounceListener(service.MultiService):
         verp = await load_verp(self.config, storage)
         recorder = BounceRecorder(storage, self.config.bounces.max_stored_bounce_size, reactor,
                                   self.config.bounces.max_unmatched_bounces)
-        factory = SMTPServerFactory(self.limits, BounceHandler(verp, storage, recorder), self.tls_options)
+        handler = BounceHandler(verp, self.get_archive(), recorder)
+        factory = SMTPServerFactory(self.limits, handler, self.tls_options)
         child = SMTPListenerService("bounces", self.config.bounces.listen, factory, tls_mode="STARTTLS")
         child.setServiceParent(self)
         await child.listen()

@@ -26,7 +26,7 @@ from pgserver import start_postgres
 from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.archiverecords import (ArchiveBatch, ArchivedRecipient, BounceSnapshot, CancelledMessage,
-                                            MessageSnapshot)
+                                            LateEvent, MessageSnapshot)
 from mailrelay.store.archiveread import ArchiveReader
 from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, INDEXED_TEXT_BYTES, MESSAGE_COLUMNS,
                                          RECIPIENT_COLUMNS, clean_text, indexed_text, metadata_json,
@@ -34,7 +34,7 @@ from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, INDEXED_T
 from mailrelay.store.archivewrite import ArchiveWriter, WriteResult
 from mailrelay.store.errors import ArchiveUnavailable, StorageUnavailable
 from mailrelay.store.queue import compress_body
-from mailrelay.store.records import BounceRecord, MessageRecord, decode_timeline
+from mailrelay.store.records import BounceRecord, MessageRecord, TimelineEvent, decode_timeline
 from mailrelay.store.timelinepack import json_entries
 
 UTC = datetime.timezone.utc
@@ -146,9 +146,10 @@ class ArchiveWriterTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     async def write(self, *messages: MessageSnapshot, bounces: tuple[BounceSnapshot, ...] = (),
-                    cancelled: tuple[str, ...] = ()) -> WriteResult:
+                    cancelled: tuple[str, ...] = (), late: tuple[LateEvent, ...] = ()) -> WriteResult:
         return await self.writer.write(ArchiveBatch(messages=messages, bounces=bounces,
-                                                    cancelled=tuple(CancelledMessage(c) for c in cancelled)))
+                                                    cancelled=tuple(CancelledMessage(c) for c in cancelled),
+                                                    late_events=late))
 
     # -- what is written reads back as the Redis hashes decode
 
@@ -245,6 +246,95 @@ class ArchiveWriterTests(unittest.TestCase):
             self.assertIsNone(await self.reader.get_body(mid))
         self.assertIsNotNone(await self.reader.get_message(kept.id))
         self.assertEqual(count_rows(self.conninfo), {"messages": 1, "recipients": 2, "bodies": 1, "bounces": 0})
+
+    # -- late events (about messages whose Redis keys were released)
+
+    def late(self, message: MessageSnapshot | str, rcpt: int, kind: str = "bounced", state: str = "bounced",
+             **fields: Any) -> tuple[LateEvent, BounceSnapshot]:
+        """A late event and the bounce that made it (one stream entry: they come in one batch)."""
+        message_id = message if isinstance(message, str) else message.id
+        report = bounce(message_id=message_id)
+        return LateEvent(message_id, rcpt, report.id, event(kind, rcpt, **fields), state), report
+
+    async def write_late(self, *late: tuple[LateEvent, BounceSnapshot], messages: tuple[MessageSnapshot, ...] = ()
+                         ) -> WriteResult:
+        return await self.writer.write(ArchiveBatch(messages=messages, bounces=tuple(b for _, b in late),
+                                                    late_events=tuple(e for e, _ in late)))
+
+    @async_test
+    async def test_a_late_bounce_joins_the_archived_timeline_once_and_sets_the_state_and_status(self):
+        both_delivered = (ArchivedRecipient(0, "bob@example.org", "delivered", 1),
+                          ArchivedRecipient(1, "carol@example.net", "delivered", 1))
+        message = snapshot(timeline=TIMELINE[:3], recipients=both_delivered)
+        other = snapshot(timeline=TIMELINE[:3], recipients=both_delivered)
+        await self.write(message, other)
+        bounced = self.late(message, 1, recipient="carol@example.net")
+        complained = self.late(message, 0, "complained", "", recipient="bob@example.org")
+        fresh = snapshot()
+        result = await self.write_late(bounced, complained, messages=(fresh,))
+        self.assertEqual((result.messages, result.bounces, result.late_events, result.skipped), (1, 2, 2, ()))
+        record = await self.reader.get_message(message.id)
+        self.assertEqual([r.state for r in record.recipients], ["delivered", "bounced"])
+        self.assertEqual(record.status, "partial")  # as _status.lua: delivered + bounced
+        timeline = await self.reader.get_timeline(message.id)
+        self.assertEqual([e.type for e in timeline], ["queued", "deferred", "delivered", "bounced", "complained"])
+        self.assertEqual(timeline[3], TimelineEvent.decode(json.loads(bounced[0].event)))
+        # replayed (the archiver's entries taken over): the bounces are stored, nothing changes
+        again = await self.write_late(bounced, complained)
+        self.assertEqual((again.bounces, again.late_events, again.skipped), (0, 0, ()))
+        self.assertEqual(len(await self.reader.get_timeline(message.id)), 5)
+        with psycopg.connect(self.conninfo) as conn:
+            self.assertEqual(conn.execute("SELECT timeline_length FROM messages WHERE id = %s",
+                                          (message.id,)).fetchone()[0], 5)
+        # a replayed snapshot taken before the release (its timeline shorter) does not undo it
+        self.assertEqual((await self.write(message)).stale, 1)
+        self.assertEqual((await self.reader.get_message(message.id)).status, "partial")
+        # the other message was not touched
+        self.assertEqual((await self.reader.get_message(other.id)).status, "delivered")
+        self.assertEqual(len(await self.reader.get_timeline(other.id)), 3)
+
+    @async_test
+    async def test_two_reports_alike_are_two_events(self):
+        message = snapshot(timeline=TIMELINE[:3])
+        await self.write(message)
+        first, second = self.late(message, 0), self.late(message, 0)
+        self.assertEqual(first[0].event, second[0].event)  # the same second, the same words
+        self.assertEqual((await self.write_late(first, second)).late_events, 2)
+        self.assertEqual([e.type for e in await self.reader.get_timeline(message.id)][3:], ["bounced", "bounced"])
+
+    @async_test
+    async def test_the_last_recipient_bouncing_late_makes_the_message_bounced(self):
+        message = snapshot(timeline=TIMELINE[:1], status="partial", rcpt_count=2,
+                           recipients=(ArchivedRecipient(0, "bob@example.org", "bounced", 1),
+                                       ArchivedRecipient(1, "carol@example.net", "delivered", 1)))
+        await self.write(message)
+        await self.write_late(self.late(message, 1))
+        self.assertEqual((await self.reader.get_message(message.id)).status, "bounced")
+
+    @async_test
+    async def test_late_events_of_messages_not_in_the_archive_are_skipped_and_logged_once(self):
+        yesterday = today_utc() - datetime.timedelta(days=1)
+        with psycopg.connect(self.conninfo) as conn:
+            migrations.create_partitions(conn, yesterday, 1)
+        dropped = snapshot(day_start_ms(yesterday) + 60_000)
+        await self.write(dropped)
+        drop_day(self.conninfo, yesterday)  # retention took its day
+        kept = snapshot()
+        await self.write(kept)
+        never = message_id_at(now_ms())
+        on_dropped, on_never, on_kept = self.late(dropped, 0), self.late(never, 0), self.late(kept, 0)
+        not_an_id = self.late("not-a-message-id", 0)
+        result = await self.write_late(on_dropped, on_never, not_an_id, on_kept)
+        self.assertEqual((result.bounces, result.late_events), (4, 1))  # the bounces are stored all the same
+        self.assertEqual(sorted((s.kind, s.id) for s in result.skipped),
+                         sorted([("late event", dropped.id), ("late event", never), ("late event", "not-a-message-id")]))
+        self.assertEqual((await self.reader.get_message(kept.id)).recipients[0].state, "bounced")
+        lines = [line for line in self.logged if "late event" in line]
+        self.assertEqual(len([line for line in lines if dropped.id in line and never in line]), 1, lines)
+        # a late event without its bounce (its record gone from Redis before the archiver read it)
+        orphan, _ = self.late(kept, 1)
+        result = await self.writer.write(ArchiveBatch(late_events=(orphan,)))
+        self.assertEqual((result.late_events, [s.kind for s in result.skipped]), (0, ["late event"]))
 
     # -- bad input
 

@@ -143,7 +143,7 @@ def test_keys_builds_each_name_as_the_store_headers_document_it():
         k.suppressed, k.suppressed_version, k.webhook_queue, k.webhook_job("<id>"),
         k.dkim_domains, k.dkim_version, k.dkim_checks, k.cluster, k.cluster_member("<owner>"),
         k.data_version, k.migration_lock, k.user_rate("<user>", "<window>"), k.auth_failures("<client>"),
-        k.archive_release,
+        k.archive_release, k.late_reports("<id>", "<rcpt>"),
     }
     documented = documented_keys()
     assert built - documented == set(), "built by Keys but documented otherwise (or not at all)"

@@ -350,6 +350,19 @@ def test_payload_takes_the_matching_timeline_entry():
                        "response": None, "remote_queue_id": None}
 
 
+def test_a_late_report_s_payload_takes_the_event_its_entry_carries():
+    """A report about a released message: no record, no timeline in Redis; the entry has the event."""
+    event = {"type": "bounced", "at": "2026-11-28T09:05:01Z", "recipient": "a@x.test", "rcpt": 0,
+             "detail": "HardBounce: 550 5.1.1 no such user", "enhanced_code": "5.1.1"}
+    fields = {"type": "bounced", "msg": "m1", "rcpt": "0", "at": "1795856701000", "bounce": "b1", "late": "1",
+              "event": json.dumps(event), "state": "bounced"}
+    source = {"tag": None, "metadata": None, "recipient": None, "timeline": [], "bounces": []}
+    payload = build_payload("bounced", "1-0", fields, source, {"id": "b1", "recipient": "a@x.test"})
+    assert (payload["recipient"], payload["at"], payload["detail"], payload["enhanced_code"]) == (
+        "a@x.test", "2026-11-28T09:05:01Z", "HardBounce: 550 5.1.1 no such user", "5.1.1")
+    assert (payload["tag"], payload["metadata"], payload["bounce"]["id"]) == ("", {}, "b1")
+
+
 # -- in process: the service on a task.Clock ----------------------------------------------------
 
 

@@ -17,7 +17,9 @@ JOB
 
     ``classify`` needs no configuration and no Redis (:mod:`mailrelay.mail.bounceparse`);
     ``reclassify`` runs :func:`mailrelay.services.bounces.reclassify_bounces` against the
-    daemon's Redis through :func:`mailrelay.cli.common.react_with_storage`.
+    daemon's Redis through :func:`mailrelay.cli.common.react_with_storage`, and once the
+    data is at version 2 against the PostgreSQL archive's bounces too (those released from
+    Redis live there only: their rows are rewritten; :func:`mailrelay.cli.common.with_archive`).
 
 SECURITY
     ``classify`` reads files the operator names and prints JSON (``json.dumps`` escapes
@@ -31,13 +33,14 @@ STANDARDS
 
 DIAGNOSTICS
     ``classify``: ``mailrelay: <file>: <strerror>`` on stderr for an unreadable file; it goes
-    on with the others and exits 1. ``reclassify``: the configuration and Redis connection
-    errors of :mod:`mailrelay.cli.common`, one line on stderr, exit status 1.
+    on with the others and exits 1. ``reclassify``: the configuration, Redis connection
+    and archive database errors of :mod:`mailrelay.cli.common`, one line on stderr, exit
+    status 1.
 
 CONFIGURATION
     ``classify``: none. ``reclassify``: ``-c FILE``; ``[bounces]`` (through
-    :mod:`mailrelay.services.bounces`), ``[server] state_dir`` and ``[redis]`` through
-    :mod:`mailrelay.cli.common`. Owns no file or Redis data.
+    :mod:`mailrelay.services.bounces`), ``[server] state_dir``, ``[redis]`` and
+    ``[archive]`` through :mod:`mailrelay.cli.common`. Owns no file or Redis data.
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailrelay.cli.common import clean, plural, react_with_storage
+from mailrelay.cli.common import clean, load_or_exit, plural, react_with_storage, with_archive
 from mailrelay.mail.bounceparse import parse_bounce
-from mailrelay.services.bounces import reclassify_bounces
-from mailrelay.store.interfaces import BounceReclassifyStorage
+from mailrelay.services.bounces import Reclassification, reclassify_bounces
+from mailrelay.store.archivebounces import ArchiveBounceStore
+from mailrelay.store.archivedb import ArchiveDatabase
+from mailrelay.store.interfaces import BounceReclassifyAdminStorage
 
 
 def cmd_bounce_classify(args: argparse.Namespace) -> int:
@@ -70,8 +75,14 @@ def cmd_bounce_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
-    async def run(storage: BounceReclassifyStorage) -> None:
-        changes = await reclassify_bounces(storage, apply=not args.dry_run)
+    config = load_or_exit(getattr(args, "config", None))
+
+    async def run(storage: BounceReclassifyAdminStorage) -> None:
+        async def reclassify(database: ArchiveDatabase | None) -> list[Reclassification]:
+            # at data version 2 the bounces released from Redis are the archive's
+            archive = ArchiveBounceStore(database) if database is not None else None
+            return await reclassify_bounces(storage, apply=not args.dry_run, archive=archive)
+        changes = await with_archive(config, storage, reclassify, write=True)
         for change in changes:
             if change.reactivates:
                 effect = "would reactivate" if args.dry_run else "reactivated"
@@ -85,7 +96,7 @@ def cmd_bounce_reclassify(args: argparse.Namespace) -> int:
         print(f"{plural(len(changes), 'bounce')} reclassified, {reactivated} {addresses} {verb} reactivated"
               + (" (dry run: nothing changed)" if args.dry_run else ""))
 
-    return react_with_storage(args, run)
+    return react_with_storage(args, run, config)
 
 
 def add_bounce_parser(sub: Any) -> None:

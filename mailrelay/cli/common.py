@@ -7,7 +7,10 @@ JOB
     connects to the daemon's Redis (the managed one through its Unix socket, else
     ``[redis] url`` or the Sentinels) and runs one admin action against a ``Storage``
     in a reactor (:func:`run_with_storage`, :func:`react_with_storage`); finds the
-    archive's database as the daemon does (:func:`archive_conninfo_or_exit`); :func:`clean`
+    archive's database as the daemon does (:func:`archive_conninfo_or_exit`) and opens it
+    for the commands that read or rewrite archived data (:func:`open_archive_database`;
+    :func:`with_archive`: only once the Redis data is at the version that moved the
+    archive there, data version 2); :func:`clean`
     makes stored text safe to print on a terminal.
 
 SECURITY
@@ -22,27 +25,36 @@ DIAGNOSTICS
     ``mailrelay: configuration error: ...``; ``mailrelay: the daemon's managed Redis is not
     running (no socket at PATH)``; ``mailrelay: cannot connect to <Redis>: ...``;
     ``mailrelay: <Redis>: <storage error>``; ``mailrelay: the daemon's managed PostgreSQL
-    is not running (no socket in DIR)``; each one line, exit status 1.
+    is not running (no socket in DIR)``; ``mailrelay: archive database at <where>:
+    <error>``; each one line, exit status 1.
 
 CONFIGURATION
-    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[archive] url``, ``[server]
-    state_dir`` (the managed Redis's and PostgreSQL's sockets).
+    ``[redis]`` (url, sentinels, timeout, key_prefix), ``[archive]`` (url, read_url,
+    statement_timeout, connect_timeout), ``[server] state_dir`` (the managed Redis's and
+    PostgreSQL's sockets).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import socket
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from twisted.internet import defer, task
 
 from mailrelay.config import Config, ConfigError, load_config, parse_redis_url
 from mailrelay.configvalues import parse_conninfo
-from mailrelay.services.archive import archive_conninfos
+from mailrelay.services.archive import archive_conninfos, one_line_error
 from mailrelay.store import Storage, StorageError, connect_redis
+from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo
+from mailrelay.store.cluster import archive_in_postgres
+from mailrelay.store.errors import ArchiveUnavailable
+from mailrelay.store.interfaces import DataVersionView
+
+T = TypeVar("T")
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +89,34 @@ def archive_conninfo_or_exit(config: Config) -> str:
             raise SystemExit(f"mailrelay: the daemon's managed PostgreSQL is not running "
                              f"(no socket in {socket_dir})")
     return url
+
+
+def open_archive_database(config: Config, *, write: bool = False) -> ArchiveDatabase:
+    """The PostgreSQL archive's database for one admin command (:func:`archive_conninfo_or_exit`;
+    ``[archive] read_url``, when set, unless ``write``): one connection, ``[archive]``'s
+    timeouts. Close it when done."""
+    url = archive_conninfo_or_exit(config)
+    if not write:
+        url = archive_conninfos(config)[1]
+    return ArchiveDatabase(url, statement_timeout=config.archive.statement_timeout,
+                           connect_timeout=math.ceil(config.archive.connect_timeout), pool_max=1)
+
+
+async def with_archive(config: Config, storage: DataVersionView,
+                       action: Callable[[ArchiveDatabase | None], Awaitable[T]], *, write: bool = False) -> T:
+    """``await action(database)`` with the PostgreSQL archive's database once the Redis data is at
+    the version that moved the archive there (else None: Redis holds the whole archive); the
+    archive's failures as one line (SystemExit)."""
+    if not archive_in_postgres(await storage.stored_data_version()):
+        return await action(None)
+    database = open_archive_database(config, write=write)
+    try:
+        return await action(database)
+    except ArchiveUnavailable as e:
+        raise SystemExit(f"mailrelay: archive database at {describe_conninfo(database.conninfo)}: "
+                         f"{one_line_error(e, database.conninfo)}")
+    finally:
+        database.close()
 
 
 def describe_redis(config: Config) -> str:

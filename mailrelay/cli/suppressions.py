@@ -4,7 +4,9 @@ cli.suppressions: ``mailrelay suppressions list|add|remove``, the addresses mail
 JOB
     Registers the ``suppressions`` subcommand (:func:`add_suppressions_parser`, called by
     :mod:`mailrelay.cli.main`) and runs it against the daemon's Redis through
-    :func:`mailrelay.cli.common.react_with_storage`::
+    :func:`mailrelay.cli.common.react_with_storage` (``list --unproven`` reads the bounces
+    and messages from Redis, then from the PostgreSQL archive once the data is at version
+    2, where they live after their release: :func:`mailrelay.cli.common.with_archive`)::
 
         mailrelay suppressions list [--unproven] [-c FILE]
                                            address, since, type, reason; --unproven: only the
@@ -32,8 +34,8 @@ DIAGNOSTICS
 
 CONFIGURATION
     ``-c FILE``; ``[bounces]`` (the VERP secret, for ``list --unproven``); ``[server]
-    state_dir`` and ``[redis]`` through :mod:`mailrelay.cli.common`. Owns no file or Redis
-    data: it changes the suppressions only through the storage.
+    state_dir``, ``[redis]`` and ``[archive]`` through :mod:`mailrelay.cli.common`. Owns
+    no file or Redis data: it changes the suppressions only through the storage.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage
+from mailrelay.cli.common import add_config_option, clean, load_or_exit, plural, react_with_storage, with_archive
 from mailrelay.services.bounces import load_verp, unproven_suppressions
 from mailrelay.smtp.address import AddressError, validate_mailbox
+from mailrelay.store.archivedb import ArchiveDatabase
+from mailrelay.store.archiveread import ArchiveReader
+from mailrelay.store.archiveview import ArchiveView
 from mailrelay.store.interfaces import SuppressionAdminStorage
+from mailrelay.store.records import Suppression
 from mailrelay.timefmt import rfc3339
 
 
@@ -52,7 +58,13 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
     async def run(storage: SuppressionAdminStorage) -> None:
         await storage.measure_clock()
         if args.suppressions_command == "list" and args.unproven:
-            unproven = await unproven_suppressions(storage, await load_verp(config, storage))
+            verp = await load_verp(config, storage)
+
+            async def audit(database: ArchiveDatabase | None) -> list[tuple[Suppression, str]]:
+                # bounces and messages: Redis, then the PostgreSQL archive at data version 2
+                archive = storage if database is None else ArchiveView(storage, ArchiveReader(database))
+                return await unproven_suppressions(storage, archive, verp)
+            unproven = await with_archive(config, storage, audit)
             for entry, why in unproven:
                 print(f"{clean(entry.address)}\t{clean(entry.since or '?')}\t{clean(entry.type)}\t{clean(why)}")
             print(f"{plural(len(unproven), 'unproven suppression')} (reactivate with `mailrelay suppressions remove`)")

@@ -10,11 +10,18 @@ JOB
     bounces and complaints sent back, classifies them
     (:mod:`mailrelay.mail.bounceparse`), ties those that prove it to the message
     and recipient, and suppresses addresses that hard-bounced or complained.
-    The same recorder handles in-band refusals (5xx at delivery).
+    The same recorder handles in-band refusals (5xx at delivery). The
+    message a report names is read through the archive's reads (an
+    ArchiveView: Redis while its keys exist, else the PostgreSQL archive at
+    data version 2), so that a report that comes after the message's keys
+    were released is matched too; its event then reaches the archived
+    message through the archiver (docs/archive.md, "Bounces after the keys
+    are gone").
     ``mailrelay suppressions list --unproven`` finds the suppressions made
     before reports had to prove themselves (:func:`unproven_suppressions`);
     ``mailrelay bounce reclassify`` runs the classifier again over the stored
-    bounces and reactivates the addresses whose suppression no longer holds
+    bounces, in Redis and (data version 2) in the PostgreSQL archive, and
+    reactivates the addresses whose suppression no longer holds
     (:func:`reclassify_bounces`).
 
 SECURITY
@@ -43,7 +50,11 @@ STANDARDS
 
 DIAGNOSTICS
     One log line per bounce: message id (``unmatched`` for an unproven
-    report), recipient, type, whether the address became inactive. Bounce
+    report), recipient, type, whether the address became inactive. A
+    report that could not be matched or stored (Redis, or the PostgreSQL
+    archive a released message is read from, not answering) gets ``451
+    4.3.0`` (``452 4.3.1`` when Redis is full) and ``bounces: could not
+    store a bounce from <client>`` is logged with the failure. Bounce
     records and suppression entries store their ``proof`` (``verp``,
     ``token``, ``delivery``; empty: unmatched).
 
@@ -51,7 +62,9 @@ CONFIGURATION
     ``[bounces]`` domain, verp_secret, listen, max_connections, max_message_size,
     max_stored_bounce_size, max_unmatched_bounces, notify_sender. Redis data (through
     :mod:`mailrelay.store`): ``bounce:<id>``, ``bounce:raw:<id>``,
-    ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``.
+    ``bounces``, ``bounces:unmatched``, ``suppressed``, ``verp:secret``,
+    ``reports:<id>.<rcpt>``; the PostgreSQL archive through
+    :mod:`mailrelay.store.archiveview` and :mod:`mailrelay.store.archivebounces`.
 """
 
 from __future__ import annotations
@@ -69,8 +82,9 @@ from mailrelay.smtp import session as smtpsession
 from mailrelay.config import Config
 from mailrelay.smtp.session import Reply, Session, Transaction
 from mailrelay.store import Event, readmodel
-from mailrelay.store.interfaces import (BounceReader, BounceReclassifyStorage, BounceWriter, MessageReader,
-                                        SuppressionAudit, VerpKey)
+from mailrelay.store.archivebounces import ArchiveBounceStore
+from mailrelay.store.interfaces import (ArchiveReads, BounceRecords, BounceReclassifyStorage,
+                                        BounceWriter, MessageReader, SuppressionList, VerpKey)
 from mailrelay.store.records import BounceRecord, MessageRecord, Suppression
 from mailrelay.timefmt import rfc3339
 
@@ -191,11 +205,14 @@ class BounceRecorder:
 
 
 class BounceHandler:
-    """The policy of the inbound bounce listener (an SMTPHandler)."""
+    """The policy of the inbound bounce listener (an SMTPHandler). ``messages`` reads the message
+    a report names: the archive's reads (mailrelay.store.archiveview.ArchiveView: Redis while
+    the message's keys exist, then PostgreSQL), so that a report that comes after the keys were
+    released is still matched."""
 
-    def __init__(self, verp: VERP, storage: MessageReader, recorder: BounceRecorder) -> None:
+    def __init__(self, verp: VERP, messages: MessageReader, recorder: BounceRecorder) -> None:
         self.verp = verp
-        self.storage = storage
+        self.messages = messages
         self.recorder = recorder
 
     def auth_offered(self, session: Session) -> bool:
@@ -219,6 +236,8 @@ class BounceHandler:
         return defer.ensureDeferred(self._accept(session, transaction, content))
 
     async def _accept(self, session: Session, transaction: Transaction, content: bytes) -> Reply:
+        # any failure, Redis's or the PostgreSQL archive's (ArchiveUnavailable while it is down):
+        # 451, the reporting server tries again later; nothing was stored when matching failed
         try:
             await self.process(transaction.recipients, content, client=session.peer_host)
         except Exception as e:
@@ -255,7 +274,7 @@ class BounceHandler:
         messages: dict[str, MessageRecord | None] = {}  # read each message once
         for message_id, _ in claimed:
             if message_id not in messages:
-                messages[message_id] = await readmodel.message(self.storage, message_id, timeline=False)
+                messages[message_id] = await readmodel.message(self.messages, message_id, timeline=False)
         proven = []
         for (message_id, rcpt), proof in claimed.items():
             message = messages[message_id]
@@ -290,7 +309,7 @@ def pair_reports(reports: list[bounceclassify.BounceReport],
     return list(zip(reports, paired))
 
 
-async def unproven_suppressions(storage: SuppressionAudit,
+async def unproven_suppressions(storage: SuppressionList, archive: ArchiveReads,
                                 verp: VERP | None) -> list[tuple[Suppression, str]]:
     """
     The suppressions made from received bounces that would be unmatched today: (suppression,
@@ -299,36 +318,38 @@ async def unproven_suppressions(storage: SuppressionAudit,
     bounce record whose source is ``smtp``. Any other entry counts as proven only when its
     stored raw bounce carries a token (VERP address or token header) of that message and
     address, as a bounce sent to the recipient's VERP address usually does (its To: field).
+    The bounces and messages are read from ``archive`` (an ArchiveView: Redis, then the
+    PostgreSQL archive once the data is at version 2, where they live after their release).
     """
     found = []
     for entry in sorted(await storage.list_suppressions(), key=lambda s: s.address):
-        why = await _why_unproven(storage, verp, entry)
+        why = await _why_unproven(archive, verp, entry)
         if why:
             found.append((entry, why))
     return found
 
 
-async def _why_unproven(storage: SuppressionAudit, verp: VERP | None, entry: Suppression) -> str | None:
+async def _why_unproven(archive: ArchiveReads, verp: VERP | None, entry: Suppression) -> str | None:
     if entry.proof or not entry.bounce_id:
         return None
     message_id = entry.message_id
     if not message_id:
         return "made from an unmatched report"
-    record = await storage.get_bounce(entry.bounce_id)
+    record = await archive.get_bounce(entry.bounce_id)
     if record is None:
         return "its bounce record has expired: cannot be checked"
     if record.source == "smtp":
         return None   # refused by the recipient's server while we delivered
     if verp is None:
         return "no [bounces] domain: tokens cannot be checked"
-    raw = await storage.get_bounce_raw(entry.bounce_id) or b""
+    raw = await archive.get_bounce_raw(entry.bounce_id) or b""
     tokens = bounceparse.parse_bounce(raw)[0].recipient_tokens if raw else ()
     message = None
     for token in tokens:
         job = verp.verify_token(token)
         if job is None or job[0] != message_id:
             continue
-        message = message or await readmodel.message(storage, message_id, timeline=False)
+        message = message or await readmodel.message(archive, message_id, timeline=False)
         if message is None:
             return "its message has expired: cannot be checked"
         recipient = message.recipient(job[1])
@@ -351,7 +372,8 @@ class Reclassification(NamedTuple):
     applied: bool = False
 
 
-async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool) -> list[Reclassification]:
+async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool,
+                             archive: ArchiveBounceStore | None = None) -> list[Reclassification]:
     """
     Run the classifier again over every stored bounce: the raw message when one was stored,
     else (a refusal at delivery, source ``smtp``) the stored status and reply. Each bounce
@@ -361,37 +383,60 @@ async def reclassify_bounces(storage: BounceReclassifyStorage, *, apply: bool) -
     new type would suppress suppresses nobody new (a repair, not a second pass of
     suppression). With ``apply``, the record's type is rewritten (with ``rule``, ``reason``
     and the previous type in ``reclassified_from``) and the suppression removed, atomically.
+
+    At data version 2 the caller gives ``archive`` (the PostgreSQL archive's bounces, where
+    bounces live once released from Redis): the bounces still in Redis come first (their
+    record rewritten in Redis and in the archive's row when it has one), then, in pages, those
+    only the archive holds (their row rewritten; the suppression is Redis's either way).
     """
     suppressions = {s.address: s for s in await storage.list_suppressions()}
     changes: list[Reclassification] = []
+    in_redis: set[str] = set()
     async for bounce_id in storage.bounce_ids():
-        record = await storage.get_bounce(bounce_id)
-        if record is None:
-            continue   # expired meanwhile
-        old = record.type
-        report = await _reclassified_report(storage, bounce_id, record)
-        if report is None or report.type.name == old:
-            continue
-        address = record.recipient.lower()
-        entry = suppressions.get(address) if address else None
-        reactivates = bool(entry and entry.bounce_id == bounce_id and not report.type.suppresses)
-        change = Reclassification(bounce_id, address, old, report.type.name, report.reason, reactivates)
-        if apply:
-            fields = {"type": report.type.name, "type_code": report.type.code,
-                      "description": report.type.description, "rule": report.rule,
-                      "reason": report.reason[:1000], "reclassified_from": old}
-            if reactivates:
-                fields["inactive"] = "0"
-            updated, removed = await storage.reclassify_bounce(bounce_id, fields,
-                                                               reactivate=address if reactivates else None)
-            change = change._replace(applied=updated, reactivates=removed if updated else reactivates)
-            log.info("bounce {id}: reclassified {old} -> {new}{reactivated}", id=bounce_id, old=old,
-                     new=report.type.name, reactivated=f", {address} reactivated" if removed else "")
-        changes.append(change)
+        in_redis.add(bounce_id)
+        change = await _reclassify(storage, storage, archive, bounce_id, suppressions, apply)
+        if change is not None:
+            changes.append(change)
+    if archive is not None:
+        async for bounce_id in archive.bounce_ids():
+            if bounce_id not in in_redis:
+                change = await _reclassify(storage, archive, archive, bounce_id, suppressions, apply)
+                if change is not None:
+                    changes.append(change)
     return changes
 
 
-async def _reclassified_report(storage: BounceReader, bounce_id: str,
+async def _reclassify(storage: BounceReclassifyStorage, records: BounceRecords, archive: ArchiveBounceStore | None,
+                      bounce_id: str, suppressions: dict[str, Suppression], apply: bool) -> Reclassification | None:
+    """One bounce of reclassify_bounces, its record read from ``records`` (Redis, or the archive)."""
+    record = await records.get_bounce(bounce_id)
+    if record is None:
+        return None   # expired meanwhile
+    old = record.type
+    report = await _reclassified_report(records, bounce_id, record)
+    if report is None or report.type.name == old:
+        return None
+    address = record.recipient.lower()
+    entry = suppressions.get(address) if address else None
+    reactivates = bool(entry and entry.bounce_id == bounce_id and not report.type.suppresses)
+    change = Reclassification(bounce_id, address, old, report.type.name, report.reason, reactivates)
+    if not apply:
+        return change
+    fields = {"type": report.type.name, "type_code": report.type.code,
+              "description": report.type.description, "rule": report.rule,
+              "reason": report.reason[:1000], "reclassified_from": old}
+    if reactivates:
+        fields["inactive"] = "0"
+    # Redis first: the record while it is there, and the suppression (which only Redis holds)
+    updated, removed = await storage.reclassify_bounce(bounce_id, fields, reactivate=address if reactivates else None)
+    if archive is not None:
+        updated = await archive.update_bounce(bounce_id, fields) or updated
+    log.info("bounce {id}: reclassified {old} -> {new}{reactivated}", id=bounce_id, old=old,
+             new=report.type.name, reactivated=f", {address} reactivated" if removed else "")
+    return change._replace(applied=updated, reactivates=removed if updated else reactivates)
+
+
+async def _reclassified_report(storage: BounceRecords, bounce_id: str,
                                record: BounceRecord) -> bounceclassify.BounceReport | None:
     """What the classifier says today about a stored bounce record (None: cannot tell)."""
     if record.type in ("ManuallyDeactivated",):

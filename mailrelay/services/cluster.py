@@ -50,7 +50,7 @@ from twisted.logger import Logger
 
 from mailrelay import __version__
 from mailrelay.store import new_owner
-from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
+from mailrelay.store.cluster import archive_in_postgres
 from mailrelay.store.interfaces import ClusterMembership, ClusterStorage, UnsettledSweep
 from mailrelay.services.submission import describe_address
 
@@ -203,7 +203,7 @@ class ClusterService(service.Service):
         """Whether the archive's reads go to PostgreSQL: the Redis data is at the format
         version that moved the archive there (ARCHIVE_IN_POSTGRES_VERSION, after `mailrelay
         migrate`). Before the first heartbeat, and on older data, the archive is read from Redis."""
-        return self.stored_data_version is not None and self.stored_data_version >= ARCHIVE_IN_POSTGRES_VERSION
+        return archive_in_postgres(self.stored_data_version)
 
     def _fatal(self, message: str) -> None:
         from twisted.internet import reactor

@@ -145,6 +145,16 @@ def matching_event(timeline: list[dict[str, Any]], stream_type: str, rcpt: int,
     return best
 
 
+def carried_event(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The event a stream entry carries itself: a report about a message whose Redis keys were
+    released (``late``, record_bounce.lua) has no timeline in Redis to find it in."""
+    try:
+        event = json.loads(fields.get("event") or "null")
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def bounce_json(record: dict[str, str]) -> dict[str, Any]:
     """A stored bounce record (all strings) with its numbers and flags typed."""
     out: dict[str, Any] = dict(record)
@@ -173,7 +183,7 @@ def build_payload(event: str, entry_id: str, fields: dict[str, str], source: dic
     """The JSON document POSTed for one event (see docs/webhooks.md)."""
     rcpt = int(fields.get("rcpt", "-1") or -1)
     at_ms = int(fields.get("at", "0") or 0)
-    entry = matching_event(source["timeline"], fields.get("type", ""), rcpt, at_ms)
+    entry = matching_event(source["timeline"], fields.get("type", ""), rcpt, at_ms) or carried_event(fields)
     recipient = source.get("recipient") or (entry or {}).get("recipient") or (bounce or {}).get("recipient") or ""
     metadata = json_object(source.get("metadata")) or {}
     payload: dict[str, Any] = {

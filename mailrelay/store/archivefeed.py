@@ -16,7 +16,10 @@ JOB
        for each bounce its record, time and raw report; as the records of
        mailrelay.store.archiverecords (an :class:`ArchiveBatch`; ``cancelled``
        entries become CancelledMessage, ids whose keys are gone are listed in
-       ``missing``);
+       ``missing``); an entry marked ``late`` (a report about a message whose
+       keys were released: record_bounce.lua) carries its event and the
+       recipient's new state itself and becomes a LateEvent, its message is
+       not read (only the archive holds it);
     3. after the archive committed the batch, records in each message's hash how
        much of its timeline is archived and acknowledges the entries, in one script
        call (:meth:`ArchiveFeedStore.archive_mark`).
@@ -68,7 +71,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, CancelledMessage, MessageSnapshot
+from mailrelay.store.archiverecords import (ArchiveBatch, BounceSnapshot, CancelledMessage, LateEvent,
+                                            MessageSnapshot)
 from mailrelay.store.base import text_fields
 from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
 from mailrelay.store.records import whole_number
@@ -93,7 +97,8 @@ NO_BOUNCE_TIME = "bounce record without a time"
 @dataclass(frozen=True)
 class FeedEntry:
     """One entry of the event stream as the archiver reads it (see the stream's writers:
-    type, msg, rcpt, bounce, at). Absent fields are ``""`` / None / 0; an entry deleted from
+    type, msg, rcpt, bounce, at; and for an event about a released message, record_bounce.lua's
+    late, event, state). Absent fields are ``""`` / None / 0 / False; an entry deleted from
     the stream while pending has type ``""``."""
 
     id: str
@@ -102,13 +107,24 @@ class FeedEntry:
     rcpt: int | None = None
     bounce_id: str = ""
     at_ms: int = 0
+    #: The message's keys were released: ``event`` (its JSON) and ``state`` are the archive's to apply.
+    late: bool = False
+    event: str = ""
+    state: str = ""
 
     @classmethod
     def decode(cls, entry: StreamEntry) -> FeedEntry:
         fields = entry.fields or {}
         return cls(id=entry.id, type=fields.get("type", ""), message_id=fields.get("msg", ""),
                    rcpt=whole_number(fields.get("rcpt")), bounce_id=fields.get("bounce", ""),
-                   at_ms=whole_number(fields.get("at")) or 0)
+                   at_ms=whole_number(fields.get("at")) or 0, late=fields.get("late") == "1",
+                   event=fields.get("event", ""), state=fields.get("state", ""))
+
+    def late_event(self) -> LateEvent | None:
+        """The event a ``late`` entry carries for the archive (None: not late, or incomplete)."""
+        if not (self.late and self.message_id and self.rcpt is not None and self.bounce_id and self.event):
+            return None
+        return LateEvent(self.message_id, self.rcpt, self.bounce_id, self.event.encode(), self.state)
 
 
 @dataclass(frozen=True)
@@ -170,13 +186,18 @@ class ArchiveFeedStore(StreamGroupStore):
                 cancelled[entry.message_id] = None
         message_ids: dict[str, None] = {}
         bounce_times: dict[str, int] = {}
+        late_events: list[LateEvent] = []
         for entry in entries:
-            if entry.message_id and entry.message_id not in cancelled:
+            late_event = entry.late_event()
+            if late_event is not None:
+                late_events.append(late_event)
+            elif entry.message_id and entry.message_id not in cancelled and not entry.late:
                 message_ids[entry.message_id] = None
             if entry.bounce_id:
                 bounce_times.setdefault(entry.bounce_id, entry.at_ms)
         if not message_ids and not bounce_times:
-            return ArchiveBatch(cancelled=tuple(CancelledMessage(i) for i in cancelled))
+            return ArchiveBatch(cancelled=tuple(CancelledMessage(i) for i in cancelled),
+                                late_events=tuple(late_events))
         args: list[Any] = [*ordered(ARCHIVE_SNAPSHOT_ARGV, **self.keys.names(ARCHIVE_SNAPSHOT_ARGV)),
                            len(message_ids), *message_ids, *bounce_times]
         message_rows, bounce_rows = await self._eval(ARCHIVE_SNAPSHOT_SCRIPT, [self.keys.bounces], args)
@@ -202,7 +223,8 @@ class ArchiveFeedStore(StreamGroupStore):
                 continue
             bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw))
         return ArchiveBatch(messages=tuple(messages), bounces=tuple(bounces),
-                            cancelled=tuple(CancelledMessage(i) for i in cancelled), missing=missing)
+                            cancelled=tuple(CancelledMessage(i) for i in cancelled),
+                            late_events=tuple(late_events), missing=missing)
 
     async def archive_mark(self, batch: ArchiveBatch, entry_ids: Sequence[str]) -> int:
         """After the archive committed ``batch``: record each message's archived timeline length

@@ -11,9 +11,14 @@ JOB
     :class:`ArchivedRecipient`  one recipient of a snapshot;
     :class:`BounceSnapshot`     one stored bounce (the ``bounce:<id>`` hash's fields)
                                 with its raw report;
+    :class:`LateEvent`          an event about a message whose Redis keys were
+                                released (a report received days later: only the
+                                archive holds the message), to add to its archived
+                                timeline, with the recipient's new state;
     :class:`ArchiveBatch`       what one archiver transaction writes: snapshots,
-                                bounces, and the messages whose acceptance was
-                                cancelled (to delete from the archive too).
+                                bounces, late events, and the messages whose
+                                acceptance was cancelled (to delete from the
+                                archive too).
 
     Produced by the Redis side (:mod:`mailrelay.store.archivefeed`, and
     ``mailrelay migrate`` from a release-1 Redis archive:
@@ -141,14 +146,33 @@ class CancelledMessage:
 
 
 @dataclass(frozen=True)
+class LateEvent:
+    """An event about recipient ``rcpt`` of a message whose Redis keys were released (the
+    ``late`` stream entry of record_bounce.lua), made by bounce ``bounce_id``: ``event`` is
+    the timeline entry (the event's JSON, as the Redis timeline would have held it),
+    ``state`` the recipient's new state ("" leaves it). The archive appends the entry to
+    the message's timeline, sets the state and recomputes the message's status in the
+    transaction that stores the bounce's row, and only when that row is new: a replay
+    changes nothing, and two reports alike are two events, as in Redis."""
+
+    message_id: str
+    rcpt: int
+    bounce_id: str
+    event: bytes
+    state: str = ""
+
+
+@dataclass(frozen=True)
 class ArchiveBatch:
     """What one archiver transaction writes."""
 
     messages: tuple[MessageSnapshot, ...] = ()
     bounces: tuple[BounceSnapshot, ...] = ()
     cancelled: tuple[CancelledMessage, ...] = ()
+    #: Events about released messages, in the order of their stream entries.
+    late_events: tuple[LateEvent, ...] = ()
     #: Why each id in the batch had no snapshot (its keys were gone): id -> reason, for the log.
     missing: Mapping[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.messages or self.bounces or self.cancelled)
+        return bool(self.messages or self.bounces or self.cancelled or self.late_events)

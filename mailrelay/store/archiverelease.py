@@ -13,7 +13,9 @@ JOB
     hash, timeline and body and its entries in the Redis search indexes, only if it is
     still final and wholly archived (a late event makes it wait for the archiver
     again); a bounce's record, raw report and index entries. A released message that
-    a dedupe key names stays a duplicate (``dedupe_enqueue.lua``). On older data
+    a dedupe key names stays a duplicate (``dedupe_enqueue.lua``), and its count of
+    reports per recipient goes on in ``P reports:<id>.<rcpt>`` (mailrelay.store.bounces:
+    the cap holds for reports that come after). On older data
     nothing is scheduled and nothing is released: a daemon of the previous release
     still reads the whole archive from Redis.
 
@@ -67,6 +69,7 @@ class ArchiveReleaseStore(StoreBase):
              names.bounces_unmatched],
             [self.now_ms(), limit, ARCHIVE_IN_POSTGRES_VERSION, names.msg_prefix, names.timeline_prefix,
              names.body_prefix, names.rcpt_index_prefix, names.tag_index_prefix,
-             names.status_index_prefix, names.bounce_prefix, names.bounce_raw_prefix])
+             names.status_index_prefix, names.bounce_prefix, names.bounce_raw_prefix,
+             names.late_reports_prefix, int(self.retention)])
         messages, bounces, kept = (int(n) for n in reply)
         return Released(messages, bounces, kept)

@@ -19,7 +19,15 @@ JOB
     * a bounce's row (:data:`BOUNCE_COLUMNS`): the stored hash's fields that have a column
       there, every other one (but ``id``) in ``fields`` (JSON strings, as stored);
     * a cancelled message as (id, window) for the delete; an id that is not a message id
-      has no window and nothing to delete.
+      has no window and nothing to delete;
+    * a late event (:class:`~mailrelay.store.archiverecords.LateEvent`) as a
+      :class:`PreparedLateEvent` (its message's id window, its entry as the timeline holds
+      it), carried by the prepared row of the bounce that made it (the writer applies it
+      when that row is new: once); one whose bounce is not in the batch (its record gone
+      from Redis) is skipped. :func:`apply_late_events` adds such events to an archived
+      message's timeline, sets the recipients' new states and recomputes the message's
+      status with :func:`mailrelay.store.records.message_status` (the rule of
+      lua/_status.lua).
 
     Text is made storable here (docs/archive.md, "Bad input"): :func:`clean_text` (NUL
     and lone surrogates, which PostgreSQL's text and jsonb refuse, become U+FFFD),
@@ -51,14 +59,14 @@ import json
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from psycopg.types.json import Jsonb
 
-from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, MessageSnapshot
+from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, LateEvent, MessageSnapshot
 from mailrelay.store.archiveread import ID_WINDOW, id_window, time_of_ms
-from mailrelay.store.records import whole_number
-from mailrelay.store.timelinepack import pack_timeline
+from mailrelay.store.records import message_status, whole_number
+from mailrelay.store.timelinepack import pack_timeline, unpack_timeline
 
 REPLACEMENT = "\ufffd"
 #: What PostgreSQL refuses in text: NUL, and UTF-16 surrogates alone (text that was not UTF-8).
@@ -127,13 +135,31 @@ class PreparedMessage:
 
 
 @dataclass(frozen=True)
+class PreparedLateEvent:
+    """A late event as the writer applies it: to the message ``id`` received within [low, high]
+    (its id's window), ``entry`` the timeline entry, ``state`` the recipient's new state ("": as
+    is); made by bounce ``bounce_id``."""
+
+    kind: ClassVar[str] = "late event"
+    id: str
+    low: datetime.datetime
+    high: datetime.datetime
+    rcpt: int
+    bounce_id: str
+    entry: bytes
+    state: str
+
+
+@dataclass(frozen=True)
 class PreparedBounce:
-    """A bounce snapshot as its ``bounces`` row."""
+    """A bounce snapshot as its ``bounces`` row, with the late event it made (if any): applied
+    when the row is inserted."""
 
     kind: ClassVar[str] = "bounce"
     id: str
     received_at: datetime.datetime
     row: tuple[Any, ...]  # BOUNCE_COLUMNS
+    late_event: PreparedLateEvent | None = None
 
     @property
     def day(self) -> datetime.date:
@@ -144,11 +170,24 @@ class PreparedBounce:
 
 
 @dataclass(frozen=True)
+class LateUpdate:
+    """What late events change in one archived message: its whole timeline and its status, and
+    the recipients whose state they set (index -> state)."""
+
+    timeline: bytes
+    timeline_length: int
+    status: str
+    states: Mapping[int, str]
+    #: Entries appended.
+    appended: int
+
+
+@dataclass(frozen=True)
 class PreparedBatch:
     """A batch as rows: what to write, what to delete, what could not be made into rows."""
 
     messages: tuple[PreparedMessage, ...] = ()
-    bounces: tuple[PreparedBounce, ...] = ()
+    bounces: tuple[PreparedBounce, ...] = ()  # with the late events they made
     #: (message id, low, high): delete its rows received within [low, high].
     cancelled: tuple[tuple[str, datetime.datetime, datetime.datetime], ...] = ()
     skipped: tuple[SkippedEntry, ...] = ()
@@ -277,19 +316,76 @@ def prepare_message(snapshot: MessageSnapshot, body: bytes | None) -> PreparedMe
                            body)
 
 
+def _type_code(value: Any) -> int:
+    code = whole_number(value) or 0
+    return code if -INT4_MAX <= code <= INT4_MAX else 0
+
+
+def _inactive(value: Any) -> bool:
+    return str(value) == "1"
+
+
+#: How each bounce hash field with a column of its own is stored there.
+_BOUNCE_COLUMN_VALUES = {"message_id": indexed_text, "recipient": indexed_text, "type": indexed_text,
+                         "type_code": _type_code, "description": clean_text, "details": clean_text,
+                         "at": clean_text, "inactive": _inactive}
+assert set(_BOUNCE_COLUMN_VALUES) == BOUNCE_FIELD_COLUMNS
+
+
+def bounce_columns(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the columns of ``bounces`` for the bounce hash fields given (``stored``: a
+    whole hash, or the fields a reclassification rewrites), as the columns hold them."""
+    return {name: value(stored[name]) for name, value in _BOUNCE_COLUMN_VALUES.items() if name in stored}
+
+
+def bounce_other_fields(stored: Mapping[str, Any]) -> dict[str, str]:
+    """The bounce hash fields without a column of their own (but ``id``): the ``fields`` jsonb."""
+    return {clean_text(name): clean_text(value) for name, value in stored.items()
+            if name not in BOUNCE_FIELD_COLUMNS and name != "id"}
+
+
 def prepare_bounce(snapshot: BounceSnapshot) -> PreparedBounce:
     stored: Mapping[str, Any] = snapshot.stored
     received_at = time_of_ms(int(snapshot.received_ms))
     bounce_id = clean_text(snapshot.id)
-    type_code = whole_number(stored.get("type_code")) or 0
-    fields = {clean_text(name): clean_text(value) for name, value in stored.items()
-              if name not in BOUNCE_FIELD_COLUMNS and name != "id"}
-    row = (bounce_id, received_at, indexed_text(stored.get("message_id")), indexed_text(stored.get("recipient")),
-           indexed_text(stored.get("type")), type_code if -INT4_MAX <= type_code <= INT4_MAX else 0,
-           clean_text(stored.get("description")), clean_text(stored.get("details")), clean_text(stored.get("at")),
-           stored.get("inactive") == "1", jsonb(json.dumps(fields, ensure_ascii=False)), snapshot.raw)
+    columns = bounce_columns({name: stored.get(name) for name in BOUNCE_FIELD_COLUMNS})
+    row = (bounce_id, received_at, *(columns[name] for name in BOUNCE_COLUMNS if name in columns),
+           jsonb(json.dumps(bounce_other_fields(stored), ensure_ascii=False)), snapshot.raw)
     return PreparedBounce(bounce_id, received_at, row)
 
+
+def prepare_late_event(event: LateEvent) -> PreparedLateEvent | None:
+    """``event`` as the writer applies it; None when its message id is not one (nothing has it)."""
+    window = id_window(event.message_id)
+    if window is None:
+        return None
+    [entry] = timeline_entries([event.event])
+    return PreparedLateEvent(event.message_id, *window, _recipient_index(event.rcpt), clean_text(event.bounce_id),
+                             entry, clean_text(event.state))
+
+
+def apply_late_events(timeline: bytes | None, rcpt_count: int, states: Mapping[int, str], status: str,
+                      events: Sequence[PreparedLateEvent]) -> LateUpdate:
+    """
+    An archived message (its packed timeline, recipient count, recipients' states by index and
+    status) with ``events`` (its own, oldest first) applied: each entry appended, then the state
+    of its recipient set (a recipient the archive has); the status recomputed when a state was
+    set.
+    """
+    entries = unpack_timeline(timeline)
+    current = dict(states)
+    changed: dict[int, str] = {}
+    for event in events:
+        entries.append(event.entry)
+        if event.state and event.rcpt in current:
+            current[event.rcpt] = changed[event.rcpt] = event.state
+    if changed:
+        status = message_status(current.get(k) for k in range(rcpt_count)) or status
+    return LateUpdate(pack_timeline(entries), len(entries), status, changed, len(events))
+
+
+#: Why a late event is skipped when the bounce that made it is not in its batch.
+LATE_EVENT_NO_BOUNCE = "the record of the bounce that made it is gone from Redis (expired or evicted)"
 
 #: What a snapshot that cannot be made into rows raises (a field of the wrong type or value).
 _UNREADABLE = (ValueError, TypeError, OverflowError, RecursionError)
@@ -316,12 +412,27 @@ def prepare_batch(batch: ArchiveBatch) -> PreparedBatch:
                                             else bodies.get(snapshot.id)))
         except _UNREADABLE as e:
             skipped.append(SkippedEntry("message", clean_text(snapshot.id), f"unreadable: {e!r}"))
+    late_events: dict[str, PreparedLateEvent] = {}  # by the id of the bounce that made it
+    for event in batch.late_events:
+        try:
+            prepared = prepare_late_event(event)
+        except _UNREADABLE as e:
+            skipped.append(SkippedEntry(PreparedLateEvent.kind, clean_text(event.message_id), f"unreadable: {e!r}"))
+            continue
+        if prepared is None:
+            skipped.append(SkippedEntry(PreparedLateEvent.kind, clean_text(event.message_id), "not a message id"))
+        else:
+            late_events.setdefault(prepared.bounce_id, prepared)
     bounces: list[PreparedBounce] = []
     for bounce in batch.bounces:
         try:
-            bounces.append(prepare_bounce(bounce))
+            prepared_bounce = prepare_bounce(bounce)
         except _UNREADABLE as e:
             skipped.append(SkippedEntry("bounce", clean_text(bounce.id), f"unreadable: {e!r}"))
+            continue
+        bounces.append(replace(prepared_bounce, late_event=late_events.pop(prepared_bounce.id, None)))
+    for event in late_events.values():  # its bounce is not in the batch: nothing to store it with
+        skipped.append(SkippedEntry(PreparedLateEvent.kind, event.id, LATE_EVENT_NO_BOUNCE))
     cancelled = []
     for message_id in dict.fromkeys(c.id for c in batch.cancelled):
         window = id_window(message_id)

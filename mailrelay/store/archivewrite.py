@@ -34,6 +34,15 @@ JOB
        once; then the cancelled messages' rows are deleted (within the time window of
        their id, :func:`mailrelay.store.archiveread.id_window`). A batch that fails on its
        data is written again in a new transaction, split (DIAGNOSTICS).
+    4. in the same transaction, the late events (about messages whose Redis keys
+       were released: :class:`~mailrelay.store.archiverecords.LateEvent`) of the bounces
+       just inserted (each is applied with its bounce's row, when that row is new: a
+       replay finds the bounce stored and changes nothing): their messages' rows are
+       locked (``FOR UPDATE``, in key order), each event appended to its message's
+       packed timeline, the recipient's state set, the message's status recomputed
+       (:func:`mailrelay.store.archiverows.apply_late_events`), in one ``UPDATE`` per
+       table. A late event whose message is not in the archive (its day dropped by
+       retention, or never archived) is skipped, never tried again.
 
     Every row has its natural key, so writing the same batch again stores nothing twice,
     and a replayed older snapshot never overwrites a newer one.
@@ -58,8 +67,10 @@ DIAGNOSTICS
     that fails split again, down to the single entry,
     which is skipped and logged once with its id ("archive: skipped message <id>: ...");
     :attr:`WriteResult.skipped` lists it. Entries skipped because their day's partition
-    was dropped by retention are logged at info level. Other errors (a schema out of
-    step: a bug) pass unchanged and nothing is committed.
+    was dropped by retention are logged at info level, late events whose message is not
+    in the archive in one line per batch ("archive: skipped <n> late event(s) of messages
+    not in the archive (past retention, or never archived): <ids>"). Other errors (a
+    schema out of step: a bug) pass unchanged and nothing is committed.
 
 CONFIGURATION
     None read here: the database (``[archive] url``) and its statement timeout are the
@@ -82,8 +93,8 @@ from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import run_translated
 from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS,
                                          STAGED_RECIPIENT_COLUMNS,
-                                         PreparedBatch, PreparedBounce, PreparedMessage, SkippedEntry,
-                                         prepare_batch)
+                                         PreparedBatch, PreparedBounce, PreparedLateEvent, PreparedMessage,
+                                         SkippedEntry, apply_late_events, prepare_batch)
 
 log = Logger()
 
@@ -99,6 +110,13 @@ _TABLES_OF = {"message": ("messages", "recipients", "bodies"), "bounce": ("bounc
 PARTITION_ROUNDS = 3
 #: The staging tables are vacuumed after this many entries went through them on a connection.
 VACUUM_STAGING_AFTER = 1000
+#: Why a late event was skipped when its message is not in the archive.
+LATE_EVENT_NO_MESSAGE = "its message is not in the archive (past retention, or never archived)"
+#: Ids named in the one log line of a batch's skipped late events, at most.
+LOGGED_IDS = 10
+
+#: A unit of a batch's writing: rows of one message, or one bounce (with its late event).
+Unit = PreparedMessage | PreparedBounce
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ class WriteResult:
     recipients: int = 0  # recipient rows inserted or replaced
     bodies: int = 0  # bodies inserted (a body already stored is never written again)
     bounces: int = 0  # bounces inserted
+    late_events: int = 0  # late events added to archived timelines
     deleted: int = 0  # message rows deleted (cancelled acceptances)
     partitions: int = 0  # partitions made for the batch's days
     skipped: tuple[SkippedEntry, ...] = ()
@@ -201,12 +220,37 @@ ON CONFLICT (message_id, received_at, rcpt) DO UPDATE
 _MERGE_BODIES = (f"INSERT INTO bodies ({', '.join(BODY_COLUMNS)}) SELECT {', '.join(BODY_COLUMNS)}"
                  f" FROM {STAGE['bodies']} ORDER BY message_id, received_at ON CONFLICT DO NOTHING")
 _MERGE_BOUNCES = (f"INSERT INTO bounces ({', '.join(BOUNCE_COLUMNS)}) SELECT {', '.join(BOUNCE_COLUMNS)}"
-                  f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING")
+                  f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING RETURNING id")
 # A cancelled message's rows, each id within its time window (runtime partition pruning).
 _DELETE_CANCELLED = {
     table: (f"DELETE FROM {table} t USING unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
             f" AS c(id, low, high) WHERE t.{column} = c.id AND t.received_at BETWEEN c.low AND c.high")
     for table, column in (("recipients", "message_id"), ("bodies", "message_id"), ("messages", "id"))}
+# Late events: their messages' rows locked in key order (as the merge takes them), then the
+# recipients' states (read after the lock: what a writer that held it committed), then one update
+# per table.
+_LOCK_LATE_MESSAGES = """
+SELECT m.id, m.received_at, m.timeline, m.rcpt_count, m.status
+  FROM messages m JOIN unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS w(id, low, high)
+    ON m.id = w.id AND m.received_at BETWEEN w.low AND w.high
+ ORDER BY m.id, m.received_at FOR UPDATE OF m
+"""
+_LATE_RECIPIENT_STATES = """
+SELECT r.message_id, r.rcpt, r.state
+  FROM recipients r JOIN unnest(%s::text[], %s::timestamptz[]) AS w(id, received_at)
+    ON r.message_id = w.id AND r.received_at = w.received_at
+"""
+_UPDATE_LATE_MESSAGES = """
+UPDATE messages m SET timeline = u.timeline, timeline_length = u.timeline_length, status = u.status
+  FROM unnest(%s::text[], %s::timestamptz[], %s::bytea[], %s::int4[], %s::text[])
+       AS u(id, received_at, timeline, timeline_length, status)
+ WHERE m.id = u.id AND m.received_at = u.received_at
+"""
+_UPDATE_LATE_RECIPIENTS = """
+UPDATE recipients r SET state = u.state
+  FROM unnest(%s::text[], %s::timestamptz[], %s::int2[], %s::text[]) AS u(message_id, received_at, rcpt, state)
+ WHERE r.message_id = u.message_id AND r.received_at = u.received_at AND r.rcpt = u.rcpt
+"""
 # For each (table, day): whether the day's partition is attached, and whether the day is older
 # than the table's oldest partition (dropped by retention). Partitions are named
 # <table>_pYYYYMMDD (archive_create_partitions), so names sort by day.
@@ -220,6 +264,38 @@ SELECT t.tab, t.day,
                     WHERE i.inhparent = t.tab::regclass AND NOT i.inhdetachpending), false)
   FROM unnest(%s::text[], %s::date[]) AS t(tab, day)
 """
+
+
+def _apply_late(cursor: Any, events: Sequence[PreparedLateEvent]) -> WriteResult:
+    """Apply late events to their archived messages (see the module's JOB, step 4)."""
+    by_message: dict[str, list[PreparedLateEvent]] = {}
+    for event in events:
+        by_message.setdefault(event.id, []).append(event)
+    windows = [(message_id, mine[0].low, mine[0].high) for message_id, mine in by_message.items()]
+    ids, lows, highs = (list(column) for column in zip(*windows))
+    found = cursor.execute(_LOCK_LATE_MESSAGES, (ids, lows, highs)).fetchall()
+    states: dict[str, dict[int, str]] = {}
+    if found:
+        rows = cursor.execute(_LATE_RECIPIENT_STATES, ([row[0] for row in found], [row[1] for row in found]))
+        for message_id, rcpt, state in rows.fetchall():
+            states.setdefault(message_id, {})[rcpt] = state
+    messages: list[tuple[Any, ...]] = []
+    recipients: list[tuple[Any, ...]] = []
+    appended = 0
+    for message_id, received_at, timeline, rcpt_count, status in found:
+        update = apply_late_events(None if timeline is None else bytes(timeline), rcpt_count,
+                                   states.get(message_id, {}), status, by_message[message_id])
+        appended += update.appended
+        messages.append((message_id, received_at, update.timeline, update.timeline_length, update.status))
+        recipients += [(message_id, received_at, rcpt, state) for rcpt, state in update.states.items()]
+    if messages:
+        cursor.execute(_UPDATE_LATE_MESSAGES, [list(column) for column in zip(*messages)])
+    if recipients:
+        cursor.execute(_UPDATE_LATE_RECIPIENTS, [list(column) for column in zip(*recipients)])
+    archived = {row[0] for row in found}
+    skipped = tuple(SkippedEntry(PreparedLateEvent.kind, event.id, LATE_EVENT_NO_MESSAGE, expired=True)
+                    for event in events if event.id not in archived)
+    return WriteResult(late_events=appended, skipped=skipped)
 
 
 class ArchiveWriter:
@@ -246,7 +322,14 @@ class ArchiveWriter:
             return WriteResult()
         prepared: list[PreparedBatch] = []  # made once, in the thread, even if tried twice
         result = await run_translated(self.database, self._write, batch, prepared)
+        late = [entry.id for entry in result.skipped if entry.reason == LATE_EVENT_NO_MESSAGE]
+        if late:
+            log.info("archive: skipped {n} late event(s) of messages not in the archive (past retention, or "
+                     "never archived): {ids}", n=len(late),
+                     ids=" ".join(late[:LOGGED_IDS]) + (" ..." if len(late) > LOGGED_IDS else ""))
         for entry in result.skipped:
+            if entry.reason == LATE_EVENT_NO_MESSAGE:
+                continue
             if entry.expired:
                 log.info("archive: skipped {kind} {id}: {reason}", kind=entry.kind, id=entry.id,
                          reason=entry.reason)
@@ -261,7 +344,7 @@ class ArchiveWriter:
         if not prepared:
             prepared.append(prepare_batch(batch))
         rows = prepared[0]
-        units: list[PreparedMessage | PreparedBounce] = [*rows.messages, *rows.bounces]
+        units: list[Unit] = [*rows.messages, *rows.bounces]
         placed = WriteResult(skipped=rows.skipped)
         round_, split = 1, False
         while True:
@@ -282,7 +365,7 @@ class ArchiveWriter:
             self._vacuum_staging(conn, len(units))
             return placed + written
 
-    def _transaction(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce],
+    def _transaction(self, conn: Any, units: Sequence[Unit],
                      cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]], *, split: bool,
                      retry_partitions: bool) -> WriteResult:
         """The batch's transaction: the units merged (whole, or split in savepoints), the cancelled
@@ -323,7 +406,7 @@ class ArchiveWriter:
             self._staged.clear()
         self._staged[pid] = staged
 
-    def _write_units(self, conn: Any, units: Sequence[PreparedMessage | PreparedBounce], parts: list[WriteResult],
+    def _write_units(self, conn: Any, units: Sequence[Unit], parts: list[WriteResult],
                      *, retry_partitions: bool) -> None:
         """Merge ``units`` in a savepoint; on bad data, each half again, down to one unit (skipped)."""
         if not units:
@@ -345,9 +428,9 @@ class ArchiveWriter:
         parts.append(part)
 
     @staticmethod
-    def _merge(conn: Any, units: Sequence[PreparedMessage | PreparedBounce]) -> WriteResult:
+    def _merge(conn: Any, units: Sequence[Unit]) -> WriteResult:
         """COPY the units' rows into the staging tables, then into the archive's in one round trip
-        (which empties the staging tables after)."""
+        (which empties the staging tables after); then the late events of the bounces inserted."""
         messages = [u for u in units if isinstance(u, PreparedMessage)]
         bodies = [m for m in messages if m.body is not None]
         bounces = [u for u in units if isinstance(u, PreparedBounce)]
@@ -374,8 +457,14 @@ class ArchiveWriter:
             if bodies:
                 cursor.nextset()
             bounces_written = cursor.rowcount if bounces else 0
-        return WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
-                           bodies=bodies_written, bounces=bounces_written)
+            late = WriteResult()
+            if any(b.late_event is not None for b in bounces):
+                inserted = {row[0] for row in cursor.fetchall()}  # the bounces' RETURNING
+                late_events = [b.late_event for b in bounces if b.late_event is not None and b.id in inserted]
+                if late_events:
+                    late = _apply_late(cursor, late_events)
+        return late + WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
+                                  bodies=bodies_written, bounces=bounces_written)
 
     @staticmethod
     def _delete_cancelled(conn: Any, cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]]) -> int:
@@ -397,8 +486,7 @@ class ArchiveWriter:
         now = datetime.datetime.now(datetime.timezone.utc)
         return day < (now - datetime.timedelta(seconds=keep)).date()
 
-    def _place(self, conn: Any, units: list[PreparedMessage | PreparedBounce]) -> tuple[
-            list[PreparedMessage | PreparedBounce], WriteResult]:
+    def _place(self, conn: Any, units: list[Unit]) -> tuple[list[Unit], WriteResult]:
         """Make the partitions the units need; leave out what belongs to days past retention.
         (units kept, partitions made and entries skipped)."""
         kinds_and_days = {(unit.kind, unit.day) for unit in units}
@@ -421,7 +509,7 @@ class ArchiveWriter:
         for day in sorted(missing):
             made += migrations.create_partitions(conn, day, 1)
             self._partitions.update((table, day) for table in TABLES)
-        kept: list[PreparedMessage | PreparedBounce] = []
+        kept: list[Unit] = []
         skipped: list[SkippedEntry] = []
         for unit in units:
             gone = [table for table, day in unit.partitions() if (table, day) in expired]

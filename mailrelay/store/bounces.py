@@ -5,7 +5,11 @@ JOB
     :meth:`BounceStore.record_bounce` stores a bounce's record and raw message, ties it to
     the message's timeline when the VERP address or the copy's token matched it (the
     recipient's state and an event), and suppresses the address when told to, in one
-    script; unmatched bounces are kept up to a limit (the oldest are evicted). Also the
+    script; unmatched bounces are kept up to a limit (the oldest are evicted). A report
+    about a message whose keys were released (data version 2: it lives in the PostgreSQL
+    archive) is "late": its stream entry carries the event and the recipient's new state,
+    which the archiver applies to the archived message (docs/archive.md, "Bounces after
+    the keys are gone"). Also the
     shared VERP key, reclassification of a stored bounce (and the reactivation of the
     address it suppressed), and reading and searching the records.
 
@@ -17,6 +21,11 @@ DATA (under ``[redis] key_prefix``, written ``P``)
     ``P bounces``            ZSET   bounce ids by time (ms).
     ``P bounces:unmatched``  ZSET   ids of bounces tied to no message, by time (ms).
     ``P verp:secret``        STRING the shared VERP HMAC key (when not configured).
+    ``P reports:<id>.<rcpt>`` STRING the reports stored about recipient <rcpt> of message
+                                    <id> once the message's keys were released (data
+                                    version 2; before, its hash counts them): the cap
+                                    on reports per recipient; expires after ``[tracking]
+                                    retention``.
     The scripts also write the matched message's ``P msg:<id>``, ``P timeline:<id>``,
     counters (``P idx:stats:...``), ``P events``, and the suppression list
     (``P suppressed``, ``P suppressed:version``: mailrelay.store.suppression).
@@ -80,7 +89,7 @@ class BounceStore(SuppressionStore, TrackingStore):
         keys = [self.keys.bounce(bounce_id), self.keys.bounce_raw(bounce_id), self.keys.bounces,
                 self.keys.bounces_unmatched, self.keys.suppressed,
                 self.keys.msg(message_id or "-"), self.keys.timeline(message_id or "-"), self.keys.events,
-                self.keys.suppressed_version]
+                self.keys.suppressed_version, self.keys.late_reports(message_id or "-", rcpt if matched else "-")]
         flat: list[Any] = []
         for name, value in record.items():
             flat += [name, "" if value is None else (value if isinstance(value, (str, int)) else json.dumps(value))]

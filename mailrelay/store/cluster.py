@@ -71,6 +71,16 @@ DATA_VERSION_SCRIPT = SCRIPTS["data_version"]
 #: (a rolling upgrade) every archive read goes to Redis, which still holds it whole, and no
 #: message's keys are released (mailrelay.store.archiverelease).
 ARCHIVE_IN_POSTGRES_VERSION = 2
+
+
+def archive_in_postgres(version: int | str | None) -> bool:
+    """Whether data of format ``version`` (as stored; None: none recorded yet) keeps its archive
+    in PostgreSQL."""
+    if isinstance(version, str):
+        version = int(version) if version.isdigit() else None
+    return version is not None and version >= ARCHIVE_IN_POSTGRES_VERSION
+
+
 HEARTBEAT_SCRIPT = SCRIPTS["heartbeat"]
 LEAVE_CLUSTER_SCRIPT = SCRIPTS["leave_cluster"]
 RELEASE_LOCK_SCRIPT = SCRIPTS["release_lock"]

@@ -388,20 +388,32 @@ class DeliveryStorage(DeliveryQueue, MessageReader, SuppressionLookup, RedisCloc
     Injector for its DSNs when it is given none)."""
 
 
-class BounceListenerStorage(VerpKey, BounceWriter, MessageReader, Protocol):
-    """The bounce listener (mailrelay.service.BounceListener, services.bounces.BounceHandler)."""
+class BounceListenerStorage(VerpKey, BounceWriter, Protocol):
+    """The bounce listener (mailrelay.service.BounceListener, services.bounces.BounceHandler);
+    it reads the messages reports name through the archive's reads (ArchiveReads: an
+    ArchiveView over this storage and the PostgreSQL archive)."""
 
 
-class SuppressionAudit(SuppressionList, BounceReader, MessageReader, Protocol):
-    """mailrelay.services.bounces.unproven_suppressions: entries checked against their bounces."""
+class BounceReclassifyStorage(SuppressionList, BounceReader, BounceReclassifier, Protocol):
+    """mailrelay.services.bounces.reclassify_bounces (at data version 2 with the PostgreSQL
+    archive's bounces too: mailrelay.store.archivebounces)."""
 
 
-class BounceReclassifyStorage(SuppressionList, BounceReader, BounceReclassifier, MessageReader, Protocol):
-    """mailrelay.services.bounces.reclassify_bounces."""
+class DataVersionView(Protocol):
+    """The data format version as stored (``mailrelay cluster``, and the admin commands that
+    read the PostgreSQL archive once the data is at the version that moved it there)."""
+
+    async def stored_data_version(self) -> str | None: ...
 
 
-class SuppressionAdminStorage(RedisClock, VerpKey, SuppressionAudit, Protocol):
-    """``mailrelay suppressions`` (list, add, remove, unproven)."""
+class BounceReclassifyAdminStorage(BounceReclassifyStorage, DataVersionView, Protocol):
+    """``mailrelay bounce reclassify`` (which reads the data version to find the archive)."""
+
+
+class SuppressionAdminStorage(RedisClock, VerpKey, SuppressionList, ArchiveReads, DataVersionView, Protocol):
+    """``mailrelay suppressions`` (list, add, remove; unproven: its bounces and messages through
+    an ArchiveView over this storage and the PostgreSQL archive, mailrelay.services.bounces.
+    unproven_suppressions)."""
 
 
 class WebhookStorage(WebhookQueue, RedisClock, Protocol):

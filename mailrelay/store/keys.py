@@ -64,6 +64,7 @@ class Keys:
         self.bounces = prefix + "bounces"
         self.bounces_unmatched = prefix + "bounces:unmatched"
         self.verp_secret = prefix + "verp:secret"
+        self.late_reports_prefix = prefix + "reports:"
         self.suppressed = prefix + "suppressed"
         self.suppressed_version = prefix + "suppressed:version"
         # webhooks (mailrelay.store.webhooks)
@@ -117,6 +118,10 @@ class Keys:
 
     def bounce_raw(self, bounce_id: str) -> str:
         return self.bounce_raw_prefix + bounce_id
+
+    def late_reports(self, message_id: str, rcpt: int | str) -> str:
+        """``P reports:<id>.<rcpt>``: reports stored about a recipient of a released message."""
+        return f"{self.late_reports_prefix}{message_id}.{rcpt}"
 
     # -- submission throttles ----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 -- KEYS: bounce, bounce_raw, bounces index, unmatched index, suppressed, msg, timeline, events,
---       suppressed:version
+--       suppressed:version, the recipient's late reports counter (reports:<id>.<rcpt>)
 -- ARGV: bounce id, at_ms, raw, n_fields, field/value pairs..., then (positions from
 --       mailrelay.store.scripts.RECORD_BOUNCE_TAIL, counted from there):
 --       matched ("1"/""), rcpt index, new state ("" = unchanged), event JSON ("" = none),
@@ -8,6 +8,11 @@
 --       reports kept at most, bounce key prefix ("P bounce:") and raw bounce key prefix
 --       ("P bounce:raw:") (the evicted unmatched records and raw messages are deleted),
 --       reports stored per recipient at most (more are skipped: the script returns "skipped")
+-- A matched report about a message whose keys were released (data version 2: it is archived in
+-- PostgreSQL only) is late: the recipient's state and timeline are not in Redis any more, so its
+-- stream entry carries what the archive applies instead ('late' 1, the 'event' JSON and the new
+-- 'state', see mailrelay.store.archivefeed), and its reports are counted in KEYS[10] (expires
+-- after the retention; release_archived.lua carries the message's counts over into it).
 --#include _status
 --#include _count
 
@@ -27,11 +32,19 @@ local address = ARGV[tail + ${record_bounce.suppress_address}]
 local suppression = ARGV[tail + ${record_bounce.suppression}]
 local message_id = ARGV[tail + ${record_bounce.message_id}]
 local status_prefix = ARGV[tail + ${record_bounce.status_index_prefix}]
+local hot = matched == '1' and redis.call('EXISTS', KEYS[6]) == 1
+local late = matched == '1' and not hot
+local retention = tonumber(ARGV[tail + ${record_bounce.retention_s}])
 -- whoever holds a recipient's copy can report about it again and again: past the most
 -- reports per recipient, nothing is stored, counted or sent to webhooks
-if matched == '1' and redis.call('EXISTS', KEYS[6]) == 1
-    and redis.call('HINCRBY', KEYS[6], 'reports:' .. i, 1) > tonumber(ARGV[tail + ${record_bounce.max_per_recipient}]) then
+local max_reports = tonumber(ARGV[tail + ${record_bounce.max_per_recipient}])
+if hot and redis.call('HINCRBY', KEYS[6], 'reports:' .. i, 1) > max_reports then
   return 'skipped'
+end
+if late then
+  local reports = redis.call('INCR', KEYS[10])
+  redis.call('EXPIRE', KEYS[10], retention)
+  if reports > max_reports then return 'skipped' end
 end
 local inactive = '0'
 if address ~= '' then
@@ -42,7 +55,6 @@ if address ~= '' then
 end
 fields[#fields + 1] = 'inactive'
 fields[#fields + 1] = inactive
-local retention = tonumber(ARGV[tail + ${record_bounce.retention_s}])
 local horizon = tonumber(ARGV[2]) - retention * 1000
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], retention)
@@ -58,7 +70,7 @@ count(ARGV[tail + ${record_bounce.stats_minute_prefix}], ARGV[tail + ${record_bo
       tonumber(ARGV[2]),
       matched == '1' and ('bounce:' .. (fields_type or 'Unknown')) or 'bounce:Unmatched', 1)
 if matched == '1' then
-  if redis.call('EXISTS', KEYS[6]) == 1 then
+  if hot then
     if state ~= '' then
       redis.call('HSET', KEYS[6], 'state:' .. i, state)
       update_status(KEYS[6], message_id, status_prefix)
@@ -85,7 +97,10 @@ else
 end
 -- every stored bounce reaches the stream, which the archiver reads: as the recipient's event
 -- when there is one, else as 'bounce_stored' (no webhook event: the webhook service skips it)
-if event ~= '' then
+if event ~= '' and late then
+  redis.call('XADD', KEYS[8], '*', 'type', ARGV[tail + ${record_bounce.event_type}], 'msg', message_id,
+             'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2], 'late', '1', 'event', event, 'state', state)
+elseif event ~= '' then
   redis.call('XADD', KEYS[8], '*', 'type', ARGV[tail + ${record_bounce.event_type}], 'msg', message_id,
              'rcpt', i, 'bounce', ARGV[1], 'at', ARGV[2])
 elseif matched == '1' then

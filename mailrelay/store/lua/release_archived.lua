@@ -1,13 +1,17 @@
 -- KEYS: archive:release, meta:version, idx:time, bounces, bounces:unmatched
 -- ARGV: now (ms), the most members to look at, the data version from which keys go, then the
 --       prefixes msg_prefix, timeline_prefix, body_prefix, rcpt_index_prefix,
---       tag_index_prefix, status_index_prefix, bounce_prefix, bounce_raw_prefix
+--       tag_index_prefix, status_index_prefix, bounce_prefix, bounce_raw_prefix,
+--       late_reports_prefix, retention (s)
 -- Deletes the Redis keys of archived messages and bounces whose grace period is over
 -- (members of archive:release due by now): a message's hash, timeline and body and its entries
 -- in the search indexes, only if it is still releasable (a late event makes its timeline longer
 -- than what is archived: it waits for the archiver to schedule it again; its dedupe key, if it
 -- still names it, names it as 'released:<id>', see dedupe_enqueue.lua); a bounce's record and
--- raw report and its index entries. Returns {messages released, bounces released, kept}.
+-- raw report and its index entries. A released message's reports per recipient (its hash's
+-- 'reports:<i>', the cap of record_bounce.lua) go on in late_reports_prefix .. '<id>.<i>' (expiring
+-- after the retention), which counts the reports that come after. Returns {messages released,
+-- bounces released, kept}.
 --#include _release
 --#include _unindex
 
@@ -15,6 +19,16 @@ local now, limit, min_version = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(A
 local msg_p, timeline_p, body_p = ARGV[4], ARGV[5], ARGV[6]
 local rcpt_p, tag_p, status_p = ARGV[7], ARGV[8], ARGV[9]
 local bounce_p, bounce_raw_p = ARGV[10], ARGV[11]
+local late_reports_p, retention = ARGV[12], tonumber(ARGV[13])
+
+-- the message's report counts, carried over to its late reports counters
+local function keep_report_counts(mkey, id)
+  local n = tonumber(redis.call('HGET', mkey, 'rcpt_count') or '0')
+  for k = 0, n - 1 do
+    local count = redis.call('HGET', mkey, 'reports:' .. k)
+    if count then redis.call('SET', late_reports_p .. id .. '.' .. k, count, 'EX', retention) end
+  end
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local messages, bounces, kept = 0, 0, 0
 for _, member in ipairs(due) do
@@ -24,6 +38,7 @@ for _, member in ipairs(due) do
     local mkey, tkey = msg_p .. id, timeline_p .. id
     if releasable(mkey, tkey, KEYS[2], min_version) then
       unindex_message(mkey, id, KEYS[3], rcpt_p, tag_p, status_p)
+      keep_report_counts(mkey, id)
       local dedupe = redis.call('HGET', mkey, 'dedupe')
       if dedupe and redis.call('GET', dedupe) == id then
         redis.call('SET', dedupe, 'released:' .. id, 'KEEPTTL')
