@@ -49,6 +49,7 @@ if str(TESTS) not in sys.path:
 
 from conftest import (Daemon, RedisServer, _free_port, _wait_for_pong, daemon_command,  # noqa: E402
                       render_toml, toml_value)
+from pgserver import PostgresServer, start_postgres  # noqa: E402
 from peers import Sink  # noqa: E402
 from redisclient import RedisClient, RedisError  # noqa: E402
 
@@ -284,6 +285,10 @@ class Load:
     drops: int = 0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Every transaction that got a reply (MAIL to the DATA reply, or to the first refusal):
+    #: (its start, time.monotonic(); the seconds it took; that reply's code). Connections
+    #: that failed mid-transaction are counted in ``drops`` only.
+    transactions: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         order = list(range(self.total))
@@ -380,7 +385,10 @@ class Load:
                         raise smtplib.SMTPServerDisconnected(f"EHLO {code}")
                 with self._lock:
                     self.attempts += 1
+                began = time.monotonic()
                 reply = self._transaction(conn, n)
+                with self._lock:
+                    self.transactions.append((began, time.monotonic() - began, reply[0]))
             except (smtplib.SMTPException, OSError):
                 with self._lock:
                     self.drops += 1
@@ -506,6 +514,22 @@ def queue_empty(client: RedisClient, prefix: str) -> bool:
     """No job waiting or leased under ``prefix``."""
     return (client.command("ZCARD", f"{prefix}queue:domains") == 0
             and client.command("ZCARD", f"{prefix}queue:leases") == 0)
+
+
+# -- a PostgreSQL we can stop -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres() -> Any:
+    """A PostgreSQL of this test alone (tests/pgserver.py), which it may stop and start again
+    (``.stop()``, ``.start()``) without disturbing the session's; stopped and removed at the end."""
+    server: PostgresServer = start_postgres()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 # -- Redis servers we can stop, kill and replicate --------------------------------------------
