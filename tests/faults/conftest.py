@@ -271,7 +271,9 @@ class Load:
 
     Client ``i`` starts on daemon ``ports()[i % n]`` and moves to the next one when its
     connection fails; a message that got anything but 250 is queued again (after a short
-    pause). Every reply code of MAIL, RCPT and DATA is counted in ``codes``.
+    pause). Every reply code of MAIL, RCPT and DATA is counted in ``codes``. With ``rate``
+    (messages per second), the k-th message taken is not sent before ``k / rate`` seconds
+    after the start: a load spread over a known time instead of as fast as the daemons go.
     """
 
     ports: Callable[[], list[int]]
@@ -280,6 +282,7 @@ class Load:
     seed: int
     tag: str = "f"
     pause: float = 0.05
+    rate: float = 0.0
     acked: dict[int, str] = field(default_factory=dict)          # seq -> mailrelay id
     codes: collections.Counter = field(default_factory=collections.Counter)
     drops: int = 0
@@ -296,6 +299,7 @@ class Load:
         self._todo: collections.deque[int] = collections.deque(order)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._taken = 0
         self._workers: list[threading.Thread] = []
         self.started = self.finished = 0.0
 
@@ -356,7 +360,16 @@ class Load:
 
     def _next(self) -> int | None:
         with self._lock:
-            return self._todo.popleft() if self._todo else None
+            if not self._todo:
+                return None
+            n = self._todo.popleft()
+            due = self.started + self._taken / self.rate if self.rate else 0.0
+            self._taken += 1
+        # The load's shape, not synchronisation: this message's turn at the given rate.
+        if self._stop.wait(max(0.0, due - time.monotonic())):
+            self._again(n)
+            return None
+        return n
 
     def _again(self, n: int) -> None:
         with self._lock:
