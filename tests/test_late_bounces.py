@@ -288,7 +288,7 @@ class ArchiveDownTests(LateBounces, unittest.TestCase):
         self.assertEqual((await self.report(released, 0, "down@example.test")).code, 250)
         self.assertEqual(len(self.bounce_ids()), 2)
         self.assertIn("down@example.test", await self.storage.suppressions(["down@example.test"]))
-        self.flushLoggedErrors()  # the handler logs the failure; adbapi its dead connections
+        self.flushLoggedErrors()  # the handler logs the failure
 
 
 # -- reclassify and the suppression audit at data version 2 --------------------------------------
