@@ -81,7 +81,7 @@ CONFIGURATION
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg
@@ -137,6 +137,18 @@ class WriteResult:
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def written_part(self, batch: ArchiveBatch) -> ArchiveBatch:
+        """``batch`` (the one written) without the messages and bounces skipped for their data
+        (logged by the writer): what may be marked archived in Redis (the archiver's and
+        ``mailrelay migrate``'s marks), so that their Redis keys are never released for an
+        archive that does not hold them, and expire as before. (Those skipped as past retention
+        count as written: they are gone from the archive by design.)"""
+        refused = {(entry.kind, entry.id) for entry in self.skipped if not entry.expired}
+        if not refused:
+            return batch
+        return replace(batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
+                       bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _MissingPartition(Exception):
