@@ -242,6 +242,9 @@ class ArchiveFeedTests(unittest.TestCase):
                           ("deleted", message_id)])
         batch = await self.storage.archive_snapshot(entries)
         self.assertEqual(batch.bounces[0].stored["type"], "SoftBounce")
+        self.assertTrue(batch.bounces[0].changed)  # the writer rewrites the archived row with it
+        plain = await self.storage.archive_snapshot([e for e in entries if e.type != "bounce_changed"])
+        self.assertFalse(plain.bounces[0].changed)
         self.assertEqual([r.state for r in batch.messages[0].recipients], ["queued", "deleted"])
 
     def test_a_hash_without_a_time_is_no_message(self) -> None:

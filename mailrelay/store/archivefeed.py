@@ -94,6 +94,8 @@ ARCHIVE_LAG_SCRIPT = SCRIPTS["archive_lag"]
 
 #: The stream entry type of an acceptance cancelled before its 250 (mailrelay.store.settlement).
 CANCELLED = "cancelled"
+#: The stream entry type of a bounce record rewritten (reclassify_bounce.lua).
+BOUNCE_CHANGED = "bounce_changed"
 
 #: Why an id of a batch has no snapshot (ArchiveBatch.missing).
 MESSAGE_GONE = "message keys gone (expired, deleted or cancelled)"
@@ -194,6 +196,7 @@ class ArchiveFeedStore(StreamGroupStore):
                 cancelled[entry.message_id] = None
         message_ids: dict[str, None] = {}
         bounce_times: dict[str, int] = {}
+        changed_bounces: set[str] = set()
         late_events: list[LateEvent] = []
         for entry in entries:
             late_event = entry.late_event()
@@ -203,6 +206,8 @@ class ArchiveFeedStore(StreamGroupStore):
                 message_ids[entry.message_id] = None
             if entry.bounce_id:
                 bounce_times.setdefault(entry.bounce_id, entry.at_ms)
+                if entry.type == BOUNCE_CHANGED:
+                    changed_bounces.add(entry.bounce_id)
         if not message_ids and not bounce_times:
             return ArchiveBatch(cancelled=tuple(CancelledMessage(i) for i in cancelled),
                                 late_events=tuple(late_events))
@@ -229,7 +234,8 @@ class ArchiveFeedStore(StreamGroupStore):
             if not received:
                 missing[bounce_id] = NO_BOUNCE_TIME
                 continue
-            bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw))
+            bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw,
+                                          changed=bounce_id in changed_bounces))
         return ArchiveBatch(messages=tuple(messages), bounces=tuple(bounces),
                             cancelled=tuple(CancelledMessage(i) for i in cancelled),
                             late_events=tuple(late_events), missing=missing)
