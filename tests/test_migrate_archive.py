@@ -359,6 +359,8 @@ class CopyingTheReleaseArchive(unittest.TestCase):
         def present(message_id: str) -> int:
             return storage._call("EXISTS", keys.msg(message_id), keys.timeline(message_id), keys.body(message_id))
 
+        for message_id in ids:  # release 1 had no archiver
+            self.assertIsNone(await storage._call("HGET", keys.msg(message_id), "archived"))
         await self.migrate()
         self.assertEqual(await storage.stored_data_version(), "2")
         self.assertEqual(await storage.release_archived(), Released(0, 0, 0))  # not before release_after
@@ -394,6 +396,25 @@ class CopyingTheReleaseArchive(unittest.TestCase):
         self.assertEqual(await storage.archive_sizes(), (0, 0))
         self.assertEqual((await view.get_message(queued), await view.get_timeline(queued)), delivered)
         self.assertEqual(await view.get_body(queued), messages[queued][2])
+
+    @async_test
+    async def test_what_the_writer_refuses_is_not_marked(self):
+        """A message PostgreSQL cannot hold (here a recipient index past its smallint, which no
+        write path makes) is skipped and listed; it is not marked archived nor scheduled, so its
+        Redis keys are never released for an archive that lacks it (they expire as before)."""
+        storage, keys = self.storage, self.storage.keys
+        statuses = {m.decode(): (await storage.get_message(m.decode())).status
+                    for m in await storage._call("ZRANGE", keys.time_index, 0, -1)}
+        bad = next(i for i, status in statuses.items() if status == "delivered")
+        await storage._call("HSET", keys.msg(bad), "rcpt_count", "40000", "rcpt:39999", "z@example.test")
+        await self.migrate()
+        self.assertEqual([(e.kind, e.id, e.expired) for e in self.opened[0].skipped], [("message", bad, False)])
+        self.assertIsNone(await storage._call("HGET", keys.msg(bad), "archived"))
+        final = [f"m:{i}" for i, status in statuses.items() if status != "queued" and i != bad]
+        bounces = [f"b:{b.decode()}" for b in await storage._call("ZRANGE", keys.bounces, 0, -1)]
+        schedule = [m.decode() for m in await storage._call("ZRANGE", keys.archive_release, 0, -1)]
+        self.assertEqual(sorted(schedule), sorted(final + bounces))
+        self.assertEqual(len(final), MESSAGES - 2)
 
     @async_test
     async def test_copying_again_stores_nothing_twice(self):

@@ -261,8 +261,9 @@ class ArchiveExportStore(StoreBase):
                      batch: ArchiveBatch) -> None:
         """Write ``batch`` (one PostgreSQL transaction), then mark what it committed in Redis."""
         if batch:
-            result = await write(batch)
-            await self._mark_copied(result.written_part(batch))
+            written = (await write(batch)).written_part(batch)
+            if written:
+                await self._mark_copied(written)
         await context.keep_lock()
 
     async def _mark_copied(self, batch: ArchiveBatch) -> None:
