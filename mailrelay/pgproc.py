@@ -22,12 +22,14 @@ JOB
     reports ``ready`` in its ``postmaster.pid`` (what ``pg_ctl -w`` waits for:
     it accepts connections).  If postgres exits while the service runs, the
     exit status and the last lines of its log are logged and it is restarted
-    after 0.5 s, doubling to 10 s.  ``stopService()`` sends SIGINT, PostgreSQL's
-    *fast* shutdown (SIGTERM, the *smart* one, would wait for every client to
-    disconnect, e.g. an idle pooled connection): open transactions are rolled
-    back, the data is checkpointed, and it fires once the process is gone;
-    SIGQUIT (immediate shutdown) after 15 s, SIGKILL 5 s later.  Callers close
-    their connection pools first.
+    after 0.5 s, doubling to 10 s.  ``stopService()`` sends SIGTERM, PostgreSQL's
+    *smart* shutdown: callers close their connection pools first, so it ends as
+    soon as their backends have seen the connections close (a backend still
+    reading its client's goodbye is not cut); SIGINT, the *fast* shutdown (open
+    transactions rolled back, e.g. an operator's psql session), after
+    :data:`SMART_SHUTDOWN` seconds; SIGQUIT (immediate shutdown) 15 s later,
+    SIGKILL 5 s after that.  It fires once the process is gone, the data
+    checkpointed.
 
     A postmaster left running by a killed daemon (its pid on the first line of
     ``data/postmaster.pid``, serving this data directory) is stopped with
@@ -115,6 +117,9 @@ SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
     ("logging_collector", "off"),
     ("synchronous_commit", "on"),
 )
+
+#: Seconds the smart shutdown (SIGTERM) may take before the fast one (SIGINT).
+SMART_SHUTDOWN = 2.0
 
 _SEARCH_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
 
@@ -268,8 +273,8 @@ class ManagedPostgres(SupervisedChild):
     server = "postgres"
     not_ready = "did not become ready"
     probe_interval = PROBE_INTERVAL
-    stop_signals = ("INT", "QUIT", "KILL")  # fast shutdown, immediate shutdown, kill
-    stop_waits = (STOP_TIMEOUT, KILL_TIMEOUT)
+    stop_signals = ("TERM", "INT", "QUIT", "KILL")  # smart, fast, immediate shutdown, kill
+    stop_waits = (SMART_SHUTDOWN, STOP_TIMEOUT, KILL_TIMEOUT)
 
     def __init__(self, state_dir: Path, *, ready_timeout: float = READY_TIMEOUT) -> None:
         self.user = cluster_user()
@@ -340,5 +345,9 @@ class ManagedPostgres(SupervisedChild):
         return "postgres"
 
     def _log_escalation(self, sig: str) -> None:
+        if sig == "INT":  # clients other than the daemon's pools (closed first) are still connected
+            self.log.info("postgres (pid {pid}) still has clients after a smart shutdown request; sending "
+                          "SIGINT (fast shutdown)", pid=self.pid)
+            return
         self.log.warn("postgres (pid {pid}) still running after a fast shutdown request; sending SIG{sig}",
                       pid=self.pid, sig=sig)

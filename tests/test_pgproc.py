@@ -86,6 +86,25 @@ class ManagedPostgresTests(unittest.TestCase):
         rows = yield query(conninfo, "SELECT v FROM kept")
         self.assertEqual(rows, [("before",)])
         yield again.stopService()
+        # no client was connected: the smart shutdown was enough, no connection was cut
+        log = again.log_path.read_text()
+        self.assertIn("received smart shutdown request", log)
+        self.assertNotIn("fast shutdown request", log)
+
+    @defer.inlineCallbacks
+    def test_a_client_still_connected_gets_the_fast_shutdown(self):
+        """Smart shutdown waits for clients; one that stays (an operator's psql) is cut by the fast
+        shutdown after SMART_SHUTDOWN seconds, and the stop completes."""
+        pg = self.start()
+        conninfo = yield self.ready
+        client = psycopg.connect(conninfo)
+        self.addCleanup(client.close)
+        yield pg.stopService()
+        self.assertIsNone(pg.pid)
+        log = pg.log_path.read_text()
+        self.assertIn("received smart shutdown request", log)
+        self.assertIn("received fast shutdown request", log)
+        self.assertIn("database system is shut down", log)
 
     @defer.inlineCallbacks
     def test_a_postmaster_left_by_a_killed_daemon_is_stopped_first(self):
