@@ -68,7 +68,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
@@ -140,19 +139,6 @@ class ArchiverState:
     writing: bool
     #: Why it does not, in a few words (None when it does).
     problem: str | None = None
-
-
-def written_part(batch: ArchiveBatch, result: WriteResult) -> ArchiveBatch:
-    """``batch`` without the messages and bounces the writer skipped for their data (logged by
-    it): they are not marked archived, so their Redis keys are never released for an archive
-    that does not hold them, and expire as before. (Those skipped as past retention count as
-    written: they are gone from the archive by design.)"""
-    refused = {(entry.kind, entry.id) for entry in result.skipped if not entry.expired}
-    if not refused:
-        return batch
-    return dataclasses.replace(
-        batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
-        bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _Stopping(Exception):
@@ -332,7 +318,7 @@ class ArchiverService(service.Service):
         ids = [entry.id for entry in entries]
         if batch:
             result = await self._write(writer, batch, ids)
-            batch = written_part(batch, result)
+            batch = result.written_part(batch)
         await self._redis(storage.archive_mark, batch, ids)
         metrics.ARCHIVED_ENTRIES.inc(len(ids))
 
