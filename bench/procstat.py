@@ -202,6 +202,10 @@ class Meter:
         ours = sum(self.cpu_delta().values()) + (self.own1 - self.own0)
         return round(max(0.0, (self.busy1 - self.busy0) - ours) / wall, 2)
 
+    def cpu_so_far(self) -> dict[str, float]:
+        """CPU seconds per group since start, read now (the meter keeps running)."""
+        return {g.name: round(g.cpu() - self.cpu0[g.name], 3) for g in self.groups}
+
     def cpu_delta(self) -> dict[str, float]:
         return {name: round(self.cpu1[name] - self.cpu0[name], 3) for name in self.cpu0}
 

@@ -70,7 +70,7 @@ sys.path.insert(0, str(BENCH))
 
 import servers  # noqa: E402
 from procstat import Meter, ProcGroup, status_kb  # noqa: E402
-from servers import Mailrelay, Postfix, Redis, Sink, which  # noqa: E402
+from servers import Mailrelay, Postfix, Postgres, Redis, Sink, which  # noqa: E402
 
 RESULTS = BENCH / "results"
 SENDER, RECIPIENT, DOMAIN = "perf-src@src.invalid", "rcpt@dst.invalid", "dst.invalid"
@@ -87,6 +87,78 @@ def queued_jobs(redis: Redis) -> int:
     while int(redis.command("ZCARD", f"{KEY_PREFIX}queue:unsettled")) and time.monotonic() < deadline:
         time.sleep(0.01)
     return int(redis.command("ZCARD", f"{KEY_PREFIX}queue:d:{DOMAIN}"))
+
+
+ARCHIVE_GROUP = "archiver"  # the archiver's consumer group on P events (mailrelay.store.archivefeed)
+EVENTS_KEY = f"{KEY_PREFIX}events"
+
+
+def all_events_written(redis: Redis, delivering: bool) -> bool:
+    """Whether every event of the load is in the stream: no acknowledgement left to confirm and,
+    when the daemon delivers (and the sink has every message), no job leased (an outcome and
+    its event are recorded by one script, up to 0.5 s after the destination took the message;
+    the last message, whose connection smtp-sink -M drops, is deferred and stays queued)."""
+    if int(redis.command("ZCARD", f"{KEY_PREFIX}queue:unsettled")):
+        return False
+    return not delivering or not int(redis.command("ZCARD", f"{KEY_PREFIX}queue:leases"))
+
+
+def archive_behind(redis: Redis) -> int | None:
+    """Stream entries the archiver has not acknowledged (pending, or never read: XINFO GROUPS's
+    ``pending`` + ``lag``); 0 when it has caught up, None while its group does not exist. When
+    Redis cannot tell the lag (null), the entries after the group's last read one are counted."""
+    try:
+        groups = redis.command("XINFO", "GROUPS", EVENTS_KEY)
+    except RuntimeError:  # no stream yet
+        return None
+    for flat in groups:
+        info = {flat[i].decode() if isinstance(flat[i], bytes) else flat[i]: flat[i + 1]
+                for i in range(0, len(flat), 2)}
+        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+        if name != ARCHIVE_GROUP:
+            continue
+        pending, lag = int(info["pending"]), info.get("lag")
+        if lag is None:
+            last = info["last-delivered-id"].decode()
+            lag = len(redis.command("XRANGE", EVENTS_KEY, f"({last}", "+", "COUNT", 100_000))
+        return pending + int(lag)
+    return None
+
+
+def stream_entries_added(redis: Redis) -> int | None:
+    """Entries ever added to the event stream (XINFO STREAM's entries-added, Redis 7)."""
+    try:
+        flat = redis.command("XINFO", "STREAM", EVENTS_KEY)
+    except RuntimeError:
+        return None
+    info = dict(zip(flat[::2], flat[1::2]))
+    added = info.get(b"entries-added")
+    return None if added is None else int(added)
+
+
+def archive_figures(redis: Redis, delivering: bool, since: float, timeout: float) -> dict:
+    """Wait for the archive to catch up after a load (:func:`wait_archived`): the seconds that
+    took after ``since`` (perf_counter: the last 250, or the last delivery), whether it did,
+    the entries still behind if not, and the entries the load added to the stream."""
+    caught_up, behind = wait_archived(redis, delivering, timeout)
+    return {"archive_catchup_s": round(time.perf_counter() - since, 2), "archive_caught_up": caught_up,
+            "archive_behind": behind, "stream_entries_added": stream_entries_added(redis)}
+
+
+def wait_archived(redis: Redis, delivering: bool, timeout: float) -> tuple[bool, int | None]:
+    """Wait until every event of the load is written and archived (the archiver's group has
+    acknowledged every stream entry); (caught up, entries still behind when it did not)."""
+    deadline = time.monotonic() + timeout
+    behind = None
+    while time.monotonic() < deadline:
+        if all_events_written(redis, delivering):
+            behind = archive_behind(redis)
+            if behind == 0:
+                return True, 0
+        time.sleep(0.1)
+    return False, behind
+
+
 TARGETS = ("mailrelay", "postfix", "smtp-sink")
 
 DURABILITY = {
@@ -259,22 +331,29 @@ class Bench:
                 delivery = ({"enabled": False} if mode == "hold" else
                             {"smarthost": f"127.0.0.1:{relay_port}", "smarthost_tls": "none"})
             try:
-                daemon = Mailrelay(d / "daemon", redis, cert=self.cert, key=self.key, users=self.users,
-                                   delivery=delivery, py_spy=py_spy, cprofile=cprofile)
+                postgres = Postgres()  # the archive of this measurement's daemons
             except Exception:
                 redis.stop()
+                raise
+            try:
+                daemon = Mailrelay(d / "daemon", redis, cert=self.cert, key=self.key, users=self.users,
+                                   delivery=delivery, py_spy=py_spy, cprofile=cprofile, archive=postgres)
+            except Exception:
+                redis.stop()
+                postgres.stop()
                 raise
 
             def stop() -> None:
                 daemon.stop()
                 redis.stop()
+                postgres.stop()
 
             def stored() -> int:
                 return queued_jobs(redis)
 
-            return Running(target, daemon.port, [daemon.group(), redis.group()], DURABILITY[policy],
-                           stop, stored, auth=f"{BENCH_USER}:{self.password}",
-                           objects={"daemon": daemon, "redis": redis})
+            return Running(target, daemon.port, [daemon.group(), redis.group(), postgres.group()],
+                           DURABILITY[policy], stop, stored, auth=f"{BENCH_USER}:{self.password}",
+                           objects={"daemon": daemon, "redis": redis, "postgres": postgres})
         if target == "postfix":
             pf = Postfix(d / "postfix", relay_port=relay_port or servers.free_port(), hold=mode == "hold",
                          cert=self.cert, key=self.key, smtpd_maxproc=smtpd_maxproc)
@@ -309,6 +388,8 @@ class Bench:
         if dest is not None:
             delivered = dest.wait(timeout)
         t_end = time.perf_counter()
+        archive = self.archive_catchup(running.objects.get("redis"), meter, delivering=dest is not None,
+                                       since=t_end)
         meter.stop()
         elapsed = (t_end - t0) if dest is not None else (
             result["elapsed"] if spec.tool == "loadgen" else t_accepted - t0)
@@ -323,6 +404,9 @@ class Bench:
             problems.append(f"server stored {stored} of {n}")
         if dest is not None and not delivered:
             problems.append(f"the sink did not get {n} messages within {timeout:.0f}s")
+        if archive and not archive["archive_caught_up"]:
+            problems.append(f"the archiver was {archive['archive_behind']} entries behind "
+                            f"{archive['archive_catchup_s']:.0f}s after the load")
         count = n if ok is None else ok
         cpu = meter.cpu_delta()
         mem = meter.peak_memory_kb()
@@ -346,7 +430,17 @@ class Bench:
         if dest is not None:
             row["accept_seconds"] = round(t_accepted - t0, 3)
             row["accept_rate"] = round(count / (t_accepted - t0), 1)
+        row.update(archive)
         return row
+
+    def archive_catchup(self, redis: Redis | None, meter: Meter, *, delivering: bool, since: float) -> dict:
+        """After a load on mailrelay (``redis`` its Redis; None for the other servers: {}): the
+        CPU of the load alone, then :func:`archive_figures` (the meter runs on meanwhile, so the
+        CPU it counts is all the work the messages made, archiving included)."""
+        if redis is None:
+            return {}
+        cpu_load = meter.cpu_so_far()
+        return {**archive_figures(redis, delivering, since, self.timeout(self.n)), "cpu_s_load": cpu_load}
 
     # -- scenarios -------------------------------------------------------------------------
 
@@ -427,33 +521,45 @@ class Bench:
         """
         spec = next(s for s in E2E_LOADS if s.key == "release")
         sink_port = servers.free_port()
+        archive: dict = {}
         if target.startswith("mailrelay"):
             running = self.start(target, d, mode="hold")
             redis: Redis = running.objects["redis"]
+            postgres: Postgres = running.objects["postgres"]
             try:
                 result = smtp_source(running.port, n, many=True, sessions=self.sessions, size=self.size,
                                      timeout=self.timeout(n))
                 stored = running.stored()
+                # the accepting daemon's archiver archives the queued messages before it goes
+                wait_archived(redis, False, self.timeout(n))
             finally:
                 running.objects["daemon"].stop()
             try:
                 sink = Sink(d / "dest", count=n, port=sink_port)
-                redis_cpu0 = redis.group().cpu()
+                redis_cpu0, postgres_cpu0 = redis.group().cpu(), postgres.group().cpu()
                 t0 = time.perf_counter()
                 daemon = Mailrelay(d / "deliver", redis, cert=self.cert, key=self.key, users=self.users,
                                    delivery={"smarthost": f"127.0.0.1:{sink_port}", "smarthost_tls": "none"},
-                                   name="mailrelay", py_spy=py_spy)
+                                   name="mailrelay", py_spy=py_spy, archive=postgres)
                 try:
                     ok = sink.wait(self.timeout(n))
-                    elapsed = time.perf_counter() - t0
-                    cpu = {"mailrelay": round(daemon.group().cpu(), 3),  # its whole life, start-up included
-                           "redis": round(redis.group().cpu() - redis_cpu0, 3)}
-                    mem = {"mailrelay": status_kb(daemon.pid, "VmHWM"), "redis": status_kb(redis.pid, "VmHWM")}
+                    t_end = time.perf_counter()
+                    elapsed = t_end - t0
+
+                    def cpu_now() -> dict[str, float]:  # the daemon's whole life, start-up included
+                        return {"mailrelay": round(daemon.group().cpu(), 3),
+                                "redis": round(redis.group().cpu() - redis_cpu0, 3),
+                                "postgresql": round(postgres.group().cpu() - postgres_cpu0, 3)}
+                    cpu_load = cpu_now()
+                    archive = {**archive_figures(redis, True, t_end, self.timeout(n)), "cpu_s_load": cpu_load}
+                    cpu = cpu_now()
+                    mem = {"mailrelay": status_kb(daemon.pid, "VmHWM"), "redis": status_kb(redis.pid, "VmHWM"),
+                           "postgresql": postgres.group().pss_kb()}
                 finally:
                     daemon.stop()
                     sink.stop()
             finally:
-                redis.stop()
+                running.stop()
             durability = running.durability
             other = None
         else:
@@ -483,12 +589,14 @@ class Bench:
             problems.append(f"held {stored} of {n}")
         if not ok:
             problems.append("the sink did not get them all in time")
+        if archive and not archive["archive_caught_up"]:
+            problems.append(f"the archiver was {archive['archive_behind']} entries behind after the load")
         return {"scenario": "e2e", "load": spec.key, "load_label": spec.label, "target": target,
                 "durability": durability, "messages": n, "ok": n, "seconds": round(elapsed, 3),
                 "rate": round(n / elapsed, 1), "cpu_s_per_1000": round(sum(cpu.values()) / n * 1000, 3),
                 "cpu_s": cpu, "peak_mem_kb": mem, "p50_ms": None, "p99_ms": None,
                 "accept_rate": round(n / result["elapsed"], 1), "other_load_cores": other,
-                "problems": problems}
+                "problems": problems, **archive}
 
     def queue(self) -> None:
         n = self.queue_n
@@ -704,14 +812,16 @@ class Bench:
     def twocore_one(self, spec: LoadSpec, target: str, d: Path, n: int) -> dict:
         policy = "everysec" if target.endswith("everysec") else "always"
         redis = Redis(d / "redis", policy)
+        postgres: Postgres | None = None
         daemons: list[Mailrelay] = []
         try:
+            postgres = Postgres()
             for i in (1, 2):
                 daemons.append(Mailrelay(d / f"daemon{i}", redis, cert=self.cert, key=self.key,
-                                         users=self.users, name=f"mailrelay{i}"))
+                                         users=self.users, name=f"mailrelay{i}", archive=postgres))
             for dm in daemons:
                 probe(dm.port)
-            groups = [dm.group() for dm in daemons] + [redis.group()]
+            groups = [dm.group() for dm in daemons] + [redis.group(), postgres.group()]
             meter = Meter(groups).start()
             t0 = time.perf_counter()
             half = [n // 2, n - n // 2]
@@ -725,7 +835,9 @@ class Bench:
             for p in procs:
                 _, err = p.communicate(timeout=self.timeout(n))
                 rcs.append(p.returncode)
-            elapsed = time.perf_counter() - t0
+            t_end = time.perf_counter()
+            elapsed = t_end - t0
+            archive = self.archive_catchup(redis, meter, delivering=False, since=t_end)
             meter.stop()
             mem = meter.peak_memory_kb()
             stored = queued_jobs(redis)
@@ -733,10 +845,14 @@ class Bench:
             for dm in daemons:
                 dm.stop()
             redis.stop()
+            if postgres is not None:
+                postgres.stop()
         cpu = meter.cpu_delta()
         problems = []
         if any(rcs) or stored != n:
             problems.append(f"smtp-source exits {rcs}, stored {stored} of {n}")
+        if not archive["archive_caught_up"]:
+            problems.append(f"the archiver was {archive['archive_behind']} entries behind after the load")
         single = [r["rate"] for r in self.rows if r["scenario"] == "acceptance" and r["target"] == target
                   and r["load"] == spec.key and not r["problems"]]
         row = {"scenario": "twocore", "load": spec.key, "load_label": spec.label + " (split over 2 daemons)",
@@ -744,7 +860,7 @@ class Bench:
                "seconds": round(elapsed, 3), "rate": round(n / elapsed, 1),
                "cpu_s_per_1000": round(sum(cpu.values()) / n * 1000, 3), "cpu_s": cpu,
                "peak_mem_kb": mem, "p50_ms": None, "p99_ms": None,
-               "other_load_cores": meter.other_load(), "problems": problems}
+               "other_load_cores": meter.other_load(), "problems": problems, **archive}
         if single:
             row["speedup_vs_one_daemon"] = round(row["rate"] / statistics.median(single), 2)
         return row
@@ -878,7 +994,7 @@ class Bench:
             "cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "kernel": platform.release(),
             "root_fs": fs, "python": platform.python_version(), "twisted": twisted.__version__,
             "redis": cmd(which("redis-server"), "--version").split(" v=")[-1].split()[0],
-            "postfix": cmd(which("postconf"), "-h", "mail_version"),
+            "postfix": cmd(which("postconf"), "-d", "-h", "mail_version"),
             "mailrelay_commit": commit + ("+dirty" if dirty else ""),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         }
@@ -950,6 +1066,10 @@ def summary_line(row: dict) -> str:
                 f"CPU {fmt(row.get('cpu_s_per_1000'), 2)} s/1000  mem {mem_text(row.get('peak_mem_kb'))}")
         if row.get("accept_rate"):
             text += f"  (accepted at {fmt(row['accept_rate'])}/s)"
+        if "postgresql" in row.get("cpu_s", {}):
+            text += f"  (daemon + Redis {fmt(cpu_without_archive(row), 2)})"
+        if row.get("archive_catchup_s") is not None:
+            text += f"  archive caught up {fmt(row['archive_catchup_s'], 1)} s after"
         if row.get("speedup_vs_one_daemon"):
             text += f"  x{row['speedup_vs_one_daemon']} vs one daemon"
         if (row.get("other_load_cores") or 0) >= 0.2:
@@ -957,6 +1077,15 @@ def summary_line(row: dict) -> str:
     if row.get("problems"):
         text += "  !! " + "; ".join(row["problems"])
     return text
+
+
+def cpu_without_archive(row: dict) -> float | None:
+    """CPU s per 1000 messages of the row's servers without PostgreSQL's (daemon + Redis, as
+    measured before the archive moved to PostgreSQL)."""
+    n = row.get("ok") or row.get("messages")
+    if not n or "cpu_s" not in row:
+        return None
+    return round(sum(v for k, v in row["cpu_s"].items() if k != "postgresql") / n * 1000, 3)
 
 
 def median_rows(rows: list[dict]) -> list[dict]:
@@ -990,8 +1119,8 @@ def markdown_report(rows: list[dict], machine: dict, bench: Bench) -> str:
         if not srows:
             continue
         lines += [f"#### {scenario}", "",
-                  "| load | server | msg/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak memory | durability | vs Postfix (rate, CPU) | other load |",
-                  "|---|---|---:|---:|---:|---:|---|---|---|---:|"]
+                  "| load | server | msg/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak memory | durability | vs Postfix (rate, CPU) | archive caught up (s after) | other load |",
+                  "|---|---|---:|---:|---:|---:|---|---|---|---:|---:|"]
         for r in srows:
             pf = next((p for p in srows if p["load"] == r["load"] and p["target"] == "postfix"), None)
             vs = "-"
@@ -1006,10 +1135,13 @@ def markdown_report(rows: list[dict], machine: dict, bench: Bench) -> str:
             if len(r.get("cpu_s", {})) > 1:
                 n = r.get("ok") or r.get("messages")
                 cpu += " (" + " + ".join(f"{k} {v / n * 1000:.2f}" for k, v in r["cpu_s"].items()) + ")"
+            if "postgresql" in r.get("cpu_s", {}):
+                cpu += f"; daemon + Redis {fmt(cpu_without_archive(r), 2)}"
             flag = " **!**" if r.get("problems") else ""
             lines.append(f"| {r['load_label']}{flag} | {r['target']} | {rate} | {fmt(r.get('p50_ms'), 2)} | "
                          f"{fmt(r.get('p99_ms'), 2)} | {cpu} | {mem_text(r.get('peak_mem_kb'))} | "
-                         f"{r['durability']} | {vs} | {fmt(r.get('other_load_cores'), 2)} |")
+                         f"{r['durability']} | {vs} | {fmt(r.get('archive_catchup_s'), 1)} | "
+                         f"{fmt(r.get('other_load_cores'), 2)} |")
         lines.append("")
     qrows = [r for r in rows if r["scenario"] == "queue"]
     if qrows:
