@@ -6,7 +6,7 @@ acknowledge), side by side.
 
     python bench/archive_ingest.py [--path writer,archiver] [--snapshots 60000]
                                    [--batches 100,1000,5000] [--in-flight 1] [--messages 50000]
-                                   [--round 1000] [--fsync-off]
+                                   [--round 1000] [--fsync-off] [--profile FILE]
 
 **writer**: each snapshot is the measured message (bench/archive.py): one recipient, three
 events (queued, deferred, delivered: the whole timeline, packed), a tag, two metadata keys, a
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import random
 import sys
 import time
@@ -144,11 +145,14 @@ async def run_archiver(args) -> None:
         entries = (await rig.storage.archive_lag()).entries
         redis = rig.redis_group()
         cpu0, redis0, pg0 = own_seconds(), redis.cpu(), rig.postgres.group.cpu()
+        spy = start_profiler(args.profile) if args.profile else None
         t0 = time.perf_counter()
         rig.start_archiver()
         await rig.wait_for(rig.archived_all, max(600, entries / 1000), "archive caught up", interval=0.02)
         seconds = time.perf_counter() - t0
         cpu, redis_cpu, pg = own_seconds() - cpu0, redis.cpu() - redis0, rig.postgres.group.cpu() - pg0
+        if spy is not None:
+            stop_profiler(spy, args.profile, cpu / entries * 1000)
         rows = await archived_rows(rig)
         print(f"\nThe archiver's whole path (read, snapshot, write, mark and acknowledge): a backlog of "
               f"{args.messages:,} messages, {entries:,} stream entries (rounds of {args.round:,}); PostgreSQL "
@@ -162,6 +166,34 @@ async def run_archiver(args) -> None:
             print(f"\n!! {rows:,} message rows in the archive, not {args.messages:,}")
     finally:
         await rig.stop()
+
+
+def start_profiler(output: Path):
+    """py-spy recording this process (the archiver and, in its threads, the writer) from now."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spy = subprocess.Popen([exe, "record", "--pid", str(os.getpid()), "--nonblocking", "--function", "--rate",
+                            "250", "--format", "raw", "--output", str(output)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached (the archiver has not started: nothing is missed)
+    if spy.poll() is not None:
+        raise SystemExit("py-spy could not attach (pip install py-spy; run as root)")
+    return spy
+
+
+def stop_profiler(spy, output: Path, ms_per_event: float) -> None:
+    """Stop py-spy (it writes on SIGINT) and print bench/run.py's summary of its samples."""
+    import signal
+
+    from run import pyspy_report
+
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
+    print(f"\nProfile of the archiver's process while it archived ({ms_per_event:.3f} ms of its CPU per event; "
+          f"samples in {output}):")
+    print(pyspy_report(output, top=25, ms_per_total=ms_per_event))
 
 
 async def archived_rows(rig: PathRig) -> int:
@@ -185,6 +217,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000, help="archiver: messages in the backlog (3 events each)")
     parser.add_argument("--round", type=int, default=1000, help="archiver: messages sent together when filling")
     parser.add_argument("--fsync-off", action="store_true", help="the tests' PostgreSQL (fsync off)")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="archiver: record this process with py-spy while it archives (raw samples to FILE)"
+                             " and print a summary (the top functions, as bench/run.py --profile)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     react(lambda reactor: run(reactor, args))
