@@ -4,6 +4,7 @@ archive (today's) and the PostgreSQL archive (issue 18) side by side.
 
     python bench/archive.py [--store redis,postgres] [--messages 1000000] [--recipients 10000]
                             [--tags 50] [--searches 200] [--concurrency 200] [--per-day 1000000]
+                            [--keep | --reuse DIR]
 
 The measured message: one recipient, three events (queued, deferred, delivered), a tag, two
 metadata keys, a 2 KB body (about 700 bytes compressed).
@@ -294,15 +295,20 @@ async def run_postgres(reactor, args) -> dict:
     from mailrelay.store.archivedb import ArchiveDatabase
     from mailrelay.store.archiveread import ArchiveReader
 
-    server = start_postgres()
+    server = reuse_postgres(Path(args.reuse)) if args.reuse else start_postgres()
     database = None
     try:
         conninfo = server.conninfo()
         rng = random.Random(args.seed)
-        newest_ms, seconds, recipients, tags = fill_postgres(conninfo, args, rng)
+        if args.reuse:  # filled by an earlier run with --keep: measure again (e.g. on a quieter machine)
+            newest_ms, recipients, tags = filled_postgres(conninfo, args)
+            seconds = 0.0
+        else:
+            newest_ms, seconds, recipients, tags = fill_postgres(conninfo, args, rng)
         sizes = disk_per_message(conninfo, args.messages)
-        print(f"\nPostgreSQL archive: {args.messages:,} messages by COPY in {seconds:,.0f} s; bytes on disk "
-              "per message: " + ", ".join(f"{t} {v:,.0f}" for t, v in sizes.items()))
+        print(f"\nPostgreSQL archive: {args.messages:,} messages "
+              + (f"(reused {args.reuse})" if args.reuse else f"by COPY in {seconds:,.0f} s")
+              + "; bytes on disk per message: " + ", ".join(f"{t} {v:,.0f}" for t, v in sizes.items()))
         database = ArchiveDatabase(conninfo, statement_timeout=30)
         reader = ArchiveReader(database)
         _, cursor = await reader.search_messages(limit=50)
@@ -328,7 +334,38 @@ async def run_postgres(reactor, args) -> dict:
         if database is not None:
             database.close()
         server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        if args.keep or args.reuse:
+            print(f"PostgreSQL kept in {server.root}: measure it again with --reuse {server.root}")
+        else:
+            shutil.rmtree(server.root, ignore_errors=True)
+
+
+def reuse_postgres(root: Path):
+    """The PostgreSQL a run with --keep left in ``root``, started again."""
+    from pgserver import PostgresServer
+
+    from mailrelay.pgproc import cluster_user
+
+    user = cluster_user()
+    ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user is not None else {}
+    server = PostgresServer(process=None, root=root, socket_dir=root / "pg", log_path=root / "postgresql.log",
+                            run_as=ids)
+    server.start()
+    return server
+
+
+def filled_postgres(conninfo: str, args) -> tuple[int, list[str], list[str]]:
+    """What fill_postgres returned for the archive it filled: (newest ms, recipients, tags)."""
+    import psycopg
+
+    from mailrelay.store.archiveread import ms_of_time
+
+    with psycopg.connect(conninfo) as conn:
+        newest, count = conn.execute("SELECT max(received_at), count(*) FROM messages").fetchone()
+    if count != args.messages:
+        raise SystemExit(f"the reused archive holds {count:,} messages, not --messages {args.messages:,}")
+    recipients = [f"user{i}@example{i % 97}.test" for i in range(args.recipients)]
+    return ms_of_time(newest), recipients, [f"tag{i}" for i in range(args.tags)]
 
 
 async def run(reactor, args) -> None:
@@ -358,6 +395,8 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=50)
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--keep", action="store_true", help="PostgreSQL: keep the filled server (its directory is printed)")
+    parser.add_argument("--reuse", metavar="DIR", help="PostgreSQL: measure the server a --keep run left in DIR again (no fill)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     from twisted.internet import task

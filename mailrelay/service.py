@@ -323,12 +323,13 @@ def make_service(config: Config) -> MailrelayService:
     listeners = SubmissionListeners(limits, handler_factory, tls_options, settings.listen, settings.listen_tls)
     listeners.setServiceParent(top)
 
-    def get_archive() -> ArchiveView:
+    def get_archive(primary: bool = False) -> ArchiveView:
         # one message from Redis while its keys exist, else PostgreSQL; searches from
         # PostgreSQL once the data is at the version that moved the archive there (the cluster
-        # service, made last, is bound by the time anything calls this)
+        # service, made last, is bound by the time anything calls this). Reads go to [archive]
+        # read_url, or to url for a reader that must not lag (``primary``)
         assert storage_service.storage is not None
-        return ArchiveView(storage_service.storage, ArchiveReader(archive.read),
+        return ArchiveView(storage_service.storage, ArchiveReader(archive.write if primary else archive.read),
                            in_postgres=lambda: cluster.archive_in_postgres())
 
     if config.bounces.domain and config.bounces.listen:
@@ -344,9 +345,10 @@ def make_service(config: Config) -> MailrelayService:
             service_name="bounces",
         )
         # matches reports through the archive's reads: a message whose keys were released
-        # (data version 2) is read from PostgreSQL
+        # (data version 2) is read from PostgreSQL, the primary (a replica could lag by more
+        # than [archive] release_after: the report would find no message)
         BounceListener(config, bounce_limits, lambda: storage_service.storage, tls_options,
-                       get_archive=get_archive).setServiceParent(top)
+                       get_archive=lambda: get_archive(primary=True)).setServiceParent(top)
 
     # after the listeners: /readyz reports them, and the API needs the storage ready
     WebService(config, lambda: storage_service.storage,

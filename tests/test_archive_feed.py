@@ -242,6 +242,9 @@ class ArchiveFeedTests(unittest.TestCase):
                           ("deleted", message_id)])
         batch = await self.storage.archive_snapshot(entries)
         self.assertEqual(batch.bounces[0].stored["type"], "SoftBounce")
+        self.assertTrue(batch.bounces[0].changed)  # the writer rewrites the archived row with it
+        plain = await self.storage.archive_snapshot([e for e in entries if e.type != "bounce_changed"])
+        self.assertFalse(plain.bounces[0].changed)
         self.assertEqual([r.state for r in batch.messages[0].recipients], ["queued", "deleted"])
 
     def test_a_hash_without_a_time_is_no_message(self) -> None:
@@ -289,6 +292,20 @@ class ArchiveFeedTests(unittest.TestCase):
         entries = await self.all_entries()
         await self.storage.archive_mark(await self.storage.archive_snapshot(entries), [e.id for e in entries])
         self.assertEqual(self.release_schedule(), {})
+
+    @async_test
+    async def test_mark_schedules_at_version_1_while_the_migration_runs(self) -> None:
+        """`mailrelay migrate` (its lock P meta:migrating) copies the archive, then records
+        version 2: a message the archiver finishes meanwhile (perhaps copied while still queued)
+        is scheduled too; release_archived.lua lets it go once the version is 2."""
+        self.client.command("SET", self.prefix + "meta:version", 1)
+        self.client.command("SET", self.prefix + "meta:migrating", "token", "EX", 60)
+        message_id = await self.accepted()
+        await self.delivered(message_id)
+        bounce_id = await self.bounce(None, None)
+        entries = await self.all_entries()
+        await self.storage.archive_mark(await self.storage.archive_snapshot(entries), [e.id for e in entries])
+        self.assertEqual(set(self.release_schedule()), {f"m:{message_id}", f"b:{bounce_id}"})
 
     # -- replays and take-overs ------------------------------------------------------------
 

@@ -174,3 +174,17 @@ class ArchiveDatabaseTests(unittest.TestCase):
         # the connection is usable again afterwards
         rows = yield db.run(lambda conn: conn.execute("SELECT 1").fetchall())
         self.assertEqual(rows, [(1,)])
+
+    @defer.inlineCallbacks
+    def test_a_connection_the_server_ended_fails_once_unlogged_and_is_reopened(self):
+        db = ArchiveDatabase(self.conninfo, pool_max=1)  # one thread, one connection
+        self.addCleanup(db.close)
+        pid = yield db.run(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(self.conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        with self.assertRaises(psycopg.OperationalError):
+            yield db.run(lambda conn: conn.execute("SELECT 1").fetchall())
+        # the caller has the error; adbapi's "Rollback failed" tracebacks are not logged
+        self.assertEqual(self.flushLoggedErrors(), [])
+        new_pid = yield db.run(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        self.assertNotEqual(new_pid, pid)

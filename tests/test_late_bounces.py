@@ -288,7 +288,7 @@ class ArchiveDownTests(LateBounces, unittest.TestCase):
         self.assertEqual((await self.report(released, 0, "down@example.test")).code, 250)
         self.assertEqual(len(self.bounce_ids()), 2)
         self.assertIn("down@example.test", await self.storage.suppressions(["down@example.test"]))
-        self.flushLoggedErrors()  # the handler logs the failure; adbapi its dead connections
+        self.flushLoggedErrors()  # the handler logs the failure
 
 
 # -- reclassify and the suppression audit at data version 2 --------------------------------------
@@ -378,6 +378,29 @@ class AdminCommandTests(LateBounces, unittest.TestCase):
         self.assertEqual((record.type, record.inactive, record.type_code), ("SoftBounce", False, 4096))
         code, out, _ = await self.cli("bounce", "reclassify")
         self.assertTrue(out.startswith("0 bounces reclassified"), out)
+
+    @async_test
+    async def test_a_reclassification_at_version_1_reaches_the_archived_row(self) -> None:
+        """Before `mailrelay migrate` (data version 1) reclassify rewrites Redis only; its
+        `bounce_changed` stream entry makes the archiver rewrite the row it archived already (a
+        bounce is otherwise written once), so the archive agrees with Redis."""
+        self.client.command("SET", self.prefix + "meta:version", ARCHIVE_IN_POSTGRES_VERSION - 1)
+        disabled = (CORPUS / "dsn-account-disabled.eml").read_bytes()  # a SoftBounce today
+        snapshot = old_bounce("0d", "old.account@example.org", disabled, received_ms=int(time.time() * 1000))
+        self.in_redis(snapshot)
+        self.suppressed_by(snapshot)
+        self.assertEqual((await self.writer.write(ArchiveBatch(bounces=(snapshot,)))).bounces, 1)  # archived
+        code, out, err = await self.cli("bounce", "reclassify")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([line.split("\t")[:4] for line in out.splitlines()[:-1]],
+                         [["0d", "old.account@example.org", "HardBounce -> SoftBounce", "reactivated"]])
+        self.assertEqual(self.archived_rows(), [("0d", "HardBounce", True, None)])  # Redis only, so far
+        batch, result = await self.archive_pass()
+        self.assertEqual(([b.id for b in batch.bounces], result.bounces, result.bounces_changed), (["0d"], 0, 1))
+        self.assertEqual(self.archived_rows(), [("0d", "SoftBounce", False, "HardBounce")])
+        self.assertEqual(await self.reader.get_bounce("0d"), await self.storage.get_bounce("0d"))
+        _, again = await self.archive_pass()  # nothing new: nothing written
+        self.assertEqual(again.bounces_changed, 0)
 
     @async_test
     async def test_the_suppression_audit_reads_bounces_and_messages_from_the_archive(self) -> None:

@@ -79,14 +79,29 @@ class Version2(Storage):
     DATA_VERSION = 2
 
 
+class ReleaseTime(Version2):
+    """The store as it is ``[archive] release_after`` later (its clock that far ahead): what the
+    step scheduled for release is due (release_archived compares with this clock)."""
+
+    def now_ms(self) -> int:
+        return super().now_ms() + int(self.config.archive.release_after * 1000)
+
+
 #: Data version 2 is this code's (the `mailrelay migrate` process tests need it).
 AT_VERSION_2 = pytest.mark.skipif(Storage.DATA_VERSION < 2, reason="Storage.DATA_VERSION is not 2 yet "
                                   "(it becomes 2 once the archiver is wired); the copy is tested in-process")
 
 
+#: release-1.rdb's messages were received when it was made (2026-12-04): the copy leaves out what
+#: is past [tracking] retention and bodies past content_retention, counted from today, so the
+#: tests of that data give the copy retentions that reach back to then.
+RDB_RETENTION = {"retention": "3650d", "content_retention": "3650d"}
+
+
 def storage_for(server: RedisServer, prefix: str, case: unittest.TestCase, archive_url: str = "",
-                cls: type[Storage] = Storage) -> Storage:
-    config = parse_config({"redis": {"url": server.url, "key_prefix": prefix}, "archive": {"url": archive_url}})
+                cls: type[Storage] = Storage, tracking: dict[str, str] | None = None) -> Storage:
+    config = parse_config({"redis": {"url": server.url, "key_prefix": prefix}, "archive": {"url": archive_url},
+                           "tracking": RDB_RETENTION if tracking is None else tracking})
     redis = connect_redis(config, None)
     case.addCleanup(lambda: redis.disconnect().addErrback(lambda f: None))
     return cls(config, redis)
@@ -313,8 +328,100 @@ class CopyingTheReleaseArchive(unittest.TestCase):
         self.assertEqual(table_counts(self.conninfo),
                          {"messages": MESSAGES, "recipients": MESSAGES + 1, "bodies": MESSAGES,
                           "bounces": BOUNCES})
-        # the Redis archive is left as it was (it expires as before)
+        # nothing is deleted from Redis by the step itself: the release does it, after
+        # [archive] release_after (1m here), see test_what_was_copied_leaves_redis_once_released
         self.assertEqual(await self.storage.archive_sizes(), (MESSAGES, BOUNCES))
+
+    @async_test
+    async def test_what_was_copied_leaves_redis_once_released(self):
+        """The step marks what it copied as the archiver marks what it archives: once the data is
+        at version 2, release_archived (once release_after has passed) deletes the Redis keys of the copied
+        final messages and of the bounces; the message still queued keeps its keys until the
+        archiver has archived it final, and is released then. Every read through ArchiveView
+        (Redis, then PostgreSQL) returns before and after what Redis returned before the step."""
+        from mailrelay.store import ClaimedJob, Event
+        from mailrelay.store.archiverelease import Released
+        from mailrelay.store.archiveview import ArchiveView
+        from mailrelay.store.archivewrite import ArchiveWriter
+
+        storage = self.storage
+        later = storage_for(self.redis, PREFIX, self, archive_url=self.conninfo, cls=ReleaseTime)
+        keys = storage.keys
+        view = ArchiveView(storage, self.reader)
+        ids = [m.decode() for m in await storage._call("ZRANGE", keys.time_index, 0, -1)]
+        bounce_ids = [b.decode() for b in await storage._call("ZRANGE", keys.bounces, 0, -1)]
+        messages = {i: (await storage.get_message(i), await storage.get_timeline(i), await storage.get_body(i))
+                    for i in ids}
+        bounces = {b: (await storage.get_bounce(b), await storage.get_bounce_raw(b)) for b in bounce_ids}
+        [queued] = [i for i, (record, _, _) in messages.items() if record.status == "queued"]
+
+        async def assert_same_reads() -> None:
+            for message_id, (record, timeline, body) in messages.items():
+                self.assertEqual((await view.get_message(message_id), await view.get_timeline(message_id),
+                                  await view.get_body(message_id)), (record, timeline, body), message_id)
+            for bounce_id, (bounce, raw) in bounces.items():
+                self.assertEqual((await view.get_bounce(bounce_id), await view.get_bounce_raw(bounce_id)),
+                                 (bounce, raw), bounce_id)
+
+        def present(message_id: str) -> int:
+            return storage._call("EXISTS", keys.msg(message_id), keys.timeline(message_id), keys.body(message_id))
+
+        for message_id in ids:  # release 1 had no archiver
+            self.assertIsNone(await storage._call("HGET", keys.msg(message_id), "archived"))
+        await self.migrate()
+        self.assertEqual(await storage.stored_data_version(), "2")
+        self.assertEqual(await storage.release_archived(), Released(0, 0, 0))  # not before release_after
+        for message_id in ids:  # every copied hash records the timeline length copied
+            self.assertEqual(int(await storage._call("HGET", keys.msg(message_id), "archived")),
+                             await storage._call("LLEN", keys.timeline(message_id)), message_id)
+        self.assertEqual(await later.release_archived(), Released(MESSAGES - 1, BOUNCES, 0))
+        for message_id in ids:
+            self.assertEqual(await present(message_id), 3 if message_id == queued else 0, message_id)
+        self.assertEqual(await storage.archive_sizes(), (1, 0))  # the queued one left in the time index
+        for bounce_id in bounce_ids:
+            self.assertEqual(await storage._call("EXISTS", keys.bounce(bounce_id), keys.bounce_raw(bounce_id)), 0)
+        self.assertEqual(await storage._call("ZCARD", keys.archive_release), 0)
+        await assert_same_reads()
+
+        # the queued message is delivered; the archiver (its steps, in-process) archives it and
+        # schedules its release, as for any message at version 2
+        record = messages[queued][0]
+        [recipient] = record.recipients
+        job = ClaimedJob(f"{queued}.0", queued, 0, record.sender, recipient.address, 0, storage.now_ms(),
+                         recipient.address.rpartition("@")[2])
+        event = Event(type="delivered", at="2026-12-04T10:00:00Z", recipient=recipient.address, rcpt=0)
+        self.assertEqual(await storage.record(job, "test", "delivered", event), "OK")
+        await storage.archive_create_group()
+        entries = await storage.archive_read("test", 10_000)
+        batch = await storage.archive_snapshot(entries)
+        result = await ArchiveWriter(self.database).write(batch)
+        await storage.archive_mark(result.written_part(batch), [e.id for e in entries])
+        delivered = (await storage.get_message(queued), await storage.get_timeline(queued))
+        self.assertEqual(delivered[0].status, "delivered")
+        self.assertEqual(await later.release_archived(), Released(1, 0, 0))
+        self.assertEqual(await present(queued), 0)
+        self.assertEqual(await storage.archive_sizes(), (0, 0))
+        self.assertEqual((await view.get_message(queued), await view.get_timeline(queued)), delivered)
+        self.assertEqual(await view.get_body(queued), messages[queued][2])
+
+    @async_test
+    async def test_what_the_writer_refuses_is_not_marked(self):
+        """A message PostgreSQL cannot hold (here a recipient index past its smallint, which no
+        write path makes) is skipped and listed; it is not marked archived nor scheduled, so its
+        Redis keys are never released for an archive that lacks it (they expire as before)."""
+        storage, keys = self.storage, self.storage.keys
+        statuses = {m.decode(): (await storage.get_message(m.decode())).status
+                    for m in await storage._call("ZRANGE", keys.time_index, 0, -1)}
+        bad = next(i for i, status in statuses.items() if status == "delivered")
+        await storage._call("HSET", keys.msg(bad), "rcpt_count", "40000", "rcpt:39999", "z@example.test")
+        await self.migrate()
+        self.assertEqual([(e.kind, e.id, e.expired) for e in self.opened[0].skipped], [("message", bad, False)])
+        self.assertIsNone(await storage._call("HGET", keys.msg(bad), "archived"))
+        final = [f"m:{i}" for i, status in statuses.items() if status != "queued" and i != bad]
+        bounces = [f"b:{b.decode()}" for b in await storage._call("ZRANGE", keys.bounces, 0, -1)]
+        schedule = [m.decode() for m in await storage._call("ZRANGE", keys.archive_release, 0, -1)]
+        self.assertEqual(sorted(schedule), sorted(final + bounces))
+        self.assertEqual(len(final), MESSAGES - 2)
 
     @async_test
     async def test_copying_again_stores_nothing_twice(self):
@@ -341,6 +448,8 @@ class CopyingTheReleaseArchive(unittest.TestCase):
 
         from mailrelay.store.queue import compress_body
 
+        # the default retentions (45 days, bodies 7), counted from today
+        self.storage = storage_for(self.redis, PREFIX, self, archive_url=self.conninfo, cls=Version2, tracking={})
         storage, keys = self.storage, self.storage.keys
         now_ms = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
         old = {days: (now_ms - days * 86_400_000, f"{now_ms - days * 86_400_000:012x}{days:08x}")
@@ -379,6 +488,7 @@ class MigrateCommand(unittest.TestCase):
         directory = Path(tempfile.mkdtemp(prefix="mr-migrate-"))
         self.addCleanup(shutil.rmtree, directory, True)
         path = directory / "mailrelay.toml"
+        sections.setdefault("tracking", RDB_RETENTION)
         path.write_text(make_daemon_config(self.redis, PREFIX, directory / "state", **sections))
         return path
 

@@ -53,7 +53,7 @@ from mailrelay.services.archive import MANAGED_DATABASE, one_line_error
 from mailrelay.store import Storage
 from mailrelay.store.archivedb import ArchiveDatabase, describe_conninfo, ensure_database
 from mailrelay.store.archiverecords import ArchiveBatch
-from mailrelay.store.archivewrite import ArchiveWriter, SkippedEntry
+from mailrelay.store.archivewrite import ArchiveWriter, SkippedEntry, WriteResult
 from mailrelay.timefmt import format_age
 
 #: The statement timeout of the migration's writes (seconds), when ``[archive]
@@ -132,8 +132,8 @@ class MigrationArchive:
             raise SystemExit(f"mailrelay: archive database at {self.where}: "
                              f"{one_line_error(e, self.conninfo)}; run `mailrelay migrate` again") from e
 
-    async def write(self, batch: ArchiveBatch) -> Any:
-        result = await self.guarded(self.writer.write(batch))
+    async def write(self, batch: ArchiveBatch) -> WriteResult:
+        result: WriteResult = await self.guarded(self.writer.write(batch))
         self.skipped += result.skipped
         return result
 

@@ -20,7 +20,11 @@ JOB
        and acknowledge the entries, in one script call;
 
     and every TRIM_INTERVAL removes the entries every consumer group that counts
-    (``archiver``, and ``webhooks`` when this daemon sends webhooks) is done with.
+    (``archiver``, and ``webhooks`` when this daemon sends webhooks) is done with;
+    every RELEASE_INTERVAL it releases the Redis keys of the messages and bounces
+    whose ``[archive] release_after`` has passed since they were archived final
+    (mailrelay.store.archiverelease: at data version 2 only), RELEASE_BATCH at a time
+    and at most RELEASE_MAX per turn.
     Writes are at least once (a daemon dying between 3 and 4 leaves its entries
     pending, and another takes them over): the archive's natural keys make a
     replay store nothing twice. When PostgreSQL does not answer, the same batch is
@@ -64,7 +68,6 @@ CONFIGURATION
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
@@ -101,6 +104,10 @@ TAKE_OVER_INTERVAL = 10.0
 TRIM_INTERVAL = 10.0
 TRIM_KEEP = 60.0
 LAG_INTERVAL = 5.0
+#: Seconds between releases of archived keys; members per script call, and per release turn.
+RELEASE_INTERVAL = 5.0
+RELEASE_BATCH = 500
+RELEASE_MAX = 20_000
 #: Consumers of past processes with nothing pending are forgotten after this long idle;
 #: looked for this often.
 CONSUMER_MAX_IDLE = 86400.0
@@ -132,19 +139,6 @@ class ArchiverState:
     writing: bool
     #: Why it does not, in a few words (None when it does).
     problem: str | None = None
-
-
-def written_part(batch: ArchiveBatch, result: WriteResult) -> ArchiveBatch:
-    """``batch`` without the messages and bounces the writer skipped for their data (logged by
-    it): they are not marked archived, so their Redis keys are never released for an archive
-    that does not hold them, and expire as before. (Those skipped as past retention count as
-    written: they are gone from the archive by design.)"""
-    refused = {(entry.kind, entry.id) for entry in result.skipped if not entry.expired}
-    if not refused:
-        return batch
-    return dataclasses.replace(
-        batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
-        bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _Stopping(Exception):
@@ -188,6 +182,7 @@ class ArchiverService(service.Service):
         self._next_take_over = 0.0
         self._next_trim = 0.0
         self._next_prune = 0.0
+        self._next_release = 0.0
         self._failing: dict[str, type] = {}  # "archive" / "redis" -> the kind of error warned about
 
     def _archive_writer(self) -> BatchWriter:
@@ -260,7 +255,7 @@ class ArchiverService(service.Service):
         log.info("archiver: consumer {consumer} of group {group}, started", consumer=self.consumer,
                  group=self.groups[0])
         now = self.clock.seconds()
-        self._next_take_over = self._next_trim = now
+        self._next_take_over = self._next_trim = self._next_release = now
         self._next_prune = now + PRUNE_INTERVAL
         delay = self.retry_start
         while not self._stopping:
@@ -323,7 +318,7 @@ class ArchiverService(service.Service):
         ids = [entry.id for entry in entries]
         if batch:
             result = await self._write(writer, batch, ids)
-            batch = written_part(batch, result)
+            batch = result.written_part(batch)
         await self._redis(storage.archive_mark, batch, ids)
         metrics.ARCHIVED_ENTRIES.inc(len(ids))
 
@@ -368,7 +363,8 @@ class ArchiverService(service.Service):
         self._failing["archive"] = type(error)
 
     async def _housekeeping(self) -> None:
-        """Trim the stream and forget past consumers, when due (failures wait for next time)."""
+        """Trim the stream, release archived keys and forget past consumers, when due (failures
+        wait for next time)."""
         storage = self._storage()
         now = self.clock.seconds()
         if now >= self._next_trim:
@@ -377,6 +373,18 @@ class ArchiverService(service.Service):
             if removed is None:
                 log.debug("archiver: stream not trimmed: a consumer group of {groups} does not exist",
                           groups=", ".join(self.groups))
+        if now >= self._next_release:
+            self._next_release = now + RELEASE_INTERVAL
+            released = messages = bounces = 0
+            while released < RELEASE_MAX:
+                done = await self._redis(storage.release_archived, RELEASE_BATCH)
+                messages, bounces = messages + done.messages, bounces + done.bounces
+                released += done.messages + done.bounces + done.kept
+                if done.messages + done.bounces + done.kept < RELEASE_BATCH:
+                    break
+            if messages or bounces:
+                log.debug("archiver: released the Redis keys of {m} message(s) and {b} bounce(s)",
+                          m=messages, b=bounces)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             removed = await self._redis(storage.archive_prune_consumers, self.consumer, CONSUMER_MAX_IDLE)

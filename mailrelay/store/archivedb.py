@@ -44,7 +44,10 @@ DIAGNOSTICS
     ``QueryCanceled`` (SQLSTATE 57014) past the statement timeout,
     MigrationError from :mod:`mailrelay.store.migrations`.  After a server
     restart each pooled connection fails once and is then reopened
-    (``cp_reconnect``); callers retry.
+    (``cp_reconnect``); callers retry. The rollback of a connection the server
+    ended is not logged (adbapi would log two tracebacks, ``Rollback failed``,
+    for each pooled connection an outage or a restart cuts): the caller's
+    error says what happened, once.
 
 CONFIGURATION
     None read here: :mod:`mailrelay.services.archive` passes ``[archive]``
@@ -58,16 +61,52 @@ from typing import Any, Callable, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from mailrelay.configvalues import parse_conninfo
 from mailrelay.store import migrations
 
 T = TypeVar("T")
 
+log = Logger()
+
 STATEMENT_TIMEOUT = 5.0  # seconds
 CONNECT_TIMEOUT = 3  # seconds, libpq's granularity (2 is its minimum)
 POOL_MIN = 1
 POOL_MAX = 4
+
+
+class _PooledConnection(adbapi.Connection):
+    """adbapi's pooled connection, whose rollback on a connection the server ended (an outage, a
+    restart, a terminated backend) drops it without logging: adbapi logs a traceback there."""
+
+    def rollback(self) -> None:
+        if self._connection.closed or self._connection.broken:
+            self._pool.disconnect(self._connection)  # reopened by the next call in this thread
+            raise adbapi.ConnectionLost()
+        super().rollback()
+
+
+class _ConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool with :class:`_PooledConnection`, quiet when the rollback after a failed call
+    finds the connection lost (the call's own error goes to its caller)."""
+
+    connectionFactory = _PooledConnection
+
+    def _runWithConnection(self, func: Callable[..., T], *args: Any, **kw: Any) -> T:
+        conn = self.connectionFactory(self)
+        try:
+            result = func(conn, *args, **kw)
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except adbapi.ConnectionLost:
+                pass
+            except BaseException:
+                log.failure("archive database: rollback failed")
+            raise
 
 
 class ArchiveDatabase:
@@ -78,7 +117,7 @@ class ArchiveDatabase:
         self.statement_timeout = statement_timeout
         self.conninfo = conninfo
         self._connect_timeout = max(2, int(connect_timeout))
-        self._pool = adbapi.ConnectionPool(
+        self._pool = _ConnectionPool(
             "psycopg", conninfo,
             options=_timeout_option(statement_timeout),
             connect_timeout=self._connect_timeout,

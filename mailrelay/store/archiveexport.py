@@ -22,14 +22,26 @@ JOB
     next page is read while one is written (:func:`read_ahead`). The index is walked by (score,
     member) from the last one read, so entries that come or go meanwhile never make it
     skip one. An index entry whose hash is gone (expired) is counted and left out.
-    Nothing is written to Redis and nothing deleted: the Redis archive expires as
-    before (``[tracking] retention``); the step can run again at any time, the writer's
-    natural keys make a copy written twice one copy.
 
-DATA (under ``[redis] key_prefix``, written ``P``; read only, owned by mailrelay.store.queue,
-.tracking and .bounces)
-    ``P idx:time``, ``P msg:<id>``, ``P timeline:<id>``, ``P body:<id>``, ``P bounces``,
-    ``P bounce:<id>``, ``P bounce:raw:<id>``.
+    Once a page is committed to PostgreSQL, what it held is marked in Redis as the
+    archiver marks what it archives (the same script, archive_mark.lua, through
+    mailrelay.store.archivefeed's :func:`archive_mark_call`; not what the writer skipped
+    as unstorable): each message's hash records the length of the timeline copied
+    (``archived``, only raised), and each message final and wholly copied, and each
+    bounce, is scheduled in ``P archive:release`` (the script schedules at version 1
+    while ``P meta:migrating``, the step's lock, exists). Nothing is deleted here:
+    release_archived.lua lets them go (after ``[archive] release_after``) once the step
+    has recorded version 2, so Redis memory drops as the daemons release them, instead
+    of over ``[tracking] retention``. A message still queued is left to the archiver,
+    which archives its events and schedules it once it is final. The step can run again
+    at any time: the writer's natural keys make a copy written twice one copy, and a
+    mark made twice is one mark.
+
+DATA (under ``[redis] key_prefix``, written ``P``; owned by mailrelay.store.queue, .tracking,
+.bounces and .archiverelease)
+    Reads ``P idx:time``, ``P msg:<id>``, ``P timeline:<id>``, ``P body:<id>``, ``P bounces``,
+    ``P bounce:<id>``, ``P bounce:raw:<id>``; writes, through archive_mark.lua, the field
+    ``archived`` of ``P msg:<id>`` and members of ``P archive:release``.
 
 SECURITY
     Copies stored text as it is (mail, clients, remote servers: untrusted); the writer
@@ -48,21 +60,26 @@ DIAGNOSTICS
     running ``mailrelay migrate`` again copies everything again.
 
 CONFIGURATION
-    ``[redis] timeout`` (each call).
+    ``[redis] timeout`` (each call); ``[archive] release_after`` (the grace period of
+    what is scheduled for release).
 """
 
 from __future__ import annotations
 
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, TypeVar
 
 from twisted.internet import defer
 
+from mailrelay.store.archivefeed import ARCHIVE_MARK_SCRIPT, archive_mark_call
 from mailrelay.store.archiverecords import ArchiveBatch, BounceSnapshot, MessageSnapshot
 from mailrelay.store.base import StoreBase, text_fields
 from mailrelay.store.cluster import MigrationContext
 from mailrelay.store.errors import translate
+
+if TYPE_CHECKING:
+    from mailrelay.store.archivewrite import WriteResult
 
 T = TypeVar("T")
 
@@ -240,9 +257,21 @@ class ArchiveExportStore(StoreBase):
         context.report(f"copied {_amount(copied, 'message')} ({gone:,} already expired in Redis) and "
                        f"{_amount(copied_bounces, 'bounce')}")
 
-    @staticmethod
-    async def _write(context: MigrationContext, write: Callable[[ArchiveBatch], Awaitable[Any]],
+    async def _write(self, context: MigrationContext, write: Callable[[ArchiveBatch], Awaitable[WriteResult]],
                      batch: ArchiveBatch) -> None:
+        """Write ``batch`` (one PostgreSQL transaction), then mark what it committed in Redis."""
         if batch:
-            await write(batch)
+            written = (await write(batch)).written_part(batch)
+            if written:
+                await self._mark_copied(written)
         await context.keep_lock()
+
+    async def _mark_copied(self, batch: ArchiveBatch) -> None:
+        """As the archiver marks what it archived (archive_mark.lua, one call): each copied
+        message's hash records the length of the timeline copied (``archived``, only raised),
+        and each message final and wholly copied, and each bounce, is scheduled in ``P
+        archive:release`` (the step runs under ``P meta:migrating``, which lets the script
+        schedule at version 1); release_archived.lua lets them go once the version is 2, after
+        ``[archive] release_after``."""
+        keys, args = archive_mark_call(self.keys, self.config.archive.release_after, batch)
+        await self.bounded(self._eval(ARCHIVE_MARK_SCRIPT, keys, args))

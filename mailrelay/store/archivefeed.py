@@ -21,8 +21,11 @@ JOB
        recipient's new state itself and becomes a LateEvent, its message is
        not read (only the archive holds it);
     3. after the archive committed the batch, records in each message's hash how
-       much of its timeline is archived and acknowledges the entries, in one script
-       call (:meth:`ArchiveFeedStore.archive_mark`).
+       much of its timeline is archived, schedules the release of what is final and
+       wholly archived (mailrelay.store.archiverelease) and acknowledges the entries,
+       in one script call (:meth:`ArchiveFeedStore.archive_mark`; its arguments,
+       :func:`archive_mark_call`, are also ``mailrelay migrate``'s marks of what it
+       copied).
 
     :meth:`ArchiveFeedStore.archive_trim` removes the entries every counted
     consumer group is done with (XTRIM MINID below the oldest entry one of them
@@ -40,6 +43,10 @@ DATA (under ``[redis] key_prefix``, written ``P``)
     ``P msg:<id>``           HASH   reads it; writes one field, ``archived``: the
                                     length of the timeline the archive holds
                                     (only ever raised).
+    ``P archive:release``    ZSET   schedules members in it (owned by
+                                    mailrelay.store.archiverelease): at data version
+                                    2, or while ``P meta:migrating`` exists (the
+                                    migration to it runs; the release waits for 2).
     Reads ``P timeline:<id>``, ``P body:<id>``, ``P bounce:<id>``,
     ``P bounce:raw:<id>`` and ``P bounces`` (owned by mailrelay.store.queue and
     .bounces). Scripts: archive_snapshot.lua, archive_mark.lua, archive_trim.lua,
@@ -75,6 +82,7 @@ from mailrelay.store.archiverecords import (ArchiveBatch, BounceSnapshot, Cancel
                                             MessageSnapshot)
 from mailrelay.store.base import text_fields
 from mailrelay.store.cluster import ARCHIVE_IN_POSTGRES_VERSION
+from mailrelay.store.keys import Keys
 from mailrelay.store.records import whole_number
 from mailrelay.store.scripts import ARCHIVE_SNAPSHOT_ARGV, SCRIPTS, ordered
 from mailrelay.store.streams import StreamEntry, StreamGroupStore
@@ -86,6 +94,8 @@ ARCHIVE_LAG_SCRIPT = SCRIPTS["archive_lag"]
 
 #: The stream entry type of an acceptance cancelled before its 250 (mailrelay.store.settlement).
 CANCELLED = "cancelled"
+#: The stream entry type of a bounce record rewritten (reclassify_bounce.lua).
+BOUNCE_CHANGED = "bounce_changed"
 
 #: Why an id of a batch has no snapshot (ArchiveBatch.missing).
 MESSAGE_GONE = "message keys gone (expired, deleted or cancelled)"
@@ -186,6 +196,7 @@ class ArchiveFeedStore(StreamGroupStore):
                 cancelled[entry.message_id] = None
         message_ids: dict[str, None] = {}
         bounce_times: dict[str, int] = {}
+        changed_bounces: set[str] = set()
         late_events: list[LateEvent] = []
         for entry in entries:
             late_event = entry.late_event()
@@ -195,6 +206,8 @@ class ArchiveFeedStore(StreamGroupStore):
                 message_ids[entry.message_id] = None
             if entry.bounce_id:
                 bounce_times.setdefault(entry.bounce_id, entry.at_ms)
+                if entry.type == BOUNCE_CHANGED:
+                    changed_bounces.add(entry.bounce_id)
         if not message_ids and not bounce_times:
             return ArchiveBatch(cancelled=tuple(CancelledMessage(i) for i in cancelled),
                                 late_events=tuple(late_events))
@@ -221,7 +234,8 @@ class ArchiveFeedStore(StreamGroupStore):
             if not received:
                 missing[bounce_id] = NO_BOUNCE_TIME
                 continue
-            bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw))
+            bounces.append(BounceSnapshot(id=bounce_id, received_ms=received, stored=text_fields(flat), raw=raw,
+                                          changed=bounce_id in changed_bounces))
         return ArchiveBatch(messages=tuple(messages), bounces=tuple(bounces),
                             cancelled=tuple(CancelledMessage(i) for i in cancelled),
                             late_events=tuple(late_events), missing=missing)
@@ -230,18 +244,12 @@ class ArchiveFeedStore(StreamGroupStore):
         """After the archive committed ``batch``: record each message's archived timeline length
         in its hash (only raising it, only while the hash exists), schedule the release of the
         Redis keys of each message now final and wholly archived and of each bounce
-        (mailrelay.store.archiverelease: at data version 2 only) and acknowledge ``entry_ids``,
-        in one script call. Returns the number of entries acknowledged (fewer when some were
-        acknowledged already, e.g. by a consumer that took them over)."""
-        keys = self.keys
-        args: list[Any] = [self.ARCHIVE_GROUP, keys.msg_prefix, keys.timeline_prefix,
-                           int(self.config.archive.release_after * 1000), ARCHIVE_IN_POSTGRES_VERSION,
-                           len(batch.messages)]
-        for message in batch.messages:
-            args += [message.id, message.timeline_length]
-        args += [len(batch.bounces), *(bounce.id for bounce in batch.bounces), *entry_ids]
-        return int(await self._eval(ARCHIVE_MARK_SCRIPT, [keys.events, keys.data_version, keys.archive_release],
-                                    args))
+        (mailrelay.store.archiverelease: at data version 2, or while ``mailrelay migrate`` runs)
+        and acknowledge ``entry_ids``, in one script call. Returns the number of entries
+        acknowledged (fewer when some were acknowledged already, e.g. by a consumer that took
+        them over)."""
+        keys, args = archive_mark_call(self.keys, self.config.archive.release_after, batch, entry_ids)
+        return int(await self._eval(ARCHIVE_MARK_SCRIPT, keys, args))
 
     async def archive_trim(self, groups: Sequence[str], keep_seconds: float = 0.0) -> int | None:
         """Remove the stream entries every group of ``groups`` is done with (below the oldest
@@ -265,3 +273,17 @@ class ArchiveFeedStore(StreamGroupStore):
         if oldest is not None:
             age = max(0, int(now_ms) - StreamEntry(oldest.decode()).ms) / 1000
         return ArchiveLag(entries=entries, oldest_age_seconds=age)
+
+
+def archive_mark_call(keys: Keys, release_after: float, batch: ArchiveBatch,
+                      entry_ids: Sequence[str] = ()) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of archive_mark.lua for ``batch`` (committed to the archive) and the
+    stream entries ``entry_ids`` of the group ARCHIVE_GROUP; ``release_after`` in seconds. The
+    archiver's marks (:meth:`ArchiveFeedStore.archive_mark`) and ``mailrelay migrate``'s
+    (mailrelay.store.archiveexport, no entries) are this one call."""
+    args: list[Any] = [ArchiveFeedStore.ARCHIVE_GROUP, keys.msg_prefix, keys.timeline_prefix,
+                       int(release_after * 1000), ARCHIVE_IN_POSTGRES_VERSION, len(batch.messages)]
+    for message in batch.messages:
+        args += [message.id, message.timeline_length]
+    args += [len(batch.bounces), *(bounce.id for bounce in batch.bounces), *entry_ids]
+    return [keys.events, keys.data_version, keys.archive_release, keys.migration_lock], args

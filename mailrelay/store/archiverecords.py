@@ -135,6 +135,10 @@ class BounceSnapshot:
     received_ms: int
     stored: Mapping[str, str]
     raw: bytes | None = None
+    #: Read for a change of the record (a ``bounce_changed`` entry: ``mailrelay bounce
+    #: reclassify``): the writer rewrites the archived row's classification with it (a bounce
+    #: is otherwise written once).
+    changed: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,12 @@ JOB
     again); a bounce's record, raw report and index entries. A released message that
     a dedupe key names stays a duplicate (``dedupe_enqueue.lua``), and its count of
     reports per recipient goes on in ``P reports:<id>.<rcpt>`` (mailrelay.store.bounces:
-    the cap holds for reports that come after). On older data
-    nothing is scheduled and nothing is released: a daemon of the previous release
-    still reads the whole archive from Redis.
+    the cap holds for reports that come after). On older data nothing is released
+    (a daemon of the previous release still reads the whole archive from Redis) and
+    nothing is scheduled, except while ``mailrelay migrate`` runs (``P meta:migrating``):
+    the step to version 2 schedules what it copied (mailrelay.store.archiveexport), and
+    the archiver what it finishes meanwhile; those entries wait, due or not, until the
+    step has recorded version 2.
 
 SECURITY
     Deletes only what the archiver wrote to PostgreSQL; reads of a released message
@@ -52,7 +55,8 @@ class Released:
 
     messages: int
     bounces: int
-    #: Due members whose keys stayed (no longer final or wholly archived, or older data).
+    #: Due messages whose keys stayed (no longer final or wholly archived; the archiver
+    #: schedules them again when it has archived what came since).
     kept: int
 
 
@@ -61,7 +65,7 @@ class ArchiveReleaseStore(StoreBase):
 
     async def release_archived(self, limit: int = 500) -> Released:
         """Release the keys of up to ``limit`` members of ``P archive:release`` due by now
-        (Redis's clock)."""
+        (this store's clock, Redis's as measured); nothing (all zero) before data version 2."""
         names = self.keys
         reply = await self._eval(
             RELEASE_ARCHIVED_SCRIPT,

@@ -17,7 +17,10 @@ JOB
       ``received_ms`` is outside the id's window (:func:`mailrelay.store.archiveread.id_window`:
       the reads by id look only there);
     * a bounce's row (:data:`BOUNCE_COLUMNS`): the stored hash's fields that have a column
-      there, every other one (but ``id``) in ``fields`` (JSON strings, as stored);
+      there, every other one (but ``id``) in ``fields`` (JSON strings, as stored); staged
+      (:data:`STAGED_BOUNCE_COLUMNS`) with whether it was read for a change of the record
+      (then the writer rewrites :data:`BOUNCE_CLASSIFICATION_COLUMNS` and ``fields`` of the
+      archived row);
     * a cancelled message as (id, window) for the delete; an id that is not a message id
       has no window and nothing to delete;
     * a late event (:class:`~mailrelay.store.archiverecords.LateEvent`) as a
@@ -94,6 +97,12 @@ BOUNCE_COLUMNS: dict[str, str] = {
     "fields": "jsonb", "raw": "bytea"}
 #: The bounce hash's fields stored in a column of their own; the others go into ``fields``.
 BOUNCE_FIELD_COLUMNS = frozenset(list(BOUNCE_COLUMNS)[2:10])
+#: A bounce's staged row: its columns, and whether it was read for a change of the record.
+STAGED_BOUNCE_COLUMNS: dict[str, str] = {**BOUNCE_COLUMNS, "changed": "bool"}
+#: The columns a change of a bounce record rewrites in its archived row (what ``mailrelay bounce
+#: reclassify`` rewrites; the rest of it, rule, reason, reclassified_from, is in ``fields``,
+#: merged).
+BOUNCE_CLASSIFICATION_COLUMNS = ("type", "type_code", "description", "inactive")
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,12 @@ class PreparedBounce:
     received_at: datetime.datetime
     row: tuple[Any, ...]  # BOUNCE_COLUMNS
     late_event: PreparedLateEvent | None = None
+    #: Read for a change of the record (BounceSnapshot.changed).
+    changed: bool = False
+
+    @property
+    def staged_row(self) -> tuple[Any, ...]:  # STAGED_BOUNCE_COLUMNS
+        return (*self.row, self.changed)
 
     @property
     def day(self) -> datetime.date:
@@ -351,7 +366,7 @@ def prepare_bounce(snapshot: BounceSnapshot) -> PreparedBounce:
     columns = bounce_columns({name: stored.get(name) for name in BOUNCE_FIELD_COLUMNS})
     row = (bounce_id, received_at, *(columns[name] for name in BOUNCE_COLUMNS if name in columns),
            jsonb(json.dumps(bounce_other_fields(stored), ensure_ascii=False)), snapshot.raw)
-    return PreparedBounce(bounce_id, received_at, row)
+    return PreparedBounce(bounce_id, received_at, row, changed=snapshot.changed)
 
 
 def prepare_late_event(event: LateEvent) -> PreparedLateEvent | None:

@@ -31,7 +31,10 @@ JOB
        table, sent together (one round trip): a message's row is replaced only by a
        snapshot with a timeline at least as long (``timeline_length <=``), its recipients
        only when that snapshot's is now the stored length, bodies and bounces are inserted
-       once; then the cancelled messages' rows are deleted (within the time window of
+       once (a bounce read for a change of its record, ``BounceSnapshot.changed``: a
+       reclassification, rewrites the archived row's classification columns and merges
+       its other fields into ``fields``, unless the row says so already); then the
+       cancelled messages' rows are deleted (within the time window of
        their id, :func:`mailrelay.store.archiveread.id_window`). A batch that fails on its
        data is written again in a new transaction, split (DIAGNOSTICS).
     4. in the same transaction, the late events (about messages whose Redis keys
@@ -81,7 +84,7 @@ CONFIGURATION
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg
@@ -91,8 +94,8 @@ from mailrelay.store import migrations
 from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import run_translated
-from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS,
-                                         STAGED_RECIPIENT_COLUMNS,
+from mailrelay.store.archiverows import (BODY_COLUMNS, BOUNCE_CLASSIFICATION_COLUMNS, BOUNCE_COLUMNS, MESSAGE_COLUMNS,
+                                         RECIPIENT_COLUMNS, STAGED_BOUNCE_COLUMNS, STAGED_RECIPIENT_COLUMNS,
                                          PreparedBatch, PreparedBounce, PreparedLateEvent, PreparedMessage,
                                          SkippedEntry, apply_late_events, prepare_batch)
 
@@ -130,6 +133,8 @@ class WriteResult:
     recipients: int = 0  # recipient rows inserted or replaced
     bodies: int = 0  # bodies inserted (a body already stored is never written again)
     bounces: int = 0  # bounces inserted
+    #: Archived bounces whose classification a change of the record (bounce_changed) rewrote.
+    bounces_changed: int = 0
     late_events: int = 0  # late events added to archived timelines
     deleted: int = 0  # message rows deleted (cancelled acceptances)
     partitions: int = 0  # partitions made for the batch's days
@@ -137,6 +142,18 @@ class WriteResult:
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def written_part(self, batch: ArchiveBatch) -> ArchiveBatch:
+        """``batch`` (the one written) without the messages and bounces skipped for their data
+        (logged by the writer): what may be marked archived in Redis (the archiver's and
+        ``mailrelay migrate``'s marks), so that their Redis keys are never released for an
+        archive that does not hold them, and expire as before. (Those skipped as past retention
+        count as written: they are gone from the archive by design.)"""
+        refused = {(entry.kind, entry.id) for entry in self.skipped if not entry.expired}
+        if not refused:
+            return batch
+        return replace(batch, messages=tuple(m for m in batch.messages if ("message", m.id) not in refused),
+                       bounces=tuple(b for b in batch.bounces if ("bounce", b.id) not in refused))
 
 
 class _MissingPartition(Exception):
@@ -166,8 +183,9 @@ def _error_text(error: BaseException) -> str:
 
 # -- statements ---------------------------------------------------------------------------------
 
-#: Staging columns beyond the table's own (a recipient's message snapshot's timeline length).
-_STAGED_EXTRA = {"recipients": ", timeline_length integer"}
+#: Staging columns beyond the table's own (a recipient's message snapshot's timeline length,
+#: whether a bounce was read for a change of its record).
+_STAGED_EXTRA = {"recipients": ", timeline_length integer", "bounces": ", changed boolean"}
 # The transaction's first statements: commit synchronously, and the staging tables (made once
 # per connection; gone with a transaction that rolled back, so asked for each time, quietly).
 # They keep their files: emptied by DELETE at the end of each part written (ON COMMIT DELETE
@@ -221,6 +239,18 @@ _MERGE_BODIES = (f"INSERT INTO bodies ({', '.join(BODY_COLUMNS)}) SELECT {', '.j
                  f" FROM {STAGE['bodies']} ORDER BY message_id, received_at ON CONFLICT DO NOTHING")
 _MERGE_BOUNCES = (f"INSERT INTO bounces ({', '.join(BOUNCE_COLUMNS)}) SELECT {', '.join(BOUNCE_COLUMNS)}"
                   f" FROM {STAGE['bounces']} ORDER BY id, received_at ON CONFLICT DO NOTHING RETURNING id")
+# After it, the bounces read for a change of their record (a reclassification: bounce_changed)
+# rewrite the archived row's classification and merge their other fields into its ``fields``;
+# a row that already says so is left alone (a replay writes nothing).
+_CLASSIFICATION = (*BOUNCE_CLASSIFICATION_COLUMNS, "fields")
+_MERGE_CHANGED_BOUNCES = f"""
+INSERT INTO bounces AS b ({', '.join(BOUNCE_COLUMNS)})
+SELECT {', '.join(BOUNCE_COLUMNS)} FROM {STAGE['bounces']} WHERE changed ORDER BY id, received_at
+ON CONFLICT (id, received_at) DO UPDATE
+   SET {_assignments(BOUNCE_CLASSIFICATION_COLUMNS)}, fields = b.fields || EXCLUDED.fields
+ WHERE ({', '.join('b.' + c for c in _CLASSIFICATION)})
+       IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in BOUNCE_CLASSIFICATION_COLUMNS)}, b.fields || EXCLUDED.fields)
+"""
 # A cancelled message's rows, each id within its time window (runtime partition pruning).
 _DELETE_CANCELLED = {
     table: (f"DELETE FROM {table} t USING unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])"
@@ -443,9 +473,12 @@ class ArchiveWriter:
             if bodies:
                 _copy(cursor, "bodies", BODY_COLUMNS, ((m.id, m.received_at, m.body) for m in bodies))
                 statements.append(_MERGE_BODIES)
+            changed = any(b.changed for b in bounces)
             if bounces:
-                _copy(cursor, "bounces", BOUNCE_COLUMNS, (b.row for b in bounces))
+                _copy(cursor, "bounces", STAGED_BOUNCE_COLUMNS, (b.staged_row for b in bounces))
                 statements.append(_MERGE_BOUNCES)
+            if changed:
+                statements.append(_MERGE_CHANGED_BOUNCES)
             cursor.execute(";".join([*statements, _CLEAR_STAGING]))  # no parameters: one round trip
             written = recipients = 0
             if messages:
@@ -457,14 +490,17 @@ class ArchiveWriter:
             if bodies:
                 cursor.nextset()
             bounces_written = cursor.rowcount if bounces else 0
-            late = WriteResult()
+            late_events = []
             if any(b.late_event is not None for b in bounces):
                 inserted = {row[0] for row in cursor.fetchall()}  # the bounces' RETURNING
                 late_events = [b.late_event for b in bounces if b.late_event is not None and b.id in inserted]
-                if late_events:
-                    late = _apply_late(cursor, late_events)
+            bounces_changed = 0
+            if changed:
+                cursor.nextset()
+                bounces_changed = cursor.rowcount
+            late = _apply_late(cursor, late_events) if late_events else WriteResult()
         return late + WriteResult(messages=written, stale=len(messages) - written, recipients=recipients,
-                                  bodies=bodies_written, bounces=bounces_written)
+                                  bodies=bodies_written, bounces=bounces_written, bounces_changed=bounces_changed)
 
     @staticmethod
     def _delete_cancelled(conn: Any, cancelled: Sequence[tuple[str, datetime.datetime, datetime.datetime]]) -> int:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -61,6 +61,9 @@ from mailrelay.store.base import StoreBase
 from mailrelay.store.errors import DataVersionError, StorageError
 from mailrelay.store.events import COMPACT_JSON
 from mailrelay.store.scripts import SCRIPTS
+
+if TYPE_CHECKING:
+    from mailrelay.store.archivewrite import WriteResult
 
 log = Logger()
 
@@ -94,7 +97,7 @@ MIGRATION_LOCK_TTL = 3600
 class ArchiveSink(Protocol):
     """Where a migration step writes archive records (the PostgreSQL archive's writer)."""
 
-    async def write(self, batch: ArchiveBatch) -> Any: ...
+    async def write(self, batch: ArchiveBatch) -> WriteResult: ...
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from mailrelay.store import AuthClaim, ClaimedJob, Event, NewMessage, StorageError
     from mailrelay.store.archivefeed import ArchiveLag, FeedEntry
     from mailrelay.store.archiverecords import ArchiveBatch
+    from mailrelay.store.archiverelease import Released
     from mailrelay.store.streams import StreamEntry
     from mailrelay.store.records import (AdminMessage, BounceRecord, MessageRecord, MessageSummary, Suppression,
                                          TimelineEvent)
@@ -420,7 +421,13 @@ class WebhookStorage(WebhookQueue, RedisClock, Protocol):
     """mailrelay.services.webhooks.WebhookService."""
 
 
-class ArchiverStorage(ArchiveFeed, Protocol):
+class ArchiveRelease(Protocol):
+    """Releasing the Redis keys of what is final and archived (mailrelay.store.archiverelease)."""
+
+    async def release_archived(self, limit: int = 500) -> Released: ...
+
+
+class ArchiverStorage(ArchiveFeed, ArchiveRelease, Protocol):
     """mailrelay.services.archiver.ArchiverService."""
 
     #: This daemon's identity: the archiver's consumer name.

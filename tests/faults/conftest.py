@@ -49,6 +49,7 @@ if str(TESTS) not in sys.path:
 
 from conftest import (Daemon, RedisServer, _free_port, _wait_for_pong, daemon_command,  # noqa: E402
                       render_toml, toml_value)
+from pgserver import PostgresServer, start_postgres  # noqa: E402
 from peers import Sink  # noqa: E402
 from redisclient import RedisClient, RedisError  # noqa: E402
 
@@ -270,7 +271,9 @@ class Load:
 
     Client ``i`` starts on daemon ``ports()[i % n]`` and moves to the next one when its
     connection fails; a message that got anything but 250 is queued again (after a short
-    pause). Every reply code of MAIL, RCPT and DATA is counted in ``codes``.
+    pause). Every reply code of MAIL, RCPT and DATA is counted in ``codes``. With ``rate``
+    (messages per second), the k-th message taken is not sent before ``k / rate`` seconds
+    after the start: a load spread over a known time instead of as fast as the daemons go.
     """
 
     ports: Callable[[], list[int]]
@@ -279,11 +282,16 @@ class Load:
     seed: int
     tag: str = "f"
     pause: float = 0.05
+    rate: float = 0.0
     acked: dict[int, str] = field(default_factory=dict)          # seq -> mailrelay id
     codes: collections.Counter = field(default_factory=collections.Counter)
     drops: int = 0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Every transaction that got a reply (MAIL to the DATA reply, or to the first refusal):
+    #: (its start, time.monotonic(); the seconds it took; that reply's code). Connections
+    #: that failed mid-transaction are counted in ``drops`` only.
+    transactions: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         order = list(range(self.total))
@@ -291,6 +299,7 @@ class Load:
         self._todo: collections.deque[int] = collections.deque(order)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._taken = 0
         self._workers: list[threading.Thread] = []
         self.started = self.finished = 0.0
 
@@ -351,7 +360,16 @@ class Load:
 
     def _next(self) -> int | None:
         with self._lock:
-            return self._todo.popleft() if self._todo else None
+            if not self._todo:
+                return None
+            n = self._todo.popleft()
+            due = self.started + self._taken / self.rate if self.rate else 0.0
+            self._taken += 1
+        # The load's shape, not synchronisation: this message's turn at the given rate.
+        if self._stop.wait(max(0.0, due - time.monotonic())):
+            self._again(n)
+            return None
+        return n
 
     def _again(self, n: int) -> None:
         with self._lock:
@@ -380,7 +398,10 @@ class Load:
                         raise smtplib.SMTPServerDisconnected(f"EHLO {code}")
                 with self._lock:
                     self.attempts += 1
+                began = time.monotonic()
                 reply = self._transaction(conn, n)
+                with self._lock:
+                    self.transactions.append((began, time.monotonic() - began, reply[0]))
             except (smtplib.SMTPException, OSError):
                 with self._lock:
                     self.drops += 1
@@ -506,6 +527,22 @@ def queue_empty(client: RedisClient, prefix: str) -> bool:
     """No job waiting or leased under ``prefix``."""
     return (client.command("ZCARD", f"{prefix}queue:domains") == 0
             and client.command("ZCARD", f"{prefix}queue:leases") == 0)
+
+
+# -- a PostgreSQL we can stop -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres() -> Any:
+    """A PostgreSQL of this test alone (tests/pgserver.py), which it may stop and start again
+    (``.stop()``, ``.start()``) without disturbing the session's; stopped and removed at the end."""
+    server: PostgresServer = start_postgres()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 # -- Redis servers we can stop, kill and replicate --------------------------------------------

@@ -1,4 +1,4 @@
--- KEYS: events, meta:version, archive:release
+-- KEYS: events, meta:version, archive:release, meta:migrating
 -- ARGV: consumer group, msg key prefix, timeline key prefix, release_after (ms), the data
 --       version from which keys are released, the number of messages n, then n pairs of
 --       message id and archived timeline length, the number of bounces b, then b bounce ids,
@@ -7,9 +7,12 @@
 -- archived ('archived': only ever raised, and only in a hash that still exists, so an expired
 -- or deleted message is not brought back as a stray hash); a message now final and wholly
 -- archived, and each archived bounce, is scheduled in archive:release to lose its Redis keys
--- after release_after (only at the data version that moved the archive to PostgreSQL: see
--- _release.lua and release_archived.lua); and the batch's entries are acknowledged in the
--- group (first: see below). Returns the number of entries acknowledged.
+-- after release_after (see _release.lua and release_archived.lua), at the data version that
+-- moved the archive to PostgreSQL, or while `mailrelay migrate` runs (meta:migrating: the step
+-- to that version marks what it copied with this script, and what the archiver finishes
+-- meanwhile must not be missed; the release waits for the version); and the batch's entries
+-- are acknowledged in the group (first: see below; `mailrelay migrate` gives none). Returns
+-- the number of entries acknowledged.
 --#include _release
 local msg_prefix, timeline_prefix = ARGV[2], ARGV[3]
 local release_after, min_version = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -29,6 +32,7 @@ while k <= #ARGV do  -- in slices: unpack() of thousands of values overflows Lua
   acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
   k = k + 1000
 end
+local scheduling = archive_in_postgres(KEYS[2], min_version) or redis.call('EXISTS', KEYS[4]) == 1
 for k = 7, last_pair, 2 do
   local id = ARGV[k]
   local mkey = msg_prefix .. id
@@ -38,12 +42,12 @@ for k = 7, last_pair, 2 do
     if length > archived then
       redis.call('HSET', mkey, 'archived', length)
     end
-    if releasable(mkey, timeline_prefix .. id, KEYS[2], min_version) then
+    if scheduling and wholly_archived(mkey, timeline_prefix .. id) then
       schedule_release(KEYS[3], 'm:' .. id, due)
     end
   end
 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') >= min_version then
+if scheduling then
   for k = last_pair + 2, last_bounce do
     schedule_release(KEYS[3], 'b:' .. ARGV[k], due)
   end

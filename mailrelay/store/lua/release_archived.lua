@@ -4,8 +4,10 @@
 --       tag_index_prefix, status_index_prefix, bounce_prefix, bounce_raw_prefix,
 --       late_reports_prefix, retention (s)
 -- Deletes the Redis keys of archived messages and bounces whose grace period is over
--- (members of archive:release due by now): a message's hash, timeline and body and its entries
--- in the search indexes, only if it is still releasable (a late event makes its timeline longer
+-- (members of archive:release due by now), once the data is at min_version (before that every
+-- member waits, due or not: `mailrelay migrate` schedules what it copied before it records the
+-- version that lets it go): a message's hash, timeline and body and its entries
+-- in the search indexes, only if it is still final and wholly archived (a late event makes its timeline longer
 -- than what is archived: it waits for the archiver to schedule it again; its dedupe key, if it
 -- still names it, names it as 'released:<id>', see dedupe_enqueue.lua); a bounce's record and
 -- raw report and its index entries. A released message's reports per recipient (its hash's
@@ -29,6 +31,7 @@ local function keep_report_counts(mkey, id)
     if count then redis.call('SET', late_reports_p .. id .. '.' .. k, count, 'EX', retention) end
   end
 end
+if not archive_in_postgres(KEYS[2], min_version) then return {0, 0, 0} end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local messages, bounces, kept = 0, 0, 0
 for _, member in ipairs(due) do
@@ -36,7 +39,7 @@ for _, member in ipairs(due) do
   local kind, id = string.sub(member, 1, 2), string.sub(member, 3)
   if kind == 'm:' then
     local mkey, tkey = msg_p .. id, timeline_p .. id
-    if releasable(mkey, tkey, KEYS[2], min_version) then
+    if wholly_archived(mkey, tkey) then
       unindex_message(mkey, id, KEYS[3], rcpt_p, tag_p, status_p)
       keep_report_counts(mkey, id)
       local dedupe = redis.call('HGET', mkey, 'dedupe')
@@ -48,7 +51,7 @@ for _, member in ipairs(due) do
     else
       kept = kept + 1
     end
-  elseif kind == 'b:' and tonumber(redis.call('GET', KEYS[2]) or '0') >= min_version then
+  elseif kind == 'b:' then
     redis.call('DEL', bounce_p .. id, bounce_raw_p .. id)
     redis.call('ZREM', KEYS[4], id)
     redis.call('ZREM', KEYS[5], id)
