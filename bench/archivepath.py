@@ -15,11 +15,11 @@ process's reactor, what a daemon runs on them:
   deferred, delivered);
 - the daemon's archive services: ``ArchiveService`` (its pools, the schema migrated) and
   ``ArchiverService`` (mailrelay/services/archiver.py: the consumer group, batch snapshots,
-  the writer, marks and acknowledgements, trimming), unchanged but for how long it keeps the
-  stream's tail (``trim_keep``, the module's TRIM_KEEP: 60 s in the daemon) and how often it
-  trims (TRIM_INTERVAL), set on the module as tests/test_archiver.py does;
-- with ``release``, a loop that releases the keys of archived messages whose grace period
-  (``[archive] release_after``) is over, every second (``Storage.release_archived``).
+  the writer, marks and acknowledgements, trimming the stream, releasing the Redis keys of
+  messages archived final once ``[archive] release_after`` has passed), unchanged but, when
+  asked, for how long it keeps the stream's tail (``trim_keep``: the module's TRIM_KEEP, 60 s
+  in the daemon) and how often it trims and releases (TRIM_INTERVAL, RELEASE_INTERVAL: 10 s and
+  5 s), set on the module as tests/test_archiver.py does.
 """
 
 from __future__ import annotations
@@ -92,12 +92,10 @@ class PathRig:
     archiver: Any = None
     rng: random.Random = field(default_factory=lambda: random.Random(1))
     sent: int = 0
-    _release_loop: Any = None
-    released: int = 0
 
     @classmethod
-    async def start(cls, *, release_after: float = 60.0, trim_keep: float = 60.0, trim_interval: float = 10.0,
-                    fsync_off: bool = False, seed: int = 1) -> PathRig:
+    async def start(cls, *, release_after: float = 60.0, trim_keep: float | None = None,
+                    housekeeping_interval: float | None = None, fsync_off: bool = False, seed: int = 1) -> PathRig:
         """Start Redis and PostgreSQL, connect the store (data version 2) and make the archive's
         schema ready; the archiver is made, not started (:meth:`start_archiver`)."""
         from twisted.internet import reactor, task
@@ -136,8 +134,10 @@ class PathRig:
             rig.archive = ArchiveService(config)
             rig.archive.startService()
             await rig.archive.whenSchemaReady()
-            archiver_module.TRIM_KEEP = trim_keep
-            archiver_module.TRIM_INTERVAL = trim_interval
+            if trim_keep is not None:
+                archiver_module.TRIM_KEEP = trim_keep
+            if housekeeping_interval is not None:
+                archiver_module.TRIM_INTERVAL = archiver_module.RELEASE_INTERVAL = housekeeping_interval
             rig.archiver = ArchiverService(config, lambda: rig.storage, rig.archive)
         except BaseException:
             await rig.stop()
@@ -156,28 +156,7 @@ class PathRig:
     def start_archiver(self) -> None:
         self.archiver.startService()
 
-    def start_release(self, interval: float = 1.0, limit: int = 5000) -> None:
-        """Release the keys of archived messages due by now, every ``interval`` seconds (in
-        calls of up to ``limit`` members, until none is due)."""
-        from twisted.internet import task
-
-        async def release() -> None:
-            while True:
-                done = await self.storage.release_archived(limit)
-                self.released += done.messages
-                if done.messages + done.bounces + done.kept < limit:
-                    return
-
-        def tick() -> Any:
-            from twisted.internet import defer
-            return defer.ensureDeferred(release())
-
-        self._release_loop = task.LoopingCall(tick)
-        self._release_loop.start(interval, now=False)
-
     async def stop(self) -> None:
-        if self._release_loop is not None and self._release_loop.running:
-            self._release_loop.stop()
         if self.archiver is not None and self.archiver.running:
             await self.archiver.stopService()
         if self.archive is not None and self.archive.running:

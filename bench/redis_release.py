@@ -9,18 +9,19 @@ message's whole path.
 
 For each size N, fresh servers (bench/archivepath.py's PathRig: a private redis-server without
 persistence, a private PostgreSQL run as mailrelay's managed one) and, in this process, what a
-daemon runs: the archiver (mailrelay/services/archiver.py, unchanged) and a loop releasing the
-keys of archived messages every second (``Storage.release_archived``). N measured messages (one
+daemon runs: the archiver (mailrelay/services/archiver.py, unchanged; it also releases the keys
+of messages archived final, ``Storage.release_archived``), its trims and releases every second
+here (10 s and 5 s in a daemon). N measured messages (one
 recipient, a tag, two metadata keys, a 2 KB body) are sent through mailrelay's own store in
 rounds of ``--round``: enqueued and confirmed, claimed, deferred once, claimed again and
 delivered: three stream entries each. Meanwhile the archiver writes them into PostgreSQL and
-marks them archived, and the release loop deletes their keys ``--release-after`` seconds later
+marks them archived, and deletes their keys ``--release-after`` seconds later
 (``[archive] release_after``, 1 minute in a daemon). After the fill it waits until
 
 1. the archiver has acknowledged every entry (the archive caught up),
 2. every archived message is released (``P archive:release`` empty),
 3. the stream is trimmed: the archiver keeps the entries of the last ``--trim-keep`` seconds
-   (60 s in a daemon: TRIM_KEEP) and trims every second here (10 s in a daemon),
+   (60 s in a daemon: TRIM_KEEP),
 
 and measures Redis's ``used_memory`` over the baseline (Redis with the store started, the data
 version and the archiver's consumer group made, before any message), divided by N. It also
@@ -82,15 +83,15 @@ async def keys_left(rig: PathRig, sample: int = 200) -> dict[str, tuple[int, int
 
 
 async def measure(size: int, args: argparse.Namespace) -> dict:
-    rig = await PathRig.start(release_after=args.release_after, trim_keep=args.trim_keep, trim_interval=1.0,
+    rig = await PathRig.start(release_after=args.release_after, trim_keep=args.trim_keep, housekeeping_interval=1.0,
                               fsync_off=args.fsync_off, seed=args.seed)
     try:
         await reset_bounded_state(rig)
         base = await rig.used_memory()
         base_info = await rig.info("memory")
+        base_tables = await keyspace_tables(rig)
         base_keys = await keys_left(rig)
         rig.start_archiver()
-        rig.start_release()
         peak = {"used": base}
         step = max(args.round, size // 10)
 
@@ -119,6 +120,7 @@ async def measure(size: int, args: argparse.Namespace) -> dict:
         await reset_bounded_state(rig)
         used = await rig.used_memory()
         info = await rig.info("memory")
+        tables = await keyspace_tables(rig)
         left = await keys_left(rig)
         live = await rig.redis.execute_command("DBSIZE")
         return {
@@ -127,13 +129,26 @@ async def measure(size: int, args: argparse.Namespace) -> dict:
             "histograms": unreset - used,
             "per_message": (used - base) / size,
             "archived_after": archived_after, "released_after": released_seconds,
-            "released": rig.released, "released_wait": released_after,
+            "released_wait": released_after,
             "tail_entries": tail_entries, "tail_bytes": tail_bytes, "trimmed_after": trimmed_after,
             "keys": int(live), "left": left, "base_keys": base_keys,
             "parts": {name: int(info[name]) - int(base_info[name]) for name in MEMORY_PARTS},
+            "tables": tables - base_tables,
         }
     finally:
         await rig.stop()
+
+
+async def keyspace_tables(rig: PathRig) -> int:
+    """Bytes of the keyspace's hash tables (MEMORY STATS db.0: main and expires): sized for the
+    most keys held at once, shrunk by Redis's cron some time after."""
+    stats = await rig.redis.execute_command("MEMORY", "STATS")
+    fields = dict(zip(stats[::2], stats[1::2]))
+    db = fields.get(b"db.0")
+    if not db:
+        return 0
+    tables = dict(zip(db[::2], db[1::2]))
+    return sum(int(v) for k, v in tables.items() if k in (b"overhead.hashtable.main", b"overhead.hashtable.expires"))
 
 
 async def reset_bounded_state(rig: PathRig) -> None:
@@ -168,10 +183,10 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         lambda r: f"{r['fill_seconds']:,.0f} s ({r['fill_rate']:,.0f}/s)")
     row("Redis used_memory: baseline / peak during the fill", lambda r: f"{mib(r['base'])} / {mib(r['peak'])}")
     row("archive caught up, after the last message", lambda r: f"{r['archived_after']:.1f} s")
-    row("every message released, after the last message", lambda r: f"{r['released_after']:.1f} s "
-        f"({r['released']:,} released)")
+    row("every message released, after the last message", lambda r: f"{r['released_after']:.1f} s")
     row("stream tail before the trim: entries, bytes per entry",
-        lambda r: f"{r['tail_entries']:,}, {r['tail_bytes'] / max(1, r['tail_entries']):,.0f}")
+        lambda r: f"{r['tail_entries']:,}, {r['tail_bytes'] / r['tail_entries']:,.0f}" if r["tail_entries"]
+        else "0 (trimmed already)")
     row("used_memory after release and trim", lambda r: mib(r["used"]))
     row("**bytes per message** (used_memory over the baseline / messages)",
         lambda r: f"**{r['per_message']:,.1f}** ({(r['used'] - r['base']) / 1024:+,.0f} KiB in all)")
@@ -182,9 +197,9 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     row("left out: latency histograms and slow log (per command name, reset before each reading)",
         lambda r: f"{r['histograms'] / 1024:,.0f} KiB")
     row("of which: data (used_memory_dataset)", lambda r: f"{r['parts']['used_memory_dataset']:+,} B")
-    row("of which: Redis's overhead (used_memory_overhead), with the clients' buffers, scripts",
+    row("of which: Redis's overhead (used_memory_overhead), with the clients' buffers, scripts, keyspace tables",
         lambda r: f"{r['parts']['used_memory_overhead']:+,} B, {r['parts']['mem_clients_normal']:+,} B, "
-                  f"{r['parts']['used_memory_scripts']:+,} B")
+                  f"{r['parts']['used_memory_scripts']:+,} B, {r['tables']:+,} B")
     row("keys in Redis: before / after", lambda r: f"{sum(c for c, _ in r['base_keys'].values()):,} / {r['keys']:,}")
     patterns = sorted({p for r in results for p in r["left"]}, key=lambda p: -max(
         r["left"].get(p, (0, 0))[1] for r in results))
