@@ -284,7 +284,7 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
         "outage": f"{marks['up'] - marks['down']:.1f}s", "acked_before": int(marks["acked_before"]),
         "acked_during_outage": int(marks["acked_during"]), "acked_after": int(marks["acked_after"]),
         "max_250": f"{max(durations):.2f}s", "slowest_at": f"{slowest[0] - marks['up']:+.1f}s_from_return",
-        "max_250_during_outage": f"{max(s for _, s in during):.2f}s",
+        "max_250_during_outage": f"{max((s for _, s in during), default=0):.2f}s",
         "max_readyz_lag_during_outage": f"{lag_during:.1f}s",
         "backlog_at_return": marks["backlog"], "catch_up": f"{marks['caught_up'] - marks['up']:.1f}s",
         "archived": len(outcome.acked_ids) - len(comparison.missing),
