@@ -1,7 +1,9 @@
 """
 Shared helpers of the fault-injection suite (tests/faults/): daemons on fixed ports that can be
-killed and restarted, a load of SMTP clients in threads, the smtp-sink ledger of what arrived,
-Redis servers that can be stopped, replicated and watched by Sentinels, and the summary line.
+killed and restarted, a load of SMTP clients in threads (as fast as the daemons take it, or at a
+given rate; each transaction timed), the smtp-sink ledger of what arrived, Redis servers that can
+be stopped, replicated and watched by Sentinels, a PostgreSQL of the test's own that it can stop
+(``own_postgres``), and the summary line.
 
 Scale: quick by default (each test a few hundred to a thousand messages, outages of seconds);
 ``MAILRELAY_FAULTS_FULL=1`` runs the full-scale variants (5,000 messages, a 10 s Redis outage).

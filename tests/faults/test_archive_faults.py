@@ -78,7 +78,8 @@ class ArchiveComparison:
         if self.unexpected:
             out.append(f"{len(self.unexpected)} archived messages nobody got a 250 for: {sorted(self.unexpected)[:5]}")
         if self.doubled_recipients:
-            out.append(f"{len(self.doubled_recipients)} recipients archived more than once: {self.doubled_recipients[:5]}")
+            out.append(f"{len(self.doubled_recipients)} recipients archived more than once: "
+                       f"{self.doubled_recipients[:5]}")
         return out + self.differences[:10]
 
 
@@ -208,6 +209,7 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
     marks: dict[str, float] = {}
     probes: list[tuple[float, int, dict[str, Any]]] = []   # (time, /readyz status, its JSON)
     probing = threading.Event()
+    aborted = threading.Event()   # the test failed early: the fault thread ends where it is
     errors: list[Exception] = []
 
     def probe() -> None:
@@ -230,7 +232,8 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
             own_postgres.stop()
             # The fault itself, not synchronisation: PostgreSQL stays down this long while the
             # clients keep sending.
-            time.sleep(max(0.0, outage - (time.monotonic() - marks["down"])))
+            if aborted.wait(max(0.0, outage - (time.monotonic() - marks["down"]))):
+                return
             own_postgres.start()
             marks["up"] = time.monotonic()
             marks["acked_during"] = len(load.acked) - marks["acked_before"]
@@ -241,7 +244,7 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
                 marks["backlog"] = group["pending"] + (group["lag"] or 0)
                 # caught up: everything in the stream when PostgreSQL came back is archived (the
                 # load goes on meanwhile)
-                wait_until(lambda: archived_through(watch, unique_prefix, last), scale(90, 600),
+                wait_until(lambda: aborted.is_set() or archived_through(watch, unique_prefix, last), scale(90, 600),
                            "the archiver to catch up after the outage", interval=0.1)
             marks["caught_up"] = time.monotonic()
         except Exception as e:
@@ -264,6 +267,9 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
             return bool(probes) and probes[-1][2].get("archive_lag_entries") == 0
         wait_until(readyz_says_no_lag, 30, "/readyz to report no archive lag")
     finally:
+        load.stop()
+        aborted.set()
+        fault.join(30)
         probing.set()
         prober.join(30)
     assert not errors, errors
@@ -277,7 +283,8 @@ def test_postgresql_stopped_during_a_load(own_postgres, seed, slots, sink, redis
     outcome.extra.update({
         "outage": f"{marks['up'] - marks['down']:.1f}s", "acked_before": int(marks["acked_before"]),
         "acked_during_outage": int(marks["acked_during"]), "acked_after": int(marks["acked_after"]),
-        "max_250": f"{max(durations):.2f}s", "slowest_at": f"{slowest[0] - marks['up']:+.1f}s_from_return", "max_250_during_outage": f"{max(s for _, s in during):.2f}s",
+        "max_250": f"{max(durations):.2f}s", "slowest_at": f"{slowest[0] - marks['up']:+.1f}s_from_return",
+        "max_250_during_outage": f"{max((s for _, s in during), default=0):.2f}s",
         "max_readyz_lag_during_outage": f"{lag_during:.1f}s",
         "backlog_at_return": marks["backlog"], "catch_up": f"{marks['caught_up'] - marks['up']:.1f}s",
         "archived": len(outcome.acked_ids) - len(comparison.missing),
@@ -332,40 +339,44 @@ def test_kill_9_in_the_middle_of_an_archiver_batch(seed, slots, sink, redis_serv
     consumer_a = daemon_a.wait_for_matches(ARCHIVER_STARTED, timeout=60)[0].group(1)
 
     load = Load(lambda: [a.port], total=total, threads=8, seed=seed, tag="kill").start()
-    with psycopg.connect(conninfo) as lock:
-        assert load.wait_for(lambda: load.progress() >= 0.3), "the load stopped early"
-        # A's archiver is between batches or inside one: the lock is granted once it committed
-        lock.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        archived_before = lock.execute("SELECT count(*) FROM messages").fetchone()[0]
-        with psycopg.connect(conninfo, autocommit=True) as watch:
+    try:
+        with psycopg.connect(conninfo) as lock:
+            assert load.wait_for(lambda: load.progress() >= 0.3), "the load stopped early"
+            # A's archiver is between batches or inside one: the lock is granted once it committed
+            lock.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            archived_before = lock.execute("SELECT count(*) FROM messages").fetchone()[0]
+            with psycopg.connect(conninfo, autocommit=True) as watch:
 
-            def blocked_backend() -> int | None:
-                """A's archiver's backend, its batch's rows copied into the staging tables, its
-                merge into ``messages`` waiting on the test's lock."""
-                rows = watch.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
-                    " AND wait_event_type = 'Lock' AND query LIKE %s",
-                    (lock.info.backend_pid, MERGE_MESSAGES)).fetchall()
-                return rows[0][0] if rows else None
+                def blocked_backend() -> int | None:
+                    """A's archiver's backend, its batch's rows copied into the staging tables, its
+                    merge into ``messages`` waiting on the test's lock."""
+                    rows = watch.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+                        " AND wait_event_type = 'Lock' AND query LIKE %s",
+                        (lock.info.backend_pid, MERGE_MESSAGES)).fetchall()
+                    return rows[0][0] if rows else None
 
-            backend = wait_until(blocked_backend, 30, "A's archiver to block inside its batch")
-            load.wait(scale(120, 600))   # acceptance goes on
-            outcome = Outcome("kill -9 mid-batch", seed, load, Ledger(sink))
-            missing = outcome.wait_delivered(scale(60, 300))
-            wait_until(lambda: queue_empty(redis, unique_prefix), 60, "the queue to drain")
-            # every event is in the stream now; A still holds its batch, blocked in the same statement
-            assert blocked_backend() == backend
-            in_flight = redis.command("XPENDING", events, GROUP, "-", "+", 100_000, consumer_a)
-            assert in_flight, "A's batch holds no entries"
-            assert redis.command("XPENDING", events, GROUP)[0] == len(in_flight)  # A's batch alone
-            assert a.kill(signal.SIGKILL) == -signal.SIGKILL
-            lock.rollback()  # the lock goes; A's backend finds its client gone and rolls back
+                backend = wait_until(blocked_backend, 30, "A's archiver to block inside its batch")
+                load.wait(scale(120, 600))   # acceptance goes on
+                outcome = Outcome("kill -9 mid-batch", seed, load, Ledger(sink))
+                missing = outcome.wait_delivered(scale(60, 300))
+                wait_until(lambda: queue_empty(redis, unique_prefix), 60, "the queue to drain")
+                # every event is in the stream now; A still holds its batch, blocked in the same statement
+                assert blocked_backend() == backend
+                in_flight = redis.command("XPENDING", events, GROUP, "-", "+", 100_000, consumer_a)
+                assert in_flight, "A's batch holds no entries"
+                assert redis.command("XPENDING", events, GROUP)[0] == len(in_flight)  # A's batch alone
+                assert a.kill(signal.SIGKILL) == -signal.SIGKILL
+                lock.rollback()  # the lock goes; A's backend finds its client gone and rolls back
 
-            def backend_gone() -> bool:
-                return not watch.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchall()
-            wait_until(backend_gone, 30, "A's orphaned backend to end")
-            # nothing of A's batch was committed: it was cut in the middle
-            assert watch.execute("SELECT count(*) FROM messages").fetchone()[0] == archived_before
+                def backend_gone() -> bool:
+                    return not watch.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchall()
+                wait_until(backend_gone, 30, "A's orphaned backend to end")
+                # nothing of A's batch was committed: it was cut in the middle
+                assert watch.execute("SELECT count(*) FROM messages").fetchone()[0] == archived_before
+
+    finally:
+        load.stop()  # (done already, unless the test failed before)
 
     ids = [entry[0] for entry in in_flight]
     if not FULL:
