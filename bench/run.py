@@ -20,6 +20,11 @@ Scenarios (default: all of them; see docs/benchmarks.md):
   idle        2,000 open sessions (--quick: 200), greeted and EHLO'd: RSS per connection.
   twocore     two mailrelay daemons sharing one Redis, the load split across both.
 
+mailrelay runs with its archive: a PostgreSQL per measurement (shared by its daemons), whose
+processes count in the CPU per message (daemon + Redis + PostgreSQL, daemon + Redis beside
+it); after each load the driver waits until the archiver has acknowledged every event and
+reports how long that took after the last 250 or the last delivery ("archive caught up").
+
 Everything runs from a temporary directory and is stopped and reaped at the end; results are
 printed and written to bench/results/run-<time>.json and .md.
 """
