@@ -965,7 +965,8 @@ class Bench:
             scenario += " (the delivering daemon's whole life, start-up included)"
         header = (f"# mailrelay profile: {scenario}, {spec.label}, {n} messages, {profiler}; {row['rate']} msg/s "
                   f"while profiled; CPU per message: daemon {daemon_ms:.3f} ms, Redis "
-                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms; other load "
+                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms, PostgreSQL "
+                  f"{row['cpu_s'].get('postgresql', 0) / row['ok'] * 1000:.3f} ms; other load "
                   f"{fmt(row.get('other_load_cores'), 2)} cores\n")
         summary = RESULTS / f"profile-{stamp}.summary.txt"
         summary.write_text(header + report)
