@@ -237,6 +237,23 @@ class ArchiverTests(unittest.TestCase):
         self.assertTrue(any("consumer daemon-a of group archiver, started" in line for line in self.lines))
 
     @async_test
+    async def test_a_message_of_a_day_before_the_archive_began_gets_its_partition(self) -> None:
+        """A new archive has partitions from its first day on; a message received the day before
+        (queued before the upgrade, delivered after) is within retention: its day is made and
+        the message archived, not skipped as past retention."""
+        message_id = await self.accepted()
+        day_before = int(message_id[:12], 16) - 20 * 3_600_000   # received 20 h before its id's time
+        self.client.command("HSET", f"{self.prefix}msg:{message_id}", "received_at", day_before)
+        yesterday = time.strftime("%Y%m%d", time.gmtime(day_before / 1000))
+        for table in ("messages", "recipients", "bodies", "bounces"):
+            await run_translated(self.archive.write,
+                                 lambda conn, t=table: conn.execute(f"DROP TABLE IF EXISTS {t}_p{yesterday}"))
+        self.start()
+        await wait_until(lambda: self.caught_up([message_id]), "the message to be archived")
+        rows = await self.sql("SELECT tableoid::regclass::text FROM messages")
+        self.assertEqual(rows, [(f"messages_p{yesterday}",)])
+
+    @async_test
     async def test_a_dead_daemons_batch_is_finished_by_another_without_duplicates(self) -> None:
         ids = [await self.accepted(("a@example.test", "b@other.test")) for _ in range(6)]
         await self.attempt("example.test", "delivered")

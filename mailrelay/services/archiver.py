@@ -186,7 +186,11 @@ class ArchiverService(service.Service):
         self._failing: dict[str, type] = {}  # "archive" / "redis" -> the kind of error warned about
 
     def _archive_writer(self) -> BatchWriter:
-        return ArchiveWriter(self.archive.write)
+        # the retentions say which days are past them: a day within them whose partition does
+        # not exist (a message received before the archive's first day) is made, not skipped
+        tracking = self.config.tracking
+        return ArchiveWriter(self.archive.write, retention=tracking.retention,
+                             content_retention=tracking.content_retention)
 
     @property
     def state(self) -> ArchiverState:
