@@ -20,6 +20,11 @@ Scenarios (default: all of them; see docs/benchmarks.md):
   idle        2,000 open sessions (--quick: 200), greeted and EHLO'd: RSS per connection.
   twocore     two mailrelay daemons sharing one Redis, the load split across both.
 
+mailrelay runs with its archive: a PostgreSQL per measurement (shared by its daemons), whose
+processes count in the CPU per message (daemon + Redis + PostgreSQL, daemon + Redis beside
+it); after each load the driver waits until the archiver has acknowledged every event and
+reports how long that took after the last 250 or the last delivery ("archive caught up").
+
 Everything runs from a temporary directory and is stopped and reaped at the end; results are
 printed and written to bench/results/run-<time>.json and .md.
 """
@@ -960,7 +965,8 @@ class Bench:
             scenario += " (the delivering daemon's whole life, start-up included)"
         header = (f"# mailrelay profile: {scenario}, {spec.label}, {n} messages, {profiler}; {row['rate']} msg/s "
                   f"while profiled; CPU per message: daemon {daemon_ms:.3f} ms, Redis "
-                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms; other load "
+                  f"{row['cpu_s'].get('redis', 0) / row['ok'] * 1000:.3f} ms, PostgreSQL "
+                  f"{row['cpu_s'].get('postgresql', 0) / row['ok'] * 1000:.3f} ms; other load "
                   f"{fmt(row.get('other_load_cores'), 2)} cores\n")
         summary = RESULTS / f"profile-{stamp}.summary.txt"
         summary.write_text(header + report)

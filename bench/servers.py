@@ -9,8 +9,8 @@ temporary directory and stopped (and reaped) by the benchmark.
   ``mailrelay`` made; ``.url`` is the daemons' ``[archive] url``.
 - :class:`Mailrelay`: the daemon under ``twistd -n`` of this interpreter (as
   ``tests/conftest.py`` starts it), optionally under ``py-spy record`` or twistd's cProfile.
-  Its archive is the :class:`Postgres` given (shared by the daemons of one run), else one it
-  starts for itself and stops after the daemon.
+  Its archive is the :class:`Postgres` given (bench/run.py: one per measurement, shared by
+  its daemons), else one it starts for itself and stops after the daemon.
 - :class:`Postfix`: a private Postfix instance (``postfix -c DIR``) with its own queue,
   smtpd on a spare port, relayhost = a smtp-sink; ``hold`` puts every message on hold.
 - :class:`Sink`: Postfix's ``smtp-sink`` (``-M N``: exit after N messages).
