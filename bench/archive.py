@@ -98,24 +98,32 @@ async def send_measured_message(storage, n: int, rcpt: str, tag: str, body: byte
     await storage.record(job, "bench", "delivered", delivery)
 
 
-async def run_redis(reactor, args) -> dict:
-    from twisted.internet import defer, task
+async def private_storage(reactor, sock: str):
+    """mailrelay's Storage on the private redis-server at ``sock`` once it answers: (storage,
+    its connection)."""
+    from twisted.internet import task
 
     from mailrelay.config import parse_config
     from mailrelay.store import Storage, connect_redis
 
+    config = parse_config({"redis": {"url": f"unix://{sock}?db=0", "timeout": "30s"}})
+    redis = connect_redis(config, None)
+    for _ in range(500):  # wait for redis to answer (bounded)
+        try:
+            await redis.execute_command("PING")
+            break
+        except Exception:
+            await task.deferLater(reactor, 0.01, lambda: None)
+    return Storage(config, redis), redis
+
+
+async def run_redis(reactor, args) -> dict:
+    from twisted.internet import defer
+
     directory = Path(tempfile.mkdtemp(prefix="mr-archive-", dir="/tmp"))
     process, sock = start_redis(directory)
     try:
-        config = parse_config({"redis": {"url": f"unix://{sock}?db=0", "timeout": "30s"}})
-        redis = connect_redis(config, None)
-        for _ in range(500):  # wait for redis to answer (bounded)
-            try:
-                await redis.execute_command("PING")
-                break
-            except Exception:
-                await task.deferLater(reactor, 0.01, lambda: None)
-        storage = Storage(config, redis)
+        storage, redis = await private_storage(reactor, sock)
         await storage.measure_clock()
         base_memory = await used_memory(redis)
         rng = random.Random(args.seed)

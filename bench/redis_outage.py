@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from archive import measured_body, measured_message, measured_outcomes, start_redis, used_memory  # noqa: E402
+from archive import (measured_body, measured_message, measured_outcomes, private_storage,  # noqa: E402
+                     start_redis, used_memory)
 
 OWNER = "bench"
 DOMAINS = 20
@@ -68,24 +69,14 @@ async def deliver_round(storage, message_ids: list[str]) -> None:
 
 
 async def measure(reactor, args) -> dict:
-    from twisted.internet import defer, task
+    from twisted.internet import defer
 
-    from mailrelay.config import parse_config
     from mailrelay.configvalues import format_bytes, parse_memory_limit
-    from mailrelay.store import Storage, connect_redis
 
     directory = Path(tempfile.mkdtemp(prefix="mr-outage-", dir="/tmp"))
     process, sock = start_redis(directory)
     try:
-        config = parse_config({"redis": {"url": f"unix://{sock}?db=0", "timeout": "30s"}})
-        redis = connect_redis(config, None)
-        for _ in range(500):  # wait for redis to answer (bounded)
-            try:
-                await redis.execute_command("PING")
-                break
-            except Exception:
-                await task.deferLater(reactor, 0.01, lambda: None)
-        storage = Storage(config, redis)
+        storage, redis = await private_storage(reactor, sock)
         await storage.start()
         await storage.archive_create_group()  # a daemon's archiver made it; PostgreSQL is down
         rng = random.Random(args.seed)
