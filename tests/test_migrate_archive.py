@@ -188,8 +188,8 @@ class ReadingTheReleaseArchive(unittest.TestCase):
         self.assertEqual((await collect(self.storage.archived_bounces(2)))[0], bounces)
 
 
-class IndexWalk(unittest.TestCase):
-    """The walk of an index by (score, member): ties beyond a page, entries whose keys are gone."""
+class PrivateRedisTestCase(unittest.TestCase):
+    """Tests on a redis-server of the class's own."""
 
     timeout = 60
 
@@ -202,6 +202,10 @@ class IndexWalk(unittest.TestCase):
     def tearDownClass(cls) -> None:
         cls.redis.stop()
         shutil.rmtree(cls.directory, ignore_errors=True)
+
+
+class IndexWalk(PrivateRedisTestCase):
+    """The walk of an index by (score, member): ties beyond a page, entries whose keys are gone."""
 
     @async_test
     async def test_ties_longer_than_a_page_and_expired_entries(self):
@@ -569,20 +573,8 @@ class MigrateCommand(unittest.TestCase):
         self.assertEqual(table_counts(self.conninfo)["messages"], 0)
 
 
-class LargeBodies(unittest.TestCase):
+class LargeBodies(PrivateRedisTestCase):
     """A page whose bodies are large is read and written in parts (bounded memory)."""
-
-    timeout = 60
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.directory = tempfile.mkdtemp(prefix="mr-export-")
-        cls.redis = start_redis(Path(cls.directory))
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.redis.stop()
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
     @async_test
     async def test_a_page_of_large_bodies_is_split_by_their_stored_size(self):
