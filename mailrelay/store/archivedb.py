@@ -64,7 +64,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailrelay.configvalues import parse_conninfo
-from mailrelay.store import migrations
+import mailrelay.store.migrations as migrations
 
 T = TypeVar("T")
 

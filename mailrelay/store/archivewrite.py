@@ -90,7 +90,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import psycopg
 from twisted.logger import Logger
 
-from mailrelay.store import migrations
+import mailrelay.store.migrations as migrations
 from mailrelay.store.archivedb import ArchiveDatabase
 from mailrelay.store.archiverecords import ArchiveBatch
 from mailrelay.store.archiveread import run_translated
